@@ -1,0 +1,215 @@
+//! The validated runtime configuration: what the rest of the proxy reads.
+//!
+//! Everything here has already been checked (addresses parse, sizes and durations are
+//! numbers, routes name real upstreams). Nothing in this file touches TOML; the file
+//! structs and the validation that produces these types live in `file.rs` and
+//! `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+    /// Directory that relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// The TOML text this was parsed from (kept for `[mods.*]` diagnostics and repair).
+    pub source_text: String,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub scripts: ScriptsConfig,
+    /// Upstream sets in name order; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub tcp: Vec<TcpConfig>,
+    /// Raw `[mods.NAME]` tables; checked against each module's `config {}` block later.
+    pub mods: BTreeMap<String, toml::Table>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Resolved worker count (never 0: `workers = 0` becomes the number of cores).
+    pub workers: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub tls: Vec<TlsListenerConfig>,
+}
+
+/// `[server.limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body: u64,
+    pub max_connections: usize,
+}
+
+/// `[server.timeouts]`.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+    pub shutdown_drain: Duration,
+}
+
+/// One `[[server.tls]]` listener.
+#[derive(Debug, Clone)]
+pub struct TlsListenerConfig {
+    pub listen: SocketAddr,
+    pub certs: Vec<CertPair>,
+    pub alpn: Vec<String>,
+    /// CA bundle for client-certificate verification (mTLS), if any.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A certificate chain and its key, both resolved paths.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` when `listen = ""` (admin API off).
+    pub listen: Option<SocketAddr>,
+    pub api_key: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter directive such as `info` or `proxycache=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    pub access: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[scripts]`.
+#[derive(Debug, Clone)]
+pub struct ScriptsConfig {
+    /// Resolved against the config file's directory.
+    pub dir: PathBuf,
+    pub watch: bool,
+    pub lua_memory_limit: usize,
+    pub lua_instruction_budget: u64,
+}
+
+/// One `[upstreams.NAME]` set.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerSpec>,
+    pub balance: Balance,
+    pub hash_key: HashKey,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub tls: bool,
+    pub tls_ca: Option<PathBuf>,
+    pub sni: Option<String>,
+    pub http2: bool,
+    pub pool: PoolConfig,
+    pub health: Option<HealthConfig>,
+    pub circuit_breaker: BreakerConfig,
+}
+
+/// One server of an upstream set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub target: ServerTarget,
+    pub weight: u32,
+}
+
+/// Where a server is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerTarget {
+    /// A network address; `authority` is the text as written (`127.0.0.1:3000`,
+    /// `app.internal:80`), used for logs and the default SNI.
+    Addr { addr: SocketAddr, authority: String },
+    /// `builtin:echo`: answers in-process with a JSON echo of the request.
+    Echo,
+}
+
+/// Balancing strategy of an upstream set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    IpHash,
+    ConsistentHash,
+    P2c,
+}
+
+/// What `consistent_hash` hashes (`hash_key` in the upstream table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(HeaderName),
+}
+
+/// `pool = { ... }`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_idle_per_server: usize,
+    pub idle_timeout: Duration,
+}
+
+/// `health = { ... }`: active health checks.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
+/// `circuit_breaker = { ... }`.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub failures: u32,
+    pub open_for: Duration,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-cased host without port.
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    /// Header name and exact value that must be present.
+    pub headers: Vec<(HeaderName, String)>,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+}
+
+/// One `[[tcp]]` L4 frontend.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    pub listen: SocketAddr,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub proxy_protocol: Option<u8>,
+}

@@ -1,0 +1,17 @@
+//! HTTP-level pieces of the request path that know nothing of upstreams or scripts:
+//! the body type, proxy errors and their status mapping, header hygiene, framing
+//! checks, request ids and the built-in echo upstream.
+//!
+//! Must not touch: sockets, pools, the pipeline. Everything here is a pure function of
+//! a request or response so it can be tested without a server.
+
+pub mod body;
+pub mod echo;
+pub mod error;
+pub mod framing;
+pub mod hygiene;
+pub mod request_id;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use request_id::RequestId;

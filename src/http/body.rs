@@ -1,0 +1,135 @@
+//! `ProxyBody`: the one body type that flows through the proxy in both directions.
+//!
+//! An enum rather than a boxed trait object so the common cases (a streamed hyper body,
+//! a small local response) cost no allocation. Streamed bodies can carry a byte limit
+//! (`server.limits.max_body`); crossing it fails the stream with [`BodyTooLarge`],
+//! which the request path turns into 413.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+
+/// Boxed error type of bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body stream crossed `server.limits.max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The configured limit in bytes.
+    pub limit: u64,
+}
+
+/// The body of every request and response inside the proxy.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// No body.
+    Empty,
+    /// A body already in memory (local responses, echo, cached entries).
+    Full(Option<Bytes>),
+    /// A body streamed from a peer, optionally limited to `limit` bytes.
+    Streamed {
+        inner: Incoming,
+        seen: u64,
+        limit: Option<u64>,
+    },
+    /// Anything else (compression, teeing): one allocation, used only when asked for.
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl ProxyBody {
+    /// An in-memory body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(bytes))
+        }
+    }
+
+    /// A streamed body with no limit.
+    pub fn streamed(inner: Incoming) -> Self {
+        ProxyBody::Streamed {
+            inner,
+            seen: 0,
+            limit: None,
+        }
+    }
+
+    /// A streamed body that fails with [`BodyTooLarge`] past `limit` bytes.
+    pub fn limited(inner: Incoming, limit: u64) -> Self {
+        ProxyBody::Streamed {
+            inner,
+            seen: 0,
+            limit: Some(limit),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Streamed { inner, seen, limit } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(limit)) = (frame.data_ref(), *limit) {
+                        *seen += data.len() as u64;
+                        if *seen > limit {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            ProxyBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Streamed { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Boxed(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Streamed { inner, .. } => inner.size_hint(),
+            ProxyBody::Boxed(inner) => inner.size_hint(),
+        }
+    }
+}
+
+/// The limit that was crossed, if `err` (or anything in its source chain) is a
+/// [`BodyTooLarge`].
+pub fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(t.limit);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -1,0 +1,55 @@
+//! The built-in `builtin:echo` upstream: answers in-process with a JSON description of
+//! the request it received (after header hygiene), so a fresh checkout has something
+//! to proxy to and tests can see exactly what an upstream would.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Map, Value};
+
+use super::body::{body_too_large, ProxyBody};
+use super::error::ProxyError;
+
+/// Reads the request body and answers with its JSON echo.
+pub async fn respond(req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Err(match body_too_large(e.as_ref()) {
+                Some(limit) => ProxyError::BodyTooLarge { limit },
+                None => ProxyError::BadRequest("request body ended early"),
+            })
+        }
+    };
+    let mut headers = Map::new();
+    for (name, value) in &parts.headers {
+        let value = Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        match headers.get_mut(name.as_str()) {
+            Some(Value::Array(list)) => list.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+            None => {
+                headers.insert(name.as_str().to_owned(), value);
+            }
+        }
+    }
+    let echo = json!({
+        "upstream": "builtin:echo",
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body.len(),
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut text = serde_json::to_vec_pretty(&echo).unwrap_or_default();
+    text.push(b'\n');
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,154 @@
+//! `ProxyError`: everything that can end a request with a proxy-made response, and the
+//! one function that maps where an error came from to its status (STYLE rule 7):
+//! the client -> 4xx, the upstream -> 502/503/504, the proxy or a script -> 500.
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::request_id::{RequestId, HEADER as REQUEST_ID};
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Malformed or ambiguous request (framing, Host, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body went over `server.limits.max_body`.
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The request head went over `server.limits.max_header_bytes`.
+    #[error("request headers over {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// No `[[routes]]` entry matched.
+    #[error("no route matches")]
+    NoRoute,
+    /// Every server of the upstream is unhealthy or has its breaker open.
+    #[error("upstream {upstream}: no healthy server")]
+    NoHealthyServer { upstream: String },
+    /// Could not connect to a server.
+    #[error("upstream {upstream}: connect to {server}: {source}")]
+    Connect {
+        upstream: String,
+        server: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting took longer than `connect_timeout`.
+    #[error("upstream {upstream}: connect to {server} timed out")]
+    ConnectTimeout {
+        upstream: String,
+        server: SocketAddr,
+    },
+    /// The upstream reset the connection or sent a bad response.
+    #[error("upstream {upstream}: {server}: {reason}")]
+    Upstream {
+        upstream: String,
+        server: SocketAddr,
+        reason: String,
+    },
+    /// No response headers within `response_timeout`.
+    #[error("upstream {upstream}: {server}: no response within the response timeout")]
+    ResponseTimeout {
+        upstream: String,
+        server: SocketAddr,
+    },
+    /// A module failed at run time (stdlib error, Lua error or budget).
+    #[error("module {module} ({location}): {message}")]
+    Module {
+        module: String,
+        location: String,
+        message: String,
+    },
+    /// A bug or an impossible state inside the proxy.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status a client gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Module { .. } | ProxyError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// Whether the error is the client's doing (logged at a lower level).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// The response sent for this error. The body names the status and the request id,
+    /// never internal addresses; the details go to the log.
+    pub fn to_response(&self, id: &RequestId) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}\nrequest id: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            id
+        );
+        local_response(status, body, id)
+    }
+}
+
+/// A plain-text response made by the proxy, carrying `x-request-id`.
+pub fn local_response(status: StatusCode, body: String, id: &RequestId) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(REQUEST_ID, id.header_value().clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_error_mapping() {
+        assert_eq!(ProxyError::BadRequest("x").status(), 400);
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(ProxyError::HeadersTooLarge { limit: 1 }.status(), 431);
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+        let upstream = "app".to_string();
+        assert_eq!(
+            ProxyError::NoHealthyServer {
+                upstream: upstream.clone()
+            }
+            .status(),
+            503
+        );
+        let server: SocketAddr = ([127, 0, 0, 1], 1).into();
+        assert_eq!(
+            ProxyError::ResponseTimeout { upstream, server }.status(),
+            504
+        );
+    }
+
+    #[test]
+    fn local_responses_carry_the_request_id() {
+        let id = RequestId::generate();
+        let resp = ProxyError::NoRoute.to_response(&id);
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[REQUEST_ID], *id.header_value());
+    }
+}

@@ -1,0 +1,123 @@
+//! Request ids: keep a well-formed incoming `x-request-id`, otherwise make a UUIDv7.
+//!
+//! The id names the request's tracing span, is sent upstream and back to the client,
+//! and is on every response the proxy makes itself.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+
+/// The header that carries request ids.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest incoming id that is kept.
+pub const MAX_LEN: usize = 128;
+
+/// A request id: a header-safe ASCII string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7.
+    pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
+        headers
+            .get(HEADER)
+            .filter(|v| is_valid(v.as_bytes()))
+            .map(|v| RequestId(v.clone()))
+            .unwrap_or_else(RequestId::generate)
+    }
+
+    /// A fresh UUIDv7 (48-bit millisecond timestamp, 74 random bits).
+    pub fn generate() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let rand_a = fastrand::u16(..) & 0x0fff;
+        let rand_b = fastrand::u64(..) & 0x3fff_ffff_ffff_ffff;
+        let hi = (ms << 16) | 0x7000 | u64::from(rand_a);
+        let lo = 0x8000_0000_0000_0000 | rand_b;
+        let mut buf = [0u8; 36];
+        write_uuid(&mut buf, hi, lo);
+        // Only hex digits and dashes: always a valid header value.
+        match HeaderValue::from_bytes(&buf) {
+            Ok(v) => RequestId(v),
+            Err(_) => RequestId(HeaderValue::from_static(
+                "00000000-0000-7000-8000-000000000000",
+            )),
+        }
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An incoming id is kept when it is 1..=128 characters of `[A-Za-z0-9._:-]`.
+pub fn is_valid(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn write_uuid(buf: &mut [u8; 36], hi: u64, lo: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes: [u8; 16] = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
+    let mut pos = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            buf[pos] = b'-';
+            pos += 1;
+        }
+        buf[pos] = HEX[usize::from(byte >> 4)];
+        buf[pos + 1] = HEX[usize::from(byte & 0x0f)];
+        pos += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_uuid_v7_and_distinct() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 36);
+        assert_eq!(&a.as_str()[14..15], "7");
+        assert!(is_valid(a.as_str().as_bytes()));
+    }
+
+    #[test]
+    fn incoming_ids_are_kept_only_when_valid() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(RequestId::from_headers_or_new(&h).as_str(), "abc-123");
+        h.insert(HEADER, HeaderValue::from_static("bad id with spaces"));
+        assert_ne!(
+            RequestId::from_headers_or_new(&h).as_str(),
+            "bad id with spaces"
+        );
+        let long = "a".repeat(MAX_LEN + 1);
+        h.insert(
+            HEADER,
+            HeaderValue::from_str(&long).unwrap_or(HeaderValue::from_static("x")),
+        );
+        assert_ne!(RequestId::from_headers_or_new(&h).as_str(), long);
+    }
+}

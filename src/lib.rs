@@ -1,0 +1,39 @@
+//! proxycache: a scriptable, programmable reverse proxy runtime.
+//!
+//! # Layout
+//!
+//! - [`config`]     — `config.toml`: file structs, validation, defaults, the embedded default.
+//! - [`server`]     — listeners, worker threads, connection lifecycle, limits, shutdown.
+//! - [`proxy`]      — the request path, top to bottom: checks, route, upstream, response.
+//! - [`http`]       — body type, proxy errors and their statuses, header hygiene,
+//!   framing checks, request ids, the built-in echo upstream.
+//! - [`upstream`]   — upstream sets, balancing, health checks, breakers, pools, client.
+//! - [`generation`] — the immutable snapshot a request pins (config, routes, upstreams,
+//!   pipeline).
+//! - [`pipeline`]   — the `Module` trait, phases, per-request context, run order.
+//! - [`script`]     — pcmod: parser (pest), AST, checker + diagnostics, compiler, executor.
+//! - [`stdlib`]     — the Rust stdlib scripts call, and its signature table.
+//! - [`control`]    — the control thread: health checks (admin API and reload later).
+//! - [`stats`]      — process-wide request counters.
+//! - [`observe`]    — logging and the access log.
+//!
+//! The binary (`main.rs`) is only the CLI over [`run`] and [`check`].
+
+pub mod config;
+pub mod control;
+pub mod generation;
+pub mod http;
+pub mod observe;
+pub mod pipeline;
+pub mod proxy;
+pub mod script;
+pub mod server;
+pub mod stats;
+pub mod stdlib;
+pub mod upstream;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use server::{start, ServerHandle};
+
+/// The crate version, as `proxycache version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,101 @@
+//! The `proxycache` command line: `run` (the default), `check`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proxycache::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "proxycache",
+    version,
+    about = "A scriptable, programmable reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (default: ./config.toml if present, else the embedded default).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default command).
+    Run,
+    /// Load the configuration and every module, print all errors, exit 1 on any.
+    Check,
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Version => {
+            println!("proxycache {}", proxycache::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Check => check(cli.config),
+        Command::Run => match run(cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("proxycache: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    match Config::load(path.as_deref()) {
+        Ok(config) => {
+            let source = config
+                .source
+                .as_ref()
+                .map_or("<default>".into(), |p| p.display().to_string());
+            println!("{source}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    proxycache::observe::init(&config.log);
+    let server = proxycache::start(config).context("cannot start")?;
+    wait_for_shutdown_signal()?;
+    tracing::info!(target: "proxycache::server", "shutting down: draining in-flight requests");
+    server.shutdown();
+    tracing::info!(target: "proxycache::server", "stopped");
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,29 @@
+//! Logging: tracing to stderr as text or JSON per `[log]`. The access log is the
+//! `proxycache::access` target, switched by `log.access`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber (once; later calls are ignored, which lets tests
+/// start several servers in one process). `RUST_LOG`, when set, overrides `level`.
+pub fn init(log: &LogConfig) {
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    if !log.access {
+        if let Ok(directive) = "proxycache::access=off".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(true);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

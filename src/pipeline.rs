@@ -1,0 +1,253 @@
+//! The pipeline: modules in priority order (ties by name), and the three phases.
+//!
+//! - request phase: module by module until one responds or forwards;
+//! - response phase: in reverse, over the modules whose request phase ran;
+//! - log phase: over the same modules, once the response is finished.
+//!
+//! Every module — pcmod now, Lua later — implements [`Module`]. The per-request
+//! [`Ctx`] is shared by all modules. Must not touch: sockets, upstream selection (a
+//! module can only *name* an upstream; `proxy` sends).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+use crate::http::RequestId;
+use crate::script::ast::PhaseKind;
+use crate::script::value::Value;
+use crate::stdlib::rate_limit::RateLimiter;
+
+/// State of the stdlib that outlives generations (rate-limit buckets, ...).
+#[derive(Debug, Default)]
+pub struct StdState {
+    pub rate_limits: RateLimiter,
+}
+
+/// Facts about the request that do not change while it runs.
+#[derive(Debug)]
+pub struct RequestInfo {
+    pub id: RequestId,
+    pub client_ip: IpAddr,
+    pub scheme: &'static str,
+}
+
+/// The request as a phase sees it: the live request in the request phase, a snapshot
+/// afterwards.
+pub struct ReqParts<'a> {
+    pub method: &'a Method,
+    pub uri: &'a mut Uri,
+    pub headers: &'a mut HeaderMap,
+}
+
+/// The response as the response and log phases see it.
+pub struct RespParts<'a> {
+    pub status: &'a mut StatusCode,
+    pub headers: &'a mut HeaderMap,
+}
+
+/// Per-request context shared by every module (`$ctx.NAME`, and `ctx` in Lua).
+#[derive(Debug, Default, Clone)]
+pub struct Ctx {
+    /// Values by slot; slot numbers are the pipeline's `ctx_names` positions.
+    pub slots: Vec<Value>,
+}
+
+/// What one phase of one module can see and change.
+pub struct Exchange<'a> {
+    /// The module running (for messages and per-module state keys).
+    pub module: &'a str,
+    pub phase: PhaseKind,
+    pub req: ReqParts<'a>,
+    pub resp: Option<RespParts<'a>>,
+    pub info: &'a RequestInfo,
+    pub ctx: &'a mut Ctx,
+    pub state: &'a StdState,
+    /// Name of the upstream the request is routed or forwarded to, if any.
+    pub upstream: Option<&'a str>,
+    /// Headers to put on the response, whoever makes it (set in the request phase).
+    pub response_headers: &'a mut Vec<(HeaderName, HeaderValue)>,
+}
+
+/// How a module's request phase ended.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on to the next module.
+    Continue,
+    /// Answer locally; the upstream never sees the request.
+    Respond(LocalResponse),
+    /// Send to this upstream instead of the route's.
+    Forward(ForwardTo),
+}
+
+/// A response made by a module.
+#[derive(Debug)]
+pub struct LocalResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `forward NAME { timeout, retries }`.
+#[derive(Debug, Clone)]
+pub struct ForwardTo {
+    /// Index into the generation's upstream sets.
+    pub upstream: usize,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+}
+
+/// A module failed at run time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{module} ({file}:{line}): {message}")]
+pub struct ScriptError {
+    pub module: String,
+    pub file: String,
+    pub line: u32,
+    pub message: String,
+}
+
+/// A pipeline module. Each phase has an empty default, so a module implements only
+/// the phases it has.
+pub trait Module: Send + Sync + fmt::Debug {
+    /// The module's name (= its file stem).
+    fn name(&self) -> &str;
+
+    /// Lower runs first (0..=1000).
+    fn priority(&self) -> i64;
+
+    /// Whether the module has this phase at all.
+    fn has_phase(&self, phase: PhaseKind) -> bool;
+
+    /// Request phase: after routing, before the upstream. May change the request,
+    /// answer it (`Flow::Respond`) or send it elsewhere (`Flow::Forward`).
+    fn on_request(&self, _ex: &mut Exchange<'_>) -> Result<Flow, ScriptError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Response phase: after the response head arrived (or a module answered); may
+    /// change status and headers.
+    fn on_response(&self, _ex: &mut Exchange<'_>) -> Result<(), ScriptError> {
+        Ok(())
+    }
+
+    /// Log phase: after the response is finished; may not change anything.
+    fn on_log(&self, _ex: &mut Exchange<'_>) -> Result<(), ScriptError> {
+        Ok(())
+    }
+}
+
+/// The modules of a generation, in run order.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    pub modules: Vec<Arc<dyn Module>>,
+    /// `$ctx.NAME` slots, by position.
+    pub ctx_names: Vec<Arc<str>>,
+    /// Whether a response or log phase reads request headers (then they are kept).
+    pub keeps_request_headers: bool,
+}
+
+impl Pipeline {
+    /// A pipeline over `modules`, sorted by priority then name.
+    pub fn new(
+        mut modules: Vec<Arc<dyn Module>>,
+        ctx_names: Vec<Arc<str>>,
+        keeps_request_headers: bool,
+    ) -> Self {
+        modules.sort_by(|a, b| {
+            a.priority()
+                .cmp(&b.priority())
+                .then_with(|| a.name().cmp(b.name()))
+        });
+        Pipeline {
+            modules,
+            ctx_names,
+            keeps_request_headers,
+        }
+    }
+
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// A fresh context for one request.
+    pub fn new_ctx(&self) -> Ctx {
+        Ctx {
+            slots: vec![Value::Nil; self.ctx_names.len()],
+        }
+    }
+
+    /// Whether any module has a log phase.
+    pub fn has_log_phase(&self) -> bool {
+        self.modules.iter().any(|m| m.has_phase(PhaseKind::Log))
+    }
+
+    /// Whether any module has a response or log phase (then the request is
+    /// remembered past the request phase).
+    pub fn has_late_phases(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| m.has_phase(PhaseKind::Response) || m.has_phase(PhaseKind::Log))
+    }
+
+    /// Runs request phases in order until one responds or forwards. Returns how the
+    /// phase ended and how many modules ran (the response and log phases run over
+    /// those).
+    pub fn run_request<'a>(&'a self, ex: &mut Exchange<'a>) -> (Result<Flow, ScriptError>, usize) {
+        ex.phase = PhaseKind::Request;
+        for (i, m) in self.modules.iter().enumerate() {
+            if !m.has_phase(PhaseKind::Request) {
+                continue;
+            }
+            ex.module = m.name();
+            match m.on_request(ex) {
+                Ok(Flow::Continue) => {}
+                Ok(flow) => return (Ok(flow), i + 1),
+                Err(e) => return (Err(e), i + 1),
+            }
+        }
+        (Ok(Flow::Continue), self.modules.len())
+    }
+
+    /// Runs response phases in reverse over the first `ran` modules.
+    pub fn run_response<'a>(
+        &'a self,
+        ran: usize,
+        ex: &mut Exchange<'a>,
+    ) -> Result<(), ScriptError> {
+        ex.phase = PhaseKind::Response;
+        for m in self.modules[..ran.min(self.modules.len())].iter().rev() {
+            if m.has_phase(PhaseKind::Response) {
+                ex.module = m.name();
+                m.on_response(ex)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs log phases over the first `ran` modules; failures are logged, not raised
+    /// (the response is already gone).
+    pub fn run_log<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
+        ex.phase = PhaseKind::Log;
+        for m in &self.modules[..ran.min(self.modules.len())] {
+            if m.has_phase(PhaseKind::Log) {
+                ex.module = m.name();
+                if let Err(e) = m.on_log(ex) {
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
+                }
+            }
+        }
+    }
+}
+
+/// Replaces a URI's path and query, keeping scheme and authority.
+pub fn set_path_and_query(uri: &mut Uri, pq: PathAndQuery) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(pq);
+    *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+}

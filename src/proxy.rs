@@ -1,0 +1,401 @@
+//! The request path, top to bottom (STYLE rule 5):
+//! checks -> route -> request phase (modules may respond or forward) -> upstream
+//! request -> pick + send (+ retries on connect failure) -> response hygiene ->
+//! response phase -> respond, with the log phase running when the response body is
+//! finished (`completion`).
+//!
+//! Owns: what happens to one parsed request. Must not touch: sockets and connection
+//! lifecycle (`server`), how servers are reached (`upstream`).
+
+pub mod completion;
+pub mod phases;
+pub mod route;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::config::{HashKey, ServerTarget};
+use crate::generation::Generation;
+use crate::http::body::body_too_large;
+use crate::http::hygiene::{self, Forwarded};
+use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
+use crate::pipeline::{Flow, RequestInfo};
+use crate::server::conn::ConnInfo;
+use crate::server::worker::WorkerCtx;
+use crate::upstream::balance::{hash_bytes, PickKey};
+use crate::upstream::client::{self, SendError};
+use crate::upstream::{InflightGuard, UpstreamSet};
+
+use completion::{AccessEntry, Completion, ResponseBody};
+
+/// hyper's entry point for every request on every connection.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    ctx: Arc<WorkerCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    conn.activity.request_started();
+    // Pin the generation: this request sees one config from start to end, whatever a
+    // reload does meanwhile.
+    let generation = ctx.shared.generation();
+    let id = RequestId::from_headers_or_new(req.headers());
+    let client_ip = hygiene::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &generation.config.server.trusted_proxies,
+    );
+    let access = access_entry(&generation, &req, &id, client_ip);
+    let mut done = Completion {
+        conn: Arc::clone(&conn),
+        status: http::StatusCode::OK,
+        inflight: None,
+        access,
+        bytes: 0,
+        script: None,
+        log: None,
+    };
+    let span = tracing::info_span!(target: "proxycache::proxy", "request", id = %id);
+    let request = Arrived { req, client_ip };
+    let result = proxy(request, &generation, &conn, &ctx, &id, &mut done)
+        .instrument(span.clone())
+        .await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let _enter = span.enter();
+            if e.is_client_error() {
+                tracing::debug!(target: "proxycache::proxy", error = %e, "request refused");
+            } else {
+                tracing::warn!(target: "proxycache::proxy", error = %e, "request failed");
+            }
+            e.to_response(&id)
+        }
+    };
+    done.status = resp.status();
+    ctx.shared.stats.record(resp.status());
+    if let Some(state) = done.script.take() {
+        if generation.pipeline.has_log_phase() {
+            done.log = Some(Box::new(phases::LogJob {
+                generation: Arc::clone(&generation),
+                state,
+                status: resp.status(),
+                response_headers: resp.headers().clone(),
+            }));
+        }
+    }
+    Ok(resp.map(|body| ResponseBody::new(body, done)))
+}
+
+/// A request and the facts worked out about it before routing.
+struct Arrived {
+    req: Request<Incoming>,
+    client_ip: std::net::IpAddr,
+}
+
+fn access_entry(
+    generation: &Generation,
+    req: &Request<Incoming>,
+    id: &RequestId,
+    client_ip: std::net::IpAddr,
+) -> Option<Box<AccessEntry>> {
+    if !generation.config.log.access
+        || !tracing::enabled!(target: "proxycache::access", tracing::Level::INFO)
+    {
+        return None;
+    }
+    Some(Box::new(AccessEntry {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        client_ip,
+        id: id.clone(),
+        upstream: None,
+        start: Instant::now(),
+    }))
+}
+
+async fn proxy(
+    incoming: Arrived,
+    generation: &Generation,
+    conn: &ConnInfo,
+    ctx: &WorkerCtx,
+    id: &RequestId,
+    done: &mut Completion,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Arrived { req, client_ip } = incoming;
+    let limits = &generation.config.server.limits;
+    // 1. Framing and size limits, before routing: nothing ambiguous is ever matched,
+    //    let alone forwarded.
+    framing::check_request(req.version(), req.headers())?;
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    if framing::content_length(req.headers()).is_some_and(|n| n > limits.max_body) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: limits.max_body,
+        });
+    }
+
+    // 2. Route. No match is not yet a 404: a module may still answer the request.
+    let host = request_host(&req);
+    let routed = generation
+        .router
+        .find(
+            req.method(),
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+            req.headers(),
+        )
+        .map(|r| r.upstream);
+    let (mut parts, body) = req.into_parts();
+
+    // 3. Request phase: modules in priority order; one may answer or forward.
+    let mut target = routed;
+    let mut response_timeout = None;
+    let mut retries = DEFAULT_CONNECT_RETRIES;
+    if !generation.pipeline.is_empty() {
+        let info = RequestInfo {
+            id: id.clone(),
+            client_ip,
+            scheme: conn.scheme,
+        };
+        let upstream_name = routed.map(|i| generation.upstreams.sets[i].name());
+        let (flow, mut state) = phases::request_phase(generation, &mut parts, info, upstream_name);
+        match flow? {
+            Flow::Continue => {}
+            Flow::Respond(local) => {
+                let mut resp = phases::local_response(local, id);
+                phases::response_phase(generation, &mut state, &mut resp)?;
+                done.script = Some(state);
+                return Ok(resp);
+            }
+            Flow::Forward(to) => {
+                target = Some(to.upstream);
+                response_timeout = to.timeout;
+                retries = to.retries.unwrap_or(retries);
+                state.upstream = Some(Arc::from(generation.upstreams.sets[to.upstream].name()));
+            }
+        }
+        done.script = Some(state);
+    }
+    let set = &generation.upstreams.sets[target.ok_or(ProxyError::NoRoute)?];
+    if let Some(entry) = done.access.as_mut() {
+        entry.upstream = Some(Arc::from(set.name()));
+    }
+
+    // 4. The upstream request: hygiene, forwarding headers, origin-form URI.
+    let key = pick_key(set, &parts, client_ip);
+    let upstream_req = upstream_request(parts, body, generation, conn, host);
+
+    // 5. Pick a server and send; a failed connect is retried on another server
+    //    (nothing was sent, so this is safe for any method).
+    let timeout = response_timeout.unwrap_or(set.config.response_timeout);
+    let resp = forward(set, &key, upstream_req, ctx, done, timeout, retries).await?;
+
+    // 6. Response hygiene, then the response phase over the modules that ran.
+    let (mut parts, body) = resp.into_parts();
+    hygiene::strip_hop_by_hop(&mut parts.headers);
+    let mut resp = Response::from_parts(parts, body);
+    if let Some(state) = done.script.as_mut() {
+        phases::response_phase(generation, state, &mut resp)?;
+    }
+    Ok(resp)
+}
+
+/// Connect failures retried on another server when `forward` does not say.
+const DEFAULT_CONNECT_RETRIES: u32 = 1;
+
+/// Bytes in the request head as sent: request line plus `name: value\r\n` lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// The request's host: the `Host` header, or the URI authority (HTTP/2).
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn pick_key(set: &UpstreamSet, req: &http::request::Parts, client_ip: std::net::IpAddr) -> PickKey {
+    let hash = match &set.config.hash_key {
+        HashKey::ClientIp => match client_ip {
+            std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+            std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+        },
+        HashKey::Path => hash_bytes(req.uri.path().as_bytes()),
+        HashKey::Header(name) => {
+            hash_bytes(req.headers.get(name).map_or(&[][..], |v| v.as_bytes()))
+        }
+    };
+    PickKey { client_ip, hash }
+}
+
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    generation: &Generation,
+    conn: &ConnInfo,
+    host: Option<HeaderValue>,
+) -> Request<ProxyBody> {
+    let trusted = &generation.config.server.trusted_proxies;
+    let peer_trusted = trusted.iter().any(|n| n.contains(&conn.peer.ip()));
+    hygiene::strip_hop_by_hop(&mut parts.headers);
+    hygiene::add_forwarding(
+        &mut parts.headers,
+        &Forwarded {
+            peer: conn.peer.ip(),
+            peer_trusted,
+            scheme: conn.scheme,
+            host: host.as_ref(),
+            version: parts.version,
+        },
+    );
+    if let Some(host) = host {
+        // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`.
+        parts.headers.entry(header::HOST).or_insert(host);
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let body = ProxyBody::limited(body, generation.config.server.limits.max_body);
+    Request::from_parts(parts, body)
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+async fn forward(
+    set: &UpstreamSet,
+    key: &PickKey,
+    mut req: Request<ProxyBody>,
+    ctx: &WorkerCtx,
+    done: &mut Completion,
+    response_timeout: Duration,
+    retries: u32,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let no_server = || ProxyError::NoHealthyServer {
+        upstream: set.name().to_owned(),
+    };
+    let mut tried: u64 = 0;
+    let mut attempt = 0;
+    loop {
+        let pick = set.pick(key, tried);
+        let (index, guard) = match pick {
+            Some(p) => p,
+            None if attempt == 0 => return Err(no_server()),
+            None => {
+                return Err(ProxyError::NoHealthyServer {
+                    upstream: set.name().to_owned(),
+                })
+            }
+        };
+        match send_to(set, guard, req, ctx, done, response_timeout).await {
+            Ok(resp) => return Ok(resp),
+            Err(Failed::Sent(e)) => return Err(e),
+            Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
+                tracing::warn!(target: "proxycache::proxy", error = %e, "connect failed; retrying on another server");
+                req = *back;
+                if index < 64 {
+                    tried |= 1 << index;
+                }
+                attempt += 1;
+            }
+            Err(Failed::Unsent(e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Whether a send says the server is working (for its breaker): a response, or a
+/// failure that was the client's doing (its body went over the limit).
+fn server_did_well<T>(result: &Result<T, SendError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(SendError::Upstream(e)) => body_too_large(e).is_some(),
+        Err(_) => false,
+    }
+}
+
+enum Failed {
+    /// Not sent (connect failed): can be retried elsewhere.
+    Unsent(ProxyError, Box<Request<ProxyBody>>),
+    Sent(ProxyError),
+}
+
+async fn send_to(
+    set: &UpstreamSet,
+    guard: InflightGuard,
+    req: Request<ProxyBody>,
+    ctx: &WorkerCtx,
+    done: &mut Completion,
+    response_timeout: Duration,
+) -> Result<Response<ProxyBody>, Failed> {
+    let server = Arc::clone(guard.server());
+    let addr = match &server.target {
+        ServerTarget::Echo => {
+            done.inflight = Some(guard);
+            return echo::respond(req).await.map_err(Failed::Sent);
+        }
+        ServerTarget::Addr { addr, .. } => *addr,
+    };
+    let upstream = || set.name().to_owned();
+    let result = client::send(&ctx.pool, addr, &set.config, response_timeout, req).await;
+    server.record_outcome(server_did_well(&result));
+    match result {
+        Ok(resp) => {
+            done.inflight = Some(guard);
+            Ok(resp.map(ProxyBody::streamed))
+        }
+        Err(SendError::Connect(source, req)) => Err(Failed::Unsent(
+            ProxyError::Connect {
+                upstream: upstream(),
+                server: addr,
+                source,
+            },
+            req,
+        )),
+        Err(SendError::ConnectTimeout(req)) => Err(Failed::Unsent(
+            ProxyError::ConnectTimeout {
+                upstream: upstream(),
+                server: addr,
+            },
+            req,
+        )),
+        Err(SendError::Closed) => Err(Failed::Sent(ProxyError::Upstream {
+            upstream: upstream(),
+            server: addr,
+            reason: "connection closed before the request was sent".into(),
+        })),
+        Err(SendError::ResponseTimeout) => Err(Failed::Sent(ProxyError::ResponseTimeout {
+            upstream: upstream(),
+            server: addr,
+        })),
+        Err(SendError::Upstream(e)) => Err(Failed::Sent(match body_too_large(&e) {
+            Some(limit) => ProxyError::BodyTooLarge { limit },
+            None => ProxyError::Upstream {
+                upstream: upstream(),
+                server: addr,
+                reason: e.to_string(),
+            },
+        })),
+    }
+}

@@ -1,0 +1,118 @@
+//! `ResponseBody`: the body handed to hyper for every response. It counts the bytes
+//! sent, and when the response is finished (or the client goes away) its drop runs the
+//! request's epilogue: the in-flight count of the upstream server and of the
+//! connection go down, and the access log line is written.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::http::body::BoxError;
+use crate::http::{ProxyBody, RequestId};
+use crate::server::conn::ConnInfo;
+use crate::upstream::InflightGuard;
+
+/// What the access log line says about a request.
+#[derive(Debug)]
+pub struct AccessEntry {
+    pub method: Method,
+    pub uri: Uri,
+    pub client_ip: IpAddr,
+    pub id: RequestId,
+    pub upstream: Option<Arc<str>>,
+    pub start: Instant,
+}
+
+/// Everything that must happen when a response is over.
+#[derive(Debug)]
+pub struct Completion {
+    pub conn: Arc<ConnInfo>,
+    pub status: StatusCode,
+    pub inflight: Option<InflightGuard>,
+    pub access: Option<Box<AccessEntry>>,
+    pub bytes: u64,
+    /// The pipeline state while the request runs.
+    pub script: Option<super::phases::ScriptState>,
+    /// The log phase, when a module has one.
+    pub log: Option<Box<super::phases::LogJob>>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.conn.activity.request_finished();
+        if let Some(job) = self.log.take() {
+            job.run();
+        }
+        if let Some(entry) = self.access.take() {
+            write_access_log(&entry, self.status, self.bytes, self.inflight.as_ref());
+        }
+    }
+}
+
+fn write_access_log(
+    e: &AccessEntry,
+    status: StatusCode,
+    bytes: u64,
+    server: Option<&InflightGuard>,
+) {
+    let duration_ms = e.start.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "proxycache::access",
+        method = %e.method,
+        path = %e.uri,
+        status = status.as_u16(),
+        bytes,
+        duration_ms,
+        upstream = e.upstream.as_deref().unwrap_or("-"),
+        server = server.map_or("-", |g| g.server().label()),
+        client = %e.client_ip,
+        request_id = %e.id,
+    );
+}
+
+/// The response body: the real body plus the completion that runs when it is done.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: ProxyBody,
+    completion: Completion,
+}
+
+impl ResponseBody {
+    /// Wraps `inner`; `completion` runs when this body is dropped.
+    pub fn new(inner: ProxyBody, completion: Completion) -> Self {
+        ResponseBody { inner, completion }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.completion.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,181 @@
+//! The glue between the request path and the pipeline: building the `Exchange` each
+//! phase sees, turning a module's local response into an HTTP response, and the log
+//! phase that runs when the response is finished.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
+
+use crate::generation::Generation;
+use crate::http::{ProxyBody, ProxyError};
+use crate::pipeline::{
+    Ctx, Exchange, Flow, LocalResponse, ReqParts, RequestInfo, RespParts, ScriptError,
+};
+use crate::script::ast::PhaseKind;
+
+/// A request's pipeline state between phases.
+#[derive(Debug)]
+pub struct ScriptState {
+    pub info: RequestInfo,
+    pub ctx: Ctx,
+    /// How many modules' request phases ran.
+    pub ran: usize,
+    /// Headers modules asked to put on the response (e.g. `std.request_id.inject`).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request as it left the request phase (headers only when a later phase
+    /// reads them).
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// The upstream the request went to.
+    pub upstream: Option<Arc<str>>,
+}
+
+/// Runs the request phase on `parts`. Returns the flow and the state for later phases.
+pub fn request_phase(
+    generation: &Generation,
+    parts: &mut Parts,
+    info: RequestInfo,
+    upstream: Option<&str>,
+) -> (Result<Flow, ProxyError>, ScriptState) {
+    let pipeline = &generation.pipeline;
+    let mut ctx = pipeline.new_ctx();
+    let mut response_headers = Vec::new();
+    let (flow, ran) = {
+        let mut ex = Exchange {
+            module: "",
+            phase: PhaseKind::Request,
+            req: ReqParts {
+                method: &parts.method,
+                uri: &mut parts.uri,
+                headers: &mut parts.headers,
+            },
+            resp: None,
+            info: &info,
+            ctx: &mut ctx,
+            state: &generation.std_state,
+            upstream,
+            response_headers: &mut response_headers,
+        };
+        pipeline.run_request(&mut ex)
+    };
+    let headers = if pipeline.keeps_request_headers {
+        parts.headers.clone()
+    } else {
+        HeaderMap::new()
+    };
+    let state = ScriptState {
+        info,
+        ctx,
+        ran,
+        response_headers,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers,
+        upstream: upstream.map(Arc::from),
+    };
+    (flow.map_err(module_error), state)
+}
+
+/// Adds the headers modules asked for, then runs the response phase in reverse.
+pub fn response_phase(
+    generation: &Generation,
+    state: &mut ScriptState,
+    resp: &mut Response<ProxyBody>,
+) -> Result<(), ProxyError> {
+    for (name, value) in state.response_headers.drain(..) {
+        resp.headers_mut().insert(name, value);
+    }
+    let pipeline = &generation.pipeline;
+    if state.ran == 0 || !pipeline.has_late_phases() {
+        return Ok(());
+    }
+    let (mut parts, body) = std::mem::replace(resp, Response::new(ProxyBody::Empty)).into_parts();
+    let result = {
+        let mut ex = Exchange {
+            module: "",
+            phase: PhaseKind::Response,
+            req: ReqParts {
+                method: &state.method,
+                uri: &mut state.uri,
+                headers: &mut state.headers,
+            },
+            resp: Some(RespParts {
+                status: &mut parts.status,
+                headers: &mut parts.headers,
+            }),
+            info: &state.info,
+            ctx: &mut state.ctx,
+            state: &generation.std_state,
+            upstream: state.upstream.as_deref(),
+            response_headers: &mut Vec::new(),
+        };
+        pipeline.run_response(state.ran, &mut ex)
+    };
+    *resp = Response::from_parts(parts, body);
+    result.map_err(module_error)
+}
+
+/// Everything the log phase needs once the response is finished.
+#[derive(Debug)]
+pub struct LogJob {
+    pub generation: Arc<Generation>,
+    pub state: ScriptState,
+    pub status: StatusCode,
+    pub response_headers: HeaderMap,
+}
+
+impl LogJob {
+    /// Runs the log phase (from the response body's completion).
+    pub fn run(mut self) {
+        let pipeline = &self.generation.pipeline;
+        let mut status = self.status;
+        let mut ex = Exchange {
+            module: "",
+            phase: PhaseKind::Log,
+            req: ReqParts {
+                method: &self.state.method,
+                uri: &mut self.state.uri,
+                headers: &mut self.state.headers,
+            },
+            resp: Some(RespParts {
+                status: &mut status,
+                headers: &mut self.response_headers,
+            }),
+            info: &self.state.info,
+            ctx: &mut self.state.ctx,
+            state: &self.generation.std_state,
+            upstream: self.state.upstream.as_deref(),
+            response_headers: &mut Vec::new(),
+        };
+        pipeline.run_log(self.state.ran, &mut ex);
+    }
+}
+
+/// A module's local response as an HTTP response; like every response the proxy
+/// makes, it carries `x-request-id`.
+pub fn local_response(local: LocalResponse, id: &crate::http::RequestId) -> Response<ProxyBody> {
+    let len = local.body.len();
+    let mut resp = Response::new(ProxyBody::full(local.body));
+    *resp.status_mut() = local.status;
+    let h = resp.headers_mut();
+    for (name, value) in local.headers {
+        h.append(name, value);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if !h.contains_key(crate::http::request_id::HEADER) {
+        h.insert(crate::http::request_id::HEADER, id.header_value().clone());
+    }
+    resp
+}
+
+fn module_error(e: ScriptError) -> ProxyError {
+    tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "module failed");
+    ProxyError::Module {
+        module: e.module,
+        location: format!("{}:{}", e.file, e.line),
+        message: e.message,
+    }
+}

@@ -1,0 +1,345 @@
+//! pcmod: loading `.pcmod` files from `scripts.dir` into a compiled [`Pipeline`].
+//!
+//! `parse` (pest -> AST) -> `modconfig` (defaults + `[mods.NAME]`) -> `compile` (every
+//! static check, then the executable form) -> `PcmodModule` (the pipeline's `Module`).
+//! A module that fails any check is not loaded, and every error of every file is
+//! reported at once.
+
+pub mod ast;
+pub mod compile;
+pub mod diag;
+pub mod exec;
+pub mod ir;
+pub mod modconfig;
+pub mod parse;
+pub mod value;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::pipeline::{Exchange, Flow, Module as PipelineModule, Pipeline, ScriptError};
+use ast::PhaseKind;
+pub use diag::Diagnostic;
+use exec::Exit;
+
+/// What the admin API and `check` report about a loaded module.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub version: Option<String>,
+    pub priority: i64,
+    pub enabled: bool,
+    pub kind: &'static str,
+    pub file: PathBuf,
+    pub phases: Vec<&'static str>,
+    pub description: Option<String>,
+}
+
+/// A compiled pcmod module.
+#[derive(Debug)]
+pub struct PcmodModule {
+    name: String,
+    file: Arc<str>,
+    priority: i64,
+    compiled: compile::Compiled,
+    upstreams: Arc<[String]>,
+}
+
+impl PcmodModule {
+    fn fault(&self, f: exec::Fault) -> ScriptError {
+        ScriptError {
+            module: self.name.clone(),
+            file: self.file.to_string(),
+            line: f.line,
+            message: f.message,
+        }
+    }
+
+    fn run(&self, phase: Option<&ir::CPhase>, ex: &mut Exchange<'_>) -> Result<Exit, ScriptError> {
+        match phase {
+            Some(p) => exec::run_phase(p, ex, &self.upstreams).map_err(|f| self.fault(f)),
+            None => Ok(Exit::Done),
+        }
+    }
+}
+
+impl PipelineModule for PcmodModule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    fn has_phase(&self, phase: PhaseKind) -> bool {
+        match phase {
+            PhaseKind::Request => self.compiled.request.is_some(),
+            PhaseKind::Response => self.compiled.response.is_some(),
+            PhaseKind::Log => self.compiled.log.is_some(),
+        }
+    }
+
+    fn on_request(&self, ex: &mut Exchange<'_>) -> Result<Flow, ScriptError> {
+        Ok(match self.run(self.compiled.request.as_ref(), ex)? {
+            Exit::Respond(r) => Flow::Respond(r),
+            Exit::Forward(f) => Flow::Forward(f),
+            Exit::Done | Exit::Next => Flow::Continue,
+        })
+    }
+
+    fn on_response(&self, ex: &mut Exchange<'_>) -> Result<(), ScriptError> {
+        self.run(self.compiled.response.as_ref(), ex).map(|_| ())
+    }
+
+    fn on_log(&self, ex: &mut Exchange<'_>) -> Result<(), ScriptError> {
+        self.run(self.compiled.log.as_ref(), ex).map(|_| ())
+    }
+}
+
+/// The result of loading `scripts.dir`.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// Loads every `*.pcmod` in `config.scripts.dir` (none when the folder does not
+/// exist) into a pipeline for `config`'s upstreams.
+pub fn load(config: &Config) -> Result<Loaded, Vec<Diagnostic>> {
+    let files = match module_files(&config.scripts.dir) {
+        Ok(files) => files,
+        Err(d) => return Err(vec![d]),
+    };
+    let mut sources = Vec::new();
+    for path in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push((path, text)),
+            Err(e) => {
+                return Err(vec![Diagnostic::file_level(
+                    &path.display().to_string(),
+                    format!("cannot read: {e}"),
+                )])
+            }
+        }
+    }
+    load_sources(config, &sources)
+}
+
+fn module_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Diagnostic::file_level(
+                &dir.display().to_string(),
+                format!("cannot read the scripts folder: {e}"),
+            ))
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcmod") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Loads modules from `(path, source)` pairs; the path's stem must be the module name.
+pub fn load_sources(
+    config: &Config,
+    sources: &[(PathBuf, String)],
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let upstreams: Arc<[String]> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let config_file = config
+        .source
+        .as_ref()
+        .map_or("<default>".to_owned(), |p| p.display().to_string());
+    let mut diags = Vec::new();
+    let mut ctx_names = Vec::new();
+    let mut modules: Vec<Arc<dyn PipelineModule>> = Vec::new();
+    let mut infos = Vec::new();
+    let mut keeps_request_headers = false;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (path, source) in sources {
+        let file = path.display().to_string();
+        let module = match parse::parse(&file, source) {
+            Ok(m) => m,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        let mut errors = module_checks(&module, path, source, &seen);
+        seen.push((module.name.node.clone(), file.clone()));
+        let overrides = modconfig::Overrides {
+            file: &config_file,
+            text: &config.source_text,
+            table: config.mods.get(&module.name.node),
+        };
+        let settings = match modconfig::resolve(&module, source, &overrides) {
+            Ok(s) => Some(s),
+            Err(mut d) => {
+                errors.append(&mut d);
+                None
+            }
+        };
+        let fields = settings
+            .as_ref()
+            .map(|s| s.fields.clone())
+            .unwrap_or_default();
+        let env = compile::Env {
+            upstreams: &upstreams,
+            ctx_names: &mut ctx_names,
+        };
+        let compiled = match compile::compile(&module, source, &fields, env) {
+            Ok(c) => Some(c),
+            Err(mut d) => {
+                errors.append(&mut d);
+                None
+            }
+        };
+        if !errors.is_empty() {
+            diags.append(&mut errors);
+            continue;
+        }
+        let (Some(settings), Some(compiled)) = (settings, compiled) else {
+            continue;
+        };
+        infos.push(ModuleInfo {
+            name: module.name.node.clone(),
+            version: module.version.as_ref().map(|v| v.node.clone()),
+            priority: settings.priority,
+            enabled: settings.enabled,
+            kind: "pcmod",
+            file: path.clone(),
+            phases: module.phases.iter().map(|p| p.kind.as_str()).collect(),
+            description: module.description.as_ref().map(|d| d.node.clone()),
+        });
+        if settings.enabled {
+            keeps_request_headers |= compiled.reads_request_later;
+            modules.push(Arc::new(PcmodModule {
+                name: module.name.node.clone(),
+                file: Arc::from(file.as_str()),
+                priority: settings.priority,
+                compiled,
+                upstreams: Arc::clone(&upstreams),
+            }));
+        }
+    }
+    for name in config.mods.keys() {
+        if !seen.iter().any(|(n, _)| n == name) {
+            tracing::warn!(target: "proxycache::script", module = %name, "[mods.{name}] in config.toml names no module in the scripts folder");
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    infos.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    Ok(Loaded {
+        pipeline: Pipeline::new(modules, ctx_names, keeps_request_headers),
+        modules: infos,
+    })
+}
+
+/// Checks about the module as a whole: its name, priority, phases, Lua.
+fn module_checks(
+    module: &ast::Module,
+    path: &Path,
+    source: &str,
+    seen: &[(String, String)],
+) -> Vec<Diagnostic> {
+    let file = &module.file;
+    let mut diags = Vec::new();
+    let name = &module.name;
+    let valid = name.node.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .node
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        diags.push(Diagnostic::new(
+            file,
+            source,
+            name.span,
+            format!("module name `{}` must match [a-z][a-z0-9_]*", name.node),
+        ));
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if stem != name.node {
+        diags.push(
+            Diagnostic::new(
+                file,
+                source,
+                name.span,
+                format!("module `{}` is in `{stem}.pcmod`", name.node),
+            )
+            .with_hint(format!(
+                "name the file `{}.pcmod` or the module `{stem}`",
+                name.node
+            )),
+        );
+    }
+    if let Some((_, other)) = seen.iter().find(|(n, _)| *n == name.node) {
+        diags.push(Diagnostic::new(
+            file,
+            source,
+            name.span,
+            format!(
+                "a module named `{}` is already loaded from {other}",
+                name.node
+            ),
+        ));
+    }
+    if let Some(p) = &module.priority {
+        if !(0..=1000).contains(&p.node) {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    source,
+                    p.span,
+                    format!("priority {} is outside 0..=1000", p.node),
+                )
+                .with_hint("lower runs first; the default is 500"),
+            );
+        }
+    }
+    let mut phases: Vec<PhaseKind> = Vec::new();
+    for phase in &module.phases {
+        if phases.contains(&phase.kind) {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    source,
+                    phase.span,
+                    format!("phase `on {}` is defined twice", phase.kind.as_str()),
+                )
+                .with_hint("merge the two blocks"),
+            );
+        }
+        phases.push(phase.kind);
+    }
+    if let Some(lua) = &module.lua {
+        diags.push(
+            Diagnostic::new(
+                file,
+                source,
+                lua.span,
+                "Lua handlers are not available in this build yet",
+            )
+            .with_hint("write the phases in pcmod for now"),
+        );
+    }
+    diags
+}

@@ -1,0 +1,537 @@
+//! Running compiled phases: a tree walk over [`ir`](super::ir) with locals in a slot
+//! vector. A run-time fault (a failing stdlib call, arithmetic on a string from a
+//! header) becomes an error carrying the statement's line.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+
+use super::ast::{BinOp, LogLevel};
+use super::ir::*;
+use super::value::Value;
+use crate::pipeline::{Exchange, ForwardTo, LocalResponse};
+use crate::stdlib;
+
+/// How a block ended.
+pub enum Exit {
+    /// Ran to the end.
+    Done,
+    /// `next`.
+    Next,
+    Respond(LocalResponse),
+    Forward(ForwardTo),
+}
+
+/// A run-time fault, with the line of the statement that raised it.
+#[derive(Debug)]
+pub struct Fault {
+    pub line: u32,
+    pub message: String,
+}
+
+type Eval<T> = Result<T, String>;
+
+/// Why a statement stopped: a message (the statement's line is added by the block
+/// running it), or a fault already placed on an inner statement's line.
+enum Raise {
+    Msg(String),
+    Fault(Fault),
+}
+
+impl From<String> for Raise {
+    fn from(m: String) -> Self {
+        Raise::Msg(m)
+    }
+}
+
+/// Runs one phase.
+pub fn run_phase(
+    phase: &CPhase,
+    ex: &mut Exchange<'_>,
+    upstreams: &[String],
+) -> Result<Exit, Fault> {
+    let mut locals = vec![Value::Nil; phase.locals];
+    let mut m = Machine {
+        locals: &mut locals,
+        upstreams,
+    };
+    m.block(&phase.body, ex)
+}
+
+struct Machine<'a> {
+    locals: &'a mut Vec<Value>,
+    upstreams: &'a [String],
+}
+
+impl Machine<'_> {
+    fn block(&mut self, stmts: &[CStmt], ex: &mut Exchange<'_>) -> Result<Exit, Fault> {
+        for stmt in stmts {
+            match self.stmt(stmt, ex) {
+                Ok(Exit::Done) => {}
+                Ok(other) => return Ok(other),
+                Err(Raise::Msg(message)) => {
+                    return Err(Fault {
+                        line: stmt.line,
+                        message,
+                    })
+                }
+                Err(Raise::Fault(f)) => return Err(f),
+            }
+        }
+        Ok(Exit::Done)
+    }
+
+    fn stmt(&mut self, stmt: &CStmt, ex: &mut Exchange<'_>) -> Result<Exit, Raise> {
+        match &stmt.kind {
+            CStmtKind::Let(slot, e) => {
+                let v = self.eval(e, ex)?;
+                self.locals[usize::from(*slot)] = v;
+            }
+            CStmtKind::If(branches, otherwise) => {
+                for (cond, body) in branches.iter() {
+                    if self.eval(cond, ex)?.truthy() {
+                        return self.block(body, ex).map_err(Raise::Fault);
+                    }
+                }
+                return self.block(otherwise, ex).map_err(Raise::Fault);
+            }
+            CStmtKind::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                return Ok(Exit::Respond(self.respond(
+                    status,
+                    body.as_ref(),
+                    headers,
+                    ex,
+                )?))
+            }
+            CStmtKind::Forward {
+                upstream,
+                timeout,
+                retries,
+            } => {
+                let index = match upstream {
+                    CForward::Index(i) => *i,
+                    CForward::Dynamic(e) => {
+                        let name = self.eval(e, ex)?;
+                        let name = name.to_string();
+                        self.upstreams
+                            .iter()
+                            .position(|u| *u == name)
+                            .ok_or_else(|| format!("forward: unknown upstream {name:?}"))?
+                    }
+                };
+                return Ok(Exit::Forward(ForwardTo {
+                    upstream: index,
+                    timeout: *timeout,
+                    retries: *retries,
+                }));
+            }
+            CStmtKind::SetHeader {
+                resp,
+                name,
+                value,
+                append,
+            } => {
+                let v = header_value(&self.eval(value, ex)?)?;
+                let headers = if *resp {
+                    ex.resp.as_mut().map(|r| &mut *r.headers)
+                } else {
+                    Some(&mut *ex.req.headers)
+                };
+                if let Some(h) = headers {
+                    if *append {
+                        h.append(name.clone(), v);
+                    } else {
+                        h.insert(name.clone(), v);
+                    }
+                }
+            }
+            CStmtKind::RemoveHeader { resp, name } => {
+                let headers = if *resp {
+                    ex.resp.as_mut().map(|r| &mut *r.headers)
+                } else {
+                    Some(&mut *ex.req.headers)
+                };
+                if let Some(h) = headers {
+                    h.remove(name);
+                }
+            }
+            CStmtKind::SetPath(e) => {
+                let path = self.eval(e, ex)?.to_string();
+                set_uri(ex, Some(&path), None)?;
+            }
+            CStmtKind::SetQuery(e) => {
+                let q = self.eval(e, ex)?.to_string();
+                set_uri(ex, None, Some(&q))?;
+            }
+            CStmtKind::SetStatus(e) => {
+                let s = status(&self.eval(e, ex)?)?;
+                if let Some(r) = ex.resp.as_mut() {
+                    *r.status = s;
+                }
+            }
+            CStmtKind::SetCtx(slot, e) => {
+                let v = self.eval(e, ex)?;
+                if let Some(s) = ex.ctx.slots.get_mut(usize::from(*slot)) {
+                    *s = v;
+                }
+            }
+            CStmtKind::Log(level, e) => {
+                let msg = self.eval(e, ex)?;
+                let (module, id) = (ex.module, &ex.info.id);
+                match level {
+                    LogLevel::Debug => {
+                        tracing::debug!(target: "proxycache::script", module, request_id = %id, "{msg}")
+                    }
+                    LogLevel::Info => {
+                        tracing::info!(target: "proxycache::script", module, request_id = %id, "{msg}")
+                    }
+                    LogLevel::Warn => {
+                        tracing::warn!(target: "proxycache::script", module, request_id = %id, "{msg}")
+                    }
+                    LogLevel::Error => {
+                        tracing::error!(target: "proxycache::script", module, request_id = %id, "{msg}")
+                    }
+                }
+            }
+            CStmtKind::Next => return Ok(Exit::Next),
+            CStmtKind::Call(call) => {
+                self.call(call, ex)?;
+            }
+        }
+        Ok(Exit::Done)
+    }
+
+    fn respond(
+        &mut self,
+        status_e: &CExpr,
+        body: Option<&CExpr>,
+        headers: &[(http::HeaderName, CExpr)],
+        ex: &mut Exchange<'_>,
+    ) -> Eval<LocalResponse> {
+        let status = status(&self.eval(status_e, ex)?)?;
+        let body = match body {
+            Some(b) => Bytes::from(self.eval(b, ex)?.to_string()),
+            None => Bytes::new(),
+        };
+        let mut hs = Vec::with_capacity(headers.len() + 1);
+        for (name, value) in headers {
+            hs.push((name.clone(), header_value(&self.eval(value, ex)?)?));
+        }
+        if !body.is_empty() && !hs.iter().any(|(n, _)| n == header::CONTENT_TYPE) {
+            hs.push((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ));
+        }
+        Ok(LocalResponse {
+            status,
+            body,
+            headers: hs,
+        })
+    }
+
+    fn call(&mut self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
+        let mut args = Vec::with_capacity(call.args.len());
+        for a in call.args.iter() {
+            args.push(self.eval(a, ex)?);
+        }
+        stdlib::call(call.sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
+    }
+
+    fn eval(&mut self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<Value> {
+        Ok(match e {
+            CExpr::Const(v) => v.clone(),
+            CExpr::Local(slot) => self.locals[usize::from(*slot)].clone(),
+            CExpr::Var(var) => variable(var, ex),
+            CExpr::Ctx(slot) => ex
+                .ctx
+                .slots
+                .get(usize::from(*slot))
+                .cloned()
+                .unwrap_or_default(),
+            CExpr::Interp(parts) => {
+                let mut s = String::new();
+                for p in parts.iter() {
+                    match p {
+                        CPart::Text(t) => s.push_str(t),
+                        CPart::Expr(x) => {
+                            use std::fmt::Write;
+                            let _ = write!(s, "{}", self.eval(x, ex)?);
+                        }
+                    }
+                }
+                Value::str(s)
+            }
+            CExpr::Not(x) => Value::Bool(!self.eval(x, ex)?.truthy()),
+            CExpr::Neg(x) => match self.eval(x, ex)? {
+                Value::Int(i) => Value::Int(i.checked_neg().ok_or("integer overflow")?),
+                Value::Float(f) => Value::Float(-f),
+                other => return Err(format!("cannot negate a {}", other.type_name())),
+            },
+            CExpr::And(a, b) => {
+                Value::Bool(self.eval(a, ex)?.truthy() && self.eval(b, ex)?.truthy())
+            }
+            CExpr::Or(a, b) => {
+                Value::Bool(self.eval(a, ex)?.truthy() || self.eval(b, ex)?.truthy())
+            }
+            CExpr::Bin(op, a, b) => {
+                let (a, b) = (self.eval(a, ex)?, self.eval(b, ex)?);
+                binary(*op, &a, &b)?
+            }
+            CExpr::Match(x, re) => {
+                let v = self.eval(x, ex)?;
+                Value::Bool(match &v {
+                    Value::Nil => false,
+                    Value::Str(s) => re.is_match(s),
+                    other => re.is_match(&other.to_string()),
+                })
+            }
+            CExpr::Field(x, i) => match self.eval(x, ex)? {
+                Value::Record(fields) => fields.get(*i).cloned().unwrap_or_default(),
+                other => return Err(format!("field access on a {}", other.type_name())),
+            },
+            CExpr::Call(call) => self.call(call, ex)?,
+            CExpr::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for i in items.iter() {
+                    out.push(self.eval(i, ex)?);
+                }
+                Value::List(Arc::from(out))
+            }
+        })
+    }
+}
+
+fn variable(var: &VarRef, ex: &Exchange<'_>) -> Value {
+    let text = |s: &str| Value::str(s);
+    match var {
+        VarRef::Method => text(ex.req.method.as_str()),
+        VarRef::Path => text(ex.req.uri.path()),
+        VarRef::Query => text(ex.req.uri.query().unwrap_or("")),
+        VarRef::Host => match ex
+            .req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| ex.req.uri.host())
+        {
+            Some(h) => text(h),
+            None => Value::Nil,
+        },
+        VarRef::Scheme => text(ex.info.scheme),
+        VarRef::ClientIp => Value::str(ex.info.client_ip.to_string()),
+        VarRef::RequestId => text(ex.info.id.as_str()),
+        VarRef::Upstream => ex.upstream.map_or(Value::Nil, text),
+        VarRef::Status => ex
+            .resp
+            .as_ref()
+            .map_or(Value::Nil, |r| Value::Int(i64::from(r.status.as_u16()))),
+        VarRef::ReqHeader(name) => header_text(ex.req.headers.get(name)),
+        VarRef::RespHeader(name) => header_text(ex.resp.as_ref().and_then(|r| r.headers.get(name))),
+        VarRef::ReqQuery(key) => query_param(ex.req.uri.query().unwrap_or(""), key),
+        VarRef::ReqCookie(key) => cookie(ex.req.headers, key),
+    }
+}
+
+fn header_text(v: Option<&HeaderValue>) -> Value {
+    match v {
+        Some(v) => Value::str(String::from_utf8_lossy(v.as_bytes())),
+        None => Value::Nil,
+    }
+}
+
+fn query_param(query: &str, key: &str) -> Value {
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k) == key {
+            return Value::str(percent_decode(v));
+        }
+    }
+    Value::Nil
+}
+
+fn cookie(headers: &http::HeaderMap, key: &str) -> Value {
+    for h in headers.get_all(header::COOKIE) {
+        let Ok(text) = h.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                if k == key {
+                    return Value::str(v.trim_matches('"'));
+                }
+            }
+        }
+    }
+    Value::Nil
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn header_value(v: &Value) -> Eval<HeaderValue> {
+    let text = v.to_string();
+    HeaderValue::from_str(&text).map_err(|_| format!("{text:?} is not a valid header value"))
+}
+
+fn status(v: &Value) -> Eval<StatusCode> {
+    match v {
+        Value::Int(n) if (100..=599).contains(n) => {
+            StatusCode::from_u16(*n as u16).map_err(|e| e.to_string())
+        }
+        other => Err(format!("status must be an int in 100..=599, got {other}")),
+    }
+}
+
+fn set_uri(ex: &mut Exchange<'_>, path: Option<&str>, query: Option<&str>) -> Eval<()> {
+    let path = path.unwrap_or_else(|| ex.req.uri.path()).to_owned();
+    let query = query
+        .map(str::to_owned)
+        .or_else(|| ex.req.uri.query().map(str::to_owned));
+    let pq = match query.as_deref() {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    };
+    let pq = pq
+        .parse()
+        .map_err(|_| format!("{pq:?} is not a valid path"))?;
+    crate::pipeline::set_path_and_query(ex.req.uri, pq);
+    Ok(())
+}
+
+fn binary(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
+    Ok(match op {
+        BinOp::Eq => Value::Bool(equal(a, b)),
+        BinOp::Ne => Value::Bool(!equal(a, b)),
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+            let ord = compare(a, b).ok_or_else(|| {
+                format!("cannot compare {} with {}", a.type_name(), b.type_name())
+            })?;
+            Value::Bool(match op {
+                BinOp::Lt => ord == Ordering::Less,
+                BinOp::Le => ord != Ordering::Greater,
+                BinOp::Gt => ord == Ordering::Greater,
+                _ => ord != Ordering::Less,
+            })
+        }
+        BinOp::In => Value::Bool(match b {
+            Value::List(items) => items.iter().any(|i| equal(i, a)),
+            Value::Map(m) => m.contains_key(&a.to_string()),
+            Value::Nil => false,
+            other => {
+                return Err(format!(
+                    "`in` needs a list or map, got {}",
+                    other.type_name()
+                ))
+            }
+        }),
+        BinOp::StartsWith => {
+            Value::Bool(matches!((a, b), (Value::Str(x), Value::Str(y)) if x.starts_with(&**y)))
+        }
+        BinOp::EndsWith => {
+            Value::Bool(matches!((a, b), (Value::Str(x), Value::Str(y)) if x.ends_with(&**y)))
+        }
+        BinOp::Contains => Value::Bool(match a {
+            Value::Str(x) => x.contains(&b.to_string()),
+            Value::List(items) => items.iter().any(|i| equal(i, b)),
+            Value::Map(m) => m.contains_key(&b.to_string()),
+            _ => false,
+        }),
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, a, b)?,
+        BinOp::And | BinOp::Or | BinOp::Match => Value::Nil,
+    })
+}
+
+fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => (*x as f64) == *y,
+        _ => a == b,
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Duration(x), Value::Duration(y)) => Some(x.cmp(y)),
+        (Value::Size(x), Value::Size(y)) => Some(x.cmp(y)),
+        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => {
+            let r = match op {
+                BinOp::Add => x.checked_add(*y),
+                BinOp::Sub => x.checked_sub(*y),
+                BinOp::Mul => x.checked_mul(*y),
+                BinOp::Div => x.checked_div(*y),
+                _ => x.checked_rem(*y),
+            };
+            r.map(Value::Int).ok_or_else(|| {
+                format!(
+                    "integer overflow or division by zero in {x} {} {y}",
+                    op.as_str()
+                )
+            })
+        }
+        (Value::Duration(x), Value::Duration(y)) if op == BinOp::Add => {
+            Ok(Value::Duration(*x + *y))
+        }
+        (Value::Duration(x), Value::Duration(y)) if op == BinOp::Sub => {
+            Ok(Value::Duration(x.saturating_sub(*y)))
+        }
+        _ => {
+            let (x, y) = match (a.as_f64(), b.as_f64()) {
+                (Some(x), Some(y)) => (x, y),
+                _ => {
+                    return Err(format!(
+                        "cannot use `{}` on {} and {}",
+                        op.as_str(),
+                        a.type_name(),
+                        b.type_name()
+                    ))
+                }
+            };
+            Ok(Value::Float(match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div => x / y,
+                _ => x % y,
+            }))
+        }
+    }
+}

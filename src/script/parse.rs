@@ -1,0 +1,773 @@
+//! Parsing: source text -> [`ast::Module`] with pest (`grammar/pcmod.pest`). Syntax
+//! errors come back as one [`Diagnostic`] whose message names what was expected in
+//! words ("expected a string or `$variable`"), never grammar rule names.
+
+use std::sync::Arc;
+
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+use super::ast::*;
+use super::diag::Diagnostic;
+
+/// Longest module accepted, in lines.
+pub const MAX_LINES: usize = 10_000;
+/// Deepest nesting of brackets, braces and parentheses accepted.
+pub const MAX_NESTING: usize = 32;
+/// Longest string literal accepted, in bytes.
+pub const MAX_STRING: usize = 64 * 1024;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/pcmod.pest"]
+struct Grammar;
+
+/// Parses one module. `file` is only used in messages.
+pub fn parse(file: &str, source: &str) -> Result<Module, Diagnostic> {
+    check_limits(file, source)?;
+    let mut pairs =
+        Grammar::parse(Rule::file, source).map_err(|e| syntax_error(file, source, &e))?;
+    let file_pair = pairs
+        .next()
+        .ok_or_else(|| Diagnostic::file_level(file, "empty module"))?;
+    let module = file_pair
+        .into_inner()
+        .find(|p| p.as_rule() == Rule::module)
+        .ok_or_else(|| Diagnostic::file_level(file, "no `mod NAME { ... }` in file"))?;
+    let b = Builder {
+        file: Arc::from(file),
+        source,
+    };
+    b.module(module)
+}
+
+fn check_limits(file: &str, source: &str) -> Result<(), Diagnostic> {
+    let lines = source.lines().count();
+    if lines > MAX_LINES {
+        return Err(Diagnostic::file_level(
+            file,
+            format!("module has {lines} lines; the limit is {MAX_LINES}"),
+        )
+        .with_hint("split it into several modules"));
+    }
+    // Checked before pest runs: its parser is recursive, and nesting is what makes it
+    // deep. Brackets inside strings count too, which only makes the limit stricter.
+    let mut depth = 0usize;
+    for (offset, byte) in source.bytes().enumerate() {
+        match byte {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    let span = span_at(source, offset, offset + 1);
+                    return Err(Diagnostic::new(
+                        file,
+                        source,
+                        span,
+                        format!("nesting deeper than {MAX_NESTING} levels"),
+                    )
+                    .with_hint("flatten the expression with `let`, or split the block"));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn span_at(source: &str, start: usize, end: usize) -> Span {
+    let before = &source[..start.min(source.len())];
+    let line = before.matches('\n').count() as u32 + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+    Span {
+        start,
+        end,
+        line,
+        col,
+    }
+}
+
+fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule>) -> Diagnostic {
+    let pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let end = source[pos..]
+        .chars()
+        .next()
+        .map_or(pos, |c| pos + c.len_utf8());
+    let found = source[pos..]
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .filter(|t| !t.is_empty())
+        .map_or("end of file".to_owned(), |t| {
+            format!("`{}`", truncate(t, 20))
+        });
+    let message = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
+            names.sort_unstable();
+            names.dedup();
+            if names.is_empty() {
+                format!("syntax error near {found}")
+            } else {
+                format!("expected {}, found {found}", join_or(&names))
+            }
+        }
+        pest::error::ErrorVariant::CustomError { message } => message.clone(),
+    };
+    let diag = Diagnostic::new(file, source, span_at(source, pos, end), message);
+    match hint_for(source, pos) {
+        Some(h) => diag.with_hint(h),
+        None => diag,
+    }
+}
+
+fn hint_for(source: &str, pos: usize) -> Option<&'static str> {
+    let rest = &source[pos..];
+    if rest.starts_with('$')
+        && !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '{')
+    {
+        return Some("a `$` in a string starts a variable; write `\\$` for a dollar sign");
+    }
+    if rest.starts_with('\'') {
+        return Some("strings use double quotes");
+    }
+    None
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn join_or(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
+
+/// Grammar rules in words, for error messages. `None`: not worth naming.
+fn rule_name(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::module | Rule::kw_mod => "`mod NAME { ... }`",
+        Rule::ident | Rule::name => "a name",
+        Rule::version_item | Rule::kw_version => "`version`",
+        Rule::priority_item | Rule::kw_priority => "`priority`",
+        Rule::description_item | Rule::kw_description => "`description`",
+        Rule::lua_item | Rule::kw_lua => "`lua`",
+        Rule::config_block | Rule::kw_config => "`config { ... }`",
+        Rule::config_field => "a config field (`name: type = default`)",
+        Rule::type_name | Rule::scalar_type | Rule::list_type | Rule::map_type => {
+            "a type (bool, int, float, string, duration, size, list<T>, map<T>)"
+        }
+        Rule::phase | Rule::kw_on => "`on request|response|log { ... }`",
+        Rule::phase_name => "`request`, `response` or `log`",
+        Rule::block => "`{`",
+        Rule::let_stmt | Rule::kw_let => "`let`",
+        Rule::if_stmt | Rule::kw_if => "`if`",
+        Rule::else_block | Rule::kw_else => "`else`",
+        Rule::respond_stmt | Rule::kw_respond => "`respond`",
+        Rule::forward_stmt | Rule::kw_forward => "`forward`",
+        Rule::set_stmt | Rule::kw_set => "`set`",
+        Rule::add_stmt | Rule::kw_add => "`add`",
+        Rule::remove_stmt | Rule::kw_remove => "`remove`",
+        Rule::log_stmt | Rule::kw_log => "`log`",
+        Rule::next_stmt => "`next`",
+        Rule::call_stmt | Rule::call => "a call",
+        Rule::header_map => "`{ \"header\": value }`",
+        Rule::header_pair => "`\"header\": value`",
+        Rule::option_map => "`{ option: value }`",
+        Rule::option_pair => "`option: value`",
+        Rule::target | Rule::field_target | Rule::target_root => "`req.…`, `resp.…` or `ctx.…`",
+        Rule::header_target | Rule::header_owner => {
+            "`req.header[\"name\"]` or `resp.header[\"name\"]`"
+        }
+        Rule::log_level => "a log level (debug, info, warn, error)",
+        Rule::expr | Rule::or_expr | Rule::and_expr | Rule::not_expr | Rule::cmp_expr => {
+            "an expression"
+        }
+        Rule::add_expr | Rule::mul_expr | Rule::neg_expr | Rule::postfix => "an expression",
+        Rule::or_op | Rule::and_op => "`and` or `or`",
+        Rule::cmp_op => "a comparison",
+        Rule::add_op | Rule::mul_op | Rule::neg_op => "an operator",
+        Rule::not_op => "`not`",
+        Rule::argument => "an argument",
+        Rule::list => "a list",
+        Rule::variable | Rule::var_path | Rule::interp_var => "a `$variable`",
+        Rule::var_index => "`[\"name\"]`",
+        Rule::string | Rule::raw_string => "a string",
+        Rule::int => "an integer",
+        Rule::float => "a number",
+        Rule::duration => "a duration (like 250ms, 5s)",
+        Rule::size => "a size (like 512B, 64KiB)",
+        Rule::boolean => "`true` or `false`",
+        Rule::nil => "`nil`",
+        Rule::interp_expr => "`${expression}`",
+        Rule::escape => "an escape (\\\" \\\\ \\n \\t \\r \\$ \\0)",
+        _ => return None,
+    })
+}
+
+/// Builds AST nodes from pest pairs.
+struct Builder<'s> {
+    file: Arc<str>,
+    source: &'s str,
+}
+
+fn is_keyword_token(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::kw_mod
+            | Rule::kw_version
+            | Rule::kw_priority
+            | Rule::kw_description
+            | Rule::kw_lua
+            | Rule::kw_config
+            | Rule::kw_on
+            | Rule::kw_let
+            | Rule::kw_if
+            | Rule::kw_else
+            | Rule::kw_respond
+            | Rule::kw_forward
+            | Rule::kw_set
+            | Rule::kw_add
+            | Rule::kw_remove
+            | Rule::kw_log
+    )
+}
+
+/// The children of a pair that carry meaning (keyword tokens dropped).
+fn children(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
+    pair.into_inner().filter(|p| !is_keyword_token(p.as_rule()))
+}
+
+impl<'s> Builder<'s> {
+    fn span(&self, pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        let (line, col) = s.start_pos().line_col();
+        Span {
+            start: s.start(),
+            end: s.end(),
+            line: line as u32,
+            col: col as u32,
+        }
+    }
+
+    fn err(&self, pair: &Pair<'_, Rule>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(&self.file, self.source, self.span(pair), message)
+    }
+
+    fn spanned_str(&self, pair: &Pair<'_, Rule>) -> Spanned<String> {
+        Spanned {
+            node: pair.as_str().to_owned(),
+            span: self.span(pair),
+        }
+    }
+
+    fn module(&self, pair: Pair<'_, Rule>) -> Result<Module, Diagnostic> {
+        let mut it = children(pair);
+        let name = it
+            .next()
+            .map(|p| self.spanned_str(&p))
+            .ok_or_else(|| Diagnostic::file_level(&self.file, "module has no name"))?;
+        let mut m = Module {
+            file: Arc::clone(&self.file),
+            name,
+            version: None,
+            priority: None,
+            description: None,
+            config: Vec::new(),
+            phases: Vec::new(),
+            lua: None,
+        };
+        for item in it {
+            self.item(&mut m, item)?;
+        }
+        Ok(m)
+    }
+
+    fn item(&self, m: &mut Module, item: Pair<'_, Rule>) -> Result<(), Diagnostic> {
+        let span = self.span(&item);
+        match item.as_rule() {
+            Rule::version_item => m.version = Some(self.plain_string(first(item)?)?),
+            Rule::description_item => m.description = Some(self.plain_string(first(item)?)?),
+            Rule::priority_item => {
+                let p = first(item)?;
+                let n = p
+                    .as_str()
+                    .parse::<i64>()
+                    .map_err(|_| self.err(&p, "priority is not a number"))?;
+                m.priority = Some(Spanned {
+                    node: n,
+                    span: self.span(&p),
+                });
+            }
+            Rule::config_block => {
+                for field in children(item) {
+                    m.config.push(self.config_field(field)?);
+                }
+            }
+            Rule::phase => m.phases.push(self.phase(item)?),
+            Rule::lua_item => {
+                let p = first(item)?;
+                let source = if p.as_rule() == Rule::raw_string {
+                    LuaSource::Inline(raw_text(&p))
+                } else {
+                    LuaSource::File(self.plain_string(p)?.node)
+                };
+                m.lua = Some(Spanned { node: source, span });
+            }
+            _ => return Err(self.err(&item, "unexpected item in module")),
+        }
+        Ok(())
+    }
+
+    fn config_field(&self, pair: Pair<'_, Rule>) -> Result<ConfigField, Diagnostic> {
+        let mut it = children(pair);
+        let name = next(&mut it).map(|p| self.spanned_str(&p))?;
+        let ty_pair = next(&mut it)?;
+        let ty = Spanned {
+            node: type_of(ty_pair.clone()),
+            span: self.span(&ty_pair),
+        };
+        let default = self.expr(next(&mut it)?)?;
+        Ok(ConfigField { name, ty, default })
+    }
+
+    fn phase(&self, pair: Pair<'_, Rule>) -> Result<Phase, Diagnostic> {
+        let span = self.span(&pair);
+        let mut it = children(pair);
+        let kind = match next(&mut it)?.as_str() {
+            "request" => PhaseKind::Request,
+            "response" => PhaseKind::Response,
+            _ => PhaseKind::Log,
+        };
+        let body = self.block(next(&mut it)?)?;
+        Ok(Phase { kind, body, span })
+    }
+
+    fn block(&self, pair: Pair<'_, Rule>) -> Result<Vec<Stmt>, Diagnostic> {
+        children(pair).map(|p| self.stmt(p)).collect()
+    }
+
+    fn stmt(&self, pair: Pair<'_, Rule>) -> Result<Stmt, Diagnostic> {
+        let span = self.span(&pair);
+        let rule = pair.as_rule();
+        let kind = match rule {
+            Rule::next_stmt => StmtKind::Next,
+            Rule::call_stmt => StmtKind::Call(self.call(first(pair)?)?),
+            Rule::let_stmt => {
+                let mut it = children(pair);
+                let name = self.spanned_str(&next(&mut it)?);
+                StmtKind::Let {
+                    name,
+                    value: self.expr(next(&mut it)?)?,
+                }
+            }
+            Rule::if_stmt => self.if_stmt(pair)?,
+            Rule::respond_stmt => self.respond(pair)?,
+            Rule::forward_stmt => {
+                let mut it = children(pair);
+                let upstream = self.expr(next(&mut it)?)?;
+                let options = match it.next() {
+                    Some(map) => children(map)
+                        .map(|p| self.option_pair(p))
+                        .collect::<Result<_, _>>()?,
+                    None => Vec::new(),
+                };
+                StmtKind::Forward { upstream, options }
+            }
+            Rule::set_stmt | Rule::add_stmt => {
+                let mut it = children(pair);
+                let target = self.target(next(&mut it)?)?;
+                let value = self.expr(next(&mut it)?)?;
+                if rule == Rule::set_stmt {
+                    StmtKind::Set { target, value }
+                } else {
+                    StmtKind::Add { target, value }
+                }
+            }
+            Rule::remove_stmt => StmtKind::Remove {
+                target: self.target(first(pair)?)?,
+            },
+            Rule::log_stmt => {
+                let mut it = children(pair);
+                let level = match next(&mut it)?.as_str() {
+                    "debug" => LogLevel::Debug,
+                    "info" => LogLevel::Info,
+                    "warn" => LogLevel::Warn,
+                    _ => LogLevel::Error,
+                };
+                StmtKind::Log {
+                    level,
+                    message: self.expr(next(&mut it)?)?,
+                }
+            }
+            _ => return Err(self.err(&pair, "unexpected statement")),
+        };
+        Ok(Stmt { kind, span })
+    }
+
+    fn if_stmt(&self, pair: Pair<'_, Rule>) -> Result<StmtKind, Diagnostic> {
+        let mut branches = Vec::new();
+        let mut otherwise = None;
+        let mut it = children(pair).peekable();
+        while let Some(p) = it.next() {
+            if p.as_rule() == Rule::else_block {
+                otherwise = Some(self.block(first(p)?)?);
+                break;
+            }
+            let cond = self.expr(p)?;
+            let body = self.block(next(&mut it)?)?;
+            branches.push((cond, body));
+        }
+        Ok(StmtKind::If {
+            branches,
+            otherwise,
+        })
+    }
+
+    fn respond(&self, pair: Pair<'_, Rule>) -> Result<StmtKind, Diagnostic> {
+        let mut status = None;
+        let mut body = None;
+        let mut headers = Vec::new();
+        for p in children(pair) {
+            match p.as_rule() {
+                Rule::header_map => {
+                    for hp in children(p) {
+                        let mut it = children(hp);
+                        let name_pair = next(&mut it)?;
+                        let name = self.plain_string(name_pair)?;
+                        headers.push((name, self.expr(next(&mut it)?)?));
+                    }
+                }
+                _ if status.is_none() => status = Some(self.expr(p)?),
+                _ => body = Some(self.expr(p)?),
+            }
+        }
+        let status =
+            status.ok_or_else(|| Diagnostic::file_level(&self.file, "respond without a status"))?;
+        Ok(StmtKind::Respond {
+            status,
+            body,
+            headers,
+        })
+    }
+
+    fn option_pair(&self, pair: Pair<'_, Rule>) -> Result<(Spanned<String>, Expr), Diagnostic> {
+        let mut it = children(pair);
+        let name = self.spanned_str(&next(&mut it)?);
+        Ok((name, self.expr(next(&mut it)?)?))
+    }
+
+    fn target(&self, pair: Pair<'_, Rule>) -> Result<Spanned<Target>, Diagnostic> {
+        let span = self.span(&pair);
+        let inner = if pair.as_rule() == Rule::target {
+            first(pair)?
+        } else {
+            pair
+        };
+        let node = match inner.as_rule() {
+            Rule::header_target => {
+                let mut it = children(inner);
+                let owner = next(&mut it)?.as_str().to_owned();
+                let name = self.plain_string(next(&mut it)?)?.node;
+                if owner == "req" {
+                    Target::ReqHeader(name)
+                } else {
+                    Target::RespHeader(name)
+                }
+            }
+            _ => {
+                let mut it = children(inner);
+                let root = next(&mut it)?.as_str().to_owned();
+                let field = next(&mut it)?.as_str().to_owned();
+                Target::Field { root, field }
+            }
+        };
+        Ok(Spanned { node, span })
+    }
+
+    fn call(&self, pair: Pair<'_, Rule>) -> Result<Call, Diagnostic> {
+        let span = self.span(&pair);
+        let mut it = children(pair);
+        let path = self.spanned_str(&next(&mut it)?);
+        let mut args = Vec::new();
+        for arg in it {
+            let parts: Vec<_> = children(arg).collect();
+            match parts.as_slice() {
+                [name, value] => args.push(Arg {
+                    name: Some(self.spanned_str(name)),
+                    value: self.expr(value.clone())?,
+                }),
+                [value] => args.push(Arg {
+                    name: None,
+                    value: self.expr(value.clone())?,
+                }),
+                _ => return Err(Diagnostic::file_level(&self.file, "malformed argument")),
+            }
+        }
+        Ok(Call { path, args, span })
+    }
+
+    fn expr(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        let span = self.span(&pair);
+        match pair.as_rule() {
+            Rule::expr => self.expr(first(pair)?),
+            Rule::or_expr | Rule::and_expr | Rule::add_expr | Rule::mul_expr | Rule::cmp_expr => {
+                self.binary_chain(pair)
+            }
+            Rule::not_expr | Rule::neg_expr => {
+                let parts: Vec<_> = children(pair).collect();
+                let (ops, operand) = parts.split_at(parts.len().saturating_sub(1));
+                let mut e = self.expr(
+                    operand
+                        .first()
+                        .cloned()
+                        .ok_or_else(|| Diagnostic::file_level(&self.file, "missing operand"))?,
+                )?;
+                for op in ops.iter().rev() {
+                    let op_kind = if op.as_rule() == Rule::not_op {
+                        UnOp::Not
+                    } else {
+                        UnOp::Neg
+                    };
+                    e = Expr {
+                        kind: ExprKind::Unary(op_kind, Box::new(e)),
+                        span,
+                    };
+                }
+                Ok(e)
+            }
+            Rule::postfix => {
+                let mut it = children(pair);
+                let mut e = self.expr(next(&mut it)?)?;
+                for field in it {
+                    e = Expr {
+                        kind: ExprKind::Field(Box::new(e), self.spanned_str(&field)),
+                        span,
+                    };
+                }
+                Ok(e)
+            }
+            Rule::call => Ok(Expr {
+                kind: ExprKind::Call(self.call(pair)?),
+                span,
+            }),
+            Rule::variable => self.variable(pair),
+            Rule::name => Ok(Expr {
+                kind: ExprKind::Local(pair.as_str().to_owned()),
+                span,
+            }),
+            Rule::list => {
+                let items = children(pair)
+                    .map(|p| self.expr(p))
+                    .collect::<Result<_, _>>()?;
+                Ok(Expr {
+                    kind: ExprKind::List(items),
+                    span,
+                })
+            }
+            Rule::string => self.string(pair),
+            Rule::raw_string => Ok(Expr {
+                kind: ExprKind::Lit(Literal::Str(raw_text(&pair))),
+                span,
+            }),
+            _ => Ok(Expr {
+                kind: ExprKind::Lit(self.literal(&pair)?),
+                span,
+            }),
+        }
+    }
+
+    fn binary_chain(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        let mut it = children(pair);
+        let mut left = self.expr(next(&mut it)?)?;
+        while let Some(op) = it.next() {
+            let right = self.expr(next(&mut it)?)?;
+            let op = bin_op(op.as_str());
+            let span = Span {
+                end: right.span.end,
+                ..left.span
+            };
+            left = Expr {
+                kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+                span,
+            };
+        }
+        Ok(left)
+    }
+
+    fn variable(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        let span = self.span(&pair);
+        let var_path = first(pair)?;
+        let mut path = Vec::new();
+        let mut index = None;
+        let text = var_path.as_str();
+        let mut it = var_path.into_inner();
+        let idx = it.find(|p| p.as_rule() == Rule::var_index);
+        let names_end = idx
+            .as_ref()
+            .map_or(text.len(), |p| p.as_span().start() - span.start - 1);
+        for part in text[..names_end.min(text.len())].split('.') {
+            path.push(part.to_owned());
+        }
+        if let Some(idx) = idx {
+            index = Some(self.plain_string(first(idx)?)?.node);
+        }
+        Ok(Expr {
+            kind: ExprKind::Var { path, index },
+            span,
+        })
+    }
+
+    fn string(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        let span = self.span(&pair);
+        if pair.as_str().len() > MAX_STRING + 2 {
+            return Err(self.err(&pair, format!("string longer than {MAX_STRING} bytes")));
+        }
+        let mut parts: Vec<Part> = Vec::new();
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::string_text => push_text(&mut parts, p.as_str()),
+                Rule::escape => push_text(&mut parts, unescape(p.as_str())),
+                Rule::interp_expr => parts.push(Part::Expr(self.expr(first(p)?)?)),
+                Rule::interp_var => {
+                    let var_span = self.span(&p);
+                    let mut e = self.variable(p)?;
+                    e.span = var_span;
+                    parts.push(Part::Expr(e));
+                }
+                _ => {}
+            }
+        }
+        let kind = match parts.as_slice() {
+            [] => ExprKind::Lit(Literal::Str(String::new())),
+            [Part::Text(t)] => ExprKind::Lit(Literal::Str(t.clone())),
+            _ => ExprKind::Interp(parts),
+        };
+        Ok(Expr { kind, span })
+    }
+
+    /// A string that must not interpolate (header names, versions, Lua file names).
+    fn plain_string(&self, pair: Pair<'_, Rule>) -> Result<Spanned<String>, Diagnostic> {
+        let span = self.span(&pair);
+        match self.string(pair.clone())?.kind {
+            ExprKind::Lit(Literal::Str(s)) => Ok(Spanned { node: s, span }),
+            _ => Err(self
+                .err(&pair, "interpolation is not allowed here")
+                .with_hint("use a plain string")),
+        }
+    }
+
+    fn literal(&self, pair: &Pair<'_, Rule>) -> Result<Literal, Diagnostic> {
+        let text = pair.as_str();
+        Ok(match pair.as_rule() {
+            Rule::nil => Literal::Nil,
+            Rule::boolean => Literal::Bool(text == "true"),
+            Rule::int => Literal::Int(
+                text.parse()
+                    .map_err(|_| self.err(pair, "integer out of range"))?,
+            ),
+            Rule::float => Literal::Float(text.parse().map_err(|_| self.err(pair, "bad number"))?),
+            Rule::duration => Literal::Duration(
+                crate::config::parse_duration(text).map_err(|e| self.err(pair, e))?,
+            ),
+            Rule::size => {
+                Literal::Size(crate::config::parse_size(text).map_err(|e| self.err(pair, e))?)
+            }
+            _ => return Err(self.err(pair, "unexpected expression")),
+        })
+    }
+}
+
+fn first(pair: Pair<'_, Rule>) -> Result<Pair<'_, Rule>, Diagnostic> {
+    let text = pair.as_str().to_owned();
+    children(pair)
+        .next()
+        .ok_or_else(|| Diagnostic::file_level("", format!("incomplete syntax near `{text}`")))
+}
+
+fn next<'a>(it: &mut impl Iterator<Item = Pair<'a, Rule>>) -> Result<Pair<'a, Rule>, Diagnostic> {
+    it.next()
+        .ok_or_else(|| Diagnostic::file_level("", "incomplete syntax"))
+}
+
+fn raw_text(pair: &Pair<'_, Rule>) -> String {
+    let s = pair.as_str();
+    s.get(3..s.len().saturating_sub(3)).unwrap_or("").to_owned()
+}
+
+fn push_text(parts: &mut Vec<Part>, text: &str) {
+    if let Some(Part::Text(t)) = parts.last_mut() {
+        t.push_str(text);
+    } else {
+        parts.push(Part::Text(text.to_owned()));
+    }
+}
+
+fn unescape(esc: &str) -> &'static str {
+    match esc {
+        "\\n" => "\n",
+        "\\t" => "\t",
+        "\\r" => "\r",
+        "\\0" => "\0",
+        "\\\"" => "\"",
+        "\\$" => "$",
+        _ => "\\",
+    }
+}
+
+fn bin_op(op: &str) -> BinOp {
+    match op {
+        "or" => BinOp::Or,
+        "and" => BinOp::And,
+        "==" => BinOp::Eq,
+        "!=" => BinOp::Ne,
+        "<" => BinOp::Lt,
+        "<=" => BinOp::Le,
+        ">" => BinOp::Gt,
+        ">=" => BinOp::Ge,
+        "in" => BinOp::In,
+        "~" => BinOp::Match,
+        "starts_with" => BinOp::StartsWith,
+        "ends_with" => BinOp::EndsWith,
+        "contains" => BinOp::Contains,
+        "+" => BinOp::Add,
+        "-" => BinOp::Sub,
+        "*" => BinOp::Mul,
+        "/" => BinOp::Div,
+        _ => BinOp::Rem,
+    }
+}
+
+fn type_of(pair: Pair<'_, Rule>) -> Type {
+    let inner = match pair.as_rule() {
+        Rule::type_name => match pair.into_inner().next() {
+            Some(p) => p,
+            None => return Type::Any,
+        },
+        _ => pair,
+    };
+    match inner.as_rule() {
+        Rule::list_type => Type::List(Box::new(
+            inner.into_inner().next().map_or(Type::Any, type_of),
+        )),
+        Rule::map_type => Type::Map(Box::new(
+            inner.into_inner().next().map_or(Type::Any, type_of),
+        )),
+        _ => match inner.as_str() {
+            "bool" => Type::Bool,
+            "int" => Type::Int,
+            "float" => Type::Float,
+            "string" => Type::Str,
+            "duration" => Type::Duration,
+            _ => Type::Size,
+        },
+    }
+}

@@ -1,0 +1,199 @@
+//! The server: binds listeners, starts the workers and the control thread, and shuts
+//! down gracefully (stop accepting, let in-flight requests finish up to
+//! `timeouts.shutdown_drain`).
+//!
+//! Owns: threads, sockets, connection lifecycle and limits. Must not touch: what a
+//! request does once parsed (that is `proxy`).
+
+pub mod conn;
+pub mod listener;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::generation::Generation;
+use crate::stats::Stats;
+use crate::upstream::pool::Pool;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("modules failed to load:\n{}", crate::script::diag::render_all(.0))]
+    Modules(Vec<crate::script::Diagnostic>),
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every worker and the control thread.
+pub struct Shared {
+    generation: ArcSwap<Generation>,
+    shutdown: watch::Sender<bool>,
+    /// Open client connections, across workers.
+    pub connections: AtomicUsize,
+    /// Woken when a connection closes (shutdown drain waits on it).
+    pub conn_closed: Notify,
+    /// Request and upstream counters.
+    pub stats: Stats,
+    /// Every worker's pool, for statistics.
+    pub pools: Mutex<Vec<Arc<Pool>>>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// The current generation (requests pin it for their whole life).
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Swaps in a new generation; requests already running keep theirs.
+    pub fn swap_generation(&self, next: Arc<Generation>) {
+        self.generation.store(next);
+    }
+
+    /// A receiver that turns `true` when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Upstream connections opened and requests sent on reused ones, across workers.
+    pub fn pool_totals(&self) -> (u64, u64) {
+        self.pools.lock().iter().fold((0, 0), |(o, r), p| {
+            (
+                o + p.opened.load(Ordering::Relaxed),
+                r + p.reused.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The addresses the HTTP listeners are bound to (ports resolved when 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The first listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// The shared state (generation, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Begins a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Shuts down gracefully and waits for every thread to finish.
+    pub fn shutdown(self) {
+        self.begin_shutdown();
+        self.join();
+    }
+
+    /// Waits for every thread to finish (after `begin_shutdown`).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds every listener and starts the workers and the control thread.
+pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let std_state = Arc::new(crate::pipeline::StdState::default());
+    // Modules are compiled before any socket is bound: a broken module means no start.
+    let generation =
+        Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);
+    let config = &generation.config;
+    let workers = config.server.workers.max(1);
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for &addr in &config.server.listen {
+        let (listeners, bound) = listener::bind_reuseport(addr, workers)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        for (i, l) in listeners.into_iter().enumerate() {
+            per_worker[i].push(l);
+        }
+        addrs.push(bound);
+    }
+    warn_unserved(config);
+    let (shutdown, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        generation: ArcSwap::new(Arc::clone(&generation)),
+        shutdown,
+        connections: AtomicUsize::new(0),
+        conn_closed: Notify::new(),
+        stats: Stats::default(),
+        pools: Mutex::new(Vec::new()),
+        started: Instant::now(),
+    });
+    let mut threads = Vec::new();
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        threads.push(spawn_thread(format!("pc-worker-{id}"), move || {
+            worker::run(id, listeners, shared)
+        })?);
+    }
+    let control_shared = Arc::clone(&shared);
+    threads.push(spawn_thread("pc-control".into(), move || {
+        crate::control::run(control_shared)
+    })?);
+    tracing::info!(target: "proxycache::server", listen = ?addrs, workers, generation = generation.number, "proxycache serving");
+    Ok(ServerHandle {
+        shared,
+        addrs,
+        threads,
+    })
+}
+
+fn spawn_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, ServerError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|source| ServerError::Thread { name, source })
+}
+
+/// Config sections that parse but are not served by this build are said out loud,
+/// never silently ignored.
+fn warn_unserved(config: &Config) {
+    for tls in &config.server.tls {
+        tracing::warn!(target: "proxycache::server", listen = %tls.listen, "[[server.tls]] is not served yet by this build");
+    }
+    for tcp in &config.tcp {
+        tracing::warn!(target: "proxycache::server", listen = %tcp.listen, "[[tcp]] is not served yet by this build");
+    }
+}

@@ -1,0 +1,242 @@
+//! One client connection: hyper serving HTTP/1.1 (keep-alive) and HTTP/2 (prior
+//! knowledge) on the same port, plus a watchdog that enforces `timeouts.header` (a
+//! request head must arrive within it once its first byte has) and `timeouts.idle`
+//! (a connection with nothing in flight is closed), and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+use super::worker::WorkerCtx;
+
+/// Per-connection facts the request path needs.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub scheme: &'static str,
+    pub activity: Activity,
+}
+
+/// What the watchdog reads: requests in flight, and when things last happened, in
+/// milliseconds since the connection opened (0 = never).
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    inflight: AtomicU32,
+    last_done_ms: AtomicU64,
+    head_started_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            inflight: AtomicU32::new(0),
+            last_done_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that "0" keeps meaning "never".
+        self.opened.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A request head has been parsed (called by the request path).
+    pub fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// A response has been sent in full or abandoned.
+    pub fn request_finished(&self) {
+        self.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn bytes_read(&self) {
+        if self.inflight.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the watchdog decided.
+enum Verdict {
+    /// Check again at this instant.
+    Wait(Instant),
+    /// A request head is overdue: drop the connection.
+    HeaderTimeout,
+    /// Nothing in flight for `idle`: close gracefully.
+    Idle,
+}
+
+fn judge(a: &Activity, header: Duration, idle: Duration) -> Verdict {
+    let now = a.now_ms();
+    let (header_ms, idle_ms) = (header.as_millis() as u64, idle.as_millis() as u64);
+    if a.inflight.load(Ordering::Relaxed) > 0 {
+        return Verdict::Wait(Instant::now() + header.min(idle));
+    }
+    let head = a.head_started_ms.load(Ordering::Relaxed);
+    if head != 0 {
+        if now.saturating_sub(head) >= header_ms {
+            return Verdict::HeaderTimeout;
+        }
+        return Verdict::Wait(a.opened + Duration::from_millis(head + header_ms));
+    }
+    let last = a.last_done_ms.load(Ordering::Relaxed).max(1);
+    if now.saturating_sub(last) >= idle_ms {
+        return Verdict::Idle;
+    }
+    Verdict::Wait(a.opened + Duration::from_millis(last + idle_ms))
+}
+
+/// The socket, reporting reads to the watchdog.
+struct WatchedIo {
+    stream: TcpStream,
+    conn: Arc<ConnInfo>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.conn.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The hyper builder for a generation's limits: HTTP/1.1 with keep-alive and HTTP/2
+/// by prior knowledge on the same listener.
+pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let limits = &config.server.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own 431 is a backstop at twice the limit; below that the request path
+    // answers 431 itself, with an x-request-id.
+    let hyper_limit = limits.max_header_bytes.saturating_mul(2).max(16 * 1024);
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(hyper_limit)
+        // The watchdog owns header and idle timeouts: hyper's header timer would also
+        // run while a keep-alive connection is idle and so cut `idle` to `header`.
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256);
+    builder
+}
+
+/// Serves one accepted connection until it closes, times out or shutdown drains it.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<WorkerCtx>) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let conn = Arc::new(ConnInfo {
+        peer,
+        local,
+        scheme: "http",
+        activity: Activity::new(),
+    });
+    let generation = ctx.shared.generation();
+    let timeouts = generation.config.server.timeouts.clone();
+    let builder = http_builder(&generation.config);
+    drop(generation);
+
+    let io = TokioIo::new(WatchedIo {
+        stream,
+        conn: Arc::clone(&conn),
+    });
+    let svc_conn = Arc::clone(&conn);
+    let svc_ctx = Arc::clone(&ctx);
+    let service = service_fn(move |req| {
+        crate::proxy::handle(req, Arc::clone(&svc_conn), Arc::clone(&svc_ctx))
+    });
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+
+    let mut shutdown = ctx.shared.shutdown_signal();
+    let mut draining = *shutdown.borrow();
+    if draining {
+        served.as_mut().graceful_shutdown();
+    }
+    loop {
+        let deadline = match judge(&conn.activity, timeouts.header, timeouts.idle) {
+            Verdict::Wait(at) => at,
+            Verdict::HeaderTimeout => {
+                tracing::debug!(target: "proxycache::server", %peer, "request header timeout; closing");
+                return;
+            }
+            Verdict::Idle if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+                Instant::now() + timeouts.header
+            }
+            Verdict::Idle => return,
+        };
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(target: "proxycache::server", %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A worker: one OS thread running a current-thread tokio runtime with its own
+//! listeners and its own upstream connection pool — the nginx model inside one
+//! process. Workers share only the `Shared` state (generation, counters).
+
+use std::net::TcpListener as StdListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::upstream::pool::Pool;
+
+use super::Shared;
+
+/// What a worker's request path can reach.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: Arc<Pool>,
+}
+
+/// How often idle upstream connections are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs worker `id` until shutdown has drained (or `shutdown_drain` ran out).
+pub fn run(id: usize, listeners: Vec<StdListener>, shared: Arc<Shared>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(target: "proxycache::server", worker = id, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let ctx = Arc::new(WorkerCtx {
+        id,
+        shared: Arc::clone(&shared),
+        pool: Arc::new(Pool::default()),
+    });
+    shared.pools.lock().push(Arc::clone(&ctx.pool));
+    runtime.block_on(async move {
+        let mut accept_tasks = Vec::new();
+        for listener in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(l) => accept_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx)))),
+                Err(e) => tracing::error!(target: "proxycache::server", worker = id, error = %e, "cannot register listener"),
+            }
+        }
+        tokio::spawn(sweep_loop(Arc::clone(&ctx)));
+        let mut shutdown = ctx.shared.shutdown_signal();
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        // Stop accepting first: dropping the listeners makes new connections fail fast.
+        for task in accept_tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        drain(&ctx).await;
+    });
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = &ctx.shared;
+                let max = shared.generation().config.server.limits.max_connections;
+                if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
+                    shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(target: "proxycache::server", %peer, max, "connection limit reached; refusing");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    super::conn::serve(stream, peer, Arc::clone(&ctx)).await;
+                    ctx.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    ctx.shared.conn_closed.notify_waiters();
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(target: "proxycache::server", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn drain(ctx: &WorkerCtx) {
+    let drain_for = ctx
+        .shared
+        .generation()
+        .config
+        .server
+        .timeouts
+        .shutdown_drain;
+    let deadline = tokio::time::Instant::now() + drain_for;
+    loop {
+        let notified = ctx.shared.conn_closed.notified();
+        if ctx.shared.connections.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            tracing::warn!(target: "proxycache::server", worker = ctx.id, "shutdown drain time is up; closing remaining connections");
+            return;
+        }
+    }
+}
+
+async fn sweep_loop(ctx: Arc<WorkerCtx>) {
+    let mut ticker = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        ticker.tick().await;
+        let generation = ctx.shared.generation();
+        ctx.pool.sweep(|addr| {
+            generation
+                .upstreams
+                .sets
+                .iter()
+                .find(|s| s.servers.iter().any(|srv| matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)))
+                .map_or(Duration::ZERO, |s| s.config.pool.idle_timeout)
+        });
+    }
+}

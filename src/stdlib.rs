@@ -1,0 +1,174 @@
+//! The Rust standard library that scripts call, and its signature table.
+//!
+//! One table ([`SIGNATURES`]) describes every function: its name, named arguments with
+//! types and defaults, its result, and the phases it may be called in. The pcmod
+//! checker, the compiler, the docs (and later the Lua binding) all read it, so adding
+//! a function is one entry in its area's file plus its Rust code.
+//!
+//! Each area is one file with its entries and its implementation (STYLE rule 12).
+//! Must not touch: sockets, the pipeline's order of modules.
+
+pub mod helpers;
+pub mod rate_limit;
+pub mod request_id;
+pub mod url_rewrite;
+
+use crate::script::ast::PhaseKind;
+use crate::script::value::Value;
+
+/// Argument and field types as the table states them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgType {
+    Any,
+    Bool,
+    Int,
+    /// An int or a float.
+    Number,
+    Str,
+    Duration,
+}
+
+impl ArgType {
+    /// The name used in messages and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArgType::Any => "any",
+            ArgType::Bool => "bool",
+            ArgType::Int => "int",
+            ArgType::Number => "number",
+            ArgType::Str => "string",
+            ArgType::Duration => "duration",
+        }
+    }
+}
+
+/// A default value in the table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArgDefault {
+    /// The argument is required.
+    Required,
+    /// Absent means nil; the function decides.
+    Nil,
+    Int(i64),
+    Str(&'static str),
+    DurationMs(u64),
+}
+
+impl ArgDefault {
+    /// The value passed when the argument is absent (`Required` never reaches here).
+    pub fn value(self) -> Value {
+        match self {
+            ArgDefault::Required | ArgDefault::Nil => Value::Nil,
+            ArgDefault::Int(i) => Value::Int(i),
+            ArgDefault::Str(s) => Value::str(s),
+            ArgDefault::DurationMs(ms) => Value::Duration(std::time::Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// One named argument.
+#[derive(Debug)]
+pub struct ArgSig {
+    pub name: &'static str,
+    pub ty: ArgType,
+    pub default: ArgDefault,
+    /// Must be a literal (e.g. a regex compiled at load time).
+    pub literal: bool,
+    pub doc: &'static str,
+}
+
+/// What a call returns.
+#[derive(Debug)]
+pub enum Returns {
+    Nothing,
+    Value(ArgType),
+    /// A record with these fields, addressed by index.
+    Record(&'static RecordSig),
+}
+
+/// The fields of a result record.
+#[derive(Debug)]
+pub struct RecordSig {
+    pub name: &'static str,
+    pub fields: &'static [(&'static str, ArgType)],
+}
+
+/// Which function a signature binds to: one closed set, dispatched in [`call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdFn {
+    RateLimit,
+    RequestIdInject,
+    UrlRewrite,
+    Len,
+    Lower,
+    Upper,
+    Trim,
+    ToInt,
+    ToStr,
+}
+
+/// One function's signature.
+#[derive(Debug)]
+pub struct FnSig {
+    pub name: &'static str,
+    pub id: StdFn,
+    pub args: &'static [ArgSig],
+    pub returns: Returns,
+    pub phases: &'static [PhaseKind],
+    pub doc: &'static str,
+}
+
+/// Phases where a call that reads or changes the request may run.
+pub const ALL_PHASES: &[PhaseKind] = &[PhaseKind::Request, PhaseKind::Response, PhaseKind::Log];
+
+/// Every function, from every area.
+pub static SIGNATURES: &[&[FnSig]] = &[
+    rate_limit::SIGS,
+    request_id::SIGS,
+    url_rewrite::SIGS,
+    helpers::SIGS,
+];
+
+/// The signature called `name` (`std.rate_limit`, `len`).
+pub fn lookup(name: &str) -> Option<&'static FnSig> {
+    SIGNATURES
+        .iter()
+        .flat_map(|area| area.iter())
+        .find(|s| s.name == name)
+}
+
+/// Every function name, for "did you mean" hints.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SIGNATURES
+        .iter()
+        .flat_map(|area| area.iter())
+        .map(|s| s.name)
+}
+
+/// A run-time failure of a stdlib call; ends the request with 500.
+#[derive(Debug, thiserror::Error)]
+#[error("{function}: {message}")]
+pub struct StdError {
+    pub function: &'static str,
+    pub message: String,
+}
+
+/// What a stdlib call can see and change about the request in flight.
+pub use crate::pipeline::Exchange;
+
+/// Calls `id` with arguments in signature order (defaults already filled).
+pub fn call(
+    id: StdFn,
+    args: &[Value],
+    prepared: Option<&regex::Regex>,
+    ex: &mut Exchange<'_>,
+) -> Result<Value, StdError> {
+    match id {
+        StdFn::RateLimit => rate_limit::call(args, ex),
+        StdFn::RequestIdInject => request_id::inject(args, ex),
+        StdFn::UrlRewrite => url_rewrite::call(args, prepared, ex),
+        StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {
+            helpers::call(id, args)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `std.rate_limit`: GCRA (the token bucket as one timestamp per key) in a sharded
+//! map, so workers rarely contend, with a cap on keys so a flood of distinct keys
+//! cannot exhaust memory. Buckets live outside generations: a reload never resets them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{ArgDefault, ArgSig, ArgType, FnSig, RecordSig, Returns, StdError, StdFn, ALL_PHASES};
+use crate::script::value::Value;
+
+/// `{allowed, remaining, retry_after, limit}`.
+pub static RESULT: RecordSig = RecordSig {
+    name: "rate_limit",
+    fields: &[
+        ("allowed", ArgType::Bool),
+        ("remaining", ArgType::Int),
+        ("retry_after", ArgType::Int),
+        ("limit", ArgType::Int),
+    ],
+};
+
+/// The signature entries of this area.
+pub static SIGS: &[FnSig] = &[FnSig {
+    name: "std.rate_limit",
+    id: StdFn::RateLimit,
+    args: &[
+        ArgSig { name: "key", ty: ArgType::Str, default: ArgDefault::Required, literal: false, doc: "what is limited (an API key, a client IP, ...)" },
+        ArgSig { name: "rate", ty: ArgType::Number, default: ArgDefault::Required, literal: false, doc: "requests allowed per `per`" },
+        ArgSig { name: "burst", ty: ArgType::Int, default: ArgDefault::Nil, literal: false, doc: "bucket size; defaults to `rate`" },
+        ArgSig { name: "per", ty: ArgType::Duration, default: ArgDefault::DurationMs(1000), literal: false, doc: "the period `rate` is counted over" },
+        ArgSig { name: "scope", ty: ArgType::Str, default: ArgDefault::Str("local"), literal: true, doc: "`local` (this process)" },
+    ],
+    returns: Returns::Record(&RESULT),
+    phases: ALL_PHASES,
+    doc: "Token bucket per key: `allowed` says whether this request fits; `retry_after` is whole seconds until one would.",
+}];
+
+const SHARDS: usize = 64;
+
+/// Default cap on keys held at once, across shards.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// One shard: key -> theoretical arrival time (ns since the limiter's epoch).
+type Shard = Mutex<HashMap<Arc<str>, u64>>;
+
+/// Every bucket of the process.
+pub struct RateLimiter {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    epoch: Instant,
+    max_per_shard: usize,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new(DEFAULT_MAX_KEYS)
+    }
+}
+
+/// One decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub remaining: u64,
+    pub retry_after: Duration,
+    pub limit: u64,
+}
+
+impl RateLimiter {
+    /// A limiter holding at most about `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        RateLimiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+            max_per_shard: (max_keys / SHARDS).max(1),
+        }
+    }
+
+    /// Keys held right now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes one token for `key` from a bucket of `burst` refilled at `rate` per `per`.
+    pub fn check(&self, key: &str, rate: f64, burst: u64, per: Duration) -> Decision {
+        let burst = burst.max(1);
+        let interval = (per.as_nanos() as f64 / rate.max(1e-9)).max(1.0) as u64; // ns per token
+        let window = interval.saturating_mul(burst);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut map = shard.lock();
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let new_tat = tat.saturating_add(interval);
+        let allow_at = new_tat.saturating_sub(window);
+        if now < allow_at {
+            return Decision {
+                allowed: false,
+                remaining: 0,
+                retry_after: Duration::from_nanos(allow_at - now),
+                limit: burst,
+            };
+        }
+        if map.len() >= self.max_per_shard && !map.contains_key(key) {
+            evict(&mut map, now, self.max_per_shard);
+        }
+        match map.get_mut(key) {
+            Some(slot) => *slot = new_tat,
+            None => {
+                map.insert(Arc::from(key), new_tat);
+            }
+        }
+        let remaining = (now + window - new_tat) / interval;
+        Decision {
+            allowed: true,
+            remaining,
+            retry_after: Duration::ZERO,
+            limit: burst,
+        }
+    }
+}
+
+/// Makes room in a full shard: first drop buckets that have refilled completely
+/// (forgetting them changes nothing), then, if a flood keeps it full, arbitrary ones.
+fn evict(map: &mut HashMap<Arc<str>, u64>, now: u64, cap: usize) {
+    map.retain(|_, tat| *tat > now);
+    if map.len() >= cap {
+        let excess = map.len() + 1 - cap;
+        let victims: Vec<Arc<str>> = map.keys().take(excess.max(cap / 8)).cloned().collect();
+        for k in victims {
+            map.remove(&k);
+        }
+    }
+}
+
+/// `std.rate_limit(key, rate, burst?, per?, scope?)`.
+pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
+    let err = |message: String| StdError {
+        function: "std.rate_limit",
+        message,
+    };
+    let key = match &args[0] {
+        Value::Nil => return Err(err("key is nil".into())),
+        v => v.to_string(),
+    };
+    let rate = args[1]
+        .as_f64()
+        .filter(|r| *r > 0.0)
+        .ok_or_else(|| err(format!("rate must be a positive number, got {}", args[1])))?;
+    let burst = match &args[2] {
+        Value::Int(b) if *b > 0 => *b as u64,
+        Value::Nil => rate.ceil() as u64,
+        other => return Err(err(format!("burst must be a positive int, got {other}"))),
+    };
+    let per = match &args[3] {
+        Value::Duration(d) if !d.is_zero() => *d,
+        other => return Err(err(format!("per must be a positive duration, got {other}"))),
+    };
+    let full_key = format!("{}\u{0}{}", ex.module, key);
+    let d = ex.state.rate_limits.check(&full_key, rate, burst, per);
+    let retry_after = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
+    Ok(Value::Record(Arc::from(vec![
+        Value::Bool(d.allowed),
+        Value::Int(d.remaining as i64),
+        Value::Int(retry_after as i64),
+        Value::Int(d.limit as i64),
+    ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refusal_then_refill() {
+        let rl = RateLimiter::new(1000);
+        let per = Duration::from_millis(100);
+        for i in 0..3 {
+            let d = rl.check("k", 3.0, 3, per);
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 2 - i);
+        }
+        let d = rl.check("k", 3.0, 3, per);
+        assert!(!d.allowed);
+        assert!(d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_millis(34));
+        assert!(
+            rl.check("other", 3.0, 3, per).allowed,
+            "keys are independent"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(rl.check("k", 3.0, 3, per).allowed, "refilled one token");
+    }
+
+    #[test]
+    fn distinct_keys_stay_under_the_cap() {
+        let rl = RateLimiter::new(6400);
+        for i in 0..100_000 {
+            rl.check(&format!("key-{i}"), 1.0, 1, Duration::from_secs(60));
+        }
+        assert!(rl.len() <= 6400, "held {}", rl.len());
+    }
+}

@@ -1,0 +1,294 @@
+//! Balancing strategies, one closed enum dispatched by one `match` (STYLE rule 3).
+//!
+//! Every strategy picks among the servers for which `available(i)` holds (healthy,
+//! breaker not open, not excluded by a retry), so an unhealthy server is skipped
+//! without rebuilding anything.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::config::Balance;
+
+use super::server::ServerState;
+use std::sync::Arc;
+
+/// Virtual nodes per unit of weight on the consistent-hash ring.
+const RING_POINTS_PER_WEIGHT: u32 = 160;
+
+/// What a pick may depend on.
+pub struct PickKey {
+    pub client_ip: IpAddr,
+    /// Hash of the `hash_key` value for `consistent_hash`.
+    pub hash: u64,
+}
+
+/// A strategy and its state.
+#[derive(Debug)]
+pub enum Balancer {
+    RoundRobin { next: AtomicUsize },
+    Weighted { current: Mutex<Vec<i64>> },
+    LeastConn { next: AtomicUsize },
+    IpHash,
+    ConsistentHash { ring: Vec<(u64, usize)> },
+    P2c,
+}
+
+impl Balancer {
+    /// The balancer for `servers` with `strategy`.
+    pub fn new(strategy: Balance, servers: &[Arc<ServerState>]) -> Self {
+        match strategy {
+            Balance::RoundRobin => Balancer::RoundRobin {
+                next: AtomicUsize::new(0),
+            },
+            Balance::Weighted => Balancer::Weighted {
+                current: Mutex::new(vec![0; servers.len()]),
+            },
+            Balance::LeastConn => Balancer::LeastConn {
+                next: AtomicUsize::new(0),
+            },
+            Balance::IpHash => Balancer::IpHash,
+            Balance::ConsistentHash => Balancer::ConsistentHash {
+                ring: build_ring(servers),
+            },
+            Balance::P2c => Balancer::P2c,
+        }
+    }
+
+    /// Picks a server index, or `None` when no server is available.
+    pub fn pick(
+        &self,
+        servers: &[Arc<ServerState>],
+        key: &PickKey,
+        available: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = servers.len();
+        if n == 0 {
+            return None;
+        }
+        match self {
+            Balancer::RoundRobin { next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+            }
+            Balancer::Weighted { current } => {
+                smooth_weighted(servers, &mut current.lock(), &available)
+            }
+            Balancer::LeastConn { next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| available(i))
+                    .min_by_key(|&i| servers[i].inflight())
+            }
+            Balancer::IpHash => {
+                let start = (hash_ip(key.client_ip) % n as u64) as usize;
+                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+            }
+            Balancer::ConsistentHash { ring } => ring_lookup(ring, key.hash, &available),
+            Balancer::P2c => power_of_two(servers, &available),
+        }
+    }
+}
+
+/// nginx's smooth weighted round robin: deterministic, and spreads a heavy server's
+/// turns instead of sending them in a burst.
+fn smooth_weighted(
+    servers: &[Arc<ServerState>],
+    current: &mut [i64],
+    available: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
+    for (i, server) in servers.iter().enumerate() {
+        if !available(i) {
+            continue;
+        }
+        let w = i64::from(server.weight);
+        current[i] += w;
+        total += w;
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    let chosen = best?;
+    current[chosen] -= total;
+    Some(chosen)
+}
+
+fn power_of_two(servers: &[Arc<ServerState>], available: &impl Fn(usize) -> bool) -> Option<usize> {
+    let n = servers.len();
+    let a = fastrand::usize(..n);
+    let b = if n > 1 {
+        (a + 1 + fastrand::usize(..n - 1)) % n
+    } else {
+        a
+    };
+    match (available(a), available(b)) {
+        (true, true) => Some(if servers[b].inflight() < servers[a].inflight() {
+            b
+        } else {
+            a
+        }),
+        (true, false) => Some(a),
+        (false, true) => Some(b),
+        (false, false) => (0..n).find(|&i| available(i)),
+    }
+}
+
+fn build_ring(servers: &[Arc<ServerState>]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let points = server.weight.max(1) * RING_POINTS_PER_WEIGHT;
+        for p in 0..points {
+            let label = format!("{}#{}", server.label(), p);
+            ring.push((hash_bytes(label.as_bytes()), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+fn ring_lookup(
+    ring: &[(u64, usize)],
+    hash: u64,
+    available: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if ring.is_empty() {
+        return None;
+    }
+    let start = ring.partition_point(|(h, _)| *h < hash);
+    (0..ring.len())
+        .map(|k| ring[(start + k) % ring.len()].1)
+        .find(|&i| available(i))
+}
+
+/// FNV-1a with a final avalanche: stable across processes and releases, so hashing
+/// picks the same server after a restart.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BreakerConfig, ServerTarget};
+    use std::time::Duration;
+
+    fn servers(weights: &[u32]) -> Vec<Arc<ServerState>> {
+        let b = BreakerConfig {
+            failures: 5,
+            open_for: Duration::from_secs(1),
+        };
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                let target = ServerTarget::Addr {
+                    addr,
+                    authority: addr.to_string(),
+                };
+                Arc::new(ServerState::new(target, *w, &b))
+            })
+            .collect()
+    }
+
+    fn key(ip: [u8; 4], hash: u64) -> PickKey {
+        PickKey {
+            client_ip: IpAddr::from(ip),
+            hash,
+        }
+    }
+
+    fn counts(b: &Balancer, s: &[Arc<ServerState>], n: usize) -> Vec<usize> {
+        let mut c = vec![0; s.len()];
+        for _ in 0..n {
+            if let Some(i) = b.pick(s, &key([1, 2, 3, 4], 0), |_| true) {
+                c[i] += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_alternates_and_skips_unavailable() {
+        let s = servers(&[1, 1]);
+        let b = Balancer::new(Balance::RoundRobin, &s);
+        assert_eq!(counts(&b, &s, 10), vec![5, 5]);
+        assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |i| i == 1), Some(1));
+        assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| false), None);
+    }
+
+    #[test]
+    fn weighted_follows_weights() {
+        let s = servers(&[1, 3]);
+        let b = Balancer::new(Balance::Weighted, &s);
+        assert_eq!(counts(&b, &s, 40), vec![10, 30]);
+    }
+
+    #[test]
+    fn hashes_are_stable_per_key() {
+        let s = servers(&[1, 1, 1]);
+        for strategy in [Balance::IpHash, Balance::ConsistentHash] {
+            let b = Balancer::new(strategy, &s);
+            let k = key([9, 8, 7, 6], hash_bytes(b"user-42"));
+            let first = b.pick(&s, &k, |_| true);
+            for _ in 0..20 {
+                assert_eq!(b.pick(&s, &k, |_| true), first);
+            }
+        }
+    }
+
+    #[test]
+    fn consistent_hash_moves_few_keys_when_a_server_goes() {
+        let s = servers(&[1, 1, 1, 1]);
+        let b = Balancer::new(Balance::ConsistentHash, &s);
+        let mut moved = 0;
+        for k in 0..1000u64 {
+            let kk = key([0, 0, 0, 0], hash_bytes(&k.to_le_bytes()));
+            let before = b.pick(&s, &kk, |_| true);
+            let after = b.pick(&s, &kk, |i| i != 0);
+            if before != Some(0) && before != after {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 0, "keys of surviving servers stay put");
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_server() {
+        let s = servers(&[1, 1]);
+        let b = Balancer::new(Balance::LeastConn, &s);
+        let _busy = s[0].begin();
+        for _ in 0..5 {
+            assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| true), Some(1));
+        }
+    }
+
+    #[test]
+    fn p2c_avoids_the_busier_of_two() {
+        let s = servers(&[1, 1]);
+        let b = Balancer::new(Balance::P2c, &s);
+        let _busy = s[1].begin();
+        for _ in 0..20 {
+            assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| true), Some(0));
+        }
+    }
+}
