@@ -3,6 +3,7 @@
 //! modules). Requests pin the generation they start with; a reload builds a new one
 //! off the hot path and swaps it in atomically.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -25,6 +26,9 @@ pub struct Generation {
     pub modules: Vec<ModuleInfo>,
     /// Stdlib state shared by every generation (rate-limit buckets, ...).
     pub std_state: Arc<StdState>,
+    /// Hash of everything it was built from (config text, module files): a reload
+    /// whose inputs hash the same changes nothing.
+    pub fingerprint: u64,
 }
 
 impl Generation {
@@ -37,7 +41,19 @@ impl Generation {
         previous: Option<&Generation>,
         std_state: Arc<StdState>,
     ) -> Result<Self, Vec<Diagnostic>> {
-        let loaded = script::load(&config)?;
+        let sources = script::read_sources(&config.scripts.dir).map_err(|d| vec![d])?;
+        Self::build_from(number, config, &sources, previous, std_state)
+    }
+
+    /// Like [`Generation::build`], with the module sources already read.
+    pub fn build_from(
+        number: u64,
+        config: Config,
+        sources: &[(PathBuf, String)],
+        previous: Option<&Generation>,
+        std_state: Arc<StdState>,
+    ) -> Result<Self, Vec<Diagnostic>> {
+        let loaded = script::load_sources(&config, sources)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
         Ok(Generation {
             number,
@@ -46,7 +62,18 @@ impl Generation {
             pipeline: loaded.pipeline,
             modules: loaded.modules,
             std_state,
+            fingerprint: fingerprint(&config, sources),
             config: Arc::new(config),
         })
     }
+}
+
+/// Hash of a generation's inputs.
+pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.source_text.hash(&mut h);
+    config.source.hash(&mut h);
+    sources.hash(&mut h);
+    h.finish()
 }

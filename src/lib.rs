@@ -13,12 +13,15 @@
 //! - [`pipeline`]   — the `Module` trait, phases, per-request context, run order.
 //! - [`script`]     — pcmod: parser (pest), AST, checker + diagnostics, compiler, executor.
 //! - [`stdlib`]     — the Rust stdlib scripts call, and its signature table.
-//! - [`control`]    — the control thread: health checks (admin API and reload later).
+//! - [`control`]    — the control thread: health checks, file watching, SIGHUP, admin API.
+//! - [`reload`]     — building, checking and swapping generations; the file watcher.
+//! - [`admin`]      — the admin API and dashboard.
 //! - [`stats`]      — process-wide request counters.
 //! - [`observe`]    — logging and the access log.
 //!
 //! The binary (`main.rs`) is only the CLI over [`run`] and [`check`].
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod generation;
@@ -26,6 +29,7 @@ pub mod http;
 pub mod observe;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod script;
 pub mod server;
 pub mod stats;

@@ -49,18 +49,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the config and every module; prints every error; exit 1 on any.
 fn check(path: Option<PathBuf>) -> ExitCode {
-    match Config::load(path.as_deref()) {
-        Ok(config) => {
-            let source = config
-                .source
-                .as_ref()
-                .map_or("<default>".into(), |p| p.display().to_string());
-            println!("{source}: ok");
-            ExitCode::SUCCESS
-        }
+    let config = match Config::load(path.as_deref()) {
+        Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let source = config
+        .source
+        .as_ref()
+        .map_or("<default>".into(), |p| p.display().to_string());
+    match proxycache::script::load(&config) {
+        Ok(loaded) => {
+            println!(
+                "{source}: ok ({} modules from {})",
+                loaded.modules.len(),
+                config.scripts.dir.display()
+            );
+            for m in &loaded.modules {
+                let state = if m.enabled { "" } else { " (disabled)" };
+                println!(
+                    "  {} priority {}{state}: on {}",
+                    m.name,
+                    m.priority,
+                    m.phases.join(", on ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            eprint!("{}", proxycache::script::diag::render_all(&diags));
+            eprintln!("{} error(s); nothing would be loaded", diags.len());
             ExitCode::FAILURE
         }
     }

@@ -36,6 +36,8 @@ pub struct ModuleInfo {
     pub file: PathBuf,
     pub phases: Vec<&'static str>,
     pub description: Option<String>,
+    /// The resolved config (defaults merged with `[mods.NAME]`), as TOML literals.
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 /// A compiled pcmod module.
@@ -110,23 +112,25 @@ pub struct Loaded {
 /// Loads every `*.pcmod` in `config.scripts.dir` (none when the folder does not
 /// exist) into a pipeline for `config`'s upstreams.
 pub fn load(config: &Config) -> Result<Loaded, Vec<Diagnostic>> {
-    let files = match module_files(&config.scripts.dir) {
-        Ok(files) => files,
-        Err(d) => return Err(vec![d]),
-    };
+    let sources = read_sources(&config.scripts.dir).map_err(|d| vec![d])?;
+    load_sources(config, &sources)
+}
+
+/// Reads every `*.pcmod` in `dir`, sorted by file name (none when it does not exist).
+pub fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostic> {
     let mut sources = Vec::new();
-    for path in files {
+    for path in module_files(dir)? {
         match std::fs::read_to_string(&path) {
             Ok(text) => sources.push((path, text)),
             Err(e) => {
-                return Err(vec![Diagnostic::file_level(
+                return Err(Diagnostic::file_level(
                     &path.display().to_string(),
                     format!("cannot read: {e}"),
-                )])
+                ))
             }
         }
     }
-    load_sources(config, &sources)
+    Ok(sources)
 }
 
 fn module_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
@@ -219,6 +223,11 @@ pub fn load_sources(
             file: path.clone(),
             phases: module.phases.iter().map(|p| p.kind.as_str()).collect(),
             description: module.description.as_ref().map(|d| d.node.clone()),
+            config: settings
+                .fields
+                .iter()
+                .map(|(k, (_, v))| (k.clone(), value::toml_literal(v)))
+                .collect(),
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;

@@ -9,7 +9,9 @@ pub mod conn;
 pub mod listener;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::Config;
 use crate::generation::Generation;
@@ -57,6 +59,18 @@ pub struct Shared {
     pub pools: Mutex<Vec<Arc<Pool>>>,
     /// When the server started.
     pub started: Instant,
+    /// The config file reloads read (`None`: the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Each worker's command channel (listeners opened and closed on reload).
+    pub workers: Mutex<Vec<mpsc::UnboundedSender<worker::WorkerCmd>>>,
+    /// Configured HTTP listen address -> the address actually bound.
+    pub listeners: Mutex<BTreeMap<SocketAddr, SocketAddr>>,
+    /// The admin listener's bound address, if the admin API is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The reload machinery (serialises reloads, remembers the last result).
+    pub reloads: crate::reload::ReloadState,
+    /// Woken after a new generation is swapped in.
+    pub generation_swapped: Notify,
 }
 
 impl Shared {
@@ -68,6 +82,7 @@ impl Shared {
     /// Swaps in a new generation; requests already running keep theirs.
     pub fn swap_generation(&self, next: Arc<Generation>) {
         self.generation.store(next);
+        self.generation_swapped.notify_one();
     }
 
     /// A receiver that turns `true` when shutdown begins.
@@ -104,6 +119,11 @@ impl ServerHandle {
         self.addrs[0]
     }
 
+    /// The admin API's address, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr
+    }
+
     /// The shared state (generation, counters).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -129,24 +149,36 @@ impl ServerHandle {
 }
 
 /// Binds every listener and starts the workers and the control thread.
+/// `config_path` is the file reloads re-read (`None`: the embedded default).
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let config_path = config.source.clone();
     let std_state = Arc::new(crate::pipeline::StdState::default());
     // Modules are compiled before any socket is bound: a broken module means no start.
     let generation =
         Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);
     let config = &generation.config;
     let workers = config.server.workers.max(1);
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+    let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
+    let mut listeners = BTreeMap::new();
     for &addr in &config.server.listen {
-        let (listeners, bound) = listener::bind_reuseport(addr, workers)
+        let (bound_sockets, bound) = listener::bind_reuseport(addr, workers)
             .map_err(|source| ServerError::Bind { addr, source })?;
-        for (i, l) in listeners.into_iter().enumerate() {
-            per_worker[i].push(l);
+        for (i, l) in bound_sockets.into_iter().enumerate() {
+            per_worker[i].push((addr, l));
         }
         addrs.push(bound);
+        listeners.insert(addr, bound);
     }
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     warn_unserved(config);
     let (shutdown, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -157,19 +189,27 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         stats: Stats::default(),
         pools: Mutex::new(Vec::new()),
         started: Instant::now(),
+        config_path,
+        workers: Mutex::new(Vec::new()),
+        listeners: Mutex::new(listeners),
+        admin_addr,
+        reloads: crate::reload::ReloadState::default(),
+        generation_swapped: Notify::new(),
     });
     let mut threads = Vec::new();
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
+        let (tx, rx) = mpsc::unbounded_channel();
+        shared.workers.lock().push(tx);
         threads.push(spawn_thread(format!("pc-worker-{id}"), move || {
-            worker::run(id, listeners, shared)
+            worker::run(id, listeners, shared, rx)
         })?);
     }
     let control_shared = Arc::clone(&shared);
     threads.push(spawn_thread("pc-control".into(), move || {
-        crate::control::run(control_shared)
+        crate::control::run(control_shared, admin)
     })?);
-    tracing::info!(target: "proxycache::server", listen = ?addrs, workers, generation = generation.number, "proxycache serving");
+    tracing::info!(target: "proxycache::server", listen = ?addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {
         shared,
         addrs,

@@ -111,3 +111,30 @@ impl fmt::Display for Value {
         }
     }
 }
+
+/// A value as a TOML literal (for `/config/repair` and the admin API).
+pub fn toml_literal(v: &Value) -> String {
+    match v {
+        Value::Nil => "\"\"".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => format!("{f:?}"),
+        Value::Str(s) => toml::Value::String(s.to_string()).to_string(),
+        Value::Duration(_) | Value::Size(_) => format!("\"{v}\""),
+        Value::List(items) | Value::Record(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(toml_literal)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Map(m) => format!(
+            "{{ {} }}",
+            m.iter()
+                .map(|(k, v)| format!("{} = {}", toml::Value::String(k.clone()), toml_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}

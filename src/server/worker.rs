@@ -2,12 +2,15 @@
 //! listeners and its own upstream connection pool — the nginx model inside one
 //! process. Workers share only the `Shared` state (generation, counters).
 
-use std::net::TcpListener as StdListener;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::upstream::pool::Pool;
 
@@ -20,11 +23,27 @@ pub struct WorkerCtx {
     pub pool: Arc<Pool>,
 }
 
+/// What the control thread can ask of a running worker.
+#[derive(Debug)]
+pub enum WorkerCmd {
+    /// Start accepting on this (already bound) listener; the key is the configured
+    /// address it serves.
+    Listen(SocketAddr, StdListener),
+    /// Stop accepting on the listener serving this configured address.
+    Unlisten(SocketAddr),
+}
+
 /// How often idle upstream connections are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs worker `id` until shutdown has drained (or `shutdown_drain` ran out).
-pub fn run(id: usize, listeners: Vec<StdListener>, shared: Arc<Shared>) {
+/// `listeners` pairs each configured address with this worker's socket for it.
+pub fn run(
+    id: usize,
+    listeners: Vec<(SocketAddr, StdListener)>,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<WorkerCmd>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,27 +61,52 @@ pub fn run(id: usize, listeners: Vec<StdListener>, shared: Arc<Shared>) {
     });
     shared.pools.lock().push(Arc::clone(&ctx.pool));
     runtime.block_on(async move {
-        let mut accept_tasks = Vec::new();
-        for listener in listeners {
-            match TcpListener::from_std(listener) {
-                Ok(l) => accept_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx)))),
-                Err(e) => tracing::error!(target: "proxycache::server", worker = id, error = %e, "cannot register listener"),
-            }
+        let mut accept_tasks: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        for (addr, listener) in listeners {
+            listen(&ctx, &mut accept_tasks, addr, listener);
         }
         tokio::spawn(sweep_loop(Arc::clone(&ctx)));
         let mut shutdown = ctx.shared.shutdown_signal();
         while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() { break },
+                cmd = commands.recv() => match cmd {
+                    Some(WorkerCmd::Listen(addr, listener)) => listen(&ctx, &mut accept_tasks, addr, listener),
+                    Some(WorkerCmd::Unlisten(addr)) => {
+                        if let Some(task) = accept_tasks.remove(&addr) {
+                            task.abort();
+                            let _ = task.await;
+                        }
+                    }
+                    None => {}
+                },
             }
         }
         // Stop accepting first: dropping the listeners makes new connections fail fast.
-        for task in accept_tasks {
+        for (_, task) in accept_tasks {
             task.abort();
             let _ = task.await;
         }
         drain(&ctx).await;
     });
+}
+
+fn listen(
+    ctx: &Arc<WorkerCtx>,
+    tasks: &mut HashMap<SocketAddr, JoinHandle<()>>,
+    addr: SocketAddr,
+    listener: StdListener,
+) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            if let Some(old) = tasks.insert(addr, tokio::spawn(accept_loop(l, Arc::clone(ctx)))) {
+                old.abort();
+            }
+        }
+        Err(e) => {
+            tracing::error!(target: "proxycache::server", worker = ctx.id, %addr, error = %e, "cannot register listener")
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>) {

@@ -1,0 +1,129 @@
+//! pcmod hot paths: loading a large module, running a typical module per request, a
+//! five-module pipeline, and `std.rate_limit`.
+//!
+//! Run with: cargo bench --bench pcmod
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderValue, Request};
+use proxycache::http::RequestId;
+use proxycache::pipeline::{Exchange, Pipeline, ReqParts, RequestInfo, RespParts, StdState};
+use proxycache::script::ast::PhaseKind;
+use proxycache::Config;
+
+const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = ""
+[upstreams.app]
+servers = ["builtin:echo"]
+[[routes]]
+upstream = "app"
+"#;
+
+/// The benchmark policy plus a few more typical statements: ten in all.
+const TYPICAL: &str = r#"
+mod typical {
+  priority 10
+  config { rps: int = 10000000 }
+  on request {
+    let key = $req.header["x-api-key"]
+    if key == nil or key == "" {
+      respond 401 "missing x-api-key\n"
+    }
+    if $path ~ "^/admin" { respond 403 "no\n" }
+    let rl = std.rate_limit(key: key, rate: $config.rps, burst: $config.rps, per: 1s)
+    if not rl.allowed {
+      respond 429 "rate limited\n"
+    }
+    std.request_id.inject()
+    set req.header["x-client"] = "key:${key}"
+    set ctx.remaining = rl.remaining
+  }
+  on response {
+    set resp.header["x-proxy"] = "bench"
+  }
+}
+"#;
+
+fn config() -> Config {
+    Config::from_toml_str(CONFIG, None, Path::new(".")).unwrap_or_else(|e| panic!("bench config: {e}"))
+}
+
+fn pipeline(modules: &[(&str, String)]) -> Pipeline {
+    let sources: Vec<(PathBuf, String)> = modules.iter().map(|(name, src)| (PathBuf::from(format!("{name}.pcmod")), src.clone())).collect();
+    match proxycache::script::load_sources(&config(), &sources) {
+        Ok(loaded) => loaded.pipeline,
+        Err(d) => panic!("bench modules: {}", proxycache::script::diag::render_all(&d)),
+    }
+}
+
+fn large_module(lines: usize) -> String {
+    let mut s = String::from("mod large {\n  on request {\n");
+    let mut n = 0;
+    while s.lines().count() < lines - 3 {
+        s.push_str(&format!("    if $path starts_with \"/p{n}/\" {{\n      set req.header[\"x-n\"] = \"${{len($path) + {n}}}\"\n    }}\n"));
+        n += 1;
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+fn run_request(p: &Pipeline, state: &StdState) {
+    let mut req = Request::get("/api/items?x=1").body(()).unwrap_or_default();
+    req.headers_mut().insert("x-api-key", HeaderValue::from_static("k1"));
+    req.headers_mut().insert("host", HeaderValue::from_static("example.com"));
+    let (mut parts, _) = req.into_parts();
+    let info = RequestInfo { id: RequestId::generate(), client_ip: [127, 0, 0, 1].into(), scheme: "http" };
+    let mut ctx = p.new_ctx();
+    let mut response_headers = Vec::new();
+    let mut ex = Exchange {
+        module: "",
+        phase: PhaseKind::Request,
+        req: ReqParts { method: &parts.method, uri: &mut parts.uri, headers: &mut parts.headers },
+        resp: None,
+        info: &info,
+        ctx: &mut ctx,
+        state,
+        upstream: Some("app"),
+        response_headers: &mut response_headers,
+    };
+    let (flow, ran) = p.run_request(&mut ex);
+    black_box(&flow);
+    let mut status = http::StatusCode::OK;
+    let mut headers = http::HeaderMap::new();
+    ex.resp = Some(RespParts { status: &mut status, headers: &mut headers });
+    let _ = p.run_response(ran, &mut ex);
+    black_box(headers);
+}
+
+fn benches(c: &mut Criterion) {
+    let big = large_module(1000);
+    c.bench_function("load 1,000-line module (parse + check + compile)", |b| {
+        let cfg = config();
+        let sources = vec![(PathBuf::from("large.pcmod"), big.clone())];
+        b.iter(|| black_box(proxycache::script::load_sources(&cfg, &sources).is_ok()))
+    });
+
+    let state = StdState::default();
+    let typical = pipeline(&[("typical", TYPICAL.to_owned())]);
+    c.bench_function("typical 10-statement module, one request (request + response phase)", |b| b.iter(|| run_request(&typical, &state)));
+
+    let five: Vec<(&str, String)> = ["m1", "m2", "m3", "m4", "m5"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, TYPICAL.replace("mod typical", &format!("mod {name}")).replace("priority 10", &format!("priority {}", 10 + i))))
+        .collect();
+    let five = pipeline(&five);
+    c.bench_function("pipeline of 5 typical modules, one request", |b| b.iter(|| run_request(&five, &state)));
+
+    let rl = Arc::new(StdState::default());
+    c.bench_function("std.rate_limit uncontended (one key)", |b| b.iter(|| black_box(rl.rate_limits.check("module\0key", 1e7, 10_000_000, Duration::from_secs(1)))));
+}
+
+criterion_group!(pcmod, benches);
+criterion_main!(pcmod);

@@ -1,0 +1,190 @@
+//! The admin API on its own listener (CONFIG.md "Admin API"): status, stats, metrics,
+//! modules (list, read, write, delete), reload, config verify and repair, upstreams,
+//! and a small HTML dashboard.
+//!
+//! Security: with `admin.api_key` set every call needs `Authorization: Bearer KEY`
+//! (compared in constant time); request bodies are bounded; module names are
+//! validated so no path can escape the scripts folder. Every mutating call writes an
+//! `admin_audit` log line. Must not touch: the request path.
+
+mod dashboard;
+mod handlers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::server::Shared;
+
+/// Largest admin request body (a module source or a config file).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// An admin response body.
+pub type AdminBody = Full<Bytes>;
+
+/// Serves the admin API until the task is aborted.
+pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(target: "proxycache::admin", error = %e, "cannot start the admin listener");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, peer, Arc::clone(&shared)));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<Response<AdminBody>, Infallible> {
+    let generation = shared.generation();
+    if !authorized(&req, &generation.config.admin.api_key) {
+        let mut resp = json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": "missing or wrong admin API key"}),
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(resp);
+    }
+    drop(generation);
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"error": format!("body over {MAX_BODY} bytes")}),
+            ))
+        }
+    };
+    let path = parts.uri.path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let call = handlers::Call {
+        shared: &shared,
+        peer,
+        body,
+    };
+    let resp = match (&parts.method, segments.as_slice()) {
+        (&Method::GET, []) => dashboard::page(&call),
+        (&Method::GET, ["status"]) => handlers::status(&call),
+        (&Method::GET, ["stats"]) => handlers::stats(&call),
+        (&Method::GET, ["metrics"]) => handlers::metrics(&call),
+        (&Method::GET, ["mods"]) => handlers::mods(&call),
+        (&Method::GET, ["mods", name]) => handlers::mod_get(&call, name),
+        (&Method::PUT, ["mods", name]) => handlers::mod_put(&call, name).await,
+        (&Method::DELETE, ["mods", name]) => handlers::mod_delete(&call, name).await,
+        (&Method::POST, ["reload"]) => handlers::reload(&call).await,
+        (&Method::POST, ["config", "verify"]) => handlers::config_verify(&call),
+        (&Method::POST, ["config", "repair"]) => handlers::config_repair(&call).await,
+        (&Method::GET, ["upstreams"]) => handlers::upstreams(&call),
+        (_, ["status" | "stats" | "metrics" | "mods" | "reload" | "upstreams" | "config", ..]) => {
+            json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({"error": format!("{} is not allowed on {}", parts.method, parts.uri.path())}),
+            )
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no admin endpoint {}", parts.uri.path())}),
+        ),
+    };
+    Ok(resp)
+}
+
+/// Constant-time check of `Authorization: Bearer KEY`; no key configured: open.
+fn authorized<B>(req: &Request<B>, key: &str) -> bool {
+    if key.is_empty() {
+        return true;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), key.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret enough to hide here; the comparison of contents is.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &impl Serialize) -> Response<AdminBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A response with a given content type.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_by_content() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    #[test]
+    fn bearer_keys_are_required_when_set() {
+        let req = |auth: Option<&str>| {
+            let mut b = Request::get("/status");
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            b.body(()).unwrap_or_default()
+        };
+        assert!(authorized(&req(None), ""));
+        assert!(!authorized(&req(None), "k"));
+        assert!(!authorized(&req(Some("Bearer x")), "k"));
+        assert!(authorized(&req(Some("Bearer k")), "k"));
+    }
+}

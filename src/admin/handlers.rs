@@ -1,0 +1,396 @@
+//! One function per admin endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{json as json_resp, text, AdminBody};
+use crate::config::Config;
+use crate::reload::{self, ReloadError};
+use crate::server::Shared;
+
+/// One admin call: the server, who called, and the request body.
+pub struct Call<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub peer: SocketAddr,
+    pub body: Bytes,
+}
+
+impl Call<'_> {
+    fn audit(&self, action: &str, target: &str, result: &str) {
+        let generation = self.shared.generation().number;
+        tracing::info!(target: "admin_audit", caller = %self.peer, action, target, result, generation, "admin call");
+    }
+}
+
+/// `GET /status`.
+pub fn status(c: &Call<'_>) -> Response<AdminBody> {
+    let g = c.shared.generation();
+    let last = c.shared.reloads.last();
+    json_resp(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "version": crate::VERSION,
+            "uptime_s": c.shared.started.elapsed().as_secs(),
+            "generation": g.number,
+            "workers": g.config.server.workers,
+            "connections": c.shared.connections.load(Ordering::Relaxed),
+            "last_reload": last.map(|r| json!({
+                "at": r.at, "ok": r.ok, "trigger": r.trigger, "generation": r.generation, "errors": r.errors,
+            })),
+        }),
+    )
+}
+
+/// `GET /stats`.
+pub fn stats(c: &Call<'_>) -> Response<AdminBody> {
+    let s = &c.shared.stats;
+    let (opened, reused) = c.shared.pool_totals();
+    let (ok, failed) = *c.shared.reloads.counts.lock();
+    json_resp(
+        StatusCode::OK,
+        &json!({
+            "requests": { "1xx": s.class(1), "2xx": s.class(2), "3xx": s.class(3), "4xx": s.class(4), "5xx": s.class(5), "total": s.total() },
+            "connections": c.shared.connections.load(Ordering::Relaxed),
+            "upstream_connections": { "opened": opened, "reused_requests": reused },
+            "upstreams": upstream_list(c.shared),
+            "modules": c.shared.generation().modules.iter().map(|m| json!({"name": m.name, "enabled": m.enabled})).collect::<Vec<_>>(),
+            "reloads": { "ok": ok, "failed": failed },
+        }),
+    )
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub fn metrics(c: &Call<'_>) -> Response<AdminBody> {
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        super::dashboard::prometheus(c.shared),
+    )
+}
+
+/// `GET /upstreams`.
+pub fn upstreams(c: &Call<'_>) -> Response<AdminBody> {
+    let (opened, reused) = c.shared.pool_totals();
+    let idle: usize = c.shared.pools.lock().iter().map(|p| p.idle_count()).sum();
+    json_resp(
+        StatusCode::OK,
+        &json!({ "upstreams": upstream_list(c.shared), "pool": { "opened": opened, "reused_requests": reused, "idle": idle } }),
+    )
+}
+
+pub(super) fn upstream_list(shared: &Shared) -> Vec<Value> {
+    let g = shared.generation();
+    g.upstreams
+        .sets
+        .iter()
+        .map(|set| {
+            let servers: Vec<Value> = set
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "server": s.label(), "weight": s.weight, "healthy": s.is_healthy(),
+                        "breaker": s.breaker.state().as_str(), "inflight": s.inflight(),
+                        "requests": s.requests.load(Ordering::Relaxed), "failures": s.failures.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({ "name": set.name(), "balance": format!("{:?}", set.config.balance), "health_checks": set.config.health.is_some(), "servers": servers })
+        })
+        .collect()
+}
+
+/// `GET /mods`: every module on disk, loaded or not.
+pub fn mods(c: &Call<'_>) -> Response<AdminBody> {
+    json_resp(
+        StatusCode::OK,
+        &json!({ "generation": c.shared.generation().number, "mods": module_list(c.shared, false) }),
+    )
+}
+
+/// `GET /mods/{name}`.
+pub fn mod_get(c: &Call<'_>, name: &str) -> Response<AdminBody> {
+    if let Err(resp) = valid_name(name) {
+        return *resp;
+    }
+    match module_list(c.shared, true)
+        .into_iter()
+        .find(|m| m["name"] == name)
+    {
+        Some(m) => json_resp(StatusCode::OK, &m),
+        None => not_found(name),
+    }
+}
+
+fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
+    let g = shared.generation();
+    let last_errors = shared
+        .reloads
+        .last()
+        .filter(|r| !r.ok)
+        .map(|r| r.errors)
+        .unwrap_or_default();
+    let files = crate::script::read_sources(&g.config.scripts.dir).unwrap_or_default();
+    let mut out = Vec::new();
+    for (path, source) in files {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let errors: Vec<&ReloadError> = last_errors
+            .iter()
+            .filter(|e| {
+                Path::new(&e.file)
+                    .file_stem()
+                    .is_some_and(|s| s.to_string_lossy() == stem)
+            })
+            .collect();
+        let loaded = g.modules.iter().find(|m| m.name == stem);
+        let mut m = match loaded {
+            Some(info) => json!({
+                "name": info.name, "version": info.version, "priority": info.priority, "enabled": info.enabled,
+                "kind": info.kind, "phases": info.phases, "config": info.config, "description": info.description,
+                "file": path, "status": if errors.is_empty() { "loaded" } else { "error" }, "errors": errors,
+            }),
+            None => json!({
+                "name": stem, "kind": "pcmod", "file": path,
+                "status": if errors.is_empty() { "not loaded" } else { "error" }, "errors": errors,
+            }),
+        };
+        if with_source {
+            m["source"] = Value::String(source);
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// `PUT /mods/{name}`: check, write atomically, reload. On 400 nothing on disk changed.
+pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
+    if let Err(resp) = valid_name(name) {
+        return *resp;
+    }
+    let Ok(source) = std::str::from_utf8(&c.body).map(str::to_owned) else {
+        c.audit("put_mod", name, "rejected: not UTF-8");
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the module source must be UTF-8"}),
+        );
+    };
+    let config = match disk_config(c.shared) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            c.audit("put_mod", name, "rejected: config.toml has errors");
+            return json_resp(
+                StatusCode::BAD_REQUEST,
+                &json!({"ok": false, "errors": errors}),
+            );
+        }
+    };
+    let path = config.scripts.dir.join(format!("{name}.pcmod"));
+    if let Err(errors) = reload::check_candidate(&config, &[(path.clone(), Some(source.clone()))]) {
+        c.audit("put_mod", name, "rejected: diagnostics");
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"ok": false, "errors": errors}),
+        );
+    }
+    if let Err(e) = write_atomically(&path, source.as_bytes()) {
+        c.audit("put_mod", name, "failed: write");
+        return json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"ok": false, "error": format!("cannot write {}: {e}", path.display())}),
+        );
+    }
+    reload_and_answer(c, "put_mod", name).await
+}
+
+/// `DELETE /mods/{name}`: remove the file and reload.
+pub async fn mod_delete(c: &Call<'_>, name: &str) -> Response<AdminBody> {
+    if let Err(resp) = valid_name(name) {
+        return *resp;
+    }
+    let path = c
+        .shared
+        .generation()
+        .config
+        .scripts
+        .dir
+        .join(format!("{name}.pcmod"));
+    if !path.is_file() {
+        return not_found(name);
+    }
+    if let Err(e) = std::fs::remove_file(&path) {
+        c.audit("delete_mod", name, "failed: remove");
+        return json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"ok": false, "error": format!("cannot remove {}: {e}", path.display())}),
+        );
+    }
+    reload_and_answer(c, "delete_mod", name).await
+}
+
+/// `POST /reload`.
+pub async fn reload(c: &Call<'_>) -> Response<AdminBody> {
+    reload_and_answer(c, "reload", "-").await
+}
+
+async fn reload_and_answer(c: &Call<'_>, action: &str, target: &str) -> Response<AdminBody> {
+    let shared = Arc::clone(c.shared);
+    let trigger = format!("admin:{action} {target}");
+    let report = tokio::task::spawn_blocking(move || reload::reload(&shared, &trigger)).await;
+    match report {
+        Ok(r) => {
+            c.audit(action, target, if r.ok { "ok" } else { "reload failed" });
+            json_resp(
+                if r.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                &r,
+            )
+        }
+        Err(e) => json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"ok": false, "error": e.to_string()}),
+        ),
+    }
+}
+
+/// `POST /config/verify`: body = TOML (empty: the file on disk).
+pub fn config_verify(c: &Call<'_>) -> Response<AdminBody> {
+    let path = c.shared.config_path.clone();
+    let text = if c.body.is_empty() {
+        match &path {
+            Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
+            None => crate::config::DEFAULT_CONFIG_TOML.to_owned(),
+        }
+    } else {
+        String::from_utf8_lossy(&c.body).into_owned()
+    };
+    let base = base_dir(c.shared);
+    let errors: Vec<Value> = match Config::from_toml_str(&text, path.as_deref(), &base) {
+        Err(e) => e.0.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect(),
+        Ok(config) => match reload::check_candidate(&config, &[]) {
+            Ok(()) => Vec::new(),
+            Err(errs) => errs.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect(),
+        },
+    };
+    json_resp(
+        StatusCode::OK,
+        &json!({"valid": errors.is_empty(), "errors": errors}),
+    )
+}
+
+/// `POST /config/repair`: appends missing `[mods.NAME]` sections with their defaults
+/// to config.toml (existing text and comments are kept as they are).
+pub async fn config_repair(c: &Call<'_>) -> Response<AdminBody> {
+    let Some(path) = c.shared.config_path.clone() else {
+        return json_resp(
+            StatusCode::CONFLICT,
+            &json!({"error": "serving the embedded default: there is no config.toml to repair"}),
+        );
+    };
+    let g = c.shared.generation();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return json_resp(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": format!("cannot read {}: {e}", path.display())}),
+            )
+        }
+    };
+    let mut added = Vec::new();
+    let mut extra = String::new();
+    for m in &g.modules {
+        if g.config.mods.contains_key(&m.name) {
+            continue;
+        }
+        extra.push_str(&format!(
+            "\n[mods.{}]\nenabled  = {}\npriority = {}\n",
+            m.name, m.enabled, m.priority
+        ));
+        for (k, v) in &m.config {
+            extra.push_str(&format!("{k} = {v}\n"));
+        }
+        added.push(m.name.clone());
+    }
+    if added.is_empty() {
+        return json_resp(StatusCode::OK, &json!({"added": added}));
+    }
+    let mut new_text = text;
+    if !new_text.ends_with('\n') {
+        new_text.push('\n');
+    }
+    new_text.push_str("\n# Added by POST /config/repair: module settings with their defaults.");
+    new_text.push_str(&extra);
+    if let Err(e) = write_atomically(&path, new_text.as_bytes()) {
+        c.audit("config_repair", "config.toml", "failed: write");
+        return json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": format!("cannot write {}: {e}", path.display())}),
+        );
+    }
+    c.audit("config_repair", "config.toml", "ok");
+    json_resp(StatusCode::OK, &json!({"added": added, "file": path}))
+}
+
+fn disk_config(shared: &Shared) -> Result<Config, Vec<ReloadError>> {
+    match &shared.config_path {
+        Some(p) => Config::load(Some(p)).map_err(|e| e.0.iter().map(ReloadError::from).collect()),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn base_dir(shared: &Shared) -> PathBuf {
+    shared.generation().config.base_dir.clone()
+}
+
+/// Module names are `[a-z][a-z0-9_]*` (at most 64): never a path.
+fn valid_name(name: &str) -> Result<(), Box<Response<AdminBody>>> {
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Box::new(json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("invalid module name {name:?}: use [a-z][a-z0-9_]*")}),
+        )))
+    }
+}
+
+fn not_found(name: &str) -> Response<AdminBody> {
+    json_resp(
+        StatusCode::NOT_FOUND,
+        &json!({"error": format!("no module named {name:?}")}),
+    )
+}
+
+/// Writes via a temporary file in the same folder and a rename, so readers (and the
+/// watcher) never see half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", fastrand::u64(..)));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}

@@ -1,0 +1,250 @@
+//! Hot reload: build a complete new generation off the workers, check it fully, swap
+//! it in atomically — or swap nothing and keep serving the old one.
+//!
+//! Triggers (file watcher, SIGHUP, the admin API) all end in [`reload`]. Reloads are
+//! serialised; each returns a [`ReloadReport`] that `/reload`, `/status` and the log
+//! show. State that must not reset (rate-limit buckets, breakers, health) is carried
+//! into the new generation (STYLE rule 9: reload is a diff).
+
+pub mod diff;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::generation::Generation;
+use crate::script::Diagnostic;
+use crate::server::Shared;
+
+/// One error of a failed reload, as JSON.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReloadError {
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+    /// The config key, for config errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub message: String,
+    /// The full rendered diagnostic (source line, caret, hint).
+    pub rendered: String,
+}
+
+impl From<&Diagnostic> for ReloadError {
+    fn from(d: &Diagnostic) -> Self {
+        ReloadError {
+            file: d.file.clone(),
+            line: d.line,
+            col: d.col,
+            key: None,
+            message: d.message.clone(),
+            rendered: d.render(),
+        }
+    }
+}
+
+impl From<&crate::config::ConfigError> for ReloadError {
+    fn from(e: &crate::config::ConfigError) -> Self {
+        ReloadError {
+            file: e.file.clone(),
+            line: e.line as u32,
+            col: e.col as u32,
+            key: Some(e.key.clone()),
+            message: e.message.clone(),
+            rendered: e.to_string(),
+        }
+    }
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// The generation serving after this reload (unchanged when it failed).
+    pub generation: u64,
+    pub ok: bool,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// What started it: `watch`, `sighup`, `admin`, `admin:put NAME`, ...
+    pub trigger: String,
+    /// Changes now in effect.
+    pub applied: Vec<String>,
+    /// Changes that need a restart and were not applied.
+    pub requires_restart: Vec<String>,
+    pub errors: Vec<ReloadError>,
+}
+
+/// Serialises reloads and remembers the last one.
+#[derive(Debug, Default)]
+pub struct ReloadState {
+    lock: Mutex<()>,
+    last: Mutex<Option<ReloadReport>>,
+    /// Successful and failed reloads so far.
+    pub counts: Mutex<(u64, u64)>,
+}
+
+impl ReloadState {
+    /// The last reload's report, if there was one.
+    pub fn last(&self) -> Option<ReloadReport> {
+        self.last.lock().clone()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Loads config and modules from disk and, if everything checks, swaps in the new
+/// generation. Blocking (file I/O and compiling): call it off the workers.
+pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
+    let _serial = shared.reloads.lock.lock();
+    let old = shared.generation();
+    let report = match build(shared, &old) {
+        Ok(None) => ReloadReport {
+            generation: old.number,
+            ok: true,
+            at: now_secs(),
+            trigger: trigger.to_owned(),
+            applied: vec!["nothing changed".into()],
+            requires_restart: Vec::new(),
+            errors: Vec::new(),
+        },
+        Err(errors) => ReloadReport {
+            generation: old.number,
+            ok: false,
+            at: now_secs(),
+            trigger: trigger.to_owned(),
+            applied: Vec::new(),
+            requires_restart: Vec::new(),
+            errors,
+        },
+        Ok(Some(next)) => {
+            let changes = diff::diff(&old, &next);
+            let mut applied = changes.applied;
+            applied.extend(apply_listeners(shared, &next.config));
+            let number = next.number;
+            shared.swap_generation(Arc::new(next));
+            ReloadReport {
+                generation: number,
+                ok: true,
+                at: now_secs(),
+                trigger: trigger.to_owned(),
+                applied,
+                requires_restart: changes.requires_restart,
+                errors: Vec::new(),
+            }
+        }
+    };
+    log_report(&report);
+    {
+        let mut counts = shared.reloads.counts.lock();
+        if report.ok {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+    *shared.reloads.last.lock() = Some(report.clone());
+    report
+}
+
+/// Builds (but does not swap in) the next generation from what is on disk; `None`
+/// when its inputs are exactly the current generation's.
+fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<ReloadError>> {
+    let config = match &shared.config_path {
+        Some(path) => Config::load(Some(path))
+            .map_err(|e| e.0.iter().map(ReloadError::from).collect::<Vec<_>>())?,
+        None => Config::embedded_default(),
+    };
+    let sources = crate::script::read_sources(&config.scripts.dir)
+        .map_err(|d| vec![ReloadError::from(&d)])?;
+    if crate::generation::fingerprint(&config, &sources) == old.fingerprint {
+        return Ok(None);
+    }
+    Generation::build_from(
+        old.number + 1,
+        config,
+        &sources,
+        Some(old),
+        Arc::clone(&old.std_state),
+    )
+    .map(Some)
+    .map_err(|d| d.iter().map(ReloadError::from).collect())
+}
+
+/// Checks a candidate without swapping anything (for `PUT /mods` and
+/// `/config/verify`): `sources` replaces what is on disk for those module files.
+pub fn check_candidate(
+    config: &Config,
+    replace: &[(std::path::PathBuf, Option<String>)],
+) -> Result<(), Vec<ReloadError>> {
+    let mut sources = crate::script::read_sources(&config.scripts.dir)
+        .map_err(|d| vec![ReloadError::from(&d)])?;
+    for (path, text) in replace {
+        sources.retain(|(p, _)| p.file_name() != path.file_name());
+        if let Some(text) = text {
+            sources.push((path.clone(), text.clone()));
+        }
+    }
+    sources.sort_by(|a, b| a.0.cmp(&b.0));
+    crate::script::load_sources(config, &sources)
+        .map(|_| ())
+        .map_err(|d| d.iter().map(ReloadError::from).collect())
+}
+
+/// Opens listeners for addresses added to `server.listen` and closes removed ones.
+fn apply_listeners(shared: &Shared, config: &Config) -> Vec<String> {
+    let mut done = Vec::new();
+    let mut current = shared.listeners.lock();
+    let workers = shared.workers.lock();
+    let wanted: Vec<_> = config.server.listen.clone();
+    let removed: Vec<_> = current
+        .keys()
+        .filter(|a| !wanted.contains(a))
+        .copied()
+        .collect();
+    for addr in removed {
+        for w in workers.iter() {
+            let _ = w.send(crate::server::worker::WorkerCmd::Unlisten(addr));
+        }
+        current.remove(&addr);
+        done.push(format!("stopped listening on {addr}"));
+    }
+    let added: Vec<_> = wanted
+        .into_iter()
+        .filter(|a| !current.contains_key(a))
+        .collect();
+    for addr in added {
+        match crate::server::listener::bind_reuseport(addr, workers.len()) {
+            Ok((sockets, bound)) => {
+                for (w, socket) in workers.iter().zip(sockets) {
+                    let _ = w.send(crate::server::worker::WorkerCmd::Listen(addr, socket));
+                }
+                current.insert(addr, bound);
+                done.push(format!("listening on {bound}"));
+            }
+            Err(e) => {
+                tracing::error!(target: "proxycache::reload", %addr, error = %e, "cannot listen on a new address");
+                done.push(format!("could not listen on {addr}: {e}"));
+            }
+        }
+    }
+    done
+}
+
+fn log_report(r: &ReloadReport) {
+    if r.ok {
+        tracing::info!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, applied = ?r.applied, "reloaded");
+        for what in &r.requires_restart {
+            tracing::warn!(target: "proxycache::reload", change = %what, "this change needs a restart and was not applied");
+        }
+    } else {
+        let errors: Vec<&str> = r.errors.iter().map(|e| e.rendered.as_str()).collect();
+        tracing::error!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, "reload failed; the previous generation keeps serving:\n{}", errors.join("\n"));
+    }
+}

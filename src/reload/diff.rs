@@ -1,0 +1,90 @@
+//! What a reload changes: compares two generations and lists what was applied and
+//! what would need a restart (never silently ignored).
+
+use crate::generation::Generation;
+
+/// The changes between two generations.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub applied: Vec<String>,
+    pub requires_restart: Vec<String>,
+}
+
+/// Lists the differences between `old` and `new`.
+pub fn diff(old: &Generation, new: &Generation) -> Changes {
+    let mut c = Changes::default();
+    let (a, b) = (&old.config, &new.config);
+    if a.admin.listen != b.admin.listen {
+        c.requires_restart.push(format!(
+            "admin.listen: {:?} -> {:?}",
+            a.admin.listen, b.admin.listen
+        ));
+    }
+    if a.admin.api_key != b.admin.api_key {
+        c.applied.push("admin.api_key".into());
+    }
+    if a.server.workers != b.server.workers {
+        c.requires_restart.push(format!(
+            "server.workers: {} -> {}",
+            a.server.workers, b.server.workers
+        ));
+    }
+    if a.log.level != b.log.level || a.log.format != b.log.format {
+        c.requires_restart.push("log.level / log.format".into());
+    }
+    if a.scripts.dir != b.scripts.dir {
+        c.requires_restart
+            .push("scripts.dir (the watcher keeps watching the old folder)".into());
+    }
+    let tls = |g: &Generation| {
+        g.config
+            .server
+            .tls
+            .iter()
+            .map(|t| t.listen)
+            .collect::<Vec<_>>()
+    };
+    if tls(old) != tls(new) {
+        c.requires_restart.push("server.tls listeners".into());
+    }
+    let tcp = |g: &Generation| g.config.tcp.iter().map(|t| t.listen).collect::<Vec<_>>();
+    if tcp(old) != tcp(new) {
+        c.requires_restart.push("tcp listeners".into());
+    }
+    if a.routes.len() != b.routes.len() || format!("{:?}", a.routes) != format!("{:?}", b.routes) {
+        c.applied.push("routes".into());
+    }
+    for u in &b.upstreams {
+        match a.upstreams.iter().find(|x| x.name == u.name) {
+            None => c.applied.push(format!("upstream {} added", u.name)),
+            Some(x) if format!("{x:?}") != format!("{u:?}") => {
+                c.applied.push(format!("upstream {} changed", u.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for u in &a.upstreams {
+        if !b.upstreams.iter().any(|x| x.name == u.name) {
+            c.applied.push(format!("upstream {} removed", u.name));
+        }
+    }
+    for m in &new.modules {
+        if !old.modules.iter().any(|x| x.name == m.name) {
+            c.applied.push(format!("module {} loaded", m.name));
+        }
+    }
+    for m in &old.modules {
+        if !new.modules.iter().any(|x| x.name == m.name) {
+            c.applied.push(format!("module {} unloaded", m.name));
+        }
+    }
+    if format!("{:?}", a.server.limits) != format!("{:?}", b.server.limits)
+        || format!("{:?}", a.server.timeouts) != format!("{:?}", b.server.timeouts)
+    {
+        c.applied
+            .push("server.limits / server.timeouts (new connections)".into());
+    }
+    c.applied
+        .push(format!("generation {} -> {}", old.number, new.number));
+    c
+}

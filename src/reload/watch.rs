@@ -1,0 +1,103 @@
+//! Watching `scripts.dir` (recursively, so `mods/lib/` counts) and the config file.
+//! Editors write files in several steps, so events are debounced: a reload starts only
+//! once no relevant event has arrived for [`SETTLE`], and then re-reads everything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::server::Shared;
+
+/// Quiet time after the last event before reloading.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Watches until shutdown; reloads after each settled burst of relevant changes.
+pub async fn run(shared: Arc<Shared>) {
+    let generation = shared.generation();
+    if !generation.config.scripts.watch {
+        return;
+    }
+    let scripts_dir = generation.config.scripts.dir.clone();
+    let config_path = shared.config_path.clone();
+    drop(generation);
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let filter_dir = scripts_dir.clone();
+    let filter_cfg = config_path.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event
+                .paths
+                .iter()
+                .any(|p| relevant(p, &filter_dir, filter_cfg.as_deref()))
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(target: "proxycache::reload", error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    if scripts_dir.is_dir() {
+        if let Err(e) = watcher.watch(&scripts_dir, RecursiveMode::Recursive) {
+            tracing::warn!(target: "proxycache::reload", dir = %scripts_dir.display(), error = %e, "cannot watch the scripts folder");
+        }
+    }
+    if let Some(dir) = config_path.as_deref().and_then(Path::parent) {
+        // The folder, not the file: editors replace files by renaming over them.
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(target: "proxycache::reload", dir = %dir.display(), error = %e, "cannot watch the config folder");
+        }
+    }
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                if event.is_none() {
+                    return;
+                }
+                // Debounce: wait until the burst has settled.
+                loop {
+                    match tokio::time::timeout(SETTLE, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let shared = Arc::clone(&shared);
+                let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "watch")).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn relevant(path: &Path, scripts_dir: &Path, config: Option<&Path>) -> bool {
+    if let Some(cfg) = config {
+        if path.file_name() == cfg.file_name() && same_dir(path, cfg) {
+            return true;
+        }
+    }
+    let ext_ok = path.extension().is_some_and(|e| e == "pcmod" || e == "lua");
+    ext_ok && (path.starts_with(canonical(scripts_dir)) || path.starts_with(scripts_dir))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let parent = |p: &Path| canonical(p.parent().unwrap_or(Path::new(".")));
+    parent(a) == parent(b)
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
