@@ -51,14 +51,21 @@ mod typical {
 "#;
 
 fn config() -> Config {
-    Config::from_toml_str(CONFIG, None, Path::new(".")).unwrap_or_else(|e| panic!("bench config: {e}"))
+    Config::from_toml_str(CONFIG, None, Path::new("."))
+        .unwrap_or_else(|e| panic!("bench config: {e}"))
 }
 
 fn pipeline(modules: &[(&str, String)]) -> Pipeline {
-    let sources: Vec<(PathBuf, String)> = modules.iter().map(|(name, src)| (PathBuf::from(format!("{name}.pcmod")), src.clone())).collect();
+    let sources: Vec<(PathBuf, String)> = modules
+        .iter()
+        .map(|(name, src)| (PathBuf::from(format!("{name}.pcmod")), src.clone()))
+        .collect();
     match proxycache::script::load_sources(&config(), &sources) {
         Ok(loaded) => loaded.pipeline,
-        Err(d) => panic!("bench modules: {}", proxycache::script::diag::render_all(&d)),
+        Err(d) => panic!(
+            "bench modules: {}",
+            proxycache::script::diag::render_all(&d)
+        ),
     }
 }
 
@@ -75,16 +82,26 @@ fn large_module(lines: usize) -> String {
 
 fn run_request(p: &Pipeline, state: &StdState) {
     let mut req = Request::get("/api/items?x=1").body(()).unwrap_or_default();
-    req.headers_mut().insert("x-api-key", HeaderValue::from_static("k1"));
-    req.headers_mut().insert("host", HeaderValue::from_static("example.com"));
+    req.headers_mut()
+        .insert("x-api-key", HeaderValue::from_static("k1"));
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("example.com"));
     let (mut parts, _) = req.into_parts();
-    let info = RequestInfo { id: RequestId::generate(), client_ip: [127, 0, 0, 1].into(), scheme: "http" };
+    let info = RequestInfo {
+        id: RequestId::generate(),
+        client_ip: [127, 0, 0, 1].into(),
+        scheme: "http",
+    };
     let mut ctx = p.new_ctx();
     let mut response_headers = Vec::new();
     let mut ex = Exchange {
         module: "",
         phase: PhaseKind::Request,
-        req: ReqParts { method: &parts.method, uri: &mut parts.uri, headers: &mut parts.headers },
+        req: ReqParts {
+            method: &parts.method,
+            uri: &mut parts.uri,
+            headers: &mut parts.headers,
+        },
         resp: None,
         info: &info,
         ctx: &mut ctx,
@@ -96,7 +113,10 @@ fn run_request(p: &Pipeline, state: &StdState) {
     black_box(&flow);
     let mut status = http::StatusCode::OK;
     let mut headers = http::HeaderMap::new();
-    ex.resp = Some(RespParts { status: &mut status, headers: &mut headers });
+    ex.resp = Some(RespParts {
+        status: &mut status,
+        headers: &mut headers,
+    });
     let _ = p.run_response(ran, &mut ex);
     black_box(headers);
 }
@@ -111,18 +131,37 @@ fn benches(c: &mut Criterion) {
 
     let state = StdState::default();
     let typical = pipeline(&[("typical", TYPICAL.to_owned())]);
-    c.bench_function("typical 10-statement module, one request (request + response phase)", |b| b.iter(|| run_request(&typical, &state)));
+    c.bench_function(
+        "typical 10-statement module, one request (request + response phase)",
+        |b| b.iter(|| run_request(&typical, &state)),
+    );
 
     let five: Vec<(&str, String)> = ["m1", "m2", "m3", "m4", "m5"]
         .iter()
         .enumerate()
-        .map(|(i, name)| (*name, TYPICAL.replace("mod typical", &format!("mod {name}")).replace("priority 10", &format!("priority {}", 10 + i))))
+        .map(|(i, name)| {
+            (
+                *name,
+                TYPICAL
+                    .replace("mod typical", &format!("mod {name}"))
+                    .replace("priority 10", &format!("priority {}", 10 + i)),
+            )
+        })
         .collect();
     let five = pipeline(&five);
-    c.bench_function("pipeline of 5 typical modules, one request", |b| b.iter(|| run_request(&five, &state)));
+    c.bench_function("pipeline of 5 typical modules, one request", |b| {
+        b.iter(|| run_request(&five, &state))
+    });
 
     let rl = Arc::new(StdState::default());
-    c.bench_function("std.rate_limit uncontended (one key)", |b| b.iter(|| black_box(rl.rate_limits.check("module\0key", 1e7, 10_000_000, Duration::from_secs(1)))));
+    c.bench_function("std.rate_limit uncontended (one key)", |b| {
+        b.iter(|| {
+            black_box(
+                rl.rate_limits
+                    .check("module\0key", 1e7, 10_000_000, Duration::from_secs(1)),
+            )
+        })
+    });
 }
 
 criterion_group!(pcmod, benches);

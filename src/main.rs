@@ -62,8 +62,22 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         .source
         .as_ref()
         .map_or("<default>".into(), |p| p.display().to_string());
+    if let Err(e) = proxycache::server::refuse_unsupported(&config) {
+        eprintln!("{source}: {e}");
+        return ExitCode::FAILURE;
+    }
     match proxycache::script::load(&config) {
         Ok(loaded) => {
+            for name in config
+                .mods
+                .keys()
+                .filter(|n| !loaded.modules.iter().any(|m| &&m.name == n))
+            {
+                eprintln!(
+                    "warning: {source}: [mods.{name}] names no module in {}",
+                    config.scripts.dir.display()
+                );
+            }
             println!(
                 "{source}: ok ({} modules from {})",
                 loaded.modules.len(),

@@ -40,7 +40,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     ctx: Arc<WorkerCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    conn.activity.request_started();
+    let ambiguous_framing = conn.activity.request_started();
     // Pin the generation: this request sees one config from start to end, whatever a
     // reload does meanwhile.
     let generation = ctx.shared.generation();
@@ -61,7 +61,11 @@ pub async fn handle(
         log: None,
     };
     let span = tracing::info_span!(target: "proxycache::proxy", "request", id = %id);
-    let request = Arrived { req, client_ip };
+    let request = Arrived {
+        req,
+        client_ip,
+        ambiguous_framing,
+    };
     let result = proxy(request, &generation, &conn, &ctx, &id, &mut done)
         .instrument(span.clone())
         .await;
@@ -96,6 +100,8 @@ pub async fn handle(
 struct Arrived {
     req: Request<Incoming>,
     client_ip: std::net::IpAddr,
+    /// The raw head had both Content-Length and Transfer-Encoding (which hyper hides).
+    ambiguous_framing: bool,
 }
 
 fn access_entry(
@@ -127,10 +133,19 @@ async fn proxy(
     id: &RequestId,
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let Arrived { req, client_ip } = incoming;
+    let Arrived {
+        req,
+        client_ip,
+        ambiguous_framing,
+    } = incoming;
     let limits = &generation.config.server.limits;
     // 1. Framing and size limits, before routing: nothing ambiguous is ever matched,
     //    let alone forwarded.
+    if ambiguous_framing {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
     framing::check_request(req.version(), req.headers())?;
     if head_size(&req) > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge {

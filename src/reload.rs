@@ -161,6 +161,20 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
             .map_err(|e| e.0.iter().map(ReloadError::from).collect::<Vec<_>>())?,
         None => Config::embedded_default(),
     };
+    if let Err(message) = crate::server::refuse_unsupported(&config) {
+        let file = config
+            .source
+            .as_ref()
+            .map_or("<default>".to_owned(), |p| p.display().to_string());
+        return Err(vec![ReloadError {
+            file,
+            line: 1,
+            col: 1,
+            key: None,
+            rendered: message.clone(),
+            message,
+        }]);
+    }
     let sources = crate::script::read_sources(&config.scripts.dir)
         .map_err(|d| vec![ReloadError::from(&d)])?;
     if crate::generation::fingerprint(&config, &sources) == old.fingerprint {

@@ -192,10 +192,20 @@ pub fn load_sources(
                 None
             }
         };
-        let fields = settings
-            .as_ref()
-            .map(|s| s.fields.clone())
-            .unwrap_or_default();
+        // With broken overrides, check the phases against the declared defaults so
+        // one bad TOML value does not cascade into "unknown field" errors.
+        let fields = match &settings {
+            Some(s) => s.fields.clone(),
+            None => {
+                let defaults = modconfig::Overrides {
+                    table: None,
+                    ..overrides
+                };
+                modconfig::resolve(&module, source, &defaults)
+                    .map(|s| s.fields)
+                    .unwrap_or_default()
+            }
+        };
         let env = compile::Env {
             upstreams: &upstreams,
             ctx_names: &mut ctx_names,

@@ -35,6 +35,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("modules failed to load:\n{}", crate::script::diag::render_all(.0))]
     Modules(Vec<crate::script::Diagnostic>),
     #[error("cannot start thread {name}: {source}")]
@@ -157,6 +159,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let generation =
         Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);
     let config = &generation.config;
+    refuse_unsupported(config).map_err(ServerError::Unsupported)?;
     let workers = config.server.workers.max(1);
     let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -227,9 +230,28 @@ fn spawn_thread(
         .map_err(|source| ServerError::Thread { name, source })
 }
 
+/// Upstream TLS is refused rather than ignored: sending plaintext where TLS was asked
+/// for would be a silent security downgrade.
+pub fn refuse_unsupported(config: &Config) -> Result<(), String> {
+    let tls: Vec<&str> = config
+        .upstreams
+        .iter()
+        .filter(|u| u.tls)
+        .map(|u| u.name.as_str())
+        .collect();
+    if tls.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("upstream TLS (`tls = true` on {}) is not supported by this build yet; refusing to send that traffic as plaintext", tls.join(", ")))
+    }
+}
+
 /// Config sections that parse but are not served by this build are said out loud,
 /// never silently ignored.
 fn warn_unserved(config: &Config) {
+    for u in config.upstreams.iter().filter(|u| u.http2) {
+        tracing::warn!(target: "proxycache::server", upstream = %u.name, "upstreams.{}.http2 is not served yet by this build; HTTP/1.1 is used", u.name);
+    }
     for tls in &config.server.tls {
         tracing::warn!(target: "proxycache::server", listen = %tls.listen, "[[server.tls]] is not served yet by this build");
     }

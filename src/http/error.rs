@@ -100,7 +100,19 @@ impl ProxyError {
             status.canonical_reason().unwrap_or(""),
             id
         );
-        local_response(status, body, id)
+        let mut resp = local_response(status, body, id);
+        if matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::HeadersTooLarge { .. }
+        ) {
+            // The rest of a malformed or refused request must never be read as the
+            // next one.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 

@@ -102,8 +102,12 @@ pub fn resolve(
                     Err(msg) => diags.push(at(msg)),
                 },
                 None => {
-                    let known: Vec<&str> =
-                        module.config.iter().map(|f| f.name.node.as_str()).collect();
+                    let known: Vec<&str> = module
+                        .config
+                        .iter()
+                        .map(|f| f.name.node.as_str())
+                        .filter(|f| !matches!(*f, "enabled" | "priority"))
+                        .collect();
                     let mut d = at(format!("module `{name}` has no config field `{key}`"));
                     d.hint = Some(if known.is_empty() {
                         "its `config { }` block is empty; allowed: enabled, priority".to_owned()
@@ -188,6 +192,10 @@ fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, String> {
             Value::Size(crate::config::parse_size(s).map_err(|e| format!("expected a size: {e}"))?)
         }
         (Type::Size, toml::Value::Integer(i)) if *i >= 0 => Value::Size(*i as u64),
+        // As everywhere in config.toml, a bare integer duration is seconds.
+        (Type::Duration, toml::Value::Integer(i)) if *i >= 0 => {
+            Value::Duration(std::time::Duration::from_secs(*i as u64))
+        }
         (Type::List(t), toml::Value::Array(items)) => Value::List(
             items
                 .iter()

@@ -124,8 +124,12 @@ fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule>) -> Diagn
 
 fn hint_for(source: &str, pos: usize) -> Option<&'static str> {
     let rest = &source[pos..];
-    if rest.starts_with('$')
-        && !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '{')
+    // pest stops just after a `$` that starts no variable.
+    let after_dollar = source[..pos].ends_with('$')
+        && !rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '{');
+    if after_dollar
+        || (rest.starts_with('$')
+            && !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '{'))
     {
         return Some("a `$` in a string starts a variable; write `\\$` for a dollar sign");
     }

@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -39,6 +40,13 @@ pub struct Activity {
     inflight: AtomicU32,
     last_done_ms: AtomicU64,
     head_started_ms: AtomicU64,
+    /// Requests started on this connection (the head scanner restarts per request).
+    started: AtomicU64,
+    /// The head being read carries both Content-Length and Transfer-Encoding (hyper
+    /// silently drops the former, so only the raw bytes show it).
+    ambiguous_framing: AtomicBool,
+    /// Wakes the watchdog when a request head starts arriving.
+    head_started: Notify,
 }
 
 impl Activity {
@@ -48,6 +56,9 @@ impl Activity {
             inflight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            ambiguous_framing: AtomicBool::new(false),
+            head_started: Notify::new(),
         }
     }
 
@@ -56,10 +67,13 @@ impl Activity {
         self.opened.elapsed().as_millis() as u64 + 1
     }
 
-    /// A request head has been parsed (called by the request path).
-    pub fn request_started(&self) {
+    /// A request head has been parsed (called by the request path). Returns whether
+    /// its raw head carried both Content-Length and Transfer-Encoding.
+    pub fn request_started(&self) -> bool {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.ambiguous_framing.swap(false, Ordering::Relaxed)
     }
 
     /// A response has been sent in full or abandoned.
@@ -73,6 +87,7 @@ impl Activity {
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
             self.head_started_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
         }
     }
 }
@@ -107,10 +122,58 @@ fn judge(a: &Activity, header: Duration, idle: Duration) -> Verdict {
     Verdict::Wait(a.opened + Duration::from_millis(last + idle_ms))
 }
 
-/// The socket, reporting reads to the watchdog.
+/// The socket, reporting reads to the watchdog and scanning request heads.
 struct WatchedIo {
     stream: TcpStream,
     conn: Arc<ConnInfo>,
+    scan: HeadScan,
+}
+
+/// Reads request-head lines as they pass (bodies are never scanned: it stops at the
+/// blank line) and notices a head with both `Content-Length` and
+/// `Transfer-Encoding`, which hyper would otherwise hide by dropping the former.
+#[derive(Default)]
+struct HeadScan {
+    /// Value of `Activity::started` when the current head began.
+    request: u64,
+    done: bool,
+    /// The start of the current line, lower-cased.
+    line: [u8; 18],
+    len: usize,
+    saw_cl: bool,
+    saw_te: bool,
+}
+
+impl HeadScan {
+    /// Feeds bytes read; returns true when a head just ended with both headers.
+    fn feed(&mut self, request: u64, bytes: &[u8]) -> bool {
+        if request != self.request {
+            *self = HeadScan {
+                request,
+                ..HeadScan::default()
+            };
+        }
+        if self.done {
+            return false;
+        }
+        for &b in bytes {
+            if b == b'\n' {
+                let line = &self.line[..self.len];
+                if line.is_empty() || line == b"\r" {
+                    self.done = true;
+                    return self.saw_cl && self.saw_te;
+                }
+                self.saw_cl |=
+                    line.starts_with(b"content-length:") || line.starts_with(b"content-length ");
+                self.saw_te |= line.starts_with(b"transfer-encoding");
+                self.len = 0;
+            } else if self.len < self.line.len() {
+                self.line[self.len] = b.to_ascii_lowercase();
+                self.len += 1;
+            }
+        }
+        false
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -123,7 +186,12 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.conn.activity.bytes_read();
+            let activity = &this.conn.activity;
+            activity.bytes_read();
+            let started = activity.started.load(Ordering::Relaxed);
+            if this.scan.feed(started, &buf.filled()[before..]) {
+                activity.ambiguous_framing.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -197,6 +265,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<WorkerCtx>) {
     let io = TokioIo::new(WatchedIo {
         stream,
         conn: Arc::clone(&conn),
+        scan: HeadScan::default(),
     });
     let svc_conn = Arc::clone(&conn);
     let svc_ctx = Arc::clone(&ctx);
@@ -237,6 +306,31 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<WorkerCtx>) {
                 served.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(deadline) => {}
+            // A request head started arriving: the header deadline now applies.
+            _ = conn.activity.head_started.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    #[test]
+    fn heads_with_both_framings_are_noticed() {
+        let mut s = HeadScan::default();
+        assert!(!s.feed(0, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"));
+        assert!(s.feed(0, b"Transfer-Encoding: chunked\r\n\r\nhello"));
+    }
+
+    #[test]
+    fn bodies_and_plain_heads_are_not_flagged() {
+        let mut s = HeadScan::default();
+        assert!(!s.feed(
+            0,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n\ncontent-length: 1\r\n"
+        ));
+        // The next request starts a new scan.
+        assert!(!s.feed(1, b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
     }
 }

@@ -1,0 +1,388 @@
+//! Acceptance 7 and 8, through the `proxycache` binary: `check` exits 1 naming the bad
+//! key, `run` refuses a bad config, `version` prints the version, the embedded default
+//! serves `builtin:echo`, and SIGTERM during a slow request lets it finish with 200,
+//! refuses new connections and exits 0.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxycache");
+
+/// A fresh, empty directory under the system temp dir; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "proxycache-cli-{}-{name}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the binary to completion (for `check` and `version`), in `dir`.
+fn run_to_end(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run proxycache")
+}
+
+/// A `proxycache run` child process, killed (by its pid) if the test ends early.
+struct Server {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    fn spawn(dir: &TempDir, config: &Path) -> Server {
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = File::create(&stderr_path).expect("create stderr log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn proxycache run");
+        Server { child, stderr_path }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the process exits, at most `limit`.
+    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `GET /` through the proxy at `port` answers 200.
+    async fn wait_ready(&mut self, port: u16) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "proxycache exited early with {status}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Ok(resp) = try_send(addr, empty(req("GET", "/ready"))).await {
+                assert_eq!(resp.status, 200, "readiness request: {}", resp.text());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxycache did not serve within 15s; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const BAD_KEY: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus_key = 1\n\n[upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"e\"\n";
+
+fn good_config(port: u16) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n[upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"e\"\n"
+    )
+}
+
+#[test]
+fn check_with_a_bad_key_exits_1_and_names_the_key_and_line() {
+    let dir = TempDir::new("bad-key");
+    let path = dir.write("bad.toml", BAD_KEY);
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("bogus_key"),
+        "stderr names the key: {stderr}"
+    );
+    assert!(
+        stderr.contains("server.bogus_key"),
+        "stderr names the dotted key: {stderr}"
+    );
+    assert!(
+        stderr.contains(":3:"),
+        "stderr names the line (3): {stderr}"
+    );
+}
+
+#[test]
+fn check_with_bad_values_exits_1_and_names_every_key() {
+    let dir = TempDir::new("bad-values");
+    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.limits]\nmax_body = \"12 parsecs\"\n\n[server.timeouts]\nheader = \"soon\"\n\n[upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"nope\"\n";
+    let path = dir.write("bad.toml", text);
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for key in [
+        "server.limits.max_body",
+        "server.timeouts.header",
+        "routes[0].upstream",
+    ] {
+        assert!(stderr.contains(key), "stderr names {key}: {stderr}");
+    }
+}
+
+#[test]
+fn check_on_a_good_config_exits_0() {
+    let dir = TempDir::new("good");
+    let path = dir.write("good.toml", &good_config(0));
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_prints_the_version() {
+    let dir = TempDir::new("version");
+    let out = run_to_end(dir.path(), &["version"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(env!("CARGO_PKG_VERSION")),
+        "stdout: {stdout}"
+    );
+    assert!(stdout.contains("proxycache"), "stdout: {stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_to_start_on_a_bad_config() {
+    let dir = TempDir::new("run-bad");
+    let path = dir.write("bad.toml", BAD_KEY);
+    let mut server = Server::spawn(&dir, &path);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("run exits on a bad config");
+    assert_eq!(status.code(), Some(1), "stderr: {}", server.stderr());
+    assert!(
+        server.stderr().contains("server.bogus_key"),
+        "stderr: {}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn the_embedded_default_routes_everything_to_builtin_echo() {
+    let config = proxycache::Config::embedded_default();
+    assert_eq!(
+        config.server.listen,
+        vec!["127.0.0.1:8080".parse().expect("addr")]
+    );
+    assert_eq!(
+        config.admin.listen,
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
+    assert!(config.source.is_none());
+    assert_eq!(config.routes.len(), 1);
+    let route = &config.routes[0];
+    assert!(
+        route.host.is_none()
+            && route.path_prefix.is_none()
+            && route.methods.is_empty()
+            && route.headers.is_empty()
+    );
+    let upstream = &config.upstreams[route.upstream];
+    assert_eq!(upstream.servers.len(), 1);
+    assert_eq!(
+        upstream.servers[0].target,
+        proxycache::config::ServerTarget::Echo
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_serves_in_process() {
+    let mut config = proxycache::Config::embedded_default();
+    // Same config, but on a free port and without the admin listener.
+    config.server.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+    config.admin.listen = None;
+    let handle = proxycache::start(config).expect("the embedded default starts");
+    let addr = handle.local_addr();
+
+    let resp = get(addr, "/").await;
+
+    assert_eq!(resp.status, 200);
+    let echo = resp.json();
+    assert_eq!(echo["upstream"], "builtin:echo");
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/");
+    tokio::task::spawn_blocking(move || handle.shutdown())
+        .await
+        .expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_embedded_default_config() {
+    let dir = TempDir::new("default");
+    let port = free_port();
+    let admin_port = free_port();
+    let text = proxycache::config::DEFAULT_CONFIG_TOML
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin_port}"));
+    assert_ne!(
+        text,
+        proxycache::config::DEFAULT_CONFIG_TOML,
+        "the default listens where CONFIG.md says"
+    );
+    let path = dir.write("default-copy.toml", &text);
+    let mut server = Server::spawn(&dir, &path);
+    server.wait_ready(port).await;
+
+    let resp = get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["upstream"], "builtin:echo");
+
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_0() {
+    let up = Upstream::start("slow", Behavior::slow_on("/slow", 2_000)).await;
+    let dir = TempDir::new("sigterm");
+    let port = free_port();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[server.timeouts]\nshutdown_drain = \"10s\"\n\n[admin]\nlisten = \"\"\n\n{}",
+        app(&[&up], "")
+    );
+    let path = dir.write("config.toml", &text);
+    let mut server = Server::spawn(&dir, &path);
+    server.wait_ready(port).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    let slow = tokio::spawn(async move { try_send(addr, empty(req("GET", "/slow"))).await });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.inflight() == 1).await,
+        "the slow request reached the upstream"
+    );
+    server.sigterm();
+
+    // New connections are refused while the slow request is still in flight.
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    let refused = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) => break e,
+            Ok(stream) => drop(stream),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections still accepted 1.5s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(
+        !slow.is_finished(),
+        "connections were refused while the slow request was in flight"
+    );
+
+    let resp = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow request finishes")
+        .expect("slow task")
+        .unwrap_or_else(|e| {
+            panic!(
+                "the in-flight request failed: {e}; stderr:\n{}",
+                server.stderr()
+            )
+        });
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_eq!(resp.server(), "slow");
+
+    let status = server.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{}",
+        server.stderr()
+    );
+}

@@ -1,0 +1,259 @@
+//! Acceptance 6: dead upstream -> 502, slow upstream -> 504, all servers unhealthy
+//! -> 503, each with `x-request-id`; active health checks take a server out of rotation
+//! and bring it back; the circuit breaker opens after N failures and half-opens after
+//! `open_for`; a connect failure is retried on another server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+
+fn assert_request_id(resp: &Resp) {
+    assert!(
+        resp.request_id().is_some_and(|id| !id.is_empty()),
+        "a {} made by the proxy carries x-request-id: {:?}",
+        resp.status,
+        resp.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_is_502_with_a_request_id() {
+    let dead = dead_addr();
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{dead}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+
+    let resp = get(px.addr, "/").await;
+
+    assert_eq!(resp.status, 502, "body: {}", resp.text());
+    assert_request_id(&resp);
+    assert!(
+        !resp.text().contains(&dead.port().to_string()),
+        "the body does not leak the upstream address: {}",
+        resp.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_incoming_request_id_is_kept_on_proxy_made_errors() {
+    let dead = dead_addr();
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{dead}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+
+    let resp = send(
+        px.addr,
+        empty(req("GET", "/").header("x-request-id", "it-test-42")),
+    )
+    .await;
+
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.request_id().as_deref(), Some("it-test-42"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_is_504_with_a_request_id() {
+    let up = Upstream::start("slow", Behavior::slow(3_000)).await;
+    let px = proxy(&app(&[&up], "response_timeout = \"200ms\""));
+
+    let start = Instant::now();
+    let resp = get(px.addr, "/").await;
+    let elapsed = start.elapsed();
+
+    assert_eq!(resp.status, 504, "body: {}", resp.text());
+    assert_request_id(&resp);
+    assert!(
+        elapsed < Duration::from_millis(2_500),
+        "504 came after {elapsed:?}, not after the 200ms response timeout"
+    );
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_servers_unhealthy_is_503_with_a_request_id() {
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    a.set_healthy(false);
+    b.set_healthy(false);
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", unhealthy_after = 1, healthy_after = 1 }";
+    let px = proxy(&app(&[&a, &b], health));
+
+    // The first checks run at once; poll until both servers are out of rotation.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first_503 = loop {
+        let resp = get(px.addr, "/").await;
+        if resp.status == 503 {
+            break resp;
+        }
+        assert_eq!(
+            resp.status, 200,
+            "before the checks mark them, servers answer"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no 503 within 5s of both servers failing their checks"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_request_id(&first_503);
+    assert!(
+        a.state
+            .health_checks
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+
+    let before = a.requests() + b.requests();
+    for _ in 0..5 {
+        let resp = get(px.addr, "/").await;
+        assert_eq!(resp.status, 503);
+        assert_request_id(&resp);
+    }
+    assert_eq!(
+        a.requests() + b.requests(),
+        before,
+        "unhealthy servers get no traffic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failing_its_health_check_loses_traffic_and_gets_it_back() {
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", unhealthy_after = 1, healthy_after = 1 }";
+    let px = proxy(&app(&[&a, &b], health));
+
+    // Both healthy: both get traffic.
+    let mut seen_a = false;
+    let mut seen_b = false;
+    for _ in 0..6 {
+        let server = get(px.addr, "/").await.server();
+        seen_a |= server == "a";
+        seen_b |= server == "b";
+    }
+    assert!(seen_a && seen_b, "both healthy servers get traffic");
+
+    // `a` fails its checks: soon every request goes to `b`.
+    a.set_healthy(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut streak = 0;
+    while streak < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "traffic still reaches the unhealthy server after 5s"
+        );
+        let resp = get(px.addr, "/").await;
+        assert_eq!(resp.status, 200, "one healthy server is enough");
+        streak = if resp.server() == "b" { streak + 1 } else { 0 };
+    }
+    let a_requests = a.requests();
+    for _ in 0..6 {
+        assert_eq!(get(px.addr, "/").await.server(), "b");
+    }
+    assert_eq!(
+        a.requests(),
+        a_requests,
+        "the unhealthy server gets nothing"
+    );
+
+    // `a` passes again: it gets traffic back.
+    a.set_healthy(true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the recovered server got no traffic within 5s"
+        );
+        if get(px.addr, "/").await.server() == "a" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_after_n_failures_and_half_opens_after_open_for() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(
+        &[&up],
+        "circuit_breaker = { failures = 2, open_for = \"500ms\" }",
+    ));
+    up.set_fail(true);
+
+    // Two failures (the upstream drops the connection without answering) open it.
+    for i in 0..2 {
+        let resp = get(px.addr, "/").await;
+        assert_eq!(resp.status, 502, "failure {i}: {}", resp.text());
+    }
+    assert_eq!(up.requests(), 2);
+
+    // Open: refused without touching the upstream.
+    let accepts = up.accepts();
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.status, 503, "an open breaker refuses: {}", resp.text());
+    assert_request_id(&resp);
+    assert_eq!(
+        up.requests(),
+        2,
+        "an open breaker does not touch the upstream"
+    );
+    assert_eq!(up.accepts(), accepts, "an open breaker opens no connection");
+
+    // After open_for, one probe goes through; it fails, so the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.status, 502, "the half-open probe reaches the upstream");
+    assert_eq!(up.requests(), 3);
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.status, 503, "a failed probe opens the breaker again");
+    assert_eq!(up.requests(), 3);
+
+    // After open_for again, a successful probe closes it.
+    up.set_fail(false);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for i in 0..3 {
+        let resp = get(px.addr, "/").await;
+        assert_eq!(
+            resp.status,
+            200,
+            "request {i} after recovery: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(up.requests(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_is_retried_on_another_server() {
+    let live = Upstream::start("live", Behavior::echo()).await;
+    let dead = dead_addr();
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{dead}\", \"{}\"]\nbalance = \"round_robin\"\n\n[[routes]]\nupstream = \"app\"\n",
+        live.addr
+    ));
+
+    for i in 0..6 {
+        let resp = get(px.addr, &format!("/get/{i}")).await;
+        assert_eq!(resp.status, 200, "GET {i}: {}", resp.text());
+        assert_eq!(resp.server(), "live");
+    }
+    // Nothing was sent to the dead server, so a POST body is retried intact too.
+    for i in 0..2 {
+        let body = payload(10_000);
+        let request = req("POST", &format!("/post/{i}"))
+            .body(Full::new(Bytes::from(body.clone())))
+            .expect("request builds");
+        let resp = send(px.addr, request).await;
+        assert_eq!(resp.status, 200, "POST {i}: {}", resp.text());
+        let got = live.last().expect("live got the POST");
+        assert!(
+            got.body.as_ref() == body.as_slice(),
+            "the retried body is intact"
+        );
+    }
+    assert_eq!(live.requests(), 8);
+}

@@ -1,0 +1,249 @@
+//! Acceptance 5: limits and malformed requests. Over-limit body -> 413, over-limit
+//! headers -> 431, ambiguous framing -> 400 (never forwarded), a garbage request line
+//! -> 400, a client that stalls mid-headers is closed after the header timeout.
+//! Responses the proxy makes itself (not hyper's parser) carry `x-request-id`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// An upstream and a proxy with `max_body = 1KiB`, `max_header_bytes = 4KiB` and a
+/// 300 ms header timeout.
+async fn limited() -> (Upstream, Proxy) {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let rest = format!(
+        "[server.limits]\nmax_body = \"1KiB\"\nmax_header_bytes = \"4KiB\"\n\n[server.timeouts]\nheader = \"300ms\"\n\n{}",
+        app(&[&up], "")
+    );
+    let px = proxy(&rest);
+    (up, px)
+}
+
+fn post_with_length(declared: usize, body_len: usize) -> Vec<u8> {
+    let mut raw = format!("POST /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n").into_bytes();
+    raw.extend(std::iter::repeat_n(b'b', body_len));
+    raw
+}
+
+fn assert_proxy_made(raw: &str, status: u16) {
+    assert_eq!(raw_status(raw), status, "raw response: {raw:?}");
+    assert!(
+        raw_header(raw, "x-request-id").is_some_and(|id| !id.is_empty()),
+        "a {status} made by the proxy carries x-request-id: {raw:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_at_the_limit_passes() {
+    let (up, px) = limited().await;
+    let raw = raw_request(px.addr, &post_with_length(1024, 1024)).await;
+    assert_eq!(raw_status(&raw), 200, "raw response: {raw:?}");
+    assert_eq!(up.last().expect("forwarded").body.len(), 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_413_and_not_forwarded() {
+    let (up, px) = limited().await;
+    let raw = raw_request(px.addr, &post_with_length(2048, 2048)).await;
+    assert_proxy_made(&raw, 413);
+    assert_eq!(up.requests(), 0, "an over-limit request is not forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_is_413() {
+    let (_up, px) = limited().await;
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        raw.extend_from_slice(b"3e8\r\n"); // 1000 bytes
+        raw.extend(std::iter::repeat_n(b'c', 1000));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_request(px.addr, &raw).await;
+    assert_proxy_made(&answer, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_to_builtin_echo_is_413() {
+    let rest = "[server.limits]\nmax_body = \"1KiB\"\n\n[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n";
+    let px = proxy(rest);
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    raw.extend_from_slice(b"800\r\n"); // 2048 bytes
+    raw.extend(std::iter::repeat_n(b'c', 2048));
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_request(px.addr, &raw).await;
+    assert_proxy_made(&answer, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_the_limit_are_431() {
+    let (up, px) = limited().await;
+    // Over max_header_bytes (4 KiB) but under hyper's backstop: the proxy answers.
+    let big = "v".repeat(5000);
+    let raw = raw_request(
+        px.addr,
+        format!("GET / HTTP/1.1\r\nHost: test.local\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_proxy_made(&raw, 431);
+
+    // Far over the limit: hyper's own backstop answers (no request id required).
+    let huge = "v".repeat(40_000);
+    let raw = raw_request(
+        px.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: test.local\r\nX-Huge: {huge}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        raw_status(&raw),
+        431,
+        "raw response: {:?}",
+        &raw[..raw.len().min(300)]
+    );
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths_are_400() {
+    let (up, px) = limited().await;
+    let raw = raw_request(
+        px.addr,
+        b"POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 400, "two lines: {raw:?}");
+    let raw = raw_request(
+        px.addr,
+        b"POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5, 6\r\nConnection: close\r\n\r\nhello!",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 400, "one list: {raw:?}");
+    assert_eq!(up.requests(), 0, "nothing ambiguous is forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_transfer_encodings_are_400_with_a_request_id() {
+    let (up, px) = limited().await;
+    for te in ["chunked, chunked", "gzip, chunked"] {
+        let raw = raw_request(
+            px.addr,
+            format!("POST / HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_proxy_made(&raw, 400);
+    }
+    let raw = raw_request(
+        px.addr,
+        b"POST / HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        raw_status(&raw),
+        400,
+        "two Transfer-Encoding lines: {raw:?}"
+    );
+    assert_eq!(up.requests(), 0, "nothing ambiguous is forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_400() {
+    let (up, px) = limited().await;
+    let raw = raw_request(
+        px.addr,
+        b"POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 400, "raw response: {raw:?}");
+    assert_eq!(
+        up.requests(),
+        0,
+        "a request with two framings is never forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_duplicated_host_on_http11_is_400() {
+    let (up, px) = limited().await;
+    let raw = raw_request(px.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_proxy_made(&raw, 400);
+    let raw = raw_request(
+        px.addr,
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 400, "two Host lines: {raw:?}");
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_request_line_is_400() {
+    let (up, px) = limited().await;
+    let raw = raw_request(px.addr, b"THIS IS NOT HTTP AT ALL\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 400, "raw response: {raw:?}");
+    let raw = raw_request(
+        px.addr,
+        b"GET /\x01\x02 HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        raw_status(&raw),
+        400,
+        "control bytes in the target: {raw:?}"
+    );
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_mid_headers_is_closed_after_the_header_timeout() {
+    let (up, px) = limited().await;
+    let mut stream = tokio::net::TcpStream::connect(px.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /stall HTTP/1.1\r\nHost: test.local\r\nX-Half: ")
+        .await
+        .expect("write half a head");
+    let start = Instant::now();
+
+    // Whatever the proxy says first (a 408, or nothing), the socket must close.
+    let answer = read_raw(&mut stream, Duration::from_secs(3)).await;
+    let elapsed = start.elapsed();
+
+    assert!(
+        elapsed < Duration::from_millis(2_500),
+        "the stalled connection was still open after {elapsed:?} (header timeout 300ms); got {answer:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed before the header timeout: {elapsed:?}"
+    );
+    assert!(
+        answer.is_empty() || raw_status(&answer) == 408,
+        "unexpected answer: {answer:?}"
+    );
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_does_not_cut_an_idle_connection_before_its_first_byte() {
+    let (up, px) = limited().await;
+    let mut stream = tokio::net::TcpStream::connect(px.addr)
+        .await
+        .expect("connect");
+    // Quiet for twice the header timeout, well under the idle timeout (60 s).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = stream
+        .write_all(b"GET /late HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = read_raw(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 200, "raw response: {answer:?}");
+    assert_eq!(up.requests(), 1);
+}
