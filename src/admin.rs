@@ -65,6 +65,9 @@ async fn handle(
 ) -> Result<Response<AdminBody>, Infallible> {
     let generation = shared.generation();
     if !authorized(&req, &generation.config.admin.api_key) {
+        if req.method() != Method::GET {
+            tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), target = req.uri().path(), result = "rejected: unauthorized", generation = generation.number, "admin call");
+        }
         let mut resp = json(
             StatusCode::UNAUTHORIZED,
             &serde_json::json!({"error": "missing or wrong admin API key"}),
@@ -78,10 +81,11 @@ async fn handle(
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
+            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, target = parts.uri.path(), result = "rejected: body too large", "admin call");
             return Ok(json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &serde_json::json!({"error": format!("body over {MAX_BODY} bytes")}),
-            ))
+            ));
         }
     };
     let path = parts.uri.path().trim_end_matches('/').to_owned();

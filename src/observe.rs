@@ -12,10 +12,10 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(log: &LogConfig) {
     let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    if !log.access {
-        if let Ok(directive) = "proxycache::access=off".parse() {
-            filter = filter.add_directive(directive);
-        }
+    // Access lines always pass the filter; `log.access` (checked per request) decides,
+    // so a reload can switch the access log on or off.
+    if let Ok(directive) = "proxycache::access=info".parse() {
+        filter = filter.add_directive(directive);
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

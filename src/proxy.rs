@@ -378,7 +378,7 @@ async fn send_to(
     match result {
         Ok(resp) => {
             done.inflight = Some(guard);
-            Ok(resp.map(ProxyBody::streamed))
+            Ok(resp.map(ProxyBody::Upstream))
         }
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(
             ProxyError::Connect {

@@ -104,6 +104,7 @@ fn now_secs() -> u64 {
 pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
     let _serial = shared.reloads.lock.lock();
     let old = shared.generation();
+    let mut pending_swap = None;
     let report = match build(shared, &old) {
         Ok(None) => ReloadReport {
             generation: old.number,
@@ -128,7 +129,7 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
             let mut applied = changes.applied;
             applied.extend(apply_listeners(shared, &next.config));
             let number = next.number;
-            shared.swap_generation(Arc::new(next));
+            pending_swap = Some(next);
             ReloadReport {
                 generation: number,
                 ok: true,
@@ -150,6 +151,10 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
         }
     }
     *shared.reloads.last.lock() = Some(report.clone());
+    // Swapped last, so whoever sees the new generation also sees its report.
+    if let Some(next) = pending_swap {
+        shared.swap_generation(Arc::new(next));
+    }
     report
 }
 
@@ -161,6 +166,24 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
             .map_err(|e| e.0.iter().map(ReloadError::from).collect::<Vec<_>>())?,
         None => Config::embedded_default(),
     };
+    if config.source_text.trim().is_empty() && !old.config.source_text.trim().is_empty() {
+        // An empty file is far more likely a write in progress than a wish to drop
+        // every setting; the next change event reloads again.
+        let file = config
+            .source
+            .as_ref()
+            .map_or("<default>".to_owned(), |p| p.display().to_string());
+        let message = "config file is empty (a write in progress?); keeping the current generation"
+            .to_owned();
+        return Err(vec![ReloadError {
+            file,
+            line: 1,
+            col: 1,
+            key: None,
+            rendered: message.clone(),
+            message,
+        }]);
+    }
     if let Err(message) = crate::server::refuse_unsupported(&config) {
         let file = config
             .source

@@ -158,6 +158,37 @@ pub fn load_sources(
     config: &Config,
     sources: &[(PathBuf, String)],
 ) -> Result<Loaded, Vec<Diagnostic>> {
+    // Parsing and checking recurse as deep as the module nests; the limits keep that
+    // bounded, and a thread of our own makes the bound independent of the caller's
+    // stack (tests and `spawn_blocking` threads get 2 MiB).
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pc-load".into())
+            .stack_size(LOAD_STACK)
+            .spawn_scoped(scope, || load_sources_here(config, sources))
+            .map_err(|e| {
+                vec![Diagnostic::file_level(
+                    "<loader>",
+                    format!("cannot start the loader thread: {e}"),
+                )]
+            })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(vec![Diagnostic::file_level(
+                    "<loader>",
+                    "the module loader failed unexpectedly",
+                )])
+            })
+    })
+}
+
+/// Stack for the loader thread.
+const LOAD_STACK: usize = 64 << 20;
+
+fn load_sources_here(
+    config: &Config,
+    sources: &[(PathBuf, String)],
+) -> Result<Loaded, Vec<Diagnostic>> {
     let upstreams: Arc<[String]> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let config_file = config
         .source

@@ -226,6 +226,8 @@ fn spawn_thread(
 ) -> Result<JoinHandle<()>, ServerError> {
     std::thread::Builder::new()
         .name(name.clone())
+        // Evaluating a module recurses as deep as its (bounded) expressions nest.
+        .stack_size(8 << 20)
         .spawn(f)
         .map_err(|source| ServerError::Thread { name, source })
 }

@@ -66,6 +66,9 @@ impl ArgDefault {
     }
 }
 
+/// Checks a literal argument at load time; `Err` is the message.
+pub type LiteralCheck = fn(&Value) -> Result<(), String>;
+
 /// One named argument.
 #[derive(Debug)]
 pub struct ArgSig {
@@ -74,6 +77,9 @@ pub struct ArgSig {
     pub default: ArgDefault,
     /// Must be a literal (e.g. a regex compiled at load time).
     pub literal: bool,
+    /// Checks a literal value at load time (a bad literal is a load error, not a
+    /// failure of every request).
+    pub check: Option<LiteralCheck>,
     pub doc: &'static str,
 }
 
@@ -170,5 +176,13 @@ pub fn call(
         StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {
             helpers::call(id, args)
         }
+    }
+}
+
+/// A literal that must be a valid header name.
+pub fn valid_header_name(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(s) if http::HeaderName::from_bytes(s.as_bytes()).is_ok() => Ok(()),
+        _ => Err(format!("{:?} is not a valid header name", v.to_string())),
     }
 }

@@ -22,7 +22,8 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn audit(&self, action: &str, target: &str, result: &str) {
+    /// Writes an `admin_audit` line: who did what to what, and how it ended.
+    pub fn audit(&self, action: &str, target: &str, result: &str) {
         let generation = self.shared.generation().number;
         tracing::info!(target: "admin_audit", caller = %self.peer, action, target, result, generation, "admin call");
     }
@@ -102,7 +103,7 @@ pub(super) fn upstream_list(shared: &Shared) -> Vec<Value> {
                     })
                 })
                 .collect();
-            json!({ "name": set.name(), "balance": format!("{:?}", set.config.balance), "health_checks": set.config.health.is_some(), "servers": servers })
+            json!({ "name": set.name(), "balance": set.config.balance.as_str(), "health_checks": set.config.health.is_some(), "servers": servers })
         })
         .collect()
 }
@@ -111,7 +112,13 @@ pub(super) fn upstream_list(shared: &Shared) -> Vec<Value> {
 pub fn mods(c: &Call<'_>) -> Response<AdminBody> {
     json_resp(
         StatusCode::OK,
-        &json!({ "generation": c.shared.generation().number, "mods": module_list(c.shared, false) }),
+        &json!({
+            "generation": c.shared.generation().number,
+            "mods": module_list(c.shared, false),
+            // Errors of the last failed reload that belong to no module file
+            // (config.toml, the scripts folder).
+            "errors": other_errors(c.shared),
+        }),
     )
 }
 
@@ -127,6 +134,18 @@ pub fn mod_get(c: &Call<'_>, name: &str) -> Response<AdminBody> {
         Some(m) => json_resp(StatusCode::OK, &m),
         None => not_found(name),
     }
+}
+
+fn other_errors(shared: &Shared) -> Vec<ReloadError> {
+    let last = shared
+        .reloads
+        .last()
+        .filter(|r| !r.ok)
+        .map(|r| r.errors)
+        .unwrap_or_default();
+    last.into_iter()
+        .filter(|e| !e.file.ends_with(".pcmod"))
+        .collect()
 }
 
 fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
@@ -175,6 +194,7 @@ fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
 /// `PUT /mods/{name}`: check, write atomically, reload. On 400 nothing on disk changed.
 pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     if let Err(resp) = valid_name(name) {
+        c.audit("put_mod", name, "rejected: invalid name");
         return *resp;
     }
     let Ok(source) = std::str::from_utf8(&c.body).map(str::to_owned) else {
@@ -311,8 +331,24 @@ pub async fn config_repair(c: &Call<'_>) -> Response<AdminBody> {
     };
     let mut added = Vec::new();
     let mut extra = String::new();
+    // What the file already has, not what is running: a second repair before a
+    // reload must add nothing.
+    let present: Vec<String> = match text.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("mods")
+            .and_then(|m| m.as_table())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            c.audit("config_repair", "config.toml", "refused: does not parse");
+            return json_resp(
+                StatusCode::CONFLICT,
+                &json!({"error": format!("config.toml does not parse; fix it first: {e}")}),
+            );
+        }
+    };
     for m in &g.modules {
-        if g.config.mods.contains_key(&m.name) {
+        if present.contains(&m.name) {
             continue;
         }
         extra.push_str(&format!(

@@ -159,6 +159,20 @@ pub enum Balance {
     P2c,
 }
 
+impl Balance {
+    /// The name as written in config.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Weighted => "weighted",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::ConsistentHash => "consistent_hash",
+            Balance::P2c => "p2c",
+        }
+    }
+}
+
 /// What `consistent_hash` hashes (`hash_key` in the upstream table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {

@@ -37,6 +37,8 @@ pub enum ProxyBody {
         seen: u64,
         limit: Option<u64>,
     },
+    /// An upstream response that returns its connection to the pool when done.
+    Upstream(crate::upstream::client::UpstreamBody),
     /// Anything else (compression, teeing): one allocation, used only when asked for.
     Boxed(BoxBody<Bytes, BoxError>),
 }
@@ -96,6 +98,9 @@ impl Body for ProxyBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            ProxyBody::Upstream(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
             ProxyBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
         }
     }
@@ -105,6 +110,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Streamed { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream(inner) => inner.is_end_stream(),
             ProxyBody::Boxed(inner) => inner.is_end_stream(),
         }
     }
@@ -116,6 +122,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Streamed { inner, .. } => inner.size_hint(),
+            ProxyBody::Upstream(inner) => inner.size_hint(),
             ProxyBody::Boxed(inner) => inner.size_hint(),
         }
     }

@@ -28,10 +28,22 @@ pub async fn run(shared: Arc<Shared>) {
     let filter_cfg = config_path.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event
-                .paths
-                .iter()
-                .any(|p| relevant(p, &filter_dir, filter_cfg.as_deref()))
+            // Only changes count: reading a file (which every reload does) must not
+            // trigger the next reload.
+            let changed = matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            ) && !matches!(
+                event.kind,
+                notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            );
+            if changed
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| relevant(p, &filter_dir, filter_cfg.as_deref()))
             {
                 let _ = tx.send(());
             }

@@ -6,6 +6,8 @@
 
 mod expr;
 
+pub(crate) use expr::with_article as with_article_pub;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -52,8 +52,10 @@ pub fn resolve(
                 fields.insert(field.name.node.clone(), (field.ty.node.clone(), v));
             }
             Err(msg) => diags.push(
-                Diagnostic::new(&module.file, source, field.default.span, msg)
-                    .with_hint(format!("the default must be a {} literal", field.ty.node)),
+                Diagnostic::new(&module.file, source, field.default.span, msg).with_hint(format!(
+                    "the default must be {} literal",
+                    super::compile::with_article_pub(&field.ty.node.to_string())
+                )),
             ),
         }
     }
@@ -147,6 +149,11 @@ fn default_value(field: &ConfigField) -> Result<Value, String> {
 
 fn literal_value(e: &ExprKind) -> Option<Value> {
     Some(match e {
+        ExprKind::Unary(super::ast::UnOp::Neg, inner) => match literal_value(&inner.kind)? {
+            Value::Int(i) => Value::Int(i.checked_neg()?),
+            Value::Float(f) => Value::Float(-f),
+            _ => return None,
+        },
         ExprKind::Lit(Literal::Nil) => Value::Nil,
         ExprKind::Lit(Literal::Bool(b)) => Value::Bool(*b),
         ExprKind::Lit(Literal::Int(i)) => Value::Int(*i),

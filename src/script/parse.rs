@@ -14,6 +14,10 @@ use super::diag::Diagnostic;
 pub const MAX_LINES: usize = 10_000;
 /// Deepest nesting of brackets, braces and parentheses accepted.
 pub const MAX_NESTING: usize = 32;
+/// Most operands in one chain of binary operators (`a + b + ...`).
+pub const MAX_CHAIN: usize = 64;
+/// Most prefix operators (`not`, `-`) or `.field` accesses in a row.
+pub const MAX_PREFIX: usize = 8;
 /// Longest string literal accepted, in bytes.
 pub const MAX_STRING: usize = 64 * 1024;
 
@@ -33,9 +37,13 @@ pub fn parse(file: &str, source: &str) -> Result<Module, Diagnostic> {
         .into_inner()
         .find(|p| p.as_rule() == Rule::module)
         .ok_or_else(|| Diagnostic::file_level(file, "no `mod NAME { ... }` in file"))?;
+    let line_starts = std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let b = Builder {
         file: Arc::from(file),
         source,
+        line_starts,
     };
     b.module(module)
 }
@@ -50,10 +58,32 @@ fn check_limits(file: &str, source: &str) -> Result<(), Diagnostic> {
         .with_hint("split it into several modules"));
     }
     // Checked before pest runs: its parser is recursive, and nesting is what makes it
-    // deep. Brackets inside strings count too, which only makes the limit stricter.
+    // deep. Brackets in comments and strings do not count.
     let mut depth = 0usize;
-    for (offset, byte) in source.bytes().enumerate() {
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let (offset, byte) = (i, bytes[i]);
+        i += 1;
         match byte {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if source[offset..].starts_with("\"\"\"") => {
+                i = source[offset + 3..]
+                    .find("\"\"\"")
+                    .map_or(bytes.len(), |end| offset + 3 + end + 3);
+            }
+            b'"' => {
+                // Interpolations `${...}` inside strings are expressions, but they are
+                // bounded by the string-size limit; skip to the closing quote.
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
@@ -102,6 +132,19 @@ fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule>) -> Diagn
         .map_or("end of file".to_owned(), |t| {
             format!("`{}`", truncate(t, 20))
         });
+    if pos >= source.len() {
+        // The file ended inside something: say what is likely missing, and point at
+        // the last line with text rather than at nothing.
+        let last = source.trim_end().len().saturating_sub(1);
+        let span = span_at(source, last, last + 1);
+        return Diagnostic::new(
+            file,
+            source,
+            span,
+            "unexpected end of file: a `}`, `)`, `]` or closing `\"` is missing",
+        )
+        .with_hint("every `{` needs a `}`; every string needs its closing quote");
+    }
     let message = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
@@ -221,6 +264,9 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
 struct Builder<'s> {
     file: Arc<str>,
     source: &'s str,
+    /// Byte offset of each line's start: spans are found by binary search, not by
+    /// rescanning the file for every node.
+    line_starts: Vec<usize>,
 }
 
 fn is_keyword_token(rule: Rule) -> bool {
@@ -253,7 +299,16 @@ fn children(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
 impl<'s> Builder<'s> {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        let (line, col) = s.start_pos().line_col();
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= s.start())
+            .max(1);
+        let line_start = self.line_starts[line - 1];
+        let col = self
+            .source
+            .get(line_start..s.start())
+            .map_or(0, |t| t.chars().count())
+            + 1;
         Span {
             start: s.start(),
             end: s.end(),
@@ -297,7 +352,16 @@ impl<'s> Builder<'s> {
 
     fn item(&self, m: &mut Module, item: Pair<'_, Rule>) -> Result<(), Diagnostic> {
         let span = self.span(&item);
+        let twice = |what: &str| {
+            Err(self
+                .err(&item, format!("`{what}` is given twice"))
+                .with_hint("keep one"))
+        };
         match item.as_rule() {
+            Rule::version_item if m.version.is_some() => return twice("version"),
+            Rule::description_item if m.description.is_some() => return twice("description"),
+            Rule::priority_item if m.priority.is_some() => return twice("priority"),
+            Rule::lua_item if m.lua.is_some() => return twice("lua"),
             Rule::version_item => m.version = Some(self.plain_string(first(item)?)?),
             Rule::description_item => m.description = Some(self.plain_string(first(item)?)?),
             Rule::priority_item => {
@@ -437,6 +501,7 @@ impl<'s> Builder<'s> {
     }
 
     fn respond(&self, pair: Pair<'_, Rule>) -> Result<StmtKind, Diagnostic> {
+        let line = self.span(&pair).line;
         let mut status = None;
         let mut body = None;
         let mut headers = Vec::new();
@@ -451,7 +516,15 @@ impl<'s> Builder<'s> {
                     }
                 }
                 _ if status.is_none() => status = Some(self.expr(p)?),
-                _ => body = Some(self.expr(p)?),
+                _ => {
+                    let e = self.expr(p)?;
+                    if e.span.line != line {
+                        // Otherwise a call on the next line silently becomes the body.
+                        return Err(Diagnostic::new(&self.file, self.source, e.span, "the body of `respond` must start on the same line as `respond`")
+                            .with_hint("a statement after `respond` never runs; to send a body, put it after the status"));
+                    }
+                    body = Some(e);
+                }
             }
         }
         let status =
@@ -527,7 +600,13 @@ impl<'s> Builder<'s> {
                 self.binary_chain(pair)
             }
             Rule::not_expr | Rule::neg_expr => {
-                let parts: Vec<_> = children(pair).collect();
+                let parts: Vec<_> = children(pair.clone()).collect();
+                if parts.len() > MAX_PREFIX + 1 {
+                    return Err(self.err(
+                        &pair,
+                        format!("more than {MAX_PREFIX} prefix operators in a row"),
+                    ));
+                }
                 let (ops, operand) = parts.split_at(parts.len().saturating_sub(1));
                 let mut e = self.expr(
                     operand
@@ -549,6 +628,12 @@ impl<'s> Builder<'s> {
                 Ok(e)
             }
             Rule::postfix => {
+                if pair.clone().into_inner().count() > MAX_PREFIX + 1 {
+                    return Err(self.err(
+                        &pair,
+                        format!("more than {MAX_PREFIX} `.field` accesses in a row"),
+                    ));
+                }
                 let mut it = children(pair);
                 let mut e = self.expr(next(&mut it)?)?;
                 for field in it {
@@ -590,6 +675,16 @@ impl<'s> Builder<'s> {
     }
 
     fn binary_chain(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        // Chains become left-deep trees that checking and running walk recursively:
+        // bound them so no input can exhaust a stack.
+        if pair.clone().into_inner().count() > 2 * MAX_CHAIN {
+            return Err(self
+                .err(
+                    &pair,
+                    format!("more than {MAX_CHAIN} operands in one expression"),
+                )
+                .with_hint("split it with `let`"));
+        }
         let mut it = children(pair);
         let mut left = self.expr(next(&mut it)?)?;
         while let Some(op) = it.next() {

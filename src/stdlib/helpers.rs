@@ -8,6 +8,7 @@ const ONE_ARG: &[ArgSig] = &[ArgSig {
     ty: ArgType::Any,
     default: ArgDefault::Required,
     literal: false,
+    check: None,
     doc: "the input",
 }];
 const ONE_STR: &[ArgSig] = &[ArgSig {
@@ -15,6 +16,7 @@ const ONE_STR: &[ArgSig] = &[ArgSig {
     ty: ArgType::Str,
     default: ArgDefault::Required,
     literal: false,
+    check: None,
     doc: "the input",
 }];
 

@@ -28,11 +28,11 @@ pub static SIGS: &[FnSig] = &[FnSig {
     name: "std.rate_limit",
     id: StdFn::RateLimit,
     args: &[
-        ArgSig { name: "key", ty: ArgType::Str, default: ArgDefault::Required, literal: false, doc: "what is limited (an API key, a client IP, ...)" },
-        ArgSig { name: "rate", ty: ArgType::Number, default: ArgDefault::Required, literal: false, doc: "requests allowed per `per`" },
-        ArgSig { name: "burst", ty: ArgType::Int, default: ArgDefault::Nil, literal: false, doc: "bucket size; defaults to `rate`" },
-        ArgSig { name: "per", ty: ArgType::Duration, default: ArgDefault::DurationMs(1000), literal: false, doc: "the period `rate` is counted over" },
-        ArgSig { name: "scope", ty: ArgType::Str, default: ArgDefault::Str("local"), literal: true, doc: "`local` (this process)" },
+        ArgSig { name: "key", ty: ArgType::Str, default: ArgDefault::Required, literal: false, check: None, doc: "what is limited (an API key, a client IP, ...)" },
+        ArgSig { name: "rate", ty: ArgType::Number, default: ArgDefault::Required, literal: false, check: Some(positive_number), doc: "requests allowed per `per`" },
+        ArgSig { name: "burst", ty: ArgType::Int, default: ArgDefault::Nil, literal: false, check: Some(positive_int), doc: "bucket size; defaults to `rate`" },
+        ArgSig { name: "per", ty: ArgType::Duration, default: ArgDefault::DurationMs(1000), literal: false, check: None, doc: "the period `rate` is counted over" },
+        ArgSig { name: "scope", ty: ArgType::Str, default: ArgDefault::Str("local"), literal: true, check: Some(local_scope), doc: "`local` (this process)" },
     ],
     returns: Returns::Record(&RESULT),
     phases: ALL_PHASES,
@@ -147,6 +147,30 @@ fn evict(map: &mut HashMap<Arc<str>, u64>, now: u64, cap: usize) {
         for k in victims {
             map.remove(&k);
         }
+    }
+}
+
+fn positive_number(v: &Value) -> Result<(), String> {
+    match v.as_f64() {
+        Some(x) if x > 0.0 => Ok(()),
+        _ => Err(format!("must be a positive number, not {v}")),
+    }
+}
+
+fn positive_int(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Int(i) if *i > 0 => Ok(()),
+        _ => Err(format!("must be a positive int, not {v}")),
+    }
+}
+
+fn local_scope(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some("local") => Ok(()),
+        Some("cluster") => {
+            Err("scope \"cluster\" (Redis) is not available in this build yet".into())
+        }
+        _ => Err(format!("must be \"local\", not {v}")),
     }
 }
 

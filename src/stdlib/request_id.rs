@@ -18,6 +18,7 @@ pub static SIGS: &[FnSig] = &[FnSig {
         ty: ArgType::Str,
         default: ArgDefault::Str("x-request-id"),
         literal: true,
+        check: Some(super::valid_header_name),
         doc: "the header to carry the id",
     }],
     returns: Returns::Value(ArgType::Str),

@@ -18,6 +18,7 @@ pub static SIGS: &[FnSig] = &[FnSig {
             ty: ArgType::Str,
             default: ArgDefault::Required,
             literal: true,
+            check: None,
             doc: "regex matched against the path",
         },
         ArgSig {
@@ -25,6 +26,7 @@ pub static SIGS: &[FnSig] = &[FnSig {
             ty: ArgType::Str,
             default: ArgDefault::Required,
             literal: false,
+            check: None,
             doc: "the new path; `$1`, `${name}` insert captures",
         },
     ],

@@ -40,8 +40,13 @@ pub async fn send(
     cfg: &UpstreamConfig,
     response_timeout: Duration,
     mut req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, SendError> {
-    if let Some(sender) = pool.checkout(addr, cfg.pool.idle_timeout) {
+) -> Result<Response<UpstreamBody>, SendError> {
+    while let Some(mut sender) = pool.checkout(addr, cfg.pool.idle_timeout) {
+        // A pooled connection becomes ready once its connection task has seen the
+        // previous response end; one that closed meanwhile fails here, unsent.
+        if sender.ready().await.is_err() {
+            continue;
+        }
         match try_send(pool, addr, cfg, response_timeout, sender, req).await {
             Ok(resp) => return Ok(resp),
             Err(Retry::Unsent(back)) => req = *back,
@@ -73,7 +78,7 @@ async fn try_send(
     response_timeout: Duration,
     mut sender: Sender,
     req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, Retry> {
+) -> Result<Response<UpstreamBody>, Retry> {
     let fut = sender.try_send_request(req);
     let resp = match tokio::time::timeout(response_timeout, fut).await {
         Err(_) => return Err(Retry::Failed(SendError::ResponseTimeout)),
@@ -85,17 +90,87 @@ async fn try_send(
             })
         }
     };
-    // The connection is reusable once the response body has been read to the end;
-    // hyper signals that through `ready()`. Waiting for it off the request path keeps
-    // the pool free of half-read connections.
-    let pool = Arc::clone(pool);
-    let max_idle = cfg.pool.max_idle_per_server;
-    tokio::spawn(async move {
-        if sender.ready().await.is_ok() {
-            pool.checkin(addr, sender, max_idle);
+    // The connection goes back into the pool when the response body has been read to
+    // the end (see `UpstreamBody`); a body abandoned half-way takes it down with it.
+    let back = PoolReturn {
+        pool: Arc::clone(pool),
+        addr,
+        sender,
+        max_idle: cfg.pool.max_idle_per_server,
+    };
+    Ok(resp.map(|body| UpstreamBody {
+        inner: body,
+        back: Some(back),
+    }))
+}
+
+/// What is needed to put a connection back into its pool.
+struct PoolReturn {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    sender: Sender,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for PoolReturn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolReturn")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once read to
+/// the end — without a task per request.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<PoolReturn>,
+}
+
+impl UpstreamBody {
+    fn give_back(&mut self) {
+        if let Some(back) = self.back.take() {
+            back.pool.checkin(back.addr, back.sender, back.max_idle);
         }
-    });
-    Ok(resp)
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => this.give_back(),
+            std::task::Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so the end may only be
+        // visible here. Anything else is a half-read body: its connection is dropped.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
 }
 
 enum ConnectFailure {

@@ -37,7 +37,7 @@ impl Pool {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(&addr)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < idle_timeout && entry.sender.is_ready() {
+            if entry.since.elapsed() < idle_timeout && !entry.sender.is_closed() {
                 self.reused.fetch_add(1, Ordering::Relaxed);
                 return Some(entry.sender);
             }

@@ -237,7 +237,7 @@ impl Compiler<'_> {
                 Ok(re) => (CExpr::Match(Box::new(lc), Arc::new(re)), Type::Bool),
                 Err(e) => {
                     let msg = e.to_string();
-                    let last = msg.lines().last().unwrap_or("").trim().to_owned();
+                    let last = regex_message(&msg);
                     self.hint(
                         r.span,
                         format!("invalid regex: {last}"),
@@ -392,6 +392,15 @@ impl Compiler<'_> {
                 {
                     pos
                 }
+                None if call.args[..pos].iter().any(|a| a.name.is_some()) => {
+                    self.hint(
+                        arg.value.span,
+                        format!("a positional argument after a named one in `{name}`"),
+                        "name this argument too: `name: value`",
+                    );
+                    ok = false;
+                    continue;
+                }
                 None => {
                     self.hint(
                         arg.value.span,
@@ -415,8 +424,11 @@ impl Compiler<'_> {
         }
         let mut args = Vec::with_capacity(sig.args.len());
         let mut regex = None;
+        // After a misplaced or unknown argument, "missing" would only repeat it.
+        let arguments_ok = ok;
         for (spec, slot) in sig.args.iter().zip(slots) {
             match slot {
+                None if spec.default == stdlib::ArgDefault::Required && !arguments_ok => {}
                 None if spec.default == stdlib::ArgDefault::Required => {
                     self.hint(
                         call.span,
@@ -431,9 +443,9 @@ impl Compiler<'_> {
                         self.error(
                             expr.span,
                             format!(
-                                "argument `{}` of `{name}` must be a {}, found {ty}",
+                                "argument `{}` of `{name}` must be {}, found {ty}",
                                 spec.name,
-                                spec.ty.name()
+                                with_article(spec.ty.name())
                             ),
                         );
                         ok = false;
@@ -446,14 +458,29 @@ impl Compiler<'_> {
                         );
                         ok = false;
                     }
+                    if let (Some(check), CExpr::Const(v), true) =
+                        (spec.check, &c, accepts(spec.ty, &ty))
+                    {
+                        if let Err(msg) = check(v) {
+                            self.error(
+                                expr.span,
+                                format!("argument `{}` of `{name}`: {msg}", spec.name),
+                            );
+                            ok = false;
+                        }
+                    }
                     if spec.name == "pattern" {
                         if let CExpr::Const(Value::Str(p)) = &c {
                             match Regex::new(p) {
                                 Ok(re) => regex = Some(re),
                                 Err(e) => {
                                     let msg = e.to_string();
-                                    let last = msg.lines().last().unwrap_or("").trim().to_owned();
-                                    self.error(expr.span, format!("invalid regex: {last}"));
+                                    let last = regex_message(&msg);
+                                    self.hint(
+                                        expr.span,
+                                        format!("invalid regex: {last}"),
+                                        "regex syntax: https://docs.rs/regex/#syntax",
+                                    );
                                     ok = false;
                                 }
                             }
@@ -553,4 +580,20 @@ fn record_sig(name: &str) -> Option<&'static stdlib::RecordSig> {
             Returns::Record(r) if r.name == name => Some(*r),
             _ => None,
         })
+}
+
+/// "an int", "a string".
+pub(crate) fn with_article(word: &str) -> String {
+    let article = if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {word}")
+}
+
+/// The regex crate's message without its "error: " prefix and the pattern echo.
+fn regex_message(msg: &str) -> String {
+    let last = msg.lines().last().unwrap_or("").trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
 }
