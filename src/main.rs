@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proxycache::Config;
 
+/// mimalloc: allocation is a measurable share of per-request CPU (see
+/// docs/performance.md), and mimalloc's thread-local heaps suit the worker model.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "proxycache",
@@ -78,20 +83,22 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                     config.scripts.dir.display()
                 );
             }
-            println!(
-                "{source}: ok ({} modules from {})",
+            let mut out = format!(
+                "{source}: ok ({} modules from {})\n",
                 loaded.modules.len(),
                 config.scripts.dir.display()
             );
             for m in &loaded.modules {
                 let state = if m.enabled { "" } else { " (disabled)" };
-                println!(
-                    "  {} priority {}{state}: on {}",
+                out.push_str(&format!(
+                    "  {} priority {}{state}: on {}\n",
                     m.name,
                     m.priority,
                     m.phases.join(", on ")
-                );
+                ));
             }
+            // A closed pipe (`check | head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
             ExitCode::SUCCESS
         }
         Err(diags) => {

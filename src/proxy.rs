@@ -83,7 +83,7 @@ pub async fn handle(
     };
     done.status = resp.status();
     ctx.shared.stats.record(resp.status());
-    if let Some(state) = done.script.take() {
+    if let Some(state) = done.script.take().map(|b| *b) {
         if generation.pipeline.has_log_phase() {
             done.log = Some(Box::new(phases::LogJob {
                 generation: Arc::clone(&generation),
@@ -188,7 +188,7 @@ async fn proxy(
             Flow::Respond(local) => {
                 let mut resp = phases::local_response(local, id);
                 phases::response_phase(generation, &mut state, &mut resp)?;
-                done.script = Some(state);
+                done.script = Some(Box::new(state));
                 return Ok(resp);
             }
             Flow::Forward(to) => {
@@ -198,7 +198,7 @@ async fn proxy(
                 state.upstream = Some(Arc::from(generation.upstreams.sets[to.upstream].name()));
             }
         }
-        done.script = Some(state);
+        done.script = Some(Box::new(state));
     }
     let set = &generation.upstreams.sets[target.ok_or(ProxyError::NoRoute)?];
     if let Some(entry) = done.access.as_mut() {

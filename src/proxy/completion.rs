@@ -38,7 +38,9 @@ pub struct Completion {
     pub access: Option<Box<AccessEntry>>,
     pub bytes: u64,
     /// The pipeline state while the request runs.
-    pub script: Option<super::phases::ScriptState>,
+    /// Boxed: the completion travels inside the response body, which hyper moves
+    /// several times per request.
+    pub script: Option<Box<super::phases::ScriptState>>,
     /// The log phase, when a module has one.
     pub log: Option<Box<super::phases::LogJob>>,
 }
