@@ -169,34 +169,11 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
     if config.source_text.trim().is_empty() && !old.config.source_text.trim().is_empty() {
         // An empty file is far more likely a write in progress than a wish to drop
         // every setting; the next change event reloads again.
-        let file = config
-            .source
-            .as_ref()
-            .map_or("<default>".to_owned(), |p| p.display().to_string());
-        let message = "config file is empty (a write in progress?); keeping the current generation"
-            .to_owned();
-        return Err(vec![ReloadError {
-            file,
-            line: 1,
-            col: 1,
-            key: None,
-            rendered: message.clone(),
-            message,
-        }]);
+        let message = "config file is empty (a write in progress?); keeping the current generation";
+        return Err(whole_file_error(&config, message.to_owned()));
     }
     if let Err(message) = crate::server::refuse_unsupported(&config) {
-        let file = config
-            .source
-            .as_ref()
-            .map_or("<default>".to_owned(), |p| p.display().to_string());
-        return Err(vec![ReloadError {
-            file,
-            line: 1,
-            col: 1,
-            key: None,
-            rendered: message.clone(),
-            message,
-        }]);
+        return Err(whole_file_error(&config, message));
     }
     let sources = crate::script::read_sources(&config.scripts.dir)
         .map_err(|d| vec![ReloadError::from(&d)])?;
@@ -212,6 +189,22 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
     )
     .map(Some)
     .map_err(|d| d.iter().map(ReloadError::from).collect())
+}
+
+/// An error about the config file as a whole.
+fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
+    let file = config
+        .source
+        .as_ref()
+        .map_or("<default>".to_owned(), |p| p.display().to_string());
+    vec![ReloadError {
+        file,
+        line: 1,
+        col: 1,
+        key: None,
+        rendered: message.clone(),
+        message,
+    }]
 }
 
 /// Checks a candidate without swapping anything (for `PUT /mods` and

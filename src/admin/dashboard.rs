@@ -8,6 +8,8 @@ use http::{Response, StatusCode};
 use super::handlers::Call;
 use super::{text, AdminBody};
 use crate::server::Shared;
+use crate::upstream::breaker::BreakerState;
+use crate::upstream::ServerState;
 
 /// The dashboard: status, modules and upstreams, rendered on the server.
 pub fn page(c: &Call<'_>) -> Response<AdminBody> {
@@ -93,58 +95,56 @@ pub fn prometheus(shared: &Shared) -> String {
     let (opened, reused) = shared.pool_totals();
     let _ = writeln!(out, "# HELP proxycache_upstream_connections_opened_total Upstream connections opened.\n# TYPE proxycache_upstream_connections_opened_total counter\nproxycache_upstream_connections_opened_total {opened}");
     let _ = writeln!(out, "# HELP proxycache_upstream_pool_reuses_total Requests sent on a pooled upstream connection.\n# TYPE proxycache_upstream_pool_reuses_total counter\nproxycache_upstream_pool_reuses_total {reused}");
-    out.push_str("# HELP proxycache_upstream_server_healthy Whether a server passes its health checks.\n# TYPE proxycache_upstream_server_healthy gauge\n");
-    for set in &g.upstreams.sets {
-        for srv in &set.servers {
-            let _ = writeln!(
-                out,
-                "proxycache_upstream_server_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
-                set.name(),
-                srv.label(),
-                u8::from(srv.is_healthy())
-            );
+    let per_server = |out: &mut String,
+                      name: &str,
+                      kind: &str,
+                      help: &str,
+                      value: &dyn Fn(&ServerState) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for set in &g.upstreams.sets {
+            for srv in &set.servers {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
+                    set.name(),
+                    srv.label(),
+                    value(srv)
+                );
+            }
         }
-    }
-    out.push_str("# HELP proxycache_upstream_breaker_state Circuit breaker state (0 closed, 1 open, 2 half-open).\n# TYPE proxycache_upstream_breaker_state gauge\n");
-    for set in &g.upstreams.sets {
-        for srv in &set.servers {
-            let state = match srv.breaker.state() {
-                crate::upstream::breaker::BreakerState::Closed => 0,
-                crate::upstream::breaker::BreakerState::Open => 1,
-                crate::upstream::breaker::BreakerState::HalfOpen => 2,
-            };
-            let _ = writeln!(
-                out,
-                "proxycache_upstream_breaker_state{{upstream=\"{}\",server=\"{}\"}} {state}",
-                set.name(),
-                srv.label()
-            );
-        }
-    }
-    out.push_str("# HELP proxycache_upstream_requests_total Requests sent to a server.\n# TYPE proxycache_upstream_requests_total counter\n");
-    for set in &g.upstreams.sets {
-        for srv in &set.servers {
-            let _ = writeln!(
-                out,
-                "proxycache_upstream_requests_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                set.name(),
-                srv.label(),
-                srv.requests.load(Ordering::Relaxed)
-            );
-        }
-    }
-    out.push_str("# HELP proxycache_upstream_failures_total Transport failures talking to a server.\n# TYPE proxycache_upstream_failures_total counter\n");
-    for set in &g.upstreams.sets {
-        for srv in &set.servers {
-            let _ = writeln!(
-                out,
-                "proxycache_upstream_failures_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                set.name(),
-                srv.label(),
-                srv.failures.load(Ordering::Relaxed)
-            );
-        }
-    }
+    };
+    per_server(
+        &mut out,
+        "proxycache_upstream_server_healthy",
+        "gauge",
+        "Whether a server passes its health checks.",
+        &|s| u64::from(s.is_healthy()),
+    );
+    per_server(
+        &mut out,
+        "proxycache_upstream_breaker_state",
+        "gauge",
+        "Circuit breaker state (0 closed, 1 open, 2 half-open).",
+        &|s| match s.breaker.state() {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        },
+    );
+    per_server(
+        &mut out,
+        "proxycache_upstream_requests_total",
+        "counter",
+        "Requests sent to a server.",
+        &|s| s.requests.load(Ordering::Relaxed),
+    );
+    per_server(
+        &mut out,
+        "proxycache_upstream_failures_total",
+        "counter",
+        "Transport failures talking to a server.",
+        &|s| s.failures.load(Ordering::Relaxed),
+    );
     let (ok, failed) = *shared.reloads.counts.lock();
     let _ = writeln!(out, "# HELP proxycache_reloads_total Reloads, by result.\n# TYPE proxycache_reloads_total counter\nproxycache_reloads_total{{result=\"ok\"}} {ok}\nproxycache_reloads_total{{result=\"failed\"}} {failed}");
     let _ = writeln!(out, "# HELP proxycache_generation The generation serving.\n# TYPE proxycache_generation gauge\nproxycache_generation {}", g.number);
