@@ -15,8 +15,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -31,78 +30,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_proxycache");
 const EVENTUALLY: Duration = Duration::from_secs(20);
 
 // ---- sites --------------------------------------------------------------------------------
-
-/// A fresh temp folder with `config.toml` and `mods/`; removed on drop.
-struct Site {
-    dir: PathBuf,
-}
-
-impl Site {
-    fn new(tag: &str) -> Site {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "proxycache-admin-{}-{tag}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(dir.join("mods")).expect("create the mods folder");
-        Site { dir }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("config.toml")
-    }
-
-    fn mods_dir(&self) -> PathBuf {
-        self.dir.join("mods")
-    }
-
-    fn mod_path(&self, name: &str) -> PathBuf {
-        self.mods_dir().join(format!("{name}.pcmod"))
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(self.config_path(), text).expect("write config.toml");
-    }
-
-    fn write_mod(&self, name: &str, source: &str) {
-        std::fs::write(self.mod_path(name), source).expect("write a module");
-    }
-
-    /// Every file name in the site folder and in `mods/`, and their bytes.
-    fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut files = BTreeMap::new();
-        for dir in [self.dir.clone(), self.mods_dir()] {
-            for entry in std::fs::read_dir(&dir).expect("list a folder").flatten() {
-                let path = entry.path();
-                if path.is_file() && path.file_name().is_some_and(|n| n != "stderr.log") {
-                    let bytes = std::fs::read(&path).expect("read a file");
-                    files.insert(path.display().to_string(), bytes);
-                }
-            }
-        }
-        files
-    }
-
-    /// Files in `mods/` that look like leftovers of an atomic write.
-    fn temp_files(&self) -> Vec<String> {
-        std::fs::read_dir(self.mods_dir())
-            .expect("list mods/")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
-            .collect()
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A whole `config.toml`: the proxy and the admin API on port 0, the watcher off.
 fn config_text(api_key: &str, rest: &str) -> String {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -55,59 +55,6 @@ const ECHO: &str =
     "[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n";
 
 // ---- sites: config.toml and mods/ in a temp folder ------------------------------------
-
-/// A fresh temp folder with `config.toml` and `mods/`; removed on drop.
-struct Site {
-    dir: PathBuf,
-}
-
-impl Site {
-    fn new(tag: &str) -> Site {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "proxycache-reload-{}-{tag}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(dir.join("mods")).expect("create the mods folder");
-        Site { dir }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("config.toml")
-    }
-
-    fn mod_path(&self, name: &str) -> PathBuf {
-        self.dir.join("mods").join(format!("{name}.pcmod"))
-    }
-
-    /// Replaces `config.toml` by renaming a complete temp file over it. Written in
-    /// place, the file could be caught empty by the watcher's self-triggered reloads
-    /// (see `an_idle_watcher_does_not_reload_by_itself`), and an empty config.toml is
-    /// valid: every default would be swapped in. Module files are written in place.
-    fn write_config(&self, text: &str) {
-        let tmp = self.dir.join("config.toml.tmp");
-        std::fs::write(&tmp, text).expect("write config.toml.tmp");
-        std::fs::rename(&tmp, self.config_path()).expect("rename over config.toml");
-    }
-
-    fn write_mod(&self, name: &str, source: &str) {
-        std::fs::write(self.mod_path(name), source).expect("write a module");
-    }
-
-    fn remove_mod(&self, name: &str) {
-        std::fs::remove_file(self.mod_path(name)).expect("remove a module");
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The parts of `config.toml` the tests change.
 #[derive(Clone)]

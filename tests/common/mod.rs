@@ -6,11 +6,12 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -837,4 +838,87 @@ pub fn payload(len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+// ---- sites: config.toml and mods/ in a temp folder ------------------------------------
+
+/// A fresh temp folder with `config.toml` and `mods/`; removed on drop.
+pub struct Site {
+    pub dir: PathBuf,
+}
+
+impl Site {
+    /// A new, empty site; `tag` goes into the folder name for debugging.
+    pub fn new(tag: &str) -> Site {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "proxycache-site-{}-{tag}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(dir.join("mods")).expect("create the mods folder");
+        Site { dir }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    pub fn mods_dir(&self) -> PathBuf {
+        self.dir.join("mods")
+    }
+
+    pub fn mod_path(&self, name: &str) -> PathBuf {
+        self.mods_dir().join(format!("{name}.pcmod"))
+    }
+
+    /// Replaces `config.toml` by renaming a complete temp file over it, as an editor
+    /// that saves safely does (module files are written in place).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.join("config.toml.tmp");
+        std::fs::write(&tmp, text).expect("write config.toml.tmp");
+        std::fs::rename(&tmp, self.config_path()).expect("rename over config.toml");
+    }
+
+    pub fn write_mod(&self, name: &str, source: &str) {
+        std::fs::write(self.mod_path(name), source).expect("write a module");
+    }
+
+    pub fn remove_mod(&self, name: &str) {
+        std::fs::remove_file(self.mod_path(name)).expect("remove a module");
+    }
+
+    /// Every file name in the site folder and in `mods/`, and their bytes.
+    pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for dir in [self.dir.clone(), self.mods_dir()] {
+            for entry in std::fs::read_dir(&dir).expect("list a folder").flatten() {
+                let path = entry.path();
+                if path.is_file() && path.file_name().is_some_and(|n| n != "stderr.log") {
+                    let bytes = std::fs::read(&path).expect("read a file");
+                    files.insert(path.display().to_string(), bytes);
+                }
+            }
+        }
+        files
+    }
+
+    /// Files in `mods/` that look like leftovers of an atomic write.
+    pub fn temp_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.mods_dir())
+            .expect("list mods/")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+            .collect()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
