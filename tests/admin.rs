@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use proxycache::server::ServerHandle;
 use proxycache::Config;
 use serde_json::{json, Value};
 
@@ -70,45 +69,6 @@ const GREETER: &str = r##"mod greeter {
 const BROKEN: &str = "mod broken {\n  on response {\n    set resp.header[\"x-b\"] = nope\n  }\n}\n";
 
 // ---- proxycache in-process ------------------------------------------------------------------
-
-struct Running {
-    handle: Option<ServerHandle>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Running {
-    fn start(site: &Site) -> Running {
-        let config = Config::load(Some(&site.config_path()))
-            .unwrap_or_else(|e| panic!("the test config does not load:\n{e}"));
-        let handle =
-            proxycache::start(config).unwrap_or_else(|e| panic!("proxycache does not start: {e}"));
-        let addr = handle.local_addr();
-        let admin = handle.admin_addr().expect("the admin API is on");
-        Running {
-            handle: Some(handle),
-            addr,
-            admin,
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        self.handle
-            .as_ref()
-            .expect("running")
-            .shared()
-            .generation()
-            .number
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.begin_shutdown();
-        }
-    }
-}
 
 /// A site with `mods` and `rest`, and proxycache serving it.
 fn start(tag: &str, mods: &[(&str, &str)], api_key: &str, rest: &str) -> (Site, Running) {

@@ -26,11 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use proxycache::reload::ReloadReport;
-use proxycache::server::{ServerHandle, Shared};
-use proxycache::Config;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -124,40 +121,7 @@ fn header_mod(name: &str, header: &str, value: &str) -> String {
 
 // ---- proxycache in-process ------------------------------------------------------------
 
-/// proxycache started in-process from a site's `config.toml`; shutdown begins on drop.
-struct Running {
-    handle: Option<ServerHandle>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
 impl Running {
-    fn start(site: &Site) -> Running {
-        let config = Config::load(Some(&site.config_path()))
-            .unwrap_or_else(|e| panic!("the test config does not load:\n{e}"));
-        let handle =
-            proxycache::start(config).unwrap_or_else(|e| panic!("proxycache does not start: {e}"));
-        let addr = handle.local_addr();
-        let admin = handle.admin_addr().expect("the admin API is on");
-        Running {
-            handle: Some(handle),
-            addr,
-            admin,
-        }
-    }
-
-    fn shared(&self) -> &Arc<Shared> {
-        self.handle.as_ref().expect("running").shared()
-    }
-
-    fn generation(&self) -> u64 {
-        self.shared().generation().number
-    }
-
-    fn last_reload(&self) -> Option<ReloadReport> {
-        self.shared().reloads.last()
-    }
-
     /// Waits until the file watcher reacts: rewrites `config.toml` unchanged until a
     /// reload triggered by the watcher is recorded (it changes nothing). Separates the
     /// watcher's start-up from the times the tests measure.
@@ -191,14 +155,6 @@ impl Running {
             self.last_reload()
         );
         start.elapsed()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.begin_shutdown();
-        }
     }
 }
 
@@ -864,18 +820,7 @@ async fn keepalive_client(addr: SocketAddr, client: usize, stop: Arc<AtomicBool>
                     .send_request(empty(req("GET", load_path(n))))
                     .await
                     .map_err(|e| format!("keep-alive send: {e}"))?;
-                let (parts, body) = resp.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|e| format!("keep-alive body: {e}"))?
-                    .to_bytes();
-                Ok(Resp {
-                    status: parts.status,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                })
+                read_resp(resp).await
             };
             let result = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
                 .await

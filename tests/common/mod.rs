@@ -649,7 +649,8 @@ pub async fn try_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Res
     }
 }
 
-async fn read_resp(resp: Response<Incoming>) -> Result<Resp, String> {
+/// Reads a whole response.
+pub async fn read_resp(resp: Response<Incoming>) -> Result<Resp, String> {
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
@@ -920,5 +921,50 @@ impl Site {
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---- proxycache in-process from a site ------------------------------------------------
+
+/// proxycache started in-process from a site's `config.toml`; shutdown begins on drop.
+pub struct Running {
+    pub handle: Option<proxycache::server::ServerHandle>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Running {
+    pub fn start(site: &Site) -> Running {
+        let config = proxycache::Config::load(Some(&site.config_path()))
+            .unwrap_or_else(|e| panic!("the test config does not load:\n{e}"));
+        let handle =
+            proxycache::start(config).unwrap_or_else(|e| panic!("proxycache does not start: {e}"));
+        let addr = handle.local_addr();
+        let admin = handle.admin_addr().expect("the admin API is on");
+        Running {
+            handle: Some(handle),
+            addr,
+            admin,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<proxycache::server::Shared> {
+        self.handle.as_ref().expect("running").shared()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.shared().generation().number
+    }
+
+    pub fn last_reload(&self) -> Option<proxycache::reload::ReloadReport> {
+        self.shared().reloads.last()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.begin_shutdown();
+        }
     }
 }
