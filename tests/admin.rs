@@ -11,10 +11,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,8 +21,6 @@ use common::*;
 use http_body_util::Full;
 use proxycache::Config;
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_proxycache");
 
 /// Anything that has to happen eventually (a process starting, a log line landing).
 const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -1083,18 +1080,7 @@ impl Binary {
                 &format!("listen = \"127.0.0.1:{admin_port}\""),
             );
         site.write_config(&text);
-        let stderr_path = site.dir.join("stderr.log");
-        let stderr = File::create(&stderr_path).expect("create stderr.log");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(site.config_path())
-            .current_dir(&site.dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn proxycache run");
+        let (child, stderr_path) = site.spawn_run();
         let mut bin = Binary {
             child,
             stderr_path,

@@ -16,10 +16,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,8 +29,6 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_proxycache");
 
 /// The target: a settled change serves within this.
 const TARGET: Duration = Duration::from_secs(2);
@@ -180,18 +177,7 @@ impl Binary {
         conf.listen = vec![format!("127.0.0.1:{port}")];
         conf.admin = format!("127.0.0.1:{admin_port}");
         site.write_config(&conf.text());
-        let stderr_path = site.dir.join("stderr.log");
-        let stderr = File::create(&stderr_path).expect("create stderr.log");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(site.config_path())
-            .current_dir(&site.dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn proxycache run");
+        let (child, stderr_path) = site.spawn_run();
         let mut bin = Binary {
             child,
             stderr_path,

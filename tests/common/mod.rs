@@ -907,6 +907,24 @@ impl Site {
         files
     }
 
+    /// Starts the real binary on this site's config.toml (cwd = the site), its stderr
+    /// going to `stderr.log` in the site; returns the child and that path.
+    pub fn spawn_run(&self) -> (std::process::Child, PathBuf) {
+        let stderr_path = self.dir.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .current_dir(&self.dir)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn proxycache run");
+        (child, stderr_path)
+    }
+
     /// Files in `mods/` that look like leftovers of an atomic write.
     pub fn temp_files(&self) -> Vec<String> {
         std::fs::read_dir(self.mods_dir())
