@@ -12,6 +12,8 @@
 //!   pipeline).
 //! - [`pipeline`]   — the `Module` trait, phases, per-request context, run order.
 //! - [`script`]     — pcmod: parser (pest), AST, checker + diagnostics, compiler, executor.
+//! - [`lua`]        — Lua hooks: sandboxed per-worker VMs, `req`/`resp`/`ctx` handles,
+//!   the hook driver (budgets, waiting on the network).
 //! - [`stdlib`]     — the Rust stdlib scripts call, and its signature table.
 //! - [`control`]    — the control thread: health checks, file watching, SIGHUP, admin API.
 //! - [`reload`]     — building, checking and swapping generations; the file watcher.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod generation;
 pub mod http;
+pub mod lua;
 pub mod observe;
 pub mod pipeline;
 pub mod proxy;

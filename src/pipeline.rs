@@ -4,8 +4,9 @@
 //! - response phase: in reverse, over the modules whose request phase ran;
 //! - log phase: over the same modules, once the response is finished.
 //!
-//! Every module — pcmod now, Lua later — implements [`Module`]. The per-request
-//! [`Ctx`] is shared by all modules. Must not touch: sockets, upstream selection (a
+//! Every module implements [`Module`]; a phase is either a pcmod block (run inline,
+//! synchronously) or a Lua hook (run by [`crate::lua`], which may wait on the network).
+//! The per-request [`Ctx`] is shared by all modules, pcmod and Lua. Must not touch: sockets, upstream selection (a
 //! module can only *name* an upstream; `proxy` sends).
 
 use std::fmt;
@@ -17,19 +18,23 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
-use crate::http::RequestId;
+use crate::http::{ProxyBody, RequestId};
+use crate::lua::LuaCall;
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 use crate::stdlib::rate_limit::RateLimiter;
+use crate::stdlib::shared::SharedDict;
+use crate::upstream::InflightGuard;
 
-/// State of the stdlib that outlives generations (rate-limit buckets, ...).
+/// State of the stdlib that outlives generations (rate-limit buckets, `std.shared`).
 #[derive(Debug, Default)]
 pub struct StdState {
     pub rate_limits: RateLimiter,
+    pub shared: SharedDict,
 }
 
 /// Facts about the request that do not change while it runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestInfo {
     pub id: RequestId,
     pub client_ip: IpAddr,
@@ -48,6 +53,8 @@ pub struct ReqParts<'a> {
 pub struct RespParts<'a> {
     pub status: &'a mut StatusCode,
     pub headers: &'a mut HeaderMap,
+    /// The body, in the response phase (Lua's `resp:body()` and `resp:set_body()`).
+    pub body: Option<&'a mut ProxyBody>,
 }
 
 /// Per-request context shared by every module (`$ctx.NAME`, and `ctx` in Lua).
@@ -55,6 +62,8 @@ pub struct RespParts<'a> {
 pub struct Ctx {
     /// Values by slot; slot numbers are the pipeline's `ctx_names` positions.
     pub slots: Vec<Value>,
+    /// Names only Lua uses (pcmod never reads them), in the order first set.
+    pub extra: Vec<(Arc<str>, Value)>,
 }
 
 /// What one phase of one module can see and change.
@@ -71,6 +80,10 @@ pub struct Exchange<'a> {
     pub upstream: Option<&'a str>,
     /// Headers to put on the response, whoever makes it (set in the request phase).
     pub response_headers: &'a mut Vec<(HeaderName, HeaderValue)>,
+    /// The request body, in the request phase (Lua's `req:body()`, `std.proxy.forward`).
+    pub body: Option<&'a mut ProxyBody>,
+    /// What Lua hooks need (the worker's VM, the upstreams), when the pipeline has any.
+    pub lua: Option<&'a Arc<LuaCall>>,
 }
 
 /// How a module's request phase ended.
@@ -82,6 +95,19 @@ pub enum Flow {
     Respond(LocalResponse),
     /// Send to this upstream instead of the route's.
     Forward(ForwardTo),
+    /// A whole response made by a module (Lua: `std.respond`, or a response from
+    /// `std.proxy.forward`, perhaps changed).
+    Response(Box<ModuleResponse>),
+}
+
+/// A response a Lua hook returned.
+#[derive(Debug)]
+pub struct ModuleResponse {
+    pub resp: http::Response<ProxyBody>,
+    /// The upstream server it came from (its in-flight count ends with the response).
+    pub guard: Option<InflightGuard>,
+    /// The upstream it came from.
+    pub upstream: Option<Arc<str>>,
 }
 
 /// A response made by a module.
@@ -139,6 +165,11 @@ pub trait Module: Send + Sync + fmt::Debug {
     fn on_log(&self, _ex: &mut Exchange<'_>) -> Result<(), ScriptError> {
         Ok(())
     }
+
+    /// When this phase is a Lua hook: the module's index in the pipeline's Lua runtime.
+    fn lua_hook(&self, _phase: PhaseKind) -> Option<usize> {
+        None
+    }
 }
 
 /// The modules of a generation, in run order.
@@ -149,6 +180,8 @@ pub struct Pipeline {
     pub ctx_names: Vec<Arc<str>>,
     /// Whether a response or log phase reads request headers (then they are kept).
     pub keeps_request_headers: bool,
+    /// The Lua chunks of the modules, when any module has one.
+    pub lua: Option<Arc<crate::lua::LuaRuntime>>,
 }
 
 impl Pipeline {
@@ -167,6 +200,7 @@ impl Pipeline {
             modules,
             ctx_names,
             keeps_request_headers,
+            lua: None,
         }
     }
 
@@ -179,7 +213,15 @@ impl Pipeline {
     pub fn new_ctx(&self) -> Ctx {
         Ctx {
             slots: vec![Value::Nil; self.ctx_names.len()],
+            extra: Vec::new(),
         }
+    }
+
+    /// Whether any module's log phase is a Lua hook (then the log phase runs as a task).
+    pub fn has_lua_log(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| m.lua_hook(PhaseKind::Log).is_some())
     }
 
     /// Whether any module has a log phase.
@@ -198,14 +240,21 @@ impl Pipeline {
     /// Runs request phases in order until one responds or forwards. Returns how the
     /// phase ended and how many modules ran (the response and log phases run over
     /// those).
-    pub fn run_request<'a>(&'a self, ex: &mut Exchange<'a>) -> (Result<Flow, ScriptError>, usize) {
+    pub async fn run_request<'a>(
+        &'a self,
+        ex: &mut Exchange<'a>,
+    ) -> (Result<Flow, ScriptError>, usize) {
         ex.phase = PhaseKind::Request;
         for (i, m) in self.modules.iter().enumerate() {
             if !m.has_phase(PhaseKind::Request) {
                 continue;
             }
             ex.module = m.name();
-            match m.on_request(ex) {
+            let flow = match m.lua_hook(PhaseKind::Request) {
+                Some(index) => crate::lua::run_hook(index, ex).await.map(|o| o.flow),
+                None => m.on_request(ex),
+            };
+            match flow {
                 Ok(Flow::Continue) => {}
                 Ok(flow) => return (Ok(flow), i + 1),
                 Err(e) => return (Err(e), i + 1),
@@ -215,7 +264,7 @@ impl Pipeline {
     }
 
     /// Runs response phases in reverse over the first `ran` modules.
-    pub fn run_response<'a>(
+    pub async fn run_response<'a>(
         &'a self,
         ran: usize,
         ex: &mut Exchange<'a>,
@@ -224,7 +273,12 @@ impl Pipeline {
         for m in self.modules[..ran.min(self.modules.len())].iter().rev() {
             if m.has_phase(PhaseKind::Response) {
                 ex.module = m.name();
-                m.on_response(ex)?;
+                match m.lua_hook(PhaseKind::Response) {
+                    Some(index) => {
+                        crate::lua::run_hook(index, ex).await?;
+                    }
+                    None => m.on_response(ex)?,
+                }
             }
         }
         Ok(())
@@ -232,7 +286,24 @@ impl Pipeline {
 
     /// Runs log phases over the first `ran` modules; failures are logged, not raised
     /// (the response is already gone).
-    pub fn run_log<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
+    pub async fn run_log<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
+        ex.phase = PhaseKind::Log;
+        for m in &self.modules[..ran.min(self.modules.len())] {
+            if m.has_phase(PhaseKind::Log) {
+                ex.module = m.name();
+                let result = match m.lua_hook(PhaseKind::Log) {
+                    Some(index) => crate::lua::run_hook(index, ex).await.map(|_| ()),
+                    None => m.on_log(ex),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
+                }
+            }
+        }
+    }
+
+    /// The log phase when no module's log phase is Lua: runs inline, without a task.
+    pub fn run_log_now<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
         ex.phase = PhaseKind::Log;
         for m in &self.modules[..ran.min(self.modules.len())] {
             if m.has_phase(PhaseKind::Log) {

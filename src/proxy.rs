@@ -127,9 +127,9 @@ fn access_entry(
 
 async fn proxy(
     incoming: Arrived,
-    generation: &Generation,
-    conn: &ConnInfo,
-    ctx: &WorkerCtx,
+    generation: &Arc<Generation>,
+    conn: &Arc<ConnInfo>,
+    ctx: &Arc<WorkerCtx>,
     id: &RequestId,
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -170,6 +170,7 @@ async fn proxy(
         )
         .map(|r| r.upstream);
     let (mut parts, body) = req.into_parts();
+    let mut body = ProxyBody::limited(body, limits.max_body);
 
     // 3. Request phase: modules in priority order; one may answer or forward.
     let mut target = routed;
@@ -182,14 +183,48 @@ async fn proxy(
             scheme: conn.scheme,
         };
         let upstream_name = routed.map(|i| generation.upstreams.sets[i].name());
-        let (flow, mut state) = phases::request_phase(generation, &mut parts, info, upstream_name);
+        let lua = match &generation.pipeline.lua {
+            Some(rt) => Some(Arc::new(crate::lua::LuaCall {
+                vm: rt.vm(ctx.id).map_err(|message| ProxyError::Module {
+                    module: "<lua>".into(),
+                    location: String::new(),
+                    message,
+                })?,
+                generation: Arc::clone(generation),
+                worker: Arc::clone(ctx),
+                conn: Arc::clone(conn),
+            })),
+            None => None,
+        };
+        let (flow, mut state) =
+            phases::request_phase(generation, &mut parts, &mut body, info, upstream_name, lua)
+                .await;
         match flow? {
             Flow::Continue => {}
             Flow::Respond(local) => {
                 let mut resp = phases::local_response(local, id);
-                phases::response_phase(generation, &mut state, &mut resp)?;
+                phases::response_phase(generation, &mut state, &mut resp).await?;
                 done.script = Some(Box::new(state));
                 return Ok(resp);
+            }
+            Flow::Response(answer) => {
+                let crate::pipeline::ModuleResponse {
+                    resp: mut answer_resp,
+                    guard,
+                    upstream,
+                } = *answer;
+                if guard.is_some() {
+                    done.inflight = guard;
+                }
+                if let Some(u) = upstream {
+                    if let Some(entry) = done.access.as_mut() {
+                        entry.upstream = Some(Arc::clone(&u));
+                    }
+                    state.upstream = Some(u);
+                }
+                phases::response_phase(generation, &mut state, &mut answer_resp).await?;
+                done.script = Some(Box::new(state));
+                return Ok(answer_resp);
             }
             Flow::Forward(to) => {
                 target = Some(to.upstream);
@@ -200,28 +235,74 @@ async fn proxy(
         }
         done.script = Some(Box::new(state));
     }
-    let set = &generation.upstreams.sets[target.ok_or(ProxyError::NoRoute)?];
+    let target = target.ok_or(ProxyError::NoRoute)?;
     if let Some(entry) = done.access.as_mut() {
-        entry.upstream = Some(Arc::from(set.name()));
+        entry.upstream = Some(Arc::from(generation.upstreams.sets[target].name()));
     }
 
-    // 4. The upstream request: hygiene, forwarding headers, origin-form URI.
-    let key = pick_key(set, &parts, client_ip);
-    let upstream_req = upstream_request(parts, body, generation, conn, host);
+    // 4-5. The upstream request, sent (see `send_upstream`).
+    let out = Outbound {
+        generation,
+        worker: ctx,
+        conn,
+        client_ip,
+    };
+    let (mut resp, guard) = send_upstream(
+        out,
+        target,
+        parts,
+        body,
+        host,
+        response_timeout,
+        Some(retries),
+    )
+    .await?;
+    done.inflight = Some(guard);
 
-    // 5. Pick a server and send; a failed connect is retried on another server
-    //    (nothing was sent, so this is safe for any method).
-    let timeout = response_timeout.unwrap_or(set.config.response_timeout);
-    let resp = forward(set, &key, upstream_req, ctx, done, timeout, retries).await?;
-
-    // 6. Response hygiene, then the response phase over the modules that ran.
-    let (mut parts, body) = resp.into_parts();
-    hygiene::strip_hop_by_hop(&mut parts.headers);
-    let mut resp = Response::from_parts(parts, body);
+    // 6. The response phase over the modules that ran.
     if let Some(state) = done.script.as_mut() {
-        phases::response_phase(generation, state, &mut resp)?;
+        phases::response_phase(generation, state, &mut resp).await?;
     }
     Ok(resp)
+}
+
+/// Where a request to an upstream comes from.
+pub struct Outbound<'a> {
+    pub generation: &'a Generation,
+    pub worker: &'a WorkerCtx,
+    pub conn: &'a ConnInfo,
+    pub client_ip: std::net::IpAddr,
+}
+
+/// Sends a request to upstream set `target` now and returns the response (hop-by-hop
+/// headers gone) with the chosen server's in-flight guard. The request path and Lua's
+/// `std.proxy.forward` both send through here:
+/// hygiene and forwarding headers, origin-form URI, pick a server, send; a failed
+/// connect is retried on another server (nothing was sent, so this is safe for any
+/// method).
+pub async fn send_upstream(
+    out: Outbound<'_>,
+    target: usize,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    host: Option<HeaderValue>,
+    response_timeout: Option<Duration>,
+    retries: Option<u32>,
+) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
+    let set = out
+        .generation
+        .upstreams
+        .sets
+        .get(target)
+        .ok_or(ProxyError::NoRoute)?;
+    let key = pick_key(set, &parts, out.client_ip);
+    let upstream_req = upstream_request(parts, body, out.generation, out.conn, host);
+    let timeout = response_timeout.unwrap_or(set.config.response_timeout);
+    let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
+    let (resp, guard) = forward(set, &key, upstream_req, out.worker, timeout, retries).await?;
+    let (mut parts, body) = resp.into_parts();
+    hygiene::strip_hop_by_hop(&mut parts.headers);
+    Ok((Response::from_parts(parts, body), guard))
 }
 
 /// Connect failures retried on another server when `forward` does not say.
@@ -263,7 +344,7 @@ fn pick_key(set: &UpstreamSet, req: &http::request::Parts, client_ip: std::net::
 
 fn upstream_request(
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: ProxyBody,
     generation: &Generation,
     conn: &ConnInfo,
     host: Option<HeaderValue>,
@@ -287,7 +368,6 @@ fn upstream_request(
     }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
-    let body = ProxyBody::limited(body, generation.config.server.limits.max_body);
     Request::from_parts(parts, body)
 }
 
@@ -304,10 +384,9 @@ async fn forward(
     key: &PickKey,
     mut req: Request<ProxyBody>,
     ctx: &WorkerCtx,
-    done: &mut Completion,
     response_timeout: Duration,
     retries: u32,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
     let no_server = || ProxyError::NoHealthyServer {
         upstream: set.name().to_owned(),
     };
@@ -324,7 +403,7 @@ async fn forward(
                 })
             }
         };
-        match send_to(set, guard, req, ctx, done, response_timeout).await {
+        match send_to(set, guard, req, ctx, response_timeout).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
@@ -361,14 +440,15 @@ async fn send_to(
     guard: InflightGuard,
     req: Request<ProxyBody>,
     ctx: &WorkerCtx,
-    done: &mut Completion,
     response_timeout: Duration,
-) -> Result<Response<ProxyBody>, Failed> {
+) -> Result<(Response<ProxyBody>, InflightGuard), Failed> {
     let server = Arc::clone(guard.server());
     let addr = match &server.target {
         ServerTarget::Echo => {
-            done.inflight = Some(guard);
-            return echo::respond(req).await.map_err(Failed::Sent);
+            return echo::respond(req)
+                .await
+                .map(|r| (r, guard))
+                .map_err(Failed::Sent);
         }
         ServerTarget::Addr { addr, .. } => *addr,
     };
@@ -376,10 +456,7 @@ async fn send_to(
     let result = client::send(&ctx.pool, addr, &set.config, response_timeout, req).await;
     server.record_outcome(server_did_well(&result));
     match result {
-        Ok(resp) => {
-            done.inflight = Some(guard);
-            Ok(resp.map(ProxyBody::Upstream))
-        }
+        Ok(resp) => Ok((resp.map(ProxyBody::Upstream), guard)),
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(
             ProxyError::Connect {
                 upstream: upstream(),

@@ -40,7 +40,7 @@ pub struct ModuleInfo {
     pub config: std::collections::BTreeMap<String, String>,
 }
 
-/// A compiled pcmod module.
+/// A compiled pcmod module (some of whose phases may be Lua hooks).
 #[derive(Debug)]
 pub struct PcmodModule {
     name: String,
@@ -48,6 +48,9 @@ pub struct PcmodModule {
     priority: i64,
     compiled: compile::Compiled,
     upstreams: Arc<[String]>,
+    /// The module's index in the pipeline's Lua runtime, and which hooks its chunk
+    /// defines (request, response, log).
+    lua: Option<(usize, [bool; 3])>,
 }
 
 impl PcmodModule {
@@ -78,11 +81,17 @@ impl PipelineModule for PcmodModule {
     }
 
     fn has_phase(&self, phase: PhaseKind) -> bool {
-        match phase {
-            PhaseKind::Request => self.compiled.request.is_some(),
-            PhaseKind::Response => self.compiled.response.is_some(),
-            PhaseKind::Log => self.compiled.log.is_some(),
-        }
+        self.lua_hook(phase).is_some()
+            || match phase {
+                PhaseKind::Request => self.compiled.request.is_some(),
+                PhaseKind::Response => self.compiled.response.is_some(),
+                PhaseKind::Log => self.compiled.log.is_some(),
+            }
+    }
+
+    fn lua_hook(&self, phase: PhaseKind) -> Option<usize> {
+        let (index, hooks) = self.lua?;
+        hooks[crate::lua::vm::phase_index(phase)].then_some(index)
     }
 
     fn on_request(&self, ex: &mut Exchange<'_>) -> Result<Flow, ScriptError> {
@@ -200,6 +209,13 @@ fn load_sources_here(
     let mut infos = Vec::new();
     let mut keeps_request_headers = false;
     let mut seen: Vec<(String, String)> = Vec::new();
+    let mut lua_specs: Vec<crate::lua::LuaSpec> = Vec::new();
+    let limits = crate::lua::Limits {
+        memory: config.scripts.lua_memory_limit,
+        budget: config.scripts.lua_instruction_budget,
+        max_body: config.server.limits.max_body,
+    };
+    let lib_dir = config.scripts.dir.join("lib");
     for (path, source) in sources {
         let file = path.display().to_string();
         let module = match parse::parse(&file, source) {
@@ -248,6 +264,26 @@ fn load_sources_here(
                 None
             }
         };
+        let lua = match (&module.lua, &settings) {
+            (Some(item), Some(settings)) => {
+                let config = settings
+                    .fields
+                    .iter()
+                    .map(|(k, (_, v))| (k.clone(), v.clone()))
+                    .collect();
+                match lua_chunk(&module, item, path, source, config, &lib_dir, limits) {
+                    Ok((spec, hooks)) => {
+                        errors.extend(twice_defined(&module, source, hooks));
+                        Some((spec, hooks))
+                    }
+                    Err(d) => {
+                        errors.push(d);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !errors.is_empty() {
             diags.append(&mut errors);
             continue;
@@ -260,9 +296,9 @@ fn load_sources_here(
             version: module.version.as_ref().map(|v| v.node.clone()),
             priority: settings.priority,
             enabled: settings.enabled,
-            kind: "pcmod",
+            kind: if lua.is_some() { "lua" } else { "pcmod" },
             file: path.clone(),
-            phases: module.phases.iter().map(|p| p.kind.as_str()).collect(),
+            phases: module_phases(&module, lua.as_ref().map(|(_, h)| *h)),
             description: module.description.as_ref().map(|d| d.node.clone()),
             config: settings
                 .fields
@@ -272,12 +308,17 @@ fn load_sources_here(
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;
+            let lua = lua.map(|(spec, hooks)| {
+                lua_specs.push(spec);
+                (lua_specs.len() - 1, hooks)
+            });
             modules.push(Arc::new(PcmodModule {
                 name: module.name.node.clone(),
                 file: Arc::from(file.as_str()),
                 priority: settings.priority,
                 compiled,
                 upstreams: Arc::clone(&upstreams),
+                lua,
             }));
         }
     }
@@ -294,10 +335,132 @@ fn load_sources_here(
             .cmp(&b.priority)
             .then_with(|| a.name.cmp(&b.name))
     });
+    let ctx_shared: Arc<[Arc<str>]> = ctx_names.iter().cloned().collect();
+    let mut pipeline = Pipeline::new(modules, ctx_names, keeps_request_headers);
+    if !lua_specs.is_empty() {
+        pipeline.lua = Some(Arc::new(crate::lua::LuaRuntime::new(
+            lua_specs,
+            limits,
+            lib_dir,
+            ctx_shared,
+            config.server.workers,
+        )));
+        // A Lua hook may read anything later.
+        pipeline.keeps_request_headers = true;
+    }
     Ok(Loaded {
-        pipeline: Pipeline::new(modules, ctx_names, keeps_request_headers),
+        pipeline,
         modules: infos,
     })
+}
+
+/// The phases a module has, pcmod blocks and Lua hooks, in phase order.
+fn module_phases(module: &ast::Module, hooks: Option<[bool; 3]>) -> Vec<&'static str> {
+    [PhaseKind::Request, PhaseKind::Response, PhaseKind::Log]
+        .into_iter()
+        .filter(|k| {
+            module.phases.iter().any(|p| p.kind == *k)
+                || hooks.is_some_and(|h| h[crate::lua::vm::phase_index(*k)])
+        })
+        .map(|k| k.as_str())
+        .collect()
+}
+
+/// Reads and checks a module's Lua chunk (by loading it into a VM of its own).
+fn lua_chunk(
+    module: &ast::Module,
+    item: &ast::Spanned<ast::LuaSource>,
+    path: &Path,
+    source: &str,
+    config: Vec<(String, value::Value)>,
+    lib_dir: &Path,
+    limits: crate::lua::Limits,
+) -> Result<(crate::lua::LuaSpec, [bool; 3]), Diagnostic> {
+    let (file, text) = match &item.node {
+        ast::LuaSource::File(rel) => {
+            let lua_path = path.parent().unwrap_or(Path::new(".")).join(rel);
+            match std::fs::read_to_string(&lua_path) {
+                Ok(text) => (lua_path.display().to_string(), text),
+                Err(e) => {
+                    return Err(Diagnostic::new(
+                        &module.file,
+                        source,
+                        item.span,
+                        format!("cannot read the Lua file {}: {e}", lua_path.display()),
+                    )
+                    .with_hint("the path is relative to the .pcmod file"))
+                }
+            }
+        }
+        ast::LuaSource::Inline(text) => {
+            // Pad so Lua's line numbers are the .pcmod file's.
+            let pad = "\n".repeat(item.span.line.saturating_sub(1) as usize);
+            (module.file.to_string(), format!("{pad}{text}"))
+        }
+    };
+    let spec = crate::lua::LuaSpec {
+        module: Arc::from(module.name.node.as_str()),
+        file: Arc::from(file.as_str()),
+        source: Arc::from(text.as_str()),
+        config,
+    };
+    let vm = crate::lua::Vm::build_with(
+        Arc::from(vec![spec.clone()]),
+        limits.memory,
+        limits.budget,
+        lib_dir,
+        Arc::new(std::collections::HashMap::new()),
+    );
+    match vm {
+        Ok(vm) => {
+            let hooks = vm
+                .hooks
+                .first()
+                .map_or([false; 3], |h| h.each_ref().map(Option::is_some));
+            Ok((spec, hooks))
+        }
+        Err(e) => {
+            let line_text = text
+                .lines()
+                .nth(e.line.saturating_sub(1) as usize)
+                .unwrap_or("");
+            Err(Diagnostic {
+                file: e.file.clone(),
+                line: e.line.max(1),
+                col: 1,
+                message: format!("Lua: {}", e.message.lines().next().unwrap_or("")),
+                hint: None,
+                source_line: if e.line == 0 {
+                    String::new()
+                } else {
+                    line_text.to_owned()
+                },
+                width: line_text.chars().count().max(1),
+            })
+        }
+    }
+}
+
+/// A phase both as a pcmod block and as a Lua hook is an error.
+fn twice_defined(module: &ast::Module, source: &str, hooks: [bool; 3]) -> Vec<Diagnostic> {
+    module
+        .phases
+        .iter()
+        .filter(|p| hooks[crate::lua::vm::phase_index(p.kind)])
+        .map(|p| {
+            Diagnostic::new(
+                &module.file,
+                source,
+                p.span,
+                format!(
+                    "phase `on {}` is defined here and as `{}` in the module's Lua chunk",
+                    p.kind.as_str(),
+                    crate::lua::vm::HOOK_NAMES[crate::lua::vm::phase_index(p.kind)]
+                ),
+            )
+            .with_hint("a phase is either a pcmod block or a Lua hook")
+        })
+        .collect()
 }
 
 /// Checks about the module as a whole: its name, priority, phases, Lua.
@@ -379,17 +542,6 @@ fn module_checks(
             );
         }
         phases.push(phase.kind);
-    }
-    if let Some(lua) = &module.lua {
-        diags.push(
-            Diagnostic::new(
-                file,
-                source,
-                lua.span,
-                "Lua handlers are not available in this build yet",
-            )
-            .with_hint("write the phases in pcmod for now"),
-        );
     }
     diags
 }

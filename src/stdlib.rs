@@ -8,9 +8,12 @@
 //! Each area is one file with its entries and its implementation (STYLE rule 12).
 //! Must not touch: sockets, the pipeline's order of modules.
 
+pub mod dict;
+pub mod flow;
 pub mod helpers;
 pub mod rate_limit;
 pub mod request_id;
+pub mod shared;
 pub mod url_rewrite;
 
 use crate::script::ast::PhaseKind;
@@ -26,6 +29,10 @@ pub enum ArgType {
     Number,
     Str,
     Duration,
+    /// A map of strings (Lua: a table with string keys).
+    Map,
+    /// A response object (Lua only: `std.respond`, `std.proxy.forward`).
+    Response,
 }
 
 impl ArgType {
@@ -38,6 +45,8 @@ impl ArgType {
             ArgType::Number => "number",
             ArgType::Str => "string",
             ArgType::Duration => "duration",
+            ArgType::Map => "map",
+            ArgType::Response => "response",
         }
     }
 }
@@ -111,6 +120,23 @@ pub enum StdFn {
     Trim,
     ToInt,
     ToStr,
+    SharedGet,
+    SharedSet,
+    SharedIncr,
+    Respond,
+    ProxyForward,
+    HttpRequest,
+}
+
+impl StdFn {
+    /// Whether only a Lua hook can call it: it waits on the network or makes a
+    /// response object (pcmod has `respond` and `forward` statements instead).
+    pub fn lua_only(self) -> bool {
+        matches!(
+            self,
+            StdFn::Respond | StdFn::ProxyForward | StdFn::HttpRequest
+        )
+    }
 }
 
 /// One function's signature.
@@ -132,6 +158,8 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     rate_limit::SIGS,
     request_id::SIGS,
     url_rewrite::SIGS,
+    dict::SIGS,
+    flow::SIGS,
     helpers::SIGS,
 ];
 
@@ -176,6 +204,11 @@ pub fn call(
         StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {
             helpers::call(id, args)
         }
+        StdFn::SharedGet | StdFn::SharedSet | StdFn::SharedIncr => dict::call(id, args, ex),
+        StdFn::Respond | StdFn::ProxyForward | StdFn::HttpRequest => Err(StdError {
+            function: "std",
+            message: "this function can only be called from a Lua hook".into(),
+        }),
     }
 }
 

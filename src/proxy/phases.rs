@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri};
 
 use crate::generation::Generation;
 use crate::http::{ProxyBody, ProxyError};
+use crate::lua::LuaCall;
 use crate::pipeline::{
     Ctx, Exchange, Flow, LocalResponse, ReqParts, RequestInfo, RespParts, ScriptError,
 };
@@ -31,14 +32,19 @@ pub struct ScriptState {
     pub headers: HeaderMap,
     /// The upstream the request went to.
     pub upstream: Option<Arc<str>>,
+    /// What Lua hooks need, when the pipeline has any.
+    pub lua: Option<Arc<LuaCall>>,
 }
 
-/// Runs the request phase on `parts`. Returns the flow and the state for later phases.
-pub fn request_phase(
+/// Runs the request phase on `parts` and `body`. Returns the flow and the state for
+/// later phases.
+pub async fn request_phase(
     generation: &Generation,
     parts: &mut Parts,
+    body: &mut ProxyBody,
     info: RequestInfo,
     upstream: Option<&str>,
+    lua: Option<Arc<LuaCall>>,
 ) -> (Result<Flow, ProxyError>, ScriptState) {
     let pipeline = &generation.pipeline;
     let mut ctx = pipeline.new_ctx();
@@ -58,8 +64,10 @@ pub fn request_phase(
             state: &generation.std_state,
             upstream,
             response_headers: &mut response_headers,
+            body: Some(body),
+            lua: lua.as_ref(),
         };
-        pipeline.run_request(&mut ex)
+        pipeline.run_request(&mut ex).await
     };
     let headers = if pipeline.keeps_request_headers {
         parts.headers.clone()
@@ -75,12 +83,13 @@ pub fn request_phase(
         uri: parts.uri.clone(),
         headers,
         upstream: upstream.map(Arc::from),
+        lua,
     };
     (flow.map_err(module_error), state)
 }
 
 /// Adds the headers modules asked for, then runs the response phase in reverse.
-pub fn response_phase(
+pub async fn response_phase(
     generation: &Generation,
     state: &mut ScriptState,
     resp: &mut Response<ProxyBody>,
@@ -92,7 +101,8 @@ pub fn response_phase(
     if state.ran == 0 || !pipeline.has_late_phases() {
         return Ok(());
     }
-    let (mut parts, body) = std::mem::replace(resp, Response::new(ProxyBody::Empty)).into_parts();
+    let (mut parts, mut body) =
+        std::mem::replace(resp, Response::new(ProxyBody::Empty)).into_parts();
     let result = {
         let mut ex = Exchange {
             module: "",
@@ -105,14 +115,17 @@ pub fn response_phase(
             resp: Some(RespParts {
                 status: &mut parts.status,
                 headers: &mut parts.headers,
+                body: Some(&mut body),
             }),
             info: &state.info,
             ctx: &mut state.ctx,
             state: &generation.std_state,
             upstream: state.upstream.as_deref(),
             response_headers: &mut Vec::new(),
+            body: None,
+            lua: state.lua.as_ref(),
         };
-        pipeline.run_response(state.ran, &mut ex)
+        pipeline.run_response(state.ran, &mut ex).await
     };
     *resp = Response::from_parts(parts, body);
     result.map_err(module_error)
@@ -128,8 +141,19 @@ pub struct LogJob {
 }
 
 impl LogJob {
-    /// Runs the log phase (from the response body's completion).
-    pub fn run(mut self) {
+    /// Runs the log phase (from the response body's completion): inline when it is
+    /// all pcmod, as a task on the worker when a Lua hook may wait.
+    pub fn run(self) {
+        if self.generation.pipeline.has_lua_log() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(self.run_async());
+                return;
+            }
+        }
+        self.run_now();
+    }
+
+    fn run_now(mut self) {
         let pipeline = &self.generation.pipeline;
         let mut status = self.status;
         let mut ex = Exchange {
@@ -143,14 +167,45 @@ impl LogJob {
             resp: Some(RespParts {
                 status: &mut status,
                 headers: &mut self.response_headers,
+                body: None,
             }),
             info: &self.state.info,
             ctx: &mut self.state.ctx,
             state: &self.generation.std_state,
             upstream: self.state.upstream.as_deref(),
             response_headers: &mut Vec::new(),
+            body: None,
+            lua: None,
         };
-        pipeline.run_log(self.state.ran, &mut ex);
+        pipeline.run_log_now(self.state.ran, &mut ex);
+    }
+
+    async fn run_async(mut self) {
+        let generation = Arc::clone(&self.generation);
+        let pipeline = &generation.pipeline;
+        let mut status = self.status;
+        let mut ex = Exchange {
+            module: "",
+            phase: PhaseKind::Log,
+            req: ReqParts {
+                method: &self.state.method,
+                uri: &mut self.state.uri,
+                headers: &mut self.state.headers,
+            },
+            resp: Some(RespParts {
+                status: &mut status,
+                headers: &mut self.response_headers,
+                body: None,
+            }),
+            info: &self.state.info,
+            ctx: &mut self.state.ctx,
+            state: &generation.std_state,
+            upstream: self.state.upstream.as_deref(),
+            response_headers: &mut Vec::new(),
+            body: None,
+            lua: self.state.lua.as_ref(),
+        };
+        pipeline.run_log(self.state.ran, &mut ex).await;
     }
 }
 

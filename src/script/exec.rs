@@ -347,7 +347,7 @@ fn header_text(v: Option<&HeaderValue>) -> Value {
     }
 }
 
-fn query_param(query: &str, key: &str) -> Value {
+pub(crate) fn query_param(query: &str, key: &str) -> Value {
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if percent_decode(k) == key {
@@ -357,7 +357,7 @@ fn query_param(query: &str, key: &str) -> Value {
     Value::Nil
 }
 
-fn cookie(headers: &http::HeaderMap, key: &str) -> Value {
+pub(crate) fn cookie(headers: &http::HeaderMap, key: &str) -> Value {
     for h in headers.get_all(header::COOKIE) {
         let Ok(text) = h.to_str() else { continue };
         for pair in text.split(';') {

@@ -343,7 +343,21 @@ impl Compiler<'_> {
             );
             return None;
         }
-        let Some(sig) = stdlib::lookup(name) else {
+        let sig = stdlib::lookup(name).filter(|s| !s.id.lua_only());
+        if let Some(lua_only) = stdlib::lookup(name).filter(|s| s.id.lua_only()) {
+            let hint = match lua_only.id {
+                stdlib::StdFn::Respond => "use the `respond` statement",
+                stdlib::StdFn::ProxyForward => "use the `forward` statement",
+                _ => "call it from a Lua hook (`lua \"file.lua\"`)",
+            };
+            self.hint(
+                call.path.span,
+                format!("`{name}` can only be called from Lua"),
+                hint,
+            );
+            return None;
+        }
+        let Some(sig) = sig else {
             let hint = match closest(name, stdlib::names()) {
                 Some(c) => format!("did you mean `{c}`?"),
                 None => format!(
@@ -559,12 +573,14 @@ fn accepts(want: ArgType, got: &Type) -> bool {
             | (ArgType::Duration, Type::Duration)
             | (ArgType::Number, Type::Int | Type::Float)
             | (ArgType::Str, Type::Str)
+            | (ArgType::Map, Type::Map(_))
     )
 }
 
 fn arg_type(t: ArgType) -> Type {
     match t {
-        ArgType::Any | ArgType::Number => Type::Any,
+        ArgType::Any | ArgType::Number | ArgType::Response => Type::Any,
+        ArgType::Map => Type::Map(Box::new(Type::Str)),
         ArgType::Bool => Type::Bool,
         ArgType::Int => Type::Int,
         ArgType::Str => Type::Str,

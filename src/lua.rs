@@ -1,0 +1,135 @@
+//! Lua handlers (LUA.md): a module's phases may be Lua functions (`on_request`,
+//! `on_response`, `on_log`) that call the same Rust stdlib as pcmod.
+//!
+//! - [`sandbox`]: building a VM with only what LUA.md allows (the prelude in
+//!   `sandbox.lua`), per-module global tables, `require` from `mods/lib/`.
+//! - [`vm`]: one VM per worker and generation, built lazily on the worker's first
+//!   request; loading the modules' chunks into it.
+//! - [`handles`]: `req`, `resp`, `ctx` and response objects, as narrow UserData over
+//!   the request in flight (the [`Turn`](handles::Turn)).
+//! - [`bind`]: `std` (from the one signature table), `log`, `print`.
+//! - [`run`]: the hook driver: coroutines, the instruction budget, waiting.
+//! - [`ops`]: what a hook can wait on (`std.proxy.forward`, `std.http.request`,
+//!   `req:body()`).
+//! - [`convert`]: script values to Lua and back.
+//!
+//! Must not touch: the order of modules (the pipeline's), sockets (the upstream
+//! layer's, reached through `proxy::send_upstream` and the worker's pool).
+
+pub mod bind;
+pub mod convert;
+pub mod handles;
+pub mod ops;
+pub mod run;
+pub mod sandbox;
+pub mod vm;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use crate::generation::Generation;
+use crate::script::value::Value;
+use crate::server::conn::ConnInfo;
+use crate::server::worker::WorkerCtx;
+
+pub use run::run_hook;
+pub use vm::Vm;
+
+/// One module's Lua chunk, as loaded from disk.
+#[derive(Debug, Clone)]
+pub struct LuaSpec {
+    /// The module's name.
+    pub module: Arc<str>,
+    /// Where the chunk is, for messages: the `.lua` file, or the `.pcmod` file for an
+    /// inline chunk.
+    pub file: Arc<str>,
+    /// The chunk. Inline chunks are padded with empty lines so that Lua's line
+    /// numbers are the `.pcmod` file's.
+    pub source: Arc<str>,
+    /// The module's resolved config (defaults merged with `[mods.NAME]`).
+    pub config: Vec<(String, Value)>,
+}
+
+/// `[scripts]` limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes per VM.
+    pub memory: usize,
+    /// VM instructions per hook call.
+    pub budget: u64,
+    /// Largest body `req:body()`, `resp:body()` and `std.http.request` read.
+    pub max_body: u64,
+}
+
+/// A worker's VM once built (or why it could not be).
+type VmSlot = OnceLock<Result<Arc<Vm>, String>>;
+
+/// The Lua side of a pipeline: the chunks, and one VM per worker, built on first use.
+pub struct LuaRuntime {
+    pub specs: Arc<[LuaSpec]>,
+    pub limits: Limits,
+    /// `mods/lib/`, where `require` looks.
+    pub lib_dir: PathBuf,
+    /// The pipeline's `$ctx` names, by slot.
+    pub ctx_names: Arc<[Arc<str>]>,
+    slots: Box<[VmSlot]>,
+}
+
+impl std::fmt::Debug for LuaRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaRuntime")
+            .field("modules", &self.specs.len())
+            .finish()
+    }
+}
+
+impl LuaRuntime {
+    /// A runtime for `workers` workers; no VM is built until a worker asks.
+    pub fn new(
+        specs: Vec<LuaSpec>,
+        limits: Limits,
+        lib_dir: PathBuf,
+        ctx_names: Arc<[Arc<str>]>,
+        workers: usize,
+    ) -> Self {
+        LuaRuntime {
+            specs: specs.into(),
+            limits,
+            lib_dir,
+            ctx_names,
+            slots: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Worker `worker`'s VM, built on its first call. A worker beyond the count this
+    /// runtime was made for (the worker count changed without a restart) gets a VM of
+    /// its own per call, which is slow but correct.
+    pub fn vm(&self, worker: usize) -> Result<Arc<Vm>, String> {
+        match self.slots.get(worker) {
+            Some(slot) => slot.get_or_init(|| self.build().map(Arc::new)).clone(),
+            None => self.build().map(Arc::new),
+        }
+    }
+
+    fn build(&self) -> Result<Vm, String> {
+        Vm::build(self).map_err(|e| e.to_string())
+    }
+}
+
+/// What a request's Lua hooks need besides the request: the worker's VM, the
+/// generation (upstreams, limits), the worker (its connection pool), the connection.
+pub struct LuaCall {
+    pub vm: Arc<Vm>,
+    pub generation: Arc<Generation>,
+    pub worker: Arc<WorkerCtx>,
+    pub conn: Arc<ConnInfo>,
+}
+
+impl std::fmt::Debug for LuaCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaCall")
+            .field("generation", &self.generation.number)
+            .field("worker", &self.worker.id)
+            .finish()
+    }
+}

@@ -1,0 +1,382 @@
+//! `std`, `log` and `print` for Lua, built from the one signature table
+//! ([`crate::stdlib::SIGNATURES`]): every `std.*` entry becomes a Lua function that
+//! takes its arguments as one table of named arguments (`std.rate_limit{key = k,
+//! rate = 10}`) or positionally in the table's order (`std.proxy.forward("eu")`),
+//! checks them against the signature (a wrong name or type is a Lua error naming the
+//! argument), and calls the same Rust code pcmod calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mlua::{Function, Lua, MultiValue, Table};
+use parking_lot::Mutex;
+
+use super::convert::{self, arg_from_lua, record_to_lua, to_lua};
+use super::handles::{with_turn, LuaResponse, RespData, Turn, TurnCell};
+use super::ops::{HttpCall, Op, PendingOp};
+use super::sandbox::Sandbox;
+use crate::pipeline::{Exchange, ReqParts, RespParts};
+use crate::script::value::Value;
+use crate::stdlib::{self, ArgDefault, FnSig, Returns, StdFn};
+
+/// Regexes compiled for `std.url_rewrite` calls from Lua, by pattern.
+type RegexCache = Mutex<HashMap<String, Arc<regex::Regex>>>;
+
+/// How many distinct patterns a VM keeps compiled.
+const REGEX_CACHE: usize = 256;
+
+/// Installs `std`, `log` and `print` as globals every module sees. Returns the
+/// function behind `req:body()` / `resp:body()`.
+pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
+    let lua = &sb.lua;
+    let cell_for_body = Arc::clone(cell);
+    let start_body = lua.create_function(move |lua, this: mlua::AnyUserData| {
+        check_waiting_allowed(lua, &cell_for_body)?;
+        let op = if this.is::<super::handles::ReqHandle>() {
+            Op::ReqBody
+        } else if this.is::<super::handles::RespHandle>() {
+            Op::RespBody
+        } else {
+            Op::OwnBody(this)
+        };
+        lua.create_userdata(PendingOp(op))
+    })?;
+    let body_fn: Function = sb.waiting.call(start_body)?;
+    let std_table = lua.create_table()?;
+    let regexes: Arc<RegexCache> = Arc::new(Mutex::new(HashMap::new()));
+    for sig in stdlib::SIGNATURES.iter().flat_map(|area| area.iter()) {
+        let Some(path) = sig.name.strip_prefix("std.") else {
+            continue;
+        };
+        let f = match sig.id {
+            StdFn::Respond => respond_fn(lua, sig, cell, &body_fn)?,
+            StdFn::ProxyForward | StdFn::HttpRequest => {
+                let start = start_fn(lua, sig, cell)?;
+                sb.waiting.call::<Function>(start)?
+            }
+            _ => sync_fn(lua, sig, cell, &regexes)?,
+        };
+        insert_path(lua, &std_table, path, f)?;
+    }
+    sb.set_base
+        .call::<()>(("std", sb.readonly.call::<Table>((std_table, "std"))?))?;
+    let log = lua.create_table()?;
+    for level in ["debug", "info", "warn", "error"] {
+        log.raw_set(level, log_fn(lua, cell, level)?)?;
+    }
+    sb.set_base
+        .call::<()>(("print", log_fn(lua, cell, "info")?))?;
+    sb.set_base
+        .call::<()>(("log", sb.readonly.call::<Table>((log, "log"))?))?;
+    Ok(body_fn)
+}
+
+fn insert_path(lua: &Lua, root: &Table, path: &str, f: Function) -> mlua::Result<()> {
+    let mut table = root.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.raw_set(part, f)?;
+            return Ok(());
+        }
+        let next: Option<Table> = table.raw_get(part)?;
+        table = match next {
+            Some(t) => t,
+            None => {
+                let t = lua.create_table()?;
+                table.raw_set(part, t.clone())?;
+                t
+            }
+        };
+    }
+    Ok(())
+}
+
+/// The arguments of a call in signature order, defaults filled in, types checked.
+pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
+    let fail = |m: String| mlua::Error::runtime(format!("{}: {m}", sig.name));
+    let mut out = Vec::with_capacity(sig.args.len());
+    let named = match args.front() {
+        Some(mlua::Value::Table(t)) if args.len() == 1 => Some(t.clone()),
+        _ => None,
+    };
+    match named {
+        Some(t) => {
+            for pair in t.pairs::<mlua::Value, mlua::Value>() {
+                let (k, _) = pair?;
+                let known = match &k {
+                    mlua::Value::String(s) => {
+                        let s = s.to_string_lossy();
+                        sig.args.iter().any(|a| a.name == s)
+                    }
+                    _ => false,
+                };
+                if !known {
+                    let names: Vec<&str> = sig.args.iter().map(|a| a.name).collect();
+                    return Err(fail(format!(
+                        "unknown argument {} (arguments: {})",
+                        k.to_string().unwrap_or_else(|_| k.type_name().to_owned()),
+                        names.join(", ")
+                    )));
+                }
+            }
+            for a in sig.args {
+                let v: mlua::Value = t.raw_get(a.name)?;
+                out.push(one_arg(sig, a, &v)?);
+            }
+        }
+        None => {
+            if args.len() > sig.args.len() {
+                return Err(fail(format!(
+                    "takes at most {} arguments, got {}",
+                    sig.args.len(),
+                    args.len()
+                )));
+            }
+            for (i, a) in sig.args.iter().enumerate() {
+                let v = args.get(i).cloned().unwrap_or(mlua::Value::Nil);
+                out.push(one_arg(sig, a, &v)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn one_arg(sig: &FnSig, a: &stdlib::ArgSig, v: &mlua::Value) -> mlua::Result<Value> {
+    if v.is_nil() {
+        if a.default == ArgDefault::Required {
+            return Err(mlua::Error::runtime(format!(
+                "{}: missing argument `{}`",
+                sig.name, a.name
+            )));
+        }
+        return Ok(a.default.value());
+    }
+    let value = arg_from_lua(v, a.ty, &format!("argument `{}`", a.name))
+        .map_err(|m| mlua::Error::runtime(format!("{}: {m}", sig.name)))?;
+    if let Some(check) = a.check {
+        check(&value).map_err(|m| {
+            mlua::Error::runtime(format!("{}: argument `{}`: {m}", sig.name, a.name))
+        })?;
+    }
+    Ok(value)
+}
+
+fn check_phase(sig: &FnSig, t: &Turn) -> mlua::Result<()> {
+    if sig.phases.contains(&t.phase) {
+        return Ok(());
+    }
+    Err(mlua::Error::runtime(format!(
+        "{} may not be called in the {} phase",
+        sig.name,
+        t.phase.as_str()
+    )))
+}
+
+/// The pipeline's view of a turn, for stdlib calls.
+pub fn exchange(t: &mut Turn) -> Exchange<'_> {
+    Exchange {
+        module: &t.module,
+        phase: t.phase,
+        req: ReqParts {
+            method: &t.method,
+            uri: &mut t.uri,
+            headers: &mut t.headers,
+        },
+        resp: t.resp.as_mut().map(|r| RespParts {
+            status: &mut r.status,
+            headers: &mut r.headers,
+            body: r.body.as_mut(),
+        }),
+        info: &t.info,
+        ctx: &mut t.ctx,
+        state: &t.call.generation.std_state,
+        upstream: t.upstream.as_deref(),
+        response_headers: &mut t.response_headers,
+        body: t.body.as_mut(),
+        lua: None,
+    }
+}
+
+fn sync_fn(
+    lua: &Lua,
+    sig: &'static FnSig,
+    cell: &Arc<TurnCell>,
+    regexes: &Arc<RegexCache>,
+) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    let regexes = Arc::clone(regexes);
+    lua.create_function(move |lua, args: MultiValue| {
+        let args = bind_args(sig, args)?;
+        let regex = match sig.id {
+            StdFn::UrlRewrite => Some(cached_regex(&regexes, &args)?),
+            _ => None,
+        };
+        let result = with_turn(&cell, |t| {
+            check_phase(sig, t)?;
+            let mut ex = exchange(t);
+            stdlib::call(sig.id, &args, regex.as_deref(), &mut ex)
+                .map_err(|e| mlua::Error::runtime(e.to_string()))
+        })?;
+        match (&sig.returns, &result) {
+            (Returns::Record(rs), Value::Record(fields)) => record_to_lua(lua, fields, rs),
+            (Returns::Nothing, _) => Ok(mlua::Value::Nil),
+            _ => to_lua(lua, &result),
+        }
+    })
+}
+
+fn cached_regex(cache: &RegexCache, args: &[Value]) -> mlua::Result<Arc<regex::Regex>> {
+    let pattern = args.first().and_then(Value::as_str).unwrap_or("");
+    let mut map = cache.lock();
+    if let Some(r) = map.get(pattern) {
+        return Ok(Arc::clone(r));
+    }
+    let r = Arc::new(
+        regex::Regex::new(pattern)
+            .map_err(|e| mlua::Error::runtime(format!("std.url_rewrite: invalid pattern: {e}")))?,
+    );
+    if map.len() >= REGEX_CACHE {
+        map.clear();
+    }
+    map.insert(pattern.to_owned(), Arc::clone(&r));
+    Ok(r)
+}
+
+/// Waiting is allowed only from the hook's own coroutine (not from a coroutine the
+/// script made: that one's yield would not reach the driver).
+pub fn check_waiting_allowed(lua: &Lua, cell: &TurnCell) -> mlua::Result<()> {
+    let current = lua.current_thread();
+    with_turn(cell, |t| {
+        if t.thread.as_ref() == Some(&current) {
+            Ok(())
+        } else {
+            Err(mlua::Error::runtime(
+                "functions that wait (std.proxy.forward, std.http.request, body()) cannot be called inside a coroutine the script made",
+            ))
+        }
+    })
+}
+
+fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    lua.create_function(move |lua, args: MultiValue| {
+        let args = bind_args(sig, args)?;
+        check_waiting_allowed(lua, &cell)?;
+        with_turn(&cell, |t| check_phase(sig, t))?;
+        let op = match sig.id {
+            StdFn::ProxyForward => Op::Forward {
+                upstream: args[0].as_str().map(str::to_owned),
+                timeout: match &args[1] {
+                    Value::Duration(d) => Some(*d),
+                    _ => None,
+                },
+                retries: match &args[2] {
+                    Value::Int(n) => Some(u32::try_from(*n).unwrap_or(0)),
+                    _ => None,
+                },
+            },
+            _ => {
+                Op::Http(Box::new(HttpCall::from_args(&args).map_err(|m| {
+                    mlua::Error::runtime(format!("{}: {m}", sig.name))
+                })?))
+            }
+        };
+        lua.create_userdata(PendingOp(op))
+    })
+}
+
+fn respond_fn(
+    lua: &Lua,
+    sig: &'static FnSig,
+    cell: &Arc<TurnCell>,
+    body_fn: &Function,
+) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    let body_fn = body_fn.clone();
+    lua.create_function(move |lua, args: MultiValue| {
+        let args = bind_args(sig, args)?;
+        let status = match &args[0] {
+            Value::Int(n) => super::handles::status_code(*n)?,
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "std.respond: status must be an integer",
+                ))
+            }
+        };
+        let mut data = RespData {
+            status,
+            headers: http::HeaderMap::new(),
+            body: None,
+        };
+        if let Value::Map(map) = &args[2] {
+            for (k, v) in map.iter() {
+                let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                    mlua::Error::runtime(format!("std.respond: {k:?} is not a valid header name"))
+                })?;
+                let value = http::HeaderValue::from_str(&v.to_string()).map_err(|_| {
+                    mlua::Error::runtime(format!(
+                        "std.respond: the value of {k:?} is not a valid header value"
+                    ))
+                })?;
+                data.headers.append(name, value);
+            }
+        }
+        let body = args[1]
+            .as_str()
+            .map(|s| bytes::Bytes::copy_from_slice(s.as_bytes()))
+            .unwrap_or_default();
+        super::handles::set_body(&mut data, body);
+        let ud = lua.create_userdata(LuaResponse {
+            data,
+            guard: None,
+            upstream: None,
+            body_fn: body_fn.clone(),
+        })?;
+        with_turn(&cell, |t| {
+            check_phase(sig, t)?;
+            t.answer = Some(ud.clone());
+            Ok(())
+        })?;
+        Ok(ud)
+    })
+}
+
+fn log_fn(lua: &Lua, cell: &Arc<TurnCell>, level: &'static str) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    lua.create_function(move |_, args: MultiValue| {
+        let mut text = String::new();
+        for (i, v) in args.iter().enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            match v.to_string() {
+                Ok(s) => text.push_str(&s),
+                Err(_) => text.push_str(v.type_name()),
+            }
+        }
+        let (module, id) = {
+            let guard = cell.lock();
+            match guard.as_ref() {
+                Some(t) => (t.module.to_string(), t.info.id.as_str().to_owned()),
+                None => (String::from("-"), String::from("-")),
+            }
+        };
+        match level {
+            "debug" => tracing::debug!(target: "proxycache::lua", module = %module, request_id = %id, "{text}"),
+            "warn" => tracing::warn!(target: "proxycache::lua", module = %module, request_id = %id, "{text}"),
+            "error" => tracing::error!(target: "proxycache::lua", module = %module, request_id = %id, "{text}"),
+            _ => tracing::info!(target: "proxycache::lua", module = %module, request_id = %id, "{text}"),
+        }
+        Ok(())
+    })
+}
+
+/// A config value table for a module (read-only to scripts).
+pub fn config_table(sb: &Sandbox, config: &[(String, Value)]) -> mlua::Result<Table> {
+    let t = sb.lua.create_table()?;
+    for (k, v) in config {
+        t.raw_set(k.as_str(), convert::to_lua(&sb.lua, v)?)?;
+    }
+    sb.readonly.call::<Table>((t, "config"))
+}

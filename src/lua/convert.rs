@@ -1,0 +1,197 @@
+//! Script values ([`Value`]) to Lua values and back: what crosses between pcmod's
+//! `$ctx`, module config, stdlib results and Lua.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mlua::{Lua, Table};
+
+use crate::script::value::Value;
+use crate::stdlib::{ArgType, RecordSig};
+
+/// A value as Lua sees it: durations are seconds (a float), sizes are bytes, lists and
+/// maps are fresh tables, records are tables with their field names.
+pub fn to_lua(lua: &Lua, v: &Value) -> mlua::Result<mlua::Value> {
+    Ok(match v {
+        Value::Nil => mlua::Value::Nil,
+        Value::Bool(b) => mlua::Value::Boolean(*b),
+        Value::Int(i) => mlua::Value::Integer(*i),
+        Value::Float(f) => mlua::Value::Number(*f),
+        Value::Str(s) => mlua::Value::String(lua.create_string(s.as_bytes())?),
+        Value::Duration(d) => mlua::Value::Number(d.as_secs_f64()),
+        Value::Size(n) => mlua::Value::Integer(i64::try_from(*n).unwrap_or(i64::MAX)),
+        Value::List(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+        Value::Map(map) => {
+            let t = lua.create_table_with_capacity(0, map.len())?;
+            for (k, item) in map.iter() {
+                t.raw_set(k.as_str(), to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+        Value::Record(fields) => {
+            let t = lua.create_table_with_capacity(0, fields.len())?;
+            for (i, item) in fields.iter().enumerate() {
+                t.raw_set(i + 1, to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+    })
+}
+
+/// A stdlib record as a table with its field names.
+pub fn record_to_lua(lua: &Lua, fields: &[Value], sig: &RecordSig) -> mlua::Result<mlua::Value> {
+    let t = lua.create_table_with_capacity(0, sig.fields.len())?;
+    for ((name, _), v) in sig.fields.iter().zip(fields) {
+        t.raw_set(*name, to_lua(lua, v)?)?;
+    }
+    Ok(mlua::Value::Table(t))
+}
+
+/// Nesting beyond which a table is refused (it is probably cyclic).
+const MAX_DEPTH: usize = 16;
+
+/// A Lua value as a script value. Tables with keys 1..n become lists, tables with
+/// string keys maps; functions, userdata and threads are refused (`what` names the
+/// place in the message).
+pub fn from_lua(v: &mlua::Value, what: &str) -> Result<Value, String> {
+    from_lua_at(v, what, 0)
+}
+
+fn from_lua_at(v: &mlua::Value, what: &str, depth: usize) -> Result<Value, String> {
+    Ok(match v {
+        mlua::Value::Nil => Value::Nil,
+        mlua::Value::Boolean(b) => Value::Bool(*b),
+        mlua::Value::Integer(i) => Value::Int(*i),
+        mlua::Value::Number(f) => Value::Float(*f),
+        mlua::Value::String(s) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+        mlua::Value::Table(t) => {
+            if depth >= MAX_DEPTH {
+                return Err(format!(
+                    "{what}: tables nest too deep (or refer to themselves)"
+                ));
+            }
+            table_value(t, what, depth)?
+        }
+        other => {
+            return Err(format!(
+                "{what}: a {} cannot be stored (use strings, numbers, booleans and tables of them)",
+                other.type_name()
+            ))
+        }
+    })
+}
+
+fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
+    let len = t.raw_len();
+    let mut count = 0usize;
+    let mut map = BTreeMap::new();
+    let mut all_string_keys = true;
+    for pair in t.pairs::<mlua::Value, mlua::Value>() {
+        let (k, v) = pair.map_err(|e| format!("{what}: {e}"))?;
+        count += 1;
+        match &k {
+            mlua::Value::String(s) => {
+                map.insert(s.to_string_lossy(), from_lua_at(&v, what, depth + 1)?);
+            }
+            _ => all_string_keys = false,
+        }
+    }
+    if count == len && (len > 0 || map.is_empty()) {
+        let mut items = Vec::with_capacity(len);
+        for i in 1..=len {
+            let v: mlua::Value = t.raw_get(i).map_err(|e| format!("{what}: {e}"))?;
+            items.push(from_lua_at(&v, what, depth + 1)?);
+        }
+        return Ok(Value::List(items.into()));
+    }
+    if all_string_keys {
+        return Ok(Value::Map(Arc::new(map)));
+    }
+    Err(format!(
+        "{what}: a table must be a list (keys 1..n) or have only string keys"
+    ))
+}
+
+/// Converts a Lua argument to the type a signature asks for; `Err` is the message.
+pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, what: &str) -> Result<Value, String> {
+    let wrong = |want: &str| format!("{what} must be {want}, not {}", v.type_name());
+    Ok(match ty {
+        ArgType::Any => from_lua(v, what)?,
+        ArgType::Bool => match v {
+            mlua::Value::Boolean(b) => Value::Bool(*b),
+            _ => return Err(wrong("a boolean")),
+        },
+        ArgType::Int => match v {
+            mlua::Value::Integer(i) => Value::Int(*i),
+            mlua::Value::Number(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(*f as i64),
+            _ => return Err(wrong("an integer")),
+        },
+        ArgType::Number => match v {
+            mlua::Value::Integer(i) => Value::Int(*i),
+            mlua::Value::Number(f) => Value::Float(*f),
+            _ => return Err(wrong("a number")),
+        },
+        ArgType::Str => match v {
+            mlua::Value::String(s) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+            _ => return Err(wrong("a string")),
+        },
+        ArgType::Duration => match v {
+            mlua::Value::Integer(i) if *i >= 0 => {
+                Value::Duration(std::time::Duration::from_secs(*i as u64))
+            }
+            mlua::Value::Number(f) if *f >= 0.0 && f.is_finite() => {
+                Value::Duration(std::time::Duration::from_secs_f64(*f))
+            }
+            mlua::Value::String(s) => {
+                let text = s.to_string_lossy();
+                crate::config::parse_duration(&text)
+                    .map(Value::Duration)
+                    .map_err(|e| format!("{what}: {e}"))?
+            }
+            _ => {
+                return Err(wrong(
+                    "seconds (a number) or a duration string like \"250ms\"",
+                ))
+            }
+        },
+        ArgType::Map => match v {
+            mlua::Value::Table(t) => {
+                let mut map = BTreeMap::new();
+                for pair in t.pairs::<mlua::Value, mlua::Value>() {
+                    let (k, item) = pair.map_err(|e| format!("{what}: {e}"))?;
+                    let key = match k {
+                        mlua::Value::String(s) => s.to_string_lossy(),
+                        other => {
+                            return Err(format!(
+                                "{what}: keys must be strings, not {}",
+                                other.type_name()
+                            ))
+                        }
+                    };
+                    let value = match item {
+                        mlua::Value::String(s) => s.to_string_lossy(),
+                        mlua::Value::Integer(i) => i.to_string(),
+                        mlua::Value::Number(f) => f.to_string(),
+                        mlua::Value::Boolean(b) => b.to_string(),
+                        other => {
+                            return Err(format!(
+                                "{what}[{key:?}] must be a string, not {}",
+                                other.type_name()
+                            ))
+                        }
+                    };
+                    map.insert(key, Value::str(value));
+                }
+                Value::Map(Arc::new(map))
+            }
+            _ => return Err(wrong("a table of strings")),
+        },
+        ArgType::Response => return Err(wrong("a response")),
+    })
+}

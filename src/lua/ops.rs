@@ -1,0 +1,337 @@
+//! What a Lua hook can wait on. A function that waits (`std.proxy.forward`,
+//! `std.http.request`, `req:body()`, `resp:body()`) only *describes* the operation
+//! ([`Op`]) and yields it; the hook driver runs it here with the request's turn in
+//! hand, while the worker serves other requests, then resumes the hook with the
+//! [`Reply`].
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
+use http_body_util::BodyExt;
+use mlua::{AnyUserData, UserData};
+
+use super::handles::{LuaResponse, RespData, Turn};
+use crate::config::{Balance, BreakerConfig, HashKey, PoolConfig, UpstreamConfig};
+use crate::http::ProxyBody;
+use crate::script::value::Value;
+use crate::upstream::client;
+use crate::upstream::InflightGuard;
+
+/// An operation a hook waits on.
+pub enum Op {
+    /// `req:body()`: read the whole request body (and keep it for the upstream).
+    ReqBody,
+    /// `resp:body()` in the response phase.
+    RespBody,
+    /// `body()` of a response object.
+    OwnBody(AnyUserData),
+    /// `std.proxy.forward`.
+    Forward {
+        upstream: Option<String>,
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+    },
+    /// `std.http.request`.
+    Http(Box<HttpCall>),
+}
+
+/// The userdata a waiting function yields.
+pub struct PendingOp(pub Op);
+
+impl UserData for PendingOp {}
+
+/// What the hook is resumed with.
+pub enum Reply {
+    Bytes(Bytes),
+    Response {
+        data: RespData,
+        guard: Option<InflightGuard>,
+        upstream: Option<Arc<str>>,
+    },
+    /// `std.http.request`'s `{status, headers, body}`.
+    Http {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+}
+
+/// Runs `op`; `Err` is the message the hook's call raises.
+pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
+    let limit = turn.call.generation.config.server.limits.max_body;
+    match op {
+        Op::ReqBody => {
+            let Some(body) = turn.body.as_mut() else {
+                return Err("req:body() is available in the request phase only".into());
+            };
+            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
+            *body = ProxyBody::full(bytes.clone());
+            Ok(Reply::Bytes(bytes))
+        }
+        Op::RespBody => {
+            let Some(body) = turn.resp.as_mut().and_then(|r| r.body.as_mut()) else {
+                return Err("resp:body() is available in the response phase only".into());
+            };
+            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
+            *body = ProxyBody::full(bytes.clone());
+            Ok(Reply::Bytes(bytes))
+        }
+        Op::OwnBody(ud) => {
+            let taken = {
+                let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
+                r.data.body.take()
+            };
+            let bytes = match taken {
+                Some(body) => collect(body, limit).await?,
+                None => Bytes::new(),
+            };
+            let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
+            r.data.body = Some(ProxyBody::full(bytes.clone()));
+            Ok(Reply::Bytes(bytes))
+        }
+        Op::Forward {
+            upstream,
+            timeout,
+            retries,
+        } => forward(turn, upstream, timeout, retries).await,
+        Op::Http(call) => http_request(*call, turn, limit).await,
+    }
+}
+
+/// Reads a whole body, at most `limit` bytes.
+async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+                || crate::http::body::body_too_large(&*e).is_some()
+            {
+                Err(format!(
+                    "the body is over server.limits.max_body ({limit} bytes)"
+                ))
+            } else {
+                Err(format!("reading the body failed: {e}"))
+            }
+        }
+    }
+}
+
+async fn forward(
+    turn: &mut Turn,
+    upstream: Option<String>,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+) -> Result<Reply, String> {
+    let call = Arc::clone(&turn.call);
+    let generation = &call.generation;
+    let name = upstream
+        .or_else(|| turn.upstream.as_deref().map(str::to_owned))
+        .ok_or("std.proxy.forward: the route names no upstream; pass one")?;
+    let index = generation
+        .upstreams
+        .sets
+        .iter()
+        .position(|s| s.name() == name)
+        .ok_or_else(|| format!("std.proxy.forward: no upstream named {name:?}"))?;
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = turn.method.clone();
+    parts.uri = turn.uri.clone();
+    parts.headers = turn.headers.clone();
+    parts.version = Version::HTTP_11;
+    let body = turn
+        .body
+        .as_mut()
+        .map_or(ProxyBody::Empty, |b| std::mem::replace(b, ProxyBody::Empty));
+    let host = turn.headers.get(header::HOST).cloned();
+    let sent = crate::proxy::send_upstream(
+        crate::proxy::Outbound {
+            generation,
+            worker: &call.worker,
+            conn: &call.conn,
+            client_ip: turn.info.client_ip,
+        },
+        index,
+        parts,
+        body,
+        host,
+        timeout,
+        retries,
+    )
+    .await;
+    match sent {
+        Ok((resp, guard)) => {
+            let (parts, body) = resp.into_parts();
+            let name: Arc<str> = Arc::from(name.as_str());
+            turn.upstream = Some(Arc::clone(&name));
+            Ok(Reply::Response {
+                data: RespData {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: Some(body),
+                },
+                guard: Some(guard),
+                upstream: Some(name),
+            })
+        }
+        Err(e) => Err(format!("std.proxy.forward: {e}")),
+    }
+}
+
+/// `std.http.request`'s checked arguments.
+pub struct HttpCall {
+    pub method: Method,
+    pub url: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub timeout: Duration,
+}
+
+impl HttpCall {
+    /// From the bound arguments `url, method, headers, body, timeout`.
+    pub fn from_args(args: &[Value]) -> Result<Self, String> {
+        let url_text = args.first().and_then(Value::as_str).unwrap_or("");
+        let url: Uri = url_text
+            .parse()
+            .map_err(|_| format!("{url_text:?} is not a valid URL"))?;
+        match url.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err("https URLs are not supported yet (plain http only)".into())
+            }
+            _ => return Err(format!("{url_text:?} must be an http:// URL")),
+        }
+        if url.host().is_none() {
+            return Err(format!("{url_text:?} has no host"));
+        }
+        let method_text = args.get(1).and_then(Value::as_str).unwrap_or("GET");
+        let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("{method_text:?} is not a valid method"))?;
+        let mut headers = HeaderMap::new();
+        if let Some(Value::Map(map)) = args.get(2) {
+            for (k, v) in map.iter() {
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("{k:?} is not a valid header name"))?;
+                let value = HeaderValue::from_str(&v.to_string())
+                    .map_err(|_| format!("the value of {k:?} is not a valid header value"))?;
+                headers.append(name, value);
+            }
+        }
+        let body = args
+            .get(3)
+            .and_then(Value::as_str)
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .unwrap_or_default();
+        let timeout = match args.get(4) {
+            Some(Value::Duration(d)) => *d,
+            _ => Duration::from_secs(5),
+        };
+        Ok(HttpCall {
+            method,
+            url,
+            headers,
+            body,
+            timeout,
+        })
+    }
+}
+
+/// Settings of outbound calls' connections (pooled per worker with the upstreams').
+fn outbound_config() -> &'static UpstreamConfig {
+    static CONFIG: OnceLock<UpstreamConfig> = OnceLock::new();
+    CONFIG.get_or_init(|| UpstreamConfig {
+        name: "std.http.request".into(),
+        servers: Vec::new(),
+        balance: Balance::RoundRobin,
+        hash_key: HashKey::ClientIp,
+        connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(60),
+        tls: false,
+        tls_ca: None,
+        sni: None,
+        http2: false,
+        pool: PoolConfig {
+            max_idle_per_server: 16,
+            idle_timeout: Duration::from_secs(30),
+        },
+        health: None,
+        circuit_breaker: BreakerConfig {
+            failures: 0,
+            open_for: Duration::from_secs(1),
+        },
+    })
+}
+
+async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, String> {
+    let fail = |m: String| format!("std.http.request {}: {m}", call.url);
+    let host = call.url.host().unwrap_or("").to_owned();
+    let port = call.url.port_u16().unwrap_or(80);
+    let pool = Arc::clone(&turn.call.worker.pool);
+    let work = async {
+        let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| fail(format!("{host} has no address")))?;
+        let mut req = Request::new(ProxyBody::full(call.body.clone()));
+        *req.method_mut() = call.method.clone();
+        *req.uri_mut() = call
+            .url
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| fail("bad path".into()))?;
+        *req.headers_mut() = call.headers.clone();
+        let authority = call.url.authority().map_or(host.clone(), |a| a.to_string());
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().entry(header::HOST).or_insert(v);
+        }
+        if !call.body.is_empty() {
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(call.body.len()));
+        }
+        let resp = client::send(&pool, addr, outbound_config(), call.timeout, req)
+            .await
+            .map_err(|e| fail(send_error(&e)))?;
+        let status = resp.status();
+        let mut headers = Vec::with_capacity(resp.headers().keys_len());
+        for name in resp.headers().keys() {
+            let joined: Vec<String> = resp
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            headers.push((name.as_str().to_owned(), joined.join(", ")));
+        }
+        let body = collect(ProxyBody::Upstream(resp.into_body()), limit)
+            .await
+            .map_err(fail)?;
+        Ok(Reply::Http {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(call.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "std.http.request {}: no answer within {:?}",
+            call.url, call.timeout
+        )),
+    }
+}
+
+fn send_error(e: &client::SendError) -> String {
+    match e {
+        client::SendError::Connect(io, _) => format!("connect failed: {io}"),
+        client::SendError::ConnectTimeout(_) => "connect timed out".into(),
+        client::SendError::Upstream(e) => e.to_string(),
+        client::SendError::Closed => "the connection closed".into(),
+        client::SendError::ResponseTimeout => "no response in time".into(),
+    }
+}

@@ -1,0 +1,271 @@
+//! The hook driver. A hook runs in a pooled coroutine of the worker's VM: resumed
+//! synchronously (no allocation, no future, when it does not wait), and when it
+//! yields an operation ([`super::ops`]) the driver awaits it — the worker serves
+//! other requests meanwhile — and resumes the hook with the result. Every slice runs
+//! under the instruction budget; a spent budget ends the call whatever the script
+//! does (see [`super::sandbox::Meter`]).
+
+use std::sync::Arc;
+
+use http::{header, Response};
+use mlua::thread::ThreadStatus;
+use mlua::{AnyUserData, Function, MultiValue};
+
+use super::handles::{LuaResponse, Turn};
+use super::ops::{self, PendingOp, Reply};
+use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
+use super::vm::{error_text, phase_index, split_location, Vm};
+use crate::http::ProxyBody;
+use crate::pipeline::{Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
+use crate::script::ast::PhaseKind;
+
+/// How a hook ended.
+#[derive(Debug)]
+pub struct HookOutcome {
+    /// For `on_request`: go on, or answer.
+    pub flow: Flow,
+}
+
+/// Why a hook failed.
+enum HookError {
+    Lua(mlua::Error),
+    Budget,
+    Yielded,
+    Lost,
+}
+
+/// Runs module `index`'s hook for `ex.phase`.
+pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome, ScriptError> {
+    let Some(call) = ex.lua.map(Arc::clone) else {
+        return Err(ScriptError {
+            module: ex.module.to_owned(),
+            file: String::new(),
+            line: 0,
+            message: "the Lua runtime is not available for this request".into(),
+        });
+    };
+    let vm = Arc::clone(&call.vm);
+    let Some(spec) = vm.specs.get(index) else {
+        return Err(ScriptError {
+            module: ex.module.to_owned(),
+            file: String::new(),
+            line: 0,
+            message: "no such Lua module".into(),
+        });
+    };
+    let phase = ex.phase;
+    let Some(func) = vm.hooks[index][phase_index(phase)].clone() else {
+        return Ok(HookOutcome {
+            flow: Flow::Continue,
+        });
+    };
+    let turn = Turn::take(ex, call, Arc::clone(&spec.module));
+    let (turn, result) = drive(&vm, &func, turn).await;
+    let Some(mut turn) = turn else {
+        return Err(script_error(&vm, index, &func, HookError::Lost));
+    };
+    let outcome = match result {
+        Ok(value) if phase == PhaseKind::Request => answer(value, &mut turn),
+        Ok(_) => Ok(Flow::Continue),
+        Err(e) => Err(e),
+    };
+    turn.thread = None;
+    turn.answer = None;
+    turn.put_back(ex);
+    match outcome {
+        Ok(flow) => Ok(HookOutcome { flow }),
+        Err(e) => Err(script_error(&vm, index, &func, e)),
+    }
+}
+
+/// Runs `func` to its end; returns the turn (always, unless something impossible
+/// happened) and the hook's first return value.
+async fn drive(
+    vm: &Vm,
+    func: &Function,
+    turn: Turn,
+) -> (Option<Turn>, Result<mlua::Value, HookError>) {
+    let runner = match vm.checkout(func) {
+        Ok(r) => r,
+        Err(e) => return (Some(turn), Err(HookError::Lua(e))),
+    };
+    let mut slot = Some(turn);
+    if let Some(t) = slot.as_mut() {
+        t.thread = Some(runner.thread.clone());
+    }
+    let mut args: MultiValue = match slot.as_ref().map(|t| t.phase) {
+        Some(PhaseKind::Request) => MultiValue::from_iter([
+            mlua::Value::UserData(vm.req.clone()),
+            mlua::Value::UserData(vm.ctx.clone()),
+        ]),
+        _ => MultiValue::from_iter([
+            mlua::Value::UserData(vm.req.clone()),
+            mlua::Value::UserData(vm.resp.clone()),
+            mlua::Value::UserData(vm.ctx.clone()),
+        ]),
+    };
+    let mut remaining = vm.budget;
+    let mut dirty = false;
+    let result = loop {
+        vm.meter().begin(runner.id, remaining);
+        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        let resumed = runner.thread.resume::<MultiValue>(args);
+        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        let end = vm.meter().end();
+        remaining = end.remaining;
+        dirty |= end.spent || end.dirty;
+        if end.spent {
+            break Err(HookError::Budget);
+        }
+        let values = match resumed {
+            Ok(v) => v,
+            Err(e) => break Err(HookError::Lua(e)),
+        };
+        if runner.thread.status() == ThreadStatus::Finished {
+            break Ok(values.into_iter().next().unwrap_or(mlua::Value::Nil));
+        }
+        let op = match values.front() {
+            Some(mlua::Value::UserData(ud)) => ud.take::<PendingOp>().ok(),
+            _ => None,
+        };
+        let (Some(PendingOp(op)), Some(turn)) = (op, slot.as_mut()) else {
+            break Err(HookError::Yielded);
+        };
+        let reply = ops::run(op, turn).await;
+        args = match reply_args(vm, reply) {
+            Ok(a) => a,
+            Err(e) => break Err(HookError::Lua(e)),
+        };
+    };
+    if dirty {
+        vm.release(runner.id);
+    }
+    if let Err(HookError::Lua(mlua::Error::MemoryError(_))) = &result {
+        let _ = vm.sb.lua.gc_collect();
+    }
+    vm.checkin(runner);
+    (slot, result)
+}
+
+/// What the hook is resumed with: `true, result` or `false, message`.
+fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue> {
+    let lua = &vm.sb.lua;
+    let value = match reply {
+        Err(message) => {
+            return Ok(MultiValue::from_iter([
+                mlua::Value::Boolean(false),
+                mlua::Value::String(lua.create_string(&message)?),
+            ]))
+        }
+        Ok(Reply::Bytes(b)) => mlua::Value::String(lua.create_string(&b)?),
+        Ok(Reply::Response {
+            data,
+            guard,
+            upstream,
+        }) => mlua::Value::UserData(lua.create_userdata(LuaResponse {
+            data,
+            guard,
+            upstream,
+            body_fn: vm.body_fn.clone(),
+        })?),
+        Ok(Reply::Http {
+            status,
+            headers,
+            body,
+        }) => {
+            let t = lua.create_table_with_capacity(0, 3)?;
+            t.raw_set("status", i64::from(status))?;
+            let h = lua.create_table_with_capacity(0, headers.len())?;
+            for (k, v) in headers {
+                h.raw_set(k, v)?;
+            }
+            t.raw_set("headers", h)?;
+            t.raw_set("body", lua.create_string(&body)?)?;
+            mlua::Value::Table(t)
+        }
+    };
+    Ok(MultiValue::from_iter([mlua::Value::Boolean(true), value]))
+}
+
+/// What `on_request`'s return value (or a `std.respond` it made) means.
+fn answer(value: mlua::Value, turn: &mut Turn) -> Result<Flow, HookError> {
+    let returned = match value {
+        mlua::Value::Nil => match turn.answer.take() {
+            Some(ud) => ud,
+            None => return Ok(Flow::Continue),
+        },
+        mlua::Value::UserData(ud) if ud.is::<LuaResponse>() => ud,
+        mlua::Value::Integer(n) => {
+            let status = super::handles::status_code(n).map_err(HookError::Lua)?;
+            return Ok(Flow::Respond(LocalResponse {
+                status,
+                body: bytes::Bytes::new(),
+                headers: Vec::new(),
+            }));
+        }
+        other => {
+            return Err(HookError::Lua(mlua::Error::runtime(format!(
+                "on_request returned a {}: return nothing to go on, or std.respond(...), a response from std.proxy.forward, or a status code",
+                other.type_name()
+            ))))
+        }
+    };
+    response_flow(returned, turn).map_err(HookError::Lua)
+}
+
+fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
+    let r = ud.take::<LuaResponse>()?;
+    let mut resp = Response::new(r.data.body.unwrap_or(ProxyBody::Empty));
+    *resp.status_mut() = r.data.status;
+    *resp.headers_mut() = r.data.headers;
+    if r.upstream.is_none() && !resp.headers().contains_key(crate::http::request_id::HEADER) {
+        resp.headers_mut().insert(
+            crate::http::request_id::HEADER,
+            turn.info.id.header_value().clone(),
+        );
+    }
+    if r.upstream.is_some() {
+        crate::http::hygiene::strip_hop_by_hop(resp.headers_mut());
+    }
+    let _ = header::CONTENT_LENGTH;
+    Ok(Flow::Response(Box::new(ModuleResponse {
+        resp,
+        guard: r.guard,
+        upstream: r.upstream,
+    })))
+}
+
+fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptError {
+    let spec = &vm.specs[index];
+    let defined = u32::try_from(func.info().line_defined.unwrap_or(0)).unwrap_or(0);
+    let (line, message) = match e {
+        HookError::Budget => (
+            defined,
+            format!(
+                "{BUDGET_MESSAGE}: the hook ran more than {} VM instructions or {} ms without waiting",
+                vm.budget,
+                SLICE_LIMIT.as_millis()
+            ),
+        ),
+        HookError::Yielded => (
+            defined,
+            "the hook yielded; coroutine.yield may only be used inside coroutines the script makes".into(),
+        ),
+        HookError::Lost => (defined, "the request was lost while the hook ran".into()),
+        HookError::Lua(mlua::Error::MemoryError(m)) => (
+            defined,
+            format!("out of memory (scripts.lua_memory_limit): {m}"),
+        ),
+        HookError::Lua(e) => {
+            let text = error_text(&e);
+            let (line, message) = split_location(&text, &spec.file);
+            (if line == 0 { defined } else { line }, message)
+        }
+    };
+    ScriptError {
+        module: spec.module.to_string(),
+        file: spec.file.to_string(),
+        line,
+        message,
+    }
+}

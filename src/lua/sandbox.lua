@@ -1,0 +1,200 @@
+-- The sandbox prelude: runs once per VM, with the VM's own globals, before any
+-- script. It keeps private references to the raw functions it wraps and returns the
+-- constructors the Rust side uses. Nothing it returns is reachable by scripts.
+--
+-- host (from Rust): spent() -> bool, runner() -> id, mark() -> id (a runner wrote a
+-- global), read_lib(name) -> source, path.
+local host = ...
+
+local type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select =
+    type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select
+local yield = coroutine.yield
+local spent, runner, mark, read_lib = host.spent, host.runner, host.mark, host.read_lib
+
+-- What must not exist at all.
+string.dump = nil
+local os_time, os_clock, os_date = os.time, os.clock, os.date
+
+-- Scripts may not reach the string metatable (it is shared by every string).
+getmetatable("").__metatable = false
+
+-- A read-only view of `t` (nested tables are viewed read-only too, on access).
+local views = setmetatable({}, { __mode = "k" })
+local function readonly(t, name)
+  local proxy = {}
+  views[proxy] = true
+  setmetatable(proxy, {
+    __index = function(_, k)
+      local v = t[k]
+      if type(v) == "table" and not views[v] then
+        return readonly(v, name .. "." .. tostring(k))
+      end
+      return v
+    end,
+    __newindex = function() error(name .. " is read-only", 2) end,
+    __len = function() return #t end,
+    __pairs = function() return next, t, nil end,
+    __metatable = false,
+  })
+  return proxy
+end
+
+-- A library table: flat, read-only, lookups as fast as a plain table's.
+local function library(t, name)
+  local proxy = {}
+  views[proxy] = true
+  setmetatable(proxy, {
+    __index = t,
+    __newindex = function() error(name .. " is read-only", 2) end,
+    __len = function() return #t end,
+    __pairs = function() return next, t, nil end,
+    __metatable = false,
+  })
+  return proxy
+end
+
+-- pcall and xpcall that cannot swallow a spent budget: once the hook is over its
+-- budget, every error is passed on until the hook ends.
+local function rethrow(ok, ...)
+  if not ok and spent() then error((...), 0) end
+  return ok, ...
+end
+local function safe_pcall(f, ...)
+  return rethrow(pcall(f, ...))
+end
+local function safe_xpcall(f, handler, ...)
+  return rethrow(xpcall(f, function(e)
+    if spent() then return e end
+    return handler(e)
+  end, ...))
+end
+
+local envs = setmetatable({}, { __mode = "k" })
+local function safe_rawset(t, k, v)
+  if envs[t] then error("rawset on the global table is not allowed", 2) end
+  return rawset(t, k, v)
+end
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+local base = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = safe_pcall, xpcall = safe_xpcall, rawequal = rawequal, rawget = rawget,
+  rawlen = rawlen, rawset = safe_rawset, select = select,
+  setmetatable = safe_setmetatable, getmetatable = getmetatable,
+  tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
+  string = library(string, "string"), table = library(table, "table"),
+  math = library(math, "math"), utf8 = library(utf8, "utf8"),
+  coroutine = library(coroutine, "coroutine"),
+  os = library({ time = os_time, clock = os_clock, date = os_date }, "os"),
+}
+
+-- Every environment, so a runner's request-time globals can be dropped from all.
+local all = {}
+
+local require_fn
+
+-- A module's environment. Globals the chunk defines while it loads are the module's
+-- own (shared by the requests of this worker, like module-level locals); a global set
+-- while a request runs is private to that hook call and gone when it ends.
+local function new_env(config)
+  local globals = setmetatable({}, { __index = base })
+  local env = {}
+  local scratch = {}
+  local live = 0
+  local meta = { __metatable = false }
+  local function slow_index(_, k)
+    local s = scratch[runner()]
+    if s ~= nil then
+      local v = s[k]
+      if v ~= nil then return v end
+    end
+    return globals[k]
+  end
+  local function request_newindex(_, k, v)
+    local id = mark()
+    local s = scratch[id]
+    if s == nil then
+      s = {}
+      scratch[id] = s
+      live = live + 1
+      meta.__index = slow_index
+    end
+    s[k] = v
+  end
+  meta.__index = globals
+  meta.__newindex = function(_, k, v) rawset(globals, k, v) end
+  setmetatable(env, meta)
+  envs[env] = true
+  rawset(globals, "_G", env)
+  rawset(globals, "config", config)
+  rawset(globals, "require", require_fn)
+  rawset(globals, "load", function(chunk, chunkname, _, chunkenv)
+    if chunkenv == nil then chunkenv = env end
+    return load(chunk, chunkname, "t", chunkenv)
+  end)
+  local record = {
+    env = env,
+    globals = globals,
+    freeze = function() meta.__newindex = request_newindex end,
+    release = function(id)
+      if scratch[id] ~= nil then
+        scratch[id] = nil
+        live = live - 1
+        if live == 0 then meta.__index = globals end
+      end
+    end,
+  }
+  all[#all + 1] = record
+  return record
+end
+
+local loaded, loading = {}, {}
+require_fn = function(name)
+  if type(name) ~= "string" or not name:match("^[%w_]+$") then
+    error("require: a library name is letters, digits and _ (mods/lib/NAME.lua)", 2)
+  end
+  local v = loaded[name]
+  if v ~= nil then return v end
+  if loading[name] then error("require: '" .. name .. "' requires itself", 2) end
+  local source, path = read_lib(name)
+  local record = new_env(readonly({}, "config"))
+  local fn, err = load(source, "@" .. path, "t", record.env)
+  if not fn then error(err, 0) end
+  loading[name] = true
+  local ok, result = pcall(fn)
+  loading[name] = nil
+  if not ok then error(result, 0) end
+  record.freeze()
+  if result == nil then result = true end
+  loaded[name] = result
+  return result
+end
+
+-- Functions that wait: the Rust side starts an operation and returns it; yielding it
+-- hands it to the hook driver, which resumes the hook with (true, result) or
+-- (false, message).
+local function finish(ok, ...)
+  if not ok then error((...), 2) end
+  return ...
+end
+local function waiting(start)
+  return function(...)
+    return finish(yield(start(...)))
+  end
+end
+
+return {
+  new_env = new_env,
+  readonly = readonly,
+  waiting = waiting,
+  set_base = function(k, v) base[k] = v end,
+  release = function(id)
+    for i = 1, #all do all[i].release(id) end
+  end,
+  noop = function() end,
+}

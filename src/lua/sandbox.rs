@@ -1,0 +1,210 @@
+//! Building a VM with only what LUA.md allows: Lua 5.4 with `string`, `table`,
+//! `math`, `utf8`, `coroutine` and three functions of `os`; no `io`, `debug`,
+//! `package`, `dofile`, `loadfile`, `string.dump` or binary chunks; read-only library
+//! tables; a hidden string metatable; per-module global tables in which a request's
+//! globals die with its hook call (`sandbox.lua`). Also the [`Meter`]: the instruction
+//! budget and wall-clock check every hook call runs under.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
+
+/// The prelude that sets the sandbox up (run once per VM).
+const PRELUDE: &str = include_str!("sandbox.lua");
+
+/// VM instructions between two budget checks.
+pub const STEP: u32 = 1000;
+
+/// Wall-clock time one slice of a hook (from a resume to its next yield or end) may
+/// take, whatever its instruction count: a few instructions can call slow C functions.
+pub const SLICE_LIMIT: Duration = Duration::from_millis(500);
+
+/// The message of a spent budget.
+pub const BUDGET_MESSAGE: &str = "instruction budget exceeded";
+
+/// The budget of the hook call running now on a VM (one runs at a time per VM).
+#[derive(Debug)]
+pub struct Meter {
+    remaining: AtomicI64,
+    spent: AtomicBool,
+    tries: AtomicU32,
+    /// The runner running now (its request-time globals are keyed by it).
+    runner: AtomicU32,
+    /// Whether the runner set a global during this slice.
+    dirty: AtomicBool,
+    /// Start of the running slice, in ns since `epoch`.
+    slice_start: AtomicU64,
+    epoch: Instant,
+}
+
+/// What a slice left behind.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceEnd {
+    pub remaining: i64,
+    pub spent: bool,
+    pub dirty: bool,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Meter {
+            remaining: AtomicI64::new(i64::MAX),
+            spent: AtomicBool::new(false),
+            tries: AtomicU32::new(0),
+            runner: AtomicU32::new(0),
+            dirty: AtomicBool::new(false),
+            slice_start: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Starts a slice for `runner` with `remaining` instructions left.
+    pub fn begin(&self, runner: u32, remaining: i64) {
+        self.remaining.store(remaining, Ordering::Relaxed);
+        self.spent.store(false, Ordering::Relaxed);
+        self.tries.store(0, Ordering::Relaxed);
+        self.runner.store(runner, Ordering::Relaxed);
+        self.dirty.store(false, Ordering::Relaxed);
+        self.slice_start.store(self.now_ns(), Ordering::Relaxed);
+    }
+
+    /// Ends the slice.
+    pub fn end(&self) -> SliceEnd {
+        let end = SliceEnd {
+            remaining: self.remaining.load(Ordering::Relaxed),
+            spent: self.spent.load(Ordering::Relaxed),
+            dirty: self.dirty.load(Ordering::Relaxed),
+        };
+        // Outside a hook call (chunk loading has its own slice) nothing is metered.
+        self.remaining.store(i64::MAX, Ordering::Relaxed);
+        self.spent.store(false, Ordering::Relaxed);
+        end
+    }
+
+    /// Whether the running hook is over its budget.
+    pub fn spent(&self) -> bool {
+        self.spent.load(Ordering::Relaxed)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The count hook: charge `STEP` instructions. Over budget (or over the slice's
+    /// wall-clock limit), the hook first yields — which no `pcall` can catch; the
+    /// driver then ends the call — and where Lua cannot yield (inside a C call or a
+    /// metamethod) it raises the budget error, which the sandbox's `pcall` passes on.
+    fn tick(&self) -> mlua::Result<VmState> {
+        let left = self.remaining.fetch_sub(i64::from(STEP), Ordering::Relaxed) - i64::from(STEP);
+        if left >= 0 && !self.spent() {
+            let elapsed = self
+                .now_ns()
+                .saturating_sub(self.slice_start.load(Ordering::Relaxed));
+            if elapsed < SLICE_LIMIT.as_nanos() as u64 {
+                return Ok(VmState::Continue);
+            }
+        }
+        self.spent.store(true, Ordering::Relaxed);
+        if self.tries.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+            Ok(VmState::Yield)
+        } else {
+            Err(mlua::Error::runtime(BUDGET_MESSAGE))
+        }
+    }
+}
+
+/// A VM with the sandbox in place, and the prelude's constructors.
+pub struct Sandbox {
+    pub lua: Lua,
+    pub meter: Arc<Meter>,
+    /// `new_env(config) -> {env, globals, freeze, release}`.
+    pub new_env: Function,
+    /// `waiting(start) -> function`: wraps a Rust function that starts an operation.
+    pub waiting: Function,
+    /// `readonly(table, name) -> view`.
+    pub readonly: Function,
+    /// `set_base(name, value)`: adds a global every module sees.
+    pub set_base: Function,
+    /// `release(runner)`: drops that runner's request-time globals.
+    pub release: Function,
+    /// A function that does nothing (resets finished coroutines).
+    pub noop: Function,
+}
+
+/// Reads `mods/lib/NAME.lua` for `require`.
+pub type LibReader = Box<dyn Fn(&str) -> Result<(String, String), String> + Send + 'static>;
+
+/// Builds a sandboxed VM with `memory` bytes at most.
+pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
+    let libs = StdLib::COROUTINE
+        | StdLib::TABLE
+        | StdLib::STRING
+        | StdLib::UTF8
+        | StdLib::MATH
+        | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
+    let meter = Arc::new(Meter::new());
+    let host = lua.create_table()?;
+    {
+        let m = Arc::clone(&meter);
+        host.set("spent", lua.create_function(move |_, ()| Ok(m.spent()))?)?;
+        let m = Arc::clone(&meter);
+        host.set(
+            "runner",
+            lua.create_function(move |_, ()| Ok(m.runner.load(Ordering::Relaxed)))?,
+        )?;
+        let m = Arc::clone(&meter);
+        host.set(
+            "mark",
+            lua.create_function(move |_, ()| {
+                m.dirty.store(true, Ordering::Relaxed);
+                Ok(m.runner.load(Ordering::Relaxed))
+            })?,
+        )?;
+        host.set(
+            "read_lib",
+            lua.create_function(move |_, name: String| {
+                read_lib(&name).map_err(mlua::Error::runtime)
+            })?,
+        )?;
+    }
+    let exports: Table = lua
+        .load(PRELUDE)
+        .set_name("=sandbox")
+        .set_mode(ChunkMode::Text)
+        .call(host)?;
+    // What the prelude did not take a private reference to goes now.
+    let g = lua.globals();
+    for name in [
+        "dofile",
+        "loadfile",
+        "collectgarbage",
+        "print",
+        "require",
+        "package",
+        "io",
+        "debug",
+        "os",
+    ] {
+        g.raw_remove(name)?;
+    }
+    let m = Arc::clone(&meter);
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(STEP),
+        move |_, _| m.tick(),
+    )?;
+    lua.set_memory_limit(memory)?;
+    Ok(Sandbox {
+        new_env: exports.get("new_env")?,
+        waiting: exports.get("waiting")?,
+        readonly: exports.get("readonly")?,
+        set_base: exports.get("set_base")?,
+        release: exports.get("release")?,
+        noop: exports.get("noop")?,
+        lua,
+        meter,
+    })
+}
