@@ -269,37 +269,52 @@ pub fn error_text(e: &mlua::Error) -> String {
     }
 }
 
-/// Splits `file:LINE: message` (the first mention of a script file, or of `file`)
-/// into the line and the message without the prefix.
+/// Splits `file:LINE: message` (Lua shortens long file names to `...tail`) into the
+/// line and the message without the prefix; without one, the line of the first
+/// traceback entry in a script file. `file` is the module's chunk, preferred when
+/// the traceback names several.
 pub fn split_location(text: &str, file: &str) -> (u32, String) {
-    let line_of = |rest: &str| -> Option<u32> {
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
     let first_line = text.lines().next().unwrap_or("");
-    let prefix = format!("{file}:");
-    if let Some(rest) = first_line.strip_prefix(&prefix) {
-        if let Some(line) = line_of(rest) {
-            let message = rest.split_once(": ").map_or(rest, |(_, m)| m).to_owned();
-            let tail: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
-            let message = if tail.is_empty() {
-                message
-            } else {
-                format!("{message}\n{tail}")
-            };
-            return (line, message);
-        }
+    if let Some((line, at)) = script_position(first_line) {
+        let message = &first_line[at..];
+        let tail: Vec<&str> = text.lines().skip(1).collect();
+        let message = if tail.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{message}\n{}", tail.join("\n"))
+        };
+        return (line, message);
     }
-    // Otherwise the first traceback entry in a script file.
+    let tail_of_file = file.rsplit('/').next().unwrap_or(file);
+    let mut fallback = None;
     for l in text.lines() {
-        let l = l.trim_start();
-        for ext in [".lua:", ".pcmod:"] {
-            if let Some(pos) = l.find(ext) {
-                if let Some(line) = line_of(&l[pos + ext.len()..]) {
-                    return (line, text.to_owned());
-                }
+        if let Some((line, _)) = script_position(l.trim_start()) {
+            if l.contains(tail_of_file) {
+                return (line, text.to_owned());
             }
+            fallback.get_or_insert(line);
         }
     }
-    (0, text.to_owned())
+    (fallback.unwrap_or(0), text.to_owned())
+}
+
+/// In `path.lua:12: rest`, the line and where `rest` starts.
+fn script_position(l: &str) -> Option<(u32, usize)> {
+    for ext in [".lua:", ".pcmod:"] {
+        let Some(pos) = l.find(ext) else { continue };
+        let after = pos + ext.len();
+        let digits: String = l[after..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let Ok(line) = digits.parse() else { continue };
+        let mut at = after + digits.len();
+        if l[at..].starts_with(": ") {
+            at += 2;
+        } else if l[at..].starts_with(':') {
+            at += 1;
+        }
+        return Some((line, at));
+    }
+    None
 }

@@ -1,0 +1,676 @@
+//! Lua handlers over real sockets (issue 4's acceptance): a Lua module and pcmod
+//! modules sharing `ctx` in priority order with `[mods.NAME]` config; `std.respond`,
+//! `std.proxy.forward`, `std.http.request`, `req:body()` and `require`; the sandbox;
+//! budgets, memory limits and errors ending only their own request; `std.shared`
+//! across workers.
+//!
+//! Each test writes a site (config.toml + mods/) to a temp folder and starts proxycache
+//! in-process; the log test runs the real binary to read what it prints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A site with `mods` (`NAME.pcmod` text) and `files` (other files under mods/, e.g.
+/// `gate.lua`, `lib/util.lua`), serving `rest` (upstreams, routes, `[mods.*]`).
+fn site(mods: &[(&str, &str)], files: &[(&str, &str)], server: &str, rest: &str) -> Site {
+    let site = Site::new("lua");
+    for (name, text) in mods {
+        site.write_mod(name, text);
+    }
+    for (path, text) in files {
+        let full = site.mods_dir().join(path);
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir).expect("create a folder under mods/");
+        }
+        std::fs::write(full, text).expect("write a file under mods/");
+    }
+    let workers = if server.contains("workers") {
+        ""
+    } else {
+        "workers = 1"
+    };
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{workers}\n{server}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n{rest}\n"
+    ));
+    site
+}
+
+/// A module whose phases are all in `file` (`NAME.lua` next to it).
+fn lua_mod(name: &str, priority: u32, config: &str) -> String {
+    format!("mod {name} {{\n  priority {priority}\n  config {{\n{config}\n  }}\n  lua \"{name}.lua\"\n}}\n")
+}
+
+const ECHO_APP: &str =
+    "[upstreams.app]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"app\"\n";
+
+// ---- 1. ctx shared with pcmod in priority order; config overrides ---------------------
+
+#[tokio::test]
+async fn lua_and_pcmod_share_ctx_in_priority_order_and_config_carries_overrides() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let first = r#"mod first {
+  priority 10
+  on request {
+    set ctx.user = "alice"
+    set ctx.trail = "first"
+  }
+  on response {
+    set resp.header["x-trail"] = "$ctx.trail,first"
+  }
+}
+"#;
+    let third = r#"mod third {
+  priority 30
+  on request {
+    set req.header["x-seen"] = $ctx.seen
+    set ctx.trail = "$ctx.trail,third"
+  }
+  on response {
+    set ctx.trail = "$ctx.trail,third-resp"
+  }
+}
+"#;
+    let second_lua = r#"
+function on_request(req, ctx)
+  ctx.seen = config.greeting .. " " .. ctx.user
+  ctx.trail = ctx.trail .. ",second"
+  ctx.count = config.times
+end
+
+function on_response(req, resp, ctx)
+  ctx.trail = ctx.trail .. ",second-resp"
+  resp:set_header("x-count", ctx.count)
+end
+"#;
+    let s = site(
+        &[
+            ("first", first),
+            (
+                "second",
+                &lua_mod(
+                    "second",
+                    20,
+                    "    greeting: string = \"hello\"\n    times: int = 1",
+                ),
+            ),
+            ("third", third),
+        ],
+        &[("second.lua", second_lua)],
+        "",
+        &format!(
+            "{}\n[mods.second]\ngreeting = \"hola\"\ntimes = 3\n",
+            app(&[&up], "")
+        ),
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last().expect("the upstream got the request");
+    // pcmod (10) -> Lua (20) -> pcmod (30) in the request phase, with [mods.second].
+    assert_eq!(seen.header("x-seen").as_deref(), Some("hola alice"));
+    // Response phase in reverse: third, second, first.
+    assert_eq!(
+        r.header("x-trail").as_deref(),
+        Some("first,second,third,third-resp,second-resp,first")
+    );
+    assert_eq!(r.header("x-count").as_deref(), Some("3"));
+}
+
+// ---- 2. respond, forward, http.request, body, require ----------------------------------
+
+#[tokio::test]
+async fn std_respond_short_circuits_without_touching_the_upstream() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let gate = r#"
+function on_request(req, ctx)
+  if req:header("x-key") ~= "secret" then
+    std.respond(403, "no key\n", { ["content-type"] = "text/plain", ["x-gate"] = "lua" })
+    return
+  end
+  if req.path == "/teapot" then
+    return std.respond{ status = 418, body = "short and stout\n" }
+  end
+  if req.path == "/bare" then
+    return 204
+  end
+end
+"#;
+    let s = site(
+        &[("gate", &lua_mod("gate", 10, ""))],
+        &[("gate.lua", gate)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+
+    let r = get(run.addr, "/x").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "no key\n");
+    assert_eq!(r.header("x-gate").as_deref(), Some("lua"));
+    assert_eq!(r.header("content-length").as_deref(), Some("7"));
+    assert!(
+        r.request_id().is_some(),
+        "a module's response carries x-request-id"
+    );
+
+    let r = send(
+        run.addr,
+        empty(req("GET", "/teapot").header("x-key", "secret")),
+    )
+    .await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.text(), "short and stout\n");
+    let r = send(
+        run.addr,
+        empty(req("GET", "/bare").header("x-key", "secret")),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(up.requests(), 0, "no response above reached the upstream");
+
+    let r = send(
+        run.addr,
+        empty(req("GET", "/pass").header("x-key", "secret")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn std_proxy_forward_returns_a_response_the_handler_changes() {
+    let main = Upstream::start("main", Behavior::echo()).await;
+    let other = Upstream::start(
+        "other",
+        Behavior::fixed_body("from other\n", false).with_header("x-up", "other"),
+    )
+    .await;
+    let canary = r#"
+function on_request(req, ctx)
+  if req:header("x-canary") == "1" then
+    local r = std.proxy.forward("other")
+    r:set_header("x-via", "lua")
+    r:set_status(201)
+    ctx.from = "other:" .. r.status
+    return r
+  end
+end
+
+function on_response(req, resp, ctx)
+  if ctx.from then resp:set_header("x-from", ctx.from) end
+end
+"#;
+    let rest = format!(
+        "[upstreams.app]\nservers = {}\n\n[upstreams.other]\nservers = {}\n\n[[routes]]\nupstream = \"app\"\n",
+        servers(&[&main]),
+        servers(&[&other])
+    );
+    let s = site(
+        &[("canary", &lua_mod("canary", 10, ""))],
+        &[("canary.lua", canary)],
+        "",
+        &rest,
+    );
+    let run = Running::start(&s);
+
+    let r = send(run.addr, empty(req("GET", "/a").header("x-canary", "1"))).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.text(), "from other\n");
+    assert_eq!(r.header("x-up").as_deref(), Some("other"));
+    assert_eq!(r.header("x-via").as_deref(), Some("lua"));
+    // The response phase ran over the module that answered.
+    assert_eq!(r.header("x-from").as_deref(), Some("other:201"));
+    assert_eq!((main.requests(), other.requests()), (0, 1));
+    let seen = other.last().expect("other got the request");
+    assert_eq!(seen.uri, "/a");
+    assert!(
+        seen.header("x-forwarded-for").is_some(),
+        "forward adds the usual forwarding headers"
+    );
+
+    let r = get(run.addr, "/b").await;
+    assert_eq!(r.status, 200);
+    assert_eq!((main.requests(), other.requests()), (1, 1));
+}
+
+#[tokio::test]
+async fn std_http_request_calls_a_service_and_req_body_is_readable() {
+    let app_up = Upstream::start("app", Behavior::echo()).await;
+    let auth = Upstream::start(
+        "auth",
+        Behavior::fixed_body("user=alice", false).with_header("x-auth", "ok"),
+    )
+    .await;
+    let dead = dead_addr();
+    let callout = r#"
+function on_request(req, ctx)
+  if req.path == "/dead" then
+    local ok, err = pcall(std.http.request, { url = "http://" .. config.dead .. "/", timeout = 2 })
+    return std.respond(502, tostring(ok) .. ":" .. (err and "failed" or ""))
+  end
+  local body = req:body()
+  local r = std.http.request{
+    url = "http://" .. config.auth .. "/check?x=1",
+    method = "POST",
+    headers = { ["x-token"] = req:header("x-token") or "", ["content-type"] = "text/plain" },
+    body = body,
+    timeout = "2s",
+  }
+  if r.status ~= 200 then
+    return std.respond(401, "denied\n")
+  end
+  req:set_header("x-user", r.body)
+  req:set_header("x-auth-header", r.headers["x-auth"])
+  req:set_header("x-body-len", #body)
+end
+"#;
+    let cfg = format!(
+        "    auth: string = \"{}\"\n    dead: string = \"{dead}\"",
+        auth.authority()
+    );
+    let s = site(
+        &[("callout", &lua_mod("callout", 10, &cfg))],
+        &[("callout.lua", callout)],
+        "",
+        &app(&[&app_up], ""),
+    );
+    let run = Running::start(&s);
+
+    let post = req("POST", "/api")
+        .header("x-token", "t0k")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"hello body",
+        )))
+        .expect("request builds");
+    let r = send(run.addr, post).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let called = auth.last().expect("the auth service was called");
+    assert_eq!(called.method, "POST");
+    assert_eq!(called.uri, "/check?x=1");
+    assert_eq!(called.header("x-token").as_deref(), Some("t0k"));
+    assert_eq!(&called.body[..], b"hello body");
+    let upstream_saw = app_up.last().expect("the app got the request");
+    assert_eq!(upstream_saw.header("x-user").as_deref(), Some("user=alice"));
+    assert_eq!(upstream_saw.header("x-auth-header").as_deref(), Some("ok"));
+    assert_eq!(upstream_saw.header("x-body-len").as_deref(), Some("10"));
+    assert_eq!(
+        &upstream_saw.body[..],
+        b"hello body",
+        "req:body() leaves the body for the upstream"
+    );
+
+    let r = get(run.addr, "/dead").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.text(),
+        "false:failed",
+        "a failed call raises a catchable error"
+    );
+}
+
+#[tokio::test]
+async fn require_loads_libraries_from_mods_lib_only() {
+    let lib = r#"
+local M = {}
+function M.shout(s) return string.upper(s) .. "!" end
+return M
+"#;
+    let user = r#"
+local util = require("util")
+
+function on_request(req, ctx)
+  if req.path == "/escape" then
+    local ok, err = pcall(require, "../config")
+    local ok2 = pcall(require, "os")
+    return std.respond(200, tostring(ok) .. " " .. tostring(ok2))
+  end
+  return std.respond(200, util.shout(req:query_param("w") or "hi"))
+end
+"#;
+    let s = site(
+        &[("user", &lua_mod("user", 10, ""))],
+        &[("user.lua", user), ("lib/util.lua", lib)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    assert_eq!(get(run.addr, "/?w=hey").await.text(), "HEY!");
+    assert_eq!(get(run.addr, "/escape").await.text(), "false false");
+}
+
+// ---- 3. the sandbox ------------------------------------------------------------------
+
+const PROBES: &str = r#"
+local probes = {
+  io = function() return type(io) end,
+  os_execute = function() return type(os.execute) end,
+  os_getenv = function() return type(os.getenv) end,
+  os_time = function() return type(os.time) end,
+  debug = function() return type(debug) end,
+  package = function() return type(package) end,
+  loadlib = function() return tostring(pcall(function() return package.loadlib end)) end,
+  dofile = function() return type(dofile) end,
+  loadfile = function() return type(loadfile) end,
+  dump = function() return type(string.dump) end,
+  binary = function()
+    local f, err = load("\27Lua\84\0\25\147\13\10\26\10\4\8\8xV\0\0\0\0\0\0\0\0\0\0\0(w@")
+    return tostring(f) .. " " .. tostring(err and err:find("binary", 1, true) ~= nil)
+  end,
+  text_load = function() return tostring(load("return 1 + 1")()) end,
+  set_global = function() leaked = "yes"; return tostring(leaked) end,
+  get_global = function() return tostring(leaked) end,
+  string_meta = function() getmetatable("").__index = { upper = function() return "pwned" end } end,
+  string_lib = function() string.upper = function() return "pwned" end end,
+  upper = function() return ("abc"):upper() .. string.upper("d") end,
+  rawset_env = function() rawset(_G, "sneaky", 1) end,
+  gc = function() return tostring(pcall(setmetatable, {}, { __gc = function() end })) end,
+}
+
+function on_request(req, ctx)
+  local name = req:query_param("p")
+  local result = probes[name]()
+  return std.respond(200, tostring(result))
+end
+"#;
+
+#[tokio::test]
+async fn the_sandbox_has_no_io_os_debug_package_dump_or_binary_chunks() {
+    let s = site(
+        &[("probe", &lua_mod("probe", 10, ""))],
+        &[("probe.lua", PROBES)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let probe = |p: &'static str| {
+        let addr = run.addr;
+        async move {
+            let r = get(addr, &format!("/?p={p}")).await;
+            (r.status.as_u16(), r.text())
+        }
+    };
+    for name in [
+        "io",
+        "os_execute",
+        "os_getenv",
+        "debug",
+        "package",
+        "dofile",
+        "loadfile",
+        "dump",
+    ] {
+        assert_eq!(
+            probe(name).await,
+            (200, "nil".into()),
+            "{name} must not exist"
+        );
+    }
+    assert_eq!(probe("os_time").await, (200, "function".into()));
+    assert_eq!(
+        probe("loadlib").await,
+        (200, "false".into()),
+        "package.loadlib is unreachable"
+    );
+    assert_eq!(
+        probe("binary").await,
+        (200, "nil true".into()),
+        "binary chunks are refused"
+    );
+    assert_eq!(probe("text_load").await, (200, "2".into()));
+    assert_eq!(
+        probe("gc").await,
+        (200, "false".into()),
+        "__gc metamethods are refused"
+    );
+}
+
+#[tokio::test]
+async fn a_request_cannot_leave_state_for_the_next_one() {
+    let s = site(
+        &[("probe", &lua_mod("probe", 10, ""))],
+        &[("probe.lua", PROBES)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/?p=set_global").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "yes".into()),
+        "a global works within its hook call"
+    );
+    let r = get(run.addr, "/?p=get_global").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "nil".into()),
+        "and is gone for the next request"
+    );
+
+    for attack in ["string_meta", "string_lib", "rawset_env"] {
+        let r = get(run.addr, &format!("/?p={attack}")).await;
+        assert_eq!(r.status, 500, "{attack} must fail");
+        let r = get(run.addr, "/?p=upper").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "ABCD".into()),
+            "after {attack}"
+        );
+    }
+}
+
+// ---- 4. budgets, memory, errors ---------------------------------------------------------
+
+const RUNAWAY: &str = r#"
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/loop" then
+    while true do end
+  elseif p == "/pcall-loop" then
+    while true do pcall(function() while true do end end) end
+  elseif p == "/xpcall-loop" then
+    while true do xpcall(function() while true do end end, function(e) return e end) end
+  elseif p == "/coroutine-loop" then
+    while true do
+      local co = coroutine.create(function() while true do end end)
+      coroutine.resume(co)
+    end
+  elseif p == "/sort-loop" then
+    local t = { 3, 1, 2 }
+    table.sort(t, function(a, b) while true do pcall(function() while true do end end) end end)
+  elseif p == "/memory" then
+    local t = {}
+    for i = 1, 100000000 do t[i] = string.rep("x", 1000) .. i end
+  elseif p == "/memory-pcall" then
+    local ok = pcall(function()
+      local t = {}
+      for i = 1, 100000000 do t[i] = string.rep("x", 1000) .. i end
+    end)
+    return std.respond(200, "survived:" .. tostring(ok))
+  elseif p == "/error" then
+    local function inner() error("boom in inner") end
+    inner()
+  elseif p == "/bad-arg" then
+    std.rate_limit{ key = 5, rate = 1 }
+  end
+  return std.respond(200, "ok " .. p)
+end
+"#;
+
+fn runaway_site(server: &str) -> Site {
+    site(
+        &[("runaway", &lua_mod("runaway", 10, ""))],
+        &[("runaway.lua", RUNAWAY)],
+        server,
+        ECHO_APP,
+    )
+}
+
+#[tokio::test]
+async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
+    let s = runaway_site("");
+    let run = Running::start(&s);
+    for path in [
+        "/loop",
+        "/pcall-loop",
+        "/xpcall-loop",
+        "/coroutine-loop",
+        "/sort-loop",
+    ] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        assert!(r.request_id().is_some());
+        let ok = get(run.addr, "/fine").await;
+        assert_eq!(
+            (ok.status.as_u16(), ok.text()),
+            (200, "ok /fine".into()),
+            "the VM still works after {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_runaway_hook_does_not_hold_up_other_requests_on_its_worker() {
+    let s = runaway_site("");
+    let run = Running::start(&s);
+    let addr = run.addr;
+    let looping = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(get(addr, "/pcall-loop").await.status.as_u16());
+        }
+        statuses
+    });
+    // One worker: these interleave with the runaway hooks on the same thread.
+    for i in 0..20 {
+        let r = get(addr, &format!("/n{i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    let statuses = looping.await.expect("the looping client");
+    assert_eq!(statuses, vec![500; 5]);
+}
+
+#[tokio::test]
+async fn memory_bombs_and_errors_end_only_their_request() {
+    let s = runaway_site("");
+    // Tighter limits: 16 MiB per VM, and a budget the memory bomb cannot outrun.
+    let text = std::fs::read_to_string(s.config_path()).expect("read config.toml");
+    s.write_config(&text.replace(
+        "watch = false",
+        "watch = false\nlua_memory_limit = \"16MiB\"\nlua_instruction_budget = 100000000",
+    ));
+    let run = Running::start(&s);
+    for path in ["/memory", "/error", "/bad-arg"] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        let ok = get(run.addr, "/fine").await;
+        assert_eq!(ok.status, 200, "the VM still works after {path}");
+    }
+    // Out of memory inside pcall is the script's to handle; the VM recovers.
+    let r = get(run.addr, "/memory-pcall").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "survived:false".into())
+    );
+    assert_eq!(get(run.addr, "/fine").await.status, 200);
+}
+
+#[tokio::test]
+async fn lua_errors_are_logged_with_module_file_line_and_traceback() {
+    let port = free_port();
+    let s = site(
+        &[("runaway", &lua_mod("runaway", 10, ""))],
+        &[("runaway.lua", RUNAWAY)],
+        "",
+        ECHO_APP,
+    );
+    let text = std::fs::read_to_string(s.config_path()).expect("read config.toml");
+    s.write_config(&text.replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]")));
+    let (mut child, stderr_path) = s.spawn_run();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let up = wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "proxycache did not start:\n{}",
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    let r = get(addr, "/error").await;
+    assert_eq!(r.status, 500);
+    let r = get(addr, "/loop").await;
+    assert_eq!(r.status, 500);
+    let log = wait_for_log(&stderr_path, "instruction budget exceeded").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("runaway"), "the module is named:\n{log}");
+    assert!(log.contains("runaway.lua"), "the file is named:\n{log}");
+    assert!(
+        log.contains("boom in inner"),
+        "the message is there:\n{log}"
+    );
+    assert!(log.contains("stack traceback"), "with a traceback:\n{log}");
+    assert!(
+        log.contains("runaway.lua:28"),
+        "with the line of the error:\n{log}"
+    );
+}
+
+async fn wait_for_log(path: &std::path::Path, needle: &str) -> String {
+    let mut text = String::new();
+    let found = wait_until(Duration::from_secs(30), || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.contains(needle)
+    })
+    .await;
+    assert!(found, "{needle:?} never appeared in the log:\n{text}");
+    text
+}
+
+// ---- 5. std.shared across workers -------------------------------------------------------
+
+#[tokio::test]
+async fn std_shared_counts_exactly_across_workers() {
+    let counter = r#"
+function on_request(req, ctx)
+  local n = std.shared.incr("hits")
+  std.shared.set{ key = "last", value = n, ttl = 60 }
+  return std.respond(200, tostring(n))
+end
+"#;
+    let s = site(
+        &[("counter", &lua_mod("counter", 10, ""))],
+        &[("counter.lua", counter)],
+        "workers = 2",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let addr = run.addr;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..50 {
+                let r = get(addr, "/").await;
+                assert_eq!(r.status, 200);
+                seen.push(r.text().parse::<u64>().expect("a count"));
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("a client task"));
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=400).collect::<Vec<u64>>(),
+        "every increment counted once"
+    );
+    assert_eq!(get(addr, "/").await.text(), "401");
+}
