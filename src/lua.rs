@@ -19,6 +19,7 @@
 pub mod bind;
 pub mod convert;
 pub mod handles;
+pub mod meta;
 pub mod ops;
 pub mod run;
 pub mod sandbox;

@@ -76,6 +76,27 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// State for `generation` with no listeners, workers, admin API or config file:
+    /// what `start` fills in, and what benches and tools that drive the request path
+    /// without a server use as it is.
+    pub fn detached(generation: Arc<Generation>) -> Shared {
+        Shared {
+            generation: ArcSwap::new(generation),
+            shutdown: watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            conn_closed: Notify::new(),
+            stats: Stats::default(),
+            pools: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            config_path: None,
+            workers: Mutex::new(Vec::new()),
+            listeners: Mutex::new(BTreeMap::new()),
+            admin_addr: None,
+            reloads: crate::reload::ReloadState::default(),
+            generation_swapped: Notify::new(),
+        }
+    }
+
     /// The current generation (requests pin it for their whole life).
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
@@ -185,19 +206,11 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     warn_unserved(config);
     let (shutdown, _) = watch::channel(false);
     let shared = Arc::new(Shared {
-        generation: ArcSwap::new(Arc::clone(&generation)),
         shutdown,
-        connections: AtomicUsize::new(0),
-        conn_closed: Notify::new(),
-        stats: Stats::default(),
-        pools: Mutex::new(Vec::new()),
-        started: Instant::now(),
         config_path,
-        workers: Mutex::new(Vec::new()),
         listeners: Mutex::new(listeners),
         admin_addr,
-        reloads: crate::reload::ReloadState::default(),
-        generation_swapped: Notify::new(),
+        ..Shared::detached(Arc::clone(&generation))
     });
     let mut threads = Vec::new();
     for (id, listeners) in per_worker.into_iter().enumerate() {

@@ -25,23 +25,43 @@ type RegexCache = Mutex<HashMap<String, Arc<regex::Regex>>>;
 /// How many distinct patterns a VM keeps compiled.
 const REGEX_CACHE: usize = 256;
 
-/// Installs `std`, `log` and `print` as globals every module sees. Returns the
-/// function behind `req:body()` / `resp:body()`.
-pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
-    let lua = &sb.lua;
-    let cell_for_body = Arc::clone(cell);
-    let start_body = lua.create_function(move |lua, this: mlua::AnyUserData| {
-        check_waiting_allowed(lua, &cell_for_body)?;
-        let op = if this.is::<super::handles::ReqHandle>() {
-            Op::ReqBody
-        } else if this.is::<super::handles::RespHandle>() {
-            Op::RespBody
-        } else {
-            Op::OwnBody(this)
+/// The functions behind `body()`: they wait, so they are Lua functions made by the
+/// sandbox's `waiting` around a Rust function that starts the read.
+pub struct Bodies {
+    pub req: Function,
+    pub resp: Function,
+    pub object: Function,
+}
+
+fn body_fn(sb: &Sandbox, cell: &Arc<TurnCell>, which: u8) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    let start = sb.lua.create_function(move |lua, this: mlua::Value| {
+        check_waiting_allowed(lua, &cell)?;
+        let op = match (which, this) {
+            (0, _) => Op::ReqBody,
+            (1, _) => Op::RespBody,
+            (_, mlua::Value::UserData(ud)) if ud.is::<LuaResponse>() => Op::OwnBody(ud),
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "body() is a method: call it as resp:body()",
+                ))
+            }
         };
         lua.create_userdata(PendingOp(op))
     })?;
-    let body_fn: Function = sb.waiting.call(start_body)?;
+    sb.waiting.call(start)
+}
+
+/// Installs `std`, `log` and `print` as globals every module sees. Returns the
+/// functions behind `body()`.
+pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
+    let lua = &sb.lua;
+    let bodies = Bodies {
+        req: body_fn(sb, cell, 0)?,
+        resp: body_fn(sb, cell, 1)?,
+        object: body_fn(sb, cell, 2)?,
+    };
+    let body_fn = bodies.object.clone();
     let std_table = lua.create_table()?;
     let regexes: Arc<RegexCache> = Arc::new(Mutex::new(HashMap::new()));
     for sig in stdlib::SIGNATURES.iter().flat_map(|area| area.iter()) {
@@ -68,7 +88,7 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
         .call::<()>(("print", log_fn(lua, cell, "info")?))?;
     sb.set_base
         .call::<()>(("log", sb.readonly.call::<Table>((log, "log"))?))?;
-    Ok(body_fn)
+    Ok(bodies)
 }
 
 fn insert_path(lua: &Lua, root: &Table, path: &str, f: Function) -> mlua::Result<()> {
@@ -92,6 +112,9 @@ fn insert_path(lua: &Lua, root: &Table, path: &str, f: Function) -> mlua::Result
     Ok(())
 }
 
+/// Most arguments any signature has.
+const MAX_ARGS: usize = 8;
+
 /// The arguments of a call in signature order, defaults filled in, types checked.
 pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
     let fail = |m: String| mlua::Error::runtime(format!("{}: {m}", sig.name));
@@ -102,26 +125,38 @@ pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
     };
     match named {
         Some(t) => {
-            for pair in t.pairs::<mlua::Value, mlua::Value>() {
-                let (k, _) = pair?;
-                let known = match &k {
+            // One pass over the table: each key must name an argument.
+            let mut given: [Option<mlua::Value>; MAX_ARGS] = Default::default();
+            t.for_each(|k: mlua::Value, v: mlua::Value| {
+                let index = match &k {
                     mlua::Value::String(s) => {
-                        let s = s.to_string_lossy();
-                        sig.args.iter().any(|a| a.name == s)
+                        let s = s.as_bytes();
+                        sig.args
+                            .iter()
+                            .position(|a| a.name.as_bytes() == s.as_ref())
                     }
-                    _ => false,
+                    _ => None,
                 };
-                if !known {
-                    let names: Vec<&str> = sig.args.iter().map(|a| a.name).collect();
-                    return Err(fail(format!(
-                        "unknown argument {} (arguments: {})",
-                        k.to_string().unwrap_or_else(|_| k.type_name().to_owned()),
-                        names.join(", ")
-                    )));
+                match index {
+                    Some(i) if i < MAX_ARGS => {
+                        given[i] = Some(v);
+                        Ok(())
+                    }
+                    _ => {
+                        let names: Vec<&str> = sig.args.iter().map(|a| a.name).collect();
+                        Err(fail(format!(
+                            "unknown argument {} (arguments: {})",
+                            k.to_string().unwrap_or_else(|_| k.type_name().to_owned()),
+                            names.join(", ")
+                        )))
+                    }
                 }
-            }
-            for a in sig.args {
-                let v: mlua::Value = t.raw_get(a.name)?;
+            })?;
+            for (i, a) in sig.args.iter().enumerate() {
+                let v = given
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or(mlua::Value::Nil);
                 out.push(one_arg(sig, a, &v)?);
             }
         }
@@ -152,7 +187,7 @@ fn one_arg(sig: &FnSig, a: &stdlib::ArgSig, v: &mlua::Value) -> mlua::Result<Val
         }
         return Ok(a.default.value());
     }
-    let value = arg_from_lua(v, a.ty, &format!("argument `{}`", a.name))
+    let value = arg_from_lua(v, a.ty, a.name)
         .map_err(|m| mlua::Error::runtime(format!("{}: {m}", sig.name)))?;
     if let Some(check) = a.check {
         check(&value).map_err(|m| {

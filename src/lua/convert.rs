@@ -118,11 +118,13 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
     ))
 }
 
-/// Converts a Lua argument to the type a signature asks for; `Err` is the message.
-pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, what: &str) -> Result<Value, String> {
-    let wrong = |want: &str| format!("{what} must be {want}, not {}", v.type_name());
+/// Converts Lua argument `name` to the type a signature asks for; `Err` is the
+/// message.
+pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, String> {
+    let what = || format!("argument `{name}`");
+    let wrong = |want: &str| format!("{} must be {want}, not {}", what(), v.type_name());
     Ok(match ty {
-        ArgType::Any => from_lua(v, what)?,
+        ArgType::Any => from_lua(v, &what())?,
         ArgType::Bool => match v {
             mlua::Value::Boolean(b) => Value::Bool(*b),
             _ => return Err(wrong("a boolean")),
@@ -152,7 +154,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, what: &str) -> Result<Value, S
                 let text = s.to_string_lossy();
                 crate::config::parse_duration(&text)
                     .map(Value::Duration)
-                    .map_err(|e| format!("{what}: {e}"))?
+                    .map_err(|e| format!("{}: {e}", what()))?
             }
             _ => {
                 return Err(wrong(
@@ -164,12 +166,13 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, what: &str) -> Result<Value, S
             mlua::Value::Table(t) => {
                 let mut map = BTreeMap::new();
                 for pair in t.pairs::<mlua::Value, mlua::Value>() {
-                    let (k, item) = pair.map_err(|e| format!("{what}: {e}"))?;
+                    let (k, item) = pair.map_err(|e| format!("{}: {e}", what()))?;
                     let key = match k {
                         mlua::Value::String(s) => s.to_string_lossy(),
                         other => {
                             return Err(format!(
-                                "{what}: keys must be strings, not {}",
+                                "{}: keys must be strings, not {}",
+                                what(),
                                 other.type_name()
                             ))
                         }
@@ -181,7 +184,8 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, what: &str) -> Result<Value, S
                         mlua::Value::Boolean(b) => b.to_string(),
                         other => {
                             return Err(format!(
-                                "{what}[{key:?}] must be a string, not {}",
+                                "{}[{key:?}] must be a string, not {}",
+                                what(),
                                 other.type_name()
                             ))
                         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
-use mlua::{AnyUserData, Function, Lua, MetaMethod, UserData, UserDataFields, UserDataMethods};
+use mlua::{AnyUserData, Function, Lua, LuaString, MetaMethod, Table, UserData, UserDataMethods};
 use parking_lot::Mutex;
 
 use super::convert;
@@ -101,7 +101,7 @@ impl Turn {
 }
 
 /// Where the turn of the hook running now is.
-pub type TurnCell = Mutex<Option<Turn>>;
+pub type TurnCell = Mutex<Option<Box<Turn>>>;
 
 /// Runs `f` on the running hook's turn.
 pub fn with_turn<R>(
@@ -172,13 +172,6 @@ fn headers_table(lua: &Lua, headers: &HeaderMap) -> mlua::Result<mlua::Table> {
     Ok(t)
 }
 
-fn opt_string(lua: &Lua, v: Option<HeaderValue>) -> mlua::Result<mlua::Value> {
-    match v {
-        Some(v) => Ok(mlua::Value::String(lua.create_string(v.as_bytes())?)),
-        None => Ok(mlua::Value::Nil),
-    }
-}
-
 fn set_uri(uri: &mut Uri, path: Option<&str>, query: Option<&str>) -> mlua::Result<()> {
     let path = path.unwrap_or_else(|| uri.path()).to_owned();
     if !path.starts_with('/') {
@@ -200,90 +193,130 @@ fn set_uri(uri: &mut Uri, path: Option<&str>, query: Option<&str>) -> mlua::Resu
     Ok(())
 }
 
-/// `req`: the request of the hook running now.
+/// Fields of `req` (the editor definitions are checked against these lists).
+pub const REQ_FIELDS: &[&str] = &[
+    "method",
+    "path",
+    "query",
+    "host",
+    "scheme",
+    "client_ip",
+    "id",
+    "upstream",
+];
+/// Methods of `req`.
+pub const REQ_METHODS: &[&str] = &[
+    "header",
+    "headers",
+    "set_header",
+    "add_header",
+    "remove_header",
+    "set_path",
+    "set_query",
+    "query_param",
+    "cookie",
+    "body",
+];
+/// Fields of `resp` and of response objects.
+pub const RESP_FIELDS: &[&str] = &["status"];
+/// Methods of `resp` and of response objects.
+pub const RESP_METHODS: &[&str] = &[
+    "header",
+    "headers",
+    "set_header",
+    "add_header",
+    "remove_header",
+    "set_status",
+    "set_body",
+    "body",
+];
+
+/// A header value as a Lua string, or nil.
+fn header_text(lua: &Lua, v: Option<&HeaderValue>) -> mlua::Result<mlua::Value> {
+    match v {
+        Some(v) => Ok(mlua::Value::String(lua.create_string(v.as_bytes())?)),
+        None => Ok(mlua::Value::Nil),
+    }
+}
+
+/// A header name from Lua for reading (an invalid name simply matches nothing).
+fn lookup_name(name: &LuaString) -> String {
+    String::from_utf8_lossy(&name.as_bytes()).into_owned()
+}
+
+/// Sets (or with `append`, adds) a header; a nil value removes it.
+fn put_header(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: &mlua::Value,
+    append: bool,
+) -> mlua::Result<()> {
+    if value.is_nil() {
+        if !append {
+            headers.remove(&name);
+        }
+        return Ok(());
+    }
+    let v = header_value(value)?;
+    if append {
+        headers.append(name, v);
+    } else {
+        headers.insert(name, v);
+    }
+    Ok(())
+}
+
+/// `req`: the request of the hook running now. One per VM; its methods read and
+/// change the running hook's turn.
 pub struct ReqHandle {
     pub cell: Arc<TurnCell>,
-    /// `req:body()` (a function that waits).
-    pub body_fn: Function,
+}
+
+/// `resp`: the response of the hook running now (response and log phases).
+pub struct RespHandle {
+    pub cell: Arc<TurnCell>,
+}
+
+/// A header value as text (lossy).
+fn text_of(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
 
 impl UserData for ReqHandle {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |lua, this| {
-            let m = with_turn(&this.cell, |t| Ok(t.method.clone()))?;
-            lua.create_string(m.as_str())
-        });
-        fields.add_field_method_get("path", |lua, this| {
-            with_turn(&this.cell, |t| lua.create_string(t.uri.path()))
-        });
-        fields.add_field_method_get("query", |lua, this| {
-            with_turn(&this.cell, |t| match t.uri.query() {
-                Some(q) => Ok(mlua::Value::String(lua.create_string(q)?)),
-                None => Ok(mlua::Value::Nil),
-            })
-        });
-        fields.add_field_method_get("host", |lua, this| {
-            let host = with_turn(&this.cell, |t| {
-                Ok(t.headers
-                    .get(header::HOST)
-                    .cloned()
-                    .or_else(|| t.uri.host().and_then(|h| HeaderValue::from_str(h).ok())))
-            })?;
-            opt_string(lua, host)
-        });
-        fields.add_field_method_get("scheme", |_, this| {
-            with_turn(&this.cell, |t| Ok(t.info.scheme))
-        });
-        fields.add_field_method_get("client_ip", |_, this| {
-            with_turn(&this.cell, |t| Ok(t.info.client_ip.to_string()))
-        });
-        fields.add_field_method_get("id", |lua, this| {
-            with_turn(&this.cell, |t| lua.create_string(t.info.id.as_str()))
-        });
-        fields.add_field_method_get("upstream", |_, this| {
-            with_turn(&this.cell, |t| Ok(t.upstream.as_deref().map(str::to_owned)))
-        });
-    }
-
+    // Methods only (no field getters): mlua then makes `__index` a plain table and a
+    // method call is one table lookup plus the Rust call. Fields and `body` are added
+    // to that table by `finish_handle`.
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |lua, this, name: mlua::LuaString| {
-            let v = with_turn(&this.cell, |t| {
-                Ok(t.headers.get(header_name(&name.as_bytes())?).cloned())
-            })?;
-            opt_string(lua, v)
+        methods.add_method("header", |_, this, name: String| {
+            with_turn(&this.cell, |t| {
+                Ok(t.headers.get(name.as_str()).map(text_of))
+            })
         });
         methods.add_method("headers", |lua, this, ()| {
             with_turn(&this.cell, |t| headers_table(lua, &t.headers))
         });
         methods.add_method(
             "set_header",
-            |_, this, (name, value): (mlua::LuaString, mlua::Value)| {
-                let name = header_name(&name.as_bytes())?;
+            |_, this, (name, value): (String, mlua::Value)| {
+                let name = header_name(name.as_bytes())?;
                 with_turn(&this.cell, |t| {
                     read_only(t.phase)?;
-                    if value.is_nil() {
-                        t.headers.remove(&name);
-                    } else {
-                        t.headers.insert(name, header_value(&value)?);
-                    }
-                    Ok(())
+                    put_header(&mut t.headers, name, &value, false)
                 })
             },
         );
         methods.add_method(
             "add_header",
-            |_, this, (name, value): (mlua::LuaString, mlua::Value)| {
-                let name = header_name(&name.as_bytes())?;
-                let value = header_value(&value)?;
+            |_, this, (name, value): (String, mlua::Value)| {
+                let name = header_name(name.as_bytes())?;
                 with_turn(&this.cell, |t| {
                     read_only(t.phase)?;
-                    t.headers.append(name, value);
-                    Ok(())
+                    put_header(&mut t.headers, name, &value, true)
                 })
             },
         );
-        methods.add_method("remove_header", |_, this, name: mlua::LuaString| {
-            let name = header_name(&name.as_bytes())?;
+        methods.add_method("remove_header", |_, this, name: String| {
+            let name = header_name(name.as_bytes())?;
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
                 t.headers.remove(&name);
@@ -324,90 +357,183 @@ impl UserData for ReqHandle {
                 Ok(v.as_str().map(str::to_owned))
             })
         });
-        methods.add_meta_method(MetaMethod::Index, |_, this, key: mlua::LuaString| {
-            if key.as_bytes().as_ref() == b"body" {
-                return Ok(Some(this.body_fn.clone()));
-            }
-            Ok(None)
+    }
+}
+
+impl UserData for RespHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("header", |_, this, name: String| {
+            with_resp(&this.cell, false, |r| {
+                Ok(r.headers.get(name.as_str()).map(text_of))
+            })
+        });
+        methods.add_method("headers", |lua, this, ()| {
+            with_resp(&this.cell, false, |r| headers_table(lua, &r.headers))
+        });
+        methods.add_method(
+            "set_header",
+            |_, this, (name, value): (String, mlua::Value)| {
+                let name = header_name(name.as_bytes())?;
+                with_resp(&this.cell, true, |r| {
+                    put_header(&mut r.headers, name, &value, false)
+                })
+            },
+        );
+        methods.add_method(
+            "add_header",
+            |_, this, (name, value): (String, mlua::Value)| {
+                let name = header_name(name.as_bytes())?;
+                with_resp(&this.cell, true, |r| {
+                    put_header(&mut r.headers, name, &value, true)
+                })
+            },
+        );
+        methods.add_method("remove_header", |_, this, name: String| {
+            let name = header_name(name.as_bytes())?;
+            with_resp(&this.cell, true, |r| {
+                r.headers.remove(&name);
+                Ok(())
+            })
+        });
+        methods.add_method("set_status", |_, this, status: i64| {
+            let status = status_code(status)?;
+            with_resp(&this.cell, true, |r| {
+                r.status = status;
+                Ok(())
+            })
+        });
+        methods.add_method("set_body", |_, this, body: LuaString| {
+            let bytes = Bytes::copy_from_slice(&body.as_bytes());
+            with_resp(&this.cell, true, |r| {
+                set_body(r, bytes);
+                Ok(())
+            })
         });
     }
 }
 
-/// What `resp` and response objects share: status, headers, body.
-pub trait RespLike: Sized + Send + 'static {
-    /// Runs `f` on the response; `writing` says whether `f` changes it.
-    fn with_resp<R>(
-        &mut self,
-        writing: bool,
-        f: impl FnOnce(&mut RespData) -> mlua::Result<R>,
-    ) -> mlua::Result<R>;
-    fn body_fn(&self) -> Function;
+/// Gives a handle's method table `body` (a Lua function, because it waits) and a
+/// metatable that serves the fields through `fields(key)`.
+fn finish_handle(
+    lua: &Lua,
+    handle: &AnyUserData,
+    body: &Function,
+    fields: Function,
+) -> mlua::Result<()> {
+    let methods: Table = handle.metatable()?.get("__index")?;
+    methods.raw_set("body", body.clone())?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", fields)?;
+    meta.raw_set("__metatable", false)?;
+    methods.set_metatable(Some(meta))?;
+    Ok(())
 }
 
-fn add_resp_methods<T: RespLike, M: UserDataMethods<T>>(methods: &mut M) {
-    methods.add_method_mut("header", |lua, this, name: mlua::LuaString| {
-        let name = header_name(&name.as_bytes())?;
-        let v = this.with_resp(false, |r| Ok(r.headers.get(&name).cloned()))?;
-        opt_string(lua, v)
+/// The VM's `req` handle.
+pub fn req_handle(lua: &Lua, cell: &Arc<TurnCell>, body: &Function) -> mlua::Result<AnyUserData> {
+    let handle = lua.create_userdata(ReqHandle {
+        cell: Arc::clone(cell),
+    })?;
+    let c = Arc::clone(cell);
+    let fields = lua.create_function(move |_, (_, key): (mlua::Value, String)| {
+        with_turn(&c, |t| {
+            Ok(match key.as_str() {
+                "method" => Some(t.method.as_str().to_owned()),
+                "path" => Some(t.uri.path().to_owned()),
+                "query" => t.uri.query().map(str::to_owned),
+                "host" => t
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| t.uri.host())
+                    .map(str::to_owned),
+                "scheme" => Some(t.info.scheme.to_owned()),
+                "client_ip" => Some(t.info.client_ip.to_string()),
+                "id" => Some(t.info.id.as_str().to_owned()),
+                "upstream" => t.upstream.as_deref().map(str::to_owned),
+                _ => None,
+            })
+        })
+    })?;
+    finish_handle(lua, &handle, body, fields)?;
+    Ok(handle)
+}
+
+/// The VM's `resp` handle.
+pub fn resp_handle(lua: &Lua, cell: &Arc<TurnCell>, body: &Function) -> mlua::Result<AnyUserData> {
+    let handle = lua.create_userdata(RespHandle {
+        cell: Arc::clone(cell),
+    })?;
+    let c = Arc::clone(cell);
+    let fields = lua.create_function(move |_, (_, key): (mlua::Value, String)| {
+        if key != "status" {
+            return Ok(None);
+        }
+        with_resp(&c, false, |r| Ok(Some(i64::from(r.status.as_u16()))))
+    })?;
+    finish_handle(lua, &handle, body, fields)?;
+    Ok(handle)
+}
+
+/// Runs `f` on the running hook's response.
+fn with_resp<R>(
+    cell: &TurnCell,
+    writing: bool,
+    f: impl FnOnce(&mut RespData) -> mlua::Result<R>,
+) -> mlua::Result<R> {
+    with_turn(cell, |t| {
+        if writing {
+            read_only(t.phase)?;
+        }
+        match t.resp.as_mut() {
+            Some(r) => f(r),
+            None => Err(mlua::Error::runtime("there is no response in this phase")),
+        }
+    })
+}
+
+/// Methods of response objects (userdata that own their response).
+fn add_object_methods<M: UserDataMethods<LuaResponse>>(methods: &mut M) {
+    methods.add_method("header", |lua, this, name: LuaString| {
+        let name = lookup_name(&name);
+        header_text(lua, this.data.headers.get(name.as_str()))
     });
-    methods.add_method_mut("headers", |lua, this, ()| {
-        this.with_resp(false, |r| headers_table(lua, &r.headers))
+    methods.add_method("headers", |lua, this, ()| {
+        headers_table(lua, &this.data.headers)
     });
     methods.add_method_mut(
         "set_header",
-        |_, this, (name, value): (mlua::LuaString, mlua::Value)| {
+        |_, this, (name, value): (LuaString, mlua::Value)| {
             let name = header_name(&name.as_bytes())?;
-            this.with_resp(true, |r| {
-                if value.is_nil() {
-                    r.headers.remove(&name);
-                } else {
-                    r.headers.insert(name, header_value(&value)?);
-                }
-                Ok(())
-            })
+            put_header(&mut this.data.headers, name, &value, false)
         },
     );
     methods.add_method_mut(
         "add_header",
-        |_, this, (name, value): (mlua::LuaString, mlua::Value)| {
+        |_, this, (name, value): (LuaString, mlua::Value)| {
             let name = header_name(&name.as_bytes())?;
-            let value = header_value(&value)?;
-            this.with_resp(true, |r| {
-                r.headers.append(name, value);
-                Ok(())
-            })
+            put_header(&mut this.data.headers, name, &value, true)
         },
     );
-    methods.add_method_mut("remove_header", |_, this, name: mlua::LuaString| {
+    methods.add_method_mut("remove_header", |_, this, name: LuaString| {
         let name = header_name(&name.as_bytes())?;
-        this.with_resp(true, |r| {
-            r.headers.remove(&name);
-            Ok(())
-        })
+        this.data.headers.remove(&name);
+        Ok(())
     });
     methods.add_method_mut("set_status", |_, this, status: i64| {
-        let status = status_code(status)?;
-        this.with_resp(true, |r| {
-            r.status = status;
-            Ok(())
-        })
+        this.data.status = status_code(status)?;
+        Ok(())
     });
-    methods.add_method_mut("set_body", |_, this, body: mlua::LuaString| {
-        let bytes = Bytes::copy_from_slice(&body.as_bytes());
-        this.with_resp(true, |r| {
-            set_body(r, bytes);
-            Ok(())
-        })
+    methods.add_method_mut("set_body", |_, this, body: LuaString| {
+        set_body(&mut this.data, Bytes::copy_from_slice(&body.as_bytes()));
+        Ok(())
     });
-    methods.add_meta_method_mut(MetaMethod::Index, |_, this, key: mlua::LuaString| match key
-        .as_bytes()
-        .as_ref()
-    {
-        b"body" => Ok(mlua::Value::Function(this.body_fn())),
-        b"status" => this.with_resp(false, |r| {
-            Ok(mlua::Value::Integer(i64::from(r.status.as_u16())))
-        }),
-        _ => Ok(mlua::Value::Nil),
+    methods.add_meta_method(MetaMethod::Index, |_, this, key: LuaString| {
+        Ok(match key.as_bytes().as_ref() {
+            b"body" => mlua::Value::Function(this.body_fn.clone()),
+            b"status" => mlua::Value::Integer(i64::from(this.data.status.as_u16())),
+            _ => mlua::Value::Nil,
+        })
     });
 }
 
@@ -428,40 +554,6 @@ pub fn status_code(status: i64) -> mlua::Result<StatusCode> {
         .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 100..=599")))
 }
 
-/// `resp`: the response of the hook running now (response and log phases).
-pub struct RespHandle {
-    pub cell: Arc<TurnCell>,
-    pub body_fn: Function,
-}
-
-impl RespLike for RespHandle {
-    fn with_resp<R>(
-        &mut self,
-        writing: bool,
-        f: impl FnOnce(&mut RespData) -> mlua::Result<R>,
-    ) -> mlua::Result<R> {
-        with_turn(&self.cell, |t| {
-            if writing {
-                read_only(t.phase)?;
-            }
-            match t.resp.as_mut() {
-                Some(r) => f(r),
-                None => Err(mlua::Error::runtime("there is no response in this phase")),
-            }
-        })
-    }
-
-    fn body_fn(&self) -> Function {
-        self.body_fn.clone()
-    }
-}
-
-impl UserData for RespHandle {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        add_resp_methods(methods);
-    }
-}
-
 /// A response object: made by `std.respond` or returned by `std.proxy.forward`.
 /// Returned from `on_request`, it becomes the request's response.
 pub struct LuaResponse {
@@ -471,23 +563,9 @@ pub struct LuaResponse {
     pub body_fn: Function,
 }
 
-impl RespLike for LuaResponse {
-    fn with_resp<R>(
-        &mut self,
-        _writing: bool,
-        f: impl FnOnce(&mut RespData) -> mlua::Result<R>,
-    ) -> mlua::Result<R> {
-        f(&mut self.data)
-    }
-
-    fn body_fn(&self) -> Function {
-        self.body_fn.clone()
-    }
-}
-
 impl UserData for LuaResponse {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        add_resp_methods(methods);
+        add_object_methods(methods);
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             flow: Flow::Continue,
         });
     };
-    let turn = Turn::take(ex, call, Arc::clone(&spec.module));
+    let turn = Box::new(Turn::take(ex, call, Arc::clone(&spec.module)));
     let (turn, result) = drive(&vm, &func, turn).await;
     let Some(mut turn) = turn else {
         return Err(script_error(&vm, index, &func, HookError::Lost));
@@ -83,33 +83,33 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
 async fn drive(
     vm: &Vm,
     func: &Function,
-    turn: Turn,
-) -> (Option<Turn>, Result<mlua::Value, HookError>) {
+    turn: Box<Turn>,
+) -> (Option<Box<Turn>>, Result<mlua::Value, HookError>) {
     let runner = match vm.checkout(func) {
         Ok(r) => r,
         Err(e) => return (Some(turn), Err(HookError::Lua(e))),
     };
+    let phase = turn.phase;
     let mut slot = Some(turn);
     if let Some(t) = slot.as_mut() {
         t.thread = Some(runner.thread.clone());
     }
-    let mut args: MultiValue = match slot.as_ref().map(|t| t.phase) {
-        Some(PhaseKind::Request) => MultiValue::from_iter([
-            mlua::Value::UserData(vm.req.clone()),
-            mlua::Value::UserData(vm.ctx.clone()),
-        ]),
-        _ => MultiValue::from_iter([
-            mlua::Value::UserData(vm.req.clone()),
-            mlua::Value::UserData(vm.resp.clone()),
-            mlua::Value::UserData(vm.ctx.clone()),
-        ]),
-    };
+    let mut reply: Option<MultiValue> = None;
     let mut remaining = vm.budget;
     let mut dirty = false;
+    let mut finished = false;
     let result = loop {
         vm.meter().begin(runner.id, remaining);
         std::mem::swap(&mut *vm.cell.lock(), &mut slot);
-        let resumed = runner.thread.resume::<MultiValue>(args);
+        let resumed = match reply.take() {
+            Some(args) => runner.thread.resume::<mlua::Value>(args),
+            None if phase == PhaseKind::Request => {
+                runner.thread.resume::<mlua::Value>((&vm.req, &vm.ctx))
+            }
+            None => runner
+                .thread
+                .resume::<mlua::Value>((&vm.req, &vm.resp, &vm.ctx)),
+        };
         std::mem::swap(&mut *vm.cell.lock(), &mut slot);
         let end = vm.meter().end();
         remaining = end.remaining;
@@ -117,23 +117,24 @@ async fn drive(
         if end.spent {
             break Err(HookError::Budget);
         }
-        let values = match resumed {
+        let value = match resumed {
             Ok(v) => v,
             Err(e) => break Err(HookError::Lua(e)),
         };
         if runner.thread.status() == ThreadStatus::Finished {
-            break Ok(values.into_iter().next().unwrap_or(mlua::Value::Nil));
+            finished = true;
+            break Ok(value);
         }
-        let op = match values.front() {
-            Some(mlua::Value::UserData(ud)) => ud.take::<PendingOp>().ok(),
+        let op = match &value {
+            mlua::Value::UserData(ud) => ud.take::<PendingOp>().ok(),
             _ => None,
         };
         let (Some(PendingOp(op)), Some(turn)) = (op, slot.as_mut()) else {
             break Err(HookError::Yielded);
         };
-        let reply = ops::run(op, turn).await;
-        args = match reply_args(vm, reply) {
-            Ok(a) => a,
+        let outcome = ops::run(op, turn).await;
+        reply = match reply_args(vm, outcome) {
+            Ok(a) => Some(a),
             Err(e) => break Err(HookError::Lua(e)),
         };
     };
@@ -143,7 +144,7 @@ async fn drive(
     if let Err(HookError::Lua(mlua::Error::MemoryError(_))) = &result {
         let _ = vm.sb.lua.gc_collect();
     }
-    vm.checkin(runner);
+    vm.checkin(runner, finished);
     (slot, result)
 }
 

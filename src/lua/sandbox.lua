@@ -71,7 +71,7 @@ end
 
 local envs = setmetatable({}, { __mode = "k" })
 local function safe_rawset(t, k, v)
-  if envs[t] then error("rawset on the global table is not allowed", 2) end
+  if envs[t] then error("rawset on the global table, req or resp is not allowed", 2) end
   return rawset(t, k, v)
 end
 local function safe_setmetatable(t, mt)
@@ -197,4 +197,5 @@ return {
     for i = 1, #all do all[i].release(id) end
   end,
   noop = function() end,
+  protect = function(t) envs[t] = true end,
 }

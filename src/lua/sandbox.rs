@@ -68,7 +68,9 @@ impl Meter {
         self.tries.store(0, Ordering::Relaxed);
         self.runner.store(runner, Ordering::Relaxed);
         self.dirty.store(false, Ordering::Relaxed);
-        self.slice_start.store(self.now_ns(), Ordering::Relaxed);
+        // The clock starts at the slice's first tick (after `STEP` instructions), so
+        // short hooks never read it.
+        self.slice_start.store(0, Ordering::Relaxed);
     }
 
     /// Ends the slice.
@@ -100,10 +102,13 @@ impl Meter {
     fn tick(&self) -> mlua::Result<VmState> {
         let left = self.remaining.fetch_sub(i64::from(STEP), Ordering::Relaxed) - i64::from(STEP);
         if left >= 0 && !self.spent() {
-            let elapsed = self
-                .now_ns()
-                .saturating_sub(self.slice_start.load(Ordering::Relaxed));
-            if elapsed < SLICE_LIMIT.as_nanos() as u64 {
+            let now = self.now_ns().max(1);
+            let start = self.slice_start.load(Ordering::Relaxed);
+            if start == 0 {
+                self.slice_start.store(now, Ordering::Relaxed);
+                return Ok(VmState::Continue);
+            }
+            if now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64 {
                 return Ok(VmState::Continue);
             }
         }
@@ -132,6 +137,8 @@ pub struct Sandbox {
     pub release: Function,
     /// A function that does nothing (resets finished coroutines).
     pub noop: Function,
+    /// `protect(table)`: the sandbox's `rawset` refuses this table.
+    pub protect: Function,
 }
 
 /// Reads `mods/lib/NAME.lua` for `require`.
@@ -204,6 +211,7 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
         set_base: exports.get("set_base")?,
         release: exports.get("release")?,
         noop: exports.get("noop")?,
+        protect: exports.get("protect")?,
         lua,
         meter,
     })

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use mlua::chunk::ChunkMode;
-use mlua::thread::ThreadStatus;
 use mlua::{AnyUserData, Function, Table, Thread};
 use parking_lot::Mutex;
 
-use super::handles::{CtxHandle, ReqHandle, RespHandle, TurnCell};
+use super::handles::{req_handle, resp_handle, CtxHandle, TurnCell};
 use super::sandbox::{self, Meter, Sandbox};
 use super::{LuaRuntime, LuaSpec};
 use crate::script::ast::PhaseKind;
@@ -112,20 +111,11 @@ impl Vm {
         });
         let sb = sandbox::build(memory, reader).map_err(vm_error)?;
         let cell: Arc<TurnCell> = Arc::new(Mutex::new(None));
-        let body_fn = super::bind::install(&sb, &cell).map_err(vm_error)?;
+        let bodies = super::bind::install(&sb, &cell).map_err(vm_error)?;
+        let body_fn = bodies.object.clone();
         let lua = &sb.lua;
-        let req = lua
-            .create_userdata(ReqHandle {
-                cell: Arc::clone(&cell),
-                body_fn: body_fn.clone(),
-            })
-            .map_err(vm_error)?;
-        let resp = lua
-            .create_userdata(RespHandle {
-                cell: Arc::clone(&cell),
-                body_fn: body_fn.clone(),
-            })
-            .map_err(vm_error)?;
+        let req = req_handle(lua, &cell, &bodies.req).map_err(vm_error)?;
+        let resp = resp_handle(lua, &cell, &bodies.resp).map_err(vm_error)?;
         let ctx = lua
             .create_userdata(CtxHandle {
                 cell: Arc::clone(&cell),
@@ -177,10 +167,8 @@ impl Vm {
     }
 
     /// Returns a coroutine to the pool (closing it first if it did not finish).
-    pub(crate) fn checkin(&self, runner: Runner) {
-        if runner.thread.status() != ThreadStatus::Finished
-            && runner.thread.reset(self.sb.noop.clone()).is_err()
-        {
+    pub(crate) fn checkin(&self, runner: Runner, finished: bool) {
+        if !finished && runner.thread.reset(self.sb.noop.clone()).is_err() {
             return;
         }
         let mut pool = self.runners.lock();

@@ -32,6 +32,18 @@ pub struct ConnInfo {
     pub activity: Activity,
 }
 
+impl ConnInfo {
+    /// A connection from `peer` to `local` that has just opened.
+    pub fn new(peer: SocketAddr, local: SocketAddr, scheme: &'static str) -> Self {
+        ConnInfo {
+            peer,
+            local,
+            scheme,
+            activity: Activity::new(),
+        }
+    }
+}
+
 /// What the watchdog reads: requests in flight, and when things last happened, in
 /// milliseconds since the connection opened (0 = never).
 #[derive(Debug)]
@@ -251,12 +263,7 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 /// Serves one accepted connection until it closes, times out or shutdown drains it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<WorkerCtx>) {
     let local = stream.local_addr().unwrap_or(peer);
-    let conn = Arc::new(ConnInfo {
-        peer,
-        local,
-        scheme: "http",
-        activity: Activity::new(),
-    });
+    let conn = Arc::new(ConnInfo::new(peer, local, "http"));
     let generation = ctx.shared.generation();
     let timeouts = generation.config.server.timeouts.clone();
     let builder = http_builder(&generation.config);
