@@ -65,7 +65,8 @@ impl PcmodModule {
 
     fn run(&self, phase: Option<&ir::CPhase>, ex: &mut Exchange<'_>) -> Result<Exit, ScriptError> {
         match phase {
-            Some(p) => exec::run_phase(p, ex, &self.upstreams).map_err(|f| self.fault(f)),
+            Some(p) => exec::run_phase(p, ex, &self.upstreams, self.lua.map(|(i, _)| i))
+                .map_err(|f| self.fault(f)),
             None => Ok(Exit::Done),
         }
     }
@@ -253,17 +254,6 @@ fn load_sources_here(
                     .unwrap_or_default()
             }
         };
-        let env = compile::Env {
-            upstreams: &upstreams,
-            ctx_names: &mut ctx_names,
-        };
-        let compiled = match compile::compile(&module, source, &fields, env) {
-            Ok(c) => Some(c),
-            Err(mut d) => {
-                errors.append(&mut d);
-                None
-            }
-        };
         let lua = match (&module.lua, &settings) {
             (Some(item), Some(settings)) => {
                 let config = settings
@@ -272,9 +262,9 @@ fn load_sources_here(
                     .map(|(k, (_, v))| (k.clone(), v.clone()))
                     .collect();
                 match lua_chunk(&module, item, path, source, config, &lib_dir, limits) {
-                    Ok((spec, hooks)) => {
-                        errors.extend(twice_defined(&module, source, hooks));
-                        Some((spec, hooks))
+                    Ok(chunk) => {
+                        errors.extend(twice_defined(&module, source, chunk.1.hooks));
+                        Some(chunk)
                     }
                     Err(d) => {
                         errors.push(d);
@@ -284,6 +274,19 @@ fn load_sources_here(
             }
             _ => None,
         };
+        let env = compile::Env {
+            upstreams: &upstreams,
+            ctx_names: &mut ctx_names,
+            lua_functions: lua.as_ref().map(|(_, facts)| facts.functions.as_slice()),
+        };
+        let compiled = match compile::compile(&module, source, &fields, env) {
+            Ok(c) => Some(c),
+            Err(mut d) => {
+                errors.append(&mut d);
+                None
+            }
+        };
+        let lua = lua.map(|(spec, facts)| (spec, facts.hooks));
         if !errors.is_empty() {
             diags.append(&mut errors);
             continue;
@@ -366,6 +369,14 @@ fn module_phases(module: &ast::Module, hooks: Option<[bool; 3]>) -> Vec<&'static
         .collect()
 }
 
+/// What loading a chunk found out.
+struct ChunkFacts {
+    /// Which hooks it defines (request, response, log).
+    hooks: [bool; 3],
+    /// Its other global functions (callable from pcmod as `lua.NAME(...)`).
+    functions: Vec<String>,
+}
+
 /// Reads and checks a module's Lua chunk (by loading it into a VM of its own).
 fn lua_chunk(
     module: &ast::Module,
@@ -375,7 +386,7 @@ fn lua_chunk(
     config: Vec<(String, value::Value)>,
     lib_dir: &Path,
     limits: crate::lua::Limits,
-) -> Result<(crate::lua::LuaSpec, [bool; 3]), Diagnostic> {
+) -> Result<(crate::lua::LuaSpec, ChunkFacts), Diagnostic> {
     let (file, text) = match &item.node {
         ast::LuaSource::File(rel) => {
             let lua_path = path.parent().unwrap_or(Path::new(".")).join(rel);
@@ -417,7 +428,13 @@ fn lua_chunk(
                 .hooks
                 .first()
                 .map_or([false; 3], |h| h.each_ref().map(Option::is_some));
-            Ok((spec, hooks))
+            let mut functions: Vec<String> = vm
+                .functions
+                .first()
+                .map(|f| f.keys().cloned().collect())
+                .unwrap_or_default();
+            functions.sort();
+            Ok((spec, ChunkFacts { hooks, functions }))
         }
         Err(e) => {
             let line_text = text

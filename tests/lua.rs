@@ -674,3 +674,61 @@ end
     );
     assert_eq!(get(addr, "/").await.text(), "401");
 }
+
+// ---- lua.NAME(...) from pcmod -------------------------------------------------------------
+
+#[tokio::test]
+async fn pcmod_calls_functions_of_its_own_lua_chunk() {
+    let module = r#"mod tiers {
+  priority 10
+  config {
+    default_tier: string = "bronze"
+  }
+  on request {
+    if $path == "/wait" {
+      let x = lua.waits()
+    }
+    let tier = lua.tier_for($req.header["x-api-key"], $config.default_tier)
+    set req.header["x-tier"] = tier
+    set ctx.calls = lua.count()
+  }
+  on response {
+    set resp.header["x-calls"] = "$ctx.calls"
+  }
+  lua """
+local tiers = { k1 = "gold", k2 = "silver" }
+
+function tier_for(key, default)
+  return tiers[key or ""] or default
+end
+
+function count()
+  return std.shared.incr("tier-calls")
+end
+
+function waits()
+  return std.http.request("http://127.0.0.1:9/")
+end
+"""
+}
+"#;
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let s = site(&[("tiers", module)], &[], "", &app(&[&up], ""));
+    let run = Running::start(&s);
+    let r = send(run.addr, empty(req("GET", "/a").header("x-api-key", "k1"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().expect("sent").header("x-tier").as_deref(),
+        Some("gold")
+    );
+    assert_eq!(r.header("x-calls").as_deref(), Some("1"));
+    let r = get(run.addr, "/b").await;
+    assert_eq!(
+        up.last().expect("sent").header("x-tier").as_deref(),
+        Some("bronze")
+    );
+    assert_eq!(r.header("x-calls").as_deref(), Some("2"));
+    // A function called from pcmod may not wait: that request fails, others go on.
+    assert_eq!(get(run.addr, "/wait").await.status, 500);
+    assert_eq!(get(run.addr, "/c").await.status, 200);
+}

@@ -270,3 +270,62 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         message,
     }
 }
+
+/// `lua.NAME(args)` from a pcmod phase: calls the module's own function at once (it
+/// may not wait on the network), under the instruction budget, with the request in
+/// place for any `std` call it makes. `Err` is the message of the pcmod fault.
+pub fn call_function(
+    index: usize,
+    name: &str,
+    args: Vec<crate::script::value::Value>,
+    ex: &mut Exchange<'_>,
+) -> Result<crate::script::value::Value, String> {
+    let Some(call) = ex.lua.map(Arc::clone) else {
+        return Err(format!("lua.{name}: the Lua runtime is not available"));
+    };
+    let vm = Arc::clone(&call.vm);
+    let (Some(func), Some(spec)) = (
+        vm.functions.get(index).and_then(|f| f.get(name)).cloned(),
+        vm.specs.get(index),
+    ) else {
+        return Err(format!(
+            "lua.{name}: no such function in the module's chunk"
+        ));
+    };
+    let lua = &vm.sb.lua;
+    let mut lua_args = MultiValue::with_capacity(args.len());
+    for a in &args {
+        lua_args.push_back(super::convert::to_lua(lua, a).map_err(|e| e.to_string())?);
+    }
+    let runner = vm.checkout(&func).map_err(|e| e.to_string())?;
+    let mut turn = Box::new(Turn::take(ex, call, Arc::clone(&spec.module)));
+    turn.thread = Some(runner.thread.clone());
+    let mut slot = Some(turn);
+    vm.meter().begin(runner.id, vm.budget);
+    std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+    let resumed = runner.thread.resume::<mlua::Value>(lua_args);
+    std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+    let end = vm.meter().end();
+    let finished = runner.thread.status() == ThreadStatus::Finished;
+    let result = if end.spent {
+        Err(format!("lua.{name}: {BUDGET_MESSAGE}"))
+    } else {
+        match resumed {
+            Err(e) => Err(format!("lua.{name}: {}", error_text(&e))),
+            Ok(v) if finished => super::convert::from_lua(&v, &format!("the result of lua.{name}")),
+            Ok(_) => Err(format!(
+                "lua.{name} tried to wait (std.http.request, std.proxy.forward, body()); only Lua hooks may wait"
+            )),
+        }
+    };
+    if end.dirty || end.spent {
+        vm.release(runner.id);
+    }
+    vm.checkin(runner, finished);
+    if let Some(mut turn) = slot {
+        turn.thread = None;
+        turn.answer = None;
+        turn.put_back(ex);
+    }
+    result
+}

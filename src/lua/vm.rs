@@ -48,6 +48,8 @@ pub struct Vm {
     pub(crate) body_fn: Function,
     /// Per module: its `on_request`, `on_response`, `on_log`.
     pub(crate) hooks: Vec<[Option<Function>; 3]>,
+    /// Per module: its other global functions (`lua.NAME(...)` from pcmod).
+    pub(crate) functions: Vec<HashMap<String, Function>>,
     pub(crate) specs: Arc<[LuaSpec]>,
     pub(crate) budget: i64,
     runners: Mutex<Vec<Runner>>,
@@ -124,11 +126,14 @@ impl Vm {
             .map_err(vm_error)?;
         let budget = i64::try_from(budget).unwrap_or(i64::MAX);
         let mut hooks = Vec::with_capacity(specs.len());
+        let mut functions = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            hooks.push(load_chunk(&sb, spec, budget).map_err(|mut e| {
+            let (h, f) = load_chunk(&sb, spec, budget).map_err(|mut e| {
                 e.module = i;
                 e
-            })?);
+            })?;
+            hooks.push(h);
+            functions.push(f);
         }
         // Loading made garbage (and perhaps grew the heap); start requests clean.
         let _ = lua.gc_collect();
@@ -140,6 +145,7 @@ impl Vm {
             ctx,
             body_fn,
             hooks,
+            functions,
             specs,
             budget,
             runners: Mutex::new(Vec::new()),
@@ -185,13 +191,17 @@ impl Vm {
     }
 }
 
+/// A chunk's hooks (request, response, log) and its other global functions.
+type ChunkFunctions = ([Option<Function>; 3], HashMap<String, Function>);
+
 /// Loads one module's chunk into its own environment and runs it (with the hook
-/// budget), then freezes the environment. Returns the hooks it defined.
+/// budget), then freezes the environment. Returns the hooks it defined and its other
+/// global functions.
 fn load_chunk(
     sb: &Sandbox,
     spec: &LuaSpec,
     budget: i64,
-) -> Result<[Option<Function>; 3], LoadError> {
+) -> Result<ChunkFunctions, LoadError> {
     let fail = |line: u32, message: String| LoadError {
         module: 0,
         file: spec.file.to_string(),
@@ -214,6 +224,11 @@ fn load_chunk(
         .set_environment(env)
         .into_function()
         .map_err(lua_fail)?;
+    // What the sandbox put there (`load`, `require`, `config`, `_G`) is not the chunk's.
+    let mut preset = Vec::new();
+    for pair in globals.pairs::<String, mlua::Value>() {
+        preset.push(pair.map_err(lua_fail)?.0);
+    }
     sb.meter.begin(0, budget);
     let ran = func.call::<()>(());
     let end = sb.meter.end();
@@ -240,7 +255,17 @@ fn load_chunk(
             }
         };
     }
-    Ok(hooks)
+    let mut functions = HashMap::new();
+    for pair in globals.pairs::<mlua::Value, mlua::Value>() {
+        let (k, v) = pair.map_err(lua_fail)?;
+        if let (mlua::Value::String(name), mlua::Value::Function(f)) = (k, v) {
+            let name = name.to_string_lossy();
+            if !HOOK_NAMES.contains(&name.as_str()) && !preset.contains(&name) {
+                functions.insert(name, f);
+            }
+        }
+    }
+    Ok((hooks, functions))
 }
 
 /// The text of a Lua error: the root cause's message, then the traceback if any.

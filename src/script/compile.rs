@@ -24,6 +24,8 @@ pub struct Env<'a> {
     pub upstreams: &'a [String],
     /// `$ctx.NAME` slots shared by the whole pipeline (grows as names are met).
     pub ctx_names: &'a mut Vec<Arc<str>>,
+    /// The global functions of the module's Lua chunk (`None`: it has no chunk).
+    pub lua_functions: Option<&'a [String]>,
 }
 
 /// The module's resolved config: each field's type and value (defaults merged with
@@ -53,6 +55,7 @@ pub fn compile(
         config,
         upstreams: env.upstreams,
         ctx_names: env.ctx_names,
+        lua_functions: env.lua_functions,
         diags: Vec::new(),
         phase: PhaseKind::Request,
         scopes: Vec::new(),
@@ -83,6 +86,7 @@ struct Compiler<'a> {
     config: &'a ResolvedConfig,
     upstreams: &'a [String],
     ctx_names: &'a mut Vec<Arc<str>>,
+    lua_functions: Option<&'a [String]>,
     diags: Vec<Diagnostic>,
     phase: PhaseKind,
     /// Locals in scope, innermost last: (name, slot, type).

@@ -52,17 +52,21 @@ pub fn run_phase(
     phase: &CPhase,
     ex: &mut Exchange<'_>,
     upstreams: &[String],
+    lua: Option<usize>,
 ) -> Result<Exit, Fault> {
     let mut locals = vec![Value::Nil; phase.locals];
     let mut m = Machine {
         locals: &mut locals,
         upstreams,
+        lua,
     };
     m.block(&phase.body, ex)
 }
 
 struct Machine<'a> {
     locals: &'a mut Vec<Value>,
+    /// The module's index in the pipeline's Lua runtime (for `lua.NAME(...)`).
+    lua: Option<usize>,
     upstreams: &'a [String],
 }
 
@@ -242,7 +246,15 @@ impl Machine<'_> {
         for a in call.args.iter() {
             args.push(self.eval(a, ex)?);
         }
-        stdlib::call(call.sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
+        match &call.target {
+            CallTarget::Std(sig) => {
+                stdlib::call(sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
+            }
+            CallTarget::Lua(name) => match self.lua {
+                Some(index) => crate::lua::run::call_function(index, name, args, ex),
+                None => Err(format!("lua.{name}: the module has no Lua chunk")),
+            },
+        }
     }
 
     fn eval(&mut self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<Value> {

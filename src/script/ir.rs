@@ -59,11 +59,20 @@ pub enum CPart {
 /// A stdlib call with its arguments matched to the signature.
 #[derive(Debug)]
 pub struct BoundCall {
-    pub sig: &'static FnSig,
+    pub target: CallTarget,
     /// One per signature argument, defaults filled in.
     pub args: Box<[CExpr]>,
     /// A literal regex argument, compiled at load.
     pub regex: Option<Regex>,
+}
+
+/// What a call calls.
+#[derive(Debug)]
+pub enum CallTarget {
+    /// A stdlib function.
+    Std(&'static FnSig),
+    /// A global function of the module's own Lua chunk (`lua.NAME(...)`).
+    Lua(Arc<str>),
 }
 
 /// Where `forward` sends.

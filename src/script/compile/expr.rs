@@ -332,16 +332,63 @@ impl Compiler<'_> {
         }
     }
 
+    /// `lua.NAME(args)`: a global function of the module's own Lua chunk, called with
+    /// positional arguments; its result is untyped.
+    fn lua_call(&mut self, call: &Call, function: &str) -> Option<(BoundCall, Type)> {
+        let name = call.path.node.as_str();
+        let Some(functions) = self.lua_functions else {
+            self.hint(
+                call.path.span,
+                format!("`{name}`: this module has no Lua chunk"),
+                "add `lua \"file.lua\"` (or an inline `lua \"\"\"...\"\"\"`) that defines it",
+            );
+            return None;
+        };
+        if !functions.iter().any(|f| f == function) {
+            let hint = match closest(function, functions.iter().map(String::as_str)) {
+                Some(c) => format!("did you mean `lua.{c}`?"),
+                None if functions.is_empty() => "the chunk defines no global functions".into(),
+                None => format!("the chunk defines: {}", functions.join(", ")),
+            };
+            self.hint(
+                call.path.span,
+                format!("the module's Lua chunk has no global function `{function}`"),
+                hint,
+            );
+            return None;
+        }
+        let mut args = Vec::with_capacity(call.args.len());
+        let mut ok = true;
+        for arg in &call.args {
+            if let Some(n) = &arg.name {
+                self.hint(
+                    n.span,
+                    format!("`{name}` takes positional arguments"),
+                    "drop the `name:`",
+                );
+                ok = false;
+                continue;
+            }
+            let (e, _) = self.expr(&arg.value);
+            args.push(e);
+        }
+        ok.then(|| {
+            (
+                BoundCall {
+                    target: CallTarget::Lua(Arc::from(function)),
+                    args: args.into(),
+                    regex: None,
+                },
+                Type::Any,
+            )
+        })
+    }
+
     /// Checks a call against the signature table and binds it.
     pub(super) fn call(&mut self, call: &Call) -> Option<(BoundCall, Type)> {
         let name = call.path.node.as_str();
-        if name.starts_with("lua.") {
-            self.hint(
-                call.path.span,
-                format!("`{name}`: Lua calls are not available in this build"),
-                "Lua handlers arrive with the Lua runtime",
-            );
-            return None;
+        if let Some(function) = name.strip_prefix("lua.") {
+            return self.lua_call(call, function);
         }
         let sig = stdlib::lookup(name).filter(|s| !s.id.lua_only());
         if let Some(lua_only) = stdlib::lookup(name).filter(|s| s.id.lua_only()) {
@@ -378,6 +425,9 @@ impl Compiler<'_> {
                 ),
                 format!("it works in: {}", phases.join(", ")),
             );
+        }
+        if sig.id.reads_request_headers() && self.phase != PhaseKind::Request {
+            self.reads_request = true;
         }
         let mut slots: Vec<Option<(&Expr, CExpr, Type)>> =
             (0..sig.args.len()).map(|_| None).collect();
@@ -512,7 +562,7 @@ impl Compiler<'_> {
         ok.then(|| {
             (
                 BoundCall {
-                    sig,
+                    target: CallTarget::Std(sig),
                     args: args.into(),
                     regex,
                 },
@@ -569,7 +619,7 @@ fn accepts(want: ArgType, got: &Type) -> bool {
         (_, Type::Any)
             | (ArgType::Any, _)
             | (ArgType::Bool, Type::Bool)
-            | (ArgType::Int, Type::Int)
+            | (ArgType::Int, Type::Int | Type::Size)
             | (ArgType::Duration, Type::Duration)
             | (ArgType::Number, Type::Int | Type::Float)
             | (ArgType::Str, Type::Str)
