@@ -53,6 +53,9 @@ impl Generation {
         previous: Option<&Generation>,
         std_state: Arc<StdState>,
     ) -> Result<Self, Vec<Diagnostic>> {
+        // Hashed before loading: a Lua file changed meanwhile then differs from the
+        // hash and the next reload picks it up (hashed after, it could be missed).
+        let fingerprint = fingerprint(&config, sources);
         let loaded = script::load_sources(&config, sources)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
         Ok(Generation {
@@ -62,18 +65,38 @@ impl Generation {
             pipeline: loaded.pipeline,
             modules: loaded.modules,
             std_state,
-            fingerprint: fingerprint(&config, sources),
+            fingerprint,
             config: Arc::new(config),
         })
     }
 }
 
-/// Hash of a generation's inputs.
+/// Hash of a generation's inputs: the config text, the module sources, and every
+/// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries).
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     config.source_text.hash(&mut h);
     config.source.hash(&mut h);
     sources.hash(&mut h);
+    for dir in [config.scripts.dir.clone(), config.scripts.dir.join("lib")] {
+        lua_files(&dir).hash(&mut h);
+    }
     h.finish()
+}
+
+/// `(path, bytes)` of every `.lua` file directly in `dir`, sorted (none when the
+/// folder does not exist).
+fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(PathBuf, Vec<u8>)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+        .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
+        .collect();
+    files.sort();
+    files
 }

@@ -732,3 +732,74 @@ end
     assert_eq!(get(run.addr, "/wait").await.status, 500);
     assert_eq!(get(run.addr, "/c").await.status, 200);
 }
+
+// ---- reload ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn editing_lua_files_and_libraries_reloads_and_a_broken_chunk_keeps_the_old_one() {
+    let gate = |v: &str| {
+        format!(
+            "local util = require(\"util\")\nfunction on_request(req, ctx)\n  return std.respond(200, util.tag(\"{v}\"))\nend\n"
+        )
+    };
+    let lib =
+        |prefix: &str| format!("return {{ tag = function(s) return \"{prefix}\" .. s end }}\n");
+    let gate_v1 = gate("v1");
+    let lib_a = lib("a:");
+    let s = site(
+        &[("gate", &lua_mod("gate", 10, ""))],
+        &[("gate.lua", &gate_v1), ("lib/util.lua", &lib_a)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let reload = |admin| async move {
+        let r = send(
+            admin,
+            req("POST", "/reload")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request builds"),
+        )
+        .await;
+        (r.status.as_u16(), r.text())
+    };
+    assert_eq!(get(run.addr, "/").await.text(), "a:v1");
+
+    std::fs::write(s.mods_dir().join("gate.lua"), gate("v2")).expect("edit gate.lua");
+    assert_eq!(reload(run.admin).await.0, 200);
+    assert_eq!(
+        get(run.addr, "/").await.text(),
+        "a:v2",
+        "an edited chunk serves after reload"
+    );
+
+    std::fs::write(s.mods_dir().join("lib/util.lua"), lib("b:")).expect("edit lib/util.lua");
+    assert_eq!(reload(run.admin).await.0, 200);
+    assert_eq!(
+        get(run.addr, "/").await.text(),
+        "b:v2",
+        "an edited library serves after reload"
+    );
+
+    std::fs::write(
+        s.mods_dir().join("gate.lua"),
+        "function on_request(req, ctx)\n  if then\nend\n",
+    )
+    .expect("break gate.lua");
+    let (status, report) = reload(run.admin).await;
+    assert_eq!(status, 400, "{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("a JSON report");
+    let error = &report["errors"][0];
+    assert!(
+        error["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("gate.lua")),
+        "{report:#}"
+    );
+    assert_eq!(error["line"], 2, "{report:#}");
+    assert_eq!(
+        get(run.addr, "/").await.text(),
+        "b:v2",
+        "the previous generation keeps serving"
+    );
+}
