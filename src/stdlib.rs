@@ -8,6 +8,7 @@
 //! Each area is one file with its entries and its implementation (STYLE rule 12).
 //! Must not touch: sockets, the pipeline's order of modules.
 
+pub mod compress;
 pub mod dict;
 pub mod flow;
 pub mod helpers;
@@ -114,6 +115,8 @@ pub enum StdFn {
     RateLimit,
     RequestIdInject,
     UrlRewrite,
+    CompressCheck,
+    CompressApply,
     Len,
     Lower,
     Upper,
@@ -137,6 +140,12 @@ impl StdFn {
             StdFn::Respond | StdFn::ProxyForward | StdFn::HttpRequest
         )
     }
+
+    /// Whether it reads the request's headers (then a pipeline calling it after the
+    /// request phase keeps them).
+    pub fn reads_request_headers(self) -> bool {
+        matches!(self, StdFn::CompressCheck | StdFn::CompressApply)
+    }
 }
 
 /// One function's signature.
@@ -158,6 +167,7 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     rate_limit::SIGS,
     request_id::SIGS,
     url_rewrite::SIGS,
+    compress::SIGS,
     dict::SIGS,
     flow::SIGS,
     helpers::SIGS,
@@ -201,6 +211,8 @@ pub fn call(
         StdFn::RateLimit => rate_limit::call(args, ex),
         StdFn::RequestIdInject => request_id::inject(args, ex),
         StdFn::UrlRewrite => url_rewrite::call(args, prepared, ex),
+        StdFn::CompressCheck => compress::check(args, ex),
+        StdFn::CompressApply => compress::apply(args, ex),
         StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {
             helpers::call(id, args)
         }

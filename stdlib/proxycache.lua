@@ -228,6 +228,25 @@ function std.request_id.inject(header) end
 ---@overload fun(args: {pattern: string, replacement: string}): boolean
 function std.url_rewrite(pattern, replacement) end
 
+std.compress = {}
+
+---The encoding the client accepts best among `algorithms` (`"br"`, `"zstd"`, `"gzip"`), or nil.
+---
+---Phases: `on_request`, `on_response`.
+---@param algorithms? string the encodings offered, comma-separated, best first: `br`, `zstd`, `gzip` (default `"br,zstd,gzip"`)
+---@return any
+---@overload fun(args: {algorithms?: string}): any
+function std.compress.check(algorithms) end
+
+---Compresses the response body while it streams, when the client accepts one of `algorithms` and the response is worth it (a compressible type, not already encoded, not under `min_size`); returns whether it did.
+---
+---Phases: `on_response`.
+---@param min_size? integer smallest body compressed, in bytes (a size like `1KiB` in pcmod) (default `1024`)
+---@param algorithms? string the encodings offered, comma-separated, best first: `br`, `zstd`, `gzip` (default `"br,zstd,gzip"`)
+---@return boolean
+---@overload fun(args: {min_size?: integer, algorithms?: string}): boolean
+function std.compress.apply(min_size, algorithms) end
+
 std.shared = {}
 
 ---The value stored under `key` (a bool, number or string), or nil when absent or expired.

@@ -197,11 +197,7 @@ type ChunkFunctions = ([Option<Function>; 3], HashMap<String, Function>);
 /// Loads one module's chunk into its own environment and runs it (with the hook
 /// budget), then freezes the environment. Returns the hooks it defined and its other
 /// global functions.
-fn load_chunk(
-    sb: &Sandbox,
-    spec: &LuaSpec,
-    budget: i64,
-) -> Result<ChunkFunctions, LoadError> {
+fn load_chunk(sb: &Sandbox, spec: &LuaSpec, budget: i64) -> Result<ChunkFunctions, LoadError> {
     let fail = |line: u32, message: String| LoadError {
         module: 0,
         file: spec.file.to_string(),
