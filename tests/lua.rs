@@ -803,3 +803,77 @@ async fn editing_lua_files_and_libraries_reloads_and_a_broken_chunk_keeps_the_ol
         "the previous generation keeps serving"
     );
 }
+
+// ---- I/O in response and log hooks; check ------------------------------------------------
+
+#[tokio::test]
+async fn response_and_log_hooks_may_wait_on_the_network() {
+    let app_up = Upstream::start("app", Behavior::fixed_body("hello\n", false)).await;
+    let collector = Upstream::start("collector", Behavior::status(204)).await;
+    let hooks = r#"
+function on_response(req, resp, ctx)
+  local r = std.http.request{ url = "http://" .. config.collector .. "/seen", headers = { ["x-status"] = resp.status } }
+  resp:set_header("x-collector", r.status)
+  local body = resp:body()
+  resp:set_body(body:upper())
+end
+
+function on_log(req, resp, ctx)
+  std.http.request{ url = "http://" .. config.collector .. "/log?path=" .. req.path, method = "POST", body = tostring(resp.status) }
+end
+"#;
+    let cfg = format!("    collector: string = \"{}\"", collector.authority());
+    let s = site(
+        &[("hooks", &lua_mod("hooks", 10, &cfg))],
+        &[("hooks.lua", hooks)],
+        "",
+        &app(&[&app_up], ""),
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/page").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "HELLO\n",
+        "on_response read and replaced the body"
+    );
+    assert_eq!(r.header("x-collector").as_deref(), Some("204"));
+    assert_eq!(r.header("content-length").as_deref(), Some("6"));
+    let logged = wait_until(Duration::from_secs(10), || collector.requests() >= 2).await;
+    assert!(logged, "the log hook's call arrived");
+    let calls = collector.all();
+    assert_eq!(calls[0].uri, "/seen");
+    assert_eq!(calls[0].header("x-status").as_deref(), Some("200"));
+    assert_eq!(calls[1].uri, "/log?path=/page");
+    assert_eq!(&calls[1].body[..], b"200");
+}
+
+#[test]
+fn check_reports_a_lua_syntax_error_with_the_lua_file_and_line() {
+    let s = site(
+        &[("broken", &lua_mod("broken", 10, ""))],
+        &[(
+            "broken.lua",
+            "function on_request(req, ctx)\n  local x = = 1\nend\n",
+        )],
+        "",
+        ECHO_APP,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
+        .args(["check", "--config"])
+        .arg(s.config_path())
+        .output()
+        .expect("run proxycache check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let text = format!("{stdout}{stderr}");
+    assert!(
+        text.contains("broken.lua:2:"),
+        "file:line of the Lua error:\n{text}"
+    );
+    assert!(
+        text.contains("unexpected symbol"),
+        "Lua's own message:\n{text}"
+    );
+}
