@@ -109,6 +109,13 @@ pub struct RecordSig {
     pub fields: &'static [(&'static str, ArgType)],
 }
 
+impl PartialEq for RecordSig {
+    /// Records are the same kind when they have the same name.
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
 /// Which function a signature binds to: one closed set, dispatched in [`call`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdFn {

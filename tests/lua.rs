@@ -877,3 +877,106 @@ fn check_reports_a_lua_syntax_error_with_the_lua_file_and_line() {
         "Lua's own message:\n{text}"
     );
 }
+
+// ---- details: read-only std/config under pairs(), records in ctx, error strings ------------
+
+#[tokio::test]
+async fn pairs_cannot_reach_behind_read_only_tables_and_errors_are_strings() {
+    let attacker = r#"
+function on_request(req, ctx)
+  if req.path == "/attack" then
+    local tried, refused = 0, 0
+    for _, v in pairs(std) do
+      if type(v) == "table" then
+        tried = tried + 1
+        if not pcall(function() v.get = function() return "pwned" end end) then refused = refused + 1 end
+      end
+    end
+    for _, v in pairs(config) do
+      if type(v) == "table" then
+        tried = tried + 1
+        if not pcall(function() v[1] = "pwned" end) then refused = refused + 1 end
+      end
+    end
+    return std.respond(200, refused .. "/" .. tried)
+  end
+end
+"#;
+    let victim = r#"
+function on_request(req, ctx)
+  if req.path == "/victim" then
+    std.shared.set("k", "v")
+    return std.respond(200, tostring(std.shared.get("k")) .. " " .. config.hosts[1])
+  end
+  if req.path == "/error" then
+    local ok, err = pcall(function()
+      local rl = std.rate_limit{ key = 5, rate = 1 }
+      return rl
+    end)
+    return std.respond(200, type(err) .. "|" .. err)
+  end
+  if req.path == "/record" then
+    return std.respond(200, tostring(ctx.rl.allowed) .. " " .. tostring(ctx.rl.limit))
+  end
+end
+"#;
+    let recorder = "mod recorder {\n  priority 1\n  on request {\n    set ctx.rl = std.rate_limit(key: \"r\", rate: 5)\n  }\n}\n";
+    let s = site(
+        &[
+            (
+                "attacker",
+                &lua_mod("attacker", 10, "    hosts: list<string> = [\"a\", \"b\"]"),
+            ),
+            (
+                "victim",
+                &lua_mod("victim", 20, "    hosts: list<string> = [\"a\", \"b\"]"),
+            ),
+            ("recorder", recorder),
+        ],
+        &[("attacker.lua", attacker), ("victim.lua", victim)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/attack").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (refused, tried) = r
+        .text()
+        .split_once('/')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .expect("n/m");
+    assert!(
+        tried.parse::<u32>().expect("a count") >= 3,
+        "std.proxy, std.http, std.shared... and the config list: {tried}"
+    );
+    assert_eq!(
+        refused, tried,
+        "every write through a pairs() value is refused"
+    );
+    assert_eq!(
+        get(run.addr, "/victim").await.text(),
+        "v a",
+        "other modules are untouched"
+    );
+
+    let r = get(run.addr, "/error").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("string|")
+            && r.text().contains("victim.lua:")
+            && r.text()
+                .contains("std.rate_limit: argument `key` must be a string"),
+        "a std error is a plain string with the caller's position: {}",
+        r.text()
+    );
+    assert_eq!(
+        get(run.addr, "/record").await.text(),
+        "true 5",
+        "a pcmod record in ctx keeps its field names"
+    );
+    let r = get(run.addr, "/victim").await;
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+}

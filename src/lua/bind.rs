@@ -11,7 +11,7 @@ use std::sync::Arc;
 use mlua::{Function, Lua, MultiValue, Table};
 use parking_lot::Mutex;
 
-use super::convert::{self, arg_from_lua, record_to_lua, to_lua};
+use super::convert::{self, arg_from_lua, to_lua};
 use super::handles::{with_turn, LuaResponse, RespData, Turn, TurnCell};
 use super::ops::{HttpCall, Op, PendingOp};
 use super::sandbox::Sandbox;
@@ -75,6 +75,10 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
                 sb.waiting.call::<Function>(start)?
             }
             _ => sync_fn(lua, sig, cell, &regexes)?,
+        };
+        let f = match sig.id {
+            StdFn::ProxyForward | StdFn::HttpRequest => f,
+            _ => sb.plain.call::<Function>(f)?,
         };
         insert_path(lua, &std_table, path, f)?;
     }
@@ -254,7 +258,6 @@ fn sync_fn(
                 .map_err(|e| mlua::Error::runtime(e.to_string()))
         })?;
         match (&sig.returns, &result) {
-            (Returns::Record(rs), Value::Record(fields)) => record_to_lua(lua, fields, rs),
             (Returns::Nothing, _) => Ok(mlua::Value::Nil),
             _ => to_lua(lua, &result),
         }
@@ -361,6 +364,13 @@ fn respond_fn(
             .as_str()
             .map(|s| bytes::Bytes::copy_from_slice(s.as_bytes()))
             .unwrap_or_default();
+        // Like pcmod's `respond`: a body without a declared type is text.
+        if !body.is_empty() && !data.headers.contains_key(http::header::CONTENT_TYPE) {
+            data.headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
         super::handles::set_body(&mut data, body);
         let ud = lua.create_userdata(LuaResponse {
             data,

@@ -34,13 +34,7 @@ pub fn to_lua(lua: &Lua, v: &Value) -> mlua::Result<mlua::Value> {
             }
             mlua::Value::Table(t)
         }
-        Value::Record(fields) => {
-            let t = lua.create_table_with_capacity(0, fields.len())?;
-            for (i, item) in fields.iter().enumerate() {
-                t.raw_set(i + 1, to_lua(lua, item)?)?;
-            }
-            mlua::Value::Table(t)
-        }
+        Value::Record(sig, fields) => record_to_lua(lua, fields, sig)?,
     })
 }
 

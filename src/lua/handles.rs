@@ -112,7 +112,7 @@ pub fn with_turn<R>(
     match guard.as_mut() {
         Some(turn) => f(turn),
         None => Err(mlua::Error::runtime(
-            "no request is running: req, resp and ctx are valid only inside a hook",
+            "no request is running: req, resp, ctx and the std functions that use the request work only while a hook runs (not at a chunk's top level)",
         )),
     }
 }

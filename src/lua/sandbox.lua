@@ -33,7 +33,16 @@ local function readonly(t, name)
     end,
     __newindex = function() error(name .. " is read-only", 2) end,
     __len = function() return #t end,
-    __pairs = function() return next, t, nil end,
+    -- pairs() hands out read-only views of nested tables too.
+    __pairs = function()
+      return function(_, k)
+        local nk, nv = next(t, k)
+        if type(nv) == "table" and not views[nv] then
+          nv = readonly(nv, name .. "." .. tostring(nk))
+        end
+        return nk, nv
+      end, proxy, nil
+    end,
     __metatable = false,
   })
   return proxy
@@ -175,6 +184,30 @@ require_fn = function(name)
   return result
 end
 
+-- Errors from Rust functions reach scripts as plain strings with the caller's
+-- position ("file:12: std.rate_limit: argument `key` ..."), not as error objects.
+local function message_of(e)
+  local text = tostring(e):match("^[^\n]*") or ""
+  return (text:gsub("^runtime error: ", ""))
+end
+local function raise2(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if spent() then error(e, 0) end
+  error(message_of(e), 2)
+end
+local function raise3(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if spent() then error(e, 0) end
+  error(message_of(e), 3)
+end
+local function plain(f)
+  return function(...)
+    return raise2(pcall(f, ...))
+  end
+end
+
 -- Functions that wait: the Rust side starts an operation and returns it; yielding it
 -- hands it to the hook driver, which resumes the hook with (true, result) or
 -- (false, message).
@@ -184,7 +217,7 @@ local function finish(ok, ...)
 end
 local function waiting(start)
   return function(...)
-    return finish(yield(start(...)))
+    return finish(yield(raise3(pcall(start, ...))))
   end
 end
 
@@ -192,6 +225,7 @@ return {
   new_env = new_env,
   readonly = readonly,
   waiting = waiting,
+  plain = plain,
   set_base = function(k, v) base[k] = v end,
   release = function(id)
     for i = 1, #all do all[i].release(id) end

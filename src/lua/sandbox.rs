@@ -129,6 +129,8 @@ pub struct Sandbox {
     pub new_env: Function,
     /// `waiting(start) -> function`: wraps a Rust function that starts an operation.
     pub waiting: Function,
+    /// `plain(f) -> function`: `f` raising plain-string errors at the caller's line.
+    pub plain: Function,
     /// `readonly(table, name) -> view`.
     pub readonly: Function,
     /// `set_base(name, value)`: adds a global every module sees.
@@ -207,6 +209,7 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
     Ok(Sandbox {
         new_env: exports.get("new_env")?,
         waiting: exports.get("waiting")?,
+        plain: exports.get("plain")?,
         readonly: exports.get("readonly")?,
         set_base: exports.get("set_base")?,
         release: exports.get("release")?,

@@ -306,7 +306,7 @@ impl Machine<'_> {
                 })
             }
             CExpr::Field(x, i) => match self.eval(x, ex)? {
-                Value::Record(fields) => fields.get(*i).cloned().unwrap_or_default(),
+                Value::Record(_, fields) => fields.get(*i).cloned().unwrap_or_default(),
                 other => return Err(format!("field access on a {}", other.type_name())),
             },
             CExpr::Call(call) => self.call(call, ex)?,

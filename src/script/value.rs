@@ -19,7 +19,7 @@ pub enum Value {
     List(Arc<[Value]>),
     Map(Arc<BTreeMap<String, Value>>),
     /// A stdlib result; fields are addressed by index (resolved at compile time).
-    Record(Arc<[Value]>),
+    Record(&'static crate::stdlib::RecordSig, Arc<[Value]>),
 }
 
 impl Value {
@@ -45,7 +45,7 @@ impl Value {
             Value::Size(_) => "size",
             Value::List(_) => "list",
             Value::Map(_) => "map",
-            Value::Record(_) => "record",
+            Value::Record(..) => "record",
         }
     }
 
@@ -88,7 +88,7 @@ impl fmt::Display for Value {
                 }
             }
             Value::Size(s) => write!(f, "{s}B"),
-            Value::List(items) | Value::Record(items) => {
+            Value::List(items) | Value::Record(_, items) => {
                 f.write_str("[")?;
                 for (i, v) in items.iter().enumerate() {
                     if i > 0 {
@@ -121,7 +121,7 @@ pub fn toml_literal(v: &Value) -> String {
         Value::Float(f) => format!("{f:?}"),
         Value::Str(s) => toml::Value::String(s.to_string()).to_string(),
         Value::Duration(_) | Value::Size(_) => format!("\"{v}\""),
-        Value::List(items) | Value::Record(items) => format!(
+        Value::List(items) | Value::Record(_, items) => format!(
             "[{}]",
             items
                 .iter()

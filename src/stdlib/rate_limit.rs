@@ -200,12 +200,15 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
     let full_key = format!("{}\u{0}{}", ex.module, key);
     let d = ex.state.rate_limits.check(&full_key, rate, burst, per);
     let retry_after = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
-    Ok(Value::Record(Arc::from(vec![
-        Value::Bool(d.allowed),
-        Value::Int(d.remaining as i64),
-        Value::Int(retry_after as i64),
-        Value::Int(d.limit as i64),
-    ])))
+    Ok(Value::Record(
+        &RESULT,
+        Arc::from(vec![
+            Value::Bool(d.allowed),
+            Value::Int(d.remaining as i64),
+            Value::Int(retry_after as i64),
+            Value::Int(d.limit as i64),
+        ]),
+    ))
 }
 
 #[cfg(test)]
