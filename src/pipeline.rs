@@ -251,7 +251,11 @@ impl Pipeline {
             }
             ex.module = m.name();
             let flow = match m.lua_hook(PhaseKind::Request) {
-                Some(index) => crate::lua::run_hook(index, ex).await.map(|o| o.flow),
+                // Boxed: the hook's future (its waits, forward, outbound calls) is
+                // large, and would otherwise make every request's future large.
+                Some(index) => Box::pin(crate::lua::run_hook(index, ex))
+                    .await
+                    .map(|o| o.flow),
                 None => m.on_request(ex),
             };
             match flow {
@@ -275,7 +279,7 @@ impl Pipeline {
                 ex.module = m.name();
                 match m.lua_hook(PhaseKind::Response) {
                     Some(index) => {
-                        crate::lua::run_hook(index, ex).await?;
+                        Box::pin(crate::lua::run_hook(index, ex)).await?;
                     }
                     None => m.on_response(ex)?,
                 }
@@ -292,7 +296,7 @@ impl Pipeline {
             if m.has_phase(PhaseKind::Log) {
                 ex.module = m.name();
                 let result = match m.lua_hook(PhaseKind::Log) {
-                    Some(index) => crate::lua::run_hook(index, ex).await.map(|_| ()),
+                    Some(index) => Box::pin(crate::lua::run_hook(index, ex)).await.map(|_| ()),
                     None => m.on_log(ex),
                 };
                 if let Err(e) = result {

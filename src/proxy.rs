@@ -445,7 +445,7 @@ async fn send_to(
     let server = Arc::clone(guard.server());
     let addr = match &server.target {
         ServerTarget::Echo => {
-            return echo::respond(req)
+            return Box::pin(echo::respond(req))
                 .await
                 .map(|r| (r, guard))
                 .map_err(Failed::Sent);
@@ -489,5 +489,34 @@ async fn send_to(
                 reason: e.to_string(),
             },
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::Request;
+    use hyper::body::Incoming;
+
+    use crate::server::conn::ConnInfo;
+    use crate::server::worker::WorkerCtx;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Request<Incoming>, Arc<ConnInfo>, Arc<WorkerCtx>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The request future is moved into hyper's dispatcher once per request, so its
+    /// size is paid by every request: keep it small (Lua hooks and their waits are
+    /// boxed, see `Pipeline::run_request`).
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(super::handle);
+        println!("request future: {size} bytes");
+        assert!(size <= 6144, "the request future is {size} bytes");
     }
 }

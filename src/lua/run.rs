@@ -132,7 +132,8 @@ async fn drive(
         let (Some(PendingOp(op)), Some(turn)) = (op, slot.as_mut()) else {
             break Err(HookError::Yielded);
         };
-        let outcome = ops::run(op, turn).await;
+        // Boxed: only a hook that waits pays for the operation's (large) future.
+        let outcome = Box::pin(ops::run(op, turn)).await;
         reply = match reply_args(vm, outcome) {
             Ok(a) => Some(a),
             Err(e) => break Err(HookError::Lua(e)),

@@ -53,7 +53,9 @@ pub async fn send(
             Err(Retry::Failed(e)) => return Err(e),
         }
     }
-    let sender = match connect(addr, cfg).await {
+    // Boxed: a new connection is the rare path, and the handshake's future is large
+    // (inline, it would grow every request's future).
+    let sender = match Box::pin(connect(addr, cfg)).await {
         Ok(sender) => sender,
         Err(ConnectFailure::Io(e)) => return Err(SendError::Connect(e, Box::new(req))),
         Err(ConnectFailure::Timeout) => return Err(SendError::ConnectTimeout(Box::new(req))),
