@@ -22,6 +22,8 @@ use crate::http::{ProxyBody, RequestId};
 use crate::lua::LuaCall;
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
+use crate::stdlib::cache::store::{CacheSettings, HttpCache};
+use crate::stdlib::cache::CacheReq;
 use crate::stdlib::rate_limit::RateLimiter;
 use crate::stdlib::shared::SharedDict;
 use crate::upstream::InflightGuard;
@@ -31,6 +33,19 @@ use crate::upstream::InflightGuard;
 pub struct StdState {
     pub rate_limits: RateLimiter,
     pub shared: SharedDict,
+    /// The HTTP cache of `std.cache.*`.
+    pub cache: Arc<HttpCache>,
+}
+
+impl StdState {
+    /// The state of a process whose cache has these settings.
+    pub fn new(cache: CacheSettings) -> Self {
+        StdState {
+            rate_limits: RateLimiter::default(),
+            shared: SharedDict::default(),
+            cache: Arc::new(HttpCache::new(cache)),
+        }
+    }
 }
 
 /// Facts about the request that do not change while it runs.
@@ -58,12 +73,14 @@ pub struct RespParts<'a> {
 }
 
 /// Per-request context shared by every module (`$ctx.NAME`, and `ctx` in Lua).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Ctx {
     /// Values by slot; slot numbers are the pipeline's `ctx_names` positions.
     pub slots: Vec<Value>,
     /// Names only Lua uses (pcmod never reads them), in the order first set.
     pub extra: Vec<(Arc<str>, Value)>,
+    /// The request's cache state, once `std.cache.*` ran (not visible to scripts).
+    pub cache: Option<Box<CacheReq>>,
 }
 
 /// What one phase of one module can see and change.
@@ -214,6 +231,7 @@ impl Pipeline {
         Ctx {
             slots: vec![Value::Nil; self.ctx_names.len()],
             extra: Vec::new(),
+            cache: None,
         }
     }
 
@@ -259,7 +277,17 @@ impl Pipeline {
                 None => m.on_request(ex),
             };
             match flow {
-                Ok(Flow::Continue) => {}
+                Ok(Flow::Continue) => {
+                    // `std.cache.check` found a fresh response: it is the answer.
+                    if let Some(resp) = ex.ctx.cache.as_mut().and_then(|c| c.take_hit()) {
+                        let answer = ModuleResponse {
+                            resp,
+                            guard: None,
+                            upstream: None,
+                        };
+                        return (Ok(Flow::Response(Box::new(answer))), i + 1);
+                    }
+                }
                 Ok(flow) => return (Ok(flow), i + 1),
                 Err(e) => return (Err(e), i + 1),
             }

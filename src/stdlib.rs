@@ -8,6 +8,7 @@
 //! Each area is one file with its entries and its implementation (STYLE rule 12).
 //! Must not touch: sockets, the pipeline's order of modules.
 
+pub mod cache;
 pub mod compress;
 pub mod dict;
 pub mod flow;
@@ -121,6 +122,8 @@ impl PartialEq for RecordSig {
 pub enum StdFn {
     RateLimit,
     RequestIdInject,
+    CacheCheck,
+    CacheStore,
     UrlRewrite,
     CompressCheck,
     CompressApply,
@@ -151,7 +154,10 @@ impl StdFn {
     /// Whether it reads the request's headers (then a pipeline calling it after the
     /// request phase keeps them).
     pub fn reads_request_headers(self) -> bool {
-        matches!(self, StdFn::CompressCheck | StdFn::CompressApply)
+        matches!(
+            self,
+            StdFn::CompressCheck | StdFn::CompressApply | StdFn::CacheStore
+        )
     }
 }
 
@@ -174,6 +180,7 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     rate_limit::SIGS,
     request_id::SIGS,
     url_rewrite::SIGS,
+    cache::SIGS,
     compress::SIGS,
     dict::SIGS,
     flow::SIGS,
@@ -218,6 +225,8 @@ pub fn call(
         StdFn::RateLimit => rate_limit::call(args, ex),
         StdFn::RequestIdInject => request_id::inject(args, ex),
         StdFn::UrlRewrite => url_rewrite::call(args, prepared, ex),
+        StdFn::CacheCheck => cache::check(args, ex),
+        StdFn::CacheStore => cache::store(args, ex),
         StdFn::CompressCheck => compress::check(args, ex),
         StdFn::CompressApply => compress::apply(args, ex),
         StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {

@@ -228,6 +228,25 @@ function std.request_id.inject(header) end
 ---@overload fun(args: {pattern: string, replacement: string}): boolean
 function std.url_rewrite(pattern, replacement) end
 
+std.cache = {}
+
+---Looks the request up in the cache. On a fresh hit (true) the cached response becomes the response once this module's request phase ends; on a miss (false) the request goes on, and concurrent misses for one key wait for the first one's response.
+---
+---Phases: `on_request`.
+---@param key? string the cache key; host, path and query by default
+---@param ttl? number|string freshness for responses that state none (no `max-age`, `s-maxage` or `Expires`); without it such responses are not stored (seconds, or a string like `"250ms"`)
+---@return boolean
+---@overload fun(args: {key?: string, ttl?: number|string}): boolean
+function std.cache.check(key, ttl) end
+
+---Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body is copied into the cache as it streams to the client. Returns whether it will be stored.
+---
+---Phases: `on_response`.
+---@param ttl? number|string freshness for responses that state none (no `max-age`, `s-maxage` or `Expires`); without it such responses are not stored (seconds, or a string like `"250ms"`)
+---@return boolean
+---@overload fun(args: {ttl?: number|string}): boolean
+function std.cache.store(ttl) end
+
 std.compress = {}
 
 ---The encoding the client accepts best among `algorithms` (`"br"`, `"zstd"`, `"gzip"`), or nil.

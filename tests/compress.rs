@@ -60,36 +60,8 @@ fn text_body() -> Vec<u8> {
     out
 }
 
-/// One upstream per route prefix, and a site whose only module is `module`.
-struct Setup {
-    _ups: Vec<Upstream>,
-    _site: Site,
-    run: Running,
-}
-
-async fn setup(module: (&str, &str), routes: Vec<(&str, Behavior)>) -> Setup {
-    let site = Site::new("compress");
-    site.write_mod(module.0, module.1);
-    let mut ups = Vec::new();
-    let mut rest = String::new();
-    for (i, (prefix, behavior)) in routes.into_iter().enumerate() {
-        let up = Upstream::start(&format!("u{i}"), behavior).await;
-        rest.push_str(&format!(
-            "[upstreams.u{i}]\nservers = {}\n\n[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u{i}\"\n\n",
-            servers(&[&up])
-        ));
-        ups.push(up);
-    }
-    site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
-    ));
-    let run = Running::start(&site);
-    Setup {
-        _ups: ups,
-        _site: site,
-        run,
-    }
+async fn setup(module: (&str, &str), routes: Vec<(&str, Behavior)>) -> RouteSite {
+    route_site("compress", 1, module, routes, "").await
 }
 
 fn text(body: Vec<u8>, chunked: bool) -> Behavior {

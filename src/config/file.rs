@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub routes: Vec<Spanned<RouteFile>>,
     pub tcp: Vec<Spanned<TcpFile>>,
     pub mods: BTreeMap<String, toml::Table>,
+    pub cache: CacheFile,
     /// Accepted so a `[redis]` section loads; nothing reads it yet.
     #[allow(dead_code)]
     pub redis: Option<toml::Table>,
@@ -113,6 +114,15 @@ pub struct ScriptsFile {
     pub watch: Option<bool>,
     pub lua_memory_limit: Option<Spanned<SizeValue>>,
     pub lua_instruction_budget: Option<Int>,
+}
+
+/// `[cache]`: the in-memory HTTP cache of `std.cache.*`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheFile {
+    pub max_size: Option<Spanned<SizeValue>>,
+    pub max_entry_size: Option<Spanned<SizeValue>>,
+    pub lock_timeout: Option<Spanned<DurationValue>>,
 }
 
 /// One `[upstreams.NAME]`.

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub scripts: ScriptsConfig,
+    /// `[cache]`.
+    pub cache: crate::stdlib::cache::store::CacheSettings,
     /// Upstream sets in name order; routes refer to them by index.
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,

@@ -17,6 +17,7 @@ use super::file::{self, key_segment, DurationValue, FileConfig, Quantity, SizeVa
 use super::types::*;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, ConfigErrors};
+use crate::stdlib::cache::store::CacheSettings;
 use defaults::*;
 
 /// The default of every key of `config.toml`, re-exported as `config::DEFAULT_*`.
@@ -196,6 +197,7 @@ impl<'a> Checker<'a> {
             source_text: text.to_owned(),
             log: self.log(&file.log),
             scripts: self.scripts(&file.scripts),
+            cache: self.cache(&file.cache),
             server,
             admin,
             upstreams,
@@ -436,6 +438,29 @@ impl<'a> Checker<'a> {
                 1,
             ),
         }
+    }
+
+    fn cache(&mut self, file: &file::CacheFile) -> CacheSettings {
+        let d = CacheSettings::default();
+        let settings = CacheSettings {
+            max_size: self.size("cache.max_size", &file.max_size, d.max_size),
+            max_entry_size: self.size(
+                "cache.max_entry_size",
+                &file.max_entry_size,
+                d.max_entry_size,
+            ),
+            lock_timeout: self.duration("cache.lock_timeout", &file.lock_timeout, d.lock_timeout),
+        };
+        if let Some(v) = &file.max_entry_size {
+            if settings.max_entry_size > settings.max_size {
+                self.error(
+                    "cache.max_entry_size",
+                    v.span(),
+                    "must not be larger than cache.max_size",
+                );
+            }
+        }
+        settings
     }
 
     // ---- [upstreams.NAME] -----------------------------------------------------------

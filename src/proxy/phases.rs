@@ -12,7 +12,8 @@ use crate::generation::Generation;
 use crate::http::{ProxyBody, ProxyError};
 use crate::lua::LuaCall;
 use crate::pipeline::{
-    Ctx, Exchange, Flow, LocalResponse, ReqParts, RequestInfo, RespParts, ScriptError,
+    Ctx, Exchange, Flow, LocalResponse, ModuleResponse, ReqParts, RequestInfo, RespParts,
+    ScriptError,
 };
 use crate::script::ast::PhaseKind;
 
@@ -69,6 +70,27 @@ pub async fn request_phase(
         };
         pipeline.run_request(&mut ex).await
     };
+    // A cache miss while another request fetches the same key: wait for it, then
+    // serve what it stored.
+    let flow = match (flow, ctx.cache.as_deref_mut()) {
+        (Ok(Flow::Continue), Some(cache)) if cache.must_wait() => {
+            match crate::stdlib::cache::after_wait(
+                cache,
+                &generation.std_state.cache,
+                &parts.headers,
+            )
+            .await
+            {
+                Some(resp) => Ok(Flow::Response(Box::new(ModuleResponse {
+                    resp,
+                    guard: None,
+                    upstream: None,
+                }))),
+                None => Ok(Flow::Continue),
+            }
+        }
+        (flow, _) => flow,
+    };
     let headers = if pipeline.keeps_request_headers {
         parts.headers.clone()
     } else {
@@ -97,6 +119,7 @@ pub async fn response_phase(
     for (name, value) in state.response_headers.drain(..) {
         resp.headers_mut().insert(name, value);
     }
+    crate::stdlib::cache::mark(state.ctx.cache.as_deref(), resp.headers_mut());
     let pipeline = &generation.pipeline;
     if state.ran == 0 || !pipeline.has_late_phases() {
         return Ok(());

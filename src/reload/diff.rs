@@ -32,6 +32,10 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
     if a.log.level != b.log.level || a.log.format != b.log.format {
         c.requires_restart.push("log.level / log.format".into());
     }
+    if a.cache != b.cache {
+        c.requires_restart
+            .push("cache (the cache keeps its size and entries until a restart)".into());
+    }
     if a.scripts.dir != b.scripts.dir {
         c.requires_restart
             .push("scripts.dir (the watcher keeps watching the old folder)".into());

@@ -986,3 +986,42 @@ impl Drop for Running {
         }
     }
 }
+
+// ---- a site with one module and one upstream per route prefix ----------------------
+
+/// A running site whose only module is given and whose routes each go to their own
+/// upstream (`ups[i]` serves the i-th prefix).
+pub struct RouteSite {
+    pub ups: Vec<Upstream>,
+    pub site: Site,
+    pub run: Running,
+}
+
+/// Starts a [`RouteSite`]: one worker unless `extra` says otherwise in its own
+/// `[server]`-free TOML (e.g. a `[cache]` table), the admin API on a free port.
+pub async fn route_site(
+    tag: &str,
+    workers: usize,
+    module: (&str, &str),
+    routes: Vec<(&str, Behavior)>,
+    extra: &str,
+) -> RouteSite {
+    let site = Site::new(tag);
+    site.write_mod(module.0, module.1);
+    let mut ups = Vec::new();
+    let mut rest = String::new();
+    for (i, (prefix, behavior)) in routes.into_iter().enumerate() {
+        let up = Upstream::start(&format!("u{i}"), behavior).await;
+        rest.push_str(&format!(
+            "[upstreams.u{i}]\nservers = {}\n\n[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u{i}\"\n\n",
+            servers(&[&up])
+        ));
+        ups.push(up);
+    }
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = {workers}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{extra}\n\n{rest}"
+    ));
+    let run = Running::start(&site);
+    RouteSite { ups, site, run }
+}

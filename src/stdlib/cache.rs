@@ -1,0 +1,340 @@
+//! `std.cache.check` and `std.cache.store`: an HTTP cache in memory.
+//!
+//! `check` (request phase) looks the request up: a fresh hit becomes the response
+//! when the module's request phase ends (later modules' request phases do not run,
+//! the upstream is not asked); a miss makes this request the one that fills the key,
+//! or — when another request is already fetching it — waits for that one (after the
+//! request phase, up to `cache.lock_timeout`) and then looks again. `store` (response
+//! phase) checks the response is cacheable and tees its body into the cache while it
+//! streams to the client. Every response of a request that called either carries
+//! `x-cache: HIT | STALE | MISS | BYPASS`.
+//!
+//! Owns the per-request cache state and the two calls; `policy` owns the rules,
+//! `store` the entries. Must not touch: the upstream, the pipeline's order.
+
+pub mod policy;
+pub mod store;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use super::{ArgDefault, ArgSig, ArgType, FnSig, Returns, StdError, StdFn};
+use crate::http::ProxyBody;
+use crate::script::ast::PhaseKind;
+use crate::script::value::Value;
+use policy::RequestUse;
+use store::{Claim, FillGuard, HttpCache, Lookup, PendingEntry, TeeBody};
+
+/// The response header telling whether the cache answered.
+pub const X_CACHE: &str = "x-cache";
+
+const TTL_ARG: ArgSig = ArgSig {
+    name: "ttl",
+    ty: ArgType::Duration,
+    default: ArgDefault::Nil,
+    literal: false,
+    check: None,
+    doc: "freshness for responses that state none (no `max-age`, `s-maxage` or `Expires`); without it such responses are not stored",
+};
+
+/// The signature entries of this area.
+pub static SIGS: &[FnSig] = &[
+    FnSig {
+        name: "std.cache.check",
+        id: StdFn::CacheCheck,
+        args: &[
+            ArgSig {
+                name: "key",
+                ty: ArgType::Str,
+                default: ArgDefault::Nil,
+                literal: false,
+                check: None,
+                doc: "the cache key; host, path and query by default",
+            },
+            TTL_ARG,
+        ],
+        returns: Returns::Value(ArgType::Bool),
+        phases: &[PhaseKind::Request],
+        doc: "Looks the request up in the cache. On a fresh hit (true) the cached response becomes the response once this module's request phase ends; on a miss (false) the request goes on, and concurrent misses for one key wait for the first one's response.",
+    },
+    FnSig {
+        name: "std.cache.store",
+        id: StdFn::CacheStore,
+        args: &[TTL_ARG],
+        returns: Returns::Value(ArgType::Bool),
+        phases: &[PhaseKind::Response],
+        doc: "Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body is copied into the cache as it streams to the client. Returns whether it will be stored.",
+    },
+];
+
+/// How the cache took part in a request (the `x-cache` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Stale,
+    Miss,
+    Bypass,
+}
+
+impl CacheStatus {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Bypass => "BYPASS",
+        })
+    }
+}
+
+/// The cache state of one request (kept in its `Ctx`).
+#[derive(Debug)]
+pub struct CacheReq {
+    pub status: CacheStatus,
+    key: Arc<str>,
+    /// Default freshness from `check(ttl)`.
+    ttl: Option<Duration>,
+    /// The cached response to serve, until the pipeline takes it.
+    hit: Option<Arc<store::Cached>>,
+    /// This request fills the key.
+    fill: Option<FillGuard>,
+    /// Another request fills the key: wait for it.
+    wait: Option<tokio::sync::watch::Receiver<()>>,
+    /// The request was a HEAD (its hit carries no body).
+    head: bool,
+}
+
+impl CacheReq {
+    /// Takes the cached response to serve, if `check` found one.
+    pub fn take_hit(&mut self) -> Option<Response<ProxyBody>> {
+        let cached = self.hit.take()?;
+        Some(hit_response(&cached, self.head, self.status))
+    }
+
+    /// Whether `check` found a response to serve.
+    pub fn has_hit(&self) -> bool {
+        self.hit.is_some()
+    }
+
+    /// Whether the request should wait for another request's fill.
+    pub fn must_wait(&self) -> bool {
+        self.wait.is_some()
+    }
+}
+
+fn cache_of<'a>(ex: &super::Exchange<'a>) -> &'a Arc<HttpCache> {
+    &ex.state.cache
+}
+
+/// `std.cache.check(key?, ttl?)`.
+pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
+    let ttl = duration_arg(args.get(1), "std.cache.check")?;
+    let key: Arc<str> = match args.first() {
+        Some(Value::Str(k)) => Arc::clone(k),
+        Some(Value::Nil) | None => Arc::from(policy::default_key(ex.req.uri, ex.req.headers)),
+        Some(other) => Arc::from(other.to_string()),
+    };
+    let head = *ex.req.method == Method::HEAD;
+    let mut req = CacheReq {
+        status: CacheStatus::Miss,
+        key,
+        ttl,
+        hit: None,
+        fill: None,
+        wait: None,
+        head,
+    };
+    let cache = Arc::clone(cache_of(ex));
+    match policy::request_use(ex.req.method, ex.req.headers) {
+        RequestUse::Bypass => req.status = CacheStatus::Bypass,
+        RequestUse::Refresh => {}
+        RequestUse::Normal => match cache.lookup(&req.key, ex.req.headers, Instant::now()) {
+            Lookup::Fresh(c) => {
+                req.status = CacheStatus::Hit;
+                req.hit = Some(c);
+            }
+            // Stale inside stale-while-revalidate: one request refreshes it, the
+            // others get the stale copy meanwhile.
+            Lookup::Stale(c) if head || cache.is_filling(&req.key) => {
+                req.status = CacheStatus::Stale;
+                req.hit = Some(c);
+            }
+            Lookup::Stale(_) | Lookup::Miss if head => {}
+            Lookup::Stale(_) => {
+                if let Claim::Fill(guard) = cache.claim(&req.key) {
+                    req.fill = Some(guard);
+                }
+            }
+            Lookup::Miss => match cache.claim(&req.key) {
+                Claim::Fill(guard) => req.fill = Some(guard),
+                Claim::Wait(rx) => req.wait = Some(rx),
+            },
+        },
+    }
+    let counts = &cache.counts;
+    match req.status {
+        CacheStatus::Hit => counts.hits.fetch_add(1, Ordering::Relaxed),
+        CacheStatus::Stale => counts.stale_hits.fetch_add(1, Ordering::Relaxed),
+        CacheStatus::Miss if req.wait.is_none() => counts.misses.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    let hit = req.hit.is_some();
+    ex.ctx.cache = Some(Box::new(req));
+    Ok(Value::Bool(hit))
+}
+
+/// After the request phase: waits for another request's fill of the same key, then
+/// looks again. Returns the cached response when the wait produced one.
+pub async fn after_wait(
+    req: &mut CacheReq,
+    cache: &HttpCache,
+    headers: &HeaderMap,
+) -> Option<Response<ProxyBody>> {
+    let rx = req.wait.take()?;
+    store::wait_for_fill(rx, cache.settings.lock_timeout).await;
+    match cache.lookup(&req.key, headers, Instant::now()) {
+        Lookup::Fresh(c) | Lookup::Stale(c) => {
+            cache.counts.hits.fetch_add(1, Ordering::Relaxed);
+            req.status = CacheStatus::Hit;
+            Some(hit_response(&c, req.head, req.status))
+        }
+        Lookup::Miss => {
+            cache.counts.misses.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// A stored response as a response to send.
+fn hit_response(c: &store::Cached, head: bool, status: CacheStatus) -> Response<ProxyBody> {
+    let body = if head {
+        ProxyBody::Empty
+    } else {
+        ProxyBody::full(c.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = c.status;
+    *resp.headers_mut() = c.headers.clone();
+    let h = resp.headers_mut();
+    h.insert(header::AGE, HeaderValue::from(c.age(Instant::now())));
+    h.insert(X_CACHE, status.header());
+    resp
+}
+
+/// Sets `x-cache` on the response of a request that used the cache.
+pub fn mark(req: Option<&CacheReq>, headers: &mut HeaderMap) {
+    if let Some(r) = req {
+        headers.insert(X_CACHE, r.status.header());
+    }
+}
+
+/// `std.cache.store(ttl?)`.
+pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
+    let ttl = duration_arg(args.first(), "std.cache.store")?;
+    let cache = Arc::clone(cache_of(ex));
+    if ex.ctx.cache.is_none() {
+        // `store` without `check`: key the response the default way.
+        let use_ = policy::request_use(ex.req.method, ex.req.headers);
+        ex.ctx.cache = Some(Box::new(CacheReq {
+            status: if use_ == RequestUse::Bypass {
+                CacheStatus::Bypass
+            } else {
+                CacheStatus::Miss
+            },
+            key: Arc::from(policy::default_key(ex.req.uri, ex.req.headers)),
+            ttl: None,
+            hit: None,
+            fill: None,
+            wait: None,
+            head: *ex.req.method == Method::HEAD,
+        }));
+    }
+    let Some(req) = ex.ctx.cache.as_deref_mut() else {
+        return Ok(Value::Bool(false));
+    };
+    // A cached answer is not stored again; a bypassed request is not stored at all.
+    if req.status != CacheStatus::Miss {
+        return Ok(Value::Bool(false));
+    }
+    let guard = req.fill.take();
+    let Some(resp) = ex.resp.as_mut() else {
+        return Ok(Value::Bool(false));
+    };
+    let freshness = match policy::storable(
+        ex.req.method,
+        *resp.status,
+        resp.headers,
+        ttl.or(req.ttl),
+        SystemTime::now(),
+    ) {
+        Ok(f) => f,
+        Err(why) => {
+            tracing::debug!(target: "proxycache::stdlib", key = %req.key, why, "not stored");
+            return Ok(Value::Bool(false));
+        }
+    };
+    let Some(vary) = policy::vary_names(resp.headers) else {
+        return Ok(Value::Bool(false));
+    };
+    let Some(body) = resp.body.as_deref_mut() else {
+        return Ok(Value::Bool(false));
+    };
+    let limit = cache.settings.max_entry_size;
+    let expect_len = crate::http::framing::content_length(resp.headers);
+    if expect_len.is_some_and(|n| n > limit) {
+        return Ok(Value::Bool(false));
+    }
+    let mut headers = resp.headers.clone();
+    for name in [
+        header::AGE,
+        header::SET_COOKIE,
+        header::HeaderName::from_static(X_CACHE),
+        header::HeaderName::from_static(crate::http::request_id::HEADER),
+    ] {
+        headers.remove(name);
+    }
+    let pending = PendingEntry {
+        cache: Arc::clone(&cache),
+        primary: Arc::clone(&req.key),
+        req_headers: if vary.is_empty() {
+            HeaderMap::new()
+        } else {
+            ex.req.headers.clone()
+        },
+        vary,
+        status: *resp.status,
+        headers,
+        fresh_for: freshness.fresh_for,
+        stale_for: freshness.stale_for,
+        expect_len,
+        guard,
+    };
+    let inner = std::mem::replace(body, ProxyBody::Empty);
+    let mut tee = TeeBody::new(inner, pending, limit);
+    if tee.is_end_stream() {
+        // No body to wait for (204, an empty body): store now.
+        tee.finish_now();
+        *body = ProxyBody::Empty;
+    } else {
+        *body = ProxyBody::Boxed(tee.boxed());
+    }
+    Ok(Value::Bool(true))
+}
+
+fn duration_arg(v: Option<&Value>, function: &'static str) -> Result<Option<Duration>, StdError> {
+    match v {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::Duration(d)) => Ok(Some(*d)),
+        Some(Value::Int(s)) if *s >= 0 => Ok(Some(Duration::from_secs(*s as u64))),
+        Some(other) => Err(StdError {
+            function,
+            message: format!("ttl must be a duration, got {other}"),
+        }),
+    }
+}

@@ -1,0 +1,341 @@
+//! What may be cached and for how long (RFC 9111, the parts a shared cache in front of
+//! an origin needs): request and response `Cache-Control`, `Expires`, `Age`,
+//! cacheable status codes, `Vary`, and the cache key.
+//!
+//! Pure functions over headers; no state. Must not touch: the store, bodies.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode, Uri};
+
+/// The directives of one `Cache-Control` header set that matter here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` value of `headers`. Unknown directives are ignored;
+    /// a malformed number makes its directive count as absent, except that a malformed
+    /// `max-age` counts as 0 (stale), as RFC 9111 §4.2.1 asks.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else { continue };
+            for directive in text.split(',') {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let seconds = || arg.and_then(|a| a.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "max-age" => cc.max_age = Some(seconds().unwrap_or(0)),
+                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(0)),
+                    "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// How a request may use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestUse {
+    /// Look up, and store the response.
+    Normal,
+    /// Do not look up (the client asked for a fresh answer), but store the response.
+    Refresh,
+    /// Neither look up nor store.
+    Bypass,
+}
+
+/// How a request may use the cache: only GET and HEAD are looked up; requests with
+/// credentials or `no-store` bypass it; `no-cache` (or `Pragma: no-cache`) refreshes.
+pub fn request_use(method: &Method, headers: &HeaderMap) -> RequestUse {
+    if method != Method::GET && method != Method::HEAD {
+        return RequestUse::Bypass;
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        return RequestUse::Bypass;
+    }
+    let cc = CacheControl::parse(headers);
+    if cc.no_store {
+        return RequestUse::Bypass;
+    }
+    let pragma_no_cache = headers
+        .get_all(header::PRAGMA)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+    if cc.no_cache || pragma_no_cache {
+        return RequestUse::Refresh;
+    }
+    RequestUse::Normal
+}
+
+/// Status codes a response may be stored with (RFC 9110 §15.1 "heuristically
+/// cacheable", minus 206: ranges are not stored).
+pub fn cacheable_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// How long a stored response stays fresh, and how long after that it may still be
+/// served while one request refreshes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub fresh_for: Duration,
+    pub stale_for: Duration,
+}
+
+/// Why a response is not stored; `Ok` holds its freshness.
+///
+/// `default_ttl` applies only to responses that say nothing about freshness
+/// (no `max-age`, `s-maxage` or `Expires`), like nginx's `proxy_cache_valid`.
+pub fn storable(
+    method: &Method,
+    status: StatusCode,
+    resp: &HeaderMap,
+    default_ttl: Option<Duration>,
+    now: SystemTime,
+) -> Result<Freshness, &'static str> {
+    if method != Method::GET {
+        return Err("only GET responses are stored");
+    }
+    if !cacheable_status(status) {
+        return Err("status not cacheable");
+    }
+    let cc = CacheControl::parse(resp);
+    if cc.no_store {
+        return Err("Cache-Control: no-store");
+    }
+    if cc.private {
+        return Err("Cache-Control: private");
+    }
+    if cc.no_cache {
+        return Err("Cache-Control: no-cache (revalidation is not supported)");
+    }
+    if resp.contains_key(header::SET_COOKIE) {
+        return Err("Set-Cookie");
+    }
+    if vary_names(resp).is_none() {
+        return Err("Vary: *");
+    }
+    let lifetime = if let Some(s) = cc.s_maxage.or(cc.max_age) {
+        Duration::from_secs(s)
+    } else if let Some(expires) = resp.get(header::EXPIRES) {
+        // An invalid Expires (e.g. "0") means already expired.
+        let expires = expires
+            .to_str()
+            .ok()
+            .and_then(|t| httpdate::parse_http_date(t).ok());
+        let date = resp
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| httpdate::parse_http_date(t).ok())
+            .unwrap_or(now);
+        expires
+            .and_then(|e| e.duration_since(date).ok())
+            .unwrap_or(Duration::ZERO)
+    } else {
+        match default_ttl {
+            Some(ttl) => ttl,
+            None => return Err("no freshness (max-age, s-maxage, Expires) and no ttl"),
+        }
+    };
+    let age = resp
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let fresh_for = lifetime.saturating_sub(age);
+    if fresh_for.is_zero() {
+        return Err("already stale");
+    }
+    Ok(Freshness {
+        fresh_for,
+        stale_for: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
+    })
+}
+
+/// The header names of `Vary`, lower-cased; `None` for `Vary: *` (never matches).
+pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token == "*" {
+                return None;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The default key: host, path and query (HEAD shares GET's entries).
+pub fn default_key(uri: &Uri, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut key = String::with_capacity(host.len() + pq.len() + 1);
+    key.push_str(&host.to_ascii_lowercase());
+    key.push_str(pq);
+    key
+}
+
+/// The key of one variant: the primary key plus the request's values of the `Vary`
+/// headers (absent and empty differ).
+pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> String {
+    let mut key = String::from(primary);
+    for name in names {
+        key.push('\n');
+        key.push_str(name.as_str());
+        let mut values = req.get_all(name).iter().peekable();
+        if values.peek().is_none() {
+            key.push('!');
+            continue;
+        }
+        key.push(':');
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn fresh(
+        pairs: &[(&'static str, &'static str)],
+        ttl: Option<u64>,
+    ) -> Result<u64, &'static str> {
+        storable(
+            &Method::GET,
+            StatusCode::OK,
+            &headers(pairs),
+            ttl.map(Duration::from_secs),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+        .map(|f| f.fresh_for.as_secs())
+    }
+
+    #[test]
+    fn freshness_comes_from_s_maxage_then_max_age_then_expires_then_ttl() {
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60, s-maxage=30")], None),
+            Ok(30)
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "public, max-age=60")], Some(5)),
+            Ok(60)
+        );
+        assert_eq!(
+            fresh(
+                &[
+                    ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                    ("expires", "Tue, 14 Nov 2023 22:15:20 GMT")
+                ],
+                None
+            ),
+            Ok(120)
+        );
+        assert_eq!(fresh(&[], Some(7)), Ok(7));
+        assert!(fresh(&[], None).is_err());
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "50")], None),
+            Ok(10)
+        );
+        assert!(fresh(&[("cache-control", "max-age=60"), ("age", "60")], None).is_err());
+        assert!(fresh(&[("expires", "0")], Some(10)).is_err());
+    }
+
+    #[test]
+    fn what_is_never_stored() {
+        for cc in ["no-store", "private", "no-cache", "private, max-age=60"] {
+            assert!(fresh(&[("cache-control", cc)], Some(10)).is_err(), "{cc}");
+        }
+        assert!(fresh(&[("set-cookie", "a=b")], Some(10)).is_err());
+        assert!(fresh(&[("vary", "*")], Some(10)).is_err());
+        let h = headers(&[("cache-control", "max-age=60")]);
+        let now = SystemTime::now();
+        assert!(storable(&Method::POST, StatusCode::OK, &h, None, now).is_err());
+        assert!(storable(
+            &Method::GET,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &h,
+            None,
+            now
+        )
+        .is_err());
+        assert!(storable(&Method::GET, StatusCode::NOT_FOUND, &h, None, now).is_ok());
+    }
+
+    #[test]
+    fn requests_that_bypass_or_refresh() {
+        assert_eq!(request_use(&Method::GET, &headers(&[])), RequestUse::Normal);
+        assert_eq!(
+            request_use(&Method::POST, &headers(&[])),
+            RequestUse::Bypass
+        );
+        assert_eq!(
+            request_use(&Method::GET, &headers(&[("authorization", "Bearer x")])),
+            RequestUse::Bypass
+        );
+        assert_eq!(
+            request_use(&Method::GET, &headers(&[("cache-control", "no-cache")])),
+            RequestUse::Refresh
+        );
+        assert_eq!(
+            request_use(&Method::GET, &headers(&[("cache-control", "no-store")])),
+            RequestUse::Bypass
+        );
+    }
+
+    #[test]
+    fn variants_differ_by_vary_values() {
+        let names =
+            vary_names(&headers(&[("vary", "Accept-Encoding, X-Lang")])).unwrap_or_default();
+        assert_eq!(names.len(), 2);
+        let a = variant_key("k", &names, &headers(&[("accept-encoding", "gzip")]));
+        let b = variant_key("k", &names, &headers(&[("accept-encoding", "br")]));
+        let c = variant_key("k", &names, &headers(&[]));
+        let d = variant_key("k", &names, &headers(&[("accept-encoding", "")]));
+        assert!(a != b && a != c && c != d, "{a:?} {b:?} {c:?} {d:?}");
+    }
+}

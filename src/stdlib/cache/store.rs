@@ -1,0 +1,430 @@
+//! The in-memory HTTP cache of the process: entries in a byte-bounded TinyLFU map
+//! (moka), the table of fills in flight (so concurrent misses for one key make one
+//! upstream request), and the body that tees a response into the cache while it
+//! streams to the client.
+//!
+//! Must not touch: cacheability rules (`policy`), the request in flight.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName};
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::http::body::{BoxError, ProxyBody};
+
+/// Settings of the cache (`[cache]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes held at most, bodies, headers and keys counted.
+    pub max_size: u64,
+    /// Responses with larger bodies are not stored.
+    pub max_entry_size: u64,
+    /// How long a request waits for another request's fill of the same key.
+    pub lock_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_size: 64 * 1024 * 1024,
+            max_entry_size: 1024 * 1024,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Cached {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub stored_at: Instant,
+    pub fresh_for: Duration,
+    pub stale_for: Duration,
+}
+
+impl Cached {
+    /// Whether it may be served without asking the upstream.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.stored_at) < self.fresh_for
+    }
+
+    /// Whether it may be served while one request refreshes it.
+    pub fn is_usable_stale(&self, now: Instant) -> bool {
+        now.duration_since(self.stored_at) < self.fresh_for + self.stale_for
+    }
+
+    /// Seconds since it was stored (the `Age` header).
+    pub fn age(&self, now: Instant) -> u64 {
+        now.duration_since(self.stored_at).as_secs()
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        u32::try_from(key.len() + headers + self.body.len() + 128).unwrap_or(u32::MAX)
+    }
+}
+
+/// What one key holds: a response, or the `Vary` names its variants are keyed by.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Resp(Arc<Cached>),
+    Vary(Arc<[HeaderName]>),
+}
+
+/// Entries live until they are too stale to serve (`Vary` records until evicted).
+struct SlotExpiry;
+
+impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, slot: &Slot, _: Instant) -> Option<Duration> {
+        match slot {
+            Slot::Resp(c) => Some(c.fresh_for + c.stale_for),
+            Slot::Vary(_) => None,
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Arc<str>,
+        slot: &Slot,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, slot, at)
+    }
+}
+
+/// Counters of the cache's work since the process started.
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    pub hits: AtomicU64,
+    pub stale_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stores: AtomicU64,
+    /// Fills abandoned (body too large, aborted, trailers).
+    pub abandoned: AtomicU64,
+}
+
+/// A fill in flight: its id (so a late guard never removes a newer fill) and the
+/// channel its waiters watch.
+type Fill = (u64, watch::Receiver<()>);
+
+/// The cache of the process; survives reloads.
+pub struct HttpCache {
+    entries: moka::sync::Cache<Arc<str>, Slot>,
+    inflight: Mutex<HashMap<Arc<str>, Fill>>,
+    next_fill: AtomicU64,
+    pub settings: CacheSettings,
+    pub counts: CacheCounts,
+}
+
+impl std::fmt::Debug for HttpCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCache")
+            .field("entries", &self.entries.entry_count())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Default for HttpCache {
+    fn default() -> Self {
+        HttpCache::new(CacheSettings::default())
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Fresh(Arc<Cached>),
+    /// Stale but inside `stale-while-revalidate`.
+    Stale(Arc<Cached>),
+    Miss,
+}
+
+impl HttpCache {
+    /// An empty cache.
+    pub fn new(settings: CacheSettings) -> Self {
+        HttpCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(settings.max_size)
+                .weigher(|key: &Arc<str>, slot: &Slot| match slot {
+                    Slot::Resp(c) => c.weight(key),
+                    Slot::Vary(names) => {
+                        u32::try_from(key.len() + names.len() * 32 + 64).unwrap_or(u32::MAX)
+                    }
+                })
+                .expire_after(SlotExpiry)
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+            next_fill: AtomicU64::new(0),
+            settings,
+            counts: CacheCounts::default(),
+        }
+    }
+
+    /// Finds the response for `primary`, following a `Vary` record with the request's
+    /// headers.
+    pub fn lookup(&self, primary: &str, req: &HeaderMap, now: Instant) -> Lookup {
+        let found = match self.entries.get(primary) {
+            Some(Slot::Resp(c)) => Some(c),
+            Some(Slot::Vary(names)) => {
+                match self
+                    .entries
+                    .get(super::policy::variant_key(primary, &names, req).as_str())
+                {
+                    Some(Slot::Resp(c)) => Some(c),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        match found {
+            Some(c) if c.is_fresh(now) => Lookup::Fresh(c),
+            Some(c) if c.is_usable_stale(now) => Lookup::Stale(c),
+            _ => Lookup::Miss,
+        }
+    }
+
+    /// Stores a response under `primary`, or under its variant key when `vary` names
+    /// headers (then `primary` records the names).
+    pub fn insert(&self, primary: &Arc<str>, vary: &[HeaderName], req: &HeaderMap, entry: Cached) {
+        let entry = Slot::Resp(Arc::new(entry));
+        if vary.is_empty() {
+            self.entries.insert(Arc::clone(primary), entry);
+        } else {
+            self.entries
+                .insert(Arc::clone(primary), Slot::Vary(Arc::from(vary)));
+            let key = super::policy::variant_key(primary, vary, req);
+            self.entries.insert(Arc::from(key), entry);
+        }
+        self.counts.stores.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Entries held now (approximate: moka counts lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Bytes held now (approximate).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    /// Becomes the one request filling `key`, or learns whom to wait for.
+    pub fn claim(self: &Arc<Self>, key: &Arc<str>) -> Claim {
+        let mut inflight = self.inflight.lock();
+        if let Some((_, rx)) = inflight.get(key) {
+            return Claim::Wait(rx.clone());
+        }
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(());
+        inflight.insert(Arc::clone(key), (id, rx));
+        Claim::Fill(FillGuard {
+            cache: Arc::clone(self),
+            key: Arc::clone(key),
+            id,
+            _tx: tx,
+        })
+    }
+
+    /// Whether some request is filling `key` now.
+    pub fn is_filling(&self, key: &str) -> bool {
+        self.inflight.lock().contains_key(key)
+    }
+}
+
+/// The answer of [`HttpCache::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    Fill(FillGuard),
+    Wait(watch::Receiver<()>),
+}
+
+/// Held by the one request fetching a key; dropping it (stored, not cacheable, or
+/// failed) wakes the requests waiting for it.
+pub struct FillGuard {
+    cache: Arc<HttpCache>,
+    key: Arc<str>,
+    id: u64,
+    _tx: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for FillGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FillGuard").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        let mut inflight = self.cache.inflight.lock();
+        if inflight
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            inflight.remove(&self.key);
+        }
+        // `_tx` drops after this: waiters wake and look again.
+    }
+}
+
+/// Waits until the fill `rx` belongs to ends, or `timeout`.
+pub async fn wait_for_fill(mut rx: watch::Receiver<()>, timeout: Duration) {
+    // `changed` fails once the sender (the fill guard) is gone, which is the signal.
+    let _ = tokio::time::timeout(timeout, async { while rx.changed().await.is_ok() {} }).await;
+}
+
+/// A response on its way into the cache once its body is complete.
+#[derive(Debug)]
+pub struct PendingEntry {
+    pub cache: Arc<HttpCache>,
+    pub primary: Arc<str>,
+    pub vary: Vec<HeaderName>,
+    /// The request headers the `Vary` names are read from.
+    pub req_headers: HeaderMap,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub fresh_for: Duration,
+    pub stale_for: Duration,
+    /// `Content-Length` of the response, checked against what arrived.
+    pub expect_len: Option<u64>,
+    /// Released when the entry is stored or abandoned.
+    pub guard: Option<FillGuard>,
+}
+
+/// A body that passes frames through untouched and keeps a copy (reference-counted
+/// chunks, no copying while streaming); stores the response when the body ends.
+pub struct TeeBody {
+    inner: ProxyBody,
+    pending: Option<Box<PendingEntry>>,
+    chunks: Vec<Bytes>,
+    size: u64,
+    limit: u64,
+}
+
+impl TeeBody {
+    /// Tees `inner` into `pending` (up to `limit` bytes; a larger body is not stored).
+    pub fn new(inner: ProxyBody, pending: PendingEntry, limit: u64) -> Self {
+        TeeBody {
+            inner,
+            pending: Some(Box::new(pending)),
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+        }
+    }
+
+    fn abandon(&mut self, why: &'static str) {
+        if let Some(p) = self.pending.take() {
+            p.cache.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target: "proxycache::stdlib", key = %p.primary, why, "cache fill abandoned");
+        }
+        self.chunks = Vec::new();
+    }
+
+    /// Stores the entry now (a body that has already ended).
+    pub fn finish_now(&mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        if p.expect_len.is_some_and(|n| n != self.size) {
+            p.cache.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.size as usize);
+                for c in self.chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        };
+        let p = *p;
+        p.cache.insert(
+            &p.primary,
+            &p.vary,
+            &p.req_headers,
+            Cached {
+                status: p.status,
+                headers: p.headers,
+                body,
+                stored_at: Instant::now(),
+                fresh_for: p.fresh_for,
+                stale_for: p.stale_for,
+            },
+        );
+        // `p.guard` drops here, after the insert: waiters find the entry.
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => match f.data_ref() {
+                Some(data) if this.pending.is_some() => {
+                    this.size += data.len() as u64;
+                    if this.size > this.limit {
+                        this.abandon("body larger than cache.max_entry_size");
+                    } else {
+                        this.chunks.push(data.clone());
+                        // hyper stops polling once the body says it has ended.
+                        if this.inner.is_end_stream() {
+                            this.finish();
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => this.abandon("trailers"),
+            },
+            Some(Err(_)) => this.abandon("body failed"),
+            None => this.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TeeBody {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            self.abandon("response not finished");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! `std.cache` over real sockets (issue 5, acceptance 2): a cacheable GET reaches the
+//! upstream once and is then served from the cache (the upstream's request count
+//! proves it); `no-store`, `private`, `Set-Cookie` and POST responses are not cached;
+//! `Vary` keeps variants apart; 20 concurrent misses for one key make one upstream
+//! request; a large chunked body is stored whole while it streams; the same from Lua.
+//!
+//! Each test writes a site (config.toml + mods/), one upstream per route prefix, and
+//! starts proxycache in-process on port 0.
+
+mod common;
+
+use common::*;
+
+/// The pcmod module under test: look up every request, store every response;
+/// `/ttl/...` responses say nothing about freshness and get 30s from `check`.
+const CACHE: &str = r#"mod cache {
+  on request {
+    if $path starts_with "/ttl" {
+      let hit = std.cache.check(ttl: 30s)
+      set ctx.hit = hit
+    } else {
+      let hit = std.cache.check()
+      set ctx.hit = hit
+    }
+  }
+  on response {
+    let stored = std.cache.store()
+    set resp.header["x-stored"] = "${stored}"
+  }
+}
+"#;
+
+/// The same from a Lua hook.
+const LUA_CACHE: &str = r#"mod luacache {
+  lua """
+function on_request(req, ctx)
+  ctx.hit = std.cache.check()
+end
+function on_response(req, resp, ctx)
+  resp:set_header("x-stored", tostring(std.cache.store()))
+end
+"""
+}
+"#;
+
+/// Two workers, so hits and fills cross worker threads; a small cache.
+async fn setup(module: (&str, &str), routes: Vec<(&str, Behavior)>) -> RouteSite {
+    let cache = "[cache]\nmax_size = \"8MiB\"\nmax_entry_size = \"2MiB\"";
+    route_site("cache", 2, module, routes, cache).await
+}
+
+fn cacheable() -> Behavior {
+    Behavior::echo().with_header("cache-control", "public, max-age=60")
+}
+
+async fn get_h(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = req("GET", path);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    send(addr, empty(b)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacheable_get_is_fetched_once_then_served_from_the_cache() {
+    let s = setup(("cache", CACHE), vec![("/", cacheable())]).await;
+    let addr = s.run.addr;
+    let first = get(addr, "/page?q=1").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(first.header("x-stored").as_deref(), Some("true"));
+    assert_eq!(s.ups[0].requests(), 1);
+
+    for _ in 0..5 {
+        let again = get(addr, "/page?q=1").await;
+        assert_eq!(again.status, 200);
+        assert_eq!(
+            again.header("x-cache").as_deref(),
+            Some("HIT"),
+            "{:?}",
+            again.headers
+        );
+        assert_eq!(again.body, first.body, "a hit serves the stored body");
+        assert!(again.header("age").is_some(), "a hit says its age");
+        assert_eq!(
+            again.header("x-stored").as_deref(),
+            Some("false"),
+            "a hit is not stored again"
+        );
+        assert_eq!(
+            again.header("cache-control").as_deref(),
+            Some("public, max-age=60")
+        );
+    }
+    assert_eq!(s.ups[0].requests(), 1, "hits never reach the upstream");
+
+    // Another query string is another key; HEAD shares GET's entry.
+    let other = get(addr, "/page?q=2").await;
+    assert_eq!(other.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(s.ups[0].requests(), 2);
+    let head = send(addr, empty(req("HEAD", "/page?q=1"))).await;
+    assert_eq!(head.header("x-cache").as_deref(), Some("HIT"));
+    assert!(head.body.is_empty());
+    assert_eq!(s.ups[0].requests(), 2);
+
+    // A client asking for a fresh answer goes to the upstream (and refreshes the entry).
+    let fresh = get_h(addr, "/page?q=1", &[("cache-control", "no-cache")]).await;
+    assert_eq!(fresh.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(s.ups[0].requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_not_be_cached_is_not() {
+    let s = setup(
+        ("cache", CACHE),
+        vec![
+            (
+                "/nostore",
+                Behavior::echo().with_header("cache-control", "no-store"),
+            ),
+            (
+                "/private",
+                Behavior::echo().with_header("cache-control", "private, max-age=60"),
+            ),
+            (
+                "/cookie",
+                cacheable().with_header("set-cookie", "session=abc"),
+            ),
+            ("/plain", Behavior::echo()),
+            (
+                "/error",
+                Behavior::status(500).with_header("cache-control", "max-age=60"),
+            ),
+            ("/", cacheable()),
+        ],
+    )
+    .await;
+    let addr = s.run.addr;
+    for (i, path) in ["/nostore", "/private", "/cookie", "/plain", "/error"]
+        .iter()
+        .enumerate()
+    {
+        for round in 1..=3 {
+            let r = get(addr, path).await;
+            assert_eq!(r.header("x-cache").as_deref(), Some("MISS"), "{path}");
+            assert_eq!(r.header("x-stored").as_deref(), Some("false"), "{path}");
+            assert_eq!(
+                s.ups[i].requests(),
+                round,
+                "{path} reaches the upstream every time"
+            );
+        }
+    }
+    // POST is never looked up nor stored, even on a cacheable route.
+    for round in 1..=3 {
+        let r = send(addr, empty(req("POST", "/form"))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-cache").as_deref(), Some("BYPASS"));
+        assert_eq!(s.ups[5].requests(), round);
+    }
+    // A request with credentials bypasses the cache.
+    let r = get_h(addr, "/form", &[("authorization", "Bearer x")]).await;
+    assert_eq!(r.header("x-cache").as_deref(), Some("BYPASS"));
+    assert_eq!(s.ups[5].requests(), 4);
+    // ...and the POSTs did not poison the GET.
+    assert_eq!(
+        get(addr, "/form").await.header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(addr, "/form").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(s.ups[5].requests(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_keeps_variants_apart() {
+    let s = setup(
+        ("cache", CACHE),
+        vec![("/", cacheable().with_header("vary", "x-lang"))],
+    )
+    .await;
+    let addr = s.run.addr;
+    let en = get_h(addr, "/v", &[("x-lang", "en")]).await;
+    let fr = get_h(addr, "/v", &[("x-lang", "fr")]).await;
+    let none = get(addr, "/v").await;
+    for r in [&en, &fr, &none] {
+        assert_eq!(r.header("x-cache").as_deref(), Some("MISS"));
+    }
+    assert_eq!(s.ups[0].requests(), 3, "each variant is fetched");
+    let en2 = get_h(addr, "/v", &[("x-lang", "en")]).await;
+    let fr2 = get_h(addr, "/v", &[("x-lang", "fr")]).await;
+    let none2 = get(addr, "/v").await;
+    for r in [&en2, &fr2, &none2] {
+        assert_eq!(r.header("x-cache").as_deref(), Some("HIT"));
+    }
+    assert_eq!(s.ups[0].requests(), 3);
+    // Each variant got its own body: the echo names the x-lang it saw.
+    assert!(en2.text().contains("\"x-lang\":\"en\""), "{}", en2.text());
+    assert!(fr2.text().contains("\"x-lang\":\"fr\""), "{}", fr2.text());
+    assert!(!none2.text().contains("x-lang"), "{}", none2.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_key_make_one_upstream_request() {
+    let slow = Behavior::slow(300).with_header("cache-control", "max-age=60");
+    let s = setup(("cache", CACHE), vec![("/", slow)]).await;
+    let addr = s.run.addr;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { get(addr, "/hot").await }))
+        .collect();
+    let mut statuses = Vec::new();
+    let mut bodies = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.expect("request task");
+        statuses.push((r.status, r.header("x-cache")));
+        bodies.insert(r.body.clone());
+    }
+    assert_eq!(
+        s.ups[0].requests(),
+        1,
+        "20 concurrent misses, one upstream request"
+    );
+    assert!(statuses.iter().all(|(st, _)| *st == 200), "{statuses:?}");
+    let misses = statuses
+        .iter()
+        .filter(|(_, x)| x.as_deref() == Some("MISS"))
+        .count();
+    assert_eq!(
+        misses, 1,
+        "one request filled, the others were served the fill: {statuses:?}"
+    );
+    assert_eq!(bodies.len(), 1, "everyone got the same body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chunked_body_is_stored_whole_and_a_too_large_one_not_at_all() {
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let huge: Vec<u8> = vec![b'x'; 3 * 1024 * 1024];
+    let s = setup(
+        ("cache", CACHE),
+        vec![
+            (
+                "/huge",
+                Behavior::fixed_body(huge.clone(), true).with_header("cache-control", "max-age=60"),
+            ),
+            (
+                "/ttl",
+                Behavior::fixed_body(big.clone(), true)
+                    .with_header("content-type", "application/octet-stream"),
+            ),
+        ],
+    )
+    .await;
+    let addr = s.run.addr;
+    let first = get(addr, "/ttl/big").await;
+    assert_eq!(first.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(first.body.as_ref(), big.as_slice());
+    let hit = get(addr, "/ttl/big").await;
+    assert_eq!(
+        hit.header("x-cache").as_deref(),
+        Some("HIT"),
+        "check(ttl: 30s) made it storable"
+    );
+    assert_eq!(
+        hit.body.as_ref(),
+        big.as_slice(),
+        "the stored body is the whole body"
+    );
+    assert_eq!(s.ups[1].requests(), 1);
+
+    for round in 1..=2 {
+        let r = get(addr, "/huge").await;
+        assert_eq!(r.body.len(), huge.len(), "the client gets all of it");
+        assert_eq!(r.header("x-cache").as_deref(), Some("MISS"));
+        assert_eq!(
+            s.ups[0].requests(),
+            round,
+            "over cache.max_entry_size: not stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_from_a_lua_hook() {
+    let s = setup(("luacache", LUA_CACHE), vec![("/", cacheable())]).await;
+    let addr = s.run.addr;
+    let first = get(addr, "/lua").await;
+    assert_eq!(first.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(first.header("x-stored").as_deref(), Some("true"));
+    let second = get(addr, "/lua").await;
+    assert_eq!(second.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(s.ups[0].requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes() {
+    let slow =
+        Behavior::slow(300).with_header("cache-control", "max-age=1, stale-while-revalidate=30");
+    let s = setup(("cache", CACHE), vec![("/", slow)]).await;
+    let addr = s.run.addr;
+    assert_eq!(
+        get(addr, "/swr").await.header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(addr, "/swr").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Stale now: one request goes to the upstream, the other is not made to wait.
+    let a = tokio::spawn(async move { get(addr, "/swr").await });
+    let b = tokio::spawn(async move { get(addr, "/swr").await });
+    let mut seen = vec![
+        a.await.expect("a").header("x-cache"),
+        b.await.expect("b").header("x-cache"),
+    ];
+    assert_eq!(s.ups[0].requests(), 2, "one refresh: {seen:?}");
+    let miss = seen.iter().position(|x| x.as_deref() == Some("MISS"));
+    let Some(miss) = miss else {
+        panic!("one request refreshes the entry: {seen:?}")
+    };
+    seen.remove(miss);
+    assert!(
+        matches!(seen[0].as_deref(), Some("STALE" | "HIT")),
+        "the other request is served from the cache: {seen:?}"
+    );
+    // The refresh is stored: fresh again.
+    assert_eq!(
+        get(addr, "/swr").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(s.ups[0].requests(), 2);
+}
