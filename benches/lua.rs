@@ -129,6 +129,7 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
         info: &info,
         ctx: &mut ctx,
         state: &generation.std_state,
+        upstreams: &generation.upstreams,
         upstream: Some("app"),
         response_headers: &mut response_headers,
         body: None,

@@ -80,6 +80,10 @@ fn large_module(lines: usize) -> String {
     s
 }
 
+/// The upstream sets the stdlib calls see (none: the benches call no upstream).
+static NO_UPSTREAMS: std::sync::LazyLock<proxycache::upstream::Upstreams> =
+    std::sync::LazyLock::new(proxycache::upstream::Upstreams::default);
+
 fn run_request(p: &Pipeline, state: &StdState) {
     let mut req = Request::get("/api/items?x=1").body(()).unwrap_or_default();
     req.headers_mut()
@@ -106,6 +110,7 @@ fn run_request(p: &Pipeline, state: &StdState) {
         info: &info,
         ctx: &mut ctx,
         state,
+        upstreams: &NO_UPSTREAMS,
         upstream: Some("app"),
         response_headers: &mut response_headers,
         body: None,

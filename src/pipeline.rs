@@ -22,11 +22,12 @@ use crate::http::{ProxyBody, RequestId};
 use crate::lua::LuaCall;
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
+use crate::stdlib::breaker::NamedBreakers;
 use crate::stdlib::cache::store::{CacheSettings, HttpCache};
 use crate::stdlib::cache::CacheReq;
 use crate::stdlib::rate_limit::RateLimiter;
 use crate::stdlib::shared::SharedDict;
-use crate::upstream::InflightGuard;
+use crate::upstream::{InflightGuard, Upstreams};
 
 /// State of the stdlib that outlives generations (rate-limit buckets, `std.shared`).
 #[derive(Debug, Default)]
@@ -35,6 +36,8 @@ pub struct StdState {
     pub shared: SharedDict,
     /// The HTTP cache of `std.cache.*`.
     pub cache: Arc<HttpCache>,
+    /// Named breakers of `std.circuit_breaker.*`.
+    pub breakers: NamedBreakers,
 }
 
 impl StdState {
@@ -44,6 +47,7 @@ impl StdState {
             rate_limits: RateLimiter::default(),
             shared: SharedDict::default(),
             cache: Arc::new(HttpCache::new(cache)),
+            breakers: NamedBreakers::default(),
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Ctx {
     pub extra: Vec<(Arc<str>, Value)>,
     /// The request's cache state, once `std.cache.*` ran (not visible to scripts).
     pub cache: Option<Box<CacheReq>>,
+    /// The named breaker this request checked last (`std.circuit_breaker.record`).
+    pub breaker: Option<Arc<str>>,
 }
 
 /// What one phase of one module can see and change.
@@ -93,6 +99,8 @@ pub struct Exchange<'a> {
     pub info: &'a RequestInfo,
     pub ctx: &'a mut Ctx,
     pub state: &'a StdState,
+    /// The generation's upstream sets (`std.load_balance`, `std.circuit_breaker`).
+    pub upstreams: &'a Upstreams,
     /// Name of the upstream the request is routed or forwarded to, if any.
     pub upstream: Option<&'a str>,
     /// Headers to put on the response, whoever makes it (set in the request phase).
@@ -232,6 +240,7 @@ impl Pipeline {
             slots: vec![Value::Nil; self.ctx_names.len()],
             extra: Vec::new(),
             cache: None,
+            breaker: None,
         }
     }
 

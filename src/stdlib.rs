@@ -8,6 +8,7 @@
 //! Each area is one file with its entries and its implementation (STYLE rule 12).
 //! Must not touch: sockets, the pipeline's order of modules.
 
+pub mod breaker;
 pub mod cache;
 pub mod compress;
 pub mod dict;
@@ -16,6 +17,7 @@ pub mod helpers;
 pub mod rate_limit;
 pub mod request_id;
 pub mod shared;
+pub mod upstreams;
 pub mod url_rewrite;
 
 use crate::script::ast::PhaseKind;
@@ -124,6 +126,10 @@ pub enum StdFn {
     RequestIdInject,
     CacheCheck,
     CacheStore,
+    BreakerCheck,
+    BreakerRecord,
+    LoadBalance,
+    ActiveHealth,
     UrlRewrite,
     CompressCheck,
     CompressApply,
@@ -181,6 +187,8 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     request_id::SIGS,
     url_rewrite::SIGS,
     cache::SIGS,
+    breaker::SIGS,
+    upstreams::SIGS,
     compress::SIGS,
     dict::SIGS,
     flow::SIGS,
@@ -227,6 +235,10 @@ pub fn call(
         StdFn::UrlRewrite => url_rewrite::call(args, prepared, ex),
         StdFn::CacheCheck => cache::check(args, ex),
         StdFn::CacheStore => cache::store(args, ex),
+        StdFn::BreakerCheck => breaker::check(args, ex),
+        StdFn::BreakerRecord => breaker::record_outcome(args, ex),
+        StdFn::LoadBalance => upstreams::load_balance(args, ex),
+        StdFn::ActiveHealth => upstreams::active_health(args, ex),
         StdFn::CompressCheck => compress::check(args, ex),
         StdFn::CompressApply => compress::apply(args, ex),
         StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {

@@ -64,6 +64,13 @@ impl UpstreamSet {
         &self.config.name
     }
 
+    /// The server the balancer would pick now among available ones, without taking
+    /// it (nothing counted in flight, no breaker probe; round robin does advance).
+    pub fn peek(&self, key: &PickKey) -> Option<usize> {
+        self.balancer
+            .pick(&self.servers, key, |i| self.servers[i].is_available())
+    }
+
     /// Picks an available server (healthy, breaker letting it through) not in
     /// `tried` (a bit set of server indexes, for retries), and counts the request in
     /// flight on it. `None`: nothing available.

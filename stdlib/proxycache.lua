@@ -247,6 +247,59 @@ function std.cache.check(key, ttl) end
 ---@overload fun(args: {ttl?: number|string}): boolean
 function std.cache.store(ttl) end
 
+std.circuit_breaker = {}
+
+---What `std.circuit_breaker.check` returns.
+---@class proxycache.circuit_breaker
+---@field allowed boolean
+---@field state string
+
+---Whether a request may go ahead: `allowed` is false while the breaker is open (and, half-open, for all but the one probe); `state` is `closed`, `open` or `half_open`. For an upstream: allowed when some server would be picked; the state of its best server.
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param name? string an upstream's name (its servers' breakers), or any other name for a breaker of your own; the request's upstream when absent
+---@param failures? integer consecutive failures that open a named breaker (default `5`)
+---@param open_for? number|string how long a named breaker stays open before it lets one probe through (seconds, or a string like `"250ms"`; default `"10s"`)
+---@return proxycache.circuit_breaker
+---@overload fun(args: {name?: string, failures?: integer, open_for?: number|string}): proxycache.circuit_breaker
+function std.circuit_breaker.check(name, failures, open_for) end
+
+---Feeds a named breaker: failures in a row open it; a success closes a half-open one. (Upstream breakers are fed by the proxy's own requests.)
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param ok boolean whether the guarded work succeeded
+---@param name? string the named breaker; the one this request checked last when absent
+---@overload fun(args: {ok: boolean, name?: string})
+function std.circuit_breaker.record(ok, name) end
+
+---What `std.load_balance` returns.
+---@class proxycache.load_balance
+---@field addr string
+---@field healthy boolean
+
+---The server the upstream layer would pick now among available ones: `addr` (as configured), `healthy`. `addr` is `""` and `healthy` false when none is available.
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param upstream string an `[upstreams.NAME]` set
+---@param strategy? string `least_conn`, `ip_hash`, `consistent_hash` (on the client IP) or `p2c`; the set's own `balance` when absent
+---@return proxycache.load_balance
+---@overload fun(args: {upstream: string, strategy?: string}): proxycache.load_balance
+function std.load_balance(upstream, strategy) end
+
+---What `std.active_health` returns.
+---@class proxycache.active_health
+---@field healthy integer
+---@field available integer
+---@field total integer
+
+---How many servers of the upstream are `healthy` (active and passive checks), `available` (healthy and their breaker lets requests through) and in `total`.
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param upstream string an `[upstreams.NAME]` set
+---@return proxycache.active_health
+---@overload fun(args: {upstream: string}): proxycache.active_health
+function std.active_health(upstream) end
+
 std.compress = {}
 
 ---The encoding the client accepts best among `algorithms` (`"br"`, `"zstd"`, `"gzip"`), or nil.

@@ -230,6 +230,7 @@ pub fn exchange(t: &mut Turn) -> Exchange<'_> {
         info: &t.info,
         ctx: &mut t.ctx,
         state: &t.call.generation.std_state,
+        upstreams: &t.call.generation.upstreams,
         upstream: t.upstream.as_deref(),
         response_headers: &mut t.response_headers,
         body: t.body.as_mut(),

@@ -63,6 +63,11 @@ impl Breaker {
         }
     }
 
+    /// `(failures, open_for)` as made.
+    pub fn settings(&self) -> (u32, Duration) {
+        (self.failures_to_open, self.open_for)
+    }
+
     /// The current state (an open breaker whose time is up reads as half-open).
     pub fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Acquire) {

@@ -1,0 +1,201 @@
+//! The smaller stdlib functions over real sockets (issue 5, acceptance 4 except the
+//! Prometheus part): request ids kept when valid and replaced when not; a named
+//! circuit breaker opened, half-opened and closed by a script; `std.url_rewrite` with
+//! numbered and named captures; `std.load_balance` and `std.active_health` following
+//! the upstream layer's health.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Request ids (the shipped module's call), a named breaker around `/pay/`, a rewrite
+/// for `/old/`, and the upstream view under `/lb`.
+const STD: &str = r#"mod std_demo {
+  on request {
+    std.request_id.inject()
+    if $path starts_with "/pay/" {
+      let b = std.circuit_breaker.check(name: "payments", failures: 2, open_for: 300ms)
+      if not b.allowed {
+        respond 503 "breaker ${b.state}\n"
+      }
+      set ctx.guarded = true
+      set ctx.state = b.state
+    }
+    if $path starts_with "/old/" {
+      let moved = std.url_rewrite(pattern: """^/old/(\d+)/(?P<slug>[a-z]+)$""", replacement: """/new/${slug}/$1""")
+      set req.header["x-rewritten"] = "${moved}"
+    }
+    if $path == "/lb" {
+      let pick = std.load_balance(upstream: "pool")
+      let h = std.active_health(upstream: "pool")
+      respond 200 "${pick.addr} ${pick.healthy} ${h.healthy}/${h.available}/${h.total}\n"
+    }
+  }
+  on response {
+    if $ctx.guarded {
+      std.circuit_breaker.record(ok: $status < 500)
+      set resp.header["x-breaker"] = "$ctx.state"
+    }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_when_valid_and_replaced_when_not() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("std_demo", STD),
+        vec![("/", Behavior::echo())],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    let kept = send(
+        addr,
+        empty(req("GET", "/a").header("x-request-id", "lb-123.abc:9")),
+    )
+    .await;
+    assert_eq!(kept.header("x-request-id").as_deref(), Some("lb-123.abc:9"));
+    let seen = s.ups[0].last().and_then(|r| r.header("x-request-id"));
+    assert_eq!(
+        seen.as_deref(),
+        Some("lb-123.abc:9"),
+        "the upstream got the same id"
+    );
+
+    for bad in ["has space", "<script>", &"x".repeat(129)] {
+        let r = send(addr, empty(req("GET", "/a").header("x-request-id", bad))).await;
+        let id = r.header("x-request-id").unwrap_or_default();
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 36, "a fresh UUID: {id}");
+        let seen = s.ups[0].last().and_then(|r| r.header("x-request-id"));
+        assert_eq!(seen.as_deref(), Some(id.as_str()));
+    }
+    let none = get(addr, "/a").await;
+    assert_eq!(none.header("x-request-id").map(|v| v.len()), Some(36));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_breaker_opens_half_opens_and_closes_from_a_script() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("std_demo", STD),
+        vec![
+            ("/pay/fail", Behavior::status(500)),
+            ("/", Behavior::echo()),
+        ],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    for _ in 0..2 {
+        let r = get(addr, "/pay/fail").await;
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("x-breaker").as_deref(), Some("closed"));
+    }
+    // Two failures in a row: open. Nothing reaches any upstream.
+    let before = s.ups[0].requests() + s.ups[1].requests();
+    for _ in 0..3 {
+        let r = get(addr, "/pay/ok").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.text(), "breaker open\n");
+    }
+    assert_eq!(s.ups[0].requests() + s.ups[1].requests(), before);
+
+    // After open_for: one probe goes through (half-open); its success closes it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let probe = get(addr, "/pay/ok").await;
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.header("x-breaker").as_deref(), Some("half_open"));
+    let after = get(addr, "/pay/ok").await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("x-breaker").as_deref(), Some("closed"));
+
+    // A failed probe opens it again.
+    for _ in 0..2 {
+        get(addr, "/pay/fail").await;
+    }
+    assert_eq!(get(addr, "/pay/ok").await.status, 503);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let probe = get(addr, "/pay/fail").await;
+    assert_eq!(probe.status, 500);
+    assert_eq!(probe.header("x-breaker").as_deref(), Some("half_open"));
+    assert_eq!(get(addr, "/pay/ok").await.text(), "breaker open\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_rewrite_uses_numbered_and_named_captures() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("std_demo", STD),
+        vec![("/", Behavior::echo())],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    let r = get(addr, "/old/42/widgets?color=red").await;
+    assert_eq!(r.status, 200);
+    let seen = s.ups[0].last().expect("the upstream got the request");
+    assert_eq!(seen.uri, "/new/widgets/42?color=red");
+    assert_eq!(seen.header("x-rewritten").as_deref(), Some("true"));
+
+    get(addr, "/old/not-a-number/x").await;
+    let seen = s.ups[0].last().expect("the upstream got the request");
+    assert_eq!(seen.uri, "/old/not-a-number/x", "no match, no change");
+    assert_eq!(seen.header("x-rewritten").as_deref(), Some("false"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balance_and_active_health_follow_the_upstream_layer() {
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", unhealthy_after = 1, healthy_after = 1 }";
+    let pool = format!(
+        "[upstreams.pool]\nservers = {}\n{health}\n",
+        servers(&[&a, &b])
+    );
+    let s = route_site(
+        "stdlib",
+        1,
+        ("std_demo", STD),
+        vec![("/", Behavior::echo())],
+        &pool,
+    )
+    .await;
+    let addr = s.run.addr;
+    let (a_addr, b_addr) = (a.authority(), b.authority());
+
+    let mut picked = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = get(addr, "/lb").await;
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(parts.len(), 3, "{text}");
+        assert!(parts[0] == a_addr || parts[0] == b_addr, "{text}");
+        assert_eq!(&parts[1..], ["true", "2/2/2"], "{text}");
+        picked.insert(parts[0].to_owned());
+    }
+    assert_eq!(picked.len(), 2, "round robin alternates: {picked:?}");
+
+    b.set_healthy(false);
+    let seen_down = wait_until(Duration::from_secs(5), || {
+        s.run.shared().generation().upstreams.sets[0]
+            .servers
+            .iter()
+            .filter(|x| x.is_healthy())
+            .count()
+            == 1
+    })
+    .await;
+    assert!(seen_down, "the health check marks b down");
+    for _ in 0..4 {
+        let text = get(addr, "/lb").await.text();
+        assert_eq!(text, format!("{a_addr} true 1/1/2\n"));
+    }
+}
