@@ -12,6 +12,7 @@ pub mod compress;
 pub mod dict;
 pub mod flow;
 pub mod helpers;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod shared;
@@ -136,6 +137,9 @@ pub enum StdFn {
     Respond,
     ProxyForward,
     HttpRequest,
+    MetricsInc,
+    MetricsObserve,
+    MetricsPrometheus,
 }
 
 impl StdFn {
@@ -176,6 +180,7 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     url_rewrite::SIGS,
     compress::SIGS,
     dict::SIGS,
+    metrics::SIGS,
     flow::SIGS,
     helpers::SIGS,
 ];
@@ -224,6 +229,9 @@ pub fn call(
             helpers::call(id, args)
         }
         StdFn::SharedGet | StdFn::SharedSet | StdFn::SharedIncr => dict::call(id, args, ex),
+        StdFn::MetricsInc | StdFn::MetricsObserve | StdFn::MetricsPrometheus => {
+            metrics::call(id, args, ex)
+        }
         StdFn::Respond | StdFn::ProxyForward | StdFn::HttpRequest => Err(StdError {
             function: "std",
             message: "this function can only be called from a Lua hook".into(),
