@@ -402,17 +402,5 @@ impl GenerationMeters {
     }
 }
 
-/// Empty handles, for generations built without metrics (benches, tools).
-impl Default for GenerationMeters {
-    fn default() -> Self {
-        GenerationMeters {
-            routes: Vec::new(),
-            upstreams: Vec::new(),
-            unrouted_latency: latency_histogram(),
-            none: Arc::from(NONE),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
