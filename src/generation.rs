@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::GenerationMeters;
 use crate::pipeline::{Pipeline, StdState};
 use crate::proxy::route::Router;
 use crate::script::{self, Diagnostic, ModuleInfo};
@@ -24,8 +25,11 @@ pub struct Generation {
     pub pipeline: Pipeline,
     /// What was loaded, for `check` and the admin API.
     pub modules: Vec<ModuleInfo>,
-    /// Stdlib state shared by every generation (rate-limit buckets, ...).
+    /// Stdlib state shared by every generation (rate-limit buckets, metrics, ...).
     pub std_state: Arc<StdState>,
+    /// The request counters and latency histograms of this generation's routes and
+    /// upstreams, resolved once.
+    pub meters: GenerationMeters,
     /// Hash of everything it was built from (config text, module files): a reload
     /// whose inputs hash the same changes nothing.
     pub fingerprint: u64,
@@ -56,12 +60,15 @@ impl Generation {
         // Hashed before loading: a Lua file changed meanwhile then differs from the
         // hash and the next reload picks it up (hashed after, it could be missed).
         let fingerprint = fingerprint(&config, sources);
-        let loaded = script::load_sources(&config, sources)?;
+        let mut loaded = script::load_sources(&config, sources)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let metrics = &std_state.metrics;
+        loaded.pipeline.meters = metrics.module_meters(&loaded.pipeline.modules);
         Ok(Generation {
             number,
             router: Router::new(config.routes.clone()),
             upstreams,
+            meters: metrics.generation_meters(&config),
             pipeline: loaded.pipeline,
             modules: loaded.modules,
             std_state,

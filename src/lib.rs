@@ -19,6 +19,8 @@
 //! - [`reload`]     — building, checking and swapping generations; the file watcher.
 //! - [`admin`]      — the admin API and dashboard.
 //! - [`stats`]      — process-wide request counters.
+//! - [`metrics`]    — the Prometheus registry: the proxy's metrics, script metrics,
+//!   the text exposition.
 //! - [`observe`]    — logging and the access log.
 //!
 //! The binary (`main.rs`) is only the CLI over [`run`] and [`check`].
@@ -29,6 +31,7 @@ pub mod control;
 pub mod generation;
 pub mod http;
 pub mod lua;
+pub mod metrics;
 pub mod observe;
 pub mod pipeline;
 pub mod proxy;

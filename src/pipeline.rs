@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -20,6 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::http::{ProxyBody, RequestId};
 use crate::lua::LuaCall;
+use crate::metrics::{Metrics, ModuleMeter};
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 use crate::stdlib::breaker::NamedBreakers;
@@ -29,8 +30,9 @@ use crate::stdlib::rate_limit::RateLimiter;
 use crate::stdlib::shared::SharedDict;
 use crate::upstream::{InflightGuard, Upstreams};
 
-/// State of the stdlib that outlives generations (rate-limit buckets, `std.shared`).
-#[derive(Debug, Default)]
+/// State of the stdlib that outlives generations (rate-limit buckets, `std.shared`,
+/// the metrics registry).
+#[derive(Debug)]
 pub struct StdState {
     pub rate_limits: RateLimiter,
     pub shared: SharedDict,
@@ -38,17 +40,27 @@ pub struct StdState {
     pub cache: Arc<HttpCache>,
     /// Named breakers of `std.circuit_breaker.*`.
     pub breakers: NamedBreakers,
+    pub metrics: Metrics,
 }
 
 impl StdState {
     /// The state of a process whose cache has these settings.
     pub fn new(cache: CacheSettings) -> Self {
+        let metrics = Metrics::default();
+        let counts = metrics.cache_counts();
         StdState {
             rate_limits: RateLimiter::default(),
             shared: SharedDict::default(),
-            cache: Arc::new(HttpCache::new(cache)),
+            cache: Arc::new(HttpCache::with_counts(cache, counts)),
             breakers: NamedBreakers::default(),
+            metrics,
         }
+    }
+}
+
+impl Default for StdState {
+    fn default() -> Self {
+        StdState::new(CacheSettings::default())
     }
 }
 
@@ -207,6 +219,8 @@ pub struct Pipeline {
     pub keeps_request_headers: bool,
     /// The Lua chunks of the modules, when any module has one.
     pub lua: Option<Arc<crate::lua::LuaRuntime>>,
+    /// Each module's time and error counters, in `modules` order (empty: not metered).
+    pub meters: Vec<ModuleMeter>,
 }
 
 impl Pipeline {
@@ -226,6 +240,14 @@ impl Pipeline {
             ctx_names,
             keeps_request_headers,
             lua: None,
+            meters: Vec::new(),
+        }
+    }
+
+    /// Counts one run of module `i`'s `phase`, which started at `start`.
+    fn meter(&self, i: usize, phase: PhaseKind, start: Instant, failed: bool) {
+        if let Some(m) = self.meters.get(i) {
+            m.record(phase, start.elapsed(), failed);
         }
     }
 
@@ -277,6 +299,7 @@ impl Pipeline {
                 continue;
             }
             ex.module = m.name();
+            let start = Instant::now();
             let flow = match m.lua_hook(PhaseKind::Request) {
                 // Boxed: the hook's future (its waits, forward, outbound calls) is
                 // large, and would otherwise make every request's future large.
@@ -285,6 +308,7 @@ impl Pipeline {
                     .map(|o| o.flow),
                 None => m.on_request(ex),
             };
+            self.meter(i, PhaseKind::Request, start, flow.is_err());
             match flow {
                 Ok(Flow::Continue) => {
                     // `std.cache.check` found a fresh response: it is the answer.
@@ -311,15 +335,17 @@ impl Pipeline {
         ex: &mut Exchange<'a>,
     ) -> Result<(), ScriptError> {
         ex.phase = PhaseKind::Response;
-        for m in self.modules[..ran.min(self.modules.len())].iter().rev() {
+        let ran = ran.min(self.modules.len());
+        for (i, m) in self.modules[..ran].iter().enumerate().rev() {
             if m.has_phase(PhaseKind::Response) {
                 ex.module = m.name();
-                match m.lua_hook(PhaseKind::Response) {
-                    Some(index) => {
-                        Box::pin(crate::lua::run_hook(index, ex)).await?;
-                    }
-                    None => m.on_response(ex)?,
-                }
+                let start = Instant::now();
+                let result = match m.lua_hook(PhaseKind::Response) {
+                    Some(index) => Box::pin(crate::lua::run_hook(index, ex)).await.map(|_| ()),
+                    None => m.on_response(ex),
+                };
+                self.meter(i, PhaseKind::Response, start, result.is_err());
+                result?;
             }
         }
         Ok(())
@@ -329,13 +355,18 @@ impl Pipeline {
     /// (the response is already gone).
     pub async fn run_log<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
         ex.phase = PhaseKind::Log;
-        for m in &self.modules[..ran.min(self.modules.len())] {
+        for (i, m) in self.modules[..ran.min(self.modules.len())]
+            .iter()
+            .enumerate()
+        {
             if m.has_phase(PhaseKind::Log) {
                 ex.module = m.name();
+                let start = Instant::now();
                 let result = match m.lua_hook(PhaseKind::Log) {
                     Some(index) => Box::pin(crate::lua::run_hook(index, ex)).await.map(|_| ()),
                     None => m.on_log(ex),
                 };
+                self.meter(i, PhaseKind::Log, start, result.is_err());
                 if let Err(e) = result {
                     tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
                 }
@@ -346,10 +377,16 @@ impl Pipeline {
     /// The log phase when no module's log phase is Lua: runs inline, without a task.
     pub fn run_log_now<'a>(&'a self, ran: usize, ex: &mut Exchange<'a>) {
         ex.phase = PhaseKind::Log;
-        for m in &self.modules[..ran.min(self.modules.len())] {
+        for (i, m) in self.modules[..ran.min(self.modules.len())]
+            .iter()
+            .enumerate()
+        {
             if m.has_phase(PhaseKind::Log) {
                 ex.module = m.name();
-                if let Err(e) = m.on_log(ex) {
+                let start = Instant::now();
+                let result = m.on_log(ex);
+                self.meter(i, PhaseKind::Log, start, result.is_err());
+                if let Err(e) = result {
                     tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
                 }
             }

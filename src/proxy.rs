@@ -32,7 +32,7 @@ use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::client::{self, SendError};
 use crate::upstream::{InflightGuard, UpstreamSet};
 
-use completion::{AccessEntry, Completion, ResponseBody};
+use completion::{AccessEntry, Completion, Meter, ResponseBody};
 
 /// hyper's entry point for every request on every connection.
 pub async fn handle(
@@ -59,6 +59,7 @@ pub async fn handle(
         bytes: 0,
         script: None,
         log: None,
+        meter: Meter::new(Arc::clone(&generation)),
     };
     let span = tracing::info_span!(target: "proxycache::proxy", "request", id = %id);
     let request = Arrived {
@@ -160,15 +161,14 @@ async fn proxy(
 
     // 2. Route. No match is not yet a 404: a module may still answer the request.
     let host = request_host(&req);
-    let routed = generation
-        .router
-        .find(
-            req.method(),
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            req.uri().path(),
-            req.headers(),
-        )
-        .map(|r| r.upstream);
+    let found = generation.router.find_index(
+        req.method(),
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        req.uri().path(),
+        req.headers(),
+    );
+    done.meter.route = found.map(|(i, _)| index32(i));
+    let routed = found.map(|(_, r)| r.upstream);
     let (mut parts, body) = req.into_parts();
     let mut body = ProxyBody::limited(body, limits.max_body);
 
@@ -217,6 +217,12 @@ async fn proxy(
                     done.inflight = guard;
                 }
                 if let Some(u) = upstream {
+                    done.meter.upstream = generation
+                        .upstreams
+                        .sets
+                        .iter()
+                        .position(|s| s.name() == &*u)
+                        .map(index32);
                     if let Some(entry) = done.access.as_mut() {
                         entry.upstream = Some(Arc::clone(&u));
                     }
@@ -236,6 +242,7 @@ async fn proxy(
         done.script = Some(Box::new(state));
     }
     let target = target.ok_or(ProxyError::NoRoute)?;
+    done.meter.upstream = Some(index32(target));
     if let Some(entry) = done.access.as_mut() {
         entry.upstream = Some(Arc::from(generation.upstreams.sets[target].name()));
     }
@@ -303,6 +310,11 @@ pub async fn send_upstream(
     let (mut parts, body) = resp.into_parts();
     hygiene::strip_hop_by_hop(&mut parts.headers);
     Ok((Response::from_parts(parts, body), guard))
+}
+
+/// A route or upstream index as the meter keeps it (configs have far fewer).
+fn index32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 /// Connect failures retried on another server when `forward` does not say.

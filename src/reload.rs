@@ -142,6 +142,7 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
         }
     };
     log_report(&report);
+    old.std_state.metrics.reloaded(report.ok);
     {
         let mut counts = shared.reloads.counts.lock();
         if report.ok {

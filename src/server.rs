@@ -212,6 +212,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         admin_addr,
         ..Shared::detached(Arc::clone(&generation))
     });
+    generation.std_state.metrics.attach(&shared);
     let mut threads = Vec::new();
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);

@@ -14,6 +14,7 @@ pub mod compress;
 pub mod dict;
 pub mod flow;
 pub mod helpers;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod shared;
@@ -145,6 +146,9 @@ pub enum StdFn {
     Respond,
     ProxyForward,
     HttpRequest,
+    MetricsInc,
+    MetricsObserve,
+    MetricsPrometheus,
 }
 
 impl StdFn {
@@ -191,6 +195,7 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     upstreams::SIGS,
     compress::SIGS,
     dict::SIGS,
+    metrics::SIGS,
     flow::SIGS,
     helpers::SIGS,
 ];
@@ -245,6 +250,9 @@ pub fn call(
             helpers::call(id, args)
         }
         StdFn::SharedGet | StdFn::SharedSet | StdFn::SharedIncr => dict::call(id, args, ex),
+        StdFn::MetricsInc | StdFn::MetricsObserve | StdFn::MetricsPrometheus => {
+            metrics::call(id, args, ex)
+        }
         StdFn::Respond | StdFn::ProxyForward | StdFn::HttpRequest => Err(StdError {
             function: "std",
             message: "this function can only be called from a Lua hook".into(),

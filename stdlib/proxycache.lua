@@ -348,6 +348,32 @@ function std.shared.set(key, value, ttl) end
 ---@overload fun(args: {key: string, by?: number, ttl?: number|string}): number
 function std.shared.incr(key, by, ttl) end
 
+std.metrics = {}
+
+---Adds `by` to the counter `proxycache_script_NAME_total` with these labels. At most 10,000 series (name + labels) exist across all scripts; past that, new ones are dropped and counted in `proxycache_script_metrics_dropped_total`.
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param name string the metric's name, `[a-zA-Z0-9_]`, up to 100 bytes; exposed as `proxycache_script_NAME`
+---@param labels? table<string, string|number|boolean> label names to string values (at most 8; values up to 256 bytes)
+---@param by? number how much to add (not negative; rounded to a whole number) (default `1`)
+---@overload fun(args: {name: string, labels?: table<string, string|number|boolean>, by?: number})
+function std.metrics.inc(name, labels, by) end
+
+---Records `value` in the histogram `proxycache_script_NAME` (buckets 5 ms to 10 s) with these labels; bounded like `std.metrics.inc`.
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param name string the metric's name, `[a-zA-Z0-9_]`, up to 100 bytes; exposed as `proxycache_script_NAME`
+---@param value number the observation (seconds, for a duration)
+---@param labels? table<string, string|number|boolean> label names to string values (at most 8; values up to 256 bytes)
+---@overload fun(args: {name: string, value: number, labels?: table<string, string|number|boolean>})
+function std.metrics.observe(name, value, labels) end
+
+---The Prometheus text exposition (0.0.4) of every metric, as `GET /metrics` on the admin listener serves it; answer with it to serve metrics on the main listener.
+---
+---Phases: `on_request`.
+---@return string
+function std.metrics.prometheus() end
+
 ---A local response. Returned from `on_request` (or just called there), it answers the request; the upstream never sees it.
 ---
 ---Phases: `on_request`.

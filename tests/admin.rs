@@ -306,99 +306,11 @@ async fn upstreams_lists_servers_with_health_breaker_and_pool() {
     assert_eq!(sent, 4, "{body:#}");
 }
 
-/// One sample of a Prometheus text exposition.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the Prometheus text format (0.0.4): `# HELP`, `# TYPE` and sample lines.
-/// Returns the declared types and the samples; panics on anything malformed.
-fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
-    let valid_name = |n: &str| {
-        !n.is_empty()
-            && !n.starts_with(|c: char| c.is_ascii_digit())
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    };
-    let mut types = BTreeMap::new();
-    let mut helps = BTreeSet::new();
-    let mut samples = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            let (kind, name, tail) = (parts.next(), parts.next(), parts.next());
-            let name = name.unwrap_or_else(|| panic!("line {at}: {line}"));
-            assert!(valid_name(name), "line {at}: metric name {name:?}");
-            match kind {
-                Some("HELP") => {
-                    assert!(tail.is_some_and(|t| !t.is_empty()), "line {at}: empty HELP");
-                    helps.insert(name.to_owned());
-                }
-                Some("TYPE") => {
-                    let ty = tail.unwrap_or_default();
-                    assert!(
-                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
-                        "line {at}: type {ty:?}"
-                    );
-                    assert!(
-                        types.insert(name.to_owned(), ty.to_owned()).is_none(),
-                        "line {at}: {name} typed twice"
-                    );
-                }
-                _ => panic!("line {at}: unexpected comment {line:?}"),
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("line {at}: no value: {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("line {at}: value {value:?} is not a number"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series, BTreeMap::new()),
-            Some((name, rest)) => {
-                let inner = rest
-                    .strip_suffix('}')
-                    .unwrap_or_else(|| panic!("line {at}: unclosed labels"));
-                let mut labels = BTreeMap::new();
-                for pair in inner.split(',').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .unwrap_or_else(|| panic!("line {at}: label {pair:?}"));
-                    assert!(valid_name(k), "line {at}: label name {k:?}");
-                    let v = v
-                        .strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or_else(|| panic!("line {at}: label value {v:?} unquoted"));
-                    labels.insert(k.to_owned(), v.to_owned());
-                }
-                (name, labels)
-            }
-        };
-        assert!(valid_name(name), "line {at}: metric name {name:?}");
-        assert!(
-            types.contains_key(name),
-            "line {at}: sample {name} before its # TYPE"
-        );
-        assert!(
-            helps.contains(name),
-            "line {at}: sample {name} has no # HELP"
-        );
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    (types, samples)
+/// Parses the Prometheus text format (0.0.4) strictly (see `common::prometheus`).
+/// Returns the declared types and the samples.
+fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<common::prometheus::Sample>) {
+    let e = common::prometheus::parse(text);
+    (e.types, e.samples)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,13 @@ async fn a_cacheable_get_is_fetched_once_then_served_from_the_cache() {
     let fresh = get_h(addr, "/page?q=1", &[("cache-control", "no-cache")]).await;
     assert_eq!(fresh.header("x-cache").as_deref(), Some("MISS"));
     assert_eq!(s.ups[0].requests(), 3);
+
+    // The metrics count what happened: hits 6 (5 GET + 1 HEAD), misses 3, stores 3
+    // (the no-cache refresh stored again).
+    let m = common::prometheus::parse(&get(s.run.admin, "/metrics").await.text());
+    assert_eq!(m.value("proxycache_cache_hits_total", &[]), 6.0);
+    assert_eq!(m.value("proxycache_cache_misses_total", &[]), 3.0);
+    assert_eq!(m.value("proxycache_cache_stores_total", &[]), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

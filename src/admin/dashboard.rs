@@ -1,4 +1,5 @@
-//! `GET /` (a small HTML dashboard) and the Prometheus text behind `GET /metrics`.
+//! `GET /` (a small HTML dashboard). The Prometheus text behind `GET /metrics` is
+//! [`crate::metrics`]'s.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -7,9 +8,6 @@ use http::{Response, StatusCode};
 
 use super::handlers::Call;
 use super::{text, AdminBody};
-use crate::server::Shared;
-use crate::upstream::breaker::BreakerState;
-use crate::upstream::ServerState;
 
 /// The dashboard: status, modules and upstreams, rendered on the server.
 pub fn page(c: &Call<'_>) -> Response<AdminBody> {
@@ -76,77 +74,4 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// The Prometheus text exposition of the proxy's own metrics.
-pub fn prometheus(shared: &Shared) -> String {
-    let mut out = String::new();
-    let s = &shared.stats;
-    let g = shared.generation();
-    out.push_str("# HELP proxycache_requests_total Responses sent, by status class.\n# TYPE proxycache_requests_total counter\n");
-    for class in 1..=5 {
-        let _ = writeln!(
-            out,
-            "proxycache_requests_total{{class=\"{class}xx\"}} {}",
-            s.class(class)
-        );
-    }
-    let _ = writeln!(out, "# HELP proxycache_connections Open client connections.\n# TYPE proxycache_connections gauge\nproxycache_connections {}", shared.connections.load(Ordering::Relaxed));
-    let (opened, reused) = shared.pool_totals();
-    let _ = writeln!(out, "# HELP proxycache_upstream_connections_opened_total Upstream connections opened.\n# TYPE proxycache_upstream_connections_opened_total counter\nproxycache_upstream_connections_opened_total {opened}");
-    let _ = writeln!(out, "# HELP proxycache_upstream_pool_reuses_total Requests sent on a pooled upstream connection.\n# TYPE proxycache_upstream_pool_reuses_total counter\nproxycache_upstream_pool_reuses_total {reused}");
-    let per_server = |out: &mut String,
-                      name: &str,
-                      kind: &str,
-                      help: &str,
-                      value: &dyn Fn(&ServerState) -> u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for set in &g.upstreams.sets {
-            for srv in &set.servers {
-                let _ = writeln!(
-                    out,
-                    "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
-                    set.name(),
-                    srv.label(),
-                    value(srv)
-                );
-            }
-        }
-    };
-    per_server(
-        &mut out,
-        "proxycache_upstream_server_healthy",
-        "gauge",
-        "Whether a server passes its health checks.",
-        &|s| u64::from(s.is_healthy()),
-    );
-    per_server(
-        &mut out,
-        "proxycache_upstream_breaker_state",
-        "gauge",
-        "Circuit breaker state (0 closed, 1 open, 2 half-open).",
-        &|s| match s.breaker.state() {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        },
-    );
-    per_server(
-        &mut out,
-        "proxycache_upstream_requests_total",
-        "counter",
-        "Requests sent to a server.",
-        &|s| s.requests.load(Ordering::Relaxed),
-    );
-    per_server(
-        &mut out,
-        "proxycache_upstream_failures_total",
-        "counter",
-        "Transport failures talking to a server.",
-        &|s| s.failures.load(Ordering::Relaxed),
-    );
-    let (ok, failed) = *shared.reloads.counts.lock();
-    let _ = writeln!(out, "# HELP proxycache_reloads_total Reloads, by result.\n# TYPE proxycache_reloads_total counter\nproxycache_reloads_total{{result=\"ok\"}} {ok}\nproxycache_reloads_total{{result=\"failed\"}} {failed}");
-    let _ = writeln!(out, "# HELP proxycache_generation The generation serving.\n# TYPE proxycache_generation gauge\nproxycache_generation {}", g.number);
-    out
 }

@@ -69,11 +69,14 @@ pub fn stats(c: &Call<'_>) -> Response<AdminBody> {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub fn metrics(c: &Call<'_>) -> Response<AdminBody> {
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        super::dashboard::prometheus(c.shared),
-    )
+    match c.shared.generation().std_state.metrics.prometheus() {
+        Ok(body) => text(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            "the metrics could not be written\n".to_owned(),
+        ),
+    }
 }
 
 /// `GET /upstreams`.

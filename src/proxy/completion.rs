@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::generation::Generation;
+
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -43,11 +45,49 @@ pub struct Completion {
     pub script: Option<Box<super::phases::ScriptState>>,
     /// The log phase, when a module has one.
     pub log: Option<Box<super::phases::LogJob>>,
+    /// What the request metrics need.
+    pub meter: Meter,
+}
+
+/// Where a request went, for the request counters and the latency histogram.
+#[derive(Debug)]
+pub struct Meter {
+    pub generation: Arc<Generation>,
+    pub start: Instant,
+    /// Index of the route that matched.
+    pub route: Option<u32>,
+    /// Index of the upstream set that answered (or was asked).
+    pub upstream: Option<u32>,
+}
+
+impl Meter {
+    /// A meter for a request that arrived now.
+    pub fn new(generation: Arc<Generation>) -> Self {
+        Meter {
+            generation,
+            start: Instant::now(),
+            route: None,
+            upstream: None,
+        }
+    }
+
+    /// Counts the finished request: once, when its response is over.
+    fn record(&self, status: StatusCode) {
+        let g = &self.generation;
+        g.meters.record(
+            &g.std_state.metrics,
+            self.route.map(|r| r as usize),
+            self.upstream.map(|u| u as usize),
+            status,
+            self.start.elapsed(),
+        );
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         self.conn.activity.request_finished();
+        self.meter.record(self.status);
         if let Some(job) = self.log.take() {
             job.run();
         }

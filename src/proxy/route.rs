@@ -25,10 +25,23 @@ impl Router {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&RouteConfig> {
+        self.find_index(method, host, path, headers).map(|(_, r)| r)
+    }
+
+    /// Like [`Router::find`], with the route's position in `[[routes]]` (its label in
+    /// the metrics).
+    pub fn find_index(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<(usize, &RouteConfig)> {
         let host = host.map(strip_port);
         self.routes
             .iter()
-            .find(|r| matches(r, method, host, path, headers))
+            .enumerate()
+            .find(|(_, r)| matches(r, method, host, path, headers))
     }
 }
 

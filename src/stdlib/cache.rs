@@ -179,11 +179,19 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     }
     let counts = &cache.counts;
     match req.status {
-        CacheStatus::Hit => counts.hits.fetch_add(1, Ordering::Relaxed),
-        CacheStatus::Stale => counts.stale_hits.fetch_add(1, Ordering::Relaxed),
-        CacheStatus::Miss if req.wait.is_none() => counts.misses.fetch_add(1, Ordering::Relaxed),
-        _ => 0,
-    };
+        CacheStatus::Hit => {
+            counts.hits.inc();
+        }
+        CacheStatus::Stale => {
+            counts.hits.inc();
+            counts.stale_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        // A request that waits is counted once it knows.
+        CacheStatus::Miss if req.wait.is_none() => {
+            counts.misses.inc();
+        }
+        _ => {}
+    }
     let hit = req.hit.is_some();
     ex.ctx.cache = Some(Box::new(req));
     Ok(Value::Bool(hit))
@@ -200,12 +208,12 @@ pub async fn after_wait(
     store::wait_for_fill(rx, cache.settings.lock_timeout).await;
     match cache.lookup(&req.key, headers, Instant::now()) {
         Lookup::Fresh(c) | Lookup::Stale(c) => {
-            cache.counts.hits.fetch_add(1, Ordering::Relaxed);
+            cache.counts.hits.inc();
             req.status = CacheStatus::Hit;
             Some(hit_response(&c, req.head, req.status))
         }
         Lookup::Miss => {
-            cache.counts.misses.fetch_add(1, Ordering::Relaxed);
+            cache.counts.misses.inc();
             None
         }
     }

@@ -199,6 +199,9 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
     };
     let full_key = format!("{}\u{0}{}", ex.module, key);
     let d = ex.state.rate_limits.check(&full_key, rate, burst, per);
+    if !d.allowed {
+        ex.state.metrics.rate_limited(ex.module);
+    }
     let retry_after = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
     Ok(Value::Record(
         &RESULT,

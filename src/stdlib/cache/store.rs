@@ -17,6 +17,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::http::body::{BoxError, ProxyBody};
@@ -108,13 +109,14 @@ impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
     }
 }
 
-/// Counters of the cache's work since the process started.
+/// Counters of the cache's work since the process started (the first three are the
+/// registry's `proxycache_cache_*_total`; a stale hit counts as a hit too).
 #[derive(Debug, Default)]
 pub struct CacheCounts {
-    pub hits: AtomicU64,
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stores: Counter,
     pub stale_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stores: AtomicU64,
     /// Fills abandoned (body too large, aborted, trailers).
     pub abandoned: AtomicU64,
 }
@@ -159,6 +161,11 @@ pub enum Lookup {
 impl HttpCache {
     /// An empty cache.
     pub fn new(settings: CacheSettings) -> Self {
+        HttpCache::with_counts(settings, CacheCounts::default())
+    }
+
+    /// An empty cache counting into `counts`.
+    pub fn with_counts(settings: CacheSettings, counts: CacheCounts) -> Self {
         HttpCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(settings.max_size)
@@ -173,7 +180,7 @@ impl HttpCache {
             inflight: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(0),
             settings,
-            counts: CacheCounts::default(),
+            counts,
         }
     }
 
@@ -212,7 +219,7 @@ impl HttpCache {
             let key = super::policy::variant_key(primary, vary, req);
             self.entries.insert(Arc::from(key), entry);
         }
-        self.counts.stores.fetch_add(1, Ordering::Relaxed);
+        self.counts.stores.inc();
     }
 
     /// Entries held now (approximate: moka counts lazily).

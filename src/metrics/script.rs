@@ -1,0 +1,357 @@
+//! Metrics scripts define with `std.metrics.inc` and `std.metrics.observe`: counters
+//! and histograms named by the script, exposed as `proxycache_script_NAME`.
+//!
+//! It owns the names (checked against the Prometheus charset), the kind each name was
+//! first used as, and the bound: at most `max_series` distinct name + label sets
+//! across all scripts, so a script that labels by client IP cannot exhaust memory.
+//! Past the bound new series are dropped and counted
+//! (`proxycache_script_metrics_dropped_total`); existing ones keep counting. The bound
+//! lives with the registry, outside generations: a reload keeps every series.
+//!
+//! Must not touch: script values (the stdlib converts at the edge).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+
+/// The prefix every script metric gets.
+pub const PREFIX: &str = "proxycache_script_";
+/// Default bound on distinct series (name + label set) across all scripts.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+/// The longest name a script may give (before the prefix).
+pub const MAX_NAME_LEN: usize = 100;
+/// Most labels on one series.
+pub const MAX_LABELS: usize = 8;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+/// Buckets of script histograms (Prometheus's defaults, in seconds when timing).
+pub const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A series' labels, sorted by name.
+pub type Labels = Vec<(String, String)>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Why a script metric call was refused (a run-time fault of the script).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptMetricError {
+    #[error("invalid metric name {0:?}: use 1 to 100 of [a-zA-Z0-9_], not starting with a digit")]
+    Name(String),
+    #[error("invalid label name {0:?}: use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __ (and not `le` on a histogram)")]
+    LabelName(String),
+    #[error("the value of label {0:?} is longer than 256 bytes")]
+    LabelValue(String),
+    #[error("at most 8 labels, got {0}")]
+    TooManyLabels(usize),
+    #[error("metric {name:?} is a {was}, not a {now}")]
+    Kind {
+        name: String,
+        was: &'static str,
+        now: &'static str,
+    },
+    #[error("{0} must be a finite number, and not negative")]
+    Value(&'static str),
+}
+
+/// One script metric.
+#[derive(Debug, Clone)]
+enum Series {
+    Counter(Family<Labels, Counter>),
+    Histogram(Family<Labels, Histogram, fn() -> Histogram>),
+}
+
+impl Series {
+    fn kind(&self) -> &'static str {
+        match self {
+            Series::Counter(_) => "counter",
+            Series::Histogram(_) => "histogram",
+        }
+    }
+}
+
+/// Every script metric of the process.
+#[derive(Debug)]
+pub struct ScriptMetrics {
+    /// By the name the script gave.
+    by_name: RwLock<HashMap<String, Series>>,
+    /// Serialises creating a series, so the bound holds exactly.
+    creating: Mutex<()>,
+    series: AtomicUsize,
+    max_series: usize,
+    dropped: Counter,
+}
+
+impl ScriptMetrics {
+    /// Holding at most `max_series` series.
+    pub fn new(max_series: usize) -> Self {
+        ScriptMetrics {
+            by_name: RwLock::new(HashMap::new()),
+            creating: Mutex::new(()),
+            series: AtomicUsize::new(0),
+            max_series,
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Series held right now.
+    pub fn len(&self) -> usize {
+        self.series.load(Ordering::Relaxed)
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls that were dropped because the bound was reached.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Adds `by` to counter `name` with `labels`. `Ok(false)`: dropped (bound reached).
+    pub fn inc(&self, name: &str, labels: Labels, by: f64) -> Result<bool, ScriptMetricError> {
+        if !(by.is_finite() && by >= 0.0) {
+            return Err(ScriptMetricError::Value("by"));
+        }
+        let family = match self.family(name, "counter", &labels)? {
+            Some(Series::Counter(f)) => f,
+            Some(other) => return Err(kind_error(name, &other, "counter")),
+            None => return Ok(false),
+        };
+        // Counters count whole events; a fraction is rounded (Counter<u64> is lock-free
+        // and prints as an integer, which is what dashboards expect of `_total`).
+        Ok(self
+            .series_of(&family, &labels)
+            .map(|c| c.inc_by(by.round() as u64))
+            .is_some())
+    }
+
+    /// Records `value` in histogram `name` with `labels`. `Ok(false)`: dropped.
+    pub fn observe(
+        &self,
+        name: &str,
+        value: f64,
+        labels: Labels,
+    ) -> Result<bool, ScriptMetricError> {
+        if !value.is_finite() {
+            return Err(ScriptMetricError::Value("value"));
+        }
+        let family = match self.family(name, "histogram", &labels)? {
+            Some(Series::Histogram(f)) => f,
+            Some(other) => return Err(kind_error(name, &other, "histogram")),
+            None => return Ok(false),
+        };
+        Ok(self
+            .series_of(&family, &labels)
+            .map(|h| h.observe(value))
+            .is_some())
+    }
+
+    /// The family called `name`, made as `kind` on first use; `None` when it is new
+    /// and the bound is reached (names count against it through their series).
+    fn family(
+        &self,
+        name: &str,
+        kind: &'static str,
+        labels: &Labels,
+    ) -> Result<Option<Series>, ScriptMetricError> {
+        check_name(name)?;
+        check_labels(labels, kind == "histogram")?;
+        if let Some(s) = self.by_name.read().get(name) {
+            return Ok(Some(s.clone()));
+        }
+        let mut map = self.by_name.write();
+        if let Some(s) = map.get(name) {
+            return Ok(Some(s.clone()));
+        }
+        if self.series.load(Ordering::Relaxed) >= self.max_series {
+            self.dropped.inc();
+            return Ok(None);
+        }
+        let series = match kind {
+            "histogram" => Series::Histogram(Family::new_with_constructor(histogram)),
+            _ => Series::Counter(Family::default()),
+        };
+        map.insert(name.to_owned(), series.clone());
+        Ok(Some(series))
+    }
+
+    /// The series of `family` with `labels`, made if the bound allows.
+    fn series_of<M, C>(&self, family: &Family<Labels, M, C>, labels: &Labels) -> Option<M>
+    where
+        M: Clone,
+        C: MetricConstructor<M>,
+    {
+        if let Some(m) = family.get(labels) {
+            return Some(m.clone());
+        }
+        let _creating = self.creating.lock();
+        if family.get(labels).is_none() {
+            if self.series.load(Ordering::Relaxed) >= self.max_series {
+                self.dropped.inc();
+                return None;
+            }
+            self.series.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(family.get_or_create_owned(labels))
+    }
+}
+
+fn kind_error(name: &str, was: &Series, now: &'static str) -> ScriptMetricError {
+    ScriptMetricError::Kind {
+        name: name.to_owned(),
+        was: was.kind(),
+        now,
+    }
+}
+
+/// Checks a metric name as a script gives it (without the prefix).
+pub fn check_name(name: &str) -> Result<(), ScriptMetricError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ScriptMetricError::Name(name.to_owned()))
+    }
+}
+
+fn check_labels(labels: &Labels, histogram: bool) -> Result<(), ScriptMetricError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ScriptMetricError::TooManyLabels(labels.len()));
+    }
+    for (k, v) in labels {
+        let reserved = k.starts_with("__") || (histogram && k == "le");
+        let ok = !k.is_empty()
+            && !reserved
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(ScriptMetricError::LabelName(k.clone()));
+        }
+        if v.len() > MAX_LABEL_VALUE_LEN {
+            return Err(ScriptMetricError::LabelValue(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The exposed name of a script metric (before the `_total` a counter gets).
+fn exposed_name(name: &str, series: &Series) -> String {
+    let base = match series {
+        // `hits_total` would otherwise print as `..._hits_total_total`.
+        Series::Counter(_) => name.strip_suffix("_total").unwrap_or(name),
+        Series::Histogram(_) => name,
+    };
+    format!("{PREFIX}{base}")
+}
+
+impl Collector for ScriptMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let families: BTreeMap<String, Series> = self
+            .by_name
+            .read()
+            .iter()
+            .map(|(name, s)| (exposed_name(name, s), s.clone()))
+            .collect();
+        let mut last = None;
+        for (name, series) in &families {
+            // Two script names can map to one exposed name (`a` and `a_total`): the
+            // first wins, so the exposition never declares a family twice.
+            if last.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            last = Some(name.clone());
+            match series {
+                Series::Counter(f) => f.encode(encoder.encode_descriptor(
+                    name,
+                    "A counter from std.metrics.inc.",
+                    None,
+                    MetricType::Counter,
+                )?)?,
+                Series::Histogram(f) => f.encode(encoder.encode_descriptor(
+                    name,
+                    "A histogram from std.metrics.observe.",
+                    None,
+                    MetricType::Histogram,
+                )?)?,
+            }
+        }
+        ConstCounter::new(self.dropped.get()).encode(encoder.encode_descriptor(
+            "proxycache_script_metrics_dropped",
+            "std.metrics calls dropped because scripts reached the bound on distinct series.",
+            None,
+            MetricType::Counter,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn names_and_labels_are_checked() {
+        let m = ScriptMetrics::new(10);
+        assert!(m.inc("ok_name", labels(&[("route", "a")]), 1.0).is_ok());
+        for bad in ["", "1abc", "has-dash", "has:colon", "x y", &"a".repeat(101)] {
+            assert!(
+                matches!(m.inc(bad, Vec::new(), 1.0), Err(ScriptMetricError::Name(_))),
+                "{bad:?}"
+            );
+        }
+        for bad in ["__x", "a-b", "9a", ""] {
+            assert!(matches!(
+                m.inc("x", labels(&[(bad, "v")]), 1.0),
+                Err(ScriptMetricError::LabelName(_))
+            ));
+        }
+        assert!(m.observe("h", 1.0, labels(&[("le", "1")])).is_err());
+        assert!(m.inc("x", labels(&[("a", &"v".repeat(257))]), 1.0).is_err());
+        assert!(m.inc("x", Vec::new(), f64::NAN).is_err());
+        assert!(m.inc("x", Vec::new(), -1.0).is_err());
+    }
+
+    #[test]
+    fn a_name_keeps_its_kind() {
+        let m = ScriptMetrics::new(10);
+        assert_eq!(m.inc("n", Vec::new(), 1.0), Ok(true));
+        assert!(matches!(
+            m.observe("n", 1.0, Vec::new()),
+            Err(ScriptMetricError::Kind { .. })
+        ));
+    }
+
+    #[test]
+    fn series_past_the_bound_are_dropped_and_counted() {
+        let m = ScriptMetrics::new(3);
+        for i in 0..10 {
+            let _ = m.inc("c", labels(&[("i", &i.to_string())]), 1.0);
+        }
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.dropped(), 7);
+        // Existing series keep counting.
+        assert_eq!(m.inc("c", labels(&[("i", "0")]), 1.0), Ok(true));
+        assert_eq!(m.observe("h", 1.0, Vec::new()), Ok(false));
+    }
+}
