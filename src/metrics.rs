@@ -106,6 +106,7 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_stores: Counter,
+    cluster_fallbacks: Family<ModuleOnly, Counter>,
     /// Metrics scripts define.
     pub script: Arc<script::ScriptMetrics>,
     /// The server, for what is read at scrape time (unset without one).
@@ -178,6 +179,12 @@ impl Metrics {
             "Responses stored in the cache.",
             cache_stores.clone(),
         );
+        let cluster_fallbacks = Family::<ModuleOnly, Counter>::default();
+        registry.register(
+            "proxycache_cluster_fallbacks",
+            "Cluster-scoped calls answered from local state because Redis was not reachable (or [redis] is not configured), by module.",
+            cluster_fallbacks.clone(),
+        );
         let script = Arc::new(script::ScriptMetrics::new(max_script_series));
         registry.register_collector(Box::new(Arc::clone(&script)));
         let live = Arc::new(OnceLock::new());
@@ -193,6 +200,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_stores,
+            cluster_fallbacks,
             script,
             live,
         }
@@ -234,6 +242,15 @@ impl Metrics {
     /// A response was stored in the cache.
     pub fn cache_store(&self) {
         self.cache_stores.inc();
+    }
+
+    /// A cluster-scoped call in `module` fell back to local state.
+    pub fn cluster_fallback(&self, module: &str) {
+        self.cluster_fallbacks
+            .get_or_create(&ModuleOnly {
+                module: module.to_owned(),
+            })
+            .inc();
     }
 
     /// `std.rate_limit` said no in `module`.

@@ -26,6 +26,7 @@ use crate::script::value::Value;
 use crate::stdlib::breaker::NamedBreakers;
 use crate::stdlib::cache::store::{CacheSettings, HttpCache};
 use crate::stdlib::cache::CacheReq;
+use crate::stdlib::cluster::{Cluster, RedisSettings};
 use crate::stdlib::rate_limit::RateLimiter;
 use crate::stdlib::shared::SharedDict;
 use crate::upstream::{InflightGuard, Upstreams};
@@ -41,11 +42,13 @@ pub struct StdState {
     /// Named breakers of `std.circuit_breaker.*`.
     pub breakers: NamedBreakers,
     pub metrics: Metrics,
+    /// Redis, for cluster-scoped calls.
+    pub cluster: Cluster,
 }
 
 impl StdState {
-    /// The state of a process whose cache has these settings.
-    pub fn new(cache: CacheSettings) -> Self {
+    /// The state of a process whose cache and Redis have these settings.
+    pub fn new(cache: CacheSettings, redis: Option<RedisSettings>) -> Self {
         let metrics = Metrics::default();
         let counts = metrics.cache_counts();
         StdState {
@@ -54,13 +57,14 @@ impl StdState {
             cache: Arc::new(HttpCache::with_counts(cache, counts)),
             breakers: NamedBreakers::default(),
             metrics,
+            cluster: Cluster::new(redis),
         }
     }
 }
 
 impl Default for StdState {
     fn default() -> Self {
-        StdState::new(CacheSettings::default())
+        StdState::new(CacheSettings::default(), None)
     }
 }
 

@@ -175,7 +175,10 @@ impl ServerHandle {
 /// `config_path` is the file reloads re-read (`None`: the embedded default).
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let config_path = config.source.clone();
-    let std_state = Arc::new(crate::pipeline::StdState::new(config.cache));
+    let std_state = Arc::new(crate::pipeline::StdState::new(
+        config.cache,
+        config.redis.clone(),
+    ));
     // Modules are compiled before any socket is bound: a broken module means no start.
     let generation =
         Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);

@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod cluster;
 pub mod compress;
 pub mod dict;
 pub mod flow;

@@ -204,7 +204,7 @@ std = {}
 ---@param rate number requests allowed per `per`
 ---@param burst? integer bucket size; defaults to `rate`
 ---@param per? number|string the period `rate` is counted over (seconds, or a string like `"250ms"`; default `"1s"`)
----@param scope? string `local` (this process) (default `"local"`)
+---@param scope? string `local` (this process) or `cluster` (every process sharing `[redis]`; local when Redis is unreachable) (default `"local"`)
 ---@return proxycache.rate_limit
 ---@overload fun(args: {key: string, rate: number, burst?: integer, per?: number|string, scope?: string}): proxycache.rate_limit
 function std.rate_limit(key, rate, burst, per, scope) end

@@ -36,9 +36,7 @@ pub struct FileConfig {
     pub tcp: Vec<Spanned<TcpFile>>,
     pub mods: BTreeMap<String, toml::Table>,
     pub cache: CacheFile,
-    /// Accepted so a `[redis]` section loads; nothing reads it yet.
-    #[allow(dead_code)]
-    pub redis: Option<toml::Table>,
+    pub redis: Option<Spanned<RedisFile>>,
 }
 
 /// `[server]`.
@@ -114,6 +112,15 @@ pub struct ScriptsFile {
     pub watch: Option<bool>,
     pub lua_memory_limit: Option<Spanned<SizeValue>>,
     pub lua_instruction_budget: Option<Int>,
+}
+
+/// `[redis]`: the Redis that cluster-scoped stdlib state lives in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisFile {
+    pub url: Option<Text>,
+    pub timeout: Option<Spanned<DurationValue>>,
+    pub key_prefix: Option<Text>,
 }
 
 /// `[cache]`: the in-memory HTTP cache of `std.cache.*`.

@@ -772,3 +772,38 @@ fn mods_tables_pass_through() {
     assert_eq!(gate["enabled"].as_bool(), Some(true));
     assert_eq!(gate["rps"].as_integer(), Some(100));
 }
+
+#[test]
+fn cache_and_redis_sections() {
+    let config = ok("[cache]\nmax_size = \"1MiB\"\nmax_entry_size = \"64KiB\"\nlock_timeout = \"2s\"\n\n\
+                     [redis]\nurl = \"redis://127.0.0.1:6380/2\"\ntimeout = \"20ms\"\nkey_prefix = \"pc1:\"\n");
+    assert_eq!(config.cache.max_size, 1 << 20);
+    assert_eq!(config.cache.max_entry_size, 64 << 10);
+    assert_eq!(config.cache.lock_timeout, Duration::from_secs(2));
+    let redis = config
+        .redis
+        .as_ref()
+        .map(|r| (r.url.as_str(), r.timeout, r.key_prefix.as_str()));
+    assert_eq!(
+        redis,
+        Some((
+            "redis://127.0.0.1:6380/2",
+            Duration::from_millis(20),
+            "pc1:"
+        ))
+    );
+    assert!(ok("").redis.is_none());
+    assert_error("[redis]\ntimeout = \"1s\"\n", "redis.url", 1, "is required");
+    assert_error(
+        "[redis]\nurl = \"http://x\"\n",
+        "redis.url",
+        2,
+        "must start with redis://",
+    );
+    assert_error(
+        "[cache]\nmax_size = \"1KiB\"\nmax_entry_size = \"2KiB\"\n",
+        "cache.max_entry_size",
+        3,
+        "must not be larger than cache.max_size",
+    );
+}

@@ -28,6 +28,8 @@ pub struct Config {
     pub scripts: ScriptsConfig,
     /// `[cache]`.
     pub cache: crate::stdlib::cache::store::CacheSettings,
+    /// `[redis]`, when present.
+    pub redis: Option<crate::stdlib::cluster::RedisSettings>,
     /// Upstream sets in name order; routes refer to them by index.
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,

@@ -18,6 +18,7 @@ use super::types::*;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, ConfigErrors};
 use crate::stdlib::cache::store::CacheSettings;
+use crate::stdlib::cluster::RedisSettings;
 use defaults::*;
 
 /// The default of every key of `config.toml`, re-exported as `config::DEFAULT_*`.
@@ -198,6 +199,7 @@ impl<'a> Checker<'a> {
             log: self.log(&file.log),
             scripts: self.scripts(&file.scripts),
             cache: self.cache(&file.cache),
+            redis: file.redis.as_ref().and_then(|r| self.redis(r)),
             server,
             admin,
             upstreams,
@@ -438,6 +440,50 @@ impl<'a> Checker<'a> {
                 1,
             ),
         }
+    }
+
+    fn redis(&mut self, file: &Spanned<file::RedisFile>) -> Option<RedisSettings> {
+        let span = file.span();
+        let file = file.get_ref();
+        let timeout = self.nonzero_duration(
+            "redis.timeout",
+            &file.timeout,
+            crate::stdlib::cluster::DEFAULT_TIMEOUT,
+        );
+        let key_prefix = file.key_prefix.as_ref().map_or_else(
+            || crate::stdlib::cluster::DEFAULT_KEY_PREFIX.to_owned(),
+            |t| t.get_ref().clone(),
+        );
+        let Some(url) = &file.url else {
+            self.error(
+                "redis.url",
+                span,
+                "is required in [redis] (e.g. \"redis://127.0.0.1:6379\")",
+            );
+            return None;
+        };
+        let text = url.get_ref();
+        if !(text.starts_with("redis://") || text.starts_with("unix://")) {
+            self.error(
+                "redis.url",
+                url.span(),
+                format!("must start with redis:// or unix://, got {text:?}"),
+            );
+            return None;
+        }
+        if let Err(e) = redis::Client::open(text.as_str()) {
+            self.error(
+                "redis.url",
+                url.span(),
+                format!("is not a valid Redis URL: {e}"),
+            );
+            return None;
+        }
+        Some(RedisSettings {
+            url: text.clone(),
+            timeout,
+            key_prefix,
+        })
     }
 
     fn cache(&mut self, file: &file::CacheFile) -> CacheSettings {

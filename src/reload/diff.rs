@@ -32,6 +32,9 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
     if a.log.level != b.log.level || a.log.format != b.log.format {
         c.requires_restart.push("log.level / log.format".into());
     }
+    if a.redis != b.redis {
+        c.requires_restart.push("redis".into());
+    }
     if a.cache != b.cache {
         c.requires_restart
             .push("cache (the cache keeps its size and entries until a restart)".into());

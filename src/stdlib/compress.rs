@@ -462,6 +462,12 @@ impl AsyncRead for Encoder {
     }
 }
 
+/// `body` compressed with `coding` as it is read (what `std.compress.apply` installs;
+/// public for benchmarks).
+pub fn compressed_body(coding: Coding, body: ProxyBody) -> ProxyBody {
+    ProxyBody::Boxed(BoxBody::new(Compressed::new(coding, body)))
+}
+
 /// A response body compressed as it is read. The encoder flushes whenever the
 /// upstream has nothing more for the moment, so a slow stream is not held back.
 struct Compressed {

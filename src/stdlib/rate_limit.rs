@@ -32,7 +32,7 @@ pub static SIGS: &[FnSig] = &[FnSig {
         ArgSig { name: "rate", ty: ArgType::Number, default: ArgDefault::Required, literal: false, check: Some(positive_number), doc: "requests allowed per `per`" },
         ArgSig { name: "burst", ty: ArgType::Int, default: ArgDefault::Nil, literal: false, check: Some(positive_int), doc: "bucket size; defaults to `rate`" },
         ArgSig { name: "per", ty: ArgType::Duration, default: ArgDefault::DurationMs(1000), literal: false, check: None, doc: "the period `rate` is counted over" },
-        ArgSig { name: "scope", ty: ArgType::Str, default: ArgDefault::Str("local"), literal: true, check: Some(local_scope), doc: "`local` (this process)" },
+        ArgSig { name: "scope", ty: ArgType::Str, default: ArgDefault::Str("local"), literal: true, check: Some(scope), doc: "`local` (this process) or `cluster` (every process sharing `[redis]`; local when Redis is unreachable)" },
     ],
     returns: Returns::Record(&RESULT),
     phases: ALL_PHASES,
@@ -164,13 +164,10 @@ fn positive_int(v: &Value) -> Result<(), String> {
     }
 }
 
-fn local_scope(v: &Value) -> Result<(), String> {
+fn scope(v: &Value) -> Result<(), String> {
     match v.as_str() {
-        Some("local") => Ok(()),
-        Some("cluster") => {
-            Err("scope \"cluster\" (Redis) is not available in this build yet".into())
-        }
-        _ => Err(format!("must be \"local\", not {v}")),
+        Some("local" | "cluster") => Ok(()),
+        _ => Err(format!("must be \"local\" or \"cluster\", not {v}")),
     }
 }
 
@@ -198,7 +195,19 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
         other => return Err(err(format!("per must be a positive duration, got {other}"))),
     };
     let full_key = format!("{}\u{0}{}", ex.module, key);
-    let d = ex.state.rate_limits.check(&full_key, rate, burst, per);
+    let cluster = matches!(args.get(4), Some(Value::Str(s)) if &**s == "cluster");
+    let d = match cluster {
+        false => ex.state.rate_limits.check(&full_key, rate, burst, per),
+        true => match ex.state.cluster.rate_limit(&full_key, rate, burst, per) {
+            Ok(d) => d,
+            Err(e) => {
+                // Never fail the request for Redis: this process's own bucket decides.
+                tracing::debug!(target: "proxycache::stdlib", module = ex.module, error = %e, "cluster rate limit fell back to local");
+                ex.state.metrics.cluster_fallback(ex.module);
+                ex.state.rate_limits.check(&full_key, rate, burst, per)
+            }
+        },
+    };
     if !d.allowed {
         ex.state.metrics.rate_limited(ex.module);
     }

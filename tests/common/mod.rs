@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod prometheus;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

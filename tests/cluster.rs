@@ -1,0 +1,147 @@
+//! Cluster scope over real processes (issue 5, acceptance 5): two proxycache binaries
+//! share one `std.rate_limit(..., scope: "cluster")` bucket through a real
+//! redis-server, so together they allow the configured total, not twice it; when
+//! Redis is killed mid-test both carry on with local buckets, no request fails, and
+//! the fallback is counted in /metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::*;
+
+const LIMIT: &str = r#"mod shared_limit {
+  on request {
+    let rl = std.rate_limit(key: "everyone", rate: 5, burst: 5, per: 1h, scope: "cluster")
+    if not rl.allowed {
+      respond 429 "limited, retry in ${rl.retry_after}s\n" { "retry-after": "${rl.retry_after}" }
+    }
+  }
+}
+"#;
+
+/// One proxycache process of the pair.
+struct Node {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _site: Site,
+}
+
+impl Node {
+    async fn start(redis_url: &str) -> Node {
+        let site = Site::new("cluster");
+        site.write_mod("shared_limit", LIMIT);
+        let (port, admin_port) = (free_port(), free_port());
+        site.write_config(&format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 2\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+             [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+             [redis]\nurl = \"{redis_url}\"\ntimeout = \"200ms\"\n\n\
+             [upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n"
+        ));
+        let (child, stderr) = site.spawn_run();
+        let mut node = Node {
+            child,
+            stderr,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            _site: site,
+        };
+        // Ready when the admin API answers (asking the proxy would spend a token).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("proxycache exited with {status}: {}", node.stderr_text());
+            }
+            let up = try_send(node.admin, empty(req("GET", "/status")))
+                .await
+                .is_ok_and(|r| r.status == 200)
+                && tokio::net::TcpStream::connect(node.addr).await.is_ok();
+            if up {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready: {}",
+                node.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    async fn fallbacks(&self) -> f64 {
+        let text = get(self.admin, "/metrics").await.text();
+        prometheus::parse(&text).sum(
+            "proxycache_cluster_fallbacks_total",
+            &[("module", "shared_limit")],
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_limit_and_fall_back_to_local_when_redis_dies() {
+    let mut redis = RedisServer::start();
+    let a = Node::start(&redis.url()).await;
+    let b = Node::start(&redis.url()).await;
+
+    // 8 requests, alternating: the shared bucket of 5 allows 5 in all.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = get(node.addr, "/").await;
+        if r.status == 429 {
+            let retry: u64 = r
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            assert!(retry > 0 && retry <= 3600, "retry-after {retry}");
+        }
+        statuses.push(r.status.as_u16());
+    }
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(allowed, 5, "two processes, one bucket of 5: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(a.fallbacks().await, 0.0, "{}", a.stderr_text());
+    assert_eq!(b.fallbacks().await, 0.0, "{}", b.stderr_text());
+
+    // Redis dies: each process falls back to its own bucket of 5, nothing fails.
+    redis.kill();
+    let mut after = Vec::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        after.push(get(node.addr, "/").await.status.as_u16());
+    }
+    assert!(
+        after.iter().all(|s| *s == 200),
+        "local buckets (5 each) allow 4 each: {after:?}"
+    );
+    assert!(a.fallbacks().await >= 4.0);
+    assert!(b.fallbacks().await >= 4.0);
+    // ...and still limit: 2 more on A make 6 > 5.
+    let extra = [get(a.addr, "/").await.status, get(a.addr, "/").await.status];
+    assert_eq!(extra.map(|s| s.as_u16()), [200, 429]);
+    assert!(
+        a.stderr_text().contains("redis unreachable"),
+        "the fallback is logged: {}",
+        a.stderr_text()
+    );
+}
