@@ -43,7 +43,7 @@ pub struct StdState {
     pub breakers: NamedBreakers,
     pub metrics: Metrics,
     /// Redis, for cluster-scoped calls.
-    pub cluster: Cluster,
+    pub cluster: Arc<Cluster>,
 }
 
 impl StdState {
@@ -57,7 +57,7 @@ impl StdState {
             cache: Arc::new(HttpCache::with_counts(cache, counts)),
             breakers: NamedBreakers::default(),
             metrics,
-            cluster: Cluster::new(redis),
+            cluster: Arc::new(Cluster::new(redis)),
         }
     }
 }
@@ -316,7 +316,8 @@ impl Pipeline {
             match flow {
                 Ok(Flow::Continue) => {
                     // `std.cache.check` found a fresh response: it is the answer.
-                    if let Some(resp) = ex.ctx.cache.as_mut().and_then(|c| c.take_hit()) {
+                    if let Some(resp) = ex.ctx.cache.as_mut().and_then(|c| c.take_hit(&ex.info.id))
+                    {
                         let answer = ModuleResponse {
                             resp,
                             guard: None,

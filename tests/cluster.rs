@@ -33,15 +33,21 @@ struct Node {
 
 impl Node {
     async fn start(redis_url: &str) -> Node {
+        let echo =
+            "[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n";
+        Node::start_with(redis_url, ("shared_limit", LIMIT), echo).await
+    }
+
+    /// A node with `module` and `tail` (upstreams, routes, [cache]) in its config.
+    async fn start_with(redis_url: &str, module: (&str, &str), tail: &str) -> Node {
         let site = Site::new("cluster");
-        site.write_mod("shared_limit", LIMIT);
+        site.write_mod(module.0, module.1);
         let (port, admin_port) = (free_port(), free_port());
         site.write_config(&format!(
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 2\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
              [scripts]\ndir = \"mods\"\nwatch = false\n\n\
-             [redis]\nurl = \"{redis_url}\"\ntimeout = \"200ms\"\n\n\
-             [upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n"
+             [redis]\nurl = \"{redis_url}\"\ntimeout = \"200ms\"\n\n{tail}"
         ));
         let (child, stderr) = site.spawn_run();
         let mut node = Node {
@@ -78,11 +84,12 @@ impl Node {
     }
 
     async fn fallbacks(&self) -> f64 {
+        self.fallbacks_of("shared_limit").await
+    }
+
+    async fn fallbacks_of(&self, module: &str) -> f64 {
         let text = get(self.admin, "/metrics").await.text();
-        prometheus::parse(&text).sum(
-            "proxycache_cluster_fallbacks_total",
-            &[("module", "shared_limit")],
-        )
+        prometheus::parse(&text).sum("proxycache_cluster_fallbacks_total", &[("module", module)])
     }
 }
 
@@ -144,4 +151,68 @@ async fn two_processes_share_one_limit_and_fall_back_to_local_when_redis_dies() 
         "the fallback is logged: {}",
         a.stderr_text()
     );
+}
+
+const SHARED_CACHE: &str = r#"mod shared_cache {
+  on request {
+    std.cache.check()
+  }
+  on response {
+    std.cache.store()
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fill_one_shared_cache_tier() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    let b = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+
+    let first = get(a.addr, "/page").await;
+    assert_eq!(first.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(up.requests(), 1);
+    // B has never seen /page: its local miss finds A's entry in Redis.
+    let from_b = get(b.addr, "/page").await;
+    assert_eq!(
+        from_b.header("x-cache").as_deref(),
+        Some("HIT"),
+        "{}",
+        b.stderr_text()
+    );
+    assert_eq!(from_b.body, first.body, "the same stored body");
+    assert_eq!(
+        up.requests(),
+        1,
+        "the upstream was asked once for both processes"
+    );
+    // ...and now keeps it locally too.
+    assert_eq!(
+        get(b.addr, "/page").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+
+    // Redis dies: both keep serving, new keys are local misses, nothing fails.
+    redis.kill();
+    for (node, round) in [(&a, 2), (&b, 3)] {
+        let r = get(node.addr, "/other").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-cache").as_deref(), Some("MISS"));
+        assert_eq!(up.requests(), round);
+    }
+    assert_eq!(
+        get(a.addr, "/page").await.header("x-cache").as_deref(),
+        Some("HIT"),
+        "local copies still serve"
+    );
+    assert!(b.fallbacks_of("shared_cache").await >= 1.0);
 }

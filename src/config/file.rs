@@ -130,6 +130,7 @@ pub struct CacheFile {
     pub max_size: Option<Spanned<SizeValue>>,
     pub max_entry_size: Option<Spanned<SizeValue>>,
     pub lock_timeout: Option<Spanned<DurationValue>>,
+    pub shared: Option<Spanned<bool>>,
 }
 
 /// One `[upstreams.NAME]`.

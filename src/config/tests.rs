@@ -801,6 +801,17 @@ fn cache_and_redis_sections() {
         "must start with redis://",
     );
     assert_error(
+        "[cache]\nshared = true\n",
+        "cache.shared",
+        2,
+        "needs a [redis] section",
+    );
+    assert!(
+        ok("[cache]\nshared = true\n[redis]\nurl = \"redis://h\"\n")
+            .cache
+            .shared
+    );
+    assert_error(
         "[cache]\nmax_size = \"1KiB\"\nmax_entry_size = \"2KiB\"\n",
         "cache.max_entry_size",
         3,

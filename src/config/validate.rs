@@ -198,7 +198,7 @@ impl<'a> Checker<'a> {
             source_text: text.to_owned(),
             log: self.log(&file.log),
             scripts: self.scripts(&file.scripts),
-            cache: self.cache(&file.cache),
+            cache: self.cache(&file.cache, file.redis.is_some()),
             redis: file.redis.as_ref().and_then(|r| self.redis(r)),
             server,
             admin,
@@ -486,7 +486,7 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn cache(&mut self, file: &file::CacheFile) -> CacheSettings {
+    fn cache(&mut self, file: &file::CacheFile, has_redis: bool) -> CacheSettings {
         let d = CacheSettings::default();
         let settings = CacheSettings {
             max_size: self.size("cache.max_size", &file.max_size, d.max_size),
@@ -496,7 +496,17 @@ impl<'a> Checker<'a> {
                 d.max_entry_size,
             ),
             lock_timeout: self.duration("cache.lock_timeout", &file.lock_timeout, d.lock_timeout),
+            shared: file.shared.as_ref().is_some_and(|b| *b.get_ref()),
         };
+        if let Some(v) = file.shared.as_ref().filter(|b| *b.get_ref()) {
+            if !has_redis {
+                self.error(
+                    "cache.shared",
+                    v.span(),
+                    "needs a [redis] section (the shared tier lives in Redis)",
+                );
+            }
+        }
         if let Some(v) = &file.max_entry_size {
             if settings.max_entry_size > settings.max_size {
                 self.error(

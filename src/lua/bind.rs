@@ -311,7 +311,14 @@ fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Resul
                     _ => None,
                 },
                 retries: match &args[2] {
-                    Value::Int(n) => Some(u32::try_from(*n).unwrap_or(0)),
+                    // The same bound as pcmod's `forward { retries }`.
+                    Value::Int(n) if (0..=10).contains(n) => Some(*n as u32),
+                    Value::Int(n) => {
+                        return Err(mlua::Error::runtime(format!(
+                            "{}: retries must be in 0..=10, got {n}",
+                            sig.name
+                        )))
+                    }
                     _ => None,
                 },
             },

@@ -79,6 +79,7 @@ pub async fn request_phase(
                 cache,
                 &generation.std_state.cache,
                 &parts.headers,
+                &info.id,
             )
             .await
             {
@@ -152,6 +153,8 @@ pub async fn response_phase(
         };
         pipeline.run_response(state.ran, &mut ex).await
     };
+    // `std.cache.store` alone (no `check`) starts the cache state in this phase.
+    crate::stdlib::cache::mark(state.ctx.cache.as_deref(), &mut parts.headers);
     *resp = Response::from_parts(parts, body);
     result.map_err(module_error)
 }

@@ -13,6 +13,7 @@
 //! `store` the entries. Must not touch: the upstream, the pipeline's order.
 
 pub mod policy;
+pub mod shared;
 pub mod store;
 
 use std::sync::atomic::Ordering;
@@ -111,10 +112,14 @@ pub struct CacheReq {
 }
 
 impl CacheReq {
-    /// Takes the cached response to serve, if `check` found one.
-    pub fn take_hit(&mut self) -> Option<Response<ProxyBody>> {
+    /// Takes the cached response to serve, if `check` found one; like every response
+    /// the proxy makes itself it carries this request's `x-request-id`.
+    pub fn take_hit(&mut self, id: &crate::http::RequestId) -> Option<Response<ProxyBody>> {
         let cached = self.hit.take()?;
-        Some(hit_response(&cached, self.head, self.status))
+        let mut resp = hit_response(&cached, self.head, self.status);
+        resp.headers_mut()
+            .insert(crate::http::request_id::HEADER, id.header_value().clone());
+        Some(resp)
     }
 
     /// Whether `check` found a response to serve.
@@ -171,9 +176,15 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
                     req.fill = Some(guard);
                 }
             }
-            Lookup::Miss => match cache.claim(&req.key) {
-                Claim::Fill(guard) => req.fill = Some(guard),
-                Claim::Wait(rx) => req.wait = Some(rx),
+            Lookup::Miss => match from_shared_tier(&cache, ex, &req.key) {
+                Some(c) => {
+                    req.status = CacheStatus::Hit;
+                    req.hit = Some(c);
+                }
+                None => match cache.claim(&req.key) {
+                    Claim::Fill(guard) => req.fill = Some(guard),
+                    Claim::Wait(rx) => req.wait = Some(rx),
+                },
             },
         },
     }
@@ -197,12 +208,38 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     Ok(Value::Bool(hit))
 }
 
+/// A local miss asks the shared tier (when `cache.shared`); a fresh entry found there
+/// is kept locally too. Redis being away is a miss, counted as a fallback.
+fn from_shared_tier(
+    cache: &HttpCache,
+    ex: &super::Exchange<'_>,
+    key: &Arc<str>,
+) -> Option<Arc<store::Cached>> {
+    if !cache.settings.shared {
+        return None;
+    }
+    match shared::fetch(&ex.state.cluster, key) {
+        Ok(Some(c)) if c.is_fresh(Instant::now()) => {
+            let c = Arc::new(c);
+            cache.insert_shared(key, Arc::clone(&c));
+            Some(c)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(target: "proxycache::stdlib", error = %e, "shared cache tier not used");
+            ex.state.metrics.cluster_fallback(ex.module);
+            None
+        }
+    }
+}
+
 /// After the request phase: waits for another request's fill of the same key, then
 /// looks again. Returns the cached response when the wait produced one.
 pub async fn after_wait(
     req: &mut CacheReq,
     cache: &HttpCache,
     headers: &HeaderMap,
+    id: &crate::http::RequestId,
 ) -> Option<Response<ProxyBody>> {
     let rx = req.wait.take()?;
     store::wait_for_fill(rx, cache.settings.lock_timeout).await;
@@ -210,7 +247,8 @@ pub async fn after_wait(
         Lookup::Fresh(c) | Lookup::Stale(c) => {
             cache.counts.hits.inc();
             req.status = CacheStatus::Hit;
-            Some(hit_response(&c, req.head, req.status))
+            req.hit = Some(c);
+            req.take_hit(id)
         }
         Lookup::Miss => {
             cache.counts.misses.inc();
@@ -307,6 +345,9 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     ] {
         headers.remove(name);
     }
+    // Responses with `Vary` stay local: the shared tier keys by URL alone.
+    let shared = (cache.settings.shared && vary.is_empty() && ex.state.cluster.is_configured())
+        .then(|| Arc::clone(&ex.state.cluster));
     let pending = PendingEntry {
         cache: Arc::clone(&cache),
         primary: Arc::clone(&req.key),
@@ -322,6 +363,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         stale_for: freshness.stale_for,
         expect_len,
         guard,
+        shared,
     };
     let inner = std::mem::replace(body, ProxyBody::Empty);
     let mut tee = TeeBody::new(inner, pending, limit);

@@ -124,25 +124,18 @@ impl Cluster {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes one token from the cluster-wide bucket `key` (GCRA, `burst` tokens
-    /// refilled at `rate` per `per`).
-    pub fn rate_limit(
+    /// Runs `f` on this worker thread's connection (made on first use); on any error
+    /// the connection is dropped and Redis is rested for [`RETRY_AFTER`].
+    fn with_conn<T>(
         &self,
-        key: &str,
-        rate: f64,
-        burst: u64,
-        per: Duration,
-    ) -> Result<Decision, ClusterError> {
+        f: impl FnOnce(&mut redis::Connection, &RedisSettings) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
         let (Some(client), Some(settings)) = (&self.client, &self.settings) else {
             return Err(ClusterError::NotConfigured);
         };
         if self.now_ms() < self.resting_until.load(Ordering::Relaxed) {
             return Err(ClusterError::Resting);
         }
-        let burst = burst.max(1);
-        let interval = (per.as_micros() as f64 / rate.max(1e-9)).max(1.0) as u64;
-        let window = interval.saturating_mul(burst);
-        let redis_key = format!("{}rl:{}", settings.key_prefix, key);
         let result = CONN.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
@@ -157,33 +150,69 @@ impl Cluster {
                     "no connection",
                 )));
             };
-            let reply: redis::RedisResult<(u64, u64, u64)> = self
-                .script
-                .key(&redis_key)
-                .arg(interval)
-                .arg(window)
-                .invoke(conn);
+            let reply = f(conn, settings);
             if reply.is_err() {
                 // The connection may be half-broken: make a new one next time.
                 *slot = None;
             }
             reply
         });
-        match result {
-            Ok((allowed, remaining, retry_us)) => Ok(Decision {
-                allowed: allowed == 1,
-                remaining,
-                retry_after: Duration::from_micros(retry_us),
-                limit: burst,
-            }),
-            Err(e) => {
-                tracing::warn!(target: "proxycache::stdlib", error = %e, url = %settings.url, "redis unreachable: cluster-scoped calls use local state for the next {}s", RETRY_AFTER.as_secs());
-                self.resting_until.store(
-                    self.now_ms() + RETRY_AFTER.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                Err(ClusterError::Redis(e))
-            }
-        }
+        result.map_err(|e| {
+            tracing::warn!(target: "proxycache::stdlib", error = %e, url = %settings.url, "redis unreachable: cluster-scoped calls use local state for the next {}s", RETRY_AFTER.as_secs());
+            self.resting_until.store(
+                self.now_ms() + RETRY_AFTER.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            ClusterError::Redis(e)
+        })
+    }
+
+    /// Takes one token from the cluster-wide bucket `key` (GCRA, `burst` tokens
+    /// refilled at `rate` per `per`).
+    pub fn rate_limit(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: u64,
+        per: Duration,
+    ) -> Result<Decision, ClusterError> {
+        let burst = burst.max(1);
+        let interval = (per.as_micros() as f64 / rate.max(1e-9)).max(1.0) as u64;
+        let window = interval.saturating_mul(burst);
+        let (allowed, remaining, retry_us): (u64, u64, u64) = self.with_conn(|conn, s| {
+            self.script
+                .key(format!("{}rl:{}", s.key_prefix, key))
+                .arg(interval)
+                .arg(window)
+                .invoke(conn)
+        })?;
+        Ok(Decision {
+            allowed: allowed == 1,
+            remaining,
+            retry_after: Duration::from_micros(retry_us),
+            limit: burst,
+        })
+    }
+
+    /// The bytes under `PREFIX + key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        self.with_conn(|conn, s| {
+            redis::cmd("GET")
+                .arg(format!("{}{}", s.key_prefix, key))
+                .query(conn)
+        })
+    }
+
+    /// Sets `PREFIX + key` to `value`, expiring after `ttl`.
+    pub fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), ClusterError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.with_conn(|conn, s| {
+            redis::cmd("SET")
+                .arg(format!("{}{}", s.key_prefix, key))
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query(conn)
+        })
     }
 }

@@ -45,7 +45,15 @@ pub struct Breaker {
 #[derive(Debug)]
 struct Slow {
     opened_at: Option<Instant>,
-    probe_in_flight: bool,
+    /// When the probe now in flight was let through; a probe that never reports back
+    /// (its request was dropped) stops blocking others after `open_for`.
+    probe_since: Option<Instant>,
+}
+
+impl Slow {
+    fn probe_blocks(&self, open_for: Duration) -> bool {
+        self.probe_since.is_some_and(|at| at.elapsed() < open_for)
+    }
 }
 
 impl Breaker {
@@ -58,7 +66,7 @@ impl Breaker {
             consecutive_failures: AtomicU32::new(0),
             slow: Mutex::new(Slow {
                 opened_at: None,
-                probe_in_flight: false,
+                probe_since: None,
             }),
         }
     }
@@ -89,7 +97,7 @@ impl Breaker {
             CLOSED => true,
             _ => {
                 let slow = self.slow.lock();
-                !slow.probe_in_flight
+                !slow.probe_blocks(self.open_for)
                     && slow
                         .opened_at
                         .is_none_or(|at| at.elapsed() >= self.open_for)
@@ -104,7 +112,7 @@ impl Breaker {
             return true;
         }
         let mut slow = self.slow.lock();
-        if slow.probe_in_flight {
+        if slow.probe_blocks(self.open_for) {
             return false;
         }
         if slow
@@ -113,7 +121,7 @@ impl Breaker {
         {
             return false;
         }
-        slow.probe_in_flight = true;
+        slow.probe_since = Some(Instant::now());
         self.state.store(HALF_OPEN, Ordering::Release);
         true
     }
@@ -135,7 +143,7 @@ impl Breaker {
             return;
         }
         let mut slow = self.slow.lock();
-        slow.probe_in_flight = false;
+        slow.probe_since = None;
         if ok {
             slow.opened_at = None;
             self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -149,7 +157,7 @@ impl Breaker {
     fn open(&self) {
         let mut slow = self.slow.lock();
         slow.opened_at = Some(Instant::now());
-        slow.probe_in_flight = false;
+        slow.probe_since = None;
         self.state.store(OPEN, Ordering::Release);
         tracing::warn!(target: "proxycache::upstream", "circuit breaker opened");
     }
@@ -177,6 +185,17 @@ mod tests {
         assert!(!b.try_acquire(), "only one probe at a time");
         b.record(true);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_back_stops_blocking_after_open_for() {
+        let b = Breaker::new(1, Duration::from_millis(20));
+        b.record(false);
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(b.try_acquire(), "the probe");
+        assert!(!b.try_acquire(), "one probe at a time");
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(b.try_acquire(), "the first probe was lost: another may go");
     }
 
     #[test]

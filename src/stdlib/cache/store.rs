@@ -31,6 +31,8 @@ pub struct CacheSettings {
     pub max_entry_size: u64,
     /// How long a request waits for another request's fill of the same key.
     pub lock_timeout: Duration,
+    /// Also keep entries in Redis (`[redis]`) for other processes.
+    pub shared: bool,
 }
 
 impl Default for CacheSettings {
@@ -39,6 +41,7 @@ impl Default for CacheSettings {
             max_size: 64 * 1024 * 1024,
             max_entry_size: 1024 * 1024,
             lock_timeout: Duration::from_secs(5),
+            shared: false,
         }
     }
 }
@@ -222,6 +225,11 @@ impl HttpCache {
         self.counts.stores.inc();
     }
 
+    /// Keeps an entry that came from the shared tier (not counted as a store).
+    pub fn insert_shared(&self, primary: &Arc<str>, entry: Arc<Cached>) {
+        self.entries.insert(Arc::clone(primary), Slot::Resp(entry));
+    }
+
     /// Entries held now (approximate: moka counts lazily).
     pub fn entry_count(&self) -> u64 {
         self.entries.run_pending_tasks();
@@ -314,6 +322,8 @@ pub struct PendingEntry {
     pub expect_len: Option<u64>,
     /// Released when the entry is stored or abandoned.
     pub guard: Option<FillGuard>,
+    /// The shared tier to write the entry to as well (`cache.shared`, no `Vary`).
+    pub shared: Option<Arc<crate::stdlib::cluster::Cluster>>,
 }
 
 /// A body that passes frames through untouched and keeps a copy (reference-counted
@@ -369,19 +379,19 @@ impl TeeBody {
             }
         };
         let p = *p;
-        p.cache.insert(
-            &p.primary,
-            &p.vary,
-            &p.req_headers,
-            Cached {
-                status: p.status,
-                headers: p.headers,
-                body,
-                stored_at: Instant::now(),
-                fresh_for: p.fresh_for,
-                stale_for: p.stale_for,
-            },
-        );
+        let entry = Cached {
+            status: p.status,
+            headers: p.headers,
+            body,
+            stored_at: Instant::now(),
+            fresh_for: p.fresh_for,
+            stale_for: p.stale_for,
+        };
+        if let Some(cluster) = &p.shared {
+            // A failure is logged by the cluster link; the local copy still serves.
+            let _ = super::shared::put(cluster, &p.primary, &entry);
+        }
+        p.cache.insert(&p.primary, &p.vary, &p.req_headers, entry);
         // `p.guard` drops here, after the insert: waiters find the entry.
     }
 }
