@@ -61,7 +61,18 @@ impl Generation {
         // hash and the next reload picks it up (hashed after, it could be missed).
         let fingerprint = fingerprint(&config, sources);
         let mut loaded = script::load_sources(&config, sources)?;
-        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams)).map_err(
+            |errors| {
+                let file = config
+                    .source
+                    .as_ref()
+                    .map_or_else(|| "config.toml".to_owned(), |p| p.display().to_string());
+                errors
+                    .iter()
+                    .map(|e| Diagnostic::file_level(&file, e.to_string()))
+                    .collect::<Vec<_>>()
+            },
+        )?;
         let metrics = &std_state.metrics;
         loaded.pipeline.meters = metrics.module_meters(&loaded.pipeline.modules);
         Ok(Generation {

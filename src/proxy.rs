@@ -303,7 +303,7 @@ pub async fn send_upstream(
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
     let key = pick_key(set, &parts, out.client_ip);
-    let upstream_req = upstream_request(parts, body, out.generation, out.conn, host);
+    let upstream_req = upstream_request(parts, body, out.generation, out.conn, host, set);
     let timeout = response_timeout.unwrap_or(set.config.response_timeout);
     let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
     let (resp, guard) = forward(set, &key, upstream_req, out.worker, timeout, retries).await?;
@@ -360,10 +360,19 @@ fn upstream_request(
     generation: &Generation,
     conn: &ConnInfo,
     host: Option<HeaderValue>,
+    set: &UpstreamSet,
 ) -> Request<ProxyBody> {
     let trusted = &generation.config.server.trusted_proxies;
     let peer_trusted = trusted.iter().any(|n| n.contains(&conn.peer.ip()));
+    // `TE: trailers` is hop-by-hop, but a gRPC client's is meant for the server at the
+    // end: an HTTP/2 upstream gets it again (the one TE value HTTP/2 allows).
+    let te_trailers = set.config.http2 && hygiene::accepts_trailers(&parts.headers);
     hygiene::strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     hygiene::add_forwarding(
         &mut parts.headers,
         &Forwarded {
@@ -415,7 +424,7 @@ async fn forward(
                 })
             }
         };
-        match send_to(set, guard, req, ctx, response_timeout).await {
+        match send_to(set, index, guard, req, ctx, response_timeout).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
@@ -449,23 +458,31 @@ enum Failed {
 
 async fn send_to(
     set: &UpstreamSet,
+    index: usize,
     guard: InflightGuard,
     req: Request<ProxyBody>,
     ctx: &WorkerCtx,
     response_timeout: Duration,
 ) -> Result<(Response<ProxyBody>, InflightGuard), Failed> {
     let server = Arc::clone(guard.server());
-    let addr = match &server.target {
-        ServerTarget::Echo => {
+    let endpoint = match (&server.target, set.endpoints.get(index)) {
+        (ServerTarget::Addr { .. }, Some(Some(endpoint))) => endpoint,
+        (ServerTarget::Addr { .. }, _) => {
+            return Err(Failed::Sent(ProxyError::Internal(format!(
+                "upstream {}: server {index} has no endpoint",
+                set.name()
+            ))))
+        }
+        (ServerTarget::Echo, _) => {
             return Box::pin(echo::respond(req))
                 .await
                 .map(|r| (r, guard))
                 .map_err(Failed::Sent);
         }
-        ServerTarget::Addr { addr, .. } => *addr,
     };
+    let addr = endpoint.addr;
     let upstream = || set.name().to_owned();
-    let result = client::send(&ctx.pool, addr, &set.config, response_timeout, req).await;
+    let result = client::send(&ctx.pool, endpoint, response_timeout, req).await;
     server.record_outcome(server_did_well(&result));
     match result {
         Ok(resp) => Ok((resp.map(ProxyBody::Upstream), guard)),
@@ -481,6 +498,18 @@ async fn send_to(
             ProxyError::ConnectTimeout {
                 upstream: upstream(),
                 server: addr,
+            },
+            req,
+        )),
+        Err(SendError::Tls(reason, req)) => Err(Failed::Unsent(
+            ProxyError::Tls {
+                upstream: upstream(),
+                server: addr,
+                name: endpoint
+                    .tls
+                    .as_ref()
+                    .map_or_else(String::new, |t| t.identity.name.to_str().into_owned()),
+                reason,
             },
             req,
         )),

@@ -249,28 +249,17 @@ fn spawn_thread(
         .map_err(|source| ServerError::Thread { name, source })
 }
 
-/// Upstream TLS is refused rather than ignored: sending plaintext where TLS was asked
-/// for would be a silent security downgrade.
+/// Settings this build cannot serve are refused before anything starts (and before
+/// a reload is swapped in) rather than ignored. Today: upstream TLS settings that do
+/// not load (an unreadable `tls_ca`, an invalid `sni`, no system roots) — sending
+/// plaintext or unverified traffic instead would be a silent downgrade.
 pub fn refuse_unsupported(config: &Config) -> Result<(), String> {
-    let tls: Vec<&str> = config
-        .upstreams
-        .iter()
-        .filter(|u| u.tls)
-        .map(|u| u.name.as_str())
-        .collect();
-    if tls.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("upstream TLS (`tls = true` on {}) is not supported by this build yet; refusing to send that traffic as plaintext", tls.join(", ")))
-    }
+    crate::upstream::check_tls(&config.upstreams)
 }
 
 /// Config sections that parse but are not served by this build are said out loud,
 /// never silently ignored.
 fn warn_unserved(config: &Config) {
-    for u in config.upstreams.iter().filter(|u| u.http2) {
-        tracing::warn!(target: "proxycache::server", upstream = %u.name, "upstreams.{}.http2 is not served yet by this build; HTTP/1.1 is used", u.name);
-    }
     for tls in &config.server.tls {
         tracing::warn!(target: "proxycache::server", listen = %tls.listen, "[[server.tls]] is not served yet by this build");
     }

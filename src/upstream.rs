@@ -8,29 +8,65 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod connect;
 pub mod health;
 pub mod pool;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
-use crate::config::UpstreamConfig;
+use crate::config::{ServerTarget, UpstreamConfig};
 
 use balance::{Balancer, PickKey};
+use connect::Endpoint;
 pub use server::{InflightGuard, ServerState};
+
+/// An upstream set that cannot be built (its TLS settings do not work).
+#[derive(Debug, thiserror::Error)]
+#[error("upstreams.{upstream}: {source}")]
+pub struct UpstreamError {
+    pub upstream: String,
+    #[source]
+    pub source: tls::TlsError,
+}
 
 /// One `[upstreams.NAME]` set at run time.
 #[derive(Debug)]
 pub struct UpstreamSet {
     pub config: UpstreamConfig,
     pub servers: Vec<Arc<ServerState>>,
+    /// How to reach each server (`None`: a built-in one), indexed like `servers`.
+    pub endpoints: Vec<Option<Arc<Endpoint>>>,
     balancer: Balancer,
 }
 
 impl UpstreamSet {
     /// Builds the set, reusing server state (health, breaker, in-flight counts) from
-    /// `previous` for servers whose settings did not change.
-    pub fn new(config: UpstreamConfig, previous: Option<&UpstreamSet>) -> Self {
+    /// `previous` for servers whose settings did not change. Fails when `tls = true`
+    /// and its roots or server names do not work (read once here, not per connection).
+    pub fn new(
+        config: UpstreamConfig,
+        previous: Option<&UpstreamSet>,
+    ) -> Result<Self, UpstreamError> {
+        let fail = |source| UpstreamError {
+            upstream: config.name.clone(),
+            source,
+        };
+        let set_tls = if config.tls {
+            Some(tls::SetTls::new(&config).map_err(fail)?)
+        } else {
+            None
+        };
+        let mut endpoints = Vec::with_capacity(config.servers.len());
+        for spec in &config.servers {
+            endpoints.push(match &spec.target {
+                ServerTarget::Addr { addr, authority } => Some(Arc::new(
+                    Endpoint::new(&config, *addr, authority, set_tls.as_ref()).map_err(fail)?,
+                )),
+                ServerTarget::Echo => None,
+            });
+        }
         let servers: Vec<Arc<ServerState>> = config
             .servers
             .iter()
@@ -52,11 +88,12 @@ impl UpstreamSet {
             })
             .collect();
         let balancer = Balancer::new(config.balance, &servers);
-        UpstreamSet {
+        Ok(UpstreamSet {
             config,
             servers,
+            endpoints,
             balancer,
-        }
+        })
     }
 
     /// The set's name.
@@ -99,20 +136,58 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds every set, carrying state over from `previous` where possible.
-    pub fn new(configs: &[UpstreamConfig], previous: Option<&Upstreams>) -> Self {
-        let sets = configs
-            .iter()
-            .map(|c| {
-                let prev = previous.and_then(|p| p.by_name(&c.name));
-                Arc::new(UpstreamSet::new(c.clone(), prev.map(|a| a.as_ref())))
-            })
-            .collect();
-        Upstreams { sets }
+    /// Builds every set, carrying state over from `previous` where possible; every
+    /// set that cannot be built is reported.
+    pub fn new(
+        configs: &[UpstreamConfig],
+        previous: Option<&Upstreams>,
+    ) -> Result<Self, Vec<UpstreamError>> {
+        let mut sets = Vec::with_capacity(configs.len());
+        let mut errors = Vec::new();
+        for c in configs {
+            let prev = previous.and_then(|p| p.by_name(&c.name));
+            match UpstreamSet::new(c.clone(), prev.map(|a| a.as_ref())) {
+                Ok(set) => sets.push(Arc::new(set)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Upstreams { sets })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The set called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.sets.iter().find(|s| s.name() == name)
+    }
+}
+
+/// Builds the TLS settings of every `tls = true` set once, to refuse a config whose
+/// roots or server names do not load; the message names every failing set.
+pub fn check_tls(configs: &[UpstreamConfig]) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for config in configs.iter().filter(|c| c.tls) {
+        let set_tls = match tls::SetTls::new(config) {
+            Ok(set_tls) => set_tls,
+            Err(source) => {
+                errors.push(format!("upstreams.{}: {source}", config.name));
+                continue;
+            }
+        };
+        for spec in &config.servers {
+            if let ServerTarget::Addr { authority, .. } = &spec.target {
+                if let Err(source) = set_tls.target(config.sni.as_deref(), authority) {
+                    errors.push(format!("upstreams.{}: {source}", config.name));
+                    break;
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
     }
 }

@@ -41,6 +41,15 @@ pub enum ProxyError {
         upstream: String,
         server: SocketAddr,
     },
+    /// The TLS handshake with a server failed (certificate not trusted, wrong name,
+    /// not TLS at all...).
+    #[error("upstream {upstream}: TLS to {server} (server name {name:?}): {reason}")]
+    Tls {
+        upstream: String,
+        server: SocketAddr,
+        name: String,
+        reason: String,
+    },
     /// The upstream reset the connection or sent a bad response.
     #[error("upstream {upstream}: {server}: {reason}")]
     Upstream {
@@ -75,7 +84,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -4,7 +4,7 @@
 //! hand, while the worker serves other requests, then resumes the hook with the
 //! [`Reply`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +14,11 @@ use http_body_util::BodyExt;
 use mlua::{AnyUserData, UserData};
 
 use super::handles::{LuaResponse, RespData, Turn};
-use crate::config::{Balance, BreakerConfig, HashKey, PoolConfig, UpstreamConfig};
+use crate::config::PoolConfig;
 use crate::http::ProxyBody;
 use crate::script::value::Value;
 use crate::upstream::client;
+use crate::upstream::connect::Endpoint;
 use crate::upstream::InflightGuard;
 
 /// An operation a hook waits on.
@@ -240,30 +241,16 @@ impl HttpCall {
     }
 }
 
-/// Settings of outbound calls' connections (pooled per worker with the upstreams').
-fn outbound_config() -> &'static UpstreamConfig {
-    static CONFIG: OnceLock<UpstreamConfig> = OnceLock::new();
-    CONFIG.get_or_init(|| UpstreamConfig {
-        name: "std.http.request".into(),
-        servers: Vec::new(),
-        balance: Balance::RoundRobin,
-        hash_key: HashKey::ClientIp,
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(60),
-        tls: false,
-        tls_ca: None,
-        sni: None,
-        http2: false,
-        pool: PoolConfig {
-            max_idle_per_server: 16,
-            idle_timeout: Duration::from_secs(30),
-        },
-        health: None,
-        circuit_breaker: BreakerConfig {
-            failures: 0,
-            open_for: Duration::from_secs(1),
-        },
-    })
+/// Connect timeout of outbound calls.
+const OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pool settings of outbound calls' connections (pooled per worker, shared with plain
+/// HTTP/1.1 upstream connections to the same address).
+fn outbound_pool() -> PoolConfig {
+    PoolConfig {
+        max_idle_per_server: 16,
+        idle_timeout: Duration::from_secs(30),
+    }
 }
 
 async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, String> {
@@ -294,7 +281,12 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             req.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(call.body.len()));
         }
-        let resp = client::send(&pool, addr, outbound_config(), call.timeout, req)
+        let endpoint = Arc::new(Endpoint::plain(
+            addr,
+            OUTBOUND_CONNECT_TIMEOUT,
+            outbound_pool(),
+        ));
+        let resp = client::send(&pool, &endpoint, call.timeout, req)
             .await
             .map_err(|e| fail(send_error(&e)))?;
         let status = resp.status();
@@ -330,6 +322,7 @@ fn send_error(e: &client::SendError) -> String {
     match e {
         client::SendError::Connect(io, _) => format!("connect failed: {io}"),
         client::SendError::ConnectTimeout(_) => "connect timed out".into(),
+        client::SendError::Tls(reason, _) => reason.clone(),
         client::SendError::Upstream(e) => e.to_string(),
         client::SendError::Closed => "the connection closed".into(),
         client::SendError::ResponseTimeout => "no response in time".into(),

@@ -1,20 +1,21 @@
 //! Active health checks: for every upstream with a `health` table, each network server
 //! gets `GET <path>` every `interval` on a fresh connection; `unhealthy_after`
 //! consecutive failures take it out of rotation, `healthy_after` successes bring it
-//! back. Runs on the control thread, never on a worker.
+//! back. Runs on the control thread, never on a worker. A check speaks what requests
+//! speak (TLS, HTTP/2) over a connection of its own, never a worker's pooled one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Request};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthConfig, ServerTarget};
+use crate::config::HealthConfig;
+use crate::http::ProxyBody;
 
-use super::{ServerState, Upstreams};
+use super::connect::Endpoint;
+use super::pool::Pool;
+use super::{client, ServerState, Upstreams};
 
 /// Starts one checking task per checked server; abort the handles to stop them
 /// (a reload replaces them with the new generation's).
@@ -24,23 +25,32 @@ pub fn spawn_checks(upstreams: &Upstreams) -> Vec<JoinHandle<()>> {
         let Some(health) = set.config.health.clone() else {
             continue;
         };
-        for server in &set.servers {
-            if matches!(server.target, ServerTarget::Addr { .. }) {
-                let (server, health, name) =
-                    (Arc::clone(server), health.clone(), set.name().to_owned());
-                tasks.push(tokio::spawn(check_loop(name, server, health)));
+        for (server, endpoint) in set.servers.iter().zip(&set.endpoints) {
+            if let Some(endpoint) = endpoint {
+                let (server, endpoint, health, name) = (
+                    Arc::clone(server),
+                    Arc::clone(endpoint),
+                    health.clone(),
+                    set.name().to_owned(),
+                );
+                tasks.push(tokio::spawn(check_loop(name, server, endpoint, health)));
             }
         }
     }
     tasks
 }
 
-async fn check_loop(upstream: String, server: Arc<ServerState>, health: HealthConfig) {
+async fn check_loop(
+    upstream: String,
+    server: Arc<ServerState>,
+    endpoint: Arc<Endpoint>,
+    health: HealthConfig,
+) {
     let mut ticker = tokio::time::interval(health.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let ok = probe(&server, &health).await;
+        let ok = probe(&endpoint, &health).await;
         if let Some(healthy) = server.record_check(ok, health.healthy_after, health.unhealthy_after)
         {
             if healthy {
@@ -52,24 +62,18 @@ async fn check_loop(upstream: String, server: Arc<ServerState>, health: HealthCo
     }
 }
 
-async fn probe(server: &ServerState, health: &HealthConfig) -> bool {
-    let ServerTarget::Addr { addr, authority } = &server.target else {
-        return true;
-    };
+async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> bool {
+    let timeout = health.timeout.max(Duration::from_millis(1));
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
         let req = Request::get(health.path.as_str())
-            .header(header::HOST, authority.as_str())
+            .header(header::HOST, endpoint.authority.as_str())
             .header(header::USER_AGENT, "proxycache-health")
-            .body(Empty::<bytes::Bytes>::new())
+            .body(ProxyBody::Empty)
             .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
+        // A pool of its own: every check opens (and then drops) a fresh connection.
+        let pool = Arc::new(Pool::default());
+        let resp = client::send(&pool, endpoint, timeout, req).await.ok()?;
         Some(resp.status().is_success() || resp.status().is_redirection())
     };
-    let timeout = health.timeout.max(Duration::from_millis(1));
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }

@@ -1,24 +1,94 @@
 //! A worker's keep-alive connections to upstream servers. Each worker owns one `Pool`
-//! (so the lock below is never contended across threads); a connection goes back into
-//! it once its response has been read to the end and hyper says it is ready again.
+//! (so the lock below is never contended across threads).
+//!
+//! An HTTP/1.1 connection is lent to one request at a time: it goes back into the pool
+//! once its response has been read to the end and hyper says it is ready again. An
+//! HTTP/2 connection is shared: it stays in the pool while alive and every request
+//! multiplexes over a clone of its sender.
+//!
+//! Connections are keyed by [`PoolKey`] — address, TLS identity and protocol — so a
+//! plain connection is never handed to a TLS set, nor one verified for another name.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
 use parking_lot::Mutex;
 
+use super::tls::TlsIdentity;
 use crate::http::ProxyBody;
 
-/// A sender for one idle HTTP/1.1 upstream connection.
-pub type Sender = SendRequest<ProxyBody>;
+/// What makes two connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    /// `None`: plain TCP.
+    pub tls: Option<Arc<TlsIdentity>>,
+    /// HTTP/2 asked for (h2c on plain TCP, ALPN `h2` over TLS).
+    pub http2: bool,
+}
 
-/// Idle connections by server address.
+impl PoolKey {
+    /// A plain HTTP/1.1 connection to `addr`.
+    pub fn plain(addr: SocketAddr) -> PoolKey {
+        PoolKey {
+            addr,
+            tls: None,
+            http2: false,
+        }
+    }
+}
+
+/// The sending half of one upstream connection.
+#[derive(Debug)]
+pub enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    /// Waits until the connection can take a request; `Err` if it closed.
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Whether this is a multiplexed HTTP/2 connection.
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Sends `req`; a request the connection could not take is handed back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// Idle (HTTP/1.1) and shared (HTTP/2) connections by key.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     /// Connections opened by this worker.
     pub opened: AtomicU64,
     /// Requests sent on a pooled connection.
@@ -27,31 +97,49 @@ pub struct Pool {
 
 struct Idle {
     sender: Sender,
+    /// Since it was checked in (HTTP/1.1) or last used (HTTP/2).
     since: Instant,
 }
 
 impl Pool {
-    /// The most recently used live connection to `addr`, dropping closed or expired
-    /// ones on the way.
-    pub fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
+    /// A live connection for `key`: the shared HTTP/2 one, or the most recently used
+    /// HTTP/1.1 one, dropping closed or expired ones on the way.
+    pub fn checkout(&self, key: &PoolKey, idle_timeout: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < idle_timeout && !entry.sender.is_closed() {
-                self.reused.fetch_add(1, Ordering::Relaxed);
-                return Some(entry.sender);
+        let list = idle.get_mut(key)?;
+        while let Some(entry) = list.last_mut() {
+            if entry.since.elapsed() >= idle_timeout || entry.sender.is_closed() {
+                list.pop();
+                continue;
             }
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            if let Sender::H2(shared) = &entry.sender {
+                entry.since = Instant::now();
+                return Some(Sender::H2(shared.clone()));
+            }
+            return list.pop().map(|e| e.sender);
         }
         None
     }
 
-    /// Keeps a ready connection for reuse, up to `max_idle` per server.
-    pub fn checkin(&self, addr: SocketAddr, sender: Sender, max_idle: usize) {
+    /// Keeps a ready connection for reuse, up to `max_idle` per key. An HTTP/2
+    /// connection is kept once (a clone of one already shared is dropped).
+    pub fn checkin(&self, key: &PoolKey, sender: Sender, max_idle: usize) {
         if max_idle == 0 || sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
-        let list = idle.entry(addr).or_default();
+        let list = match idle.get_mut(key) {
+            Some(list) => list,
+            None => idle.entry(key.clone()).or_default(),
+        };
+        if sender.is_h2()
+            && list
+                .iter()
+                .any(|e| e.sender.is_h2() && !e.sender.is_closed())
+        {
+            return;
+        }
         if list.len() >= max_idle {
             // Drop the oldest: the newest are the least likely to have been closed.
             list.remove(0);
@@ -65,14 +153,14 @@ impl Pool {
     /// Drops closed and expired connections (called periodically by the worker).
     pub fn sweep(&self, idle_timeout: impl Fn(SocketAddr) -> Duration) {
         let mut idle = self.idle.lock();
-        idle.retain(|addr, list| {
-            let timeout = idle_timeout(*addr);
+        idle.retain(|key, list| {
+            let timeout = idle_timeout(key.addr);
             list.retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
             !list.is_empty()
         });
     }
 
-    /// Idle connections held right now.
+    /// Connections held right now (idle HTTP/1.1 and shared HTTP/2).
     pub fn idle_count(&self) -> usize {
         self.idle.lock().values().map(Vec::len).sum()
     }

@@ -1,0 +1,145 @@
+//! Opening one upstream connection: TCP, then TLS when the set asks for it, then the
+//! HTTP handshake — HTTP/2 with prior knowledge on plain TCP when `http2 = true`,
+//! HTTP/2 over TLS when ALPN picked `h2`, HTTP/1.1 otherwise. The whole of it must
+//! finish within `connect_timeout`.
+//!
+//! Owns: [`Endpoint`] (everything needed to reach one server) and the connection
+//! tasks. Must not touch: pooling (the caller decides what to keep) or requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::pool::{PoolKey, Sender};
+use super::tls::{self, TlsTarget};
+use crate::config::{PoolConfig, UpstreamConfig};
+
+/// How to reach one server, resolved when a generation is built.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The address as written (`host:port`): the `:authority` of HTTP/2 requests that
+    /// arrive without a host.
+    pub authority: String,
+    pub key: PoolKey,
+    pub tls: Option<TlsTarget>,
+    pub connect_timeout: Duration,
+    pub pool: PoolConfig,
+}
+
+impl Endpoint {
+    /// The endpoint of server `addr` (written `authority`) of set `cfg`; `tls` is the
+    /// set's client config when `tls = true`.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        addr: SocketAddr,
+        authority: &str,
+        tls: Option<&tls::SetTls>,
+    ) -> Result<Endpoint, tls::TlsError> {
+        let tls = match tls {
+            Some(set) => Some(set.target(cfg.sni.as_deref(), authority)?),
+            None => None,
+        };
+        Ok(Endpoint {
+            addr,
+            authority: authority.to_owned(),
+            key: PoolKey {
+                addr,
+                tls: tls.as_ref().map(|t| Arc::clone(&t.identity)),
+                http2: cfg.http2,
+            },
+            tls,
+            connect_timeout: cfg.connect_timeout,
+            pool: cfg.pool.clone(),
+        })
+    }
+
+    /// A plain HTTP/1.1 endpoint (outbound calls from scripts).
+    pub fn plain(addr: SocketAddr, connect_timeout: Duration, pool: PoolConfig) -> Endpoint {
+        Endpoint {
+            addr,
+            authority: addr.to_string(),
+            key: PoolKey::plain(addr),
+            tls: None,
+            connect_timeout,
+            pool,
+        }
+    }
+
+    /// The URI scheme requests to it use.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        if self.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        }
+    }
+}
+
+/// Why a connection could not be made.
+pub enum ConnectFailure {
+    Io(std::io::Error),
+    Timeout,
+    /// The TLS handshake failed; the reason in words.
+    Tls(String),
+}
+
+/// Opens a connection to `ep` and spawns its connection task.
+pub async fn connect(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
+    match tokio::time::timeout(ep.connect_timeout, open(ep)).await {
+        Err(_) => Err(ConnectFailure::Timeout),
+        Ok(result) => result,
+    }
+}
+
+async fn open(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
+    let stream = TcpStream::connect(ep.addr)
+        .await
+        .map_err(ConnectFailure::Io)?;
+    // Small requests and responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let Some(target) = &ep.tls else {
+        return handshake(TokioIo::new(stream), ep.key.http2, ep.addr).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.config));
+    let tls = connector
+        .connect(target.identity.name.clone(), stream)
+        .await
+        .map_err(|e| ConnectFailure::Tls(tls::describe_failure(&e, target)))?;
+    // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked for
+    // HTTP/2 (what browsers and curl do too).
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    handshake(TokioIo::new(tls), h2, ep.addr).await
+}
+
+async fn handshake<T>(io: TokioIo<T>, h2: bool, addr: SocketAddr) -> Result<Sender, ConnectFailure>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |e: hyper::Error| ConnectFailure::Io(std::io::Error::other(e));
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(target: "proxycache::upstream", %addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(failed)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target: "proxycache::upstream", %addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Sender::H1(sender))
+}
