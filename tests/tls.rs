@@ -426,6 +426,15 @@ async fn replaced_certificates_serve_without_restart_and_corrupt_ones_keep_the_o
             .expect("still serving"),
         v2.der
     );
+    // `POST /config/verify` reads the certificate files as a reload would.
+    let verify = send(run.admin, empty(req("POST", "/config/verify")))
+        .await
+        .json();
+    assert_eq!(verify["valid"], false, "{verify}");
+    assert!(
+        verify["errors"].to_string().contains("site.pem"),
+        "{verify}"
+    );
 
     // 3. Fixed again via POST /reload (the watcher may get there first: either is fine).
     let v3 = ca.write_server(&certs, "site", &["a.test"]);
