@@ -11,6 +11,7 @@ use crate::metrics::GenerationMeters;
 use crate::pipeline::{Pipeline, StdState};
 use crate::proxy::route::Router;
 use crate::script::{self, Diagnostic, ModuleInfo};
+use crate::server::tls::{self, TlsListeners};
 use crate::upstream::Upstreams;
 
 /// One immutable snapshot of the proxy's configuration.
@@ -21,6 +22,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub router: Router,
     pub upstreams: Upstreams,
+    /// The rustls side of each `[[server.tls]]` listener, with its certificates.
+    pub tls: TlsListeners,
     /// The compiled modules, in run order.
     pub pipeline: Pipeline,
     /// What was loaded, for `check` and the admin API.
@@ -38,7 +41,8 @@ pub struct Generation {
 impl Generation {
     /// Builds generation `number` from `config` and the modules in its scripts folder,
     /// carrying upstream state (health, breakers) over from `previous` where the
-    /// settings did not change. Any module error fails the whole build.
+    /// settings did not change. Any module error, or a certificate or key file that
+    /// cannot be read or used, fails the whole build.
     pub fn build(
         number: u64,
         config: Config,
@@ -60,7 +64,19 @@ impl Generation {
         // Hashed before loading: a Lua file changed meanwhile then differs from the
         // hash and the next reload picks it up (hashed after, it could be missed).
         let fingerprint = fingerprint(&config, sources);
-        let mut loaded = script::load_sources(&config, sources)?;
+        // Modules and certificates both load before failing, so one report has all.
+        let modules = script::load_sources(&config, sources);
+        let tls = TlsListeners::build(&config, previous.map(|p| &p.tls));
+        let (mut loaded, tls) = match (modules, tls) {
+            (Ok(loaded), Ok(tls)) => (loaded, tls),
+            (modules, tls) => {
+                let mut diags = modules.err().unwrap_or_default();
+                if let Err(errors) = tls {
+                    diags.extend(tls::diagnostics(&config, &errors));
+                }
+                return Err(diags);
+            }
+        };
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams)).map_err(
             |errors| {
                 let file = config
@@ -78,6 +94,7 @@ impl Generation {
         Ok(Generation {
             number,
             router: Router::new(config.routes.clone()),
+            tls,
             upstreams,
             meters: metrics.generation_meters(&config),
             pipeline: loaded.pipeline,
@@ -89,8 +106,9 @@ impl Generation {
     }
 }
 
-/// Hash of a generation's inputs: the config text, the module sources, and every
-/// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries).
+/// Hash of a generation's inputs: the config text, the module sources, every
+/// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries),
+/// and the TLS listeners' certificate, key and CA files.
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -99,6 +117,10 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     sources.hash(&mut h);
     for dir in [config.scripts.dir.clone(), config.scripts.dir.join("lib")] {
         lua_files(&dir).hash(&mut h);
+    }
+    for path in tls::files(config) {
+        path.hash(&mut h);
+        std::fs::read(&path).ok().hash(&mut h);
     }
     h.finish()
 }

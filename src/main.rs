@@ -71,7 +71,18 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         eprintln!("{source}: {e}");
         return ExitCode::FAILURE;
     }
+    // Certificate and key files are read as a start or reload would read them.
+    let tls_ok = match proxycache::server::tls::TlsListeners::build(&config, None) {
+        Ok(_) => true,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{source}: {e}");
+            }
+            false
+        }
+    };
     match proxycache::script::load(&config) {
+        Ok(_) if !tls_ok => ExitCode::FAILURE,
         Ok(loaded) => {
             for name in config
                 .mods

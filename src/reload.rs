@@ -228,6 +228,18 @@ pub fn check_candidate(
         .map_err(|d| d.iter().map(ReloadError::from).collect())
 }
 
+/// Reads the TLS listeners' certificate, key and CA files as a reload would; one error
+/// per bad file.
+pub fn check_tls(config: &Config) -> Vec<ReloadError> {
+    match crate::server::tls::TlsListeners::build(config, None) {
+        Ok(_) => Vec::new(),
+        Err(errors) => crate::server::tls::diagnostics(config, &errors)
+            .iter()
+            .map(ReloadError::from)
+            .collect(),
+    }
+}
+
 /// Opens listeners for addresses added to `server.listen` and closes removed ones.
 fn apply_listeners(shared: &Shared, config: &Config) -> Vec<String> {
     let mut done = Vec::new();

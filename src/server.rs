@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod listener;
+pub mod tls;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Unsupported(String),
-    #[error("modules failed to load:\n{}", crate::script::diag::render_all(.0))]
+    #[error("modules or certificates failed to load:\n{}", crate::script::diag::render_all(.0))]
     Modules(Vec<crate::script::Diagnostic>),
     #[error("cannot start thread {name}: {source}")]
     Thread {
@@ -128,6 +129,7 @@ impl Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -137,9 +139,19 @@ impl ServerHandle {
         &self.addrs
     }
 
-    /// The first listener's address.
+    /// The addresses the `[[server.tls]]` listeners are bound to, in config order.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// The first plain listener's address (else the first TLS listener's; else
+    /// `0.0.0.0:0` when there is neither).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.addrs
+            .first()
+            .or_else(|| self.tls_addrs.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The admin API's address, if it is on.
@@ -179,7 +191,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         config.cache,
         config.redis.clone(),
     ));
-    // Modules are compiled before any socket is bound: a broken module means no start.
+    // Modules are compiled and certificates read before any socket is bound: a broken
+    // module or certificate file means no start.
     let generation =
         Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);
     let config = &generation.config;
@@ -197,6 +210,22 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
         addrs.push(bound);
         listeners.insert(addr, bound);
+    }
+    let mut per_worker_tls: Vec<Vec<worker::TlsSocket>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut tls_addrs = Vec::new();
+    for (index, tls) in config.server.tls.iter().enumerate() {
+        let addr = tls.listen;
+        let (sockets, bound) = listener::bind_reuseport(addr, workers)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        for (i, socket) in sockets.into_iter().enumerate() {
+            per_worker_tls[i].push(worker::TlsSocket {
+                index,
+                listen: addr,
+                socket,
+            });
+        }
+        tls_addrs.push(bound);
     }
     let admin = match config.admin.listen {
         Some(addr) => Some(
@@ -217,22 +246,23 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     });
     generation.std_state.metrics.attach(&shared);
     let mut threads = Vec::new();
-    for (id, listeners) in per_worker.into_iter().enumerate() {
+    for (id, (listeners, tls)) in per_worker.into_iter().zip(per_worker_tls).enumerate() {
         let shared = Arc::clone(&shared);
         let (tx, rx) = mpsc::unbounded_channel();
         shared.workers.lock().push(tx);
         threads.push(spawn_thread(format!("pc-worker-{id}"), move || {
-            worker::run(id, listeners, shared, rx)
+            worker::run(id, listeners, tls, shared, rx)
         })?);
     }
     let control_shared = Arc::clone(&shared);
     threads.push(spawn_thread("pc-control".into(), move || {
         crate::control::run(control_shared, admin)
     })?);
-    tracing::info!(target: "proxycache::server", listen = ?addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
+    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {
         shared,
         addrs,
+        tls_addrs,
         threads,
     })
 }
@@ -260,9 +290,6 @@ pub fn refuse_unsupported(config: &Config) -> Result<(), String> {
 /// Config sections that parse but are not served by this build are said out loud,
 /// never silently ignored.
 fn warn_unserved(config: &Config) {
-    for tls in &config.server.tls {
-        tracing::warn!(target: "proxycache::server", listen = %tls.listen, "[[server.tls]] is not served yet by this build");
-    }
     for tcp in &config.tcp {
         tracing::warn!(target: "proxycache::server", listen = %tcp.listen, "[[tcp]] is not served yet by this build");
     }

@@ -302,10 +302,12 @@ pub fn config_verify(c: &Call<'_>) -> Response<AdminBody> {
     let base = base_dir(c.shared);
     let errors: Vec<Value> = match Config::from_toml_str(&text, path.as_deref(), &base) {
         Err(e) => e.0.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect(),
-        Ok(config) => match reload::check_candidate(&config, &[]) {
-            Ok(()) => Vec::new(),
-            Err(errs) => errs.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect(),
-        },
+        Ok(config) => {
+            let mut errs = reload::check_candidate(&config, &[]).err().unwrap_or_default();
+            // Certificate files too: a reload of this config would read them.
+            errs.extend(reload::check_tls(&config));
+            errs.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect()
+        }
     };
     json_resp(
         StatusCode::OK,

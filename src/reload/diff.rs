@@ -54,6 +54,10 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
     if tls(old) != tls(new) {
         c.requires_restart.push("server.tls listeners".into());
     }
+    for addr in new.tls.changed_since(&old.tls) {
+        c.applied
+            .push(format!("server.tls {addr}: certificates (new connections)"));
+    }
     let tcp = |g: &Generation| g.config.tcp.iter().map(|t| t.listen).collect::<Vec<_>>();
     if tcp(old) != tcp(new) {
         c.requires_restart.push("tcp listeners".into());

@@ -1,5 +1,6 @@
-//! Watching `scripts.dir` (recursively, so `mods/lib/` counts) and the config file.
-//! Editors write files in several steps, so events are debounced: a reload starts only
+//! Watching `scripts.dir` (recursively, so `mods/lib/` counts), the config file, and
+//! the TLS listeners' certificate, key and CA files (their folders, so a file renamed
+//! over one — as certbot and editors do — counts). Editors write files in several steps, so events are debounced: a reload starts only
 //! once no relevant event has arrived for [`SETTLE`], and then re-reads everything.
 
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use crate::server::Shared;
@@ -22,10 +24,13 @@ pub async fn run(shared: Arc<Shared>) {
     }
     let scripts_dir = generation.config.scripts.dir.clone();
     let config_path = shared.config_path.clone();
+    let mut seen_generation = generation.number;
+    let tls_files = Arc::new(RwLock::new(crate::server::tls::files(&generation.config)));
     drop(generation);
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let filter_dir = scripts_dir.clone();
     let filter_cfg = config_path.clone();
+    let filter_tls = Arc::clone(&tls_files);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             // Only changes count: reading a file (which every reload does) must not
@@ -40,10 +45,10 @@ pub async fn run(shared: Arc<Shared>) {
                 notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
             );
             if changed
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| relevant(p, &filter_dir, filter_cfg.as_deref()))
+                && event.paths.iter().any(|p| {
+                    relevant(p, &filter_dir, filter_cfg.as_deref())
+                        || filter_tls.read().iter().any(|f| same_file(p, f))
+                })
             {
                 let _ = tx.send(());
             }
@@ -72,9 +77,22 @@ pub async fn run(shared: Arc<Shared>) {
             tracing::warn!(target: "proxycache::reload", dir = %dir.display(), error = %e, "cannot watch the config folder");
         }
     }
+    let mut watched_dirs = Vec::new();
+    watch_tls_dirs(&mut watcher, &tls_files.read(), &mut watched_dirs);
+    // Reloads from anywhere (SIGHUP, the admin API) may name new certificate files.
+    let mut recheck = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = shared.shutdown_signal();
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                let generation = shared.generation();
+                if generation.number != seen_generation {
+                    seen_generation = generation.number;
+                    let files = crate::server::tls::files(&generation.config);
+                    watch_tls_dirs(&mut watcher, &files, &mut watched_dirs);
+                    *tls_files.write() = files;
+                }
+            }
             event = rx.recv() => {
                 if event.is_none() {
                     return;
@@ -103,6 +121,28 @@ fn relevant(path: &Path, scripts_dir: &Path, config: Option<&Path>) -> bool {
     }
     let ext_ok = path.extension().is_some_and(|e| e == "pcmod" || e == "lua");
     ext_ok && (path.starts_with(canonical(scripts_dir)) || path.starts_with(scripts_dir))
+}
+
+/// Watches the folder of each TLS file not watched yet (non-recursively: only the
+/// files themselves count, see `same_file`).
+fn watch_tls_dirs(watcher: &mut impl Watcher, files: &[PathBuf], watched: &mut Vec<PathBuf>) {
+    for file in files {
+        let dir = canonical(file.parent().unwrap_or(Path::new(".")));
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(dir),
+            Err(e) => {
+                tracing::warn!(target: "proxycache::reload", dir = %dir.display(), error = %e, "cannot watch a certificate folder; reload with SIGHUP or POST /reload")
+            }
+        }
+    }
+}
+
+/// Whether an event's `path` is the file `file` (same name in the same folder).
+fn same_file(path: &Path, file: &Path) -> bool {
+    path.file_name() == file.file_name() && same_dir(path, file)
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

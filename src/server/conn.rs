@@ -1,5 +1,5 @@
 //! One client connection: hyper serving HTTP/1.1 (keep-alive) and HTTP/2 (prior
-//! knowledge) on the same port, plus a watchdog that enforces `timeouts.header` (a
+//! knowledge, or as ALPN chose on TLS listeners) on the same port, plus a watchdog that enforces `timeouts.header` (a
 //! request head must arrive within it once its first byte has) and `timeouts.idle`
 //! (a connection with nothing in flight is closed), and graceful shutdown.
 
@@ -134,11 +134,13 @@ fn judge(a: &Activity, header: Duration, idle: Duration) -> Verdict {
     Verdict::Wait(a.opened + Duration::from_millis(last + idle_ms))
 }
 
-/// The socket, reporting reads to the watchdog and scanning request heads.
-struct WatchedIo {
-    stream: TcpStream,
+/// The socket (or the decrypted side of a TLS stream), reporting reads to the
+/// watchdog and scanning request heads.
+struct WatchedIo<S> {
+    stream: S,
     conn: Arc<ConnInfo>,
-    scan: HeadScan,
+    /// `None` on connections ALPN made HTTP/2: their bytes are frames, not heads.
+    scan: Option<HeadScan>,
 }
 
 /// Reads request-head lines as they pass (bodies are never scanned: it stops at the
@@ -188,7 +190,7 @@ impl HeadScan {
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -201,7 +203,11 @@ impl AsyncRead for WatchedIo {
             let activity = &this.conn.activity;
             activity.bytes_read();
             let started = activity.started.load(Ordering::Relaxed);
-            if this.scan.feed(started, &buf.filled()[before..]) {
+            let ambiguous = this
+                .scan
+                .as_mut()
+                .is_some_and(|scan| scan.feed(started, &buf.filled()[before..]));
+            if ambiguous {
                 activity.ambiguous_framing.store(true, Ordering::Relaxed);
             }
         }
@@ -209,7 +215,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -260,19 +266,50 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one accepted connection until it closes, times out or shutdown drains it.
+/// Which HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Whichever the client's first bytes say (plain listeners, TLS without ALPN).
+    Auto,
+    /// ALPN chose `http/1.1`.
+    Http1,
+    /// ALPN chose `h2`.
+    Http2,
+}
+
+/// Serves one accepted plain-HTTP connection until it closes, times out or shutdown
+/// drains it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<WorkerCtx>) {
     let local = stream.local_addr().unwrap_or(peer);
-    let conn = Arc::new(ConnInfo::new(peer, local, "http"));
+    serve_io(stream, peer, local, "http", Protocol::Auto, ctx).await;
+}
+
+/// Serves one connection over any byte stream (a socket, or a TLS stream after its
+/// handshake); `scheme` is what `X-Forwarded-Proto` says.
+pub async fn serve_io<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    scheme: &'static str,
+    protocol: Protocol,
+    ctx: Arc<WorkerCtx>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(ConnInfo::new(peer, local, scheme));
     let generation = ctx.shared.generation();
     let timeouts = generation.config.server.timeouts.clone();
-    let builder = http_builder(&generation.config);
+    let builder = match protocol {
+        Protocol::Auto => http_builder(&generation.config),
+        Protocol::Http1 => http_builder(&generation.config).http1_only(),
+        Protocol::Http2 => http_builder(&generation.config).http2_only(),
+    };
     drop(generation);
 
     let io = TokioIo::new(WatchedIo {
         stream,
         conn: Arc::clone(&conn),
-        scan: HeadScan::default(),
+        scan: (protocol != Protocol::Http2).then(HeadScan::default),
     });
     let svc_conn = Arc::clone(&conn);
     let svc_ctx = Arc::clone(&ctx);

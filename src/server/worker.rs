@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,14 +34,38 @@ pub enum WorkerCmd {
     Unlisten(SocketAddr),
 }
 
+/// This worker's socket for one `[[server.tls]]` listener.
+#[derive(Debug)]
+pub struct TlsSocket {
+    /// Its index in `server.tls`.
+    pub index: usize,
+    /// The address it is configured as (the key into the generation's TLS configs).
+    pub listen: SocketAddr,
+    pub socket: StdListener,
+}
+
+/// What an accept loop does with a connection.
+enum Kind {
+    Http,
+    /// TLS listener `index`; `last` is the `ServerConfig` it last used, kept when a
+    /// reload drops the listener from the config (its socket stays until a restart).
+    Tls {
+        index: usize,
+        listen: SocketAddr,
+        last: Option<Arc<ServerConfig>>,
+    },
+}
+
 /// How often idle upstream connections are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs worker `id` until shutdown has drained (or `shutdown_drain` ran out).
-/// `listeners` pairs each configured address with this worker's socket for it.
+/// `listeners` pairs each configured address with this worker's socket for it;
+/// `tls` are this worker's TLS sockets (opened at start-up only).
 pub fn run(
     id: usize,
     listeners: Vec<(SocketAddr, StdListener)>,
+    tls: Vec<TlsSocket>,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
@@ -65,6 +90,18 @@ pub fn run(
         for (addr, listener) in listeners {
             listen(&ctx, &mut accept_tasks, addr, listener);
         }
+        let mut tls_tasks = Vec::new();
+        for t in tls {
+            match TcpListener::from_std(t.socket) {
+                Ok(l) => {
+                    let kind = Kind::Tls { index: t.index, listen: t.listen, last: None };
+                    tls_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx), kind)));
+                }
+                Err(e) => {
+                    tracing::error!(target: "proxycache::server", worker = id, addr = %t.listen, error = %e, "cannot register TLS listener")
+                }
+            }
+        }
         tokio::spawn(sweep_loop(Arc::clone(&ctx)));
         let mut shutdown = ctx.shared.shutdown_signal();
         while !*shutdown.borrow_and_update() {
@@ -83,7 +120,7 @@ pub fn run(
             }
         }
         // Stop accepting first: dropping the listeners makes new connections fail fast.
-        for (_, task) in accept_tasks {
+        for task in accept_tasks.into_values().chain(tls_tasks) {
             task.abort();
             let _ = task.await;
         }
@@ -99,7 +136,10 @@ fn listen(
 ) {
     match TcpListener::from_std(listener) {
         Ok(l) => {
-            if let Some(old) = tasks.insert(addr, tokio::spawn(accept_loop(l, Arc::clone(ctx)))) {
+            if let Some(old) = tasks.insert(
+                addr,
+                tokio::spawn(accept_loop(l, Arc::clone(ctx), Kind::Http)),
+            ) {
                 old.abort();
             }
         }
@@ -109,24 +149,44 @@ fn listen(
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = &ctx.shared;
-                let max = shared.generation().config.server.limits.max_connections;
+                let generation = shared.generation();
+                let max = generation.config.server.limits.max_connections;
                 if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
                     shared.connections.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!(target: "proxycache::server", %peer, max, "connection limit reached; refusing");
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(async move {
-                    super::conn::serve(stream, peer, Arc::clone(&ctx)).await;
-                    ctx.shared.connections.fetch_sub(1, Ordering::AcqRel);
-                    ctx.shared.conn_closed.notify_waiters();
-                });
+                let conn_ctx = Arc::clone(&ctx);
+                match &mut kind {
+                    Kind::Http => spawn_conn(&ctx, super::conn::serve(stream, peer, conn_ctx)),
+                    Kind::Tls {
+                        index,
+                        listen,
+                        last,
+                    } => {
+                        // Read per connection: a reload's new certificates serve the
+                        // next handshake.
+                        if let Some(current) = generation.tls.config_for(*index, *listen) {
+                            *last = Some(current);
+                        }
+                        match last {
+                            Some(config) => spawn_conn(
+                                &ctx,
+                                super::tls::serve(stream, peer, Arc::clone(config), conn_ctx),
+                            ),
+                            None => {
+                                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                                tracing::error!(target: "proxycache::server", listen = %listen, "no TLS configuration for this listener; closing");
+                            }
+                        }
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -135,6 +195,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>) {
             }
         }
     }
+}
+
+/// Runs one connection, counting it until it ends.
+fn spawn_conn(ctx: &Arc<WorkerCtx>, serve: impl std::future::Future<Output = ()> + Send + 'static) {
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        serve.await;
+        ctx.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        ctx.shared.conn_closed.notify_waiters();
+    });
 }
 
 async fn drain(ctx: &WorkerCtx) {
