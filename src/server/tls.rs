@@ -71,11 +71,8 @@ impl TlsListeners {
     /// listener on the same address with the same client CA, so a reload does not
     /// force every client into a full handshake. Returns every error found.
     pub fn build(config: &Config, previous: Option<&TlsListeners>) -> Result<Self, Vec<TlsError>> {
-        // ring rather than aws-lc-rs: it builds with only a C compiler (no cmake or
-        // NASM). rustls deprecates its default provider only for lacking post-quantum
-        // key exchange (X25519MLKEM768); X25519 and the P curves are offered.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // One provider for listeners and upstreams (ring; see there why).
+        let provider = crate::upstream::tls::provider();
         let mut listeners = Vec::new();
         let mut errors = Vec::new();
         for (index, tls) in config.server.tls.iter().enumerate() {
