@@ -199,3 +199,61 @@ async fn load_balance_and_active_health_follow_the_upstream_layer() {
         assert_eq!(text, format!("{a_addr} true 1/1/2\n"));
     }
 }
+
+/// A tight bucket (burst 1, 2 a second) and a Lua flood of distinct keys.
+const LIMITS: &str = r#"mod limits {
+  lua """
+function on_request(req, ctx)
+  if req.path == "/flood" then
+    -- 5,000 keys a request keeps each call under the instruction budget and the
+    -- 500 ms slice even in a debug build.
+    local part = req.query or "0"
+    for i = 1, 5000 do
+      std.rate_limit{ key = "k" .. part .. ":" .. i, rate = 1, per = "1m" }
+    end
+    return std.respond(200, "flooded\n")
+  end
+  local rl = std.rate_limit{ key = "one", rate = 2, burst = 1, per = "1s" }
+  if not rl.allowed then
+    return std.respond(429, "slow down\n", { ["retry-after"] = tostring(rl.retry_after) })
+  end
+end
+"""
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_refills_over_time_and_a_key_flood_stays_bounded() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("limits", LIMITS),
+        vec![("/", Behavior::echo())],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    assert_eq!(get(addr, "/a").await.status, 200);
+    let refused = get(addr, "/a").await;
+    assert_eq!(refused.status, 429, "burst of 1");
+    assert_eq!(refused.header("retry-after").as_deref(), Some("1"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        get(addr, "/a").await.status,
+        200,
+        "a token came back after 500 ms"
+    );
+    assert_eq!(get(addr, "/a").await.status, 429);
+
+    let limiter = &s.run.shared().generation().std_state.rate_limits;
+    for part in 0..24 {
+        let flood = get(addr, &format!("/flood?part={part}")).await;
+        assert_eq!(flood.status, 200, "{}", flood.text());
+    }
+    let held = limiter.len();
+    assert!(
+        (50_000..=proxycache::stdlib::rate_limit::DEFAULT_MAX_KEYS).contains(&held),
+        "120,000 distinct keys, at most {} held: {held}",
+        proxycache::stdlib::rate_limit::DEFAULT_MAX_KEYS
+    );
+}
