@@ -7,6 +7,9 @@
 
 pub mod conn;
 pub mod listener;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod tcp;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -128,6 +131,7 @@ impl Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -140,6 +144,11 @@ impl ServerHandle {
     /// The first listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The addresses the `[[tcp]]` frontends are bound to, in config order.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// The admin API's address, if it is on.
@@ -198,6 +207,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         addrs.push(bound);
         listeners.insert(addr, bound);
     }
+    let (mut per_worker_tcp, tcp_addrs) = tcp::bind_all(config, workers)?;
     let admin = match config.admin.listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
@@ -220,6 +230,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let (tx, rx) = mpsc::unbounded_channel();
+        // Queued before the worker runs: it starts accepting on them at once.
+        if let Some(frontends) = per_worker_tcp.get_mut(id) {
+            for frontend in std::mem::take(frontends) {
+                let _ = tx.send(worker::WorkerCmd::ListenTcp(frontend));
+            }
+        }
         shared.workers.lock().push(tx);
         threads.push(spawn_thread(format!("pc-worker-{id}"), move || {
             worker::run(id, listeners, shared, rx)
@@ -229,10 +245,11 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     threads.push(spawn_thread("pc-control".into(), move || {
         crate::control::run(control_shared, admin)
     })?);
-    tracing::info!(target: "proxycache::server", listen = ?addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
+    tracing::info!(target: "proxycache::server", listen = ?addrs, tcp = ?tcp_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {
         shared,
         addrs,
+        tcp_addrs,
         threads,
     })
 }
@@ -273,8 +290,5 @@ fn warn_unserved(config: &Config) {
     }
     for tls in &config.server.tls {
         tracing::warn!(target: "proxycache::server", listen = %tls.listen, "[[server.tls]] is not served yet by this build");
-    }
-    for tcp in &config.tcp {
-        tracing::warn!(target: "proxycache::server", listen = %tcp.listen, "[[tcp]] is not served yet by this build");
     }
 }
