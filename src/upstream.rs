@@ -11,6 +11,7 @@ pub mod client;
 pub mod health;
 pub mod pool;
 pub mod server;
+pub mod upgrade;
 
 use std::sync::Arc;
 
