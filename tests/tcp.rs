@@ -285,3 +285,32 @@ async fn shutdown_stops_accepting_and_drains_open_tunnels() {
         "the drain waited past the tunnel's end"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_next_connection_to_the_new_upstream_set() {
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let site = common::Site::new("tcp-reload");
+    let config = |server: SocketAddr| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+             [upstreams.db]\nservers = [\"{server}\"]\n\n\
+             [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n"
+        )
+    };
+    site.write_config(&config(a.addr));
+    let run = common::Running::start(&site);
+    let tcp = run.handle.as_ref().expect("running").tcp_addrs()[0];
+    assert_eq!(exchange(tcp, b"one").await, b"onebye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 0));
+
+    site.write_config(&config(b.addr));
+    let shared = Arc::clone(run.shared());
+    let report = tokio::task::spawn_blocking(move || proxycache::reload::reload(&shared, "test"))
+        .await
+        .expect("reload thread");
+    assert!(report.ok, "{report:?}");
+    assert!(report.requires_restart.is_empty(), "{report:?}");
+    assert_eq!(exchange(tcp, b"two").await, b"twobye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 1));
+}
