@@ -10,6 +10,8 @@
 pub mod completion;
 pub mod phases;
 pub mod route;
+pub mod transport;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,18 +31,23 @@ use crate::pipeline::{Flow, RequestInfo};
 use crate::server::conn::ConnInfo;
 use crate::server::worker::WorkerCtx;
 use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::client::{self, SendError};
+use crate::upstream::client::SendError;
 use crate::upstream::{InflightGuard, UpstreamSet};
+
+use transport::{Pooled, Transport};
 
 use completion::{AccessEntry, Completion, Meter, ResponseBody};
 
 /// hyper's entry point for every request on every connection.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,
     ctx: Arc<WorkerCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let ambiguous_framing = conn.activity.request_started();
+    // Taken before anything else reads the request: hyper keeps the client's half of
+    // an upgrade in the request's extensions.
+    let client_upgrade = upgrade::take(&mut req);
     // Pin the generation: this request sees one config from start to end, whatever a
     // reload does meanwhile.
     let generation = ctx.shared.generation();
@@ -66,6 +73,7 @@ pub async fn handle(
         req,
         client_ip,
         ambiguous_framing,
+        client_upgrade,
     };
     let result = proxy(request, &generation, &conn, &ctx, &id, &mut done)
         .instrument(span.clone())
@@ -103,6 +111,8 @@ struct Arrived {
     client_ip: std::net::IpAddr,
     /// The raw head had both Content-Length and Transfer-Encoding (which hyper hides).
     ambiguous_framing: bool,
+    /// The client asked to switch protocols (WebSocket...), see `upgrade`.
+    client_upgrade: Option<upgrade::ClientUpgrade>,
 }
 
 fn access_entry(
@@ -138,6 +148,7 @@ async fn proxy(
         req,
         client_ip,
         ambiguous_framing,
+        client_upgrade,
     } = incoming;
     let limits = &generation.config.server.limits;
     // 1. Framing and size limits, before routing: nothing ambiguous is ever matched,
@@ -247,12 +258,24 @@ async fn proxy(
         entry.upstream = Some(Arc::from(generation.upstreams.sets[target].name()));
     }
 
-    // 4-5. The upstream request, sent (see `send_upstream`).
+    // 4-5. The upstream request, sent (see `send_upstream`). An upgrade is decided
+    //      only now (a module may have removed `Upgrade`) and goes its own way.
     let out = Outbound {
         generation,
         worker: ctx,
         conn,
         client_ip,
+    };
+    // (Moved through a function rather than borrowed here: a borrowed local keeps
+    // its room in this future across every later await.)
+    let (parts, body, host) = match upgrade::divert(client_upgrade, parts, body, host) {
+        Ok(plain) => plain,
+        Err(upgrade) => {
+            // Boxed: upgrades are rare, and every request pays for this future's size.
+            let timing = (response_timeout, Some(retries));
+            let upgrading = Box::pin(upgrade::forward(*upgrade, out, target, timing, done));
+            return upgrading.await;
+        }
     };
     let (mut resp, guard) = send_upstream(
         out,
@@ -283,7 +306,8 @@ pub struct Outbound<'a> {
 
 /// Sends a request to upstream set `target` now and returns the response (hop-by-hop
 /// headers gone) with the chosen server's in-flight guard. The request path and Lua's
-/// `std.proxy.forward` both send through here:
+/// `std.proxy.forward` both send through here (an upgrade through its twin,
+/// `upgrade::forward`):
 /// hygiene and forwarding headers, origin-form URI, pick a server, send; a failed
 /// connect is retried on another server (nothing was sent, so this is safe for any
 /// method).
@@ -306,9 +330,10 @@ pub async fn send_upstream(
     let upstream_req = upstream_request(parts, body, out.generation, out.conn, host, set);
     let timeout = response_timeout.unwrap_or(set.config.response_timeout);
     let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
-    let (resp, guard) = forward(set, &key, upstream_req, out.worker, timeout, retries).await?;
+    let via = &Pooled;
+    let (resp, guard) = forward(via, set, &key, upstream_req, out.worker, timeout, retries).await?;
     let (mut parts, body) = resp.into_parts();
-    hygiene::strip_hop_by_hop(&mut parts.headers);
+    via.incoming(&mut parts);
     Ok((Response::from_parts(parts, body), guard))
 }
 
@@ -400,7 +425,8 @@ fn origin_form(uri: &Uri) -> Uri {
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-async fn forward(
+async fn forward<T: Transport>(
+    via: &T,
     set: &UpstreamSet,
     key: &PickKey,
     mut req: Request<ProxyBody>,
@@ -424,7 +450,7 @@ async fn forward(
                 })
             }
         };
-        match send_to(set, index, guard, req, ctx, response_timeout).await {
+        match send_to(via, set, index, guard, req, ctx, response_timeout).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
@@ -456,7 +482,8 @@ enum Failed {
     Sent(ProxyError),
 }
 
-async fn send_to(
+async fn send_to<T: Transport>(
+    via: &T,
     set: &UpstreamSet,
     index: usize,
     guard: InflightGuard,
@@ -482,10 +509,10 @@ async fn send_to(
     };
     let addr = endpoint.addr;
     let upstream = || set.name().to_owned();
-    let result = client::send(&ctx.pool, endpoint, response_timeout, req).await;
+    let result = via.send(&ctx.pool, endpoint, response_timeout, req).await;
     server.record_outcome(server_did_well(&result));
     match result {
-        Ok(resp) => Ok((resp.map(ProxyBody::Upstream), guard)),
+        Ok(resp) => Ok((resp.map(T::body), guard)),
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(
             ProxyError::Connect {
                 upstream: upstream(),

@@ -7,6 +7,9 @@
 
 pub mod conn;
 pub mod listener;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod tcp;
 pub mod tls;
 pub mod worker;
 
@@ -130,6 +133,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -152,6 +156,11 @@ impl ServerHandle {
             .or_else(|| self.tls_addrs.first())
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The addresses the `[[tcp]]` frontends are bound to, in config order.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// The admin API's address, if it is on.
@@ -227,6 +236,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
         tls_addrs.push(bound);
     }
+    let (mut per_worker_tcp, tcp_addrs) = tcp::bind_all(config, workers)?;
     let admin = match config.admin.listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
@@ -235,7 +245,6 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    warn_unserved(config);
     let (shutdown, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         shutdown,
@@ -249,6 +258,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     for (id, (listeners, tls)) in per_worker.into_iter().zip(per_worker_tls).enumerate() {
         let shared = Arc::clone(&shared);
         let (tx, rx) = mpsc::unbounded_channel();
+        // Queued before the worker runs: it starts accepting on them at once.
+        if let Some(frontends) = per_worker_tcp.get_mut(id) {
+            for frontend in std::mem::take(frontends) {
+                let _ = tx.send(worker::WorkerCmd::ListenTcp(frontend));
+            }
+        }
         shared.workers.lock().push(tx);
         threads.push(spawn_thread(format!("pc-worker-{id}"), move || {
             worker::run(id, listeners, tls, shared, rx)
@@ -258,11 +273,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     threads.push(spawn_thread("pc-control".into(), move || {
         crate::control::run(control_shared, admin)
     })?);
-    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
+    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {
         shared,
         addrs,
         tls_addrs,
+        tcp_addrs,
         threads,
     })
 }
@@ -285,12 +301,4 @@ fn spawn_thread(
 /// plaintext or unverified traffic instead would be a silent downgrade.
 pub fn refuse_unsupported(config: &Config) -> Result<(), String> {
     crate::upstream::check_tls(&config.upstreams)
-}
-
-/// Config sections that parse but are not served by this build are said out loud,
-/// never silently ignored.
-fn warn_unserved(config: &Config) {
-    for tcp in &config.tcp {
-        tracing::warn!(target: "proxycache::server", listen = %tcp.listen, "[[tcp]] is not served yet by this build");
-    }
 }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod pool;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use std::sync::Arc;
 

@@ -316,7 +316,9 @@ pub async fn serve_io<S>(
     let service = service_fn(move |req| {
         crate::proxy::handle(req, Arc::clone(&svc_conn), Arc::clone(&svc_ctx))
     });
-    let served = builder.serve_connection(io, service);
+    // With upgrades: a `101` hands the socket to the request path's tunnel (see
+    // `proxy::upgrade`), and this connection is then over.
+    let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
 
     let mut shutdown = ctx.shared.shutdown_signal();

@@ -32,6 +32,9 @@ pub enum WorkerCmd {
     Listen(SocketAddr, StdListener),
     /// Stop accepting on the listener serving this configured address.
     Unlisten(SocketAddr),
+    /// Start accepting on this worker's socket for an L4 `[[tcp]]` frontend (sent
+    /// once at startup; these listeners live until shutdown).
+    ListenTcp(super::tcp::Frontend),
 }
 
 /// This worker's socket for one `[[server.tls]]` listener.
@@ -87,6 +90,7 @@ pub fn run(
     shared.pools.lock().push(Arc::clone(&ctx.pool));
     runtime.block_on(async move {
         let mut accept_tasks: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        let mut tcp_tasks: Vec<JoinHandle<()>> = Vec::new();
         for (addr, listener) in listeners {
             listen(&ctx, &mut accept_tasks, addr, listener);
         }
@@ -115,12 +119,15 @@ pub fn run(
                             let _ = task.await;
                         }
                     }
+                    Some(WorkerCmd::ListenTcp(frontend)) => {
+                        tcp_tasks.push(tokio::spawn(super::tcp::accept_loop(frontend, Arc::clone(&ctx))));
+                    }
                     None => {}
                 },
             }
         }
         // Stop accepting first: dropping the listeners makes new connections fail fast.
-        for task in accept_tasks.into_values().chain(tls_tasks) {
+        for task in accept_tasks.into_values().chain(tls_tasks).chain(tcp_tasks) {
             task.abort();
             let _ = task.await;
         }

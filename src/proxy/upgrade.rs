@@ -1,0 +1,281 @@
+//! HTTP/1.1 `Upgrade` (WebSocket and other protocols) on the request path.
+//!
+//! A request with `Connection: upgrade` and `Upgrade: X` is routed and runs the
+//! request phase like any other (a module may reject it, or remove `Upgrade` to make
+//! it an ordinary request). It then goes to the upstream with `Connection` and
+//! `Upgrade` kept — the one case where those hop-by-hop headers cross the proxy — on a
+//! connection of its own (`upstream::upgrade`). When the upstream answers `101`, the
+//! client gets the `101` and both sockets become one byte tunnel (`server::relay`)
+//! until either side closes or `server.timeouts.idle` passes in silence. Any other
+//! answer is passed through as a normal response.
+//!
+//! `h2c` is never tunnelled: a tunnelled h2c connection would carry requests that no
+//! module ever sees ("h2c smuggling"), so such a request is proxied as a plain one.
+//! HTTP/2 extended CONNECT (RFC 8441) is not supported.
+//!
+//! Owns: deciding what is an upgrade and starting its tunnel. Must not touch: the copy
+//! loop (`server::relay`), the upstream connection (`upstream::upgrade`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::completion::Completion;
+use super::transport::Transport;
+use super::{phases, Outbound};
+use crate::http::ProxyError;
+use crate::http::{hygiene, ProxyBody};
+use crate::server::relay::{self, ConnSlot};
+use crate::server::Shared;
+use crate::upstream::client::SendError;
+use crate::upstream::connect::Endpoint;
+use crate::upstream::pool::Pool;
+use crate::upstream::InflightGuard;
+
+/// The transport of an upgrade to `protocol`: a connection of its own with upgrades
+/// enabled, `Connection`/`Upgrade` kept both ways.
+#[derive(Debug)]
+pub struct Upgrading {
+    pub protocol: HeaderValue,
+}
+
+impl Transport for Upgrading {
+    type Body = Incoming;
+
+    fn send<'a>(
+        &'a self,
+        pool: &'a Arc<Pool>,
+        ep: &'a Arc<Endpoint>,
+        timeout: Duration,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
+        crate::upstream::upgrade::send(pool, ep, timeout, req)
+    }
+
+    fn body(body: Incoming) -> ProxyBody {
+        ProxyBody::streamed(body)
+    }
+
+    fn outgoing(&self, req: &mut Request<ProxyBody>) {
+        restore_headers(req.headers_mut(), self.protocol.clone());
+    }
+
+    /// A `101` keeps `Connection`/`Upgrade` (the upstream's protocol, or the one asked
+    /// for) and loses any body length; other answers get the usual hygiene.
+    fn incoming(&self, resp: &mut http::response::Parts) {
+        let upstream_protocol = resp.headers.get(header::UPGRADE).cloned();
+        hygiene::strip_hop_by_hop(&mut resp.headers);
+        if resp.status != StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        resp.headers.remove(header::CONTENT_LENGTH);
+        let protocol = upstream_protocol.unwrap_or_else(|| self.protocol.clone());
+        restore_headers(&mut resp.headers, protocol);
+    }
+}
+
+/// The client's half of a pending upgrade.
+pub struct ClientUpgrade(OnUpgrade);
+
+impl std::fmt::Debug for ClientUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientUpgrade")
+    }
+}
+
+/// Takes the client's pending upgrade when the request asks for one the proxy
+/// tunnels (HTTP/1.1, `Connection: upgrade`, an `Upgrade` that is not `h2c`).
+pub fn take<B>(req: &mut Request<B>) -> Option<ClientUpgrade> {
+    if req.version() != Version::HTTP_11 || protocol(req.headers()).is_none() {
+        return None;
+    }
+    Some(ClientUpgrade(hyper::upgrade::on(req)))
+}
+
+/// The protocol the request asks to switch to, if it (still) asks for an upgrade the
+/// proxy tunnels.
+pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = headers.get(header::UPGRADE)?;
+    let h2c = upgrade.to_str().map_or(true, |v| {
+        v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (connection_says_upgrade && !h2c).then(|| upgrade.clone())
+}
+
+/// Puts back, after hop-by-hop stripping, the two headers an upgrade needs on the
+/// next hop.
+pub fn restore_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// An upgrade about to be sent.
+pub(super) struct Diverted {
+    client: ClientUpgrade,
+    protocol: HeaderValue,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    host: Option<HeaderValue>,
+}
+
+/// What the request path sends upstream: the request head, body and host.
+type ToSend = (http::request::Parts, ProxyBody, Option<HeaderValue>);
+
+/// After the request phase: `Err` with the upgrade when the client asked for one and
+/// the request (which modules may have changed) still asks for it, else the request.
+pub(super) fn divert(
+    client: Option<ClientUpgrade>,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    host: Option<HeaderValue>,
+) -> Result<ToSend, Box<Diverted>> {
+    let Some(client) = client else {
+        return Ok((parts, body, host));
+    };
+    match protocol(&parts.headers) {
+        Some(protocol) => Err(Box::new(Diverted {
+            client,
+            protocol,
+            parts,
+            body,
+            host,
+        })),
+        None => Ok((parts, body, host)),
+    }
+}
+
+/// Steps 4-7 of the request path for an upgrade — `send_upstream` on an `Upgrading`
+/// transport, the response phase, and on a `101` the tunnel. `timing` is the
+/// response timeout and connect retries.
+pub(super) async fn forward(
+    diverted: Diverted,
+    out: Outbound<'_>,
+    target: usize,
+    timing: (Option<Duration>, Option<u32>),
+    done: &mut Completion,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Diverted {
+        client,
+        protocol,
+        parts,
+        body,
+        host,
+    } = diverted;
+    let (generation, shared) = (out.generation, &out.worker.shared);
+    let set = generation
+        .upstreams
+        .sets
+        .get(target)
+        .ok_or(ProxyError::NoRoute)?;
+    let key = super::pick_key(set, &parts, out.client_ip);
+    let mut req = super::upstream_request(parts, body, generation, out.conn, host, set);
+    let via = Upgrading { protocol };
+    via.outgoing(&mut req);
+    let timeout = timing.0.unwrap_or(set.config.response_timeout);
+    let retries = timing.1.unwrap_or(super::DEFAULT_CONNECT_RETRIES);
+    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, timeout, retries).await?;
+    let (mut head, body) = resp.into_parts();
+    via.incoming(&mut head);
+    let mut resp = Response::from_parts(head, body);
+    done.inflight = Some(guard);
+    if let Some(state) = done.script.as_mut() {
+        phases::response_phase(generation, state, &mut resp).await?;
+    }
+    // The tunnel holds the server's in-flight guard for its whole life.
+    let idle = generation.config.server.timeouts.idle;
+    start_tunnel(client, &mut resp, done.inflight.take(), shared, idle);
+    Ok(resp)
+}
+
+/// When the answer going to the client is a `101`: spawns the tunnel between the
+/// client's connection and the upstream's, which starts once hyper has written the
+/// `101`. The server's in-flight guard and a connection slot are held for the
+/// tunnel's life. Any other answer drops both pending upgrades (the upstream
+/// connection closes after its body).
+pub fn start_tunnel(
+    client: ClientUpgrade,
+    resp: &mut Response<ProxyBody>,
+    guard: Option<InflightGuard>,
+    shared: &Arc<Shared>,
+    idle: Duration,
+) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let upstream = hyper::upgrade::on(&mut *resp);
+    *resp.body_mut() = ProxyBody::Empty;
+    // The client's HTTP connection gives its slot back once hyper hands the socket
+    // over; the tunnel holds its own so shutdown waits for it.
+    let slot = ConnSlot::take(shared);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _guard = guard;
+        let both = async { tokio::try_join!(client.0, upstream) };
+        let (c, u) = match tokio::time::timeout(idle, both).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "proxycache::proxy", error = %e, "upgrade did not complete");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(target: "proxycache::proxy", "upgrade did not complete in time");
+                return;
+            }
+        };
+        match relay::relay(TokioIo::new(c), TokioIo::new(u), idle).await {
+            Ok((up, down)) => {
+                tracing::debug!(target: "proxycache::proxy", up, down, "tunnel closed")
+            }
+            Err(e) => tracing::debug!(target: "proxycache::proxy", error = %e, "tunnel ended"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::protocol;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(protocol(&ws), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(protocol(&headers(&[("upgrade", "websocket")])), None);
+        assert_eq!(protocol(&headers(&[("connection", "upgrade")])), None);
+    }
+
+    #[test]
+    fn h2c_is_never_tunnelled() {
+        let h = headers(&[
+            ("connection", "upgrade, http2-settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(protocol(&h), None);
+        let h = headers(&[("connection", "upgrade"), ("upgrade", "websocket, H2C")]);
+        assert_eq!(protocol(&h), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! Sending an HTTP/1.1 `Upgrade` request (WebSocket and others) to one server: always
+//! on a fresh connection of its own — never taken from the pool and never put back —
+//! driven with upgrades on, so that a `101` answer hands the socket over to whoever
+//! calls `hyper::upgrade::on` on the response. Any other answer is an ordinary
+//! response, and the connection closes when its body ends.
+//!
+//! Owns: that one connection. Must not touch: the tunnel (see `proxy::upgrade`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::http::ProxyBody;
+
+use super::client::SendError;
+use super::connect::Endpoint;
+use super::pool::Pool;
+
+/// Connects to `ep` (TCP, then TLS when the set has `tls = true`) within its
+/// `connect_timeout`, sends `req` over HTTP/1.1 and waits up to `response_timeout`
+/// for the response head.
+pub async fn send(
+    pool: &Arc<Pool>,
+    ep: &Endpoint,
+    response_timeout: Duration,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendError> {
+    let addr = ep.addr;
+    let stream = match tokio::time::timeout(ep.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(SendError::ConnectTimeout(Box::new(req))),
+        Ok(Err(e)) => return Err(SendError::Connect(e, Box::new(req))),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(target) = &ep.tls else {
+        return drive(TokioIo::new(stream), pool, addr, response_timeout, req).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.config));
+    let handshake = connector.connect(target.identity.name.clone(), stream);
+    let tls = match tokio::time::timeout(ep.connect_timeout, handshake).await {
+        Err(_) => return Err(SendError::ConnectTimeout(Box::new(req))),
+        Ok(Err(e)) => {
+            let why = super::tls::describe_failure(&e, target);
+            return Err(SendError::Tls(why, Box::new(req)));
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // An HTTP/1.1 Upgrade cannot ride an HTTP/2 connection.
+        let e = std::io::Error::other("the server chose h2; an upgrade needs HTTP/1.1");
+        return Err(SendError::Connect(e, Box::new(req)));
+    }
+    drive(TokioIo::new(tls), pool, addr, response_timeout, req).await
+}
+
+async fn drive<T>(
+    io: TokioIo<T>,
+    pool: &Arc<Pool>,
+    addr: SocketAddr,
+    response_timeout: Duration,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(io).await {
+        Ok(pair) => pair,
+        Err(e) => return Err(SendError::Connect(std::io::Error::other(e), Box::new(req))),
+    };
+    pool.count_opened();
+    tokio::spawn(async move {
+        // With upgrades: on a 101 the task ends by handing the socket to the response.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(target: "proxycache::upstream", %addr, error = %e, "upgrade connection ended");
+        }
+    });
+    match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
+        Err(_) => Err(SendError::ResponseTimeout),
+        Ok(Err(e)) => Err(SendError::Upstream(e)),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}

@@ -1,0 +1,145 @@
+//! HTTP/2 rapid reset (CVE-2023-44487): one connection opens and cancels thousands of
+//! streams as fast as it can. The proxy must cut that connection off (GOAWAY) while
+//! other clients keep being served.
+//!
+//! The abusive client writes raw frames: the `h2` crate's client drops a stream whose
+//! HEADERS are still queued when it is reset, so it never puts this attack on the wire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Streams the abusive client opens and cancels.
+const STREAMS: u32 = 5_000;
+/// HEADERS + RST_STREAM pairs per write.
+const BATCH: u32 = 100;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// `GET http://test.local/` in HPACK: static-table indexes for :method GET, :scheme
+/// http and :path /, and :authority as a literal without indexing.
+fn request_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, TEST_HOST.len() as u8];
+    block.extend_from_slice(TEST_HOST.as_bytes());
+    block
+}
+
+/// How the abusive connection ended.
+#[derive(Debug)]
+struct Outcome {
+    /// Streams written before the server stopped taking them.
+    opened: u32,
+    /// The GOAWAY error code, if one arrived.
+    goaway: Option<u32>,
+}
+
+/// Writes HEADERS + RST_STREAM for `STREAMS` streams, then reads until GOAWAY or close.
+async fn rapid_reset(addr: std::net::SocketAddr) -> Outcome {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        loop {
+            if rd.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            if head[3] == GOAWAY && payload.len() >= 8 {
+                return Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+        }
+    });
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    let mut opened = 0;
+    if wr.write_all(&hello).await.is_ok() {
+        let block = request_block();
+        'writing: for batch in 0..STREAMS / BATCH {
+            let mut out = Vec::new();
+            for i in 0..BATCH {
+                let stream = 2 * (batch * BATCH + i) + 1;
+                frame(&mut out, HEADERS, END_STREAM_AND_HEADERS, stream, &block);
+                frame(&mut out, RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+            }
+            if wr.write_all(&out).await.is_err() {
+                break 'writing;
+            }
+            opened += BATCH;
+        }
+    }
+    let goaway = timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the abusive connection was neither told to go away nor closed")
+        .expect("reader task");
+    Outcome { opened, goaway }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_is_cut_off_while_others_are_served() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    // One worker: the abuse and the honest client share it.
+    let px = proxy_with("workers = 1", &app(&[&up], ""));
+    let addr = px.addr;
+
+    let abuse = tokio::spawn(rapid_reset(addr));
+    // Meanwhile an honest client, over both HTTP/1.1 and HTTP/2.
+    let mut rounds = 0;
+    while !abuse.is_finished() || rounds < 10 {
+        assert_eq!(get(addr, "/honest").await.status, 200);
+        let h2 = send_h2(addr, empty(req("GET", "/honest-h2"))).await;
+        assert_eq!(h2.status, 200);
+        rounds += 1;
+        assert!(rounds < 2_000, "the abusive connection is never cut off");
+    }
+    let outcome = abuse.await.expect("abuse task");
+    println!(
+        "{} streams written before the cut-off, GOAWAY {:?}; the upstream saw {} requests; {rounds} honest rounds",
+        outcome.opened,
+        outcome.goaway,
+        up.requests()
+    );
+    assert_eq!(
+        outcome.goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "the abusive connection is told to go away: {outcome:?}"
+    );
+    // Few of the reset streams ever cost an upstream request.
+    assert!(
+        up.requests() < 2 * rounds + 200,
+        "{} upstream requests",
+        up.requests()
+    );
+    // And afterwards, still served.
+    assert_eq!(get(addr, "/after").await.status, 200);
+    assert_eq!(
+        send_h2(addr, empty(req("GET", "/after-h2"))).await.status,
+        200
+    );
+}

@@ -1,0 +1,316 @@
+//! L4 `[[tcp]]` frontends over real sockets: bytes relayed both ways through an
+//! upstream set of TCP echo servers, balancing, half-close, a dead server skipped,
+//! PROXY protocol v1/v2 headers as the upstream receives them, the idle timeout and
+//! graceful shutdown.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{dead_addr, proxy_toml, Proxy, CLIENT_TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// A TCP server on 127.0.0.1:0: echoes everything, and after the client's EOF sends
+/// `bye` and closes. Every connection's received bytes are kept.
+struct EchoServer {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl EchoServer {
+    async fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("echo addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (Arc::clone(&accepts), Arc::clone(&received));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                all.extend_from_slice(&buf[..n]);
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    r.lock().expect("received lock").push(all);
+                    let _ = stream.write_all(b"bye").await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        EchoServer {
+            addr,
+            accepts,
+            received,
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// What the `n`-th finished connection received.
+    async fn received(&self, n: usize) -> Vec<u8> {
+        let seen = common::wait_until(CLIENT_TIMEOUT, || {
+            self.received.lock().expect("received lock").len() > n
+        })
+        .await;
+        assert!(seen, "the upstream never saw connection {n} end");
+        self.received.lock().expect("received lock")[n].clone()
+    }
+}
+
+/// proxycache with one `[[tcp]]` frontend over `servers`; `tcp_extra` goes into the
+/// `[[tcp]]` table, `server_extra` into `[server]`-level tables.
+fn l4_proxy(servers: &[SocketAddr], tcp_extra: &str, server_extra: &str) -> (Proxy, SocketAddr) {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n{server_extra}\n\n[admin]\nlisten = \"\"\n\n\
+         [upstreams.db]\nservers = [{}]\nconnect_timeout = \"500ms\"\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n{tcp_extra}\n",
+        list.join(", ")
+    );
+    let proxy = proxy_toml(&toml);
+    let tcp = proxy.handle().tcp_addrs()[0];
+    (proxy, tcp)
+}
+
+/// Sends `msg`, shuts the write side, and reads everything back.
+async fn exchange(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let run = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("connect to the frontend");
+        s.write_all(msg).await.expect("write");
+        s.shutdown().await.expect("shutdown write");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("read back");
+        back
+    };
+    timeout(CLIENT_TIMEOUT, run)
+        .await
+        .expect("exchange in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_echoed_and_balanced_across_the_set() {
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let (proxy, tcp) = l4_proxy(&[a.addr, b.addr], "", "");
+    for i in 0..6 {
+        let msg = format!("hello {i}");
+        let back = exchange(tcp, msg.as_bytes()).await;
+        assert_eq!(back, format!("{msg}bye").into_bytes());
+    }
+    assert_eq!(a.accepts() + b.accepts(), 6);
+    assert!(
+        a.accepts() >= 2 && b.accepts() >= 2,
+        "round robin: {} / {}",
+        a.accepts(),
+        b.accepts()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_keeps_the_other_direction_open() {
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "");
+    let run = async {
+        let mut s = TcpStream::connect(tcp).await.expect("connect");
+        s.write_all(b"first").await.expect("write");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf)
+            .await
+            .expect("echo before the half-close");
+        assert_eq!(&buf, b"first");
+        s.write_all(b" second").await.expect("write");
+        // Our write side is done; the upstream's answer must still come through.
+        s.shutdown().await.expect("shutdown write");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .await
+            .expect("read after the half-close");
+        rest
+    };
+    let rest = timeout(CLIENT_TIMEOUT, run).await.expect("in time");
+    assert_eq!(rest, b" secondbye");
+    assert_eq!(echo.received(0).await, b"first second");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_skipped() {
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[dead_addr(), echo.addr], "", "");
+    for i in 0..4 {
+        let msg = format!("try {i}");
+        assert_eq!(
+            exchange(tcp, msg.as_bytes()).await,
+            format!("{msg}bye").into_bytes()
+        );
+    }
+    assert_eq!(echo.accepts(), 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reachable_closes_the_client() {
+    let (proxy, tcp) = l4_proxy(&[dead_addr()], "", "");
+    let run = async {
+        let mut s = TcpStream::connect(tcp)
+            .await
+            .expect("connect to the frontend");
+        let mut back = Vec::new();
+        // A close or a reset: either way nothing comes back.
+        let _ = s.read_to_end(&mut back).await;
+        back
+    };
+    let back = timeout(CLIENT_TIMEOUT, run).await.expect("closed in time");
+    assert!(back.is_empty(), "{back:?}");
+    proxy.shutdown().await;
+}
+
+/// Connects, sends `x`, closes, and returns what the upstream received with the
+/// client's own address.
+async fn via_proxy_protocol(version: u8) -> (Vec<u8>, SocketAddr, SocketAddr) {
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[echo.addr], &format!("proxy_protocol = {version}"), "");
+    let run = async {
+        let mut s = TcpStream::connect(tcp).await.expect("connect");
+        let me = s.local_addr().expect("client addr");
+        s.write_all(b"x").await.expect("write");
+        s.shutdown().await.expect("shutdown");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("read");
+        me
+    };
+    let me = timeout(CLIENT_TIMEOUT, run).await.expect("in time");
+    let got = echo.received(0).await;
+    proxy.shutdown().await;
+    (got, me, tcp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_carries_the_real_addresses() {
+    let (got, client, frontend) = via_proxy_protocol(1).await;
+    let expected = format!(
+        "PROXY TCP4 {} {} {} {}\r\nx",
+        client.ip(),
+        frontend.ip(),
+        client.port(),
+        frontend.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_carries_the_real_addresses() {
+    let (got, client, frontend) = via_proxy_protocol(2).await;
+    assert_eq!(got.len(), 16 + 12 + 1, "{got:?}");
+    assert_eq!(&got[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(got[12], 0x21, "version 2, PROXY");
+    assert_eq!(got[13], 0x11, "TCP over IPv4");
+    assert_eq!(u16::from_be_bytes([got[14], got[15]]), 12);
+    assert_eq!(&got[16..20], &[127, 0, 0, 1]);
+    assert_eq!(&got[20..24], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([got[24], got[25]]), client.port());
+    assert_eq!(u16::from_be_bytes([got[26], got[27]]), frontend.port());
+    assert_eq!(got[28], b'x');
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_idle() {
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[server.timeouts]\nidle = \"300ms\"\n");
+    let mut s = TcpStream::connect(tcp).await.expect("connect");
+    let mut buf = Vec::new();
+    let read = timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed by the idle timeout: {read:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_drains_open_tunnels() {
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(
+        &[echo.addr],
+        "",
+        "[server.timeouts]\nshutdown_drain = \"10s\"\n",
+    );
+    let mut open = TcpStream::connect(tcp).await.expect("connect");
+    open.write_all(b"a").await.expect("write");
+    let mut one = [0u8; 1];
+    timeout(CLIENT_TIMEOUT, open.read_exact(&mut one))
+        .await
+        .expect("in time")
+        .expect("echo");
+    proxy.handle().begin_shutdown();
+    // New connections are refused once the workers stop accepting...
+    let refused = common::wait_until(CLIENT_TIMEOUT, || {
+        std::net::TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_err()
+    })
+    .await;
+    assert!(refused, "the frontend still accepts after shutdown began");
+    // ...while the open tunnel still works.
+    open.write_all(b"b").await.expect("write during drain");
+    timeout(CLIENT_TIMEOUT, open.read_exact(&mut one))
+        .await
+        .expect("in time")
+        .expect("echo during drain");
+    assert_eq!(&one, b"b");
+    drop(open);
+    let started = std::time::Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited past the tunnel's end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_next_connection_to_the_new_upstream_set() {
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let site = common::Site::new("tcp-reload");
+    let config = |server: SocketAddr| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+             [upstreams.db]\nservers = [\"{server}\"]\n\n\
+             [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n"
+        )
+    };
+    site.write_config(&config(a.addr));
+    let run = common::Running::start(&site);
+    let tcp = run.handle.as_ref().expect("running").tcp_addrs()[0];
+    assert_eq!(exchange(tcp, b"one").await, b"onebye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 0));
+
+    site.write_config(&config(b.addr));
+    let shared = Arc::clone(run.shared());
+    let report = tokio::task::spawn_blocking(move || proxycache::reload::reload(&shared, "test"))
+        .await
+        .expect("reload thread");
+    assert!(report.ok, "{report:?}");
+    assert!(report.requires_restart.is_empty(), "{report:?}");
+    assert_eq!(exchange(tcp, b"two").await, b"twobye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 1));
+}

@@ -1,0 +1,314 @@
+//! HTTP/1.1 upgrades over real sockets: a WebSocket tunnels frames both ways, the
+//! request phase sees (and may reject) the upgrade request, an upstream that answers
+//! 200 instead of 101 is passed through, a raw `Upgrade` tunnel half-closes and is
+//! closed by the idle timeout, and `h2c` is never tunnelled.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo server on 127.0.0.1:0 that greets each client with `welcome`
+/// (so the upstream speaks first once) and keeps every handshake's headers.
+struct WsEcho {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl WsEcho {
+    async fn start() -> WsEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let addr = listener.local_addr().expect("ws addr");
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&handshakes);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    // The callback's type is tungstenite's; its error variant is large.
+                    #[allow(clippy::result_large_err)]
+                    let record = |req: &Request, resp: Response| {
+                        seen.lock().expect("handshakes").push(req.headers().clone());
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    if ws.send(Message::text("welcome")).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_close() {
+                            break;
+                        }
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        WsEcho { addr, handshakes }
+    }
+
+    fn last_handshake(&self) -> http::HeaderMap {
+        self.handshakes
+            .lock()
+            .expect("handshakes")
+            .last()
+            .cloned()
+            .expect("a handshake reached the upstream")
+    }
+}
+
+fn ws_proxy(up: SocketAddr, server_extra: &str) -> Proxy {
+    proxy(&format!(
+        "{server_extra}\n[upstreams.ws]\nservers = [\"{up}\"]\n\n[[routes]]\nupstream = \"ws\"\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnels_frames_both_ways() {
+    let up = WsEcho::start().await;
+    let px = ws_proxy(up.addr, "");
+    let run = async {
+        let stream = TcpStream::connect(px.addr).await.expect("connect");
+        let url = format!("ws://{}/chat", px.addr);
+        let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .expect("websocket handshake through the proxy");
+        assert_eq!(resp.status(), 101);
+        let welcome = ws.next().await.expect("a first frame").expect("frame");
+        assert_eq!(welcome, Message::text("welcome"));
+        for i in 0..20 {
+            ws.send(Message::text(format!("hello {i}")))
+                .await
+                .expect("send");
+            let back = ws.next().await.expect("echo").expect("frame");
+            assert_eq!(back, Message::text(format!("hello {i}")));
+        }
+        let big = vec![7u8; 200_000];
+        ws.send(Message::binary(big.clone()))
+            .await
+            .expect("send binary");
+        let back = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(back.into_data().as_ref(), &big[..]);
+        ws.close(None).await.expect("close");
+    };
+    timeout(CLIENT_TIMEOUT, run)
+        .await
+        .expect("the exchange in time");
+    let h = up.last_handshake();
+    assert_eq!(
+        h.get("upgrade").map(|v| v.as_bytes()),
+        Some(&b"websocket"[..])
+    );
+    assert!(h.get("sec-websocket-key").is_some());
+    assert_eq!(
+        h.get("x-forwarded-for").map(|v| v.as_bytes()),
+        Some(&b"127.0.0.1"[..])
+    );
+    // The tunnel counted as a connection while open, and is gone after the close.
+    let shared = Arc::clone(px.handle().shared());
+    let closed = wait_until(CLIENT_TIMEOUT, || {
+        shared.connections.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    assert!(closed, "the tunnel's connection slot was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_can_reject_an_upgrade() {
+    let up = WsEcho::start().await;
+    let site = Site::new("ws-gate");
+    site.write_mod(
+        "ws_gate",
+        r#"
+mod ws_gate {
+  on request {
+    if $req.header["upgrade"] != nil and $req.header["x-ws-token"] == nil {
+      respond 401 "token needed\n"
+    }
+  }
+}
+"#,
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.ws]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"ws\"\n",
+        up.addr
+    ));
+    let run = Running::start(&site);
+    let url = format!("ws://{}/chat", run.addr);
+
+    let stream = TcpStream::connect(run.addr).await.expect("connect");
+    let refused = timeout(
+        CLIENT_TIMEOUT,
+        tokio_tungstenite::client_async(url.as_str(), stream),
+    )
+    .await
+    .expect("in time");
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body = resp.body().clone().unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&body), "token needed\n");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert!(up.handshakes.lock().expect("handshakes").is_empty());
+
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .expect("request");
+    req.headers_mut()
+        .insert("x-ws-token", http::HeaderValue::from_static("t"));
+    let stream = TcpStream::connect(run.addr).await.expect("connect");
+    let (mut ws, _) = timeout(CLIENT_TIMEOUT, tokio_tungstenite::client_async(req, stream))
+        .await
+        .expect("in time")
+        .expect("with a token the upgrade goes through");
+    let welcome = timeout(CLIENT_TIMEOUT, ws.next()).await.expect("in time");
+    assert!(matches!(welcome, Some(Ok(m)) if m == Message::text("welcome")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_101_answer_is_passed_through() {
+    let up = Upstream::start("plain", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let raw = raw_request(
+        px.addr,
+        b"GET /ws HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert!(raw_body(&raw).contains("\"plain\""), "{raw}");
+    assert_eq!(raw_header(&raw, "upgrade"), None);
+    let got = up.last().expect("the upstream saw the request");
+    assert_eq!(got.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(got.header("connection").as_deref(), Some("upgrade"));
+}
+
+/// A server that answers any request with `101` to protocol `raw`, then echoes bytes
+/// and, after the client's EOF, sends `done` and closes.
+async fn raw_upgrade_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if !matches!(s.read(&mut byte).await, Ok(1)) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: raw\r\n\r\n";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(b"done").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends an upgrade to `raw` and returns the stream after the 101 head.
+async fn upgraded(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /raw HTTP/1.1\r\nHost: test.local\r\nConnection: upgrade\r\nUpgrade: raw\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = timeout(CLIENT_TIMEOUT, s.read(&mut byte))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "closed before the head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_upgrade_half_closes_and_idles_out() {
+    let up = raw_upgrade_server().await;
+    let px = ws_proxy(up, "[server.timeouts]\nidle = \"400ms\"\n");
+
+    let (mut s, head) = upgraded(px.addr).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    assert_eq!(raw_header(&head, "upgrade").as_deref(), Some("raw"));
+    assert_eq!(raw_header(&head, "connection").as_deref(), Some("upgrade"));
+    s.write_all(b"abc").await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    timeout(CLIENT_TIMEOUT, s.read_to_end(&mut rest))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(rest, b"abcdone");
+
+    // A silent tunnel is closed by the idle timeout.
+    let (mut s, _) = upgraded(px.addr).await;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed by the idle timeout: {read:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_not_tunnelled() {
+    let up = Upstream::start("plain", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let raw = raw_request(
+        px.addr,
+        b"GET / HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let got = up.last().expect("the upstream saw the request");
+    assert_eq!(got.header("upgrade"), None);
+    assert_eq!(got.header("http2-settings"), None);
+}
