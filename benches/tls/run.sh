@@ -5,7 +5,8 @@
 #   keepalive: wrk -c64 over kept-alive TLS connections (bulk crypto + proxying)
 #   handshake: `Connection: close` on every request, so every request is a new TLS
 #              handshake (TLS 1.3, full handshake: wrk does not resume sessions)
-# Needs nginx, wrk, openssl, taskset; PROXYCACHE_BIN (release build).
+#   h2:        h2load, HTTP/2 over TLS (ALPN h2), 64 connections x 10 streams
+# Needs nginx, wrk, h2load (nghttp2-client), openssl, taskset; PROXYCACHE_BIN (release build).
 # Usage: PROXYCACHE_BIN=$PWD/target/release/proxycache bash benches/tls/run.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -55,6 +56,23 @@ run() { # name url extra-wrk-args...
   done
 }
 
+h2() { # name url
+  local name=$1 url=$2
+  local hz
+  hz=$(getconf CLK_TCK)
+  taskset -c 1 h2load -t1 -c64 -m10 -D 3 "$url" >/dev/null 2>&1 || true
+  for i in $(seq 1 "$REPEATS"); do
+    local out before after rps reqs us
+    before=$(ticks)
+    out=$(taskset -c 1 h2load -t1 -c64 -m10 -D "$DURATION" "$url" 2>&1)
+    after=$(ticks)
+    rps=$(awk '/^finished in/ { print $4 }' <<<"$out")
+    reqs=$(awk '/^requests:/ { print $8 }' <<<"$out")
+    us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
+    echo "$name run $i: $rps req/s ($reqs 2xx) proxy CPU ${us} us/req"
+  done
+}
+
 for target in nginx proxycache; do
   if [ "$target" = nginx ]; then
     taskset -c 0 nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf"
@@ -73,6 +91,7 @@ for target in nginx proxycache; do
   for _ in $(seq 50); do curl -sk -o /dev/null "$url" && break; sleep 0.1; done
   run "$target keepalive" "$url"
   run "$target handshake" "$url" -H "Connection: close"
+  h2 "$target h2" "$url"
   if [ "$target" = nginx ]; then
     kill "$(cat "$WORK/nginx/nginx.pid")"; sleep 0.5
   else
