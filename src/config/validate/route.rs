@@ -1,0 +1,190 @@
+//! `[[routes]]` and `[[tcp]]`: matchers and the upstreams they name.
+
+use super::*;
+
+impl Checker<'_> {
+    pub(super) fn routes(
+        &mut self,
+        files: &[Spanned<file::RouteFile>],
+        names: &[&str],
+    ) -> Vec<RouteConfig> {
+        let mut routes = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            routes.extend(self.route(&format!("routes[{i}]"), file, names));
+        }
+        routes
+    }
+
+    pub(super) fn route(
+        &mut self,
+        key: &str,
+        file: &Spanned<file::RouteFile>,
+        names: &[&str],
+    ) -> Option<RouteConfig> {
+        let route = file.get_ref();
+        let host = route
+            .host
+            .as_ref()
+            .and_then(|text| self.route_host(&format!("{key}.host"), text));
+        let path_prefix = route.path_prefix.as_ref().and_then(|text| {
+            if text.get_ref().starts_with('/') {
+                return Some(text.get_ref().clone());
+            }
+            self.error(
+                &format!("{key}.path_prefix"),
+                text.span(),
+                format!("path_prefix {:?} must start with '/'", text.get_ref()),
+            );
+            None
+        });
+        let methods = self.methods(key, &route.methods);
+        let headers = self.match_headers(key, &route.headers);
+        let upstream = self.upstream_ref(key, route.upstream.as_ref(), file.span(), names)?;
+        Some(RouteConfig {
+            host,
+            path_prefix,
+            methods,
+            headers,
+            upstream,
+        })
+    }
+
+    pub(super) fn route_host(&mut self, key: &str, text: &file::Text) -> Option<String> {
+        let host = normalize_host(text.get_ref());
+        if host.is_empty() {
+            self.error(
+                key,
+                text.span(),
+                "host must not be empty (leave it out to match any host)",
+            );
+            return None;
+        }
+        Some(host)
+    }
+
+    pub(super) fn methods(&mut self, key: &str, methods: &[file::Text]) -> Vec<Method> {
+        let mut parsed = Vec::new();
+        for (i, text) in methods.iter().enumerate() {
+            match Method::from_bytes(text.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(method) => parsed.push(method),
+                Err(_) => self.error(
+                    &format!("{key}.methods[{i}]"),
+                    text.span(),
+                    format!("invalid HTTP method {:?}", text.get_ref()),
+                ),
+            }
+        }
+        parsed
+    }
+
+    pub(super) fn match_headers(
+        &mut self,
+        key: &str,
+        headers: &BTreeMap<file::Text, file::Text>,
+    ) -> Vec<(HeaderName, String)> {
+        let mut parsed = Vec::new();
+        for (name, value) in headers {
+            let entry_key = format!("{key}.headers.{}", key_segment(name.get_ref()));
+            let Ok(header) = HeaderName::from_bytes(name.get_ref().as_bytes()) else {
+                self.error(
+                    &entry_key,
+                    name.span(),
+                    format!("invalid header name {:?}", name.get_ref()),
+                );
+                continue;
+            };
+            if HeaderValue::from_str(value.get_ref()).is_err() {
+                self.error(
+                    &entry_key,
+                    value.span(),
+                    format!("invalid header value {:?}", value.get_ref()),
+                );
+                continue;
+            }
+            parsed.push((header, value.get_ref().clone()));
+        }
+        parsed
+    }
+
+    /// Resolves `upstream = "NAME"` of a route or tcp frontend to an index.
+    pub(super) fn upstream_ref(
+        &mut self,
+        key: &str,
+        name: Option<&file::Text>,
+        table: Range<usize>,
+        names: &[&str],
+    ) -> Option<usize> {
+        let key = format!("{key}.upstream");
+        let Some(name) = name else {
+            self.error(&key, table, "missing `upstream = \"NAME\"`");
+            return None;
+        };
+        let found = names.iter().position(|known| *known == name.get_ref());
+        if found.is_none() {
+            let known = if names.is_empty() {
+                "none are defined".to_owned()
+            } else {
+                format!("known: {}", names.join(", "))
+            };
+            self.error(
+                &key,
+                name.span(),
+                format!("unknown upstream {:?} ({known})", name.get_ref()),
+            );
+        }
+        found
+    }
+
+    pub(super) fn tcp(
+        &mut self,
+        files: &[Spanned<file::TcpFile>],
+        names: &[&str],
+    ) -> Vec<TcpConfig> {
+        let mut frontends = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            frontends.extend(self.tcp_frontend(&format!("tcp[{i}]"), file, names));
+        }
+        frontends
+    }
+
+    pub(super) fn tcp_frontend(
+        &mut self,
+        key: &str,
+        file: &Spanned<file::TcpFile>,
+        names: &[&str],
+    ) -> Option<TcpConfig> {
+        let tcp = file.get_ref();
+        let listen = match &tcp.listen {
+            Some(text) => self.listen_addr(&format!("{key}.listen"), text),
+            None => {
+                self.error(
+                    &format!("{key}.listen"),
+                    file.span(),
+                    "a [[tcp]] frontend needs `listen`",
+                );
+                None
+            }
+        };
+        let proxy_protocol =
+            tcp.proxy_protocol
+                .as_ref()
+                .and_then(|version| match version.get_ref() {
+                    1 => Some(1),
+                    2 => Some(2),
+                    other => {
+                        self.error(
+                            &format!("{key}.proxy_protocol"),
+                            version.span(),
+                            format!("proxy_protocol must be 1 or 2, not {other}"),
+                        );
+                        None
+                    }
+                });
+        let upstream = self.upstream_ref(key, tcp.upstream.as_ref(), file.span(), names);
+        Some(TcpConfig {
+            listen: listen?,
+            upstream: upstream?,
+            proxy_protocol,
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! `[upstreams.NAME]`: servers, balancing, timeouts, pool, health, breaker, TLS keys.
+
+use super::*;
+
+impl Checker<'_> {
+    pub(super) fn upstreams(
+        &mut self,
+        files: &BTreeMap<file::Text, Spanned<file::UpstreamFile>>,
+    ) -> Vec<UpstreamConfig> {
+        files
+            .iter()
+            .map(|(name, file)| self.upstream(name, file))
+            .collect()
+    }
+
+    pub(super) fn upstream(
+        &mut self,
+        name: &file::Text,
+        file: &Spanned<file::UpstreamFile>,
+    ) -> UpstreamConfig {
+        let key = format!("upstreams.{}", key_segment(name.get_ref()));
+        let up = file.get_ref();
+        let balance = up
+            .balance
+            .as_ref()
+            .and_then(|text| self.one_of(&format!("{key}.balance"), text, BALANCES));
+        let hash_key = up
+            .hash_key
+            .as_ref()
+            .and_then(|text| self.hash_key(&format!("{key}.hash_key"), text));
+        UpstreamConfig {
+            name: name.get_ref().clone(),
+            servers: self.servers(&key, file),
+            balance: balance.unwrap_or(DEFAULT_BALANCE),
+            hash_key: hash_key.unwrap_or(HashKey::ClientIp),
+            connect_timeout: self.duration(
+                &format!("{key}.connect_timeout"),
+                &up.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            response_timeout: self.duration(
+                &format!("{key}.response_timeout"),
+                &up.response_timeout,
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
+            tls: up.tls.unwrap_or(DEFAULT_UPSTREAM_TLS),
+            tls_ca: self.optional_path(up.tls_ca.as_ref()),
+            sni: up.sni.clone().filter(|sni| !sni.is_empty()),
+            http2: up.http2.unwrap_or(DEFAULT_UPSTREAM_HTTP2),
+            pool: PoolConfig {
+                max_idle_per_server: self.count(
+                    &format!("{key}.pool.max_idle_per_server"),
+                    &up.pool.max_idle_per_server,
+                    DEFAULT_POOL_MAX_IDLE,
+                    0,
+                ),
+                idle_timeout: self.duration(
+                    &format!("{key}.pool.idle_timeout"),
+                    &up.pool.idle_timeout,
+                    DEFAULT_POOL_IDLE_TIMEOUT,
+                ),
+            },
+            health: up
+                .health
+                .as_ref()
+                .map(|health| self.health(&format!("{key}.health"), health)),
+            circuit_breaker: BreakerConfig {
+                failures: self.count(
+                    &format!("{key}.circuit_breaker.failures"),
+                    &up.circuit_breaker.failures,
+                    DEFAULT_BREAKER_FAILURES,
+                    1,
+                ),
+                open_for: self.duration(
+                    &format!("{key}.circuit_breaker.open_for"),
+                    &up.circuit_breaker.open_for,
+                    DEFAULT_BREAKER_OPEN_FOR,
+                ),
+            },
+        }
+    }
+
+    pub(super) fn servers(
+        &mut self,
+        key: &str,
+        file: &Spanned<file::UpstreamFile>,
+    ) -> Vec<ServerSpec> {
+        let key = format!("{key}.servers");
+        let Some(servers) = &file.get_ref().servers else {
+            self.error(
+                &key,
+                file.span(),
+                "an upstream needs `servers`, e.g. servers = [\"127.0.0.1:3000\"]",
+            );
+            return Vec::new();
+        };
+        if servers.get_ref().is_empty() {
+            self.error(
+                &key,
+                servers.span(),
+                "an upstream needs at least one server",
+            );
+        }
+        let mut specs = Vec::new();
+        for (i, entry) in servers.get_ref().iter().enumerate() {
+            specs.extend(self.server_entry(&format!("{key}[{i}]"), entry));
+        }
+        specs
+    }
+
+    pub(super) fn server_entry(
+        &mut self,
+        key: &str,
+        entry: &Spanned<file::ServerEntry>,
+    ) -> Option<ServerSpec> {
+        let (addr, addr_key, span, weight) = match entry.get_ref() {
+            file::ServerEntry::Addr(addr) => {
+                (addr.as_str(), key.to_owned(), entry.span(), DEFAULT_WEIGHT)
+            }
+            file::ServerEntry::Table(table) => {
+                let weight = self.count(&format!("{key}.weight"), &table.weight, DEFAULT_WEIGHT, 1);
+                let Some(addr) = &table.addr else {
+                    self.error(
+                        &format!("{key}.addr"),
+                        entry.span(),
+                        "a server table needs `addr`",
+                    );
+                    return None;
+                };
+                (
+                    addr.get_ref().as_str(),
+                    format!("{key}.addr"),
+                    addr.span(),
+                    weight,
+                )
+            }
+        };
+        match server_target(addr) {
+            Ok(target) => Some(ServerSpec { target, weight }),
+            Err(message) => {
+                self.error(&addr_key, span, message);
+                None
+            }
+        }
+    }
+
+    pub(super) fn hash_key(&mut self, key: &str, text: &file::Text) -> Option<HashKey> {
+        let value = text.get_ref().as_str();
+        let parsed = match value {
+            "client_ip" => Ok(HashKey::ClientIp),
+            "path" => Ok(HashKey::Path),
+            _ => match value.strip_prefix("header:") {
+                Some(name) => HeaderName::from_bytes(name.as_bytes())
+                    .map(HashKey::Header)
+                    .map_err(|_| format!("invalid header name {name:?} in hash_key")),
+                None => Err(format!(
+                    "unknown hash_key {value:?}, expected client_ip, path or header:NAME"
+                )),
+            },
+        };
+        parsed
+            .map_err(|message| self.error(key, text.span(), message))
+            .ok()
+    }
+
+    pub(super) fn health(&mut self, key: &str, file: &file::HealthFile) -> HealthConfig {
+        let path = match &file.path {
+            Some(text) if !text.get_ref().starts_with('/') => {
+                self.error(
+                    &format!("{key}.path"),
+                    text.span(),
+                    format!("health path {:?} must start with '/'", text.get_ref()),
+                );
+                DEFAULT_HEALTH_PATH.to_owned()
+            }
+            Some(text) => text.get_ref().clone(),
+            None => DEFAULT_HEALTH_PATH.to_owned(),
+        };
+        HealthConfig {
+            path,
+            interval: self.nonzero_duration(
+                &format!("{key}.interval"),
+                &file.interval,
+                DEFAULT_HEALTH_INTERVAL,
+            ),
+            timeout: self.nonzero_duration(
+                &format!("{key}.timeout"),
+                &file.timeout,
+                DEFAULT_HEALTH_TIMEOUT,
+            ),
+            healthy_after: self.count(
+                &format!("{key}.healthy_after"),
+                &file.healthy_after,
+                DEFAULT_HEALTHY_AFTER,
+                1,
+            ),
+            unhealthy_after: self.count(
+                &format!("{key}.unhealthy_after"),
+                &file.unhealthy_after,
+                DEFAULT_UNHEALTHY_AFTER,
+                1,
+            ),
+        }
+    }
+}
