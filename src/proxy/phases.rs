@@ -181,61 +181,79 @@ impl LogJob {
         self.run_now();
     }
 
-    fn run_now(mut self) {
-        let pipeline = &self.generation.pipeline;
-        let mut status = self.status;
-        let mut ex = Exchange {
-            module: "",
-            phase: PhaseKind::Log,
-            req: ReqParts {
-                method: &self.state.method,
-                uri: &mut self.state.uri,
-                headers: &mut self.state.headers,
-            },
-            resp: Some(RespParts {
-                status: &mut status,
-                headers: &mut self.response_headers,
-                body: None,
-            }),
-            info: &self.state.info,
-            ctx: &mut self.state.ctx,
-            state: &self.generation.std_state,
-            upstreams: &self.generation.upstreams,
-            upstream: self.state.upstream.as_deref(),
-            response_headers: &mut Vec::new(),
-            body: None,
-            lua: None,
-        };
-        pipeline.run_log_now(self.state.ran, &mut ex);
+    fn run_now(self) {
+        let LogJob {
+            generation,
+            mut state,
+            mut status,
+            mut response_headers,
+        } = self;
+        let ran = state.ran;
+        let mut scratch = Vec::new();
+        let mut ex = log_exchange(
+            &generation,
+            &mut state,
+            &mut status,
+            &mut response_headers,
+            &mut scratch,
+            false,
+        );
+        generation.pipeline.run_log_now(ran, &mut ex);
     }
 
-    async fn run_async(mut self) {
-        let generation = Arc::clone(&self.generation);
-        let pipeline = &generation.pipeline;
-        let mut status = self.status;
-        let mut ex = Exchange {
-            module: "",
-            phase: PhaseKind::Log,
-            req: ReqParts {
-                method: &self.state.method,
-                uri: &mut self.state.uri,
-                headers: &mut self.state.headers,
-            },
-            resp: Some(RespParts {
-                status: &mut status,
-                headers: &mut self.response_headers,
-                body: None,
-            }),
-            info: &self.state.info,
-            ctx: &mut self.state.ctx,
-            state: &generation.std_state,
-            upstreams: &generation.upstreams,
-            upstream: self.state.upstream.as_deref(),
-            response_headers: &mut Vec::new(),
+    async fn run_async(self) {
+        let LogJob {
+            generation,
+            mut state,
+            mut status,
+            mut response_headers,
+        } = self;
+        let ran = state.ran;
+        let mut scratch = Vec::new();
+        let mut ex = log_exchange(
+            &generation,
+            &mut state,
+            &mut status,
+            &mut response_headers,
+            &mut scratch,
+            true,
+        );
+        generation.pipeline.run_log(ran, &mut ex).await;
+    }
+}
+
+/// What the log phase sees: the request as it left the request phase and the
+/// response head as sent; nothing it changes reaches the client. `lua`: whether Lua
+/// hooks may run (only when the phase runs as a task).
+fn log_exchange<'a>(
+    generation: &'a Generation,
+    state: &'a mut ScriptState,
+    status: &'a mut StatusCode,
+    response_headers: &'a mut HeaderMap,
+    scratch: &'a mut Vec<(HeaderName, HeaderValue)>,
+    lua: bool,
+) -> Exchange<'a> {
+    Exchange {
+        module: "",
+        phase: PhaseKind::Log,
+        req: ReqParts {
+            method: &state.method,
+            uri: &mut state.uri,
+            headers: &mut state.headers,
+        },
+        resp: Some(RespParts {
+            status,
+            headers: response_headers,
             body: None,
-            lua: self.state.lua.as_ref(),
-        };
-        pipeline.run_log(self.state.ran, &mut ex).await;
+        }),
+        info: &state.info,
+        ctx: &mut state.ctx,
+        state: &generation.std_state,
+        upstreams: &generation.upstreams,
+        upstream: state.upstream.as_deref(),
+        response_headers: scratch,
+        body: None,
+        lua: if lua { state.lua.as_ref() } else { None },
     }
 }
 
