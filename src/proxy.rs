@@ -75,7 +75,10 @@ pub async fn handle(
         ambiguous_framing,
         client_upgrade,
     };
-    let result = proxy(request, &generation, &conn, &ctx, &id, &mut done)
+    // Boxed: the request path's future is a few KB; inline, hyper's dispatcher and
+    // the span wrapper would each move it (measured: ~11% of the instructions of a
+    // proxied request went to memcpy).
+    let result = Box::pin(proxy(request, &generation, &conn, &ctx, &id, &mut done))
         .instrument(span.clone())
         .await;
     let resp = match result {
