@@ -93,7 +93,8 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-/// Every metric of the process, and the registry that exposes them.
+/// Every metric of the process, and the registry that exposes them. (Help texts given
+/// to `registry.register` have no final period: prometheus-client adds one.)
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -127,36 +128,36 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "proxycache_route_requests",
-            "Responses, by route (position in [[routes]], or none), upstream (or none) and status class.",
+            "Responses, by route (position in [[routes]], or none), upstream (or none) and status class",
             requests.clone(),
         );
         let latency: HistogramFamily<UpstreamLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
             "proxycache_request_duration_seconds",
-            "Time from a request's arrival to the end of its response body, by upstream (or none).",
+            "Time from a request's arrival to the end of its response body, by upstream (or none)",
             latency.clone(),
         );
         let module_seconds = Family::<ModuleLabels, SecondsCounter>::default();
         registry.register(
             "proxycache_module_seconds",
-            "Wall time spent in each module's phases (Lua hooks include their waits).",
+            "Wall time spent in each module's phases (Lua hooks include their waits)",
             module_seconds.clone(),
         );
         let module_errors = Family::<ModuleLabels, Counter>::default();
         registry.register(
             "proxycache_module_errors",
-            "Module phases that failed (run-time faults).",
+            "Module phases that failed (run-time faults)",
             module_errors.clone(),
         );
         let rate_limited = Family::<ModuleOnly, Counter>::default();
         registry.register(
             "proxycache_rate_limit_rejections",
-            "std.rate_limit calls that answered not allowed, by module.",
+            "std.rate_limit calls that answered not allowed, by module",
             rate_limited.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("proxycache_reloads", "Reloads, by result.", reloads.clone());
+        registry.register("proxycache_reloads", "Reloads, by result", reloads.clone());
         for result in ["ok", "failed"] {
             // Both results show from the start (at 0), so a rate over them works.
             let _ = reloads.get_or_create_owned(&ResultLabels { result });
@@ -164,25 +165,25 @@ impl Metrics {
         let cache_hits = Counter::default();
         registry.register(
             "proxycache_cache_hits",
-            "Cache lookups that found a fresh entry.",
+            "Cache lookups that found a fresh entry",
             cache_hits.clone(),
         );
         let cache_misses = Counter::default();
         registry.register(
             "proxycache_cache_misses",
-            "Cache lookups that found nothing usable.",
+            "Cache lookups that found nothing usable",
             cache_misses.clone(),
         );
         let cache_stores = Counter::default();
         registry.register(
             "proxycache_cache_stores",
-            "Responses stored in the cache.",
+            "Responses stored in the cache",
             cache_stores.clone(),
         );
         let cluster_fallbacks = Family::<ModuleOnly, Counter>::default();
         registry.register(
             "proxycache_cluster_fallbacks",
-            "Cluster-scoped calls answered from local state because Redis was not reachable (or [redis] is not configured), by module.",
+            "Cluster-scoped calls answered from local state because Redis was not reachable (or [redis] is not configured), by module",
             cluster_fallbacks.clone(),
         );
         let script = Arc::new(script::ScriptMetrics::new(max_script_series));

@@ -132,6 +132,10 @@ pub fn parse(text: &str) -> Exposition {
                 Some("HELP") => {
                     assert!(tail.is_some_and(|t| !t.is_empty()), "line {at}: empty HELP");
                     assert!(
+                        !tail.is_some_and(|t| t.ends_with("..")),
+                        "line {at}: HELP ends with two periods (prometheus-client adds one)"
+                    );
+                    assert!(
                         helps.insert(name.to_owned()),
                         "line {at}: {name} helped twice"
                     );
