@@ -10,7 +10,8 @@
 //! - time and errors per module and phase: around each phase ([`crate::pipeline`]);
 //! - rate-limit rejections: `std.rate_limit` when it says no;
 //! - reloads by result: [`crate::reload`];
-//! - cache hits, misses and stores: [`Metrics::cache_hit`] and friends, for the cache;
+//! - cache hits, misses and stores: the cache counts into counters shared with the
+//!   registry ([`Metrics::cache_counts`]);
 //! - what other parts already count (responses by class, connections, pools, upstream
 //!   servers' health and breakers, the generation): read at scrape time ([`live`]);
 //! - script metrics (`std.metrics.inc/observe`): [`script`], bounded.
@@ -226,23 +227,7 @@ impl Metrics {
             hits: self.cache_hits.clone(),
             misses: self.cache_misses.clone(),
             stores: self.cache_stores.clone(),
-            ..Default::default()
         }
-    }
-
-    /// A cache lookup found a fresh entry.
-    pub fn cache_hit(&self) {
-        self.cache_hits.inc();
-    }
-
-    /// A cache lookup found nothing usable.
-    pub fn cache_miss(&self) {
-        self.cache_misses.inc();
-    }
-
-    /// A response was stored in the cache.
-    pub fn cache_store(&self) {
-        self.cache_stores.inc();
     }
 
     /// A cluster-scoped call in `module` fell back to local state.

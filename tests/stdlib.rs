@@ -42,16 +42,21 @@ const STD: &str = r#"mod std_demo {
 }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_are_kept_when_valid_and_replaced_when_not() {
-    let s = route_site(
+/// One worker, the demo module, every path to one echoing upstream.
+async fn echo_site() -> RouteSite {
+    route_site(
         "stdlib",
         1,
         ("std_demo", STD),
         vec![("/", Behavior::echo())],
         "",
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_when_valid_and_replaced_when_not() {
+    let s = echo_site().await;
     let addr = s.run.addr;
     let kept = send(
         addr,
@@ -129,14 +134,7 @@ async fn a_named_breaker_opens_half_opens_and_closes_from_a_script() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_rewrite_uses_numbered_and_named_captures() {
-    let s = route_site(
-        "stdlib",
-        1,
-        ("std_demo", STD),
-        vec![("/", Behavior::echo())],
-        "",
-    )
-    .await;
+    let s = echo_site().await;
     let addr = s.run.addr;
     let r = get(addr, "/old/42/widgets?color=red").await;
     assert_eq!(r.status, 200);

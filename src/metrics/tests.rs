@@ -83,10 +83,11 @@ fn requests_are_counted_by_route_upstream_and_class() {
 #[test]
 fn cache_and_reload_counters_show() {
     let m = Metrics::default();
-    m.cache_hit();
-    m.cache_hit();
-    m.cache_miss();
-    m.cache_store();
+    let cache = m.cache_counts();
+    cache.hits.inc();
+    cache.hits.inc();
+    cache.misses.inc();
+    cache.stores.inc();
     m.reloaded(true);
     m.reloaded(false);
     m.reloaded(false);

@@ -16,7 +16,6 @@ pub mod policy;
 pub mod shared;
 pub mod store;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -190,12 +189,8 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     }
     let counts = &cache.counts;
     match req.status {
-        CacheStatus::Hit => {
+        CacheStatus::Hit | CacheStatus::Stale => {
             counts.hits.inc();
-        }
-        CacheStatus::Stale => {
-            counts.hits.inc();
-            counts.stale_hits.fetch_add(1, Ordering::Relaxed);
         }
         // A request that waits is counted once it knows.
         CacheStatus::Miss if req.wait.is_none() => {
@@ -369,7 +364,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let mut tee = TeeBody::new(inner, pending, limit);
     if tee.is_end_stream() {
         // No body to wait for (204, an empty body): store now.
-        tee.finish_now();
+        tee.finish();
         *body = ProxyBody::Empty;
     } else {
         *body = ProxyBody::Boxed(tee.boxed());

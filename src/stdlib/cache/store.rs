@@ -112,16 +112,13 @@ impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
     }
 }
 
-/// Counters of the cache's work since the process started (the first three are the
-/// registry's `proxycache_cache_*_total`; a stale hit counts as a hit too).
+/// Counters of the cache's work since the process started: the registry's
+/// `proxycache_cache_*_total` (a stale hit counts as a hit).
 #[derive(Debug, Default)]
 pub struct CacheCounts {
     pub hits: Counter,
     pub misses: Counter,
     pub stores: Counter,
-    pub stale_hits: AtomicU64,
-    /// Fills abandoned (body too large, aborted, trailers).
-    pub abandoned: AtomicU64,
 }
 
 /// A fill in flight: its id (so a late guard never removes a newer fill) and the
@@ -228,18 +225,6 @@ impl HttpCache {
     /// Keeps an entry that came from the shared tier (not counted as a store).
     pub fn insert_shared(&self, primary: &Arc<str>, entry: Arc<Cached>) {
         self.entries.insert(Arc::clone(primary), Slot::Resp(entry));
-    }
-
-    /// Entries held now (approximate: moka counts lazily).
-    pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    /// Bytes held now (approximate).
-    pub fn weighted_size(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
     }
 
     /// Becomes the one request filling `key`, or learns whom to wait for.
@@ -350,23 +335,21 @@ impl TeeBody {
 
     fn abandon(&mut self, why: &'static str) {
         if let Some(p) = self.pending.take() {
-            p.cache.counts.abandoned.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(target: "proxycache::stdlib", key = %p.primary, why, "cache fill abandoned");
         }
         self.chunks = Vec::new();
     }
 
-    /// Stores the entry now (a body that has already ended).
-    pub fn finish_now(&mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        let Some(p) = self.pending.take() else { return };
-        if p.expect_len.is_some_and(|n| n != self.size) {
-            p.cache.counts.abandoned.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Stores the entry, once the body has ended (at once for a body that never began).
+    pub fn finish(&mut self) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.expect_len.is_some_and(|n| n != self.size))
+        {
+            return self.abandon("body length differs from Content-Length");
         }
+        let Some(p) = self.pending.take() else { return };
         let body = match self.chunks.len() {
             0 => Bytes::new(),
             1 => self.chunks.pop().unwrap_or_default(),
