@@ -404,7 +404,7 @@ fn upstream_request(
     hygiene::add_forwarding(
         &mut parts.headers,
         &Forwarded {
-            peer: conn.peer.ip(),
+            peer: &conn.peer_ip,
             peer_trusted,
             scheme: conn.scheme,
             host: host.as_ref(),

@@ -9,19 +9,6 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Version};
 use ipnet::IpNet;
 
-/// Headers that describe one hop and are always dropped (RFC 9110 7.6.1, plus the
-/// non-standard `Proxy-Connection` and `Keep-Alive`).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
 /// Headers a peer may not make us drop by naming them in `Connection`: removing them
 /// would change the message's framing or destination.
 const PROTECTED: [HeaderName; 3] = [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
@@ -32,23 +19,54 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes hop-by-hop headers, `Upgrade`, and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !PROTECTED.contains(name))
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Most messages carry none of them: one pass over the names (no hashing) decides.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            // `close` and `keep-alive` are options, not (or not only) header names.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_hop_by_hop(&name) && !PROTECTED.contains(&name) {
+                    doomed.push(name);
+                }
+            }
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+}
+
+/// Whether `name` describes one hop and is always dropped (RFC 9110 7.6.1, plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive`, and `Upgrade`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Whether `TE` lists `trailers` (the client accepts trailer fields).
@@ -91,8 +109,9 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// What the forwarding headers are made from.
 pub struct Forwarded<'a> {
-    /// The address of the peer that connected to us.
-    pub peer: IpAddr,
+    /// The address of the peer that connected to us, as a header value (made once per
+    /// connection: formatting an address costs more than the rest of this module).
+    pub peer: &'a HeaderValue,
     /// Whether that peer is in `server.trusted_proxies`.
     pub peer_trusted: bool,
     /// `http` or `https`.
@@ -126,20 +145,30 @@ pub fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     headers.append(header::VIA, via_value(fwd.version));
 }
 
-fn append_xff(headers: &mut HeaderMap, peer: IpAddr) {
+fn append_xff(headers: &mut HeaderMap, peer: &HeaderValue) {
     let existing: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let value = if existing.is_empty() {
-        peer.to_string()
-    } else {
-        format!("{}, {}", existing.join(", "), peer)
-    };
+    if existing.is_empty() {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        return;
+    }
+    let value = format!(
+        "{}, {}",
+        existing.join(", "),
+        peer.to_str().unwrap_or_default()
+    );
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
+}
+
+/// `ip` as a header value (for [`Forwarded::peer`]).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn via_value(version: Version) -> HeaderValue {
@@ -200,8 +229,9 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("example.com");
+        let peer = ip_value(ip("127.0.0.1"));
         let fwd = Forwarded {
-            peer: ip("127.0.0.1"),
+            peer: &peer,
             peer_trusted: false,
             scheme: "http",
             host: Some(&host),

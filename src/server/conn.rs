@@ -30,6 +30,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     pub scheme: &'static str,
     pub activity: Activity,
+    /// The peer's IP as a header value (`X-Forwarded-For`), formatted once.
+    pub peer_ip: http::HeaderValue,
 }
 
 impl ConnInfo {
@@ -40,6 +42,7 @@ impl ConnInfo {
             local,
             scheme,
             activity: Activity::new(),
+            peer_ip: crate::http::hygiene::ip_value(peer.ip()),
         }
     }
 }
