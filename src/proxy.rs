@@ -474,7 +474,7 @@ async fn forward<T: Transport>(
 fn server_did_well<T>(result: &Result<T, SendError>) -> bool {
     match result {
         Ok(_) => true,
-        Err(SendError::Upstream(e)) => body_too_large(e).is_some(),
+        Err(SendError::Upstream(e)) => body_too_large(e.as_ref()).is_some(),
         Err(_) => false,
     }
 }
@@ -552,7 +552,7 @@ async fn send_to<T: Transport>(
             upstream: upstream(),
             server: addr,
         })),
-        Err(SendError::Upstream(e)) => Err(Failed::Sent(match body_too_large(&e) {
+        Err(SendError::Upstream(e)) => Err(Failed::Sent(match body_too_large(e.as_ref()) {
             Some(limit) => ProxyError::BodyTooLarge { limit },
             None => ProxyError::Upstream {
                 upstream: upstream(),

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod breaker;
 pub mod client;
 pub mod connect;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod server;

@@ -98,9 +98,7 @@ impl Body for ProxyBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            ProxyBody::Upstream(inner) => Pin::new(inner)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+            ProxyBody::Upstream(inner) => Pin::new(inner).poll_frame(cx),
             ProxyBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
         }
     }

@@ -1,5 +1,7 @@
 //! Sending one request to one server: a pooled connection if there is a live one,
-//! otherwise a new connection (see `connect`) within `connect_timeout`; the response
+//! otherwise a new connection (see `connect`) within `connect_timeout`. HTTP/1.1 sets
+//! use connections driven by the request's own task (`h1`), `http2 = true` sets
+//! hyper's (`connect::connect`). The response
 //! head must arrive within `response_timeout`. A request that a pooled connection hands
 //! back unsent (the server closed it at the same moment) is sent again on a fresh
 //! connection, so a stale keep-alive connection never turns into a 502.
@@ -15,9 +17,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::http::body::BoxError;
 use crate::http::ProxyBody;
 
 use super::connect::{self, ConnectFailure, Endpoint};
+use super::h1;
 use super::pool::{Pool, Sender};
 
 /// Why a send failed, before it is mapped to a `ProxyError` by the caller.
@@ -30,7 +34,7 @@ pub enum SendError {
     /// The TLS handshake failed (the reason in words); the request is handed back.
     Tls(String, Box<Request<ProxyBody>>),
     /// The request was (perhaps partly) sent and failed.
-    Upstream(hyper::Error),
+    Upstream(BoxError),
     /// A fresh connection closed before the request could be written.
     Closed,
     /// No response head within the response timeout.
@@ -39,6 +43,85 @@ pub enum SendError {
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
 pub async fn send(
+    pool: &Arc<Pool>,
+    ep: &Arc<Endpoint>,
+    response_timeout: Duration,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    if ep.key.http2 {
+        return send_hyper(pool, ep, response_timeout, req).await;
+    }
+    while let Some(sender) = pool.checkout(&ep.key, ep.pool.idle_timeout) {
+        // (An HTTP/1.1 key only ever holds connections of our own.)
+        let Sender::Own(conn) = sender else {
+            continue;
+        };
+        match send_own(pool, ep, response_timeout, conn, req, true).await {
+            Ok(resp) => return Ok(resp),
+            Err(Retry::Unsent(back)) => req = *back,
+            Err(Retry::Failed(e)) => return Err(e),
+        }
+    }
+    // Boxed: a new connection is the rare path, and its future is large.
+    let stream = match Box::pin(connect::open_stream(ep)).await {
+        Ok(stream) => stream,
+        Err(failure) => return Err(connect_failed(failure, req)),
+    };
+    pool.count_opened();
+    match send_own(
+        pool,
+        ep,
+        response_timeout,
+        h1::Conn::new(stream),
+        req,
+        false,
+    )
+    .await
+    {
+        Ok(resp) => Ok(resp),
+        Err(Retry::Unsent(_)) => Err(SendError::Closed),
+        Err(Retry::Failed(e)) => Err(e),
+    }
+}
+
+fn connect_failed(failure: ConnectFailure, req: Request<ProxyBody>) -> SendError {
+    match failure {
+        ConnectFailure::Io(e) => SendError::Connect(e, Box::new(req)),
+        ConnectFailure::Timeout => SendError::ConnectTimeout(Box::new(req)),
+        ConnectFailure::Tls(reason) => SendError::Tls(reason, Box::new(req)),
+    }
+}
+
+/// One exchange on a connection of our own (see `h1`).
+async fn send_own(
+    pool: &Arc<Pool>,
+    ep: &Arc<Endpoint>,
+    response_timeout: Duration,
+    conn: h1::Conn,
+    req: Request<ProxyBody>,
+    reused: bool,
+) -> Result<Response<UpstreamBody>, Retry> {
+    match tokio::time::timeout(response_timeout, h1::send(conn, req, reused)).await {
+        Err(_) => Err(Retry::Failed(SendError::ResponseTimeout)),
+        Ok(Err(h1::Failure::Unsent(back))) => Err(Retry::Unsent(back)),
+        Ok(Err(h1::Failure::Failed(e))) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),
+        Ok(Ok(resp)) => {
+            let back = PoolReturn {
+                pool: Arc::clone(pool),
+                ep: Arc::clone(ep),
+                sender: None,
+            };
+            Ok(resp.map(|body| UpstreamBody {
+                inner: Inner::Own(Box::new(body)),
+                back: Some(back),
+            }))
+        }
+    }
+}
+
+/// [`send`] for an `http2 = true` set: hyper's connections (HTTP/2, or HTTP/1.1 when
+/// TLS ALPN did not pick `h2`).
+async fn send_hyper(
     pool: &Arc<Pool>,
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
@@ -60,9 +143,7 @@ pub async fn send(
     // (inline, it would grow every request's future).
     let sender = match Box::pin(connect::connect(ep)).await {
         Ok(sender) => sender,
-        Err(ConnectFailure::Io(e)) => return Err(SendError::Connect(e, Box::new(req))),
-        Err(ConnectFailure::Timeout) => return Err(SendError::ConnectTimeout(Box::new(req))),
-        Err(ConnectFailure::Tls(reason)) => return Err(SendError::Tls(reason, Box::new(req))),
+        Err(failure) => return Err(connect_failed(failure, req)),
     };
     pool.count_opened();
     if let Sender::H2(shared) = &sender {
@@ -89,22 +170,30 @@ async fn try_send(
     pool: &Arc<Pool>,
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
-    mut sender: Sender,
+    sender: Sender,
     req: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, Retry> {
-    let req = if sender.is_h2() {
-        for_h2(req, ep)
-    } else {
-        for_h1(req)
+    let mut sender = match sender {
+        Sender::H1(s) => HyperSender::H1(s),
+        Sender::H2(s) => HyperSender::H2(s),
+        // Never here: `send` drives its own connections itself.
+        Sender::Own(_) => return Err(Retry::Failed(SendError::Closed)),
     };
-    let fut = sender.try_send_request(req);
-    let resp = match tokio::time::timeout(response_timeout, fut).await {
+    let sent = match &mut sender {
+        HyperSender::H1(s) => {
+            tokio::time::timeout(response_timeout, s.try_send_request(for_h1(req))).await
+        }
+        HyperSender::H2(s) => {
+            tokio::time::timeout(response_timeout, s.try_send_request(for_h2(req, ep))).await
+        }
+    };
+    let resp = match sent {
         Err(_) => return Err(Retry::Failed(SendError::ResponseTimeout)),
         Ok(Ok(resp)) => resp,
         Ok(Err(mut e)) => {
             return Err(match e.take_message() {
                 Some(req) => Retry::Unsent(Box::new(req)),
-                None => Retry::Failed(SendError::Upstream(e.into_error())),
+                None => Retry::Failed(SendError::Upstream(Box::new(e.into_error()))),
             })
         }
     };
@@ -114,10 +203,10 @@ async fn try_send(
     let back = PoolReturn {
         pool: Arc::clone(pool),
         ep: Arc::clone(ep),
-        sender,
+        sender: Some(sender),
     };
     Ok(resp.map(|body| UpstreamBody {
-        inner: body,
+        inner: Inner::Hyper(body),
         back: Some(back),
     }))
 }
@@ -180,7 +269,8 @@ fn for_h1(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
 struct PoolReturn {
     pool: Arc<Pool>,
     ep: Arc<Endpoint>,
-    sender: Sender,
+    /// A hyper connection's sender; `None` for our own, which the body hands back.
+    sender: Option<HyperSender>,
 }
 
 impl std::fmt::Debug for PoolReturn {
@@ -191,47 +281,94 @@ impl std::fmt::Debug for PoolReturn {
     }
 }
 
+/// A hyper connection's sender (kept apart from [`Sender`] so that a response body
+/// does not carry room for a whole connection of our own).
+enum HyperSender {
+    H1(hyper::client::conn::http1::SendRequest<ProxyBody>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
+}
+
+impl From<HyperSender> for Sender {
+    fn from(s: HyperSender) -> Sender {
+        match s {
+            HyperSender::H1(s) => Sender::H1(s),
+            HyperSender::H2(s) => Sender::H2(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    /// Boxed: the body owns the connection, and bodies are moved around a lot.
+    Own(Box<h1::RespBody>),
+}
+
 /// An upstream response body that returns its connection to the pool once read to
 /// the end — without a task per request.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     back: Option<PoolReturn>,
 }
 
 impl UpstreamBody {
     fn give_back(&mut self) {
-        if let Some(back) = self.back.take() {
-            back.pool
-                .checkin(&back.ep.key, back.sender, back.ep.pool.max_idle_per_server);
-        }
+        let Some(back) = self.back.take() else {
+            return;
+        };
+        let sender = match (back.sender, &mut self.inner) {
+            (Some(sender), _) => sender.into(),
+            (None, Inner::Own(body)) => match body.take_reusable() {
+                Some(conn) => Sender::Own(conn),
+                None => return,
+            },
+            (None, Inner::Hyper(_)) => return,
+        };
+        back.pool
+            .checkin(&back.ep.key, sender, back.ep.pool.max_idle_per_server);
     }
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        use std::task::Poll;
         let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Hyper(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Inner::Own(b) => std::pin::Pin::new(b.as_mut())
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        };
         match &polled {
-            std::task::Poll::Ready(None) => this.give_back(),
-            std::task::Poll::Ready(Some(Err(_))) => this.back = None,
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Err(_))) => this.back = None,
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.give_back(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Own(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Own(b) => b.size_hint(),
+        }
     }
 }
 
@@ -239,7 +376,7 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, so the end may only be
         // visible here. Anything else is a half-read body: its connection is dropped.
-        if http_body::Body::is_end_stream(&self.inner) {
+        if http_body::Body::is_end_stream(self) {
             self.give_back();
         }
     }

@@ -1,7 +1,8 @@
-//! Opening one upstream connection: TCP, then TLS when the set asks for it, then the
-//! HTTP handshake — HTTP/2 with prior knowledge on plain TCP when `http2 = true`,
-//! HTTP/2 over TLS when ALPN picked `h2`, HTTP/1.1 otherwise. The whole of it must
-//! finish within `connect_timeout`.
+//! Opening one upstream connection: TCP, then TLS when the set asks for it. An
+//! HTTP/1.1 set's connection is then driven by the request's task (`h1`); an
+//! `http2 = true` set's gets hyper's handshake — HTTP/2 with prior knowledge on plain
+//! TCP, HTTP/2 over TLS when ALPN picked `h2`, hyper's HTTP/1.1 otherwise. The whole of
+//! it must finish within `connect_timeout`.
 //!
 //! Owns: [`Endpoint`] (everything needed to reach one server) and the connection
 //! tasks. Must not touch: pooling (the caller decides what to keep) or requests.
@@ -13,6 +14,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::h1::Stream;
 use super::pool::{PoolKey, Sender};
 use super::tls::{self, TlsTarget};
 use crate::config::{PoolConfig, UpstreamConfig};
@@ -87,32 +89,48 @@ pub enum ConnectFailure {
     Tls(String),
 }
 
-/// Opens a connection to `ep` and spawns its connection task.
+/// Opens a connection to `ep` and spawns its hyper connection task (HTTP/2 sets).
 pub async fn connect(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
-    match tokio::time::timeout(ep.connect_timeout, open(ep)).await {
+    let open = async {
+        let stream = stream(ep).await?;
+        // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked
+        // for HTTP/2 (what browsers and curl do too).
+        let h2 = match &stream {
+            Stream::Tcp(_) => ep.key.http2,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        };
+        handshake(TokioIo::new(stream), h2, ep.addr).await
+    };
+    match tokio::time::timeout(ep.connect_timeout, open).await {
         Err(_) => Err(ConnectFailure::Timeout),
         Ok(result) => result,
     }
 }
 
-async fn open(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
-    let stream = TcpStream::connect(ep.addr)
+/// Opens the byte stream to `ep` (TCP, then TLS when the set asks for it) for an
+/// HTTP/1.1 connection the request's task drives itself (see `h1`).
+pub async fn open_stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
+    match tokio::time::timeout(ep.connect_timeout, stream(ep)).await {
+        Err(_) => Err(ConnectFailure::Timeout),
+        Ok(result) => result,
+    }
+}
+
+async fn stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
+    let tcp = TcpStream::connect(ep.addr)
         .await
         .map_err(ConnectFailure::Io)?;
     // Small requests and responses must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let Some(target) = &ep.tls else {
-        return handshake(TokioIo::new(stream), ep.key.http2, ep.addr).await;
+        return Ok(Stream::Tcp(tcp));
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.config));
     let tls = connector
-        .connect(target.identity.name.clone(), stream)
+        .connect(target.identity.name.clone(), tcp)
         .await
         .map_err(|e| ConnectFailure::Tls(tls::describe_failure(&e, target)))?;
-    // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked for
-    // HTTP/2 (what browsers and curl do too).
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    handshake(TokioIo::new(tls), h2, ep.addr).await
+    Ok(Stream::Tls(Box::new(tls)))
 }
 
 async fn handshake<T>(io: TokioIo<T>, h2: bool, addr: SocketAddr) -> Result<Sender, ConnectFailure>

@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http1, http2};
 use parking_lot::Mutex;
 
+use super::h1;
 use super::tls::TlsIdentity;
 use crate::http::ProxyBody;
 
@@ -45,24 +44,39 @@ impl PoolKey {
 }
 
 /// The sending half of one upstream connection.
-#[derive(Debug)]
 pub enum Sender {
+    /// HTTP/1.1 driven by the request's task (see `h1`): every HTTP/1.1 set.
+    Own(h1::Conn),
+    /// HTTP/1.1 through hyper: a set that asked for HTTP/2 over TLS and was not
+    /// offered it.
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sender::Own(_) => "Sender::Own",
+            Sender::H1(_) => "Sender::H1",
+            Sender::H2(_) => "Sender::H2",
+        })
+    }
 }
 
 impl Sender {
     /// Waits until the connection can take a request; `Err` if it closed.
     pub async fn ready(&mut self) -> hyper::Result<()> {
         match self {
+            Sender::Own(_) => Ok(()),
             Sender::H1(s) => s.ready().await,
             Sender::H2(s) => s.ready().await,
         }
     }
 
     /// Whether the connection has closed.
-    pub fn is_closed(&self) -> bool {
+    pub fn is_closed(&mut self) -> bool {
         match self {
+            Sender::Own(c) => c.is_closed(),
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
         }
@@ -71,17 +85,6 @@ impl Sender {
     /// Whether this is a multiplexed HTTP/2 connection.
     pub fn is_h2(&self) -> bool {
         matches!(self, Sender::H2(_))
-    }
-
-    /// Sends `req`; a request the connection could not take is handed back in the error.
-    pub async fn try_send_request(
-        &mut self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
-        match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-        }
     }
 }
 
@@ -126,7 +129,7 @@ impl Pool {
 
     /// Keeps a ready connection for reuse, up to `max_idle` per key. An HTTP/2
     /// connection is kept once (a clone of one already shared is dropped).
-    pub fn checkin(&self, key: &PoolKey, sender: Sender, max_idle: usize) {
+    pub fn checkin(&self, key: &PoolKey, mut sender: Sender, max_idle: usize) {
         if max_idle == 0 || sender.is_closed() {
             return;
         }
@@ -137,7 +140,7 @@ impl Pool {
         };
         if sender.is_h2()
             && list
-                .iter()
+                .iter_mut()
                 .any(|e| e.sender.is_h2() && !e.sender.is_closed())
         {
             return;
@@ -157,7 +160,7 @@ impl Pool {
         let mut idle = self.idle.lock();
         idle.retain(|key, list| {
             let timeout = idle_timeout(key.addr);
-            list.retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
+            list.retain_mut(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
             !list.is_empty()
         });
     }

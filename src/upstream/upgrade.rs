@@ -81,7 +81,7 @@ where
     });
     match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
         Err(_) => Err(SendError::ResponseTimeout),
-        Ok(Err(e)) => Err(SendError::Upstream(e)),
+        Ok(Err(e)) => Err(SendError::Upstream(Box::new(e))),
         Ok(Ok(resp)) => Ok(resp),
     }
 }

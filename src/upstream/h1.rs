@@ -1,0 +1,898 @@
+//! HTTP/1.1 to upstream servers, driven by the request's own task.
+//!
+//! hyper's client runs every connection as a task of its own and hands requests and
+//! responses across channels: per request, two tasks are polled and woken, and heads
+//! and bodies cross a channel each way. Here the connection is owned by whoever sends
+//! on it — the request future, then the response body — so a proxied request is one
+//! task end to end (callgrind: see docs/architecture.md "Upstream HTTP/1.1"). HTTP/2
+//! upstreams and Upgrade tunnels stay on hyper.
+//!
+//! Owns: writing a request (head, body as `Content-Length` or chunked, written while
+//! the response is read), reading a response head (httparse; 1xx skipped) and its body
+//! (length, chunked with trailers, or to EOF), and deciding whether the connection
+//! can be used again. Must not touch: pooling (the caller puts a [`Conn`] back), picking
+//! servers, header policy beyond what framing needs.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::http::body::BoxError;
+use crate::http::ProxyBody;
+
+/// The most header lines a response head may have.
+const MAX_HEADERS: usize = 128;
+/// The largest response head (or chunk-size line, or trailer block) accepted.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
+/// Read buffer room asked for before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Write segments queued before the request body is polled no further.
+const MAX_QUEUED: usize = 8;
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before sending a response")]
+    ClosedBeforeResponse,
+    #[error("upstream closed the connection in the middle of the response body")]
+    ClosedMidBody,
+    #[error("upstream sent an invalid response head: {0}")]
+    Parse(httparse::Error),
+    #[error("upstream response head is larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("upstream sent an invalid header: {0}")]
+    Header(String),
+    #[error("upstream sent conflicting or invalid Content-Length")]
+    ContentLength,
+    #[error("upstream sent an invalid chunked body")]
+    Chunk,
+    #[error("upstream switched protocols without being asked to")]
+    UnaskedUpgrade,
+    #[error("request body: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+/// An HTTP/1.1 connection between exchanges (idle, or lent to one request).
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed (the start of the next head while parsing).
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection is no use any more: the server closed it, reset it,
+    /// or sent bytes nobody asked for. Costs at most one non-blocking read.
+    pub fn is_closed(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+}
+
+/// How an exchange ended without a response.
+pub enum Failure {
+    /// A reused connection turned out closed before anything came back, and the
+    /// request can be sent again elsewhere (its body was empty, and it was not written
+    /// at all or its method is idempotent): here it is.
+    Unsent(Box<Request<ProxyBody>>),
+    Failed(H1Error),
+}
+
+/// Sends `req` on `conn` and reads the response head. `reused`: the connection served
+/// earlier requests (so a close before any response byte is the server's keep-alive
+/// timeout racing us, and worth a retry).
+pub async fn send(
+    mut conn: Conn,
+    req: Request<ProxyBody>,
+    reused: bool,
+) -> Result<Response<RespBody>, Failure> {
+    let (parts, body) = req.into_parts();
+    let empty = body.is_end_stream();
+    let (head, chunked) = encode_head(&parts, &body);
+    let mut out = Some(Outgoing::new(head, body, chunked));
+    let head_method_is_head = parts.method == Method::HEAD;
+    let mut wrote_any = false;
+    let mut write_failed = false;
+
+    let parsed = poll_fn(|cx| {
+        if let Some(o) = out.as_mut() {
+            match o.poll_write(cx, &mut conn.io, &mut wrote_any) {
+                Poll::Ready(Ok(())) => out = None,
+                Poll::Ready(Err(WriteError::Body(e))) => {
+                    return Poll::Ready(Err(H1Error::RequestBody(e)));
+                }
+                Poll::Ready(Err(WriteError::Io(e))) => {
+                    // The server may still answer (an early error before closing): read on.
+                    tracing::debug!(target: "proxycache::upstream", error = %e, "writing the request failed; reading on");
+                    out = None;
+                    write_failed = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        conn.poll_head(cx, head_method_is_head)
+    })
+    .await;
+
+    let head = match parsed {
+        Ok(head) => head,
+        Err(e) => {
+            let nothing_back =
+                conn.buf.is_empty() && matches!(e, H1Error::ClosedBeforeResponse | H1Error::Io(_));
+            let idempotent = parts.method.is_idempotent();
+            if reused && nothing_back && empty && (idempotent || !wrote_any) {
+                return Err(Failure::Unsent(Box::new(Request::from_parts(
+                    parts,
+                    ProxyBody::Empty,
+                ))));
+            }
+            return Err(Failure::Failed(e));
+        }
+    };
+    let reusable = head.keep_alive && !write_failed;
+    let mut resp = Response::new(RespBody {
+        conn: Some(conn),
+        out: out.map(Box::new),
+        framing: head.framing,
+        reusable,
+    });
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// The request head in wire form, and whether the body goes chunked.
+fn encode_head(parts: &http::request::Parts, body: &ProxyBody) -> (Bytes, bool) {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.is_empty() { "/" } else { path };
+    let mut size = parts.method.as_str().len() + path.len() + 13 + 40;
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut head = BytesMut::with_capacity(size);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // Framing is this hop's business: written below from the body itself.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let chunked = match body_length(parts, body) {
+        Some(None) => false,
+        Some(Some(n)) => {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(n.to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+            false
+        }
+        None => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    head.extend_from_slice(b"\r\n");
+    (head.freeze(), chunked)
+}
+
+/// `Some(None)`: no body and no `Content-Length` needed; `Some(Some(n))`: exactly `n`
+/// bytes; `None`: unknown (chunked).
+fn body_length(parts: &http::request::Parts, body: &ProxyBody) -> Option<Option<u64>> {
+    let exact = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    match exact {
+        Some(0) => {
+            // Methods whose requests usually carry content say so even when empty
+            // (RFC 9110 8.6), as does any request that came with a Content-Length.
+            let says = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+                || parts.headers.contains_key(header::CONTENT_LENGTH);
+            Some(says.then_some(0))
+        }
+        Some(n) => Some(Some(n)),
+        None => None,
+    }
+}
+
+enum WriteError {
+    /// The request body failed (the client went away, or sent too much).
+    Body(BoxError),
+    Io(io::Error),
+}
+
+/// The request still being written: queued segments, then the rest of the body.
+struct Outgoing {
+    queue: VecDeque<Bytes>,
+    body: ProxyBody,
+    chunked: bool,
+    body_done: bool,
+    flushed: bool,
+}
+
+impl Outgoing {
+    fn new(head: Bytes, body: ProxyBody, chunked: bool) -> Outgoing {
+        let body_done = body.is_end_stream();
+        let mut queue = VecDeque::with_capacity(4);
+        queue.push_back(head);
+        Outgoing {
+            queue,
+            body,
+            chunked,
+            body_done,
+            flushed: false,
+        }
+    }
+
+    /// Writes what can be written; `Ready(Ok)` once the whole request is out.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Stream,
+        wrote_any: &mut bool,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Gather what the body has ready, so the head and a small body go out in
+            // one write.
+            while !self.body_done && self.queue.len() < MAX_QUEUED {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.push_data(data);
+                        }
+                        // Request trailers are not forwarded to HTTP/1.1 servers.
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Ready(None) => {
+                        self.body_done = true;
+                        if self.chunked {
+                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        }
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if self.queue.is_empty() {
+                if !self.flushed {
+                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                    self.flushed = true;
+                }
+                return if self.body_done {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_QUEUED];
+                let mut count = 0;
+                for (slot, seg) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(seg);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))
+                    .map_err(WriteError::Io)?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+            }
+            *wrote_any = true;
+            self.flushed = false;
+            self.advance(n);
+        }
+    }
+
+    fn push_data(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.chunked {
+            self.queue
+                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.queue.push_back(data);
+            self.queue.push_back(Bytes::from_static(b"\r\n"));
+        } else {
+            self.queue.push_back(data);
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+/// How the response body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// No body (HEAD, 204, 304, or `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked(ChunkState),
+    /// Until the server closes (neither length nor chunked): never reusable.
+    Eof,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Conn {
+    /// Reads until a final (non-1xx) response head is complete.
+    fn poll_head(&mut self, cx: &mut Context<'_>, to_head: bool) -> Poll<Result<Head, H1Error>> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&mut self.buf, to_head)? {
+                    Parsed::Final(head) => return Poll::Ready(Ok(head)),
+                    Parsed::Interim => continue,
+                    Parsed::Partial => {
+                        if self.buf.len() > MAX_HEAD_BYTES {
+                            return Poll::Ready(Err(H1Error::HeadTooLarge));
+                        }
+                    }
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(H1Error::ClosedBeforeResponse));
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+enum Parsed {
+    Final(Head),
+    /// A 1xx head was consumed; another head follows.
+    Interim,
+    Partial,
+}
+
+fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, &buf[..], &mut storage)
+        .map_err(H1Error::Parse)?
+    {
+        httparse::Status::Partial => return Ok(Parsed::Partial),
+        httparse::Status::Complete(len) => len,
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Parse(httparse::Error::Status))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(H1Error::UnaskedUpgrade);
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+
+    // Where each header's name and value sit in the buffer, so values can be slices of
+    // one frozen head (no copy per value).
+    let base = buf.as_ptr() as usize;
+    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut content_length: Option<u64> = None;
+    let mut transfer_chunked: Option<bool> = None;
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::Header(h.name.to_owned()))?;
+        if name == header::CONNECTION {
+            let mut only_options = true;
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = keep_alive || version == Version::HTTP_10;
+                } else if !token.is_empty() {
+                    only_options = false;
+                }
+            }
+            if only_options {
+                // Hop-by-hop and fully read: the proxy would drop it anyway.
+                continue;
+            }
+        } else if name == header::CONTENT_LENGTH {
+            let n = parse_length(h.value).ok_or(H1Error::ContentLength)?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(H1Error::ContentLength);
+            }
+            content_length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            let last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii)
+                .unwrap_or_default();
+            transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if name.as_str() == "keep-alive" {
+            continue;
+        }
+        let start = h.value.as_ptr() as usize - base;
+        spans.push((name, start, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, len) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
+            .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
+        headers.append(name, value);
+    }
+
+    let no_body = to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Empty
+    } else {
+        match (transfer_chunked, content_length) {
+            (Some(true), cl) => {
+                // Both framings: chunked wins, and the connection is not trusted again.
+                if cl.is_some() {
+                    keep_alive = false;
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+                Framing::Chunked(ChunkState::Size)
+            }
+            (Some(false), _) => {
+                keep_alive = false;
+                headers.remove(header::CONTENT_LENGTH);
+                Framing::Eof
+            }
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => {
+                keep_alive = false;
+                Framing::Eof
+            }
+        }
+    };
+    Ok(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut result: Option<u64> = None;
+    // `Content-Length: 5, 5` is allowed when every value agrees (RFC 9110 8.6).
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = part.parse().ok()?;
+        if result.is_some_and(|m| m != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+/// A response body read from the connection. At its end the connection can be taken
+/// back ([`RespBody::take_reusable`]) when framing and both sides allow reuse.
+pub struct RespBody {
+    conn: Option<Conn>,
+    /// The rest of the request body, when the server answered before it was all sent
+    /// (boxed: rare, and a request body may itself be an upstream body).
+    out: Option<Box<Outgoing>>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl std::fmt::Debug for RespBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespBody")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl RespBody {
+    /// The connection, once the body has ended cleanly and it may serve another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        if !matches!(self.framing, Framing::Done | Framing::Empty) || !self.reusable {
+            return None;
+        }
+        if self.out.is_some() {
+            // The server answered before the request was all sent: its end of the
+            // exchange is not where ours is.
+            return None;
+        }
+        let conn = self.conn.take()?;
+        // Bytes after the response: the server is not speaking HTTP/1.1 as we are.
+        (conn.buf.is_empty()).then_some(conn)
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(o) = self.out.as_mut() {
+            let mut wrote = false;
+            match o.poll_write(cx, &mut conn.io, &mut wrote) {
+                Poll::Ready(Ok(())) => self.out = None,
+                Poll::Ready(Err(WriteError::Io(e))) => {
+                    tracing::debug!(target: "proxycache::upstream", error = %e, "writing the request body failed after the response began");
+                    self.out = None;
+                    self.reusable = false;
+                }
+                Poll::Ready(Err(WriteError::Body(_))) => {
+                    // The response goes on without the rest of the request.
+                    self.out = None;
+                    self.reusable = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            match self.framing {
+                Framing::Empty | Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                    }
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    let data = conn.buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.framing = if left == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::Length(left)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Eof => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        self.framing = Framing::Done;
+                        self.reusable = false;
+                        return Poll::Ready(None);
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match state {
+                    ChunkState::Size => match httparse::parse_chunk_size(&conn.buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            conn.buf.advance(used);
+                            self.framing = Framing::Chunked(if size == 0 {
+                                ChunkState::Trailers
+                            } else {
+                                ChunkState::Data(size)
+                            });
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if conn.buf.len() > MAX_HEAD_BYTES {
+                                return Poll::Ready(Some(Err(H1Error::Chunk)));
+                            }
+                            if ready!(conn.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                            }
+                        }
+                        Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
+                    },
+                    ChunkState::Data(left) => {
+                        if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                        }
+                        let take = usize::try_from(left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.buf.len());
+                        let data = conn.buf.split_to(take).freeze();
+                        let left = left - take as u64;
+                        self.framing = Framing::Chunked(if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    ChunkState::DataEnd => {
+                        if conn.buf.len() < 2 {
+                            if ready!(conn.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                            }
+                            continue;
+                        }
+                        if &conn.buf[..2] != b"\r\n" {
+                            return Poll::Ready(Some(Err(H1Error::Chunk)));
+                        }
+                        conn.buf.advance(2);
+                        self.framing = Framing::Chunked(ChunkState::Size);
+                    }
+                    ChunkState::Trailers => {
+                        let mut storage = [httparse::EMPTY_HEADER; 32];
+                        match httparse::parse_headers(&conn.buf, &mut storage) {
+                            Ok(httparse::Status::Complete((used, fields))) => {
+                                let mut trailers = HeaderMap::new();
+                                for f in fields {
+                                    if let (Ok(n), Ok(v)) = (
+                                        HeaderName::from_bytes(f.name.as_bytes()),
+                                        HeaderValue::from_bytes(f.value),
+                                    ) {
+                                        trailers.append(n, v);
+                                    }
+                                }
+                                conn.buf.advance(used);
+                                self.framing = Framing::Done;
+                                if !trailers.is_empty() {
+                                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                                }
+                                return Poll::Ready(None);
+                            }
+                            Ok(httparse::Status::Partial) => {
+                                if conn.buf.len() > MAX_HEAD_BYTES {
+                                    return Poll::Ready(Some(Err(H1Error::Chunk)));
+                                }
+                                if ready!(conn.poll_fill(cx))? == 0 {
+                                    return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                                }
+                            }
+                            Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl http_body::Body for RespBody {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        let polled = this.poll_body(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.framing = Framing::Done;
+            this.reusable = false;
+            this.conn = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Empty | Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, to_head: bool) -> Head {
+        let mut buf = BytesMut::from(text.as_bytes());
+        loop {
+            match parse_head(&mut buf, to_head) {
+                Ok(Parsed::Final(head)) => return head,
+                Ok(Parsed::Interim) => continue,
+                Ok(Parsed::Partial) => panic!("partial"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn heads_frame_bodies_and_decide_reuse() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: b\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Length(5)));
+        assert!(h.keep_alive);
+        assert!(h.headers.get("connection").is_none());
+        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.headers["content-length"], "5");
+
+        let h = parse(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Chunked(ChunkState::Size)));
+        assert!(h.headers.get("transfer-encoding").is_none());
+
+        let h = parse("HTTP/1.0 200 OK\r\n\r\n", false);
+        assert!(matches!(h.framing, Framing::Eof));
+        assert!(!h.keep_alive);
+
+        let h = parse(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(h.keep_alive);
+        assert!(matches!(h.framing, Framing::Empty));
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+            true,
+        );
+        assert!(matches!(h.framing, Framing::Empty));
+        assert!(!h.keep_alive);
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+            false,
+        );
+        assert!(
+            h.headers.get("connection").is_some(),
+            "left for hygiene to act on"
+        );
+
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf, false),
+            Err(H1Error::ContentLength)
+        ));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, false),
+            Err(H1Error::UnaskedUpgrade)
+        ));
+    }
+
+    /// Bodies are moved through every request's future: an upstream body owning its
+    /// connection must not make them bigger (the connection is boxed).
+    #[test]
+    fn bodies_stay_small() {
+        let size = std::mem::size_of::<ProxyBody>();
+        assert!(size <= 96, "ProxyBody is {size} bytes");
+    }
+
+    #[test]
+    fn lengths_parse_strictly() {
+        assert_eq!(parse_length(b"12"), Some(12));
+        assert_eq!(parse_length(b"7, 7"), Some(7));
+        assert_eq!(parse_length(b"7, 8"), None);
+        assert_eq!(parse_length(b"+7"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+}

@@ -1,0 +1,322 @@
+//! The HTTP/1.1 upstream client (src/upstream/h1.rs) against servers that answer with
+//! raw bytes: every framing a server may use, interim responses, answers that come
+//! before the request body has been sent, and servers that break the rules.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the raw server does after reading one request.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keep the connection for the next request.
+    KeepOpen,
+    /// Close it.
+    Close,
+    /// Write the answer as soon as the head is read, then read the body, keep open.
+    AnswerBeforeBody,
+}
+
+/// A server that answers every request with `reply` (raw bytes), counting
+/// connections and requests.
+struct Raw {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Raw {
+    async fn start(reply: &'static [u8], after: After) -> Raw {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (Arc::clone(&accepts), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                tokio::spawn(serve(stream, reply, after, r));
+            }
+        });
+        Raw {
+            addr,
+            accepts,
+            requests,
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    reply: &'static [u8],
+    after: After,
+    requests: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        buf.drain(..head_end);
+        requests.fetch_add(1, Ordering::SeqCst);
+        if matches!(after, After::AnswerBeforeBody) && stream.write_all(reply).await.is_err() {
+            return;
+        }
+        if !read_body(&mut stream, &mut buf, &head).await {
+            return;
+        }
+        match after {
+            After::AnswerBeforeBody => {}
+            After::KeepOpen | After::Close => {
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if matches!(after, After::Close) {
+            return;
+        }
+    }
+}
+
+/// Reads until the end of a head; its length including the blank line.
+async fn read_until_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads (and drops) the request body the head announces.
+async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, head: &str) -> bool {
+    let chunked = head.contains("transfer-encoding: chunked");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    loop {
+        let done = if chunked {
+            buf.windows(5)
+                .position(|w| w == b"0\r\n\r\n")
+                .map(|i| i + 5)
+        } else {
+            (buf.len() >= length).then_some(length)
+        };
+        if let Some(n) = done {
+            buf.drain(..n);
+            return true;
+        }
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn proxy_to(raw: &Raw) -> Proxy {
+    proxy(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
+        raw.addr
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_with_trailers_is_relayed_and_its_connection_reused() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+            raw.addr
+        ),
+    );
+    for i in 0..5 {
+        let resp = get(px.addr, &format!("/c/{i}")).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "hello world");
+        assert_eq!(resp.headers["x-up"], "1");
+    }
+    assert_eq!(raw.requests(), 5);
+    assert_eq!(raw.accepts(), 1, "one upstream connection serves all five");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_body_is_read_to_the_end_and_not_reused() {
+    let raw = Raw::start(
+        b"HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the server closes",
+        After::Close,
+    )
+    .await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+            raw.addr
+        ),
+    );
+    for _ in 0..3 {
+        let resp = get(px.addr, "/old").await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "until the server closes");
+    }
+    assert_eq!(raw.accepts(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_skipped() {
+    let raw = Raw::start(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_to(&raw);
+    let resp = send(
+        px.addr,
+        req("POST", "/p")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.text(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_responses_have_no_body_and_the_connection_stays_usable() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_with("workers = 1", &format!(
+        "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
+        raw.addr
+    ));
+    for _ in 0..3 {
+        let resp = send(px.addr, empty(req("HEAD", "/h"))).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.headers["content-length"], "50");
+        assert!(resp.body.is_empty());
+    }
+    assert_eq!(raw.accepts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_response_heads_are_502_with_a_request_id() {
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"[..],
+        &b"garbage\r\n\r\n"[..],
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let px = proxy_to(&raw);
+        let resp = get(px.addr, "/bad").await;
+        assert_eq!(resp.status, 502, "for {:?}", String::from_utf8_lossy(reply));
+        assert!(resp.headers.get("x-request-id").is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_body_is_relayed() {
+    let raw = Raw::start(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nnope",
+        After::AnswerBeforeBody,
+    )
+    .await;
+    let px = proxy_to(&raw);
+    let body = Bytes::from(payload(512 * 1024));
+    let resp = send(
+        px.addr,
+        req("POST", "/upload")
+            .body(Full::new(body))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.text(), "nope");
+    // The next request is served normally.
+    let resp = send(
+        px.addr,
+        req("POST", "/upload")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_after_each_answer_never_causes_a_502() {
+    // Keep-alive by its headers, closed right after: the pooled connection is stale.
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Close,
+    )
+    .await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+            raw.addr
+        ),
+    );
+    for i in 0..10 {
+        let resp = get(px.addr, &format!("/s/{i}")).await;
+        assert_eq!(resp.status, 200, "request {i}");
+        // Sometimes the close lands before the next request, sometimes during it.
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(raw.requests(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_fails_that_response_only() {
+    let short = Raw::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..",
+        After::Close,
+    )
+    .await;
+    let px = proxy_to(&short);
+    let result = try_send(px.addr, empty(req("GET", "/short"))).await;
+    assert!(
+        result.is_err(),
+        "a truncated body must not look complete: {result:?}"
+    );
+    // The proxy carries on.
+    let result = try_send(px.addr, empty(req("GET", "/short"))).await;
+    assert!(result.is_err());
+    assert_eq!(short.requests(), 2);
+}
