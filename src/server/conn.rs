@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -60,8 +59,6 @@ pub struct Activity {
     /// The head being read carries both Content-Length and Transfer-Encoding (hyper
     /// silently drops the former, so only the raw bytes show it).
     ambiguous_framing: AtomicBool,
-    /// Wakes the watchdog when a request head starts arriving.
-    head_started: Notify,
 }
 
 impl Activity {
@@ -73,7 +70,6 @@ impl Activity {
             head_started_ms: AtomicU64::new(0),
             started: AtomicU64::new(0),
             ambiguous_framing: AtomicBool::new(false),
-            head_started: Notify::new(),
         }
     }
 
@@ -101,8 +97,8 @@ impl Activity {
         if self.inflight.load(Ordering::Relaxed) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
+            // No wake-up: the watchdog looks at least every `header` (see `serve_io`).
             self.head_started_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.head_started.notify_one();
         }
     }
 }
@@ -329,6 +325,9 @@ pub async fn serve_io<S>(
     if draining {
         served.as_mut().graceful_shutdown();
     }
+    // One timer for the connection's life, moved rather than made anew.
+    let sleep = tokio::time::sleep(timeouts.header);
+    tokio::pin!(sleep);
     loop {
         let deadline = match judge(&conn.activity, timeouts.header, timeouts.idle) {
             Verdict::Wait(at) => at,
@@ -343,6 +342,11 @@ pub async fn serve_io<S>(
             }
             Verdict::Idle => return,
         };
+        // Nothing wakes the watchdog when a request head starts arriving (that would
+        // cost every request a wake-up and a new timer), so it looks again at least
+        // every `header`: a head that started since is then judged by its own deadline.
+        let deadline = deadline.min(Instant::now() + timeouts.header);
+        sleep.as_mut().reset(deadline);
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(e) = result {
@@ -354,9 +358,7 @@ pub async fn serve_io<S>(
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(deadline) => {}
-            // A request head started arriving: the header deadline now applies.
-            _ = conn.activity.head_started.notified() => {}
+            _ = sleep.as_mut() => {}
         }
     }
 }
