@@ -352,11 +352,16 @@ impl Compiler<'_> {
                 };
                 let ok = self.only_in(span, &what, phases);
                 let h = self.header_name(span, name)?;
+                let constant = match &value_c {
+                    CExpr::Const(v) => http::HeaderValue::from_str(&v.to_string()).ok(),
+                    _ => None,
+                };
                 ok.then_some(CStmtKind::SetHeader {
                     resp,
                     name: h,
                     value: value_c,
                     append,
+                    constant,
                 })
             }
             Target::Field { .. } if append => {

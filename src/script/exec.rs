@@ -141,8 +141,12 @@ impl Machine<'_> {
                 name,
                 value,
                 append,
+                constant,
             } => {
-                let v = header_value(&self.eval(value, ex)?)?;
+                let v = match constant {
+                    Some(v) => v.clone(),
+                    None => header_value(&self.eval(value, ex)?)?,
+                };
                 let headers = if *resp {
                     ex.resp.as_mut().map(|r| &mut *r.headers)
                 } else {
@@ -413,6 +417,9 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
 }
 
 fn header_value(v: &Value) -> Eval<HeaderValue> {
+    if let Value::Str(s) = v {
+        return HeaderValue::from_str(s).map_err(|_| format!("{s:?} is not a valid header value"));
+    }
     let text = v.to_string();
     HeaderValue::from_str(&text).map_err(|_| format!("{text:?} is not a valid header value"))
 }

@@ -111,6 +111,8 @@ pub enum CStmtKind {
         name: HeaderName,
         value: CExpr,
         append: bool,
+        /// `value` made once when it is a constant that is a valid header value.
+        constant: Option<http::HeaderValue>,
     },
     RemoveHeader {
         resp: bool,

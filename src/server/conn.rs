@@ -169,21 +169,29 @@ impl HeadScan {
         if self.done {
             return false;
         }
-        for &b in bytes {
-            if b == b'\n' {
-                let line = &self.line[..self.len];
-                if line.is_empty() || line == b"\r" {
-                    self.done = true;
-                    return self.saw_cl && self.saw_te;
-                }
-                self.saw_cl |=
-                    line.starts_with(b"content-length:") || line.starts_with(b"content-length ");
-                self.saw_te |= line.starts_with(b"transfer-encoding");
-                self.len = 0;
-            } else if self.len < self.line.len() {
-                self.line[self.len] = b.to_ascii_lowercase();
-                self.len += 1;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // Only a line's first bytes matter: copy those, skip to the newline.
+            let end = memchr::memchr(b'\n', rest);
+            let seg = &rest[..end.unwrap_or(rest.len())];
+            let take = (self.line.len() - self.len).min(seg.len());
+            for (d, s) in self.line[self.len..self.len + take].iter_mut().zip(seg) {
+                *d = s.to_ascii_lowercase();
             }
+            self.len += take;
+            let Some(end) = end else {
+                break;
+            };
+            let line = &self.line[..self.len];
+            if line.is_empty() || line == b"\r" {
+                self.done = true;
+                return self.saw_cl && self.saw_te;
+            }
+            self.saw_cl |=
+                line.starts_with(b"content-length:") || line.starts_with(b"content-length ");
+            self.saw_te |= line.starts_with(b"transfer-encoding");
+            self.len = 0;
+            rest = &rest[end + 1..];
         }
         false
     }

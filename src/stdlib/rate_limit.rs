@@ -107,7 +107,9 @@ impl RateLimiter {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut map = shard.lock();
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        // One lookup for a known key (the common case); a new one is inserted below.
+        let slot = map.get_mut(key);
+        let tat = slot.as_deref().copied().unwrap_or(now).max(now);
         let new_tat = tat.saturating_add(interval);
         let allow_at = new_tat.saturating_sub(window);
         if now < allow_at {
@@ -118,12 +120,12 @@ impl RateLimiter {
                 limit: burst,
             };
         }
-        if map.len() >= self.max_per_shard && !map.contains_key(key) {
-            evict(&mut map, now, self.max_per_shard);
-        }
-        match map.get_mut(key) {
+        match slot {
             Some(slot) => *slot = new_tat,
             None => {
+                if map.len() >= self.max_per_shard {
+                    evict(&mut map, now, self.max_per_shard);
+                }
                 map.insert(Arc::from(key), new_tat);
             }
         }
@@ -177,9 +179,10 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
         function: "std.rate_limit",
         message,
     };
-    let key = match &args[0] {
+    let key: std::borrow::Cow<'_, str> = match &args[0] {
         Value::Nil => return Err(err("key is nil".into())),
-        v => v.to_string(),
+        Value::Str(s) => std::borrow::Cow::Borrowed(s),
+        v => std::borrow::Cow::Owned(v.to_string()),
     };
     let rate = args[1]
         .as_f64()
@@ -194,7 +197,11 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
         Value::Duration(d) if !d.is_zero() => *d,
         other => return Err(err(format!("per must be a positive duration, got {other}"))),
     };
-    let full_key = format!("{}\u{0}{}", ex.module, key);
+    // Buckets are per module: `module NUL key`.
+    let mut full_key = String::with_capacity(ex.module.len() + 1 + key.len());
+    full_key.push_str(ex.module);
+    full_key.push('\u{0}');
+    full_key.push_str(&key);
     let cluster = matches!(args.get(4), Some(Value::Str(s)) if &**s == "cluster");
     let d = match cluster {
         false => ex.state.rate_limits.check(&full_key, rate, burst, per),
@@ -214,7 +221,7 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
     let retry_after = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
     Ok(Value::Record(
         &RESULT,
-        Arc::from(vec![
+        Arc::from([
             Value::Bool(d.allowed),
             Value::Int(d.remaining as i64),
             Value::Int(retry_after as i64),

@@ -29,6 +29,9 @@ pub static SIGS: &[FnSig] = &[FnSig {
 /// `std.request_id.inject(header?)`.
 pub fn inject(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
     let name = match args.first() {
+        Some(Value::Str(s)) if &**s == crate::http::request_id::HEADER => {
+            HeaderName::from_static(crate::http::request_id::HEADER)
+        }
         Some(Value::Str(s)) => HeaderName::from_bytes(s.as_bytes()).map_err(|_| StdError {
             function: "std.request_id.inject",
             message: format!("invalid header name {s:?}"),

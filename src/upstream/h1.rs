@@ -294,6 +294,9 @@ enum WriteError {
 
 /// The request still being written: queued segments, then the rest of the body.
 struct Outgoing {
+    /// The head, or what is left of it (kept apart: most requests are a head only,
+    /// and then the queue never allocates).
+    head: Bytes,
     queue: VecDeque<Bytes>,
     body: ProxyBody,
     chunked: bool,
@@ -304,10 +307,9 @@ struct Outgoing {
 impl Outgoing {
     fn new(head: Bytes, body: ProxyBody, chunked: bool) -> Outgoing {
         let body_done = body.is_end_stream();
-        let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(head);
         Outgoing {
-            queue,
+            head,
+            queue: VecDeque::new(),
             body,
             chunked,
             body_done,
@@ -343,7 +345,7 @@ impl Outgoing {
                     Poll::Pending => break,
                 }
             }
-            if self.queue.is_empty() {
+            if self.head.is_empty() && self.queue.is_empty() {
                 if !self.flushed {
                     ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
                     self.flushed = true;
@@ -355,9 +357,13 @@ impl Outgoing {
                 };
             }
             let n = {
-                let mut slices = [IoSlice::new(&[]); MAX_QUEUED];
+                let mut slices = [IoSlice::new(&[]); MAX_QUEUED + 1];
                 let mut count = 0;
-                for (slot, seg) in slices.iter_mut().zip(self.queue.iter()) {
+                let head = (!self.head.is_empty()).then_some(&self.head);
+                for (slot, seg) in slices
+                    .iter_mut()
+                    .zip(head.into_iter().chain(self.queue.iter()))
+                {
                     *slot = IoSlice::new(seg);
                     count += 1;
                 }
@@ -388,6 +394,9 @@ impl Outgoing {
     }
 
     fn advance(&mut self, mut n: usize) {
+        let from_head = n.min(self.head.len());
+        self.head.advance(from_head);
+        n -= from_head;
         while n > 0 {
             let Some(front) = self.queue.front_mut() else {
                 return;
