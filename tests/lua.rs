@@ -367,6 +367,9 @@ local probes = {
   string_lib = function() string.upper = function() return "pwned" end end,
   upper = function() return ("abc"):upper() .. string.upper("d") end,
   rawset_env = function() rawset(_G, "sneaky", 1) end,
+  rawset_std = function() rawset(std.request_id, "inject", function() end) end,
+  assign_std = function() std.rate_limit = nil end,
+  inject = function() return type(std.request_id.inject) end,
   gc = function() return tostring(pcall(setmetatable, {}, { __gc = function() end })) end,
 }
 
@@ -450,9 +453,21 @@ async fn a_request_cannot_leave_state_for_the_next_one() {
         "and is gone for the next request"
     );
 
-    for attack in ["string_meta", "string_lib", "rawset_env"] {
+    for attack in [
+        "string_meta",
+        "string_lib",
+        "rawset_env",
+        "rawset_std",
+        "assign_std",
+    ] {
         let r = get(run.addr, &format!("/?p={attack}")).await;
         assert_eq!(r.status, 500, "{attack} must fail");
+        let r = get(run.addr, "/?p=inject").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "function".into()),
+            "std intact after {attack}"
+        );
         let r = get(run.addr, "/?p=upper").await;
         assert_eq!(
             (r.status.as_u16(), r.text()),

@@ -83,7 +83,7 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
         insert_path(lua, &std_table, path, f)?;
     }
     sb.set_base
-        .call::<()>(("std", sb.readonly.call::<Table>((std_table, "std"))?))?;
+        .call::<()>(("std", sb.library_tree.call::<Table>((std_table, "std"))?))?;
     let log = lua.create_table()?;
     for level in ["debug", "info", "warn", "error"] {
         log.raw_set(level, log_fn(lua, cell, level)?)?;
@@ -91,7 +91,7 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
     sb.set_base
         .call::<()>(("print", log_fn(lua, cell, "info")?))?;
     sb.set_base
-        .call::<()>(("log", sb.readonly.call::<Table>((log, "log"))?))?;
+        .call::<()>(("log", sb.library_tree.call::<Table>((log, "log"))?))?;
     Ok(bodies)
 }
 

@@ -62,6 +62,18 @@ local function library(t, name)
   return proxy
 end
 
+-- A read-only tree of library tables (`std`, `log`): every level a `library` view
+-- made once, so `std.request_id.inject` is plain table lookups (no function call
+-- and no new view per access, as `readonly` would make).
+local function library_tree(t, name)
+  local view = {}
+  for k, v in next, t do
+    if type(v) == "table" then v = library_tree(v, name .. "." .. tostring(k)) end
+    view[k] = v
+  end
+  return library(view, name)
+end
+
 -- pcall and xpcall that cannot swallow a spent budget: once the hook is over its
 -- budget, every error is passed on until the hook ends.
 local function rethrow(ok, ...)
@@ -81,6 +93,7 @@ end
 local envs = setmetatable({}, { __mode = "k" })
 local function safe_rawset(t, k, v)
   if envs[t] then error("rawset on the global table, req or resp is not allowed", 2) end
+  if views[t] then error("rawset on a read-only table is not allowed", 2) end
   return rawset(t, k, v)
 end
 local function safe_setmetatable(t, mt)
@@ -224,6 +237,7 @@ end
 return {
   new_env = new_env,
   readonly = readonly,
+  library_tree = library_tree,
   waiting = waiting,
   plain = plain,
   set_base = function(k, v) base[k] = v end,
