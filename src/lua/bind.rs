@@ -69,16 +69,22 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
             continue;
         };
         let f = match sig.id {
-            StdFn::Respond => respond_fn(lua, sig, cell, &body_fn)?,
+            StdFn::Respond => sb
+                .plain
+                .call::<Function>(respond_fn(lua, sig, cell, &body_fn)?)?,
             StdFn::ProxyForward | StdFn::HttpRequest => {
                 let start = start_fn(lua, sig, cell)?;
                 sb.waiting.call::<Function>(start)?
             }
-            _ => sync_fn(lua, sig, cell, &regexes)?,
-        };
-        let f = match sig.id {
-            StdFn::ProxyForward | StdFn::HttpRequest => f,
-            _ => sb.plain.call::<Function>(f)?,
+            _ => {
+                let args: Vec<&str> = sig.args.iter().map(|a| a.name).collect();
+                let fields: Vec<&str> = match &sig.returns {
+                    Returns::Record(r) => r.fields.iter().map(|(name, _)| *name).collect(),
+                    _ => Vec::new(),
+                };
+                let f = sync_fn(lua, sig, cell, &regexes)?;
+                sb.fast.call::<Function>((f, sig.name, args, fields))?
+            }
         };
         insert_path(lua, &std_table, path, f)?;
     }
@@ -258,9 +264,16 @@ fn sync_fn(
             stdlib::call(sig.id, &args, regex.as_deref(), &mut ex)
                 .map_err(|e| mlua::Error::runtime(e.to_string()))
         })?;
+        // A record's fields go back in order; `fast` (sandbox.lua) makes the table.
         match (&sig.returns, &result) {
-            (Returns::Nothing, _) => Ok(mlua::Value::Nil),
-            _ => to_lua(lua, &result),
+            (Returns::Nothing, _) => Ok(MultiValue::new()),
+            (Returns::Record(_), Value::Record(_, fields)) => {
+                std::iter::once(Ok(mlua::Value::Boolean(true)))
+                    .chain(fields.iter().map(|v| to_lua(lua, v)))
+                    .collect::<mlua::Result<MultiValue>>()
+            }
+            (Returns::Record(_), _) => Ok(MultiValue::new()),
+            _ => Ok(MultiValue::from_iter([to_lua(lua, &result)?])),
         }
     })
 }

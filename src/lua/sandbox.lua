@@ -221,6 +221,56 @@ local function plain(f)
   end
 end
 
+-- A stdlib function as scripts call it, made once per function and VM from generated
+-- source: named arguments (`std.rate_limit{ key = k, rate = 10 }`) are unpacked into
+-- signature order and record results built into a table here, in Lua, rather than
+-- by the Rust side through the C API (each crossing costs far more than a bytecode).
+-- Errors read like `plain`'s. `f` takes the arguments in signature order and returns
+-- a record's fields in order (or the one result).
+local function fast(f, fname, args, fields)
+  local known = {}
+  for i = 1, #args do known[args[i]] = true end
+  local list = table.concat(args, ", ")
+  local positional = {}
+  for i = 1, #args do positional[i] = string.format("t[%q]", args[i]) end
+  local vars, ret = "r", "r"
+  if #fields > 0 then
+    -- A record comes back as `true, field1, field2, ...` (nothing: no record).
+    local vs, parts = { "p" }, {}
+    for i = 1, #fields do
+      vs[i + 1] = "v" .. i
+      parts[i] = string.format("[%q] = v%d", fields[i], i)
+    end
+    vars = table.concat(vs, ", ")
+    ret = "p and { " .. table.concat(parts, ", ") .. " } or nil"
+  end
+  local first = vars:match("^[%w]+")
+  local named_call = #args > 0 and ("pcall(f, " .. table.concat(positional, ", ") .. ")") or "pcall(f)"
+  local src = "local f, known, unknown, pcall, select, type, next, error, spent, message_of = ...\n"
+    .. "return function(...)\n"
+    .. "  local ok, " .. vars .. "\n"
+    .. "  local t = ...\n"
+    .. "  if select('#', ...) == 1 and type(t) == 'table' then\n"
+    .. "    for k in next, t do\n"
+    .. "      if not known[k] then error(unknown(k), 2) end\n"
+    .. "    end\n"
+    .. "    ok, " .. vars .. " = " .. named_call .. "\n"
+    .. "  else\n"
+    .. "    ok, " .. vars .. " = pcall(f, ...)\n"
+    .. "  end\n"
+    .. "  if not ok then\n"
+    .. "    if spent() then error(" .. first .. ", 0) end\n"
+    .. "    error(message_of(" .. first .. "), 2)\n"
+    .. "  end\n"
+    .. "  return " .. ret .. "\n"
+    .. "end\n"
+  local chunk = assert(load(src, "=" .. fname, "t"))
+  local function unknown(k)
+    return fname .. ": unknown argument " .. tostring(k) .. " (arguments: " .. list .. ")"
+  end
+  return chunk(f, known, unknown, pcall, select, type, next, error, spent, message_of)
+end
+
 -- Functions that wait: the Rust side starts an operation and returns it; yielding it
 -- hands it to the hook driver, which resumes the hook with (true, result) or
 -- (false, message).
@@ -240,6 +290,7 @@ return {
   library_tree = library_tree,
   waiting = waiting,
   plain = plain,
+  fast = fast,
   set_base = function(k, v) base[k] = v end,
   release = function(id)
     for i = 1, #all do all[i].release(id) end

@@ -131,6 +131,9 @@ pub struct Sandbox {
     pub waiting: Function,
     /// `plain(f) -> function`: `f` raising plain-string errors at the caller's line.
     pub plain: Function,
+    /// `fast(f, name, arg_names, field_names) -> function`: `plain`, plus named
+    /// arguments unpacked and record results built in Lua (see sandbox.lua).
+    pub fast: Function,
     /// `readonly(table, name) -> view`.
     pub readonly: Function,
     /// `library_tree(table, name) -> view`: a read-only view of a tree of tables that
@@ -213,6 +216,7 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
         new_env: exports.get("new_env")?,
         waiting: exports.get("waiting")?,
         plain: exports.get("plain")?,
+        fast: exports.get("fast")?,
         readonly: exports.get("readonly")?,
         library_tree: exports.get("library_tree")?,
         set_base: exports.get("set_base")?,
