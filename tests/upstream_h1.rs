@@ -320,3 +320,28 @@ async fn a_body_cut_short_fails_that_response_only() {
     assert!(result.is_err());
     assert_eq!(short.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_applies_to_every_request_on_a_reused_connection() {
+    // Fast answers first (the connection is pooled), then a slow one on the same
+    // connection, then fast again: 200s, one 504 after about the timeout, 200.
+    let mut behavior = Behavior::echo();
+    behavior.delay = Some(Duration::from_millis(1500));
+    behavior.delay_prefix = Some("/slow".into());
+    let up = Upstream::start("a", behavior).await;
+    let px = proxy_with("workers = 1", &app(&[&up], "response_timeout = \"300ms\""));
+    for i in 0..3 {
+        assert_eq!(get(px.addr, &format!("/fast/{i}")).await.status, 200);
+    }
+    let started = std::time::Instant::now();
+    let resp = get(px.addr, "/slow").await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 504, "{}", resp.text());
+    assert!(resp.headers.get("x-request-id").is_some());
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(1400),
+        "504 after {elapsed:?}, not after the 300ms response timeout"
+    );
+    assert_eq!(get(px.addr, "/fast/again").await.status, 200);
+    assert_eq!(up.accepts(), 2, "the timed-out connection is not reused");
+}

@@ -101,11 +101,13 @@ async fn send_own(
     req: Request<ProxyBody>,
     reused: bool,
 ) -> Result<Response<UpstreamBody>, Retry> {
-    match tokio::time::timeout(response_timeout, h1::send(conn, req, reused)).await {
-        Err(_) => Err(Retry::Failed(SendError::ResponseTimeout)),
-        Ok(Err(h1::Failure::Unsent(back))) => Err(Retry::Unsent(back)),
-        Ok(Err(h1::Failure::Failed(e))) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),
-        Ok(Ok(resp)) => {
+    match h1::send(conn, req, reused, response_timeout).await {
+        Err(h1::Failure::Failed(h1::H1Error::ResponseTimeout)) => {
+            Err(Retry::Failed(SendError::ResponseTimeout))
+        }
+        Err(h1::Failure::Unsent(back)) => Err(Retry::Unsent(back)),
+        Err(h1::Failure::Failed(e)) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),
+        Ok(resp) => {
             let back = PoolReturn {
                 pool: Arc::clone(pool),
                 ep: Arc::clone(ep),

@@ -14,11 +14,12 @@
 //! servers, header policy beyond what framing needs.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -118,6 +119,8 @@ pub enum H1Error {
     ContentLength,
     #[error("upstream sent an invalid chunked body")]
     Chunk,
+    #[error("no response head within the response timeout")]
+    ResponseTimeout,
     #[error("upstream switched protocols without being asked to")]
     UnaskedUpgrade,
     #[error("request body: {0}")]
@@ -129,6 +132,10 @@ pub struct Conn {
     io: Stream,
     /// Bytes read and not yet consumed (the start of the next head while parsing).
     buf: BytesMut,
+    /// The response-head deadline, one timer for the connection's life: moving a
+    /// registered tokio timer later is an atomic store, where a new timer per request
+    /// is a registration and a removal in the timer wheel.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
@@ -136,6 +143,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         }
     }
 
@@ -168,7 +176,11 @@ pub async fn send(
     mut conn: Conn,
     req: Request<ProxyBody>,
     reused: bool,
+    response_timeout: Duration,
 ) -> Result<Response<RespBody>, Failure> {
+    conn.deadline
+        .as_mut()
+        .reset(tokio::time::Instant::now() + response_timeout);
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
     let (head, chunked) = encode_head(&parts, &body);
@@ -193,7 +205,12 @@ pub async fn send(
                 Poll::Pending => {}
             }
         }
-        conn.poll_head(cx, head_method_is_head)
+        match conn.poll_head(cx, head_method_is_head) {
+            Poll::Pending if conn.deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(H1Error::ResponseTimeout))
+            }
+            polled => polled,
+        }
     })
     .await;
 
