@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::config::{HashKey, ServerTarget};
 use crate::generation::Generation;
 use crate::http::body::body_too_large;
-use crate::http::hygiene::{self, Forwarded};
+use crate::http::hygiene::{self, Forwarded, Forwarding};
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
 use crate::pipeline::{Flow, RequestInfo};
 use crate::server::conn::ConnInfo;
@@ -330,11 +330,26 @@ pub async fn send_upstream(
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
     let key = pick_key(set, &parts, out.client_ip);
-    let upstream_req = upstream_request(parts, body, out.generation, out.conn, host, set);
+    // HTTP/1.1 sets go out through our own client, which writes the forwarding
+    // headers into the head itself.
+    let (upstream_req, wire) = upstream_request(
+        parts,
+        body,
+        out.generation,
+        out.conn,
+        host,
+        set,
+        !set.config.http2,
+    );
     let timeout = response_timeout.unwrap_or(set.config.response_timeout);
     let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
     let via = &Pooled;
-    let (resp, guard) = forward(via, set, &key, upstream_req, out.worker, timeout, retries).await?;
+    let sending = Sending {
+        timeout,
+        retries,
+        wire: wire.as_ref(),
+    };
+    let (resp, guard) = forward(via, set, &key, upstream_req, out.worker, sending).await?;
     let (mut parts, body) = resp.into_parts();
     via.incoming(&mut parts);
     Ok((Response::from_parts(parts, body), guard))
@@ -382,6 +397,9 @@ fn pick_key(set: &UpstreamSet, req: &http::request::Parts, client_ip: std::net::
     PickKey { client_ip, hash }
 }
 
+/// The request as it goes upstream. `wire`: the forwarding headers are handed back
+/// to be written into the head by the HTTP/1.1 client (see `hygiene::Forwarding`)
+/// rather than added to the header map.
 fn upstream_request(
     mut parts: http::request::Parts,
     body: ProxyBody,
@@ -389,7 +407,8 @@ fn upstream_request(
     conn: &ConnInfo,
     host: Option<HeaderValue>,
     set: &UpstreamSet,
-) -> Request<ProxyBody> {
+    wire: bool,
+) -> (Request<ProxyBody>, Option<Forwarding>) {
     let trusted = &generation.config.server.trusted_proxies;
     let peer_trusted = trusted.iter().any(|n| n.contains(&conn.peer.ip()));
     // `TE: trailers` is hop-by-hop, but a gRPC client's is meant for the server at the
@@ -401,23 +420,26 @@ fn upstream_request(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    hygiene::add_forwarding(
-        &mut parts.headers,
-        &Forwarded {
-            peer: &conn.peer_ip,
-            peer_trusted,
-            scheme: conn.scheme,
-            host: host.as_ref(),
-            version: parts.version,
-        },
-    );
+    let forwarded = Forwarded {
+        peer: &conn.peer_ip,
+        peer_trusted,
+        scheme: conn.scheme,
+        host: host.as_ref(),
+        version: parts.version,
+    };
+    let wire = if wire {
+        Some(Forwarding::new(&forwarded))
+    } else {
+        hygiene::add_forwarding(&mut parts.headers, &forwarded);
+        None
+    };
     if let Some(host) = host {
         // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`.
         parts.headers.entry(header::HOST).or_insert(host);
     }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    (Request::from_parts(parts, body), wire)
 }
 
 fn origin_form(uri: &Uri) -> Uri {
@@ -428,15 +450,24 @@ fn origin_form(uri: &Uri) -> Uri {
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
+/// How `forward` sends: the response timeout, connect retries, and the forwarding
+/// headers the transport writes itself (`None`: they are in the header map).
+#[derive(Clone, Copy)]
+struct Sending<'a> {
+    timeout: Duration,
+    retries: u32,
+    wire: Option<&'a Forwarding>,
+}
+
 async fn forward<T: Transport>(
     via: &T,
     set: &UpstreamSet,
     key: &PickKey,
     mut req: Request<ProxyBody>,
     ctx: &WorkerCtx,
-    response_timeout: Duration,
-    retries: u32,
+    sending: Sending<'_>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
+    let retries = sending.retries;
     let no_server = || ProxyError::NoHealthyServer {
         upstream: set.name().to_owned(),
     };
@@ -453,7 +484,7 @@ async fn forward<T: Transport>(
                 })
             }
         };
-        match send_to(via, set, index, guard, req, ctx, response_timeout).await {
+        match send_to(via, set, index, guard, req, ctx, sending).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
@@ -492,7 +523,7 @@ async fn send_to<T: Transport>(
     guard: InflightGuard,
     req: Request<ProxyBody>,
     ctx: &WorkerCtx,
-    response_timeout: Duration,
+    sending: Sending<'_>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), Failed> {
     let server = Arc::clone(guard.server());
     let endpoint = match (&server.target, set.endpoints.get(index)) {
@@ -504,6 +535,11 @@ async fn send_to<T: Transport>(
             ))))
         }
         (ServerTarget::Echo, _) => {
+            // The echo shows the request as a server would get it.
+            let mut req = req;
+            if let Some(fwd) = sending.wire {
+                fwd.apply(req.headers_mut());
+            }
             return Box::pin(echo::respond(req))
                 .await
                 .map(|r| (r, guard))
@@ -512,7 +548,9 @@ async fn send_to<T: Transport>(
     };
     let addr = endpoint.addr;
     let upstream = || set.name().to_owned();
-    let result = via.send(&ctx.pool, endpoint, response_timeout, req).await;
+    let result = via
+        .send(&ctx.pool, endpoint, sending.timeout, req, sending.wire)
+        .await;
     server.record_outcome(server_did_well(&result));
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),

@@ -125,24 +125,7 @@ pub struct Forwarded<'a> {
 /// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` (believed from a trusted peer, set otherwise) and `Via`.
 pub fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    append_xff(headers, fwd.peer);
-    if !(fwd.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(fwd.scheme),
-        );
-    }
-    if !(fwd.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match fwd.host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
-    headers.append(header::VIA, via_value(fwd.version));
+    Forwarding::new(fwd).apply(headers);
 }
 
 fn append_xff(headers: &mut HeaderMap, peer: &HeaderValue) {
@@ -163,6 +146,108 @@ fn append_xff(headers: &mut HeaderMap, peer: &HeaderValue) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
+}
+
+/// The forwarding headers of one upstream request, kept apart from its header map so
+/// the HTTP/1.1 client can write them straight into the request head (see
+/// `upstream::h1`): the same result as [`add_forwarding`], without four map inserts.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub peer: HeaderValue,
+    pub peer_trusted: bool,
+    pub scheme: &'static str,
+    pub host: Option<HeaderValue>,
+    pub via: HeaderValue,
+}
+
+impl Forwarding {
+    /// The spec for `fwd`.
+    pub fn new(fwd: &Forwarded<'_>) -> Forwarding {
+        Forwarding {
+            peer: fwd.peer.clone(),
+            peer_trusted: fwd.peer_trusted,
+            scheme: fwd.scheme,
+            host: fwd.host.cloned(),
+            via: via_value(fwd.version),
+        }
+    }
+
+    /// Adds the forwarding headers to `headers` (see [`add_forwarding`]).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        append_xff(headers, &self.peer);
+        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(self.scheme),
+            );
+        }
+        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            match &self.host {
+                Some(host) => {
+                    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+                }
+                None => {
+                    headers.remove(&X_FORWARDED_HOST);
+                }
+            }
+        }
+        headers.append(header::VIA, self.via.clone());
+    }
+
+    /// Writes the request's headers as `name: value` lines into `out` with the
+    /// forwarding headers applied exactly as [`add_forwarding`] would: incoming
+    /// `X-Forwarded-For` values joined in front of the peer, `X-Forwarded-Proto` and
+    /// `-Host` kept only from a trusted peer, our `Via` after any earlier ones.
+    /// `skip` names headers not to copy at all.
+    pub fn write_head(
+        &self,
+        headers: &HeaderMap,
+        skip: impl Fn(&HeaderName) -> bool,
+        out: &mut bytes::BytesMut,
+    ) {
+        let mut xff: Vec<&[u8]> = Vec::new();
+        let (mut saw_proto, mut saw_host) = (false, false);
+        for (name, value) in headers {
+            if skip(name) {
+                continue;
+            }
+            match name.as_str() {
+                "x-forwarded-for" => {
+                    if value.to_str().is_ok() {
+                        xff.push(value.as_bytes());
+                    }
+                    continue;
+                }
+                "x-forwarded-proto" if !self.peer_trusted => continue,
+                "x-forwarded-proto" => saw_proto = true,
+                "x-forwarded-host" if !self.peer_trusted => continue,
+                "x-forwarded-host" => saw_host = true,
+                _ => {}
+            }
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for v in &xff {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.peer.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !saw_proto {
+            line(out, b"x-forwarded-proto", self.scheme.as_bytes());
+        }
+        if let (false, Some(host)) = (saw_host, &self.host) {
+            line(out, b"x-forwarded-host", host.as_bytes());
+        }
+        line(out, b"via", self.via.as_bytes());
+    }
+}
+
+fn line(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `ip` as a header value (for [`Forwarded::peer`]).
@@ -242,5 +327,64 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["via"], "1.1 proxycache");
+    }
+
+    /// Writing the forwarding headers into a head gives the same lines as adding them
+    /// to the map, for every mix of incoming headers and trust.
+    #[test]
+    fn written_forwarding_matches_the_map() {
+        let peer = ip_value(ip("10.1.2.3"));
+        let host = HeaderValue::from_static("example.com");
+        let incoming: [&[(&str, &str)]; 5] = [
+            &[],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "orig.example"),
+            ],
+            &[("via", "1.0 edge"), ("x-other", "o")],
+            &[
+                ("x-forwarded-for", "3.3.3.3"),
+                ("x-forwarded-host", "h"),
+                ("via", "2 cdn"),
+            ],
+        ];
+        for trusted in [false, true] {
+            for with_host in [false, true] {
+                for hs in incoming {
+                    let mut h = HeaderMap::new();
+                    for (k, v) in hs {
+                        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+                    }
+                    let fwd = Forwarding::new(&Forwarded {
+                        peer: &peer,
+                        peer_trusted: trusted,
+                        scheme: "http",
+                        host: with_host.then_some(&host),
+                        version: Version::HTTP_11,
+                    });
+                    let mut mapped = h.clone();
+                    fwd.apply(&mut mapped);
+                    let mut want: Vec<String> = mapped
+                        .iter()
+                        .map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("?")))
+                        .collect();
+                    let mut out = bytes::BytesMut::new();
+                    fwd.write_head(&h, |_| false, &mut out);
+                    let text = String::from_utf8_lossy(&out).into_owned();
+                    let mut got: Vec<String> = text
+                        .split("\r\n")
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    want.sort();
+                    got.sort();
+                    assert_eq!(got, want, "trusted={trusted} host={with_host} in={hs:?}");
+                }
+            }
+        }
     }
 }

@@ -286,7 +286,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             OUTBOUND_CONNECT_TIMEOUT,
             outbound_pool(),
         ));
-        let resp = client::send(&pool, &endpoint, call.timeout, req)
+        let resp = client::send(&pool, &endpoint, call.timeout, req, None)
             .await
             .map_err(|e| fail(send_error(&e)))?;
         let status = resp.status();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 
-use crate::http::hygiene;
+use crate::http::hygiene::{self, Forwarding};
 use crate::http::ProxyBody;
 use crate::upstream::client::{self, SendError, UpstreamBody};
 use crate::upstream::connect::Endpoint;
@@ -24,12 +24,14 @@ pub trait Transport: Sync {
     type Body;
 
     /// Sends `req` to the server `ep`; the response head must come within `timeout`.
+    /// `wire`: forwarding headers to write into the head (not in `req`'s map).
     fn send<'a>(
         &'a self,
         pool: &'a Arc<Pool>,
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
         req: Request<ProxyBody>,
+        wire: Option<&'a Forwarding>,
     ) -> impl Future<Output = Result<Response<Self::Body>, SendError>> + Send + 'a;
 
     /// The body as the proxy carries it.
@@ -56,8 +58,9 @@ impl Transport for Pooled {
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
         req: Request<ProxyBody>,
+        wire: Option<&'a Forwarding>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
-        client::send(pool, ep, timeout, req)
+        client::send(pool, ep, timeout, req, wire)
     }
 
     fn body(body: UpstreamBody) -> ProxyBody {

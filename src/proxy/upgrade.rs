@@ -54,6 +54,7 @@ impl Transport for Upgrading {
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
         req: Request<ProxyBody>,
+        _wire: Option<&'a crate::http::hygiene::Forwarding>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
         crate::upstream::upgrade::send(pool, ep, timeout, req)
     }
@@ -180,12 +181,16 @@ pub(super) async fn forward(
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
     let key = super::pick_key(set, &parts, out.client_ip);
-    let mut req = super::upstream_request(parts, body, generation, out.conn, host, set);
+    // hyper sends upgrades: the forwarding headers go into the map.
+    let (mut req, _) = super::upstream_request(parts, body, generation, out.conn, host, set, false);
     let via = Upgrading { protocol };
     via.outgoing(&mut req);
-    let timeout = timing.0.unwrap_or(set.config.response_timeout);
-    let retries = timing.1.unwrap_or(super::DEFAULT_CONNECT_RETRIES);
-    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, timeout, retries).await?;
+    let sending = super::Sending {
+        timeout: timing.0.unwrap_or(set.config.response_timeout),
+        retries: timing.1.unwrap_or(super::DEFAULT_CONNECT_RETRIES),
+        wire: None,
+    };
+    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, sending).await?;
     let (mut head, body) = resp.into_parts();
     via.incoming(&mut head);
     let mut resp = Response::from_parts(head, body);

@@ -18,6 +18,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::http::body::BoxError;
+use crate::http::hygiene::Forwarding;
 use crate::http::ProxyBody;
 
 use super::connect::{self, ConnectFailure, Endpoint};
@@ -42,13 +43,20 @@ pub enum SendError {
 }
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
+/// `wire`: forwarding headers to write into the head; given only for HTTP/1.1 sets
+/// (an `http2 = true` set's request carries them in its map).
 pub async fn send(
     pool: &Arc<Pool>,
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
     mut req: Request<ProxyBody>,
+    wire: Option<&Forwarding>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     if ep.key.http2 {
+        debug_assert!(
+            wire.is_none(),
+            "forwarding headers for hyper belong in the map"
+        );
         return send_hyper(pool, ep, response_timeout, req).await;
     }
     while let Some(sender) = pool.checkout(&ep.key, ep.pool.idle_timeout) {
@@ -56,7 +64,7 @@ pub async fn send(
         let Sender::Own(conn) = sender else {
             continue;
         };
-        match send_own(pool, ep, response_timeout, conn, req, true).await {
+        match send_own(pool, ep, response_timeout, conn, req, true, wire).await {
             Ok(resp) => return Ok(resp),
             Err(Retry::Unsent(back)) => req = *back,
             Err(Retry::Failed(e)) => return Err(e),
@@ -68,16 +76,8 @@ pub async fn send(
         Err(failure) => return Err(connect_failed(failure, req)),
     };
     pool.count_opened();
-    match send_own(
-        pool,
-        ep,
-        response_timeout,
-        h1::Conn::new(stream),
-        req,
-        false,
-    )
-    .await
-    {
+    let conn = h1::Conn::new(stream);
+    match send_own(pool, ep, response_timeout, conn, req, false, wire).await {
         Ok(resp) => Ok(resp),
         Err(Retry::Unsent(_)) => Err(SendError::Closed),
         Err(Retry::Failed(e)) => Err(e),
@@ -100,8 +100,9 @@ async fn send_own(
     conn: h1::Conn,
     req: Request<ProxyBody>,
     reused: bool,
+    wire: Option<&Forwarding>,
 ) -> Result<Response<UpstreamBody>, Retry> {
-    match h1::send(conn, req, reused, response_timeout).await {
+    match h1::send(conn, req, reused, response_timeout, wire).await {
         Err(h1::Failure::Failed(h1::H1Error::ResponseTimeout)) => {
             Err(Retry::Failed(SendError::ResponseTimeout))
         }

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::body::BoxError;
+use crate::http::hygiene::Forwarding;
 use crate::http::ProxyBody;
 
 /// The most header lines a response head may have.
@@ -177,13 +178,14 @@ pub async fn send(
     req: Request<ProxyBody>,
     reused: bool,
     response_timeout: Duration,
+    wire: Option<&Forwarding>,
 ) -> Result<Response<RespBody>, Failure> {
     conn.deadline
         .as_mut()
         .reset(tokio::time::Instant::now() + response_timeout);
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
-    let (head, chunked) = encode_head(&parts, &body);
+    let (head, chunked) = encode_head(&parts, &body, wire);
     let mut out = Some(Outgoing::new(head, body, chunked));
     let head_method_is_head = parts.method == Method::HEAD;
     let mut wrote_any = false;
@@ -243,10 +245,14 @@ pub async fn send(
 }
 
 /// The request head in wire form, and whether the body goes chunked.
-fn encode_head(parts: &http::request::Parts, body: &ProxyBody) -> (Bytes, bool) {
+fn encode_head(
+    parts: &http::request::Parts,
+    body: &ProxyBody,
+    wire: Option<&Forwarding>,
+) -> (Bytes, bool) {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = if path.is_empty() { "/" } else { path };
-    let mut size = parts.method.as_str().len() + path.len() + 13 + 40;
+    let mut size = parts.method.as_str().len() + path.len() + 13 + 40 + 160;
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
@@ -255,15 +261,22 @@ fn encode_head(parts: &http::request::Parts, body: &ProxyBody) -> (Bytes, bool) 
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        // Framing is this hop's business: written below from the body itself.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+    // Framing is this hop's business: written below from the body itself.
+    let framing =
+        |name: &HeaderName| name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+    match wire {
+        Some(fwd) => fwd.write_head(&parts.headers, framing, &mut head),
+        None => {
+            for (name, value) in &parts.headers {
+                if framing(name) {
+                    continue;
+                }
+                head.extend_from_slice(name.as_str().as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
     }
     let chunked = match body_length(parts, body) {
         Some(None) => false,

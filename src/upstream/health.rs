@@ -72,7 +72,9 @@ async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> bool {
             .ok()?;
         // A pool of its own: every check opens (and then drops) a fresh connection.
         let pool = Arc::new(Pool::default());
-        let resp = client::send(&pool, endpoint, timeout, req).await.ok()?;
+        let resp = client::send(&pool, endpoint, timeout, req, None)
+            .await
+            .ok()?;
         Some(resp.status().is_success() || resp.status().is_redirection())
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
