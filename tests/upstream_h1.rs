@@ -140,6 +140,17 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, head: &str) -> boo
     }
 }
 
+/// One worker, so every request shares one pool (connection counts are exact).
+fn one_worker_proxy_to(raw: &Raw) -> Proxy {
+    proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
+            raw.addr
+        ),
+    )
+}
+
 fn proxy_to(raw: &Raw) -> Proxy {
     proxy(&format!(
         "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
@@ -154,13 +165,7 @@ async fn a_chunked_response_with_trailers_is_relayed_and_its_connection_reused()
         After::KeepOpen,
     )
     .await;
-    let px = proxy_with(
-        "workers = 1",
-        &format!(
-            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-            raw.addr
-        ),
-    );
+    let px = one_worker_proxy_to(&raw);
     for i in 0..5 {
         let resp = get(px.addr, &format!("/c/{i}")).await;
         assert_eq!(resp.status, 200);
@@ -178,13 +183,7 @@ async fn a_close_delimited_body_is_read_to_the_end_and_not_reused() {
         After::Close,
     )
     .await;
-    let px = proxy_with(
-        "workers = 1",
-        &format!(
-            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-            raw.addr
-        ),
-    );
+    let px = one_worker_proxy_to(&raw);
     for _ in 0..3 {
         let resp = get(px.addr, "/old").await;
         assert_eq!(resp.status, 200);
@@ -219,10 +218,7 @@ async fn head_responses_have_no_body_and_the_connection_stays_usable() {
         After::KeepOpen,
     )
     .await;
-    let px = proxy_with("workers = 1", &format!(
-        "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
-        raw.addr
-    ));
+    let px = one_worker_proxy_to(&raw);
     for _ in 0..3 {
         let resp = send(px.addr, empty(req("HEAD", "/h"))).await;
         assert_eq!(resp.status, 200);
@@ -284,13 +280,7 @@ async fn a_server_that_closes_after_each_answer_never_causes_a_502() {
         After::Close,
     )
     .await;
-    let px = proxy_with(
-        "workers = 1",
-        &format!(
-            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-            raw.addr
-        ),
-    );
+    let px = one_worker_proxy_to(&raw);
     for i in 0..10 {
         let resp = get(px.addr, &format!("/s/{i}")).await;
         assert_eq!(resp.status, 200, "request {i}");

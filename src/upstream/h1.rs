@@ -491,6 +491,22 @@ impl Conn {
         }
     }
 
+    /// Up to `left` bytes of a delimited body: what is buffered, else what one read
+    /// brings. `None`: the server closed first.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        left: u64,
+    ) -> Poll<Result<Option<Bytes>, H1Error>> {
+        if self.buf.is_empty() && ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let take = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        Poll::Ready(Ok(Some(self.buf.split_to(take).freeze())))
+    }
+
     /// Reads more into the buffer; `Ok(0)` at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -701,14 +717,10 @@ impl RespBody {
             match self.framing {
                 Framing::Empty | Framing::Done => return Poll::Ready(None),
                 Framing::Length(left) => {
-                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                    let Some(data) = ready!(conn.poll_take(cx, left))? else {
                         return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                    }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.buf.len());
-                    let data = conn.buf.split_to(take).freeze();
-                    let left = left - take as u64;
+                    };
+                    let left = left - data.len() as u64;
                     self.framing = if left == 0 {
                         Framing::Done
                     } else {
@@ -746,14 +758,10 @@ impl RespBody {
                         Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
                     },
                     ChunkState::Data(left) => {
-                        if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        let Some(data) = ready!(conn.poll_take(cx, left))? else {
                             return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                        }
-                        let take = usize::try_from(left)
-                            .unwrap_or(usize::MAX)
-                            .min(conn.buf.len());
-                        let data = conn.buf.split_to(take).freeze();
-                        let left = left - take as u64;
+                        };
+                        let left = left - data.len() as u64;
                         self.framing = Framing::Chunked(if left == 0 {
                             ChunkState::DataEnd
                         } else {
