@@ -933,6 +933,20 @@ function on_request(req, ctx)
   if req.path == "/record" then
     return std.respond(200, tostring(ctx.rl.allowed) .. " " .. tostring(ctx.rl.limit))
   end
+  if req.path == "/unknown-arg" then
+    local ok, err = pcall(function()
+      local rl = std.rate_limit{ key = "k", rate = 1, bogus = 2 }
+      return rl
+    end)
+    return std.respond(200, tostring(ok) .. "|" .. tostring(err))
+  end
+  if req.path == "/named-and-positional" then
+    local a = std.rate_limit{ key = "np", rate = 2, burst = 2 }
+    local b = std.rate_limit("np", 2, 2)
+    local c = std.rate_limit("np", 2, 2)
+    return std.respond(200, table.concat({ tostring(a.allowed), tostring(a.remaining),
+      tostring(b.allowed), tostring(c.allowed), tostring(c.retry_after), tostring(c.limit) }, " "))
+  end
 end
 "#;
     let recorder = "mod recorder {\n  priority 1\n  on request {\n    set ctx.rl = std.rate_limit(key: \"r\", rate: 5)\n  }\n}\n";
@@ -988,6 +1002,20 @@ end
         get(run.addr, "/record").await.text(),
         "true 5",
         "a pcmod record in ctx keeps its field names"
+    );
+    let r = get(run.addr, "/unknown-arg").await.text();
+    assert!(
+        r.starts_with("false|")
+            && r.contains("victim.lua:")
+            && r.contains(
+                "std.rate_limit: unknown argument bogus (arguments: key, rate, burst, per, scope)"
+            ),
+        "an unknown named argument is refused at the caller's line: {r}"
+    );
+    assert_eq!(
+        get(run.addr, "/named-and-positional").await.text(),
+        "true 1 true false 1 2",
+        "named and positional calls reach the same bucket; the record has every field"
     );
     let r = get(run.addr, "/victim").await;
     assert_eq!(
