@@ -1,10 +1,11 @@
 //! Sending one request to one server: a pooled connection if there is a live one,
 //! otherwise a new connection (see `connect`) within `connect_timeout`. HTTP/1.1 sets
 //! use connections driven by the request's own task (`h1`), `http2 = true` sets
-//! hyper's (`connect::connect`). The response
-//! head must arrive within `response_timeout`. A request that a pooled connection hands
-//! back unsent (the server closed it at the same moment) is sent again on a fresh
-//! connection, so a stale keep-alive connection never turns into a 502.
+//! hyper's (`connect::connect`). The response head must arrive within
+//! `response_timeout`. A request that a pooled connection hands back (the server
+//! closed it at the same moment: `h1::Failure::Unsent`, or hyper's unsent message) is
+//! sent again on a fresh connection, so a stale keep-alive connection does not turn
+//! into a 502.
 //!
 //! Requests arrive here in HTTP/1.1 shape (origin-form URI, `Host`); one going out on
 //! an HTTP/2 connection is reshaped (`:scheme` and `:authority` from the endpoint and

@@ -2,7 +2,8 @@
 //! (so the lock below is never contended across threads).
 //!
 //! An HTTP/1.1 connection is lent to one request at a time: it goes back into the pool
-//! once its response has been read to the end and hyper says it is ready again. An
+//! once its response has been read to the end cleanly (see `h1`; for hyper's, once
+//! hyper says it is ready again), and is probed for a close before reuse. An
 //! HTTP/2 connection is shared: it stays in the pool while alive and every request
 //! multiplexes over a clone of its sender.
 //!
