@@ -153,11 +153,11 @@ fn append_xff(headers: &mut HeaderMap, peer: &HeaderValue) {
 /// `upstream::h1`): the same result as [`add_forwarding`], without four map inserts.
 #[derive(Debug, Clone)]
 pub struct Forwarding {
-    pub peer: HeaderValue,
-    pub peer_trusted: bool,
-    pub scheme: &'static str,
-    pub host: Option<HeaderValue>,
-    pub via: HeaderValue,
+    peer: HeaderValue,
+    peer_trusted: bool,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+    via: HeaderValue,
 }
 
 impl Forwarding {

@@ -353,7 +353,7 @@ impl Compiler<'_> {
                 let ok = self.only_in(span, &what, phases);
                 let h = self.header_name(span, name)?;
                 let constant = match &value_c {
-                    CExpr::Const(v) => http::HeaderValue::from_str(&v.to_string()).ok(),
+                    CExpr::Const(v) => super::exec::header_value(v).ok(),
                     _ => None,
                 };
                 ok.then_some(CStmtKind::SetHeader {

@@ -416,11 +416,12 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn header_value(v: &Value) -> Eval<HeaderValue> {
-    if let Value::Str(s) = v {
-        return HeaderValue::from_str(s).map_err(|_| format!("{s:?} is not a valid header value"));
-    }
-    let text = v.to_string();
+/// A value as a header value (strings as they are, others as they interpolate).
+pub(super) fn header_value(v: &Value) -> Eval<HeaderValue> {
+    let text: Cow<'_, str> = match v {
+        Value::Str(s) => Cow::Borrowed(s),
+        other => Cow::Owned(other.to_string()),
+    };
     HeaderValue::from_str(&text).map_err(|_| format!("{text:?} is not a valid header value"))
 }
 

@@ -85,7 +85,8 @@ pub async fn send(
     }
 }
 
-fn connect_failed(failure: ConnectFailure, req: Request<ProxyBody>) -> SendError {
+/// The request handed back with why its connection could not be made.
+pub(super) fn connect_failed(failure: ConnectFailure, req: Request<ProxyBody>) -> SendError {
     match failure {
         ConnectFailure::Io(e) => SendError::Connect(e, Box::new(req)),
         ConnectFailure::Timeout => SendError::ConnectTimeout(Box::new(req)),

@@ -13,16 +13,16 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::http::ProxyBody;
 
 use super::client::SendError;
 use super::connect::Endpoint;
+use super::h1::Stream;
 use super::pool::Pool;
 
-/// Connects to `ep` (TCP, then TLS when the set has `tls = true`) within its
-/// `connect_timeout`, sends `req` over HTTP/1.1 and waits up to `response_timeout`
+/// Connects to `ep` (TCP, then TLS when the set has `tls = true`, see
+/// `connect::open_stream`) within its `connect_timeout`, sends `req` over HTTP/1.1 and waits up to `response_timeout`
 /// for the response head.
 pub async fn send(
     pool: &Arc<Pool>,
@@ -30,32 +30,19 @@ pub async fn send(
     response_timeout: Duration,
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
-    let addr = ep.addr;
-    let stream = match tokio::time::timeout(ep.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(SendError::ConnectTimeout(Box::new(req))),
-        Ok(Err(e)) => return Err(SendError::Connect(e, Box::new(req))),
-        Ok(Ok(stream)) => stream,
+    // Boxed: the connect future is large and upgrades are rare.
+    let stream = match Box::pin(super::connect::open_stream(ep)).await {
+        Ok(stream) => stream,
+        Err(failure) => return Err(super::client::connect_failed(failure, req)),
     };
-    let _ = stream.set_nodelay(true);
-    let Some(target) = &ep.tls else {
-        return drive(TokioIo::new(stream), pool, addr, response_timeout, req).await;
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.config));
-    let handshake = connector.connect(target.identity.name.clone(), stream);
-    let tls = match tokio::time::timeout(ep.connect_timeout, handshake).await {
-        Err(_) => return Err(SendError::ConnectTimeout(Box::new(req))),
-        Ok(Err(e)) => {
-            let why = super::tls::describe_failure(&e, target);
-            return Err(SendError::Tls(why, Box::new(req)));
+    if let Stream::Tls(tls) = &stream {
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            // An HTTP/1.1 Upgrade cannot ride an HTTP/2 connection.
+            let e = std::io::Error::other("the server chose h2; an upgrade needs HTTP/1.1");
+            return Err(SendError::Connect(e, Box::new(req)));
         }
-        Ok(Ok(tls)) => tls,
-    };
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // An HTTP/1.1 Upgrade cannot ride an HTTP/2 connection.
-        let e = std::io::Error::other("the server chose h2; an upgrade needs HTTP/1.1");
-        return Err(SendError::Connect(e, Box::new(req)));
     }
-    drive(TokioIo::new(tls), pool, addr, response_timeout, req).await
+    drive(TokioIo::new(stream), pool, ep.addr, response_timeout, req).await
 }
 
 async fn drive<T>(
