@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]     — `config.toml`: file structs, validation, defaults, the embedded default.
-//! - [`server`]     — listeners, worker threads, connection lifecycle, limits, shutdown.
+//! - [`server`]     — listeners, worker threads, connection lifecycle, limits, shutdown;
+//!   its own HTTP/1.1 loop (`server::h1`), hyper for HTTP/2 and upgrades.
 //! - [`proxy`]      — the request path, top to bottom: checks, route, upstream, response.
 //! - [`http`]       — body type, proxy errors and their statuses, header hygiene,
 //!   framing checks, request ids, the built-in echo upstream.

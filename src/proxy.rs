@@ -19,12 +19,11 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::config::{HashKey, ServerTarget};
 use crate::generation::Generation;
-use crate::http::body::body_too_large;
+use crate::http::body::{body_too_large, client_body_error, RequestBody};
 use crate::http::hygiene::{self, Forwarded, Forwarding};
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
 use crate::pipeline::{Flow, RequestInfo};
@@ -38,9 +37,10 @@ use transport::{Pooled, Transport};
 
 use completion::{AccessEntry, Completion, Meter, ResponseBody};
 
-/// hyper's entry point for every request on every connection.
+/// The entry point for every request on every connection (from `server::h1`, or
+/// from hyper for HTTP/2 and upgrades).
 pub async fn handle(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
     ctx: Arc<WorkerCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -110,7 +110,7 @@ pub async fn handle(
 
 /// A request and the facts worked out about it before routing.
 struct Arrived {
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client_ip: std::net::IpAddr,
     /// The raw head had both Content-Length and Transfer-Encoding (which hyper hides).
     ambiguous_framing: bool,
@@ -120,7 +120,7 @@ struct Arrived {
 
 fn access_entry(
     generation: &Generation,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     id: &RequestId,
     client_ip: std::net::IpAddr,
 ) -> Option<Box<AccessEntry>> {
@@ -501,11 +501,14 @@ async fn forward<T: Transport>(
 }
 
 /// Whether a send says the server is working (for its breaker): a response, or a
-/// failure that was the client's doing (its body went over the limit).
+/// failure that was the client's doing (its body went over the limit, was broken or
+/// cut short).
 fn server_did_well<T>(result: &Result<T, SendError>) -> bool {
     match result {
         Ok(_) => true,
-        Err(SendError::Upstream(e)) => body_too_large(e.as_ref()).is_some(),
+        Err(SendError::Upstream(e)) => {
+            body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some()
+        }
         Err(_) => false,
     }
 }
@@ -590,14 +593,17 @@ async fn send_to<T: Transport>(
             upstream: upstream(),
             server: addr,
         })),
-        Err(SendError::Upstream(e)) => Err(Failed::Sent(match body_too_large(e.as_ref()) {
-            Some(limit) => ProxyError::BodyTooLarge { limit },
-            None => ProxyError::Upstream {
-                upstream: upstream(),
-                server: addr,
-                reason: e.to_string(),
+        Err(SendError::Upstream(e)) => Err(Failed::Sent(
+            match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
+                (Some(limit), _) => ProxyError::BodyTooLarge { limit },
+                (None, Some(reason)) => ProxyError::BadRequest(reason),
+                (None, None) => ProxyError::Upstream {
+                    upstream: upstream(),
+                    server: addr,
+                    reason: e.to_string(),
+                },
             },
-        })),
+        )),
     }
 }
 
@@ -606,7 +612,8 @@ mod tests {
     use std::sync::Arc;
 
     use http::Request;
-    use hyper::body::Incoming;
+
+    use crate::http::body::RequestBody;
 
     use crate::server::conn::ConnInfo;
     use crate::server::worker::WorkerCtx;
@@ -614,7 +621,7 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Request<Incoming>, Arc<ConnInfo>, Arc<WorkerCtx>) -> Fut,
+        F: Fn(Request<RequestBody>, Arc<ConnInfo>, Arc<WorkerCtx>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -33,7 +33,7 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body streamed from a peer, optionally limited to `limit` bytes.
     Streamed {
-        inner: Incoming,
+        inner: RequestBody,
         seen: u64,
         limit: Option<u64>,
     },
@@ -57,18 +57,67 @@ impl ProxyBody {
     /// A streamed body with no limit.
     pub fn streamed(inner: Incoming) -> Self {
         ProxyBody::Streamed {
-            inner,
+            inner: RequestBody::Hyper(inner),
             seen: 0,
             limit: None,
         }
     }
 
-    /// A streamed body that fails with [`BodyTooLarge`] past `limit` bytes.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    /// A request body that fails with [`BodyTooLarge`] past `limit` bytes.
+    pub fn limited(inner: RequestBody, limit: u64) -> Self {
+        if let RequestBody::Empty = inner {
+            return ProxyBody::Empty;
+        }
         ProxyBody::Streamed {
             inner,
             seen: 0,
             limit: Some(limit),
+        }
+    }
+}
+
+/// A request body as the server hands it to the request path: read by hyper (HTTP/2,
+/// upgrades) or by the server's own HTTP/1.1 connection (`server::h1`).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The request has no body.
+    Empty,
+    Hyper(Incoming),
+    Client(crate::server::h1::ClientBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            RequestBody::Client(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(inner) => inner.is_end_stream(),
+            RequestBody::Client(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(inner) => inner.size_hint(),
+            RequestBody::Client(inner) => inner.size_hint(),
         }
     }
 }
@@ -94,7 +143,7 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
@@ -124,6 +173,25 @@ impl Body for ProxyBody {
             ProxyBody::Boxed(inner) => inner.size_hint(),
         }
     }
+}
+
+/// What was wrong with the client's request body, if `err` (or anything in its
+/// source chain) is a failure to read it (a broken chunked body, a client that went
+/// away mid-body): the client's fault, not the upstream's.
+pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use crate::server::h1::BodyError;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(b) = e.downcast_ref::<BodyError>() {
+            return Some(match b {
+                BodyError::Chunk => "invalid chunked request body",
+                BodyError::Framing => "request body framing not accepted",
+                BodyError::Closed | BodyError::Io(_) => "request body cut short",
+            });
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// The limit that was crossed, if `err` (or anything in its source chain) is a

@@ -1,7 +1,9 @@
-//! One client connection: hyper serving HTTP/1.1 (keep-alive) and HTTP/2 (prior
-//! knowledge, or as ALPN chose on TLS listeners) on the same port, plus a watchdog that enforces `timeouts.header` (a
-//! request head must arrive within it once its first byte has) and `timeouts.idle`
-//! (a connection with nothing in flight is closed), and graceful shutdown.
+//! One client connection: HTTP/1.1 served by `h1` (the server's own loop), and what
+//! it hands on — HTTP/2 (prior knowledge, or as ALPN chose on TLS listeners) and
+//! `Upgrade`/`CONNECT` requests — served by hyper, with a watchdog that enforces
+//! `timeouts.header` (a request head must arrive within it once its first byte has)
+//! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
+//! shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -304,6 +307,85 @@ pub async fn serve_io<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(ConnInfo::new(peer, local, scheme));
+    let (stream, read, protocol) = match protocol {
+        Protocol::Http2 => (stream, Bytes::new(), Protocol::Http2),
+        Protocol::Http1 | Protocol::Auto => {
+            match super::h1::serve(stream, &conn, &ctx, protocol == Protocol::Auto).await {
+                super::h1::Served::Closed => return,
+                super::h1::Served::Handoff {
+                    stream,
+                    read,
+                    http2,
+                } => (
+                    stream,
+                    read,
+                    if http2 {
+                        Protocol::Http2
+                    } else {
+                        Protocol::Http1
+                    },
+                ),
+            }
+        }
+    };
+    serve_hyper(Prefixed { read, stream }, conn, protocol, ctx).await;
+}
+
+/// A stream whose first bytes were already read (by `h1`): those come first.
+struct Prefixed<S> {
+    read: Bytes,
+    stream: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read[..n]);
+            this.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// hyper serves the rest of a connection `h1` handed on.
+async fn serve_hyper<S>(stream: S, conn: Arc<ConnInfo>, protocol: Protocol, ctx: Arc<WorkerCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let generation = ctx.shared.generation();
     let timeouts = generation.config.server.timeouts.clone();
     let builder = match protocol {
@@ -321,7 +403,11 @@ pub async fn serve_io<S>(
     let svc_conn = Arc::clone(&conn);
     let svc_ctx = Arc::clone(&ctx);
     let service = service_fn(move |req| {
-        crate::proxy::handle(req, Arc::clone(&svc_conn), Arc::clone(&svc_ctx))
+        crate::proxy::handle(
+            req.map(crate::http::body::RequestBody::Hyper),
+            Arc::clone(&svc_conn),
+            Arc::clone(&svc_ctx),
+        )
     });
     // With upgrades: a `101` hands the socket to the request path's tunnel (see
     // `proxy::upgrade`), and this connection is then over.

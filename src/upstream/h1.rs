@@ -639,7 +639,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
     }))
 }
 
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(value).ok()?;
     let mut result: Option<u64> = None;
     // `Content-Length: 5, 5` is allowed when every value agrees (RFC 9110 8.6).

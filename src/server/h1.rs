@@ -1,0 +1,1119 @@
+//! HTTP/1.1 from clients, served by the connection's own task.
+//!
+//! hyper's server dispatcher costs a proxied request about a third of its
+//! instructions (callgrind, docs/architecture.md "Serving HTTP/1.1"): a state machine
+//! per connection, a channel-like body, a head encoder that walks the map twice. Here
+//! one loop per connection reads a head (httparse, header values sliced from the read
+//! buffer), runs the request path inline, and writes the response with its first body
+//! bytes in the same write. Requests that need hyper's machinery — `Upgrade`
+//! (WebSocket...) and `CONNECT` — and HTTP/2 prior-knowledge connections are handed to
+//! hyper together with the bytes read so far (`Served::Handoff`).
+//!
+//! Owns: request heads (size and count limits, body framing), reading request bodies
+//! (length or chunked, `100 Continue`), response framing (`Content-Length`, chunked,
+//! close-delimited; HEAD, 204, 304), keep-alive and pipelining, the header and idle
+//! timeouts, graceful shutdown and lingering close of HTTP/1.1 connections. Must not
+//! touch: what a request means (`proxy`).
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::conn::ConnInfo;
+use super::worker::WorkerCtx;
+use crate::http::body::RequestBody;
+use crate::http::{ProxyError, RequestId};
+
+/// The most header lines a request head may have (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Read buffer room asked for before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// The longest chunk-size line or trailer block of a chunked request body.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+/// Response segments queued before the body is polled no further.
+const MAX_QUEUED: usize = 8;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long a connection closed with request bytes unread keeps reading (and
+/// discarding) them, so the client sees the answer rather than a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// How a connection ended here.
+pub enum Served<S> {
+    Closed,
+    /// hyper serves the rest: `read` is what was read and not consumed (the head of
+    /// an upgrade request, or the HTTP/2 preface).
+    Handoff {
+        stream: S,
+        read: Bytes,
+        http2: bool,
+    },
+}
+
+/// The socket and what was read from it, shared by the connection loop and the
+/// request body (both run in the connection's task, so the lock is never contended).
+struct Io<S> {
+    stream: S,
+    buf: BytesMut,
+    body: BodyState,
+    /// Which request `body` belongs to: a body kept past its response must not read
+    /// the next request's.
+    seq: u64,
+    /// `100 Continue` owed before the body is read: bytes left to write, then a flush.
+    cont: Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    None,
+    Write(usize),
+    Flush,
+}
+
+/// Where the current request's body stands.
+#[derive(Debug, Clone, Copy)]
+enum BodyState {
+    /// No body, or all of it read: the next bytes are the next request.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// Framing the request path refuses (two framings, a coding other than
+    /// `chunked`...): never read, and the connection closes after the answer.
+    Unusable,
+    /// Reading failed: the connection cannot go on.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    /// Reads more into the buffer; `Ok(0)` at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    /// Up to `left` bytes of the body: what is buffered, else what one read brings.
+    fn poll_take(&mut self, cx: &mut Context<'_>, left: u64) -> Poll<Result<Bytes, BodyError>> {
+        if self.buf.is_empty() && ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(BodyError::Closed));
+        }
+        let take = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        Poll::Ready(Ok(self.buf.split_to(take).freeze()))
+    }
+
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Continue::Write(left) = self.cont {
+            let from = CONTINUE.len() - left;
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &CONTINUE[from..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.cont = if n == left {
+                Continue::Flush
+            } else {
+                Continue::Write(left - n)
+            };
+        }
+        if self.cont == Continue::Flush {
+            ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+            self.cont = Continue::None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.cont != Continue::None {
+            ready!(self.poll_continue(cx))?;
+        }
+        loop {
+            match self.body {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Unusable => return Poll::Ready(Some(Err(BodyError::Framing))),
+                BodyState::Failed => return Poll::Ready(Some(Err(BodyError::Closed))),
+                BodyState::Length(left) => {
+                    let data = ready!(self.poll_take(cx, left))?;
+                    let left = left - data.len() as u64;
+                    self.body = if left == 0 {
+                        BodyState::Done
+                    } else {
+                        BodyState::Length(left)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        self.body = BodyState::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) => ready!(self.poll_line(cx))?,
+                    Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
+                },
+                BodyState::Chunked(Chunk::Data(left)) => {
+                    let data = ready!(self.poll_take(cx, left))?;
+                    let left = left - data.len() as u64;
+                    self.body = BodyState::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(Chunk::DataEnd) => {
+                    if self.buf.len() < 2 {
+                        ready!(self.poll_more_bytes(cx))?;
+                        continue;
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(BodyError::Chunk)));
+                    }
+                    self.buf.advance(2);
+                    self.body = BodyState::Chunked(Chunk::Size);
+                }
+                BodyState::Chunked(Chunk::Trailers) => {
+                    let mut storage = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(&self.buf, &mut storage) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for f in fields {
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            self.buf.advance(used);
+                            self.body = BodyState::Done;
+                            if trailers.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(httparse::Status::Partial) => ready!(self.poll_line(cx))?,
+                        Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// More bytes for a chunk-size line or trailer block that is not complete yet.
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        if self.buf.len() > MAX_CHUNK_LINE {
+            return Poll::Ready(Err(BodyError::Chunk));
+        }
+        self.poll_more_bytes(cx)
+    }
+
+    fn poll_more_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        if ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(BodyError::Closed));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("client connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the client closed the connection before the request body ended")]
+    Closed,
+    #[error("invalid chunked request body")]
+    Chunk,
+    #[error("request body framing the proxy does not accept")]
+    Framing,
+}
+
+/// What a request body needs from its connection, whatever the stream type.
+trait BodySource: Send + Sync {
+    fn poll_frame(
+        &self,
+        seq: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+    fn state(&self, seq: u64) -> BodyState;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Mutex<Io<S>> {
+    fn poll_frame(
+        &self,
+        seq: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut io = self.lock();
+        if io.seq != seq {
+            return Poll::Ready(None);
+        }
+        match io.poll_body(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                io.body = BodyState::Failed;
+                Poll::Ready(Some(Err(e)))
+            }
+            polled => polled,
+        }
+    }
+
+    fn state(&self, seq: u64) -> BodyState {
+        let io = self.lock();
+        if io.seq == seq {
+            io.body
+        } else {
+            BodyState::Done
+        }
+    }
+}
+
+/// A request body read from the client's HTTP/1.1 connection.
+pub struct ClientBody {
+    src: Arc<dyn BodySource>,
+    seq: u64,
+}
+
+impl fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBody")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.src.poll_frame(self.seq, cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.src.state(self.seq), BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.src.state(self.seq) {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A request head, parsed.
+struct Head {
+    parts: http::request::Parts,
+    body: BodyState,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+enum Parsed {
+    Head(Box<Head>),
+    /// An `Upgrade` or `CONNECT` request: hyper serves it (nothing consumed).
+    Handoff,
+    /// The HTTP/2 preface: hyper serves the connection.
+    Http2,
+    Partial,
+}
+
+fn bad(reason: &'static str) -> ProxyError {
+    ProxyError::BadRequest(reason)
+}
+
+/// Parses a request head from the front of `buf`, consuming it when complete.
+fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, ProxyError> {
+    let too_large = ProxyError::HeadersTooLarge {
+        limit: max_header_bytes,
+    };
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        &buf[..],
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("malformed method"))?;
+    if method == Method::CONNECT
+        || req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        return Ok(Parsed::Handoff);
+    }
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let path = req.path.unwrap_or("/");
+    let path_span = (path.as_ptr() as usize - base, path.len());
+    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut expect_continue = false;
+    let mut lengths = 0usize;
+    let mut length: Option<u64> = None;
+    let mut length_ok = true;
+    let mut encodings = 0usize;
+    let mut chunked = false;
+    for h in req.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("malformed header name"))?;
+        if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    keep_alive = true;
+                }
+            }
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            match crate::upstream::h1::parse_length(h.value) {
+                Some(n) if length.is_none_or(|m| m == n) => length = Some(n),
+                _ => length_ok = false,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            encodings += 1;
+            chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name == header::EXPECT {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
+        .map_err(|_| bad("malformed request target"))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, len) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
+            .map_err(|_| bad("malformed header value"))?;
+        headers.append(name, value);
+    }
+    // Anything ambiguous is left `Unusable`: the request path answers 400 without
+    // reading the body, and the connection closes.
+    let body = match (encodings, lengths) {
+        (0, 0) => BodyState::Done,
+        (0, _) if !length_ok => BodyState::Unusable,
+        (0, _) => match length {
+            Some(0) | None => BodyState::Done,
+            Some(n) => BodyState::Length(n),
+        },
+        (1, 0) if chunked => BodyState::Chunked(Chunk::Size),
+        _ => BodyState::Unusable,
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    Ok(Parsed::Head(Box::new(Head {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+    })))
+}
+
+/// What the connection wakes up for while waiting for a head.
+enum Woke {
+    Read(io::Result<usize>),
+    Timer,
+    Shutdown,
+}
+
+/// Serves HTTP/1.1 requests on `stream` until the connection ends or needs hyper.
+/// `sniff_h2`: the client may instead open with the HTTP/2 preface.
+pub async fn serve<S>(
+    stream: S,
+    conn: &Arc<ConnInfo>,
+    ctx: &Arc<WorkerCtx>,
+    sniff_h2: bool,
+) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (max_header_bytes, header, idle) = {
+        let generation = ctx.shared.generation();
+        let server = &generation.config.server;
+        (
+            server.limits.max_header_bytes,
+            server.timeouts.header,
+            server.timeouts.idle,
+        )
+    };
+    // A head may grow to twice the limit before it is refused unread; under that the
+    // request path measures it and answers 431 itself.
+    let max_head = max_header_bytes.saturating_mul(2).max(16 * 1024);
+    let io = Arc::new(Mutex::new(Io {
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        body: BodyState::Done,
+        seq: 0,
+        cont: Continue::None,
+    }));
+    let mut out = Out::default();
+    // Two views of the shutdown signal: one waited on while idle (registered once),
+    // one looked at after each request.
+    let shutdown = ctx.shared.shutdown_signal();
+    let mut draining = *shutdown.borrow();
+    let mut watch = ctx.shared.shutdown_signal();
+    let shutdown_changed = async move {
+        let _ = watch.changed().await;
+    };
+    tokio::pin!(shutdown_changed);
+    // One timer for the connection's life, reset only when it fires: it fires at
+    // least every `header`, and then judges against the real deadlines.
+    let sleep = tokio::time::sleep(header.min(idle));
+    tokio::pin!(sleep);
+    let mut idle_since = Instant::now();
+    let mut head_since: Option<Instant> = None;
+    let mut first = true;
+    loop {
+        // 1. A request head.
+        let head = loop {
+            let parsed = {
+                let mut guard = io.lock();
+                let inner = &mut *guard;
+                if inner.buf.is_empty() {
+                    Ok(Parsed::Partial)
+                } else if first
+                    && sniff_h2
+                    && H2_PREFACE.starts_with(&inner.buf[..inner.buf.len().min(H2_PREFACE.len())])
+                {
+                    if inner.buf.len() >= H2_PREFACE.len() {
+                        Ok(Parsed::Http2)
+                    } else {
+                        Ok(Parsed::Partial)
+                    }
+                } else {
+                    parse_request(&mut inner.buf, max_header_bytes).and_then(|p| match p {
+                        Parsed::Partial if inner.buf.len() > max_head => {
+                            Err(ProxyError::HeadersTooLarge {
+                                limit: max_header_bytes,
+                            })
+                        }
+                        p => Ok(p),
+                    })
+                }
+            };
+            match parsed {
+                Ok(Parsed::Head(head)) => break head,
+                Ok(Parsed::Handoff) => return handoff(io, false),
+                Ok(Parsed::Http2) => return handoff(io, true),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    refuse(&io, &mut out, e).await;
+                    return Served::Closed;
+                }
+            }
+            if head_since.is_none() && !io.lock().buf.is_empty() {
+                head_since = Some(Instant::now());
+            }
+            let woke = poll_fn(|cx| {
+                if let Poll::Ready(r) = io.lock().poll_fill(cx) {
+                    return Poll::Ready(Woke::Read(r));
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                if !draining && shutdown_changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Shutdown);
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Read(Ok(0)) | Woke::Read(Err(_)) => return Served::Closed,
+                Woke::Read(Ok(_)) => {
+                    if head_since.is_none() {
+                        head_since = Some(Instant::now());
+                    }
+                }
+                Woke::Timer => {
+                    let now = Instant::now();
+                    let deadline = match head_since {
+                        Some(at) => at + header,
+                        None => idle_since + idle,
+                    };
+                    if now >= deadline {
+                        if head_since.is_some() {
+                            tracing::debug!(target: "proxycache::server", peer = %conn.peer, "request header timeout; closing");
+                        }
+                        return Served::Closed;
+                    }
+                    sleep.as_mut().reset(deadline.min(now + header));
+                }
+                Woke::Shutdown => {
+                    draining = true;
+                    if head_since.is_none() {
+                        return Served::Closed;
+                    }
+                }
+            }
+        };
+        head_since = None;
+        first = false;
+
+        // 2. The request path.
+        let Head {
+            parts,
+            body: framing,
+            keep_alive,
+            expect_continue,
+        } = *head;
+        let head_request = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
+        let body = {
+            let mut guard = io.lock();
+            guard.seq += 1;
+            guard.body = framing;
+            let has_body = matches!(framing, BodyState::Length(_) | BodyState::Chunked(_));
+            guard.cont = if expect_continue && has_body && !http10 {
+                Continue::Write(CONTINUE.len())
+            } else {
+                Continue::None
+            };
+            if matches!(framing, BodyState::Done) {
+                RequestBody::Empty
+            } else {
+                let src: Arc<dyn BodySource> = io.clone();
+                RequestBody::Client(ClientBody {
+                    src,
+                    seq: guard.seq,
+                })
+            }
+        };
+        let req = Request::from_parts(parts, body);
+        let Ok(resp) = crate::proxy::handle(req, Arc::clone(conn), Arc::clone(ctx)).await;
+
+        // 3. The response; the connection goes on only at a clean boundary.
+        if !draining && *shutdown.borrow() {
+            draining = true;
+        }
+        let plan = Plan {
+            head_request,
+            keep_alive: keep_alive && !draining,
+            http10,
+        };
+        let kept = write_response(&io, &mut out, resp, plan).await;
+        let clean = matches!(io.lock().body, BodyState::Done);
+        match kept {
+            Ok(true) if clean => {}
+            Ok(_) => {
+                close(&io, !clean).await;
+                return Served::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(target: "proxycache::server", peer = %conn.peer, error = %e, "writing the response failed");
+                return Served::Closed;
+            }
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// hyper takes the connection: the stream and whatever was read but not consumed.
+fn handoff<S>(io: Arc<Mutex<Io<S>>>, http2: bool) -> Served<S> {
+    match Arc::try_unwrap(io) {
+        Ok(io) => {
+            let io = io.into_inner();
+            Served::Handoff {
+                stream: io.stream,
+                read: io.buf.freeze(),
+                http2,
+            }
+        }
+        // An earlier request's body is still held somewhere: the bytes cannot be
+        // handed on whole.
+        Err(_) => Served::Closed,
+    }
+}
+
+/// Answers a head that could not be parsed (400, 431) and closes.
+async fn refuse<S>(io: &Arc<Mutex<Io<S>>>, out: &mut Out, err: ProxyError)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = RequestId::generate();
+    tracing::debug!(target: "proxycache::server", error = %err, request_id = %id, "request head refused");
+    let plan = Plan {
+        head_request: false,
+        keep_alive: false,
+        http10: false,
+    };
+    let _ = write_response(io, out, err.to_response(&id), plan).await;
+    close(io, true).await;
+}
+
+/// Closes the sending side; with `linger`, first reads and drops what the client
+/// still sends for a while, so the answer is not lost to a reset.
+async fn close<S>(io: &Arc<Mutex<Io<S>>>, linger: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shut = poll_fn(|cx| Pin::new(&mut io.lock().stream).poll_shutdown(cx));
+    if tokio::time::timeout(LINGER_TIME, shut).await.is_err() || !linger {
+        return;
+    }
+    let drain = async {
+        let mut seen = 0;
+        loop {
+            let n = poll_fn(|cx| {
+                let mut io = io.lock();
+                io.buf.clear();
+                io.poll_fill(cx)
+            })
+            .await;
+            match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen += n,
+            }
+            if seen > LINGER_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// What the response may be and do, from its request.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    head_request: bool,
+    keep_alive: bool,
+    http10: bool,
+}
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, length unknown).
+    Eof,
+}
+
+/// The connection's write queue, kept between responses so a response allocates
+/// nothing for it.
+#[derive(Default)]
+struct Out {
+    segs: Vec<Bytes>,
+    front: usize,
+    /// Room for chunk-size lines and the like.
+    lines: BytesMut,
+}
+
+impl Out {
+    fn queued(&self) -> usize {
+        self.segs.len() - self.front
+    }
+
+    fn line(&mut self, f: impl FnOnce(&mut BytesMut)) -> Bytes {
+        if self.lines.capacity() < 64 {
+            self.lines.reserve(1024);
+        }
+        f(&mut self.lines);
+        self.lines.split().freeze()
+    }
+
+    fn push_data(&mut self, data: Bytes, framing: Framing) {
+        if data.is_empty() {
+            return;
+        }
+        if framing == Framing::Chunked {
+            let size = self.line(|b| {
+                let _ =
+                    fmt::Write::write_fmt(&mut HexWriter(b), format_args!("{:x}\r\n", data.len()));
+            });
+            self.segs.push(size);
+            self.segs.push(data);
+            self.segs.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.segs.push(data);
+        }
+    }
+
+    fn push_end(&mut self, trailers: Option<&HeaderMap>) {
+        match trailers {
+            None => self.segs.push(Bytes::from_static(b"0\r\n\r\n")),
+            Some(map) => {
+                let block = self.line(|b| {
+                    b.put_slice(b"0\r\n");
+                    for (name, value) in map {
+                        b.put_slice(name.as_str().as_bytes());
+                        b.put_slice(b": ");
+                        b.put_slice(value.as_bytes());
+                        b.put_slice(b"\r\n");
+                    }
+                    b.put_slice(b"\r\n");
+                });
+                self.segs.push(block);
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.front < self.segs.len() {
+            let seg = &mut self.segs[self.front];
+            if seg.len() <= n {
+                n -= seg.len();
+                self.front += 1;
+            } else {
+                seg.advance(n);
+                n = 0;
+            }
+        }
+        if self.front == self.segs.len() {
+            self.segs.clear();
+            self.front = 0;
+        }
+    }
+}
+
+/// `fmt::Write` into a `BytesMut`.
+struct HexWriter<'a>(&'a mut BytesMut);
+
+impl fmt::Write for HexWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes a response; `Ok(true)` when the connection may carry another request.
+async fn write_response<S, B>(
+    io: &Arc<Mutex<Io<S>>>,
+    out: &mut Out,
+    resp: Response<B>,
+    plan: Plan,
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: fmt::Display,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let mut keep_alive = plan.keep_alive;
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let no_body = plan.head_request || bodiless || status == StatusCode::NOT_MODIFIED;
+
+    let mut size = 64 + 48;
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut head = BytesMut::with_capacity(size);
+    head.put_slice(b"HTTP/1.1 ");
+    head.put_slice(status.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.put_slice(b"\r\n");
+    let mut declared: Option<u64> = None;
+    let mut has_date = false;
+    let mut has_connection = false;
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH {
+            if bodiless {
+                continue;
+            }
+            match crate::upstream::h1::parse_length(value.as_bytes()) {
+                Some(n) => declared = Some(n),
+                None => continue,
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            // This hop's framing is written below.
+            continue;
+        } else if *name == header::CONNECTION {
+            has_connection = true;
+            if value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                keep_alive = false;
+            }
+        } else if *name == header::DATE {
+            has_date = true;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    let mut framing = if no_body {
+        Framing::None
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else {
+        let exact = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        match exact {
+            Some(n) => {
+                head.put_slice(b"content-length: ");
+                head.put_slice(itoa_u64(n, &mut [0u8; 20]));
+                head.put_slice(b"\r\n");
+                Framing::Length(n)
+            }
+            None if !plan.http10 => {
+                head.put_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+            None => {
+                keep_alive = false;
+                Framing::Eof
+            }
+        }
+    };
+    if !has_date {
+        head.put_slice(b"date: ");
+        date::with(|d| head.put_slice(d));
+        head.put_slice(b"\r\n");
+    }
+    if !has_connection {
+        if !keep_alive {
+            head.put_slice(b"connection: close\r\n");
+        } else if plan.http10 {
+            head.put_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    head.put_slice(b"\r\n");
+    out.segs.push(head.freeze());
+
+    let mut body_done = framing == Framing::None || matches!(framing, Framing::Length(0));
+    let mut flushed = false;
+    poll_fn(|cx| loop {
+        // Gather what the body has ready, so the head and a small body go out in one
+        // write.
+        while !body_done && out.queued() < MAX_QUEUED {
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if let Framing::Length(left) = &mut framing {
+                            if data.len() as u64 >= *left {
+                                if data.len() as u64 > *left {
+                                    // More than declared: the rest never goes out, and
+                                    // the client cannot trust this connection.
+                                    data.truncate(*left as usize);
+                                    keep_alive = false;
+                                }
+                                body_done = true;
+                            }
+                            *left -= data.len() as u64;
+                        }
+                        out.push_data(data, framing);
+                    }
+                    Err(frame) => {
+                        if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+                            out.push_end(Some(&trailers));
+                            body_done = true;
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(io::Error::other(format!("response body: {e}"))));
+                }
+                Poll::Ready(None) => {
+                    body_done = true;
+                    match framing {
+                        Framing::Chunked => out.push_end(None),
+                        Framing::Length(left) if left > 0 => {
+                            return Poll::Ready(Err(io::Error::other(
+                                "response body shorter than its Content-Length",
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if out.queued() == 0 {
+            if !flushed {
+                ready!(Pin::new(&mut io.lock().stream).poll_flush(cx))?;
+                flushed = true;
+            }
+            return if body_done {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+        let n = {
+            let mut slices = [IoSlice::new(&[]); MAX_QUEUED * 3 + 1];
+            let mut count = 0;
+            for (slot, seg) in slices.iter_mut().zip(&out.segs[out.front..]) {
+                *slot = IoSlice::new(seg);
+                count += 1;
+            }
+            ready!(Pin::new(&mut io.lock().stream).poll_write_vectored(cx, &slices[..count]))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        flushed = false;
+        out.advance(n);
+    })
+    .await
+    .inspect_err(|_| {
+        out.segs.clear();
+        out.front = 0;
+    })?;
+    Ok(keep_alive && framing != Framing::Eof)
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The `Date` header value, formatted once a second per worker thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+
+    pub fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let text = httpdate::fmt_http_date(now);
+                let bytes = text.as_bytes();
+                if bytes.len() == 29 {
+                    c.1.copy_from_slice(bytes);
+                    c.0 = secs;
+                }
+            }
+            f(&c.1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let mut buf = BytesMut::from(text.as_bytes());
+        match parse_request(&mut buf, 8192) {
+            Ok(Parsed::Head(h)) => *h,
+            Ok(_) => panic!("not a complete plain head: {text:?}"),
+            Err(e) => panic!("refused {text:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn heads_parse_with_framing_and_keep_alive() {
+        let h = head("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(h.parts.uri, "/a?b");
+        assert!(h.keep_alive);
+        assert!(matches!(h.body, BodyState::Done));
+        let h =
+            head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+        assert!(matches!(h.body, BodyState::Length(5)));
+        assert!(!h.keep_alive);
+        let h =
+            head("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(h.body, BodyState::Chunked(Chunk::Size)));
+        assert!(h.keep_alive);
+        for ambiguous in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        ] {
+            let h = head(ambiguous);
+            assert!(matches!(h.body, BodyState::Unusable), "{ambiguous:?}");
+            // The request path sees both headers and refuses.
+            assert!(
+                crate::http::framing::check_request(h.parts.version, &h.parts.headers).is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn upgrades_and_garbage_are_told_apart() {
+        let mut buf = BytesMut::from(
+            &b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        );
+        assert!(matches!(parse_request(&mut buf, 8192), Ok(Parsed::Handoff)));
+        assert!(!buf.is_empty(), "a handed-off head is not consumed");
+        let mut buf = BytesMut::from(&b"THIS IS NOT HTTP\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_request(&mut buf, 8192),
+            Err(ProxyError::BadRequest(_))
+        ));
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
+        assert!(matches!(parse_request(&mut buf, 8192), Ok(Parsed::Partial)));
+    }
+
+    #[test]
+    fn numbers_and_dates_format() {
+        assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa_u64(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(
+            itoa_u64(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+        date::with(|d| assert!(d.ends_with(b" GMT"), "{:?}", String::from_utf8_lossy(d)));
+    }
+}
