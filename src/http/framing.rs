@@ -14,65 +14,74 @@ use super::error::ProxyError;
 ///   tolerated, as RFC 9110 allows; different values are not).
 /// - HTTP/1.1 requests need exactly one `Host` header.
 pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyError> {
-    check_transfer_encoding(headers)?;
-    check_content_length(headers)?;
-    if version == Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (None, _) => return Err(ProxyError::BadRequest("missing Host header")),
-            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
-            (Some(h), None) if h.is_empty() => {
-                return Err(ProxyError::BadRequest("empty Host header"))
+    // One pass over the map (a request has few headers; three lookups by name cost
+    // more than walking them all).
+    let mut encodings = 0usize;
+    let mut chunked = false;
+    let mut lengths = 0usize;
+    let mut length: Result<Option<u64>, ProxyError> = Ok(None);
+    let mut hosts = 0usize;
+    let mut host_empty = false;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING {
+            encodings += 1;
+            chunked = value.as_bytes().eq_ignore_ascii_case(b"chunked");
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            if let Ok(prev) = length {
+                length = content_length_value(value.as_bytes(), prev);
             }
-            _ => {}
+        } else if name == header::HOST {
+            hosts += 1;
+            host_empty = value.is_empty();
         }
     }
-    Ok(())
-}
-
-fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let Some(first) = te.next() else {
-        return Ok(());
-    };
-    if te.next().is_some() {
+    if encodings > 1 {
         return Err(ProxyError::BadRequest(
             "more than one Transfer-Encoding header",
         ));
     }
-    if !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+    if encodings == 1 && !chunked {
         return Err(ProxyError::BadRequest(
             "Transfer-Encoding other than a single `chunked`",
         ));
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
+    if encodings == 1 && lengths > 0 {
         return Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    Ok(())
-}
-
-fn check_content_length(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut value: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                return Err(ProxyError::BadRequest("malformed Content-Length"));
-            }
-            let n = part
-                .iter()
-                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-            match value {
-                Some(prev) if prev != n => {
-                    return Err(ProxyError::BadRequest("conflicting Content-Length values"))
-                }
-                _ => value = Some(n),
-            }
+    length?;
+    if version == Version::HTTP_11 {
+        match hosts {
+            0 => return Err(ProxyError::BadRequest("missing Host header")),
+            1 if host_empty => return Err(ProxyError::BadRequest("empty Host header")),
+            1 => {}
+            _ => return Err(ProxyError::BadRequest("more than one Host header")),
         }
     }
     Ok(())
+}
+
+/// Folds one `Content-Length` line into the value seen so far: each comma-separated
+/// part must be a non-negative integer, and all must agree.
+fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u64>, ProxyError> {
+    for part in line.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+            return Err(ProxyError::BadRequest("malformed Content-Length"));
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        match value {
+            Some(prev) if prev != n => {
+                return Err(ProxyError::BadRequest("conflicting Content-Length values"))
+            }
+            _ => value = Some(n),
+        }
+    }
+    Ok(value)
 }
 
 /// The declared body length, once `check_request` has passed.

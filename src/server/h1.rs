@@ -340,8 +340,11 @@ struct Head {
     expect_continue: bool,
 }
 
+// Not boxed: a head is moved once, to the caller; a box would be an allocation per
+// request.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Head(Box<Head>),
+    Head(Head),
     /// An `Upgrade` or `CONNECT` request: hyper serves it (nothing consumed).
     Handoff,
     /// The HTTP/2 preface: hyper serves the connection.
@@ -389,7 +392,10 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let base = buf.as_ptr() as usize;
     let path = req.path.unwrap_or("/");
     let path_span = (path.as_ptr() as usize - base, path.len());
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
+    // Where each name and value sit in the buffer (on the stack: no allocation), so
+    // the map is built from slices of one frozen head after the loop.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = req.headers.len();
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
     let mut lengths = 0usize;
@@ -397,10 +403,19 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let mut length_ok = true;
     let mut encodings = 0usize;
     let mut chunked = false;
-    for h in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("malformed header name"))?;
-        if name == header::CONNECTION {
+    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
+        let name = h.name.as_bytes();
+        let span32 = |at: usize, len: usize| -> Option<(u32, u32)> {
+            Some((u32::try_from(at).ok()?, u32::try_from(len).ok()?))
+        };
+        let (Some((ns, nl)), Some((vs, vl))) = (
+            span32(name.as_ptr() as usize - base, name.len()),
+            span32(h.value.as_ptr() as usize - base, h.value.len()),
+        ) else {
+            return Err(too_large);
+        };
+        *span = (ns, nl, vs, vl);
+        if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -409,26 +424,28 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
                     keep_alive = true;
                 }
             }
-        } else if name == header::CONTENT_LENGTH {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
             match crate::upstream::h1::parse_length(h.value) {
                 Some(n) if length.is_none_or(|m| m == n) => length = Some(n),
                 _ => length_ok = false,
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             encodings += 1;
             chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if name == header::EXPECT {
+        } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
         .map_err(|_| bad("malformed request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, len) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, nl, vs, vl) in &spans[..count] {
+        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+        let name =
+            HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| bad("malformed header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| bad("malformed header value"))?;
         headers.append(name, value);
     }
@@ -450,12 +467,12 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     let (parts, ()) = request.into_parts();
-    Ok(Parsed::Head(Box::new(Head {
+    Ok(Parsed::Head(Head {
         parts,
         body,
         keep_alive,
         expect_continue,
-    })))
+    }))
 }
 
 /// What the connection wakes up for while waiting for a head.
@@ -604,7 +621,7 @@ where
             body: framing,
             keep_alive,
             expect_continue,
-        } = *head;
+        } = head;
         let head_request = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
         let body = {
@@ -1056,7 +1073,7 @@ mod tests {
     fn head(text: &str) -> Head {
         let mut buf = BytesMut::from(text.as_bytes());
         match parse_request(&mut buf, 8192) {
-            Ok(Parsed::Head(h)) => *h,
+            Ok(Parsed::Head(h)) => h,
             Ok(_) => panic!("not a complete plain head: {text:?}"),
             Err(e) => panic!("refused {text:?}: {e}"),
         }
