@@ -444,7 +444,9 @@ fn upstream_request(
         // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`.
         parts.headers.entry(header::HOST).or_insert(host);
     }
-    parts.uri = origin_form(&parts.uri);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
     parts.version = Version::HTTP_11;
     (Request::from_parts(parts, body), wire)
 }

@@ -443,8 +443,8 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, nl, vs, vl) in &spans[..count] {
         let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-        let name =
-            HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| bad("malformed header name"))?;
+        let name = crate::http::names::header_name(&head[ns..ns + nl])
+            .map_err(|_| bad("malformed header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| bad("malformed header value"))?;
         headers.append(name, value);

@@ -557,7 +557,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
     let mut content_length: Option<u64> = None;
     let mut transfer_chunked: Option<bool> = None;
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = crate::http::names::header_name(h.name.as_bytes())
             .map_err(|_| H1Error::Header(h.name.to_owned()))?;
         if name == header::CONNECTION {
             let mut only_options = true;

@@ -131,7 +131,9 @@ impl Pool {
     /// Keeps a ready connection for reuse, up to `max_idle` per key. An HTTP/2
     /// connection is kept once (a clone of one already shared is dropped).
     pub fn checkin(&self, key: &PoolKey, mut sender: Sender, max_idle: usize) {
-        if max_idle == 0 || sender.is_closed() {
+        // An own HTTP/1.1 connection comes back at the clean end of a response; whether
+        // the server closed it since is looked at when it is next checked out.
+        if max_idle == 0 || (!matches!(sender, Sender::Own(_)) && sender.is_closed()) {
             return;
         }
         let mut idle = self.idle.lock();
