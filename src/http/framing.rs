@@ -84,6 +84,28 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
     Ok(value)
 }
 
+/// The trailer block that ends a chunked body, from the front of `buf`: how many
+/// bytes it took and the fields (lines that are not valid fields are dropped).
+/// `Ok(None)`: not complete yet; `Err`: not a trailer block.
+pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse::Error> {
+    let mut storage = [httparse::EMPTY_HEADER; 32];
+    match httparse::parse_headers(buf, &mut storage)? {
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete((used, fields)) => {
+            let mut trailers = HeaderMap::new();
+            for f in fields {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(f.name.as_bytes()),
+                    http::HeaderValue::from_bytes(f.value),
+                ) {
+                    trailers.append(n, v);
+                }
+            }
+            Ok(Some((used, trailers)))
+        }
+    }
+}
+
 /// The declared body length, once `check_request` has passed.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(header::CONTENT_LENGTH)?;

@@ -140,6 +140,8 @@ fn judge(a: &Activity, header: Duration, idle: Duration) -> Verdict {
 /// watchdog and scanning request heads.
 struct WatchedIo<S> {
     stream: S,
+    /// Bytes already read from `stream` (by `h1`), served before it.
+    read: Bytes,
     conn: Arc<ConnInfo>,
     /// `None` on connections ALPN made HTTP/2: their bytes are frames, not heads.
     scan: Option<HeadScan>,
@@ -208,7 +210,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let polled = if this.read.is_empty() {
+            Pin::new(&mut this.stream).poll_read(cx, buf)
+        } else {
+            // What `h1` read before handing the connection over comes first.
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read[..n]);
+            this.read.advance(n);
+            Poll::Ready(Ok(()))
+        };
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let activity = &this.conn.activity;
             activity.bytes_read();
@@ -328,61 +338,18 @@ pub async fn serve_io<S>(
             }
         }
     };
-    serve_hyper(Prefixed { read, stream }, conn, protocol, ctx).await;
+    serve_hyper(stream, read, conn, protocol, ctx).await;
 }
 
-/// A stream whose first bytes were already read (by `h1`): those come first.
-struct Prefixed<S> {
-    read: Bytes,
+/// hyper serves the rest of a connection `h1` handed on (`read`: the bytes `h1`
+/// read and did not consume).
+async fn serve_hyper<S>(
     stream: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// hyper serves the rest of a connection `h1` handed on.
-async fn serve_hyper<S>(stream: S, conn: Arc<ConnInfo>, protocol: Protocol, ctx: Arc<WorkerCtx>)
-where
+    read: Bytes,
+    conn: Arc<ConnInfo>,
+    protocol: Protocol,
+    ctx: Arc<WorkerCtx>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
@@ -397,6 +364,7 @@ where
 
     let io = TokioIo::new(WatchedIo {
         stream,
+        read,
         conn: Arc::clone(&conn),
         scan: (protocol != Protocol::Http2).then(HeadScan::default),
     });

@@ -25,7 +25,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use super::conn::ConnInfo;
 use super::worker::WorkerCtx;
 use crate::http::body::RequestBody;
+use crate::http::framing::parse_trailers;
 use crate::http::{ProxyError, RequestId};
 
 /// The most header lines a request head may have (hyper's limit too).
@@ -198,30 +199,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     self.buf.advance(2);
                     self.body = BodyState::Chunked(Chunk::Size);
                 }
-                BodyState::Chunked(Chunk::Trailers) => {
-                    let mut storage = [httparse::EMPTY_HEADER; 32];
-                    match httparse::parse_headers(&self.buf, &mut storage) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::new();
-                            for f in fields {
-                                if let (Ok(n), Ok(v)) = (
-                                    HeaderName::from_bytes(f.name.as_bytes()),
-                                    HeaderValue::from_bytes(f.value),
-                                ) {
-                                    trailers.append(n, v);
-                                }
-                            }
-                            self.buf.advance(used);
-                            self.body = BodyState::Done;
-                            if trailers.is_empty() {
-                                return Poll::Ready(None);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                BodyState::Chunked(Chunk::Trailers) => match parse_trailers(&self.buf) {
+                    Ok(Some((used, trailers))) => {
+                        self.buf.advance(used);
+                        self.body = BodyState::Done;
+                        if trailers.is_empty() {
+                            return Poll::Ready(None);
                         }
-                        Ok(httparse::Status::Partial) => ready!(self.poll_line(cx))?,
-                        Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
-                }
+                    Ok(None) => ready!(self.poll_line(cx))?,
+                    Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
+                },
             }
         }
     }

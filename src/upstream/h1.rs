@@ -783,37 +783,25 @@ impl RespBody {
                         conn.buf.advance(2);
                         self.framing = Framing::Chunked(ChunkState::Size);
                     }
-                    ChunkState::Trailers => {
-                        let mut storage = [httparse::EMPTY_HEADER; 32];
-                        match httparse::parse_headers(&conn.buf, &mut storage) {
-                            Ok(httparse::Status::Complete((used, fields))) => {
-                                let mut trailers = HeaderMap::new();
-                                for f in fields {
-                                    if let (Ok(n), Ok(v)) = (
-                                        HeaderName::from_bytes(f.name.as_bytes()),
-                                        HeaderValue::from_bytes(f.value),
-                                    ) {
-                                        trailers.append(n, v);
-                                    }
-                                }
-                                conn.buf.advance(used);
-                                self.framing = Framing::Done;
-                                if !trailers.is_empty() {
-                                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                                }
-                                return Poll::Ready(None);
+                    ChunkState::Trailers => match crate::http::framing::parse_trailers(&conn.buf) {
+                        Ok(Some((used, trailers))) => {
+                            conn.buf.advance(used);
+                            self.framing = Framing::Done;
+                            if !trailers.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                             }
-                            Ok(httparse::Status::Partial) => {
-                                if conn.buf.len() > MAX_HEAD_BYTES {
-                                    return Poll::Ready(Some(Err(H1Error::Chunk)));
-                                }
-                                if ready!(conn.poll_fill(cx))? == 0 {
-                                    return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                                }
-                            }
-                            Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
+                            return Poll::Ready(None);
                         }
-                    }
+                        Ok(None) => {
+                            if conn.buf.len() > MAX_HEAD_BYTES {
+                                return Poll::Ready(Some(Err(H1Error::Chunk)));
+                            }
+                            if ready!(conn.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                            }
+                        }
+                        Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
+                    },
                 },
             }
         }
