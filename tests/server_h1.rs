@@ -291,3 +291,49 @@ async fn shutdown_closes_idle_keep_alive_connections_and_lets_busy_ones_finish()
         .expect("shutdown task");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_request_bodies_stream_through_intact_and_the_connection_goes_on() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let body = payload(3 * 1024 * 1024 + 17);
+    let mut s = connect(&px).await;
+    let head = format!(
+        "PUT /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Written while the proxy streams it on: neither side holds the whole body.
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        wr.write_all(head.as_bytes()).await.expect("head");
+        for piece in body.chunks(64 * 1024) {
+            wr.write_all(piece).await.expect("body piece");
+        }
+        wr.write_all(b"GET /after HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .await
+            .expect("next request");
+    };
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if split_responses(&buf).len() >= 2 {
+                return split_responses(&buf);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return split_responses(&buf),
+                Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+    };
+    let ((), answers) = tokio::join!(write, read);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(raw_status(&answers[0]), 200, "{:?}", answers[0]);
+    assert_eq!(echoed_uri(&answers[1]), "/after");
+    let recorded = up.all();
+    let upload = recorded
+        .iter()
+        .find(|r| r.uri == "/upload")
+        .expect("the upload reached the upstream");
+    assert!(upload.body == body, "the body arrived byte for byte");
+}
