@@ -6,6 +6,7 @@
 //! a request or response so it can be tested without a server.
 
 pub mod body;
+pub mod chunked;
 pub mod echo;
 pub mod error;
 pub mod framing;

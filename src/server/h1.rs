@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use super::conn::ConnInfo;
 use super::worker::WorkerCtx;
 use crate::http::body::RequestBody;
-use crate::http::framing::parse_trailers;
+use crate::http::chunked::{self, Chunk, Step};
 use crate::http::{ProxyError, RequestId};
 
 /// The most header lines a request head may have (hyper's limit too).
@@ -99,14 +99,6 @@ enum BodyState {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads more into the buffer; `Ok(0)` at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -166,61 +158,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     };
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                BodyState::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buf.advance(used);
-                        self.body = BodyState::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    Ok(httparse::Status::Partial) => ready!(self.poll_line(cx))?,
-                    Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
-                },
-                BodyState::Chunked(Chunk::Data(left)) => {
-                    let data = ready!(self.poll_take(cx, left))?;
-                    let left = left - data.len() as u64;
-                    self.body = BodyState::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Chunked(Chunk::DataEnd) => {
-                    if self.buf.len() < 2 {
-                        ready!(self.poll_more_bytes(cx))?;
-                        continue;
-                    }
-                    if &self.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(BodyError::Chunk)));
-                    }
-                    self.buf.advance(2);
-                    self.body = BodyState::Chunked(Chunk::Size);
-                }
-                BodyState::Chunked(Chunk::Trailers) => match parse_trailers(&self.buf) {
-                    Ok(Some((used, trailers))) => {
-                        self.buf.advance(used);
-                        self.body = BodyState::Done;
-                        if trailers.is_empty() {
+                BodyState::Chunked(mut at) => {
+                    let step = chunked::step(&mut at, &mut self.buf, MAX_CHUNK_LINE)
+                        .map_err(|_| BodyError::Chunk)?;
+                    self.body = BodyState::Chunked(at);
+                    match step {
+                        Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Step::Trailers(trailers) => {
+                            self.body = BodyState::Done;
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Step::End => {
+                            self.body = BodyState::Done;
                             return Poll::Ready(None);
                         }
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        Step::More => ready!(self.poll_more_bytes(cx))?,
                     }
-                    Ok(None) => ready!(self.poll_line(cx))?,
-                    Err(_) => return Poll::Ready(Some(Err(BodyError::Chunk))),
-                },
+                }
             }
         }
-    }
-
-    /// More bytes for a chunk-size line or trailer block that is not complete yet.
-    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
-        if self.buf.len() > MAX_CHUNK_LINE {
-            return Poll::Ready(Err(BodyError::Chunk));
-        }
-        self.poll_more_bytes(cx)
     }
 
     fn poll_more_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::body::BoxError;
+use crate::http::chunked::{self, Chunk, Step};
 use crate::http::hygiene::Forwarding;
 use crate::http::ProxyBody;
 
@@ -449,18 +450,10 @@ enum Framing {
     /// No body (HEAD, 204, 304, or `Content-Length: 0`).
     Empty,
     Length(u64),
-    Chunked(ChunkState),
+    Chunked(Chunk),
     /// Until the server closes (neither length nor chunked): never reusable.
     Eof,
     Done,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ChunkState {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 struct Head {
@@ -616,7 +609,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
                     keep_alive = false;
                     headers.remove(header::CONTENT_LENGTH);
                 }
-                Framing::Chunked(ChunkState::Size)
+                Framing::Chunked(Chunk::Size)
             }
             (Some(false), _) => {
                 keep_alive = false;
@@ -738,71 +731,27 @@ impl RespBody {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Chunked(state) => match state {
-                    ChunkState::Size => match httparse::parse_chunk_size(&conn.buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
-                            conn.buf.advance(used);
-                            self.framing = Framing::Chunked(if size == 0 {
-                                ChunkState::Trailers
-                            } else {
-                                ChunkState::Data(size)
-                            });
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            if conn.buf.len() > MAX_HEAD_BYTES {
-                                return Poll::Ready(Some(Err(H1Error::Chunk)));
-                            }
-                            if ready!(conn.poll_fill(cx))? == 0 {
-                                return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                            }
-                        }
-                        Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
-                    },
-                    ChunkState::Data(left) => {
-                        let Some(data) = ready!(conn.poll_take(cx, left))? else {
-                            return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                        };
-                        let left = left - data.len() as u64;
-                        self.framing = Framing::Chunked(if left == 0 {
-                            ChunkState::DataEnd
-                        } else {
-                            ChunkState::Data(left)
-                        });
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    ChunkState::DataEnd => {
-                        if conn.buf.len() < 2 {
-                            if ready!(conn.poll_fill(cx))? == 0 {
-                                return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
-                            }
-                            continue;
-                        }
-                        if &conn.buf[..2] != b"\r\n" {
-                            return Poll::Ready(Some(Err(H1Error::Chunk)));
-                        }
-                        conn.buf.advance(2);
-                        self.framing = Framing::Chunked(ChunkState::Size);
-                    }
-                    ChunkState::Trailers => match crate::http::framing::parse_trailers(&conn.buf) {
-                        Ok(Some((used, trailers))) => {
-                            conn.buf.advance(used);
+                Framing::Chunked(mut at) => {
+                    let step = chunked::step(&mut at, &mut conn.buf, MAX_HEAD_BYTES)
+                        .map_err(|_| H1Error::Chunk)?;
+                    self.framing = Framing::Chunked(at);
+                    match step {
+                        Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Step::Trailers(trailers) => {
                             self.framing = Framing::Done;
-                            if !trailers.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Step::End => {
+                            self.framing = Framing::Done;
                             return Poll::Ready(None);
                         }
-                        Ok(None) => {
-                            if conn.buf.len() > MAX_HEAD_BYTES {
-                                return Poll::Ready(Some(Err(H1Error::Chunk)));
-                            }
+                        Step::More => {
                             if ready!(conn.poll_fill(cx))? == 0 {
                                 return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
                             }
                         }
-                        Err(_) => return Poll::Ready(Some(Err(H1Error::Chunk))),
-                    },
-                },
+                    }
+                }
             }
         }
     }
@@ -871,7 +820,7 @@ mod tests {
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
         );
-        assert!(matches!(h.framing, Framing::Chunked(ChunkState::Size)));
+        assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
         assert!(h.headers.get("transfer-encoding").is_none());
 
         let h = parse("HTTP/1.0 200 OK\r\n\r\n", false);
