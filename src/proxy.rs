@@ -60,7 +60,9 @@ pub async fn handle(
     let access = access_entry(&generation, &req, &id, client_ip);
     let mut done = Completion {
         conn: Arc::clone(&conn),
-        status: http::StatusCode::OK,
+        // Until a response exists: a request dropped before it (the client left) is
+        // counted and logged as nginx's 499.
+        status: CLIENT_CLOSED_REQUEST,
         inflight: None,
         access,
         bytes: 0,
@@ -369,6 +371,12 @@ fn index32(i: usize) -> u32 {
 
 /// Connect failures retried on another server when `forward` does not say.
 const DEFAULT_CONNECT_RETRIES: u32 = 1;
+
+/// nginx's status for a request whose client went away before the answer.
+const CLIENT_CLOSED_REQUEST: http::StatusCode = match http::StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => http::StatusCode::BAD_REQUEST,
+};
 
 /// Bytes in the request head as sent: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {

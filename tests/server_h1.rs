@@ -337,3 +337,49 @@ async fn large_request_bodies_stream_through_intact_and_the_connection_goes_on()
         .expect("the upload reached the upstream");
     assert!(upload.body == body, "the body arrived byte for byte");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_abandons_its_upstream_exchange() {
+    // An upstream that reads one request, never answers, and reports whether the
+    // proxy then closed the connection on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        let _ = tx.send(closed);
+    });
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"30s\"\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let mut s = connect(&px).await;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let closed = tokio::time::timeout(Duration::from_secs(8), rx)
+        .await
+        .expect("the upstream reports")
+        .expect("report");
+    assert!(
+        closed,
+        "the proxy dropped the upstream exchange when its client left"
+    );
+}

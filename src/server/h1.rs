@@ -590,7 +590,11 @@ where
             }
         };
         let req = Request::from_parts(parts, body);
-        let Ok(resp) = crate::proxy::handle(req, Arc::clone(conn), Arc::clone(ctx)).await;
+        let handling = crate::proxy::handle(req, Arc::clone(conn), Arc::clone(ctx));
+        let Some(resp) = until_client_leaves(&io, handling).await else {
+            tracing::debug!(target: "proxycache::server", peer = %conn.peer, "client closed the connection before the response; request abandoned");
+            return Served::Closed;
+        };
 
         // 3. The response; the connection goes on only at a clean boundary.
         if !draining && *shutdown.borrow() {
@@ -616,6 +620,38 @@ where
         }
         idle_since = Instant::now();
     }
+}
+
+/// Runs the request path, watching the client meanwhile: a client that closes its
+/// connection before the answer (EOF while no request body is being read) abandons
+/// the request, which is dropped — its upstream exchange with it — as nginx does
+/// (`proxy_ignore_client_abort off`) and hyper did. Bytes that arrive instead (a
+/// pipelined request) stay in the buffer, and the watch stops there. `None`: the
+/// client left.
+async fn until_client_leaves<S, F, R>(io: &Arc<Mutex<Io<S>>>, handling: F) -> Option<R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Result<R, std::convert::Infallible>>,
+{
+    let mut handling = std::pin::pin!(handling);
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(Ok(resp)) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if watching {
+            let mut io = io.lock();
+            if matches!(io.body, BodyState::Done) && io.buf.len() < READ_CHUNK {
+                match io.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => watching = false,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// hyper takes the connection: the stream and whatever was read but not consumed.
