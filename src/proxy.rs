@@ -449,8 +449,11 @@ fn upstream_request(
         None
     };
     if let Some(host) = host {
-        // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`.
-        parts.headers.entry(header::HOST).or_insert(host);
+        // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`. (Not
+        // `entry()`: it reserves room even when the key is there, and grows a full map.)
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, host);
+        }
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = origin_form(&parts.uri);

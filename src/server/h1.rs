@@ -385,7 +385,9 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
         .map_err(|_| bad("malformed request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the few headers the request path adds (request id, forwarding) without
+    // growing the map.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for &(ns, nl, vs, vl) in &spans[..count] {
         let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
         let name = crate::http::names::header_name(&head[ns..ns + nl])
