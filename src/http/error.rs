@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::request_id::{RequestId, HEADER as REQUEST_ID};
+#[cfg(test)]
+use super::request_id::HEADER as REQUEST_ID;
+use super::request_id::{RequestId, HEADER_NAME as REQUEST_ID_NAME};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,7 @@ pub fn local_response(status: StatusCode, body: String, id: &RequestId) -> Respo
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(REQUEST_ID, id.header_value().clone());
+    h.insert(REQUEST_ID_NAME, id.header_value().clone());
     resp
 }
 

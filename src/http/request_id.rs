@@ -6,10 +6,14 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header that carries request ids.
 pub const HEADER: &str = "x-request-id";
+
+/// [`HEADER`] as a header name, made at compile time: looking a header up or inserting
+/// it by `&str` parses and validates the name every time.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// Longest incoming id that is kept.
 pub const MAX_LEN: usize = 128;
@@ -22,7 +26,7 @@ impl RequestId {
     /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7.
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
         headers
-            .get(HEADER)
+            .get(&HEADER_NAME)
             .filter(|v| is_valid(v.as_bytes()))
             .map(|v| RequestId(v.clone()))
             .unwrap_or_else(RequestId::generate)

@@ -220,9 +220,13 @@ fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
     let mut resp = Response::new(r.data.body.unwrap_or(ProxyBody::Empty));
     *resp.status_mut() = r.data.status;
     *resp.headers_mut() = r.data.headers;
-    if r.upstream.is_none() && !resp.headers().contains_key(crate::http::request_id::HEADER) {
+    if r.upstream.is_none()
+        && !resp
+            .headers()
+            .contains_key(&crate::http::request_id::HEADER_NAME)
+    {
         resp.headers_mut().insert(
-            crate::http::request_id::HEADER,
+            crate::http::request_id::HEADER_NAME,
             turn.info.id.header_value().clone(),
         );
     }

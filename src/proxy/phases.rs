@@ -268,8 +268,11 @@ pub fn local_response(local: LocalResponse, id: &crate::http::RequestId) -> Resp
         h.append(name, value);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if !h.contains_key(crate::http::request_id::HEADER) {
-        h.insert(crate::http::request_id::HEADER, id.header_value().clone());
+    if !h.contains_key(&crate::http::request_id::HEADER_NAME) {
+        h.insert(
+            crate::http::request_id::HEADER_NAME,
+            id.header_value().clone(),
+        );
     }
     resp
 }

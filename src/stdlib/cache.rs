@@ -116,8 +116,10 @@ impl CacheReq {
     pub fn take_hit(&mut self, id: &crate::http::RequestId) -> Option<Response<ProxyBody>> {
         let cached = self.hit.take()?;
         let mut resp = hit_response(&cached, self.head, self.status);
-        resp.headers_mut()
-            .insert(crate::http::request_id::HEADER, id.header_value().clone());
+        resp.headers_mut().insert(
+            crate::http::request_id::HEADER_NAME,
+            id.header_value().clone(),
+        );
         Some(resp)
     }
 
@@ -336,7 +338,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         header::AGE,
         header::SET_COOKIE,
         header::HeaderName::from_static(X_CACHE),
-        header::HeaderName::from_static(crate::http::request_id::HEADER),
+        crate::http::request_id::HEADER_NAME,
     ] {
         headers.remove(name);
     }

@@ -30,13 +30,13 @@ pub static SIGS: &[FnSig] = &[FnSig {
 pub fn inject(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
     let name = match args.first() {
         Some(Value::Str(s)) if &**s == crate::http::request_id::HEADER => {
-            HeaderName::from_static(crate::http::request_id::HEADER)
+            crate::http::request_id::HEADER_NAME
         }
         Some(Value::Str(s)) => HeaderName::from_bytes(s.as_bytes()).map_err(|_| StdError {
             function: "std.request_id.inject",
             message: format!("invalid header name {s:?}"),
         })?,
-        _ => HeaderName::from_static(crate::http::request_id::HEADER),
+        _ => crate::http::request_id::HEADER_NAME,
     };
     let value = ex.info.id.header_value().clone();
     ex.req.headers.insert(name.clone(), value.clone());
