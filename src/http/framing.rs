@@ -1,6 +1,8 @@
 //! Request framing checks run before routing: hyper accepts some ambiguous shapes that
 //! let a front end and a back end disagree on where a request ends (request smuggling).
 //! Anything ambiguous is rejected with 400, and no request leaves with two framings.
+//! Also the framing pieces both HTTP/1.1 sides read the same way: `Content-Length`
+//! values and the trailer block of a chunked body.
 
 use http::{header, HeaderMap, Version};
 
@@ -106,6 +108,27 @@ pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse
     }
 }
 
+/// A `Content-Length` value as framing needs it on either side of the proxy (request
+/// heads in `server::h1`, response heads in `upstream::h1`): digits only, and a
+/// comma-separated list only when every value agrees. `None`: unusable.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut result: Option<u64> = None;
+    // `Content-Length: 5, 5` is allowed when every value agrees (RFC 9110 8.6).
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = part.parse().ok()?;
+        if result.is_some_and(|m| m != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
 /// The declared body length, once `check_request` has passed.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(header::CONTENT_LENGTH)?;
@@ -179,6 +202,15 @@ mod tests {
         assert!(!ok(&[("host", "a"), ("host", "b")]));
         assert!(check_request(Version::HTTP_10, &HeaderMap::new()).is_ok());
         assert!(check_request(Version::HTTP_2, &HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn lengths_parse_strictly() {
+        assert_eq!(parse_length(b"12"), Some(12));
+        assert_eq!(parse_length(b"7, 7"), Some(7));
+        assert_eq!(parse_length(b"7, 8"), None);
+        assert_eq!(parse_length(b"+7"), None);
+        assert_eq!(parse_length(b""), None);
     }
 
     #[test]

@@ -371,7 +371,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            match crate::upstream::h1::parse_length(h.value) {
+            match crate::http::framing::parse_length(h.value) {
                 Some(n) if length.is_none_or(|m| m == n) => length = Some(n),
                 _ => length_ok = false,
             }
@@ -865,7 +865,7 @@ where
             if bodiless {
                 continue;
             }
-            match crate::upstream::h1::parse_length(value.as_bytes()) {
+            match crate::http::framing::parse_length(value.as_bytes()) {
                 Some(n) => declared = Some(n),
                 None => continue,
             }
