@@ -20,6 +20,10 @@ use proxycache::server::worker::WorkerCtx;
 use proxycache::server::Shared;
 use proxycache::Config;
 
+/// The binary's allocator (src/main.rs), so the benches measure what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONFIG: &str = r#"
 [server]
 listen = ["127.0.0.1:0"]
