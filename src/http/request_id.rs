@@ -43,8 +43,11 @@ impl RequestId {
         let lo = 0x8000_0000_0000_0000 | rand_b;
         let mut buf = [0u8; 36];
         write_uuid(&mut buf, hi, lo);
-        // Only hex digits and dashes: always a valid header value.
-        match HeaderValue::from_bytes(&buf) {
+        // Only hex digits and dashes: always a valid header value. Owned by a shared
+        // `Bytes` from the start, so that the clones every request makes (upstream
+        // header, response header) are reference counts, not a first clone that
+        // reallocates.
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)) {
             Ok(v) => RequestId(v),
             Err(_) => RequestId(HeaderValue::from_static(
                 "00000000-0000-7000-8000-000000000000",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
+use smallvec::SmallVec;
 
 use super::ast::{BinOp, LogLevel};
 use super::ir::*;
@@ -54,9 +55,18 @@ pub fn run_phase(
     upstreams: &[String],
     lua: Option<usize>,
 ) -> Result<Exit, Fault> {
-    let mut locals = vec![Value::Nil; phase.locals];
+    // On the stack for the usual handful of locals: a phase runs per request.
+    let mut stack: [Value; 8] = Default::default();
+    let mut heap = Vec::new();
+    let locals = match stack.get_mut(..phase.locals) {
+        Some(l) => l,
+        None => {
+            heap.resize(phase.locals, Value::Nil);
+            &mut heap[..]
+        }
+    };
     let mut m = Machine {
-        locals: &mut locals,
+        locals,
         upstreams,
         lua,
     };
@@ -64,7 +74,7 @@ pub fn run_phase(
 }
 
 struct Machine<'a> {
-    locals: &'a mut Vec<Value>,
+    locals: &'a mut [Value],
     /// The module's index in the pipeline's Lua runtime (for `lua.NAME(...)`).
     lua: Option<usize>,
     upstreams: &'a [String],
@@ -96,7 +106,7 @@ impl Machine<'_> {
             }
             CStmtKind::If(branches, otherwise) => {
                 for (cond, body) in branches.iter() {
-                    if self.eval(cond, ex)?.truthy() {
+                    if self.test(cond, ex)? {
                         return self.block(body, ex).map_err(Raise::Fault);
                     }
                 }
@@ -145,7 +155,7 @@ impl Machine<'_> {
             } => {
                 let v = match constant {
                     Some(v) => v.clone(),
-                    None => header_value(&self.eval(value, ex)?)?,
+                    None => header_value(&*self.eval_ref(value, ex)?)?,
                 };
                 let headers = if *resp {
                     ex.resp.as_mut().map(|r| &mut *r.headers)
@@ -217,7 +227,7 @@ impl Machine<'_> {
     }
 
     fn respond(
-        &mut self,
+        &self,
         status_e: &CExpr,
         body: Option<&CExpr>,
         headers: &[(http::HeaderName, CExpr)],
@@ -230,7 +240,7 @@ impl Machine<'_> {
         };
         let mut hs = Vec::with_capacity(headers.len() + 1);
         for (name, value) in headers {
-            hs.push((name.clone(), header_value(&self.eval(value, ex)?)?));
+            hs.push((name.clone(), header_value(&*self.eval_ref(value, ex)?)?));
         }
         if !body.is_empty() && !hs.iter().any(|(n, _)| n == header::CONTENT_TYPE) {
             hs.push((
@@ -245,8 +255,8 @@ impl Machine<'_> {
         })
     }
 
-    fn call(&mut self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
-        let mut args = Vec::with_capacity(call.args.len());
+    fn call(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
+        let mut args: SmallVec<[Value; 6]> = SmallVec::with_capacity(call.args.len());
         for a in call.args.iter() {
             args.push(self.eval(a, ex)?);
         }
@@ -255,13 +265,46 @@ impl Machine<'_> {
                 stdlib::call(sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
             }
             CallTarget::Lua(name) => match self.lua {
-                Some(index) => crate::lua::run::call_function(index, name, args, ex),
+                Some(index) => crate::lua::run::call_function(index, name, args.into_vec(), ex),
                 None => Err(format!("lua.{name}: the module has no Lua chunk")),
             },
         }
     }
 
-    fn eval(&mut self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<Value> {
+    /// `e`'s value, borrowed where it already exists (a constant, a local), so that
+    /// comparing a local with a constant clones neither.
+    fn eval_ref<'s>(&'s self, e: &'s CExpr, ex: &mut Exchange<'_>) -> Eval<Cow<'s, Value>> {
+        Ok(match e {
+            CExpr::Const(v) => Cow::Borrowed(v),
+            CExpr::Local(slot) => Cow::Borrowed(&self.locals[usize::from(*slot)]),
+            other => Cow::Owned(self.eval(other, ex)?),
+        })
+    }
+
+    /// Whether `e` is true, without making a `Value::Bool` on the way.
+    fn test(&self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<bool> {
+        Ok(match e {
+            CExpr::Not(x) => !self.test(x, ex)?,
+            CExpr::And(a, b) => self.test(a, ex)? && self.test(b, ex)?,
+            CExpr::Or(a, b) => self.test(a, ex)? || self.test(b, ex)?,
+            CExpr::Bin(op, a, b) => {
+                let a = self.eval_ref(a, ex)?;
+                binary(*op, &a, &*self.eval_ref(b, ex)?)?.truthy()
+            }
+            CExpr::Match(x, re) => self.is_match(x, re, ex)?,
+            other => self.eval_ref(other, ex)?.truthy(),
+        })
+    }
+
+    fn is_match(&self, x: &CExpr, re: &regex::Regex, ex: &mut Exchange<'_>) -> Eval<bool> {
+        Ok(match &*self.eval_ref(x, ex)? {
+            Value::Nil => false,
+            Value::Str(s) => re.is_match(s),
+            other => re.is_match(&other.to_string()),
+        })
+    }
+
+    fn eval(&self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<Value> {
         Ok(match e {
             CExpr::Const(v) => v.clone(),
             CExpr::Local(slot) => self.locals[usize::from(*slot)].clone(),
@@ -279,37 +322,25 @@ impl Machine<'_> {
                         CPart::Text(t) => s.push_str(t),
                         CPart::Expr(x) => {
                             use std::fmt::Write;
-                            let _ = write!(s, "{}", self.eval(x, ex)?);
+                            let _ = write!(s, "{}", self.eval_ref(x, ex)?);
                         }
                     }
                 }
                 Value::str(s)
             }
-            CExpr::Not(x) => Value::Bool(!self.eval(x, ex)?.truthy()),
+            CExpr::Not(_) | CExpr::And(..) | CExpr::Or(..) | CExpr::Match(..) => {
+                Value::Bool(self.test(e, ex)?)
+            }
             CExpr::Neg(x) => match self.eval(x, ex)? {
                 Value::Int(i) => Value::Int(i.checked_neg().ok_or("integer overflow")?),
                 Value::Float(f) => Value::Float(-f),
                 other => return Err(format!("cannot negate a {}", other.type_name())),
             },
-            CExpr::And(a, b) => {
-                Value::Bool(self.eval(a, ex)?.truthy() && self.eval(b, ex)?.truthy())
-            }
-            CExpr::Or(a, b) => {
-                Value::Bool(self.eval(a, ex)?.truthy() || self.eval(b, ex)?.truthy())
-            }
             CExpr::Bin(op, a, b) => {
-                let (a, b) = (self.eval(a, ex)?, self.eval(b, ex)?);
-                binary(*op, &a, &b)?
+                let a = self.eval_ref(a, ex)?;
+                binary(*op, &a, &*self.eval_ref(b, ex)?)?
             }
-            CExpr::Match(x, re) => {
-                let v = self.eval(x, ex)?;
-                Value::Bool(match &v {
-                    Value::Nil => false,
-                    Value::Str(s) => re.is_match(s),
-                    other => re.is_match(&other.to_string()),
-                })
-            }
-            CExpr::Field(x, i) => match self.eval(x, ex)? {
+            CExpr::Field(x, i) => match &*self.eval_ref(x, ex)? {
                 Value::Record(_, fields) => fields.get(*i).cloned().unwrap_or_default(),
                 other => return Err(format!("field access on a {}", other.type_name())),
             },

@@ -1,12 +1,16 @@
 //! `std.rate_limit`: GCRA (the token bucket as one timestamp per key) in a sharded
 //! map, so workers rarely contend, with a cap on keys so a flood of distinct keys
 //! cannot exhaust memory. Buckets live outside generations: a reload never resets them.
+//!
+//! A bucket is named by a scope (the module) and a key. The pair is hashed once, with
+//! a keyed hash (keys come from requests), and that one hash picks the shard and the
+//! slot in it; nothing is concatenated or allocated for a key already held.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use super::{ArgDefault, ArgSig, ArgType, FnSig, RecordSig, Returns, StdError, StdFn, ALL_PHASES};
@@ -44,8 +48,30 @@ const SHARDS: usize = 64;
 /// Default cap on keys held at once, across shards.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// One shard: key -> theoretical arrival time (ns since the limiter's epoch).
-type Shard = Mutex<HashMap<Arc<str>, u64>>;
+/// One bucket: its scope and key (one allocation: `scope` then `key`), and its
+/// theoretical arrival time (ns since the limiter's epoch).
+struct Bucket {
+    name: Box<str>,
+    split: usize,
+    tat: u64,
+}
+
+impl Bucket {
+    fn is(&self, scope: &str, key: &str) -> bool {
+        self.split == scope.len()
+            && self.name.len() == scope.len() + key.len()
+            && self.name.starts_with(scope)
+            && self.name.ends_with(key)
+    }
+
+    fn hash(&self, hasher: &RandomState) -> u64 {
+        let (scope, key) = self.name.split_at(self.split);
+        hasher.hash_one((scope, key))
+    }
+}
+
+/// One shard of buckets.
+type Shard = Mutex<HashTable<Bucket>>;
 
 /// Every bucket of the process.
 pub struct RateLimiter {
@@ -82,7 +108,7 @@ impl RateLimiter {
     /// A limiter holding at most about `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {
         RateLimiter {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
             epoch: Instant::now(),
             max_per_shard: (max_keys / SHARDS).max(1),
@@ -99,17 +125,20 @@ impl RateLimiter {
         self.len() == 0
     }
 
-    /// Takes one token for `key` from a bucket of `burst` refilled at `rate` per `per`.
-    pub fn check(&self, key: &str, rate: f64, burst: u64, per: Duration) -> Decision {
+    /// Takes one token for `key` in `scope` from a bucket of `burst` refilled at
+    /// `rate` per `per`.
+    pub fn check(&self, scope: &str, key: &str, rate: f64, burst: u64, per: Duration) -> Decision {
         let burst = burst.max(1);
         let interval = (per.as_nanos() as f64 / rate.max(1e-9)).max(1.0) as u64; // ns per token
         let window = interval.saturating_mul(burst);
         let now = self.epoch.elapsed().as_nanos() as u64;
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let hash = self.hasher.hash_one((scope, key));
+        // Bits the table does not use for its slots (low) or tags (top 7) pick the shard.
+        let shard = &self.shards[((hash >> 32) as usize) % SHARDS];
         let mut map = shard.lock();
         // One lookup for a known key (the common case); a new one is inserted below.
-        let slot = map.get_mut(key);
-        let tat = slot.as_deref().copied().unwrap_or(now).max(now);
+        let slot = map.find_mut(hash, |b| b.is(scope, key));
+        let tat = slot.as_ref().map_or(now, |b| b.tat).max(now);
         let new_tat = tat.saturating_add(interval);
         let allow_at = new_tat.saturating_sub(window);
         if now < allow_at {
@@ -121,12 +150,20 @@ impl RateLimiter {
             };
         }
         match slot {
-            Some(slot) => *slot = new_tat,
+            Some(b) => b.tat = new_tat,
             None => {
                 if map.len() >= self.max_per_shard {
                     evict(&mut map, now, self.max_per_shard);
                 }
-                map.insert(Arc::from(key), new_tat);
+                let mut name = String::with_capacity(scope.len() + key.len());
+                name.push_str(scope);
+                name.push_str(key);
+                let bucket = Bucket {
+                    name: name.into_boxed_str(),
+                    split: scope.len(),
+                    tat: new_tat,
+                };
+                map.insert_unique(hash, bucket, |b| b.hash(&self.hasher));
             }
         }
         let remaining = (now + window - new_tat) / interval;
@@ -141,14 +178,17 @@ impl RateLimiter {
 
 /// Makes room in a full shard: first drop buckets that have refilled completely
 /// (forgetting them changes nothing), then, if a flood keeps it full, arbitrary ones.
-fn evict(map: &mut HashMap<Arc<str>, u64>, now: u64, cap: usize) {
-    map.retain(|_, tat| *tat > now);
+fn evict(map: &mut HashTable<Bucket>, now: u64, cap: usize) {
+    map.retain(|b| b.tat > now);
     if map.len() >= cap {
-        let excess = map.len() + 1 - cap;
-        let victims: Vec<Arc<str>> = map.keys().take(excess.max(cap / 8)).cloned().collect();
-        for k in victims {
-            map.remove(&k);
-        }
+        let mut victims = (map.len() + 1 - cap).max(cap / 8);
+        map.retain(|_| {
+            if victims == 0 {
+                return true;
+            }
+            victims -= 1;
+            false
+        });
     }
 }
 
@@ -197,23 +237,30 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
         Value::Duration(d) if !d.is_zero() => *d,
         other => return Err(err(format!("per must be a positive duration, got {other}"))),
     };
-    // Buckets are per module: `module NUL key`.
-    let mut full_key = String::with_capacity(ex.module.len() + 1 + key.len());
-    full_key.push_str(ex.module);
-    full_key.push('\u{0}');
-    full_key.push_str(&key);
+    // Buckets are per module.
     let cluster = matches!(args.get(4), Some(Value::Str(s)) if &**s == "cluster");
+    let local = || {
+        ex.state
+            .rate_limits
+            .check(ex.module, &key, rate, burst, per)
+    };
     let d = match cluster {
-        false => ex.state.rate_limits.check(&full_key, rate, burst, per),
-        true => match ex.state.cluster.rate_limit(&full_key, rate, burst, per) {
-            Ok(d) => d,
-            Err(e) => {
-                // Never fail the request for Redis: this process's own bucket decides.
-                tracing::debug!(target: "proxycache::stdlib", module = ex.module, error = %e, "cluster rate limit fell back to local");
-                ex.state.metrics.cluster_fallback(ex.module);
-                ex.state.rate_limits.check(&full_key, rate, burst, per)
+        false => local(),
+        true => {
+            match ex
+                .state
+                .cluster
+                .rate_limit(&format!("{}\u{0}{key}", ex.module), rate, burst, per)
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    // Never fail the request for Redis: this process's own bucket decides.
+                    tracing::debug!(target: "proxycache::stdlib", module = ex.module, error = %e, "cluster rate limit fell back to local");
+                    ex.state.metrics.cluster_fallback(ex.module);
+                    local()
+                }
             }
-        },
+        }
     };
     if !d.allowed {
         ex.state.metrics.rate_limited(ex.module);
@@ -239,26 +286,33 @@ mod tests {
         let rl = RateLimiter::new(1000);
         let per = Duration::from_millis(100);
         for i in 0..3 {
-            let d = rl.check("k", 3.0, 3, per);
+            let d = rl.check("m", "k", 3.0, 3, per);
             assert!(d.allowed, "request {i}");
             assert_eq!(d.remaining, 2 - i);
         }
-        let d = rl.check("k", 3.0, 3, per);
+        let d = rl.check("m", "k", 3.0, 3, per);
         assert!(!d.allowed);
         assert!(d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_millis(34));
         assert!(
-            rl.check("other", 3.0, 3, per).allowed,
+            rl.check("m", "other", 3.0, 3, per).allowed,
             "keys are independent"
         );
         std::thread::sleep(Duration::from_millis(40));
-        assert!(rl.check("k", 3.0, 3, per).allowed, "refilled one token");
+        assert!(
+            rl.check("m", "k", 3.0, 3, per).allowed,
+            "refilled one token"
+        );
+        assert!(
+            rl.check("mk", "", 3.0, 3, per).allowed && rl.check("", "mk", 3.0, 3, per).allowed,
+            "scope and key are told apart"
+        );
     }
 
     #[test]
     fn distinct_keys_stay_under_the_cap() {
         let rl = RateLimiter::new(6400);
         for i in 0..100_000 {
-            rl.check(&format!("key-{i}"), 1.0, 1, Duration::from_secs(60));
+            rl.check("m", &format!("key-{i}"), 1.0, 1, Duration::from_secs(60));
         }
         assert!(rl.len() <= 6400, "held {}", rl.len());
     }
