@@ -280,7 +280,10 @@ async fn proxy(
     };
     // (Moved through a function rather than borrowed here: a borrowed local keeps
     // its room in this future across every later await.)
-    let (parts, body, host) = match upgrade::divert(client_upgrade, parts, body, host) {
+    // Boxed once here: the request then moves down every layer of the upstream call
+    // by pointer, where each one's future would otherwise hold and copy it whole.
+    let req = Box::new(Request::from_parts(parts, body));
+    let (req, host) = match upgrade::divert(client_upgrade, req, host) {
         Ok(plain) => plain,
         Err(upgrade) => {
             // Boxed: upgrades are rare, and every request pays for this future's size.
@@ -289,16 +292,8 @@ async fn proxy(
             return upgrading.await;
         }
     };
-    let (mut resp, guard) = send_upstream(
-        out,
-        target,
-        parts,
-        body,
-        host,
-        response_timeout,
-        Some(retries),
-    )
-    .await?;
+    let (mut resp, guard) =
+        send_upstream(out, target, req, host, response_timeout, Some(retries)).await?;
     done.inflight = Some(guard);
 
     // 6. The response phase over the modules that ran.
@@ -326,8 +321,7 @@ pub struct Outbound<'a> {
 pub async fn send_upstream(
     out: Outbound<'_>,
     target: usize,
-    parts: http::request::Parts,
-    body: ProxyBody,
+    req: Box<Request<ProxyBody>>,
     host: Option<HeaderValue>,
     response_timeout: Option<Duration>,
     retries: Option<u32>,
@@ -338,18 +332,11 @@ pub async fn send_upstream(
         .sets
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
-    let key = pick_key(set, &parts, out.client_ip);
+    let key = pick_key(set, &req, out.client_ip);
     // HTTP/1.1 sets go out through our own client, which writes the forwarding
     // headers into the head itself.
-    let (upstream_req, wire) = upstream_request(
-        parts,
-        body,
-        out.generation,
-        out.conn,
-        host,
-        set,
-        !set.config.http2,
-    );
+    let (upstream_req, wire) =
+        upstream_request(req, out.generation, out.conn, host, set, !set.config.http2);
     let timeout = response_timeout.unwrap_or(set.config.response_timeout);
     let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
     let via = &Pooled;
@@ -398,15 +385,15 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-fn pick_key(set: &UpstreamSet, req: &http::request::Parts, client_ip: std::net::IpAddr) -> PickKey {
+fn pick_key<B>(set: &UpstreamSet, req: &Request<B>, client_ip: std::net::IpAddr) -> PickKey {
     let hash = match &set.config.hash_key {
         HashKey::ClientIp => match client_ip {
             std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
             std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
         },
-        HashKey::Path => hash_bytes(req.uri.path().as_bytes()),
+        HashKey::Path => hash_bytes(req.uri().path().as_bytes()),
         HashKey::Header(name) => {
-            hash_bytes(req.headers.get(name).map_or(&[][..], |v| v.as_bytes()))
+            hash_bytes(req.headers().get(name).map_or(&[][..], |v| v.as_bytes()))
         }
     };
     PickKey { client_ip, hash }
@@ -416,23 +403,21 @@ fn pick_key(set: &UpstreamSet, req: &http::request::Parts, client_ip: std::net::
 /// to be written into the head by the HTTP/1.1 client (see `hygiene::Forwarding`)
 /// rather than added to the header map.
 fn upstream_request(
-    mut parts: http::request::Parts,
-    body: ProxyBody,
+    mut req: Box<Request<ProxyBody>>,
     generation: &Generation,
     conn: &ConnInfo,
     host: Option<HeaderValue>,
     set: &UpstreamSet,
     wire: bool,
-) -> (Request<ProxyBody>, Option<Forwarding>) {
+) -> (Box<Request<ProxyBody>>, Option<Forwarding>) {
     let trusted = &generation.config.server.trusted_proxies;
     let peer_trusted = trusted.iter().any(|n| n.contains(&conn.peer.ip()));
     // `TE: trailers` is hop-by-hop, but a gRPC client's is meant for the server at the
     // end: an HTTP/2 upstream gets it again (the one TE value HTTP/2 allows).
-    let te_trailers = set.config.http2 && hygiene::accepts_trailers(&parts.headers);
-    hygiene::strip_hop_by_hop(&mut parts.headers);
+    let te_trailers = set.config.http2 && hygiene::accepts_trailers(req.headers());
+    hygiene::strip_hop_by_hop(req.headers_mut());
     if te_trailers {
-        parts
-            .headers
+        req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let forwarded = Forwarded {
@@ -440,26 +425,26 @@ fn upstream_request(
         peer_trusted,
         scheme: conn.scheme,
         host: host.as_ref(),
-        version: parts.version,
+        version: req.version(),
     };
     let wire = if wire {
         Some(Forwarding::new(&forwarded))
     } else {
-        hygiene::add_forwarding(&mut parts.headers, &forwarded);
+        hygiene::add_forwarding(req.headers_mut(), &forwarded);
         None
     };
     if let Some(host) = host {
         // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`. (Not
         // `entry()`: it reserves room even when the key is there, and grows a full map.)
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, host);
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, host);
         }
     }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = origin_form(&parts.uri);
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        *req.uri_mut() = origin_form(req.uri());
     }
-    parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, body), wire)
+    *req.version_mut() = Version::HTTP_11;
+    (req, wire)
 }
 
 fn origin_form(uri: &Uri) -> Uri {
@@ -483,7 +468,7 @@ async fn forward<T: Transport>(
     via: &T,
     set: &UpstreamSet,
     key: &PickKey,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     ctx: &WorkerCtx,
     sending: Sending<'_>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
@@ -509,7 +494,7 @@ async fn forward<T: Transport>(
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
                 tracing::warn!(target: "proxycache::proxy", error = %e, "connect failed; retrying on another server");
-                req = *back;
+                req = back;
                 if index < 64 {
                     tried |= 1 << index;
                 }
@@ -544,7 +529,7 @@ async fn send_to<T: Transport>(
     set: &UpstreamSet,
     index: usize,
     guard: InflightGuard,
-    req: Request<ProxyBody>,
+    req: Box<Request<ProxyBody>>,
     ctx: &WorkerCtx,
     sending: Sending<'_>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), Failed> {
@@ -559,7 +544,7 @@ async fn send_to<T: Transport>(
         }
         (ServerTarget::Echo, _) => {
             // The echo shows the request as a server would get it.
-            let mut req = req;
+            let mut req = *req;
             if let Some(fwd) = sending.wire {
                 fwd.apply(req.headers_mut());
             }
@@ -653,6 +638,32 @@ mod tests {
     fn the_request_future_stays_small() {
         let size = future_size(super::handle);
         println!("request future: {size} bytes");
-        assert!(size <= 8192, "the request future is {size} bytes");
+        assert!(size <= 5120, "the request future is {size} bytes");
+    }
+
+    /// The size of the future of a function of six arguments, without calling it.
+    fn future_size6<A, B, C, D, E, F, Fut>(_: impl FnOnce(A, B, C, D, E, F) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Each layer of the upstream call holds its callee's future and copies it at each
+    /// call: the request goes down boxed and hyper's large exchange is boxed, so these
+    /// stay well under what they were (send_upstream: 4,224 bytes before).
+    #[test]
+    fn the_upstream_call_futures_stay_small() {
+        use super::{Outbound, ProxyBody};
+        use http::HeaderValue;
+        use std::time::Duration;
+        let send = future_size6::<
+            Outbound<'static>,
+            usize,
+            Box<Request<ProxyBody>>,
+            Option<HeaderValue>,
+            Option<Duration>,
+            Option<u32>,
+            _,
+        >(super::send_upstream);
+        println!("send_upstream future: {send} bytes");
+        assert!(send <= 2048, "send_upstream's future is {send} bytes");
     }
 }

@@ -877,6 +877,9 @@ mod faulty {
     if $path == "/forward" {
       forward $req.header["x-to"]
     }
+    if $path == "/echo" {
+      set req.header["x-said"] = "said: ${$req.query["q"]}"
+    }
   }
   on response {
     if $req.header["x-status"] != nil {
@@ -898,11 +901,13 @@ async fn a_runtime_fault_answers_500_with_a_request_id_and_the_next_request_is_s
     );
 
     // Request phase faults: the upstream never sees these requests.
-    let cases: [(&str, &[(&str, &str)]); 4] = [
+    let cases: [(&str, &[(&str, &str)]); 5] = [
         ("/arith", &[("x-n", "not a number")]),
         ("/arith", &[]),
         ("/limit", &[]),
         ("/forward", &[("x-to", "nowhere")]),
+        // A decoded newline cannot go into a header value.
+        ("/echo?q=a%0Ab", &[]),
     ];
     for (path, headers) in cases {
         let resp = get_with(px.addr, path, headers).await;
@@ -927,7 +932,11 @@ async fn a_runtime_fault_answers_500_with_a_request_id_and_the_next_request_is_s
     assert_eq!(got.header("x-n-plus-one").as_deref(), Some("42"));
     let resp = get_with(px.addr, "/limit", &[("x-key", "k")]).await;
     assert_eq!(resp.status, 200, "body: {}", resp.text());
-    assert_eq!(up.requests(), 2);
+    let resp = get_with(px.addr, "/echo?q=a%20b", &[]).await;
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    let got = up.last().expect("the upstream saw it");
+    assert_eq!(got.header("x-said").as_deref(), Some("said: a b"));
+    assert_eq!(up.requests(), 3);
 
     // Response phase faults: a status out of range or not a number.
     for bad in ["42", "teapot"] {

@@ -157,8 +157,7 @@ async fn forward(
             client_ip: turn.info.client_ip,
         },
         index,
-        parts,
-        body,
+        Box::new(Request::from_parts(parts, body)),
         host,
         timeout,
         retries,
@@ -286,7 +285,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             OUTBOUND_CONNECT_TIMEOUT,
             outbound_pool(),
         ));
-        let resp = client::send(&pool, &endpoint, call.timeout, req, None)
+        let resp = client::send(&pool, &endpoint, call.timeout, Box::new(req), None)
             .await
             .map_err(|e| fail(send_error(&e)))?;
         let status = resp.status();

@@ -30,7 +30,7 @@ pub trait Transport: Sync {
         pool: &'a Arc<Pool>,
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
-        req: Request<ProxyBody>,
+        req: Box<Request<ProxyBody>>,
         wire: Option<&'a Forwarding>,
     ) -> impl Future<Output = Result<Response<Self::Body>, SendError>> + Send + 'a;
 
@@ -57,7 +57,7 @@ impl Transport for Pooled {
         pool: &'a Arc<Pool>,
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
-        req: Request<ProxyBody>,
+        req: Box<Request<ProxyBody>>,
         wire: Option<&'a Forwarding>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         client::send(pool, ep, timeout, req, wire)

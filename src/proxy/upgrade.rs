@@ -53,10 +53,10 @@ impl Transport for Upgrading {
         pool: &'a Arc<Pool>,
         ep: &'a Arc<Endpoint>,
         timeout: Duration,
-        req: Request<ProxyBody>,
+        req: Box<Request<ProxyBody>>,
         _wire: Option<&'a crate::http::hygiene::Forwarding>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
-        crate::upstream::upgrade::send(pool, ep, timeout, req)
+        crate::upstream::upgrade::send(pool, ep, timeout, *req)
     }
 
     fn body(body: Incoming) -> ProxyBody {
@@ -126,34 +126,31 @@ pub fn restore_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 pub(super) struct Diverted {
     client: ClientUpgrade,
     protocol: HeaderValue,
-    parts: http::request::Parts,
-    body: ProxyBody,
+    req: Box<Request<ProxyBody>>,
     host: Option<HeaderValue>,
 }
 
-/// What the request path sends upstream: the request head, body and host.
-type ToSend = (http::request::Parts, ProxyBody, Option<HeaderValue>);
+/// What the request path sends upstream: the request and its host.
+type ToSend = (Box<Request<ProxyBody>>, Option<HeaderValue>);
 
 /// After the request phase: `Err` with the upgrade when the client asked for one and
 /// the request (which modules may have changed) still asks for it, else the request.
 pub(super) fn divert(
     client: Option<ClientUpgrade>,
-    parts: http::request::Parts,
-    body: ProxyBody,
+    req: Box<Request<ProxyBody>>,
     host: Option<HeaderValue>,
 ) -> Result<ToSend, Box<Diverted>> {
     let Some(client) = client else {
-        return Ok((parts, body, host));
+        return Ok((req, host));
     };
-    match protocol(&parts.headers) {
+    match protocol(req.headers()) {
         Some(protocol) => Err(Box::new(Diverted {
             client,
             protocol,
-            parts,
-            body,
+            req,
             host,
         })),
-        None => Ok((parts, body, host)),
+        None => Ok((req, host)),
     }
 }
 
@@ -170,8 +167,7 @@ pub(super) async fn forward(
     let Diverted {
         client,
         protocol,
-        parts,
-        body,
+        req,
         host,
     } = diverted;
     let (generation, shared) = (out.generation, &out.worker.shared);
@@ -180,9 +176,9 @@ pub(super) async fn forward(
         .sets
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
-    let key = super::pick_key(set, &parts, out.client_ip);
+    let key = super::pick_key(set, &req, out.client_ip);
     // hyper sends upgrades: the forwarding headers go into the map.
-    let (mut req, _) = super::upstream_request(parts, body, generation, out.conn, host, set, false);
+    let (mut req, _) = super::upstream_request(req, generation, out.conn, host, set, false);
     let via = Upgrading { protocol };
     via.outgoing(&mut req);
     let sending = super::Sending {

@@ -155,7 +155,7 @@ impl Machine<'_> {
             } => {
                 let v = match constant {
                     Some(v) => v.clone(),
-                    None => header_value(&*self.eval_ref(value, ex)?)?,
+                    None => self.header_value(value, ex)?,
                 };
                 let headers = if *resp {
                     ex.resp.as_mut().map(|r| &mut *r.headers)
@@ -304,6 +304,36 @@ impl Machine<'_> {
         })
     }
 
+    fn interpolate(&self, parts: &[CPart], ex: &mut Exchange<'_>) -> Eval<String> {
+        let mut s = String::new();
+        for p in parts {
+            match p {
+                CPart::Text(t) => s.push_str(t),
+                CPart::Expr(x) => {
+                    use std::fmt::Write;
+                    let _ = write!(s, "{}", self.eval_ref(x, ex)?);
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// `e` as a header value; an interpolation's text becomes the value without
+    /// another copy.
+    fn header_value(&self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<HeaderValue> {
+        match e {
+            CExpr::Interp(parts) => {
+                let text = self.interpolate(parts, ex)?;
+                // What `HeaderValue` accepts; checked first so the message can show it.
+                if !text.bytes().all(|b| b == b'\t' || (b >= 32 && b != 127)) {
+                    return Err(format!("{text:?} is not a valid header value"));
+                }
+                HeaderValue::try_from(text).map_err(|e| e.to_string())
+            }
+            other => header_value(&*self.eval_ref(other, ex)?),
+        }
+    }
+
     fn eval(&self, e: &CExpr, ex: &mut Exchange<'_>) -> Eval<Value> {
         Ok(match e {
             CExpr::Const(v) => v.clone(),
@@ -315,19 +345,7 @@ impl Machine<'_> {
                 .get(usize::from(*slot))
                 .cloned()
                 .unwrap_or_default(),
-            CExpr::Interp(parts) => {
-                let mut s = String::new();
-                for p in parts.iter() {
-                    match p {
-                        CPart::Text(t) => s.push_str(t),
-                        CPart::Expr(x) => {
-                            use std::fmt::Write;
-                            let _ = write!(s, "{}", self.eval_ref(x, ex)?);
-                        }
-                    }
-                }
-                Value::str(s)
-            }
+            CExpr::Interp(parts) => Value::str(self.interpolate(parts, ex)?),
             CExpr::Not(_) | CExpr::And(..) | CExpr::Or(..) | CExpr::Match(..) => {
                 Value::Bool(self.test(e, ex)?)
             }

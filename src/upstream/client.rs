@@ -50,7 +50,7 @@ pub async fn send(
     pool: &Arc<Pool>,
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     wire: Option<&Forwarding>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     if ep.key.http2 {
@@ -58,7 +58,9 @@ pub async fn send(
             wire.is_none(),
             "forwarding headers for hyper belong in the map"
         );
-        return send_hyper(pool, ep, response_timeout, req).await;
+        // Boxed: hyper's exchange is a large future, and every request's future
+        // (HTTP/1.1 sets too) would otherwise carry and copy its size at each await.
+        return Box::pin(send_hyper(pool, ep, response_timeout, req)).await;
     }
     while let Some(sender) = pool.checkout(&ep.key, ep.pool.idle_timeout) {
         // (An HTTP/1.1 key only ever holds connections of our own.)
@@ -67,7 +69,7 @@ pub async fn send(
         };
         match send_own(pool, ep, response_timeout, conn, req, true, wire).await {
             Ok(resp) => return Ok(resp),
-            Err(Retry::Unsent(back)) => req = *back,
+            Err(Retry::Unsent(back)) => req = back,
             Err(Retry::Failed(e)) => return Err(e),
         }
     }
@@ -86,11 +88,11 @@ pub async fn send(
 }
 
 /// The request handed back with why its connection could not be made.
-pub(super) fn connect_failed(failure: ConnectFailure, req: Request<ProxyBody>) -> SendError {
+pub(super) fn connect_failed(failure: ConnectFailure, req: Box<Request<ProxyBody>>) -> SendError {
     match failure {
-        ConnectFailure::Io(e) => SendError::Connect(e, Box::new(req)),
-        ConnectFailure::Timeout => SendError::ConnectTimeout(Box::new(req)),
-        ConnectFailure::Tls(reason) => SendError::Tls(reason, Box::new(req)),
+        ConnectFailure::Io(e) => SendError::Connect(e, req),
+        ConnectFailure::Timeout => SendError::ConnectTimeout(req),
+        ConnectFailure::Tls(reason) => SendError::Tls(reason, req),
     }
 }
 
@@ -100,7 +102,7 @@ async fn send_own(
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
     conn: h1::Conn,
-    req: Request<ProxyBody>,
+    req: Box<Request<ProxyBody>>,
     reused: bool,
     wire: Option<&Forwarding>,
 ) -> Result<Response<UpstreamBody>, Retry> {
@@ -130,7 +132,7 @@ async fn send_hyper(
     pool: &Arc<Pool>,
     ep: &Arc<Endpoint>,
     response_timeout: Duration,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     while let Some(mut sender) = pool.checkout(&ep.key, ep.pool.idle_timeout) {
         // A pooled connection becomes ready once its connection task has seen the
@@ -138,9 +140,9 @@ async fn send_hyper(
         if sender.ready().await.is_err() {
             continue;
         }
-        match try_send(pool, ep, response_timeout, sender, req).await {
+        match try_send(pool, ep, response_timeout, sender, *req).await {
             Ok(resp) => return Ok(resp),
-            Err(Retry::Unsent(back)) => req = *back,
+            Err(Retry::Unsent(back)) => req = back,
             Err(Retry::Failed(e)) => return Err(e),
         }
     }
@@ -159,7 +161,7 @@ async fn send_hyper(
             ep.pool.max_idle_per_server,
         );
     }
-    match try_send(pool, ep, response_timeout, sender, req).await {
+    match try_send(pool, ep, response_timeout, sender, *req).await {
         Ok(resp) => Ok(resp),
         Err(Retry::Unsent(_)) => Err(SendError::Closed),
         Err(Retry::Failed(e)) => Err(e),

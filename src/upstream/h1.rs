@@ -178,7 +178,7 @@ pub enum Failure {
 /// timeout racing us, and worth a retry).
 pub async fn send(
     mut conn: Conn,
-    req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     reused: bool,
     response_timeout: Duration,
     wire: Option<&Forwarding>,
@@ -186,11 +186,13 @@ pub async fn send(
     conn.deadline
         .as_mut()
         .reset(tokio::time::Instant::now() + response_timeout);
-    let (parts, body) = req.into_parts();
+    // The body goes out with the head; the rest of the request stays boxed (the
+    // request moves through every layer above by pointer, and a retry gets it back).
+    let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
     let empty = body.is_end_stream();
-    let (head, chunked) = encode_head(&parts, &body, wire);
+    let (head, chunked) = encode_head(&req, &body, wire);
     let mut out = Some(Outgoing::new(head, body, chunked));
-    let head_method_is_head = parts.method == Method::HEAD;
+    let head_method_is_head = req.method() == Method::HEAD;
     let mut wrote_any = false;
     let mut write_failed = false;
 
@@ -224,12 +226,10 @@ pub async fn send(
         Err(e) => {
             let nothing_back =
                 conn.buf.is_empty() && matches!(e, H1Error::ClosedBeforeResponse | H1Error::Io(_));
-            let idempotent = parts.method.is_idempotent();
+            let idempotent = req.method().is_idempotent();
             if reused && nothing_back && empty && (idempotent || !wrote_any) {
-                return Err(Failure::Unsent(Box::new(Request::from_parts(
-                    parts,
-                    ProxyBody::Empty,
-                ))));
+                // (Its body was empty: what is in the box is the request as it came.)
+                return Err(Failure::Unsent(req));
             }
             return Err(Failure::Failed(e));
         }
@@ -249,18 +249,18 @@ pub async fn send(
 
 /// The request head in wire form, and whether the body goes chunked.
 fn encode_head(
-    parts: &http::request::Parts,
+    req: &Request<ProxyBody>,
     body: &ProxyBody,
     wire: Option<&Forwarding>,
 ) -> (Bytes, bool) {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let path = if path.is_empty() { "/" } else { path };
-    let mut size = parts.method.as_str().len() + path.len() + 13 + 40 + 160;
-    for (name, value) in &parts.headers {
+    let mut size = req.method().as_str().len() + path.len() + 13 + 40 + 160;
+    for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + 4;
     }
     let mut head = BytesMut::with_capacity(size);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(req.method().as_str().as_bytes());
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
@@ -268,9 +268,9 @@ fn encode_head(
     let framing =
         |name: &HeaderName| name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
     match wire {
-        Some(fwd) => fwd.write_head(&parts.headers, framing, &mut head),
+        Some(fwd) => fwd.write_head(req.headers(), framing, &mut head),
         None => {
-            for (name, value) in &parts.headers {
+            for (name, value) in req.headers() {
                 if framing(name) {
                     continue;
                 }
@@ -281,7 +281,7 @@ fn encode_head(
             }
         }
     }
-    let chunked = match body_length(parts, body) {
+    let chunked = match body_length(req, body) {
         Some(None) => false,
         Some(Some(n)) => {
             head.extend_from_slice(b"content-length: ");
@@ -300,7 +300,7 @@ fn encode_head(
 
 /// `Some(None)`: no body and no `Content-Length` needed; `Some(Some(n))`: exactly `n`
 /// bytes; `None`: unknown (chunked).
-fn body_length(parts: &http::request::Parts, body: &ProxyBody) -> Option<Option<u64>> {
+fn body_length(req: &Request<ProxyBody>, body: &ProxyBody) -> Option<Option<u64>> {
     let exact = if body.is_end_stream() {
         Some(0)
     } else {
@@ -310,8 +310,8 @@ fn body_length(parts: &http::request::Parts, body: &ProxyBody) -> Option<Option<
         Some(0) => {
             // Methods whose requests usually carry content say so even when empty
             // (RFC 9110 8.6), as does any request that came with a Content-Length.
-            let says = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-                || parts.headers.contains_key(header::CONTENT_LENGTH);
+            let says = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+                || req.headers().contains_key(header::CONTENT_LENGTH);
             Some(says.then_some(0))
         }
         Some(n) => Some(Some(n)),

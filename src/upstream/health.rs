@@ -72,7 +72,7 @@ async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> bool {
             .ok()?;
         // A pool of its own: every check opens (and then drops) a fresh connection.
         let pool = Arc::new(Pool::default());
-        let resp = client::send(&pool, endpoint, timeout, req, None)
+        let resp = client::send(&pool, endpoint, timeout, Box::new(req), None)
             .await
             .ok()?;
         Some(resp.status().is_success() || resp.status().is_redirection())

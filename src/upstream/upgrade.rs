@@ -33,7 +33,7 @@ pub async fn send(
     // Boxed: the connect future is large and upgrades are rare.
     let stream = match Box::pin(super::connect::open_stream(ep)).await {
         Ok(stream) => stream,
-        Err(failure) => return Err(super::client::connect_failed(failure, req)),
+        Err(failure) => return Err(super::client::connect_failed(failure, Box::new(req))),
     };
     if let Stream::Tls(tls) = &stream {
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
