@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, MultiValue, Table};
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::convert::{self, arg_from_lua, to_lua};
 use super::handles::{with_turn, LuaResponse, RespData, Turn, TurnCell};
@@ -125,10 +126,21 @@ fn insert_path(lua: &Lua, root: &Table, path: &str, f: Function) -> mlua::Result
 /// Most arguments any signature has.
 const MAX_ARGS: usize = 8;
 
-/// The arguments of a call in signature order, defaults filled in, types checked.
-pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
+/// A signature's default values, made once per VM rather than per call (a string
+/// default would otherwise be a new allocation every time).
+fn defaults(sig: &FnSig) -> Box<[Value]> {
+    sig.args.iter().map(|a| a.default.value()).collect()
+}
+
+/// The arguments of a call in signature order, defaults (from [`defaults`]) filled
+/// in, types checked. On the stack: a call has a handful.
+pub fn bind_args(
+    sig: &FnSig,
+    defaults: &[Value],
+    args: MultiValue,
+) -> mlua::Result<SmallVec<[Value; 6]>> {
     let fail = |m: String| mlua::Error::runtime(format!("{}: {m}", sig.name));
-    let mut out = Vec::with_capacity(sig.args.len());
+    let mut out = SmallVec::with_capacity(sig.args.len());
     let named = match args.front() {
         Some(mlua::Value::Table(t)) if args.len() == 1 => Some(t.clone()),
         _ => None,
@@ -167,7 +179,7 @@ pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
                     .get_mut(i)
                     .and_then(Option::take)
                     .unwrap_or(mlua::Value::Nil);
-                out.push(one_arg(sig, a, &v)?);
+                out.push(one_arg(sig, a, defaults.get(i), &v)?);
             }
         }
         None => {
@@ -179,15 +191,20 @@ pub fn bind_args(sig: &FnSig, args: MultiValue) -> mlua::Result<Vec<Value>> {
                 )));
             }
             for (i, a) in sig.args.iter().enumerate() {
-                let v = args.get(i).cloned().unwrap_or(mlua::Value::Nil);
-                out.push(one_arg(sig, a, &v)?);
+                let v = args.get(i).unwrap_or(&mlua::Value::Nil);
+                out.push(one_arg(sig, a, defaults.get(i), v)?);
             }
         }
     }
     Ok(out)
 }
 
-fn one_arg(sig: &FnSig, a: &stdlib::ArgSig, v: &mlua::Value) -> mlua::Result<Value> {
+fn one_arg(
+    sig: &FnSig,
+    a: &stdlib::ArgSig,
+    default: Option<&Value>,
+    v: &mlua::Value,
+) -> mlua::Result<Value> {
     if v.is_nil() {
         if a.default == ArgDefault::Required {
             return Err(mlua::Error::runtime(format!(
@@ -195,7 +212,7 @@ fn one_arg(sig: &FnSig, a: &stdlib::ArgSig, v: &mlua::Value) -> mlua::Result<Val
                 sig.name, a.name
             )));
         }
-        return Ok(a.default.value());
+        return Ok(default.cloned().unwrap_or_else(|| a.default.value()));
     }
     let value = arg_from_lua(v, a.ty, a.name)
         .map_err(|m| mlua::Error::runtime(format!("{}: {m}", sig.name)))?;
@@ -252,8 +269,9 @@ fn sync_fn(
 ) -> mlua::Result<Function> {
     let cell = Arc::clone(cell);
     let regexes = Arc::clone(regexes);
+    let defaults = defaults(sig);
     lua.create_function(move |lua, args: MultiValue| {
-        let args = bind_args(sig, args)?;
+        let args = bind_args(sig, &defaults, args)?;
         let regex = match sig.id {
             StdFn::UrlRewrite => Some(cached_regex(&regexes, &args)?),
             _ => None,
@@ -312,8 +330,9 @@ pub fn check_waiting_allowed(lua: &Lua, cell: &TurnCell) -> mlua::Result<()> {
 
 fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
     let cell = Arc::clone(cell);
+    let defaults = defaults(sig);
     lua.create_function(move |lua, args: MultiValue| {
-        let args = bind_args(sig, args)?;
+        let args = bind_args(sig, &defaults, args)?;
         check_waiting_allowed(lua, &cell)?;
         with_turn(&cell, |t| check_phase(sig, t))?;
         let op = match sig.id {
@@ -353,8 +372,9 @@ fn respond_fn(
 ) -> mlua::Result<Function> {
     let cell = Arc::clone(cell);
     let body_fn = body_fn.clone();
+    let defaults = defaults(sig);
     lua.create_function(move |lua, args: MultiValue| {
-        let args = bind_args(sig, args)?;
+        let args = bind_args(sig, &defaults, args)?;
         let status = match &args[0] {
             Value::Int(n) => super::handles::status_code(*n)?,
             _ => {

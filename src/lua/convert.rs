@@ -134,7 +134,11 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             _ => return Err(wrong("a number")),
         },
         ArgType::Str => match v {
-            mlua::Value::String(s) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+            // Borrowed when it is UTF-8 (the usual case): one allocation, for the Arc.
+            mlua::Value::String(s) => match s.to_str() {
+                Ok(text) => Value::Str(Arc::from(&*text)),
+                Err(_) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+            },
             _ => return Err(wrong("a string")),
         },
         ArgType::Duration => match v {
@@ -145,7 +149,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                 Value::Duration(std::time::Duration::from_secs_f64(*f))
             }
             mlua::Value::String(s) => {
-                let text = s.to_string_lossy();
+                let text = s.to_str().map_err(|_| wrong("a duration string"))?;
                 crate::config::parse_duration(&text)
                     .map(Value::Duration)
                     .map_err(|e| format!("{}: {e}", what()))?
