@@ -104,8 +104,8 @@ pub async fn handle(
     };
     done.status = resp.status();
     ctx.shared.stats.record(resp.status());
-    if let Some(state) = done.script.take().map(|b| *b) {
-        if generation.pipeline.has_log_phase() {
+    if generation.pipeline.has_log_phase() {
+        if let Some(state) = done.script.take() {
             done.log = Some(Box::new(phases::LogJob {
                 generation: Arc::clone(&generation),
                 state,
@@ -227,7 +227,7 @@ async fn proxy(
             Flow::Respond(local) => {
                 let mut resp = phases::local_response(local, id);
                 phases::response_phase(generation, &mut state, &mut resp).await?;
-                done.script = Some(Box::new(state));
+                done.script = Some(state);
                 return Ok(resp);
             }
             Flow::Response(answer) => {
@@ -252,7 +252,7 @@ async fn proxy(
                     state.upstream = Some(u);
                 }
                 phases::response_phase(generation, &mut state, &mut answer_resp).await?;
-                done.script = Some(Box::new(state));
+                done.script = Some(state);
                 return Ok(answer_resp);
             }
             Flow::Forward(to) => {
@@ -262,7 +262,7 @@ async fn proxy(
                 state.upstream = Some(Arc::from(generation.upstreams.sets[to.upstream].name()));
             }
         }
-        done.script = Some(Box::new(state));
+        done.script = Some(state);
     }
     let target = target.ok_or(ProxyError::NoRoute)?;
     done.meter.upstream = Some(index32(target));

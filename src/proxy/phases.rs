@@ -46,7 +46,7 @@ pub async fn request_phase(
     info: RequestInfo,
     upstream: Option<&str>,
     lua: Option<Arc<LuaCall>>,
-) -> (Result<Flow, ProxyError>, ScriptState) {
+) -> (Result<Flow, ProxyError>, Box<ScriptState>) {
     let pipeline = &generation.pipeline;
     let mut ctx = pipeline.new_ctx();
     let mut response_headers = Vec::new();
@@ -98,7 +98,8 @@ pub async fn request_phase(
     } else {
         HeaderMap::new()
     };
-    let state = ScriptState {
+    // Boxed here: it is kept (in the request's completion) until the response ends.
+    let state = Box::new(ScriptState {
         info,
         ctx,
         ran,
@@ -108,7 +109,7 @@ pub async fn request_phase(
         headers,
         upstream: upstream.map(Arc::from),
         lua,
-    };
+    });
     (flow.map_err(module_error), state)
 }
 
@@ -163,7 +164,7 @@ pub async fn response_phase(
 #[derive(Debug)]
 pub struct LogJob {
     pub generation: Arc<Generation>,
-    pub state: ScriptState,
+    pub state: Box<ScriptState>,
     pub status: StatusCode,
     pub response_headers: HeaderMap,
 }
