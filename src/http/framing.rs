@@ -112,6 +112,11 @@ pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse
 /// heads in `server::h1`, response heads in `upstream::h1`): digits only, and a
 /// comma-separated list only when every value agrees. `None`: unusable.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
+    // The usual shape, digits only, without splitting and trimming (19 digits cannot
+    // overflow a u64).
+    if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
+        return Some(value.iter().fold(0, |n, b| n * 10 + u64::from(b - b'0')));
+    }
     let text = std::str::from_utf8(value).ok()?;
     let mut result: Option<u64> = None;
     // `Content-Length: 5, 5` is allowed when every value agrees (RFC 9110 8.6).
@@ -211,6 +216,14 @@ mod tests {
         assert_eq!(parse_length(b"7, 8"), None);
         assert_eq!(parse_length(b"+7"), None);
         assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"0012"), Some(12));
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_length(b"18446744073709551616"), None, "overflow");
+        assert_eq!(parse_length(b" 7 "), Some(7));
     }
 
     #[test]

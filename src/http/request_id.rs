@@ -2,8 +2,14 @@
 //!
 //! The id names the request's tracing span, is sent upstream and back to the client,
 //! and is on every response the proxy makes itself.
+//!
+//! A fresh id is made when it is first needed (a log line, a response the proxy makes,
+//! `std.request_id.inject`, a clone for the pipeline), not when the request arrives: a
+//! request that is proxied without any of those (the plain path with logging off)
+//! never pays for one. Once made it never changes, and clones share it.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,51 +24,70 @@ pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 /// Longest incoming id that is kept.
 pub const MAX_LEN: usize = 128;
 
-/// A request id: a header-safe ASCII string.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+/// A request id: a header-safe ASCII string (made on first use, see the module doc).
+#[derive(Debug)]
+pub struct RequestId(OnceLock<HeaderValue>);
+
+impl Clone for RequestId {
+    /// The clone has the same id: one is made now if none was yet.
+    fn clone(&self) -> Self {
+        RequestId(OnceLock::from(self.header_value().clone()))
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.header_value() == other.header_value()
+    }
+}
+
+impl Eq for RequestId {}
 
 impl RequestId {
-    /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7.
+    /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7 (made when
+    /// first asked for).
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
-        headers
-            .get(&HEADER_NAME)
-            .filter(|v| is_valid(v.as_bytes()))
-            .map(|v| RequestId(v.clone()))
-            .unwrap_or_else(RequestId::generate)
+        let cell = OnceLock::new();
+        if let Some(v) = headers.get(&HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
+            let _ = cell.set(v.clone());
+        }
+        RequestId(cell)
     }
 
-    /// A fresh UUIDv7 (48-bit millisecond timestamp, 74 random bits).
+    /// A fresh UUIDv7, made now.
     pub fn generate() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let rand_a = fastrand::u16(..) & 0x0fff;
-        let rand_b = fastrand::u64(..) & 0x3fff_ffff_ffff_ffff;
-        let hi = (ms << 16) | 0x7000 | u64::from(rand_a);
-        let lo = 0x8000_0000_0000_0000 | rand_b;
-        let mut buf = [0u8; 36];
-        write_uuid(&mut buf, hi, lo);
-        // Only hex digits and dashes: always a valid header value. Owned by a shared
-        // `Bytes` from the start, so that the clones every request makes (upstream
-        // header, response header) are reference counts, not a first clone that
-        // reallocates.
-        match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)) {
-            Ok(v) => RequestId(v),
-            Err(_) => RequestId(HeaderValue::from_static(
-                "00000000-0000-7000-8000-000000000000",
-            )),
-        }
+        RequestId(OnceLock::from(uuid_v7()))
     }
 
     /// The id as a header value.
     pub fn header_value(&self) -> &HeaderValue {
-        &self.0
+        self.0.get_or_init(uuid_v7)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("")
+        self.header_value().to_str().unwrap_or("")
+    }
+}
+
+/// A fresh UUIDv7 (48-bit millisecond timestamp, 74 random bits).
+fn uuid_v7() -> HeaderValue {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rand_a = fastrand::u16(..) & 0x0fff;
+    let rand_b = fastrand::u64(..) & 0x3fff_ffff_ffff_ffff;
+    let hi = (ms << 16) | 0x7000 | u64::from(rand_a);
+    let lo = 0x8000_0000_0000_0000 | rand_b;
+    let mut buf = [0u8; 36];
+    write_uuid(&mut buf, hi, lo);
+    // Only hex digits and dashes: always a valid header value. Owned by a shared
+    // `Bytes` from the start, so that the clones every request makes (upstream
+    // header, response header) are reference counts, not a first clone that
+    // reallocates.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)) {
+        Ok(v) => v,
+        Err(_) => HeaderValue::from_static("00000000-0000-7000-8000-000000000000"),
     }
 }
 
@@ -108,6 +133,23 @@ mod tests {
         assert_eq!(a.as_str().len(), 36);
         assert_eq!(&a.as_str()[14..15], "7");
         assert!(is_valid(a.as_str().as_bytes()));
+    }
+
+    #[test]
+    fn a_fresh_id_is_made_once_and_shared_by_clones() {
+        let id = RequestId::from_headers_or_new(&HeaderMap::new());
+        let clone = id.clone();
+        assert_eq!(id.as_str().len(), 36);
+        assert_eq!(id.as_str(), clone.as_str(), "a clone has the same id");
+        assert_eq!(id, clone);
+        let later = id.as_str().to_owned();
+        assert_eq!(id.as_str(), later, "made once");
+        let other = RequestId::from_headers_or_new(&HeaderMap::new());
+        assert_ne!(other, id, "every request its own");
+        // A clone made before the id was ever read still shares it.
+        let fresh = RequestId::from_headers_or_new(&HeaderMap::new());
+        let early = fresh.clone();
+        assert_eq!(fresh.as_str(), early.as_str());
     }
 
     #[test]

@@ -102,13 +102,14 @@ pub fn take<B>(req: &mut Request<B>) -> Option<ClientUpgrade> {
 /// The protocol the request asks to switch to, if it (still) asks for an upgrade the
 /// proxy tunnels.
 pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    // `Upgrade` first: almost no request has one.
+    let upgrade = headers.get(header::UPGRADE)?;
     let connection_says_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let upgrade = headers.get(header::UPGRADE)?;
     let h2c = upgrade.to_str().map_or(true, |v| {
         v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
     });
