@@ -257,13 +257,19 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 fn via_value(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_09 => "0.9 proxycache",
-        Version::HTTP_10 => "1.0 proxycache",
-        Version::HTTP_2 => "2 proxycache",
-        Version::HTTP_3 => "3 proxycache",
-        _ => "1.1 proxycache",
-    })
+    // Made at compile time: `from_static` outside a const checks every byte each call.
+    const VIA_09: HeaderValue = HeaderValue::from_static("0.9 proxycache");
+    const VIA_10: HeaderValue = HeaderValue::from_static("1.0 proxycache");
+    const VIA_11: HeaderValue = HeaderValue::from_static("1.1 proxycache");
+    const VIA_2: HeaderValue = HeaderValue::from_static("2 proxycache");
+    const VIA_3: HeaderValue = HeaderValue::from_static("3 proxycache");
+    match version {
+        Version::HTTP_09 => VIA_09,
+        Version::HTTP_10 => VIA_10,
+        Version::HTTP_2 => VIA_2,
+        Version::HTTP_3 => VIA_3,
+        _ => VIA_11,
+    }
 }
 
 #[cfg(test)]
