@@ -261,6 +261,20 @@ pub fn call(
     }
 }
 
+/// [`call`] for a call whose result nobody reads (a pcmod call statement): the
+/// functions that would build a result only to drop it skip that.
+pub fn call_for_effect(
+    id: StdFn,
+    args: &[Value],
+    prepared: Option<&regex::Regex>,
+    ex: &mut Exchange<'_>,
+) -> Result<(), StdError> {
+    match id {
+        StdFn::RequestIdInject => request_id::set(args, ex),
+        _ => call(id, args, prepared, ex).map(drop),
+    }
+}
+
 /// A literal that must be a valid header name.
 pub fn valid_header_name(v: &Value) -> Result<(), String> {
     match v.as_str() {

@@ -219,9 +219,17 @@ impl Machine<'_> {
                 }
             }
             CStmtKind::Next => return Ok(Exit::Next),
-            CStmtKind::Call(call) => {
-                self.call(call, ex)?;
-            }
+            CStmtKind::Call(call) => match &call.target {
+                // A call for its effect: functions that can skip making their result do.
+                CallTarget::Std(sig) => {
+                    let args = self.args(call, ex)?;
+                    stdlib::call_for_effect(sig.id, &args, call.regex.as_ref(), ex)
+                        .map_err(|e| e.to_string())?;
+                }
+                CallTarget::Lua(_) => {
+                    self.call(call, ex)?;
+                }
+            },
         }
         Ok(Exit::Done)
     }
@@ -255,11 +263,16 @@ impl Machine<'_> {
         })
     }
 
-    fn call(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
+    fn args(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<SmallVec<[Value; 6]>> {
         let mut args: SmallVec<[Value; 6]> = SmallVec::with_capacity(call.args.len());
         for a in call.args.iter() {
             args.push(self.eval(a, ex)?);
         }
+        Ok(args)
+    }
+
+    fn call(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
+        let args = self.args(call, ex)?;
         match &call.target {
             CallTarget::Std(sig) => {
                 stdlib::call(sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())

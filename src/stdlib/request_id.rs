@@ -28,6 +28,12 @@ pub static SIGS: &[FnSig] = &[FnSig {
 
 /// `std.request_id.inject(header?)`.
 pub fn inject(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdError> {
+    set(args, ex)?;
+    Ok(Value::str(ex.info.id.as_str()))
+}
+
+/// What `inject` does, without making its result.
+pub fn set(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<(), StdError> {
     let name = match args.first() {
         Some(Value::Str(s)) if &**s == crate::http::request_id::HEADER => {
             crate::http::request_id::HEADER_NAME
@@ -41,5 +47,5 @@ pub fn inject(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, Std
     let value = ex.info.id.header_value().clone();
     ex.req.headers.insert(name.clone(), value.clone());
     ex.response_headers.push((name, value));
-    Ok(Value::str(ex.info.id.as_str()))
+    Ok(())
 }
