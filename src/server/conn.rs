@@ -57,6 +57,9 @@ pub struct Activity {
     inflight: AtomicU32,
     last_done_ms: AtomicU64,
     head_started_ms: AtomicU64,
+    /// Whether a watchdog reads this (connections hyper serves): only then is the time
+    /// of each finished request worth a clock read.
+    watched: AtomicBool,
     /// Requests started on this connection (the head scanner restarts per request).
     started: AtomicU64,
     /// The head being read carries both Content-Length and Transfer-Encoding (hyper
@@ -71,6 +74,7 @@ impl Activity {
             inflight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
             started: AtomicU64::new(0),
             ambiguous_framing: AtomicBool::new(false),
         }
@@ -92,8 +96,17 @@ impl Activity {
 
     /// A response has been sent in full or abandoned.
     pub fn request_finished(&self) {
-        self.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) {
+            self.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A watchdog starts reading this connection (hyper serves it from now on, maybe
+    /// after the server's own loop served earlier requests): idle time counts from now.
+    fn watch(&self) {
+        self.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.watched.store(true, Ordering::Relaxed);
     }
 
     fn bytes_read(&self) {
@@ -390,6 +403,7 @@ async fn serve_hyper<S>(
     // One timer for the connection's life, moved rather than made anew.
     let sleep = tokio::time::sleep(timeouts.header);
     tokio::pin!(sleep);
+    conn.activity.watch();
     loop {
         let deadline = match judge(&conn.activity, timeouts.header, timeouts.idle) {
             Verdict::Wait(at) => at,
