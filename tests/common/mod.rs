@@ -467,15 +467,29 @@ impl http_body::Body for Chunks {
     }
 }
 
-/// An address where nothing listens (bound, read, released).
+/// An address where nothing listens and nothing will while the tests run.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind for a free port");
-    l.local_addr().expect("local addr")
+    // Bound but never listening, and held until the test process ends: connecting is
+    // refused, and nothing else (the proxy's own listeners, another test's upstream)
+    // can be handed this port meanwhile, as it could a port freed at once.
+    static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    socket.bind(&any.into()).expect("bind for a dead port");
+    let addr = socket
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("an IP address");
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    addr
 }
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    dead_addr().port()
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind for a free port");
+    l.local_addr().expect("local addr").port()
 }
 
 // ---- the proxy ----------------------------------------------------------------------
