@@ -113,7 +113,7 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
     req.headers_mut()
         .insert("host", HeaderValue::from_static("example.com"));
     let (mut parts, _) = req.into_parts();
-    let info = RequestInfo {
+    let mut info = RequestInfo {
         id: RequestId::generate(),
         client_ip: [127, 0, 0, 1].into(),
         scheme: "http",
@@ -130,11 +130,11 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
             headers: &mut parts.headers,
         },
         resp: None,
-        info: &info,
+        info: &mut info,
         ctx: &mut ctx,
         state: &generation.std_state,
         upstreams: &generation.upstreams,
-        upstream: Some("app"),
+        upstream: generation.upstreams.sets.first().map(|s| s.shared_name()),
         response_headers: &mut response_headers,
         body: None,
         lua: call,

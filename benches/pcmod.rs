@@ -94,6 +94,7 @@ struct Fresh {
     info: RequestInfo,
     ctx: proxycache::pipeline::Ctx,
     response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    upstream: Arc<str>,
 }
 
 fn fresh(p: &Pipeline) -> Fresh {
@@ -112,6 +113,7 @@ fn fresh(p: &Pipeline) -> Fresh {
         },
         ctx: p.new_ctx(),
         response_headers: Vec::new(),
+        upstream: Arc::from("app"),
     }
 }
 
@@ -126,11 +128,11 @@ fn run_phases(p: &Pipeline, state: &StdState, f: &mut Fresh) {
             headers: &mut f.parts.headers,
         },
         resp: None,
-        info: &f.info,
+        info: &mut f.info,
         ctx: &mut f.ctx,
         state,
         upstreams: &NO_UPSTREAMS,
-        upstream: Some("app"),
+        upstream: Some(&f.upstream),
         response_headers: &mut f.response_headers,
         body: None,
         lua: None,

@@ -112,13 +112,13 @@ pub struct Exchange<'a> {
     pub phase: PhaseKind,
     pub req: ReqParts<'a>,
     pub resp: Option<RespParts<'a>>,
-    pub info: &'a RequestInfo,
+    pub info: &'a mut RequestInfo,
     pub ctx: &'a mut Ctx,
     pub state: &'a StdState,
     /// The generation's upstream sets (`std.load_balance`, `std.circuit_breaker`).
     pub upstreams: &'a Upstreams,
     /// Name of the upstream the request is routed or forwarded to, if any.
-    pub upstream: Option<&'a str>,
+    pub upstream: Option<&'a Arc<str>>,
     /// Headers to put on the response, whoever makes it (set in the request phase).
     pub response_headers: &'a mut Vec<(HeaderName, HeaderValue)>,
     /// The request body, in the request phase (Lua's `req:body()`, `std.proxy.forward`).

@@ -311,6 +311,14 @@ fn load_sources_here(
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;
+            // A Lua hook of a later phase, or a Lua function a later pcmod phase calls,
+            // may read any request header.
+            if let Some((_, hooks)) = &lua {
+                keeps_request_headers |= hooks[crate::lua::vm::phase_index(PhaseKind::Response)]
+                    || hooks[crate::lua::vm::phase_index(PhaseKind::Log)]
+                    || compiled.response.is_some()
+                    || compiled.log.is_some();
+            }
             let lua = lua.map(|(spec, hooks)| {
                 lua_specs.push(spec);
                 (lua_specs.len() - 1, hooks)
@@ -348,8 +356,6 @@ fn load_sources_here(
             ctx_shared,
             config.server.workers,
         )));
-        // A Lua hook may read anything later.
-        pipeline.keeps_request_headers = true;
     }
     Ok(Loaded {
         pipeline,

@@ -41,6 +41,8 @@ pub struct UpstreamSet {
     /// How to reach each server (`None`: a built-in one), indexed like `servers`.
     pub endpoints: Vec<Option<Arc<Endpoint>>>,
     balancer: Balancer,
+    /// The set's name, shared: requests and Lua hooks keep it without a copy.
+    name: Arc<str>,
 }
 
 impl UpstreamSet {
@@ -91,6 +93,7 @@ impl UpstreamSet {
             .collect();
         let balancer = Balancer::new(config.balance, &servers);
         Ok(UpstreamSet {
+            name: Arc::from(config.name.as_str()),
             config,
             servers,
             endpoints,
@@ -100,7 +103,12 @@ impl UpstreamSet {
 
     /// The set's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The set's name, to keep (a reference count, no copy).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// The server the balancer would pick now among available ones, without taking

@@ -9,7 +9,7 @@
 //! never pays for one. Once made it never changes, and clones share it.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -26,12 +26,28 @@ pub const MAX_LEN: usize = 128;
 
 /// A request id: a header-safe ASCII string (made on first use, see the module doc).
 #[derive(Debug)]
-pub struct RequestId(OnceLock<HeaderValue>);
+pub struct RequestId(Cell);
+
+/// Where the id is (or will be) kept.
+#[derive(Debug)]
+enum Cell {
+    /// This value's own; a clone makes the id first.
+    Own(OnceLock<HeaderValue>),
+    /// Shared with the values [`RequestId::share`] gave out: whichever reads it first
+    /// makes it, for all of them.
+    Shared(Arc<OnceLock<HeaderValue>>),
+}
 
 impl Clone for RequestId {
-    /// The clone has the same id: one is made now if none was yet.
+    /// The clone has the same id: one is made now if none was yet (a shared cell is
+    /// shared instead, see [`RequestId::share`]).
     fn clone(&self) -> Self {
-        RequestId(OnceLock::from(self.header_value().clone()))
+        match &self.0 {
+            Cell::Own(cell) => {
+                RequestId(Cell::Own(OnceLock::from(cell.get_or_init(uuid_v7).clone())))
+            }
+            Cell::Shared(cell) => RequestId(Cell::Shared(Arc::clone(cell))),
+        }
     }
 }
 
@@ -51,17 +67,41 @@ impl RequestId {
         if let Some(v) = headers.get(&HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
             let _ = cell.set(v.clone());
         }
-        RequestId(cell)
+        RequestId(Cell::Own(cell))
+    }
+
+    /// What stands in a request's info while the real one is lent out (a Lua hook's
+    /// turn holds it, see `lua::handles::Turn`): never made into a UUID, and it reads
+    /// as `-` should anything read it meanwhile.
+    pub fn stand_in() -> Self {
+        const LENT: HeaderValue = HeaderValue::from_static("-");
+        RequestId(Cell::Own(OnceLock::from(LENT)))
     }
 
     /// A fresh UUIDv7, made now.
     pub fn generate() -> Self {
-        RequestId(OnceLock::from(uuid_v7()))
+        RequestId(Cell::Own(OnceLock::from(uuid_v7())))
+    }
+
+    /// A second handle on the same id that does not make it now: an id not made yet
+    /// moves to a cell both share (one allocation), and is made by whichever reads it
+    /// first. (A plain clone makes the id at once: cheaper when it is needed anyway.)
+    pub fn share(&mut self) -> Self {
+        if let Cell::Own(cell) = &mut self.0 {
+            if cell.get().is_some() {
+                return self.clone();
+            }
+            self.0 = Cell::Shared(Arc::new(std::mem::take(cell)));
+        }
+        self.clone()
     }
 
     /// The id as a header value.
     pub fn header_value(&self) -> &HeaderValue {
-        self.0.get_or_init(uuid_v7)
+        match &self.0 {
+            Cell::Own(cell) => cell.get_or_init(uuid_v7),
+            Cell::Shared(cell) => cell.get_or_init(uuid_v7),
+        }
     }
 
     /// The id as text.
@@ -150,6 +190,33 @@ mod tests {
         let fresh = RequestId::from_headers_or_new(&HeaderMap::new());
         let early = fresh.clone();
         assert_eq!(fresh.as_str(), early.as_str());
+    }
+
+    #[test]
+    fn a_shared_id_is_made_by_whichever_reads_it_first() {
+        let mut id = RequestId::from_headers_or_new(&HeaderMap::new());
+        let shared = id.share();
+        assert!(
+            matches!(&id.0, Cell::Shared(c) if c.get().is_none()),
+            "not made yet"
+        );
+        let again = shared.clone();
+        assert_eq!(shared.as_str().len(), 36);
+        assert_eq!(id.as_str(), shared.as_str());
+        assert_eq!(id, again);
+        // The other way round, and an id made before sharing.
+        let mut id = RequestId::from_headers_or_new(&HeaderMap::new());
+        let shared = id.share();
+        let first = id.as_str().to_owned();
+        assert_eq!(shared.as_str(), first);
+        let mut made = RequestId::generate();
+        let shared = made.share();
+        assert_eq!(made, shared);
+        // A kept incoming id is shared as is.
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("abc-123"));
+        let mut kept = RequestId::from_headers_or_new(&h);
+        assert_eq!(kept.share().as_str(), "abc-123");
     }
 
     #[test]

@@ -72,10 +72,19 @@ impl Turn {
                     .as_mut()
                     .map(|b| std::mem::replace(&mut **b, ProxyBody::Empty)),
             }),
-            info: ex.info.clone(),
+            // Moved, not cloned: a clone would make the request id now (ids are made
+            // on first use, and clones share them).
+            info: std::mem::replace(
+                ex.info,
+                RequestInfo {
+                    id: crate::http::RequestId::stand_in(),
+                    client_ip: ex.info.client_ip,
+                    scheme: ex.info.scheme,
+                },
+            ),
             ctx: std::mem::take(ex.ctx),
             response_headers: std::mem::take(ex.response_headers),
-            upstream: ex.upstream.map(Arc::from),
+            upstream: ex.upstream.cloned(),
             answer: None,
             thread: None,
         }
@@ -95,6 +104,7 @@ impl Turn {
                 **slot = body;
             }
         }
+        *ex.info = self.info;
         *ex.ctx = self.ctx;
         *ex.response_headers = self.response_headers;
     }

@@ -406,7 +406,9 @@ fn variable(var: &VarRef, ex: &Exchange<'_>) -> Value {
         VarRef::Scheme => text(ex.info.scheme),
         VarRef::ClientIp => Value::str(ex.info.client_ip.to_string()),
         VarRef::RequestId => text(ex.info.id.as_str()),
-        VarRef::Upstream => ex.upstream.map_or(Value::Nil, text),
+        VarRef::Upstream => ex
+            .upstream
+            .map_or(Value::Nil, |u| Value::Str(Arc::clone(u))),
         VarRef::Status => ex
             .resp
             .as_ref()

@@ -127,7 +127,7 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let name = match args.first() {
         Some(Value::Str(s)) => s.to_string(),
         Some(Value::Nil) | None => match ex.upstream {
-            Some(u) => u.to_owned(),
+            Some(u) => u.to_string(),
             None => return Err(fail("no name given and the request has no upstream".into())),
         },
         Some(other) => other.to_string(),
