@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Interleaved wall-clock comparison: proxycache and its peers, round by round.
+#
+# ../shared/bench/run.sh measures each target's repeats back to back, target after
+# target; on a shared machine whose speed drifts by 20-40% from one minute to the next,
+# rows measured minutes apart disagree by more than the differences looked for. This
+# script measures every target once per round (each run a few seconds after the last)
+# and reports, per round, each target's req/s against its reference measured in the
+# same round, then the median of those ratios: drift that lasts longer than a round
+# cancels out. The order rotates from round to round (no target is always first).
+#
+# Setup as in ../shared/bench: the proxy under test pinned to CPU 0 with one worker;
+# wrk (-t1) and the backend (nginx, ../shared/bench/conf/backend.conf) on CPU 1; the
+# same request to every target (`x-api-key: k1`). Proxy CPU per request is user+system
+# time of all the proxy's threads (/proc/PID/stat) over the measured requests.
+#
+# Usage (from the repository root):
+#   cargo build --release
+#   bash benches/ab/run.sh [TARGET ...]
+# Targets: nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua
+#          proxycache-lua-empty (default: all). Knobs: ROUNDS (5), DURATION (6 s),
+#          WARMUP (2 s), CONNS (64), URL_PATH (/).
+# Reference of each target: nginx-plain for proxycache-plain; nginx-lua for
+# proxycache-pcmod and proxycache-lua; proxycache-plain for proxycache-pcmod and
+# proxycache-lua-empty (the policy's and the empty hook's cost).
+# Needs: nginx (+ libnginx-mod-http-lua for nginx-lua), wrk, curl, taskset.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
+BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
+ROUNDS="${ROUNDS:-5}"
+DURATION="${DURATION:-6}"
+WARMUP="${WARMUP:-2}"
+CONNS="${CONNS:-64}"
+URL_PATH="${URL_PATH:-/}"
+WORK="$(mktemp -d /tmp/proxycache-ab.XXXXXX)"
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+  TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
+fi
+
+for tool in nginx wrk curl taskset; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk curl util-linux)" >&2; exit 1; }
+done
+[ -d "$BENCH/conf" ] || { echo "no $BENCH/conf (../shared/bench beside the repository)" >&2; exit 1; }
+TCK="$(getconf CLK_TCK)"
+
+cleanup() {
+  for f in "$WORK"/*/nginx.pid; do
+    [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
+  done
+  [ -n "${PC_PID:-}" ] && kill -TERM "$PC_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+if curl -sf -o /dev/null http://127.0.0.1:18080/; then
+  echo "port 18080 is taken (a backend of another run?): stop it first" >&2
+  exit 1
+fi
+mkdir -p "$WORK/backend"
+taskset -c 1 nginx -p "$WORK/backend/" -c "$BENCH/conf/backend.conf"
+for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+
+available() {
+  case "$1" in
+    nginx-plain) true ;;
+    nginx-lua) [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ;;
+    proxycache-*) [ -x "$BIN" ] ;;
+    *) echo "unknown target $1" >&2; exit 1 ;;
+  esac
+}
+
+port_of() {
+  case "$1" in
+    nginx-plain) echo 18101 ;; nginx-lua) echo 18102 ;;
+    proxycache-plain) echo 18105 ;; proxycache-pcmod) echo 18106 ;;
+    proxycache-lua) echo 18107 ;; proxycache-lua-empty) echo 18108 ;;
+  esac
+}
+
+# Starts target $1 pinned to CPU 0; prints the PID whose CPU time is the proxy's.
+start() {
+  local t=$1 dir="$WORK/$1"
+  mkdir -p "$dir"
+  case "$t" in
+    nginx-*)
+      taskset -c 0 nginx -p "$dir/" -c "$BENCH/conf/$t.conf"
+      for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
+      # The one worker (its master only forks and waits).
+      local master
+      master="$(cat "$dir/nginx.pid")"
+      for _ in $(seq 1 50); do
+        pgrep -P "$master" >/dev/null && break
+        sleep 0.1
+      done
+      pgrep -P "$master" | head -1
+      ;;
+    proxycache-lua-empty)
+      taskset -c 0 "$BIN" run --config "$ROOT/benches/proxy/lua-empty.toml" >"$dir/out.log" 2>&1 &
+      echo $!
+      ;;
+    proxycache-*)
+      taskset -c 0 "$BIN" run --config "$BENCH/proxycache/${t#proxycache-}.toml" >"$dir/out.log" 2>&1 &
+      echo $!
+      ;;
+  esac
+}
+
+stop() {
+  local t=$1 pid=$2
+  case "$t" in
+    nginx-*) kill -QUIT "$(cat "$WORK/$t/nginx.pid")" 2>/dev/null || true ;;
+    *) kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true ;;
+  esac
+  local port
+  port="$(port_of "$t")"
+  for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" || break; sleep 0.1; done
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+declare -A RPS CPU P99
+ACTIVE=()
+for t in "${TARGETS[@]}"; do
+  if available "$t"; then ACTIVE+=("$t"); else echo "skipped $t: not installed" >&2; fi
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+  # Each round starts one target later, so that over as many rounds as there are
+  # targets each one runs once in every position (first after the previous round's
+  # last, and so on).
+  ORDER=()
+  for i in "${!ACTIVE[@]}"; do
+    ORDER+=("${ACTIVE[$(((i + r - 1) % ${#ACTIVE[@]}))]}")
+  done
+  for t in "${ORDER[@]}"; do
+    port="$(port_of "$t")"
+    pid="$(start "$t")"
+    [ "$t" = "${t#nginx}" ] && PC_PID=$pid
+    up=""
+    for _ in $(seq 1 100); do
+      if curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/"; then up=1; break; fi
+      sleep 0.1
+    done
+    if [ -z "$up" ]; then
+      echo "$t did not start (see $WORK/$t)" >&2
+      stop "$t" "$pid"
+      continue
+    fi
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH" >/dev/null
+    before="$(cpu_ticks "$pid")"
+    out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH")"
+    after="$(cpu_ticks "$pid")"
+    stop "$t" "$pid"
+    PC_PID=""
+    echo "$out" >"$WORK/$t.round$r.txt"
+    n="$(echo "$out" | grep -o '^ *[0-9]* requests' | awk '{print $1}')"
+    rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+    p99="$(echo "$out" | awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}')"
+    if echo "$out" | grep -q "Non-2xx"; then
+      echo "$t round $r: non-2xx responses (see $WORK/$t.round$r.txt)" >&2
+    fi
+    RPS[$t.$r]=$rps
+    P99[$t.$r]=$p99
+    CPU[$t.$r]="$(awk -v a="$before" -v b="$after" -v n="$n" -v t="$TCK" 'BEGIN { printf "%.1f", (b - a) * 1e6 / t / n }')"
+    printf '[round %s] %-22s %9s req/s  p99 %6s ms  CPU %5s us/req\n' "$r" "$t" "$rps" "$p99" "${CPU[$t.$r]}" >&2
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
+
+echo
+echo "| target | req/s per round | median req/s | median p99 ms | median CPU µs/req |"
+echo "| --- | --- | ---: | ---: | ---: |"
+for t in "${ACTIVE[@]}"; do
+  per=""; for r in $(seq 1 "$ROUNDS"); do per="$per${per:+ / }${RPS[$t.$r]:--}"; done
+  m_rps="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${RPS[$t.$r]:-}" ] && echo "${RPS[$t.$r]}"; done | median)"
+  m_p99="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${P99[$t.$r]:-}" ] && echo "${P99[$t.$r]}"; done | median)"
+  m_cpu="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${CPU[$t.$r]:-}" ] && echo "${CPU[$t.$r]}"; done | median)"
+  echo "| $t | $per | $m_rps | $m_p99 | $m_cpu |"
+done
+
+pairs=(proxycache-plain:nginx-plain proxycache-pcmod:nginx-lua proxycache-lua:nginx-lua
+  proxycache-pcmod:proxycache-plain proxycache-lua-empty:proxycache-plain)
+echo
+echo "| comparison (same round) | req/s ratio per round | median | CPU/req ratio (median) | p99 ratio (median) |"
+echo "| --- | --- | ---: | ---: | ---: |"
+for pair in "${pairs[@]}"; do
+  a=${pair%%:*} b=${pair##*:}
+  per="" ratios="" cpus="" p99s=""
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ -n "${RPS[$a.$r]:-}" ] && [ -n "${RPS[$b.$r]:-}" ]; then
+      x="$(awk -v a="${RPS[$a.$r]}" -v b="${RPS[$b.$r]}" 'BEGIN { printf "%.2f", a / b }')"
+      per="$per${per:+ / }$x"
+      ratios="$ratios $x"
+      cpus="$cpus $(awk -v a="${CPU[$a.$r]}" -v b="${CPU[$b.$r]}" 'BEGIN { printf "%.2f", a / b }')"
+      p99s="$p99s $(awk -v a="${P99[$a.$r]}" -v b="${P99[$b.$r]}" 'BEGIN { printf "%.2f", a / b }')"
+    fi
+  done
+  [ -z "$per" ] && continue
+  echo "| $a / $b | $per | $(echo "$ratios" | tr ' ' '\n' | grep . | median)x | $(echo "$cpus" | tr ' ' '\n' | grep . | median)x | $(echo "$p99s" | tr ' ' '\n' | grep . | median)x |"
+done
+echo
+echo "(raw wrk output: $WORK)"
