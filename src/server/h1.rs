@@ -851,7 +851,10 @@ where
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
-    let mut head = BytesMut::with_capacity(size);
+    // Written into the connection's reusable room and split off (no allocation per
+    // response once the previous head is gone).
+    let head = &mut out.lines;
+    head.reserve(size);
     head.put_slice(b"HTTP/1.1 ");
     head.put_slice(status.as_str().as_bytes());
     head.put_u8(b' ');
@@ -929,7 +932,8 @@ where
         }
     }
     head.put_slice(b"\r\n");
-    out.segs.push(head.freeze());
+    let head = out.lines.split().freeze();
+    out.segs.push(head);
 
     let mut body_done = framing == Framing::None || matches!(framing, Framing::Length(0));
     let mut flushed = false;

@@ -140,6 +140,9 @@ pub struct Conn {
     /// registered tokio timer later is an atomic store, where a new timer per request
     /// is a registration and a removal in the timer wheel.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Where request heads are written: each head is split off and sent, and the
+    /// room is reused once it is gone (no allocation per request).
+    wbuf: BytesMut,
 }
 
 impl Conn {
@@ -148,6 +151,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             deadline: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            wbuf: BytesMut::new(),
         }
     }
 
@@ -190,7 +194,7 @@ pub async fn send(
     // request moves through every layer above by pointer, and a retry gets it back).
     let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
     let empty = body.is_end_stream();
-    let (head, chunked) = encode_head(&req, &body, wire);
+    let (head, chunked) = encode_head(&req, &body, wire, &mut conn.wbuf);
     let mut out = Some(Outgoing::new(head, body, chunked));
     let head_method_is_head = req.method() == Method::HEAD;
     let mut wrote_any = false;
@@ -252,6 +256,7 @@ fn encode_head(
     req: &Request<ProxyBody>,
     body: &ProxyBody,
     wire: Option<&Forwarding>,
+    head: &mut BytesMut,
 ) -> (Bytes, bool) {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let path = if path.is_empty() { "/" } else { path };
@@ -259,7 +264,8 @@ fn encode_head(
     for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + 4;
     }
-    let mut head = BytesMut::with_capacity(size);
+    head.clear();
+    head.reserve(size);
     head.extend_from_slice(req.method().as_str().as_bytes());
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
@@ -268,7 +274,7 @@ fn encode_head(
     let framing =
         |name: &HeaderName| name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
     match wire {
-        Some(fwd) => fwd.write_head(req.headers(), framing, &mut head),
+        Some(fwd) => fwd.write_head(req.headers(), framing, head),
         None => {
             for (name, value) in req.headers() {
                 if framing(name) {
@@ -295,7 +301,7 @@ fn encode_head(
         }
     };
     head.extend_from_slice(b"\r\n");
-    (head.freeze(), chunked)
+    (head.split().freeze(), chunked)
 }
 
 /// `Some(None)`: no body and no `Content-Length` needed; `Some(Some(n))`: exactly `n`
@@ -547,7 +553,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
     // Where each header's name and value sit in the buffer, so values can be slices of
     // one frozen head (no copy per value).
     let base = buf.as_ptr() as usize;
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
+    let mut spans: smallvec::SmallVec<[(HeaderName, usize, usize); 12]> = smallvec::SmallVec::new();
     let mut keep_alive = version == Version::HTTP_11;
     let mut content_length: Option<u64> = None;
     let mut transfer_chunked: Option<bool> = None;
@@ -593,7 +599,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, len) in spans {
+    for (name, start, len) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
             .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
         headers.append(name, value);
