@@ -120,6 +120,59 @@ end
     assert_eq!(r.header("x-count").as_deref(), Some("3"));
 }
 
+/// The request id a hook sees, the one sent upstream and the one on the response are
+/// one id, whichever hook reads it first; request headers are there for a later
+/// phase's hook; a module with only an empty hook makes no id and changes nothing.
+#[tokio::test]
+async fn one_request_id_across_hooks_and_request_headers_in_later_phases() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let empty_lua = "function on_request(req, ctx) end\n";
+    let later = r#"
+function on_request(req, ctx)
+  std.request_id.inject()
+end
+
+function on_response(req, resp, ctx)
+  resp:set_header("x-in-seen", req:header("x-in") or "none")
+  resp:set_header("x-id-seen", req.id)
+end
+
+function on_log(req, resp, ctx)
+  log.info("log phase saw x-in=" .. tostring(req:header("x-in")))
+end
+"#;
+    let s = site(
+        &[
+            ("empty", &lua_mod("empty", 10, "")),
+            ("later", &lua_mod("later", 20, "")),
+        ],
+        &[("empty.lua", empty_lua), ("later.lua", later)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+    let r = send(run.addr, empty(req("GET", "/ids").header("x-in", "v1"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-in-seen").as_deref(), Some("v1"));
+    let id = r.request_id().expect("inject puts the id on the response");
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(r.header("x-id-seen").as_deref(), Some(id.as_str()));
+    let seen = up.last().expect("the upstream got the request");
+    assert_eq!(seen.header("x-request-id").as_deref(), Some(id.as_str()));
+
+    // A client's id is kept through both hooks.
+    let r = send(
+        run.addr,
+        empty(req("GET", "/ids").header("x-request-id", "client-id-7")),
+    )
+    .await;
+    assert_eq!(r.request_id().as_deref(), Some("client-id-7"));
+    assert_eq!(r.header("x-id-seen").as_deref(), Some("client-id-7"));
+    assert_eq!(r.header("x-in-seen").as_deref(), Some("none"));
+    let seen = up.last().expect("the upstream got the request");
+    assert_eq!(seen.header("x-request-id").as_deref(), Some("client-id-7"));
+}
+
 // ---- 2. respond, forward, http.request, body, require ----------------------------------
 
 #[tokio::test]
