@@ -318,14 +318,26 @@ impl Machine<'_> {
     }
 
     fn interpolate(&self, parts: &[CPart], ex: &mut Exchange<'_>) -> Eval<String> {
-        let mut s = String::new();
+        // Room for the text and a short value per `${...}`: usually no regrowth.
+        let room = parts
+            .iter()
+            .map(|p| match p {
+                CPart::Text(t) => t.len(),
+                CPart::Expr(_) => 24,
+            })
+            .sum();
+        let mut s = String::with_capacity(room);
         for p in parts {
             match p {
                 CPart::Text(t) => s.push_str(t),
-                CPart::Expr(x) => {
-                    use std::fmt::Write;
-                    let _ = write!(s, "{}", self.eval_ref(x, ex)?);
-                }
+                CPart::Expr(x) => match &*self.eval_ref(x, ex)? {
+                    // Strings, the common case, without the formatting machinery.
+                    Value::Str(v) => s.push_str(v),
+                    other => {
+                        use std::fmt::Write;
+                        let _ = write!(s, "{other}");
+                    }
+                },
             }
         }
         Ok(s)
