@@ -4,9 +4,10 @@
 //! and is on every response the proxy makes itself.
 //!
 //! A fresh id is made when it is first needed (a log line, a response the proxy makes,
-//! `std.request_id.inject`, a clone for the pipeline), not when the request arrives: a
-//! request that is proxied without any of those (the plain path with logging off)
-//! never pays for one. Once made it never changes, and clones share it.
+//! `std.request_id.inject`, a clone), not when the request arrives: a request that is
+//! proxied without any of those (the plain path with logging off) never pays for one.
+//! The pipeline's copy is shared (`share`), so a pipeline that never reads the id does
+//! not make one either. Once made it never changes, and every copy has the same one.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -88,10 +89,9 @@ impl RequestId {
     /// first. (A plain clone makes the id at once: cheaper when it is needed anyway.)
     pub fn share(&mut self) -> Self {
         if let Cell::Own(cell) = &mut self.0 {
-            if cell.get().is_some() {
-                return self.clone();
+            if cell.get().is_none() {
+                self.0 = Cell::Shared(Arc::new(std::mem::take(cell)));
             }
-            self.0 = Cell::Shared(Arc::new(std::mem::take(cell)));
         }
         self.clone()
     }
