@@ -27,8 +27,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
-BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
+# shellcheck source=../targets.sh
+. "$ROOT/benches/targets.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-6}"
 WARMUP="${WARMUP:-2}"
@@ -37,13 +37,9 @@ URL_PATH="${URL_PATH:-/}"
 WORK="$(mktemp -d /tmp/proxycache-ab.XXXXXX)"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
+  TARGETS=("${ALL_TARGETS[@]}")
 fi
-
-for tool in nginx wrk curl taskset; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk curl util-linux)" >&2; exit 1; }
-done
-[ -d "$BENCH/conf" ] || { echo "no $BENCH/conf (../shared/bench beside the repository)" >&2; exit 1; }
+need_tools nginx wrk curl taskset
 TCK="$(getconf CLK_TCK)"
 
 cleanup() {
@@ -62,30 +58,13 @@ mkdir -p "$WORK/backend"
 taskset -c 1 nginx -p "$WORK/backend/" -c "$BENCH/conf/backend.conf"
 for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
 
-available() {
-  case "$1" in
-    nginx-plain) true ;;
-    nginx-lua) [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ;;
-    proxycache-*) [ -x "$BIN" ] ;;
-    *) echo "unknown target $1" >&2; exit 1 ;;
-  esac
-}
-
-port_of() {
-  case "$1" in
-    nginx-plain) echo 18101 ;; nginx-lua) echo 18102 ;;
-    proxycache-plain) echo 18105 ;; proxycache-pcmod) echo 18106 ;;
-    proxycache-lua) echo 18107 ;; proxycache-lua-empty) echo 18108 ;;
-  esac
-}
-
 # Starts target $1 pinned to CPU 0; prints the PID whose CPU time is the proxy's.
 start() {
   local t=$1 dir="$WORK/$1"
   mkdir -p "$dir"
   case "$t" in
     nginx-*)
-      taskset -c 0 nginx -p "$dir/" -c "$BENCH/conf/$t.conf"
+      taskset -c 0 nginx -p "$dir/" -c "$(target_config "$t")"
       for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
       # The one worker (its master only forks and waits).
       local master
@@ -96,12 +75,8 @@ start() {
       done
       pgrep -P "$master" | head -1
       ;;
-    proxycache-lua-empty)
-      taskset -c 0 "$BIN" run --config "$ROOT/benches/proxy/lua-empty.toml" >"$dir/out.log" 2>&1 &
-      echo $!
-      ;;
     proxycache-*)
-      taskset -c 0 "$BIN" run --config "$BENCH/proxycache/${t#proxycache-}.toml" >"$dir/out.log" 2>&1 &
+      taskset -c 0 "$BIN" run --config "$(target_config "$t")" >"$dir/out.log" 2>&1 &
       echo $!
       ;;
   esac
@@ -114,7 +89,7 @@ stop() {
     *) kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true ;;
   esac
   local port
-  port="$(port_of "$t")"
+  port="$(target_port "$t")"
   for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" || break; sleep 0.1; done
 }
 
@@ -123,7 +98,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A RPS CPU P99
 ACTIVE=()
 for t in "${TARGETS[@]}"; do
-  if available "$t"; then ACTIVE+=("$t"); else echo "skipped $t: not installed" >&2; fi
+  target_port "$t" >/dev/null || exit 1
+  if target_available "$t"; then ACTIVE+=("$t"); else echo "skipped $t: not installed" >&2; fi
 done
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -135,7 +111,7 @@ for r in $(seq 1 "$ROUNDS"); do
     ORDER+=("${ACTIVE[$(((i + r - 1) % ${#ACTIVE[@]}))]}")
   done
   for t in "${ORDER[@]}"; do
-    port="$(port_of "$t")"
+    port="$(target_port "$t")"
     pid="$(start "$t")"
     [ "$t" = "${t#nginx}" ] && PC_PID=$pid
     up=""

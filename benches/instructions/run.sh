@@ -20,19 +20,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
-BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
+# shellcheck source=../targets.sh
+. "$ROOT/benches/targets.sh"
 DURATION="${DURATION:-10}"
 WORK="$(mktemp -d /tmp/proxycache-instr.XXXXXX)"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
+  TARGETS=("${ALL_TARGETS[@]}")
 fi
-
-for tool in valgrind callgrind_control wrk curl; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y valgrind wrk curl)" >&2; exit 1; }
-done
-[ -d "$BENCH/conf" ] || { echo "no $BENCH/conf (../shared/bench beside the repository)" >&2; exit 1; }
+need_tools valgrind callgrind_control wrk curl
 
 BACKEND_STARTED=""
 cleanup() {
@@ -51,25 +47,11 @@ if ! curl -sf -o /dev/null http://127.0.0.1:18080/; then
   for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
 fi
 
-# target -> "port|command" (the command runs in the target's directory).
-spec() {
-  local nginx_g="daemon off; master_process off;"
+# The command that runs target $1 in the foreground (in its own directory).
+command_of() {
   case "$1" in
-    nginx-plain) echo "18101|nginx -p $WORK/$1/ -c $BENCH/conf/nginx-plain.conf -g '$nginx_g'" ;;
-    nginx-lua) echo "18102|nginx -p $WORK/$1/ -c $BENCH/conf/nginx-lua.conf -g '$nginx_g'" ;;
-    proxycache-plain) echo "18105|$BIN run --config $BENCH/proxycache/plain.toml" ;;
-    proxycache-pcmod) echo "18106|$BIN run --config $BENCH/proxycache/pcmod.toml" ;;
-    proxycache-lua) echo "18107|$BIN run --config $BENCH/proxycache/lua.toml" ;;
-    proxycache-lua-empty) echo "18108|$BIN run --config $ROOT/benches/proxy/lua-empty.toml" ;;
-    *) return 1 ;;
-  esac
-}
-
-available() {
-  case "$1" in
-    nginx-plain) command -v nginx >/dev/null ;;
-    nginx-lua) command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ;;
-    proxycache-*) [ -x "$BIN" ] ;;
+    nginx-*) echo "nginx -p $WORK/$1/ -c $(target_config "$1") -g 'daemon off; master_process off;'" ;;
+    proxycache-*) echo "$BIN run --config $(target_config "$1")" ;;
   esac
 }
 
@@ -77,13 +59,12 @@ declare -A RESULT
 echo "| target | requests | instructions/request |"
 echo "| --- | ---: | ---: |"
 for t in "${TARGETS[@]}"; do
-  line="$(spec "$t")" || { echo "unknown target $t" >&2; exit 1; }
-  if ! available "$t"; then
+  port="$(target_port "$t")" || exit 1
+  if ! target_available "$t"; then
     echo "| $t | skipped: not installed | – |"
     continue
   fi
-  port="${line%%|*}"
-  cmd="${line#*|}"
+  cmd="$(command_of "$t")"
   dir="$WORK/$t"
   mkdir -p "$dir"
   out="$dir/callgrind.out"

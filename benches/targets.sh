@@ -1,0 +1,47 @@
+# Sourced by benches/instructions/run.sh and benches/ab/run.sh: the side-by-side targets
+# (nginx and nginx+Lua from ../shared/bench, proxycache on the bench configs), where
+# each listens and what it needs. Expects ROOT (the repository) to be set.
+
+BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
+BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
+ALL_TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
+
+# The port target $1 listens on (fails for an unknown target).
+target_port() {
+  case "$1" in
+    nginx-plain) echo 18101 ;;
+    nginx-lua) echo 18102 ;;
+    proxycache-plain) echo 18105 ;;
+    proxycache-pcmod) echo 18106 ;;
+    proxycache-lua) echo 18107 ;;
+    proxycache-lua-empty) echo 18108 ;;
+    *) echo "unknown target $1" >&2; return 1 ;;
+  esac
+}
+
+# The config file of target $1: nginx's .conf or proxycache's .toml.
+target_config() {
+  case "$1" in
+    nginx-*) echo "$BENCH/conf/$1.conf" ;;
+    proxycache-lua-empty) echo "$ROOT/benches/proxy/lua-empty.toml" ;;
+    proxycache-*) echo "$BENCH/proxycache/${1#proxycache-}.toml" ;;
+  esac
+}
+
+# Whether target $1 can run here.
+target_available() {
+  case "$1" in
+    nginx-plain) command -v nginx >/dev/null ;;
+    nginx-lua) command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ;;
+    proxycache-*) [ -x "$BIN" ] ;;
+  esac
+}
+
+# Exits unless every tool named is installed and ../shared/bench is there.
+need_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+  done
+  [ -d "$BENCH/conf" ] || { echo "no $BENCH/conf (../shared/bench beside the repository)" >&2; exit 1; }
+}
