@@ -559,6 +559,10 @@ mod ops {
     if $path ~ """^/ITEMS/""" or $path ~ """(?i)^/items/\w+/$""" {
       set req.header["x-raw-regex"] = "match"
     }
+    # Literal patterns (matched without the regex engine) mean what the regex means.
+    if $path ~ "4x2/\$" and $path ~ "^/items/" and $path ~ "x" {
+      set req.header["x-literal"] = "match"
+    }
     if $path starts_with "/items/" and not ($path ends_with "/") {
       set req.header["x-prefix"] = "items"
     }
@@ -575,6 +579,7 @@ mod ops {
     assert_eq!(echoed(&resp, "x-in").as_deref(), Some("listed"));
     assert_eq!(echoed(&resp, "x-prefix").as_deref(), Some("items"));
     assert_eq!(echoed(&resp, "x-raw-regex"), None);
+    assert_eq!(echoed(&resp, "x-literal"), None);
     assert_eq!(
         echoed(&resp, "x-interp").as_deref(),
         Some("path=/items/42 id=abc len+1=4 up=GET nil=[] cookie=choc esc=$path")
@@ -586,6 +591,7 @@ mod ops {
     assert_eq!(echoed(&resp, "x-in").as_deref(), Some("literal-list"));
     assert_eq!(echoed(&resp, "x-prefix"), None, "ends_with `/` excluded it");
     assert_eq!(echoed(&resp, "x-raw-regex").as_deref(), Some("match"));
+    assert_eq!(echoed(&resp, "x-literal").as_deref(), Some("match"));
 
     let resp = send(px.addr, empty(req("POST", "/other"))).await;
     assert_eq!(echoed(&resp, "x-in").as_deref(), Some("unlisted"));

@@ -35,6 +35,9 @@ pub struct Fault {
 
 type Eval<T> = Result<T, String>;
 
+/// A call's evaluated arguments: inline for every signature in the stdlib.
+type Args = SmallVec<[Value; 6]>;
+
 /// Why a statement stopped: a message (the statement's line is added by the block
 /// running it), or a fault already placed on an inner statement's line.
 enum Raise {
@@ -222,7 +225,8 @@ impl Machine<'_> {
             CStmtKind::Call(call) => match &call.target {
                 // A call for its effect: functions that can skip making their result do.
                 CallTarget::Std(sig) => {
-                    let args = self.args(call, ex)?;
+                    let mut args = Args::new();
+                    self.args(call, ex, &mut args)?;
                     stdlib::call_for_effect(sig.id, &args, call.regex.as_ref(), ex)
                         .map_err(|e| e.to_string())?;
                 }
@@ -263,16 +267,19 @@ impl Machine<'_> {
         })
     }
 
-    fn args(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<SmallVec<[Value; 6]>> {
-        let mut args: SmallVec<[Value; 6]> = SmallVec::with_capacity(call.args.len());
+    /// Evaluates `call`'s arguments into `out`, which the caller keeps where it is
+    /// (returned by value, the inline vector was copied on every call).
+    fn args(&self, call: &BoundCall, ex: &mut Exchange<'_>, out: &mut Args) -> Eval<()> {
+        out.reserve(call.args.len());
         for a in call.args.iter() {
-            args.push(self.eval(a, ex)?);
+            out.push(self.eval(a, ex)?);
         }
-        Ok(args)
+        Ok(())
     }
 
     fn call(&self, call: &BoundCall, ex: &mut Exchange<'_>) -> Eval<Value> {
-        let args = self.args(call, ex)?;
+        let mut args = Args::new();
+        self.args(call, ex, &mut args)?;
         match &call.target {
             CallTarget::Std(sig) => {
                 stdlib::call(sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
@@ -300,6 +307,10 @@ impl Machine<'_> {
             CExpr::Not(x) => !self.test(x, ex)?,
             CExpr::And(a, b) => self.test(a, ex)? && self.test(b, ex)?,
             CExpr::Or(a, b) => self.test(a, ex)? || self.test(b, ex)?,
+            CExpr::Bin(op @ (BinOp::Eq | BinOp::Ne), a, b) => {
+                let a = self.eval_ref(a, ex)?;
+                equal(&a, &*self.eval_ref(b, ex)?) == (*op == BinOp::Eq)
+            }
             CExpr::Bin(op, a, b) => {
                 let a = self.eval_ref(a, ex)?;
                 binary(*op, &a, &*self.eval_ref(b, ex)?)?.truthy()
@@ -309,7 +320,7 @@ impl Machine<'_> {
         })
     }
 
-    fn is_match(&self, x: &CExpr, re: &regex::Regex, ex: &mut Exchange<'_>) -> Eval<bool> {
+    fn is_match(&self, x: &CExpr, re: &Pattern, ex: &mut Exchange<'_>) -> Eval<bool> {
         Ok(match &*self.eval_ref(x, ex)? {
             Value::Nil => false,
             Value::Str(s) => re.is_match(s),

@@ -234,7 +234,10 @@ impl Compiler<'_> {
                 return (CExpr::Const(Value::Bool(false)), Type::Bool);
             };
             return match Regex::new(pattern) {
-                Ok(re) => (CExpr::Match(Box::new(lc), Arc::new(re)), Type::Bool),
+                Ok(re) => (
+                    CExpr::Match(Box::new(lc), Pattern::new(pattern, re)),
+                    Type::Bool,
+                ),
                 Err(e) => {
                     let msg = e.to_string();
                     let last = regex_message(&msg);
