@@ -532,11 +532,9 @@ where
             .await;
             match woke {
                 Woke::Read(Ok(0)) | Woke::Read(Err(_)) => return Served::Closed,
-                Woke::Read(Ok(_)) => {
-                    if head_since.is_none() {
-                        head_since = Some(Instant::now());
-                    }
-                }
+                // The clock is read only if the head is still incomplete after this
+                // read (above): a head that arrives whole, the usual case, costs none.
+                Woke::Read(Ok(_)) => {}
                 Woke::Timer => {
                     let now = Instant::now();
                     let deadline = match head_since {
