@@ -120,7 +120,7 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
     };
     let p = &generation.pipeline;
     let mut ctx = p.new_ctx();
-    let mut response_headers = Vec::new();
+    let mut response_headers = Default::default();
     let mut ex = Exchange {
         module: "",
         phase: PhaseKind::Request,

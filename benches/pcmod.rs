@@ -93,7 +93,7 @@ struct Fresh {
     parts: http::request::Parts,
     info: RequestInfo,
     ctx: proxycache::pipeline::Ctx,
-    response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    response_headers: proxycache::pipeline::ResponseHeaders,
     upstream: Arc<str>,
     /// The upstream's response head, as the proxy has it when the response phase runs
     /// (parsed into a map sized for its headers, see `upstream::h1`).
@@ -115,7 +115,7 @@ fn fresh(p: &Pipeline) -> Fresh {
             scheme: "http",
         },
         ctx: p.new_ctx(),
-        response_headers: Vec::new(),
+        response_headers: Default::default(),
         upstream: Arc::from("app"),
         resp_headers: upstream_head(),
     }

@@ -105,6 +105,10 @@ pub struct Ctx {
     pub breaker: Option<Arc<str>>,
 }
 
+/// Headers the request phase asks to put on the response (`std.request_id.inject`
+/// puts one): inline, so a request that adds one does not allocate for it.
+pub type ResponseHeaders = smallvec::SmallVec<[(HeaderName, HeaderValue); 1]>;
+
 /// What one phase of one module can see and change.
 pub struct Exchange<'a> {
     /// The module running (for messages and per-module state keys).
@@ -120,7 +124,7 @@ pub struct Exchange<'a> {
     /// Name of the upstream the request is routed or forwarded to, if any.
     pub upstream: Option<&'a Arc<str>>,
     /// Headers to put on the response, whoever makes it (set in the request phase).
-    pub response_headers: &'a mut Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: &'a mut ResponseHeaders,
     /// The request body, in the request phase (Lua's `req:body()`, `std.proxy.forward`).
     pub body: Option<&'a mut ProxyBody>,
     /// What Lua hooks need (the worker's VM, the upstreams), when the pipeline has any.

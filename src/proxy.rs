@@ -99,7 +99,8 @@ pub async fn handle(
             } else {
                 tracing::warn!(target: "proxycache::proxy", error = %e, "request failed");
             }
-            e.to_response(&id)
+            // The pipeline holds the id it was lent (and may have made) until the end.
+            e.to_response(done.script.as_ref().map_or(&id, |s| &s.info.id))
         }
     };
     done.status = resp.status();
@@ -201,8 +202,9 @@ async fn proxy(
     let mut retries = DEFAULT_CONNECT_RETRIES;
     if !generation.pipeline.is_empty() {
         let info = RequestInfo {
-            // Shared, not cloned: a pipeline that never reads the id does not make one.
-            id: id.share(),
+            // Lent, not cloned (a clone makes the id): a pipeline that never reads it
+            // does not make one. It comes back with the state, or below on a fault.
+            id: std::mem::replace(id, RequestId::stand_in()),
             client_ip,
             scheme: conn.scheme,
         };
@@ -223,10 +225,17 @@ async fn proxy(
         let (flow, mut state) =
             phases::request_phase(generation, &mut parts, &mut body, info, upstream_name, lua)
                 .await;
-        match flow? {
+        let flow = match flow {
+            Ok(flow) => flow,
+            Err(e) => {
+                *id = std::mem::replace(&mut state.info.id, RequestId::stand_in());
+                return Err(e);
+            }
+        };
+        match flow {
             Flow::Continue => {}
             Flow::Respond(local) => {
-                let mut resp = phases::local_response(local, id);
+                let mut resp = phases::local_response(local, &state.info.id);
                 phases::response_phase(generation, &mut state, &mut resp).await?;
                 done.script = Some(state);
                 return Ok(resp);

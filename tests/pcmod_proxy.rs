@@ -173,6 +173,9 @@ fn assert_request_id(resp: &Resp) -> String {
         .request_id()
         .unwrap_or_else(|| panic!("x-request-id missing on {} {:?}", resp.status, resp.text()));
     assert!(!id.is_empty(), "x-request-id is empty");
+    // `-` is what stands in while the pipeline holds the request's id: it must never
+    // reach a client.
+    assert_ne!(id, "-", "the stand-in id reached the client");
     id
 }
 
@@ -1396,4 +1399,38 @@ async fn example_path_rewrite() {
     assert_eq!(resp.text(), "API version not served: /v2/users/42\n");
     let resp = get(px.addr, "/health").await;
     assert_eq!(resp.json()["path"], "/health", "other paths pass unchanged");
+}
+
+/// The id a module made (`std.request_id.inject`) is the one on every answer the proxy
+/// makes afterwards: a module's own `respond`, and a 502 from a dead upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_a_module_made_is_on_the_proxys_own_answers() {
+    let module = r#"
+mod ids {
+  on request {
+    std.request_id.inject()
+    if $path == "/answer" {
+      respond 200 "id=${$request_id}\n"
+    }
+  }
+}
+"#;
+    let px = start(
+        &[("ids", module)],
+        &format!(
+            "[upstreams.dead]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"dead\"\n",
+            dead_addr()
+        ),
+    );
+    let resp = get(px.addr, "/answer").await;
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    let id = assert_request_id(&resp);
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(resp.text(), format!("id={id}\n"), "one id, read and sent");
+
+    let resp = get(px.addr, "/upstream").await;
+    assert_eq!(resp.status, 502, "body: {}", resp.text());
+    let id = assert_request_id(&resp);
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert!(resp.text().contains(&id), "body: {}", resp.text());
 }

@@ -6,11 +6,12 @@
 //! A fresh id is made when it is first needed (a log line, a response the proxy makes,
 //! `std.request_id.inject`, a clone), not when the request arrives: a request that is
 //! proxied without any of those (the plain path with logging off) never pays for one.
-//! The pipeline's copy is shared (`share`), so a pipeline that never reads the id does
-//! not make one either. Once made it never changes, and every copy has the same one.
+//! The pipeline is lent the request's one id (`proxy`, with a stand-in left behind), so
+//! a pipeline that never reads it does not make one either. Once made it never
+//! changes, and every copy has the same one.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -27,28 +28,20 @@ pub const MAX_LEN: usize = 128;
 
 /// A request id: a header-safe ASCII string (made on first use, see the module doc).
 #[derive(Debug)]
-pub struct RequestId(Cell);
+pub struct RequestId(Id);
 
-/// Where the id is (or will be) kept.
 #[derive(Debug)]
-enum Cell {
-    /// This value's own; a clone makes the id first.
-    Own(OnceLock<HeaderValue>),
-    /// Shared with the values [`RequestId::share`] gave out: whichever reads it first
-    /// makes it, for all of them.
-    Shared(Arc<OnceLock<HeaderValue>>),
+enum Id {
+    /// Known from the start (kept from the request, made eagerly, a stand-in).
+    Known(HeaderValue),
+    /// Made when first read.
+    Lazy(OnceLock<HeaderValue>),
 }
 
 impl Clone for RequestId {
-    /// The clone has the same id: one is made now if none was yet (a shared cell is
-    /// shared instead, see [`RequestId::share`]).
+    /// The clone has the same id: one is made now if none was yet.
     fn clone(&self) -> Self {
-        match &self.0 {
-            Cell::Own(cell) => {
-                RequestId(Cell::Own(OnceLock::from(cell.get_or_init(uuid_v7).clone())))
-            }
-            Cell::Shared(cell) => RequestId(Cell::Shared(Arc::clone(cell))),
-        }
+        RequestId(Id::Known(self.header_value().clone()))
     }
 }
 
@@ -64,11 +57,10 @@ impl RequestId {
     /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7 (made when
     /// first asked for).
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
-        let cell = OnceLock::new();
-        if let Some(v) = headers.get(&HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
-            let _ = cell.set(v.clone());
+        match headers.get(&HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
+            Some(v) => RequestId(Id::Known(v.clone())),
+            None => RequestId(Id::Lazy(OnceLock::new())),
         }
-        RequestId(Cell::Own(cell))
     }
 
     /// What stands in a request's info while the real one is lent out (a Lua hook's
@@ -76,31 +68,19 @@ impl RequestId {
     /// as `-` should anything read it meanwhile.
     pub fn stand_in() -> Self {
         const LENT: HeaderValue = HeaderValue::from_static("-");
-        RequestId(Cell::Own(OnceLock::from(LENT)))
+        RequestId(Id::Known(LENT))
     }
 
     /// A fresh UUIDv7, made now.
     pub fn generate() -> Self {
-        RequestId(Cell::Own(OnceLock::from(uuid_v7())))
-    }
-
-    /// A second handle on the same id that does not make it now: an id not made yet
-    /// moves to a cell both share (one allocation), and is made by whichever reads it
-    /// first. (A plain clone makes the id at once: cheaper when it is needed anyway.)
-    pub fn share(&mut self) -> Self {
-        if let Cell::Own(cell) = &mut self.0 {
-            if cell.get().is_none() {
-                self.0 = Cell::Shared(Arc::new(std::mem::take(cell)));
-            }
-        }
-        self.clone()
+        RequestId(Id::Known(uuid_v7()))
     }
 
     /// The id as a header value.
     pub fn header_value(&self) -> &HeaderValue {
         match &self.0 {
-            Cell::Own(cell) => cell.get_or_init(uuid_v7),
-            Cell::Shared(cell) => cell.get_or_init(uuid_v7),
+            Id::Known(v) => v,
+            Id::Lazy(cell) => cell.get_or_init(uuid_v7),
         }
     }
 
@@ -193,30 +173,20 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_id_is_made_by_whichever_reads_it_first() {
-        let mut id = RequestId::from_headers_or_new(&HeaderMap::new());
-        let shared = id.share();
+    fn an_id_is_made_only_when_first_read() {
+        let id = RequestId::from_headers_or_new(&HeaderMap::new());
         assert!(
-            matches!(&id.0, Cell::Shared(c) if c.get().is_none()),
-            "not made yet"
+            matches!(&id.0, Id::Lazy(c) if c.get().is_none()),
+            "not made on arrival"
         );
-        let again = shared.clone();
-        assert_eq!(shared.as_str().len(), 36);
-        assert_eq!(id.as_str(), shared.as_str());
-        assert_eq!(id, again);
-        // The other way round, and an id made before sharing.
-        let mut id = RequestId::from_headers_or_new(&HeaderMap::new());
-        let shared = id.share();
-        let first = id.as_str().to_owned();
-        assert_eq!(shared.as_str(), first);
-        let mut made = RequestId::generate();
-        let shared = made.share();
-        assert_eq!(made, shared);
-        // A kept incoming id is shared as is.
+        let lent = id;
+        assert_eq!(lent.as_str().len(), 36);
+        assert!(matches!(&lent.0, Id::Lazy(c) if c.get().is_some()));
+        assert_eq!(RequestId::stand_in().as_str(), "-");
         let mut h = HeaderMap::new();
         h.insert(HEADER, HeaderValue::from_static("abc-123"));
-        let mut kept = RequestId::from_headers_or_new(&h);
-        assert_eq!(kept.share().as_str(), "abc-123");
+        let kept = RequestId::from_headers_or_new(&h);
+        assert!(matches!(&kept.0, Id::Known(v) if v == "abc-123"));
     }
 
     #[test]

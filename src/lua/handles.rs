@@ -42,7 +42,7 @@ pub struct Turn {
     pub resp: Option<RespData>,
     pub info: RequestInfo,
     pub ctx: Ctx,
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: crate::pipeline::ResponseHeaders,
     pub upstream: Option<Arc<str>>,
     /// A response `std.respond` made (it answers even if the hook does not return it).
     pub answer: Option<AnyUserData>,

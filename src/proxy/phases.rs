@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 
@@ -13,7 +13,7 @@ use crate::http::{ProxyBody, ProxyError};
 use crate::lua::LuaCall;
 use crate::pipeline::{
     Ctx, Exchange, Flow, LocalResponse, ModuleResponse, ReqParts, RequestInfo, RespParts,
-    ScriptError,
+    ResponseHeaders, ScriptError,
 };
 use crate::script::ast::PhaseKind;
 
@@ -25,7 +25,7 @@ pub struct ScriptState {
     /// How many modules' request phases ran.
     pub ran: usize,
     /// Headers modules asked to put on the response (e.g. `std.request_id.inject`).
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: ResponseHeaders,
     /// The request as it left the request phase (headers only when a later phase
     /// reads them).
     pub method: Method,
@@ -49,7 +49,7 @@ pub async fn request_phase(
 ) -> (Result<Flow, ProxyError>, Box<ScriptState>) {
     let pipeline = &generation.pipeline;
     let mut ctx = pipeline.new_ctx();
-    let mut response_headers = Vec::new();
+    let mut response_headers = ResponseHeaders::new();
     let (flow, ran) = {
         let mut ex = Exchange {
             module: "",
@@ -148,7 +148,7 @@ pub async fn response_phase(
             state: &generation.std_state,
             upstreams: &generation.upstreams,
             upstream: state.upstream.as_ref(),
-            response_headers: &mut Vec::new(),
+            response_headers: &mut ResponseHeaders::new(),
             body: None,
             lua: state.lua.as_ref(),
         };
@@ -190,7 +190,7 @@ impl LogJob {
             mut response_headers,
         } = self;
         let ran = state.ran;
-        let mut scratch = Vec::new();
+        let mut scratch = ResponseHeaders::new();
         let mut ex = log_exchange(
             &generation,
             &mut state,
@@ -210,7 +210,7 @@ impl LogJob {
             mut response_headers,
         } = self;
         let ran = state.ran;
-        let mut scratch = Vec::new();
+        let mut scratch = ResponseHeaders::new();
         let mut ex = log_exchange(
             &generation,
             &mut state,
@@ -231,7 +231,7 @@ fn log_exchange<'a>(
     state: &'a mut ScriptState,
     status: &'a mut StatusCode,
     response_headers: &'a mut HeaderMap,
-    scratch: &'a mut Vec<(HeaderName, HeaderValue)>,
+    scratch: &'a mut ResponseHeaders,
     lua: bool,
 ) -> Exchange<'a> {
     Exchange {
