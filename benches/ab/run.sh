@@ -4,10 +4,12 @@
 # ../shared/bench/run.sh measures each target's repeats back to back, target after
 # target; on a shared machine whose speed drifts by 20-40% from one minute to the next,
 # rows measured minutes apart disagree by more than the differences looked for. This
-# script measures every target once per round (each run a few seconds after the last)
-# and reports, per round, each target's req/s against its reference measured in the
-# same round, then the median of those ratios: drift that lasts longer than a round
-# cancels out. The order rotates from round to round (no target is always first).
+# script starts every target once (all stay up; an idle one costs nothing), then
+# measures every target once per round, switching wrk from port to port (each run a
+# second or two after the last), and reports, per round, each target's req/s against
+# its reference measured in the same round, then the median of those ratios: drift
+# that lasts longer than a round cancels out. The order rotates from round to round
+# (no target is always first).
 #
 # Setup as in ../shared/bench: the proxy under test pinned to CPU 0 with one worker;
 # wrk (-t1) and the backend (nginx, ../shared/bench/conf/backend.conf) on CPU 1; the
@@ -18,8 +20,8 @@
 #   cargo build --release
 #   bash benches/ab/run.sh [TARGET ...]
 # Targets: nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua
-#          proxycache-lua-empty (default: all). Knobs: ROUNDS (5), DURATION (6 s),
-#          WARMUP (2 s), CONNS (64), URL_PATH (/).
+#          proxycache-lua-empty (default: all). Knobs: ROUNDS (8), DURATION (4 s),
+#          WARMUP (1 s), CONNS (64), URL_PATH (/).
 # Reference of each target: nginx-plain for proxycache-plain; nginx-lua for
 # proxycache-pcmod and proxycache-lua; proxycache-plain for proxycache-pcmod and
 # proxycache-lua-empty (the policy's and the empty hook's cost).
@@ -29,9 +31,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 # shellcheck source=../targets.sh
 . "$ROOT/benches/targets.sh"
-ROUNDS="${ROUNDS:-5}"
-DURATION="${DURATION:-6}"
-WARMUP="${WARMUP:-2}"
+ROUNDS="${ROUNDS:-8}"
+DURATION="${DURATION:-4}"
+WARMUP="${WARMUP:-1}"
 CONNS="${CONNS:-64}"
 URL_PATH="${URL_PATH:-/}"
 WORK="$(mktemp -d /tmp/proxycache-ab.XXXXXX)"
@@ -46,7 +48,9 @@ cleanup() {
   for f in "$WORK"/*/nginx.pid; do
     [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
   done
-  [ -n "${PC_PID:-}" ] && kill -TERM "$PC_PID" 2>/dev/null || true
+  for p in ${PC_PIDS:-}; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
@@ -102,6 +106,29 @@ for t in "${TARGETS[@]}"; do
   if target_available "$t"; then ACTIVE+=("$t"); else echo "skipped $t: not installed" >&2; fi
 done
 
+# Every target is started once and stays up (idle ones cost nothing): a round then
+# only switches wrk from one port to the next, so the runs compared are seconds apart.
+declare -A PIDS
+UP=()
+for t in "${ACTIVE[@]}"; do
+  port="$(target_port "$t")"
+  pid="$(start "$t")"
+  [ "$t" = "${t#nginx}" ] && PC_PIDS="${PC_PIDS:-} $pid"
+  up=""
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/"; then up=1; break; fi
+    sleep 0.1
+  done
+  if [ -z "$up" ]; then
+    echo "$t did not start (see $WORK/$t)" >&2
+    stop "$t" "$pid"
+    continue
+  fi
+  PIDS[$t]=$pid
+  UP+=("$t")
+done
+ACTIVE=("${UP[@]}")
+
 for r in $(seq 1 "$ROUNDS"); do
   # Each round starts one target later, so that over as many rounds as there are
   # targets each one runs once in every position (first after the previous round's
@@ -112,24 +139,11 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   for t in "${ORDER[@]}"; do
     port="$(target_port "$t")"
-    pid="$(start "$t")"
-    [ "$t" = "${t#nginx}" ] && PC_PID=$pid
-    up=""
-    for _ in $(seq 1 100); do
-      if curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/"; then up=1; break; fi
-      sleep 0.1
-    done
-    if [ -z "$up" ]; then
-      echo "$t did not start (see $WORK/$t)" >&2
-      stop "$t" "$pid"
-      continue
-    fi
+    pid="${PIDS[$t]}"
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH" >/dev/null
     before="$(cpu_ticks "$pid")"
     out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH")"
     after="$(cpu_ticks "$pid")"
-    stop "$t" "$pid"
-    PC_PID=""
     echo "$out" >"$WORK/$t.round$r.txt"
     n="$(echo "$out" | grep -o '^ *[0-9]* requests' | awk '{print $1}')"
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
@@ -143,6 +157,11 @@ for r in $(seq 1 "$ROUNDS"); do
     printf '[round %s] %-22s %9s req/s  p99 %6s ms  CPU %5s us/req\n' "$r" "$t" "$rps" "$p99" "${CPU[$t.$r]}" >&2
   done
 done
+
+for t in "${ACTIVE[@]}"; do
+  stop "$t" "${PIDS[$t]}"
+done
+PC_PIDS=""
 
 median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
