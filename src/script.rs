@@ -97,8 +97,8 @@ impl PipelineModule for PcmodModule {
 
     fn on_request(&self, ex: &mut Exchange<'_>) -> Result<Flow, ScriptError> {
         Ok(match self.run(self.compiled.request.as_ref(), ex)? {
-            Exit::Respond(r) => Flow::Respond(r),
-            Exit::Forward(f) => Flow::Forward(f),
+            Exit::Respond(r) => Flow::Respond(*r),
+            Exit::Forward(f) => Flow::Forward(*f),
             Exit::Done | Exit::Next => Flow::Continue,
         })
     }

@@ -22,8 +22,10 @@ pub enum Exit {
     Done,
     /// `next`.
     Next,
-    Respond(LocalResponse),
-    Forward(ForwardTo),
+    /// Boxed, as is `Forward`'s: every statement returns an `Exit`, and only these two
+    /// carry anything (the result then stays two words wide).
+    Respond(Box<LocalResponse>),
+    Forward(Box<ForwardTo>),
 }
 
 /// A run-time fault, with the line of the statement that raised it.
@@ -58,18 +60,12 @@ pub fn run_phase(
     upstreams: &[String],
     lua: Option<usize>,
 ) -> Result<Exit, Fault> {
-    // On the stack for the usual handful of locals: a phase runs per request.
-    let mut stack: [Value; 8] = Default::default();
-    let mut heap = Vec::new();
-    let locals = match stack.get_mut(..phase.locals) {
-        Some(l) => l,
-        None => {
-            heap.resize(phase.locals, Value::Nil);
-            &mut heap[..]
-        }
-    };
+    // On the stack for the usual handful of locals (a phase runs per request), and
+    // only as many as the phase has: each one is made and dropped per run.
+    let mut locals: SmallVec<[Value; 8]> = SmallVec::new();
+    locals.resize(phase.locals, Value::Nil);
     let mut m = Machine {
-        locals,
+        locals: &mut locals,
         upstreams,
         lua,
     };
@@ -120,12 +116,12 @@ impl Machine<'_> {
                 body,
                 headers,
             } => {
-                return Ok(Exit::Respond(self.respond(
+                return Ok(Exit::Respond(Box::new(self.respond(
                     status,
                     body.as_ref(),
                     headers,
                     ex,
-                )?))
+                )?)))
             }
             CStmtKind::Forward {
                 upstream,
@@ -143,11 +139,11 @@ impl Machine<'_> {
                             .ok_or_else(|| format!("forward: unknown upstream {name:?}"))?
                     }
                 };
-                return Ok(Exit::Forward(ForwardTo {
+                return Ok(Exit::Forward(Box::new(ForwardTo {
                     upstream: index,
                     timeout: *timeout,
                     retries: *retries,
-                }));
+                })));
             }
             CStmtKind::SetHeader {
                 resp,
@@ -272,7 +268,12 @@ impl Machine<'_> {
     fn args(&self, call: &BoundCall, ex: &mut Exchange<'_>, out: &mut Args) -> Eval<()> {
         out.reserve(call.args.len());
         for a in call.args.iter() {
-            out.push(self.eval(a, ex)?);
+            // Constants and locals, most arguments, without the general evaluator.
+            out.push(match a {
+                CExpr::Const(v) => v.clone(),
+                CExpr::Local(slot) => self.locals[usize::from(*slot)].clone(),
+                other => self.eval(other, ex)?,
+            });
         }
         Ok(())
     }
