@@ -45,3 +45,14 @@ need_tools() {
   done
   [ -d "$BENCH/conf" ] || { echo "no $BENCH/conf (../shared/bench beside the repository)" >&2; exit 1; }
 }
+
+# Waits until the target on port $1 answers the bench request: up to $2 tries, $3 s
+# apart. Fails if it never does.
+wait_up() {
+  local port=$1 tries=$2 pause=$3
+  for _ in $(seq 1 "$tries"); do
+    curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/" && return 0
+    sleep "$pause"
+  done
+  return 1
+}

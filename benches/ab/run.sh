@@ -114,12 +114,7 @@ for t in "${ACTIVE[@]}"; do
   port="$(target_port "$t")"
   pid="$(start "$t")"
   [ "$t" = "${t#nginx}" ] && PC_PIDS="${PC_PIDS:-} $pid"
-  up=""
-  for _ in $(seq 1 100); do
-    if curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/"; then up=1; break; fi
-    sleep 0.1
-  done
-  if [ -z "$up" ]; then
+  if ! wait_up "$port" 100 0.1; then
     echo "$t did not start (see $WORK/$t)" >&2
     stop "$t" "$pid"
     continue

@@ -72,12 +72,7 @@ for t in "${TARGETS[@]}"; do
   (cd "$dir" && eval "exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$out $cmd" \
     >"$dir/stdout.log" 2>"$dir/valgrind.log") &
   vg=$!
-  up=""
-  for _ in $(seq 1 120); do
-    if curl -s -o /dev/null -H 'x-api-key: k1' "http://127.0.0.1:$port/"; then up=1; break; fi
-    sleep 0.5
-  done
-  if [ -z "$up" ]; then
+  if ! wait_up "$port" 120 0.5; then
     echo "| $t | did not start (see $dir) | – |"
     kill -TERM "$vg" 2>/dev/null || true
     wait "$vg" 2>/dev/null || true
