@@ -236,8 +236,10 @@ async fn proxy(
             Flow::Continue => {}
             Flow::Respond(local) => {
                 let mut resp = phases::local_response(local, &state.info.id);
-                phases::response_phase(generation, &mut state, &mut resp).await?;
+                let ran = phases::response_phase(generation, &mut state, &mut resp).await;
+                // Kept before a fault is returned: the state holds the request's id.
                 done.script = Some(state);
+                ran?;
                 return Ok(resp);
             }
             Flow::Response(answer) => {
@@ -261,8 +263,9 @@ async fn proxy(
                     }
                     state.upstream = Some(u);
                 }
-                phases::response_phase(generation, &mut state, &mut answer_resp).await?;
+                let ran = phases::response_phase(generation, &mut state, &mut answer_resp).await;
                 done.script = Some(state);
+                ran?;
                 return Ok(answer_resp);
             }
             Flow::Forward(to) => {

@@ -1402,7 +1402,8 @@ async fn example_path_rewrite() {
 }
 
 /// The id a module made (`std.request_id.inject`) is the one on every answer the proxy
-/// makes afterwards: a module's own `respond`, and a 502 from a dead upstream.
+/// makes afterwards: a module's own `respond`, a fault in the response phase of that
+/// answer, and a 502 from a dead upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_id_a_module_made_is_on_the_proxys_own_answers() {
     let module = r#"
@@ -1411,6 +1412,11 @@ mod ids {
     std.request_id.inject()
     if $path == "/answer" {
       respond 200 "id=${$request_id}\n"
+    }
+  }
+  on response {
+    if $req.header["x-status"] != nil {
+      set resp.status = int($req.header["x-status"])
     }
   }
 }
@@ -1427,6 +1433,12 @@ mod ids {
     let id = assert_request_id(&resp);
     assert_eq!(id.len(), 36, "a UUID: {id}");
     assert_eq!(resp.text(), format!("id={id}\n"), "one id, read and sent");
+
+    // A fault in the response phase of a module's own answer.
+    let resp = get_with(px.addr, "/answer", &[("x-status", "teapot")]).await;
+    assert_eq!(resp.status, 500, "body: {}", resp.text());
+    let id = assert_request_id(&resp);
+    assert_eq!(id.len(), 36, "a UUID: {id}");
 
     let resp = get(px.addr, "/upstream").await;
     assert_eq!(resp.status, 502, "body: {}", resp.text());
