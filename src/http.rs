@@ -1,6 +1,7 @@
 //! HTTP-level pieces of the request path that know nothing of upstreams or scripts:
 //! the body type, proxy errors and their status mapping, header hygiene, framing
-//! checks, request ids, header names off the wire and the built-in echo upstream.
+//! checks, request ids, header names off the wire and lookups in small header maps,
+//! and the built-in echo upstream.
 //!
 //! Must not touch: sockets, pools, the pipeline. Everything here is a pure function of
 //! a request or response so it can be tested without a server.
@@ -11,6 +12,7 @@ pub mod echo;
 pub mod error;
 pub mod framing;
 pub mod hygiene;
+pub mod lookup;
 pub mod names;
 pub mod request_id;
 

@@ -392,7 +392,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if let Some(h) = req.headers().get(header::HOST) {
+    if let Some(h) = crate::http::lookup::get(req.headers(), &header::HOST) {
         return Some(h.clone());
     }
     req.uri()
@@ -451,7 +451,7 @@ fn upstream_request(
     if let Some(host) = host {
         // HTTP/2 clients send `:authority`, HTTP/1.1 upstreams need `Host`. (Not
         // `entry()`: it reserves room even when the key is there, and grows a full map.)
-        if !req.headers().contains_key(header::HOST) {
+        if !crate::http::lookup::has(req.headers(), &header::HOST) {
             req.headers_mut().insert(header::HOST, host);
         }
     }

@@ -136,7 +136,7 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 
 /// The declared body length, once `check_request` has passed.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(header::CONTENT_LENGTH)?;
+    let v = super::lookup::get(headers, &header::CONTENT_LENGTH)?;
     let first = v.as_bytes().split(|b| *b == b',').next()?;
     std::str::from_utf8(first).ok()?.trim().parse().ok()
 }

@@ -57,7 +57,7 @@ impl RequestId {
     /// The incoming `x-request-id` if it is valid, else a fresh UUIDv7 (made when
     /// first asked for).
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
-        match headers.get(&HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
+        match super::lookup::get(headers, &HEADER_NAME).filter(|v| is_valid(v.as_bytes())) {
             Some(v) => RequestId(Id::Known(v.clone())),
             None => RequestId(Id::Lazy(OnceLock::new())),
         }

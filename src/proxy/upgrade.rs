@@ -103,7 +103,7 @@ pub fn take<B>(req: &mut Request<B>) -> Option<ClientUpgrade> {
 /// proxy tunnels.
 pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     // `Upgrade` first: almost no request has one.
-    let upgrade = headers.get(header::UPGRADE)?;
+    let upgrade = crate::http::lookup::get(headers, &header::UPGRADE)?;
     let connection_says_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()

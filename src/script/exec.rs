@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use super::ast::{BinOp, LogLevel};
 use super::ir::*;
 use super::value::Value;
+use crate::http::lookup;
 use crate::pipeline::{Exchange, ForwardTo, LocalResponse};
 use crate::stdlib;
 
@@ -437,8 +438,10 @@ fn variable(var: &VarRef, ex: &Exchange<'_>) -> Value {
             .resp
             .as_ref()
             .map_or(Value::Nil, |r| Value::Int(i64::from(r.status.as_u16()))),
-        VarRef::ReqHeader(name) => header_text(ex.req.headers.get(name)),
-        VarRef::RespHeader(name) => header_text(ex.resp.as_ref().and_then(|r| r.headers.get(name))),
+        VarRef::ReqHeader(name) => header_text(lookup::get(ex.req.headers, name)),
+        VarRef::RespHeader(name) => {
+            header_text(ex.resp.as_ref().and_then(|r| lookup::get(r.headers, name)))
+        }
         VarRef::ReqQuery(key) => query_param(ex.req.uri.query().unwrap_or(""), key),
         VarRef::ReqCookie(key) => cookie(ex.req.headers, key),
     }

@@ -317,7 +317,7 @@ fn body_length(req: &Request<ProxyBody>, body: &ProxyBody) -> Option<Option<u64>
             // Methods whose requests usually carry content say so even when empty
             // (RFC 9110 8.6), as does any request that came with a Content-Length.
             let says = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-                || req.headers().contains_key(header::CONTENT_LENGTH);
+                || crate::http::lookup::has(req.headers(), &header::CONTENT_LENGTH);
             Some(says.then_some(0))
         }
         Some(n) => Some(Some(n)),
