@@ -34,8 +34,9 @@ pub enum CExpr {
 /// The right side of `~`. A regex that is only a literal, anchored or not
 /// (`^/admin`, `^/health$`, `beta`), is matched as the string test it means: the
 /// regex engine's set-up for each search costs more than the comparison itself
-/// (callgrind: ~600 instructions for `$path ~ "^/admin"`). Anything with a
-/// metacharacter (`\.`, a class, a flag) stays a regex.
+/// (`$path ~ "^/admin"`: ~190 instructions fewer, and more in time, as the search
+/// takes a cache from a pool). Anything with a metacharacter (`\.`, a class, a flag)
+/// stays a regex.
 #[derive(Debug)]
 pub enum Pattern {
     /// `^text`.
