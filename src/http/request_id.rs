@@ -128,22 +128,28 @@ pub fn is_valid(id: &[u8]) -> bool {
 
 fn write_uuid(buf: &mut [u8; 36], hi: u64, lo: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Where each byte's two digits go: the dashes sit at 8, 13, 18 and 23.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let bytes: [u8; 16] = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
-    let mut pos = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            buf[pos] = b'-';
-            pos += 1;
-        }
-        buf[pos] = HEX[usize::from(byte >> 4)];
-        buf[pos + 1] = HEX[usize::from(byte & 0x0f)];
-        pos += 2;
+    for at in [8, 13, 18, 23] {
+        buf[at] = b'-';
+    }
+    for (byte, at) in bytes.iter().zip(AT) {
+        buf[at] = HEX[usize::from(byte >> 4)];
+        buf[at + 1] = HEX[usize::from(byte & 0x0f)];
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_are_written_in_the_canonical_form() {
+        let mut buf = [0u8; 36];
+        write_uuid(&mut buf, 0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+        assert_eq!(&buf, b"01234567-89ab-cdef-fedc-ba9876543210");
+    }
 
     #[test]
     fn generated_ids_are_uuid_v7_and_distinct() {
