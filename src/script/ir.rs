@@ -47,7 +47,7 @@ pub enum Pattern {
     Exact(Box<str>),
     /// `text`.
     Contains(Box<str>),
-    Regex(Arc<Regex>),
+    Regex(Regex),
 }
 
 impl Pattern {
@@ -65,7 +65,7 @@ impl Pattern {
         // only characters the regex syntax gives a meaning; `#` and spaces only in
         // the `x` mode, which needs a flag.
         if text.contains(|c| "\\.+*?()|[]{}^$".contains(c)) {
-            return Pattern::Regex(Arc::new(re));
+            return Pattern::Regex(re);
         }
         let text: Box<str> = text.into();
         match (anchored_start, anchored_end) {
