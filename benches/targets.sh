@@ -6,6 +6,15 @@ BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
 BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
 ALL_TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
 
+# Sets TARGETS to the targets named on the command line ("$@"), or all of them.
+requested_targets() {
+  if [ $# -eq 0 ]; then
+    TARGETS=("${ALL_TARGETS[@]}")
+  else
+    TARGETS=("$@")
+  fi
+}
+
 # The port target $1 listens on (fails for an unknown target).
 target_port() {
   case "$1" in

@@ -37,10 +37,7 @@ WARMUP="${WARMUP:-1}"
 CONNS="${CONNS:-64}"
 URL_PATH="${URL_PATH:-/}"
 WORK="$(mktemp -d /tmp/proxycache-ab.XXXXXX)"
-TARGETS=("$@")
-if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=("${ALL_TARGETS[@]}")
-fi
+requested_targets "$@"
 need_tools nginx wrk curl taskset
 TCK="$(getconf CLK_TCK)"
 

@@ -24,10 +24,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/benches/targets.sh"
 DURATION="${DURATION:-10}"
 WORK="$(mktemp -d /tmp/proxycache-instr.XXXXXX)"
-TARGETS=("$@")
-if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=("${ALL_TARGETS[@]}")
-fi
+requested_targets "$@"
 need_tools valgrind callgrind_control wrk curl
 
 BACKEND_STARTED=""
