@@ -9,8 +9,13 @@ use tokio::task::JoinHandle;
 use crate::server::Shared;
 use crate::upstream::health;
 
-/// Runs until shutdown begins. `admin` is the bound admin listener, if any.
-pub fn run(shared: Arc<Shared>, admin: Option<std::net::TcpListener>) {
+/// Runs until shutdown begins. `admin` is the bound admin listener, if any; `watching`
+/// the file watches installed by `server::start`, if any.
+pub fn run(
+    shared: Arc<Shared>,
+    admin: Option<std::net::TcpListener>,
+    watching: Option<crate::reload::watch::Watching>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -29,7 +34,9 @@ pub fn run(shared: Arc<Shared>, admin: Option<std::net::TcpListener>) {
                 Arc::clone(&shared),
             )));
         }
-        tasks.push(tokio::spawn(crate::reload::watch::run(Arc::clone(&shared))));
+        if let Some(watching) = watching {
+            tasks.push(tokio::spawn(watching.run(Arc::clone(&shared))));
+        }
         tasks.push(tokio::spawn(sighup(Arc::clone(&shared))));
         let mut generation = shared.generation();
         let mut checks = health::spawn_checks(&generation.upstreams);

@@ -270,9 +270,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             worker::run(id, listeners, tls, shared, rx)
         })?);
     }
+    // Watching starts here, not on the control thread: when `start` returns, a file
+    // changed from then on is seen.
+    let watching = crate::reload::watch::install(&shared);
     let control_shared = Arc::clone(&shared);
     threads.push(spawn_thread("pc-control".into(), move || {
-        crate::control::run(control_shared, admin)
+        crate::control::run(control_shared, admin, watching)
     })?);
     tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {

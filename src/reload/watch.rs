@@ -2,6 +2,8 @@
 //! the TLS listeners' certificate, key and CA files (their folders, so a file renamed
 //! over one — as certbot and editors do — counts). Editors write files in several steps, so events are debounced: a reload starts only
 //! once no relevant event has arrived for [`SETTLE`], and then re-reads everything.
+//! The watches are installed ([`install`]) before `server::start` returns, so a change
+//! made the moment the server is up is not missed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,18 +18,30 @@ use crate::server::Shared;
 /// Quiet time after the last event before reloading.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Watches until shutdown; reloads after each settled burst of relevant changes.
-pub async fn run(shared: Arc<Shared>) {
+/// The installed watches, made before the server reports that it is up (so a file
+/// changed right after start is seen), and driven by [`Watching::run`] on the control
+/// thread.
+pub struct Watching {
+    watcher: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<()>,
+    tls_files: Arc<RwLock<Vec<PathBuf>>>,
+    watched_dirs: Vec<PathBuf>,
+    seen_generation: u64,
+}
+
+/// Installs the watches; `None` when `scripts.watch` is off or watching is impossible
+/// (logged: reloads then come from SIGHUP and the admin API only).
+pub fn install(shared: &Shared) -> Option<Watching> {
     let generation = shared.generation();
     if !generation.config.scripts.watch {
-        return;
+        return None;
     }
     let scripts_dir = generation.config.scripts.dir.clone();
     let config_path = shared.config_path.clone();
-    let mut seen_generation = generation.number;
+    let seen_generation = generation.number;
     let tls_files = Arc::new(RwLock::new(crate::server::tls::files(&generation.config)));
     drop(generation);
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let (tx, rx) = mpsc::unbounded_channel::<()>();
     let filter_dir = scripts_dir.clone();
     let filter_cfg = config_path.clone();
     let filter_tls = Arc::clone(&tls_files);
@@ -58,7 +72,7 @@ pub async fn run(shared: Arc<Shared>) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(target: "proxycache::reload", error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
-            return;
+            return None;
         }
     };
     if scripts_dir.is_dir() {
@@ -79,36 +93,49 @@ pub async fn run(shared: Arc<Shared>) {
     }
     let mut watched_dirs = Vec::new();
     watch_tls_dirs(&mut watcher, &tls_files.read(), &mut watched_dirs);
-    // Reloads from anywhere (SIGHUP, the admin API) may name new certificate files.
-    let mut recheck = tokio::time::interval(Duration::from_secs(1));
-    let mut shutdown = shared.shutdown_signal();
-    loop {
-        tokio::select! {
-            _ = recheck.tick() => {
-                let generation = shared.generation();
-                if generation.number != seen_generation {
-                    seen_generation = generation.number;
-                    let files = crate::server::tls::files(&generation.config);
-                    watch_tls_dirs(&mut watcher, &files, &mut watched_dirs);
-                    *tls_files.write() = files;
-                }
-            }
-            event = rx.recv() => {
-                if event.is_none() {
-                    return;
-                }
-                // Debounce: wait until the burst has settled.
-                loop {
-                    match tokio::time::timeout(SETTLE, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        Ok(None) => return,
-                        Err(_) => break,
+    Some(Watching {
+        watcher,
+        rx,
+        tls_files,
+        watched_dirs,
+        seen_generation,
+    })
+}
+
+impl Watching {
+    /// Reloads after each settled burst of relevant changes, until shutdown.
+    pub async fn run(mut self, shared: Arc<Shared>) {
+        // Reloads from anywhere (SIGHUP, the admin API) may name new certificate files.
+        let mut recheck = tokio::time::interval(Duration::from_secs(1));
+        let mut shutdown = shared.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = recheck.tick() => {
+                    let generation = shared.generation();
+                    if generation.number != self.seen_generation {
+                        self.seen_generation = generation.number;
+                        let files = crate::server::tls::files(&generation.config);
+                        watch_tls_dirs(&mut self.watcher, &files, &mut self.watched_dirs);
+                        *self.tls_files.write() = files;
                     }
                 }
-                let shared = Arc::clone(&shared);
-                let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "watch")).await;
+                event = self.rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    // Debounce: wait until the burst has settled.
+                    loop {
+                        match tokio::time::timeout(SETTLE, self.rx.recv()).await {
+                            Ok(Some(())) => continue,
+                            Ok(None) => return,
+                            Err(_) => break,
+                        }
+                    }
+                    let shared = Arc::clone(&shared);
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "watch")).await;
+                }
+                _ = shutdown.changed() => return,
             }
-            _ = shutdown.changed() => return,
         }
     }
 }
