@@ -43,6 +43,7 @@ pub async fn handle(
     mut req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
     ctx: Arc<WorkerCtx>,
+    writer: Writer,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let ambiguous_framing = conn.activity.request_started();
     // Taken before anything else reads the request: hyper keeps the client's half of
@@ -76,6 +77,7 @@ pub async fn handle(
         client_ip,
         ambiguous_framing,
         client_upgrade,
+        writer,
     };
     // Polled in place inside the span, not boxed and not wrapped by `instrument`:
     // on HTTP/1.1 this future lives in the connection's task (`server::h1`) and is
@@ -118,6 +120,16 @@ pub async fn handle(
     Ok(resp.map(|body| ResponseBody::new(body, done)))
 }
 
+/// What writes the response to the client, as far as its head goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// `server::h1`: writes the header map and, after it, the head an upstream
+    /// response kept as received (`ResponseBody::take_raw_head`).
+    TakesRawHead,
+    /// hyper: writes the header map only.
+    MapOnly,
+}
+
 /// A request and the facts worked out about it before routing.
 struct Arrived {
     req: Request<RequestBody>,
@@ -126,6 +138,7 @@ struct Arrived {
     ambiguous_framing: bool,
     /// The client asked to switch protocols (WebSocket...), see `upgrade`.
     client_upgrade: Option<upgrade::ClientUpgrade>,
+    writer: Writer,
 }
 
 fn access_entry(
@@ -162,6 +175,7 @@ async fn proxy(
         client_ip,
         ambiguous_framing,
         client_upgrade,
+        writer,
     } = incoming;
     let limits = &generation.config.server.limits;
     // 1. Framing and size limits, before routing: nothing ambiguous is ever matched,
@@ -292,6 +306,9 @@ async fn proxy(
         worker: ctx,
         conn,
         client_ip,
+        // No module reads the response, and the client's writer can copy a head as
+        // received: the upstream's head needs no header map.
+        head_unread: done.script.is_none() && writer == Writer::TakesRawHead,
     };
     // (Moved through a function rather than borrowed here: a borrowed local keeps
     // its room in this future across every later await.)
@@ -324,6 +341,10 @@ pub struct Outbound<'a> {
     pub worker: &'a WorkerCtx,
     pub conn: &'a ConnInfo,
     pub client_ip: std::net::IpAddr,
+    /// Nothing reads the response's headers before `server::h1` writes them to the
+    /// client: an HTTP/1.1 upstream's head may come back as received (see
+    /// `http::RawHead`), its headers not in the response's map.
+    pub head_unread: bool,
 }
 
 /// Sends a request to upstream set `target` now and returns the response (hop-by-hop
@@ -352,6 +373,7 @@ pub async fn send_upstream(
     // headers into the head itself.
     let (upstream_req, wire) =
         upstream_request(req, out.generation, out.conn, host, set, !set.config.http2);
+    let wire = wire.map(|w| w.passing_response_head(out.head_unread));
     let timeout = response_timeout.unwrap_or(set.config.response_timeout);
     let retries = retries.unwrap_or(DEFAULT_CONNECT_RETRIES);
     let via = &Pooled;
@@ -641,7 +663,7 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Request<RequestBody>, Arc<ConnInfo>, Arc<WorkerCtx>) -> Fut,
+        F: Fn(Request<RequestBody>, Arc<ConnInfo>, Arc<WorkerCtx>, super::Writer) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -335,3 +335,135 @@ async fn the_response_timeout_applies_to_every_request_on_a_reused_connection() 
     assert_eq!(get(px.addr, "/fast/again").await.status, 200);
     assert_eq!(up.accepts(), 2, "the timed-out connection is not reused");
 }
+
+/// The header lines of a raw response, each as (lower-case name, value), sorted.
+fn head_lines(raw: &str) -> Vec<(String, String)> {
+    let end = raw.find("\r\n\r\n").expect("a complete head");
+    let mut lines: Vec<(String, String)> = raw[..end]
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("name: value");
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// With no module, an upstream's head goes to an HTTP/1.1 client as it came (no header
+/// map in between): the lines it keeps are the upstream's, in their case, each once,
+/// and the framing is this hop's. A module in the pipeline sends the same response
+/// through the header map: the two must agree header for header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_response_head_passes_as_received_and_agrees_with_the_map() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nDate: Mon, 07 Dec 2026 06:00:00 GMT\r\n\
+          Set-Cookie: a=1\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nSet-Cookie: b=2\r\nX-Mixed-Case: Value  \r\n\r\nhello",
+        After::KeepOpen,
+    )
+    .await;
+    let px = one_worker_proxy_to(&raw);
+    let get = b"GET /p HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let passed = raw_request(px.addr, get).await;
+    assert_eq!(raw_status(&passed), 200, "{passed}");
+    assert_eq!(raw_body(&passed), "hello");
+    let head = &passed[..passed.find("\r\n\r\n").expect("head")];
+    for line in [
+        "\r\nServer: Raw/1\r\n",
+        "\r\nDate: Mon, 07 Dec 2026 06:00:00 GMT\r\n",
+        "\r\nSet-Cookie: a=1\r\n",
+        "\r\nSet-Cookie: b=2\r\n",
+        "\r\nX-Mixed-Case: Value\r\n",
+        "\r\ncontent-length: 5\r\n",
+    ] {
+        assert!(
+            format!("{head}\r\n").contains(line),
+            "{line:?} not in\n{head}"
+        );
+    }
+    let lines = head_lines(&passed);
+    let names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "content-length",
+            "date",
+            "server",
+            "set-cookie",
+            "set-cookie",
+            "x-mixed-case"
+        ],
+        "one Date, one framing line, no hop-by-hop line:\n{passed}"
+    );
+
+    // The same upstream behind a module (so the head goes through the header map).
+    let site = Site::new("raw-head");
+    site.write_mod(
+        "noop",
+        "mod noop {\n  on request {\n    set ctx.seen = \"yes\"\n  }\n}\n",
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        raw.addr
+    ));
+    let run = Running::start(&site);
+    let mapped = raw_request(run.addr, get).await;
+    assert_eq!(raw_body(&mapped), "hello");
+    assert_eq!(lines, head_lines(&mapped), "\n{passed}\n---\n{mapped}");
+}
+
+/// Framing facts travel apart from the passed lines: a 204's length is dropped, a
+/// 304's and a HEAD's are kept, a chunked answer's Content-Length never goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passed_heads_keep_the_framing_rules() {
+    let cases: [(&'static [u8], &str, Option<&str>); 4] = [
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n",
+            "GET",
+            None,
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n",
+            "GET",
+            Some("7"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n",
+            "HEAD",
+            Some("7"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "GET",
+            None,
+        ),
+    ];
+    for (reply, method, length) in cases {
+        let raw = Raw::start(reply, After::Close).await;
+        let px = proxy_to(&raw);
+        let got = raw_request(
+            px.addr,
+            format!("{method} /f HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let lines = head_lines(&got);
+        let lengths: Vec<&str> = lines
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(lengths, length.into_iter().collect::<Vec<_>>(), "{got}");
+        assert_eq!(raw_header(&got, "x-a").as_deref(), Some("1"), "{got}");
+        if length.is_none() && raw_status(&got) == 200 {
+            assert_eq!(
+                raw_header(&got, "transfer-encoding").as_deref(),
+                Some("chunked")
+            );
+            assert!(raw_body(&got).ends_with("0\r\n\r\n"), "{got}");
+        }
+    }
+}

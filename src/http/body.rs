@@ -44,6 +44,16 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    /// The upstream response head as received, when this is an upstream's body that
+    /// kept it so (see [`RawHead`](crate::http::RawHead)): its headers are not in the
+    /// response's map.
+    pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
+        match self {
+            ProxyBody::Upstream(body) => body.take_raw_head(),
+            _ => None,
+        }
+    }
+
     /// An in-memory body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();

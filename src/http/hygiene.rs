@@ -54,7 +54,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether `name` describes one hop and is always dropped (RFC 9110 7.6.1, plus the
 /// non-standard `Proxy-Connection` and `Keep-Alive`, and `Upgrade`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -158,6 +158,8 @@ pub struct Forwarding {
     scheme: &'static str,
     host: Option<HeaderValue>,
     via: HeaderValue,
+    /// The response head may come back as received (see `http::RawHead`).
+    pass_response_head: bool,
 }
 
 impl Forwarding {
@@ -169,7 +171,20 @@ impl Forwarding {
             scheme: fwd.scheme,
             host: fwd.host.cloned(),
             via: via_value(fwd.version),
+            pass_response_head: false,
         }
+    }
+
+    /// Lets the response head come back as received, with no header map, when it
+    /// needs no hygiene: for a caller whose response goes to the client unread.
+    pub fn passing_response_head(mut self, pass: bool) -> Forwarding {
+        self.pass_response_head = pass;
+        self
+    }
+
+    /// Whether the response head may come back as received.
+    pub fn passes_response_head(&self) -> bool {
+        self.pass_response_head
     }
 
     /// Adds the forwarding headers to `headers` (see [`add_forwarding`]).

@@ -155,6 +155,8 @@ async fn forward(
             worker: &call.worker,
             conn: &call.conn,
             client_ip: turn.info.client_ip,
+            // The script reads the response.
+            head_unread: false,
         },
         index,
         Box::new(Request::from_parts(parts, body)),

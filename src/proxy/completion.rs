@@ -130,6 +130,11 @@ impl ResponseBody {
     pub fn new(inner: ProxyBody, completion: Completion) -> Self {
         ResponseBody { inner, completion }
     }
+
+    /// See [`ProxyBody::take_raw_head`].
+    pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
+        self.inner.take_raw_head()
+    }
 }
 
 impl Body for ResponseBody {

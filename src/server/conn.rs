@@ -388,6 +388,7 @@ async fn serve_hyper<S>(
             req.map(crate::http::body::RequestBody::Hyper),
             Arc::clone(&svc_conn),
             Arc::clone(&svc_ctx),
+            crate::proxy::Writer::MapOnly,
         )
     });
     // With upgrades: a `101` hands the socket to the request path's tunnel (see

@@ -36,7 +36,7 @@ use super::conn::ConnInfo;
 use super::worker::WorkerCtx;
 use crate::http::body::RequestBody;
 use crate::http::chunked::{self, Chunk, Step};
-use crate::http::{ProxyError, RequestId};
+use crate::http::{ProxyError, RawHead, RequestId};
 
 /// The most header lines a request head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -592,7 +592,12 @@ where
         let req = Request::from_parts(parts, body);
         // Pinned where it is made: the request future is a few KB, and moving it into
         // the watch would copy it (callgrind: ~1,000 instructions a request).
-        let handling = std::pin::pin!(crate::proxy::handle(req, Arc::clone(conn), Arc::clone(ctx)));
+        let handling = std::pin::pin!(crate::proxy::handle(
+            req,
+            Arc::clone(conn),
+            Arc::clone(ctx),
+            crate::proxy::Writer::TakesRawHead
+        ));
         let Some(resp) = until_client_leaves(&io, handling).await else {
             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "client closed the connection before the response; request abandoned");
             return Served::Closed;
@@ -607,7 +612,9 @@ where
             keep_alive: keep_alive && !draining,
             http10,
         };
-        let kept = write_response(&io, &mut out, resp, plan).await;
+        let mut resp = resp;
+        let raw = resp.body_mut().take_raw_head();
+        let kept = write_response(&io, &mut out, resp, raw, plan).await;
         let clean = matches!(io.lock().body, BodyState::Done);
         match kept {
             Ok(true) if clean => {}
@@ -687,7 +694,7 @@ where
         keep_alive: false,
         http10: false,
     };
-    let _ = write_response(io, out, err.to_response(&id), plan).await;
+    let _ = write_response(io, out, err.to_response(&id), None, plan).await;
     close(io, true).await;
 }
 
@@ -828,10 +835,13 @@ impl fmt::Write for HexWriter<'_> {
 }
 
 /// Writes a response; `Ok(true)` when the connection may carry another request.
+/// `raw`: the upstream's head as received (see `RawHead`), written after the map's
+/// headers; it carries no hop-by-hop header and no framing line of its own.
 async fn write_response<S, B>(
     io: &Arc<Mutex<Io<S>>>,
     out: &mut Out,
     resp: Response<B>,
+    raw: Option<Box<RawHead>>,
     plan: Plan,
 ) -> io::Result<bool>
 where
@@ -845,7 +855,7 @@ where
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let no_body = plan.head_request || bodiless || status == StatusCode::NOT_MODIFIED;
 
-    let mut size = 64 + 48;
+    let mut size = 64 + 48 + raw.as_ref().map_or(0, |r| r.written_len());
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
@@ -889,6 +899,19 @@ where
         head.put_slice(b": ");
         head.put_slice(value.as_bytes());
         head.put_slice(b"\r\n");
+    }
+    if let Some(raw) = &raw {
+        for line in raw.lines() {
+            head.put_slice(line);
+            head.put_slice(b"\r\n");
+        }
+        has_date |= raw.has_date;
+        if let (Some(n), false, None) = (raw.content_length, bodiless, declared) {
+            head.put_slice(b"content-length: ");
+            head.put_slice(itoa_u64(n, &mut [0u8; 20]));
+            head.put_slice(b"\r\n");
+            declared = Some(n);
+        }
     }
     let mut framing = if no_body {
         Framing::None

@@ -320,6 +320,14 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The response head as received, when the exchange kept it so (see `RawHead`).
+    pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
+        match &mut self.inner {
+            Inner::Own(body) => body.take_raw_head(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
     fn give_back(&mut self) {
         let Some(back) = self.back.take() else {
             return;

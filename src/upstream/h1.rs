@@ -32,6 +32,7 @@ use crate::http::body::BoxError;
 use crate::http::chunked::{self, Chunk, Step};
 use crate::http::framing::parse_length;
 use crate::http::hygiene::Forwarding;
+use crate::http::raw_head::{Hop, RawHead};
 use crate::http::ProxyBody;
 
 /// The most header lines a response head may have.
@@ -197,6 +198,7 @@ pub async fn send(
     let (head, chunked) = encode_head(&req, &body, wire, &mut conn.wbuf);
     let mut out = Some(Outgoing::new(head, body, chunked));
     let head_method_is_head = req.method() == Method::HEAD;
+    let pass = wire.is_some_and(Forwarding::passes_response_head);
     let mut wrote_any = false;
     let mut write_failed = false;
 
@@ -216,7 +218,7 @@ pub async fn send(
                 Poll::Pending => {}
             }
         }
-        match conn.poll_head(cx, head_method_is_head) {
+        match conn.poll_head(cx, head_method_is_head, pass) {
             Poll::Pending if conn.deadline.as_mut().poll(cx).is_ready() => {
                 Poll::Ready(Err(H1Error::ResponseTimeout))
             }
@@ -244,6 +246,7 @@ pub async fn send(
         out: out.map(Box::new),
         framing: head.framing,
         reusable,
+        raw: head.raw,
     });
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -467,16 +470,24 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The head as received, when the caller takes it so and it needs no hygiene
+    /// (then `headers` is empty).
+    raw: Option<Box<RawHead>>,
     framing: Framing,
     keep_alive: bool,
 }
 
 impl Conn {
     /// Reads until a final (non-1xx) response head is complete.
-    fn poll_head(&mut self, cx: &mut Context<'_>, to_head: bool) -> Poll<Result<Head, H1Error>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        to_head: bool,
+        pass: bool,
+    ) -> Poll<Result<Head, H1Error>> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, to_head)? {
+                match parse_head(&mut self.buf, to_head, pass)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial => {
@@ -517,6 +528,16 @@ impl Conn {
     }
 }
 
+/// Where one header of a head sits in the buffer.
+struct Span {
+    name: usize,
+    name_len: usize,
+    value: usize,
+    value_len: usize,
+    /// It is `Content-Length`.
+    length: bool,
+}
+
 enum Parsed {
     Final(Head),
     /// A 1xx head was consumed; another head follows.
@@ -524,7 +545,10 @@ enum Parsed {
     Partial,
 }
 
-fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
+/// Parses a response head. `pass`: the caller takes the head as received when it can
+/// (see [`RawHead`]); a head with a hop-by-hop header other than the framing ones and
+/// `Connection` options is read into the map all the same, so hygiene can see it.
+fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H1Error> {
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -553,88 +577,121 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, H1Error> {
     // Where each header's name and value sit in the buffer, so values can be slices of
     // one frozen head (no copy per value).
     let base = buf.as_ptr() as usize;
-    let mut spans: smallvec::SmallVec<[(HeaderName, usize, usize); 12]> = smallvec::SmallVec::new();
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut raw = pass;
+    let mut spans: smallvec::SmallVec<[Span; 12]> = smallvec::SmallVec::new();
     let mut keep_alive = version == Version::HTTP_11;
     let mut content_length: Option<u64> = None;
     let mut transfer_chunked: Option<bool> = None;
+    let mut has_date = false;
     for h in resp.headers.iter() {
-        let name = crate::http::names::header_name(h.name.as_bytes())
-            .map_err(|_| H1Error::Header(h.name.to_owned()))?;
-        if name == header::CONNECTION {
-            let mut only_options = true;
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = keep_alive || version == Version::HTTP_10;
-                } else if !token.is_empty() {
-                    only_options = false;
+        let hop = Hop::of(h.name.as_bytes());
+        match hop {
+            Hop::Connection => {
+                let mut only_options = true;
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = keep_alive || version == Version::HTTP_10;
+                    } else if !token.is_empty() {
+                        only_options = false;
+                    }
                 }
+                if only_options {
+                    // Hop-by-hop and fully read: the proxy would drop it anyway.
+                    continue;
+                }
+                // It names headers to drop: hygiene's work, on the map.
+                raw = false;
             }
-            if only_options {
-                // Hop-by-hop and fully read: the proxy would drop it anyway.
+            Hop::ContentLength => {
+                let n = parse_length(h.value).ok_or(H1Error::ContentLength)?;
+                if content_length.is_some_and(|m| m != n) {
+                    return Err(H1Error::ContentLength);
+                }
+                content_length = Some(n);
+            }
+            Hop::TransferEncoding => {
+                let last = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .map(<[u8]>::trim_ascii)
+                    .unwrap_or_default();
+                transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
                 continue;
             }
-        } else if name == header::CONTENT_LENGTH {
-            let n = parse_length(h.value).ok_or(H1Error::ContentLength)?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(H1Error::ContentLength);
-            }
-            content_length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            let last = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .map(<[u8]>::trim_ascii)
-                .unwrap_or_default();
-            transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            continue;
-        } else if name.as_str() == "keep-alive" {
-            continue;
+            Hop::KeepAlive => continue,
+            Hop::OtherHopByHop => raw = false,
+            Hop::Date => has_date = true,
+            Hop::Kept => {}
         }
-        let start = h.value.as_ptr() as usize - base;
-        spans.push((name, start, h.value.len()));
+        spans.push(Span {
+            name: offset(h.name.as_bytes()),
+            name_len: h.name.len(),
+            value: offset(h.value),
+            value_len: h.value.len(),
+            length: hop == Hop::ContentLength,
+        });
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, len) in spans.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
-            .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
-        headers.append(name, value);
-    }
-
     let no_body = to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let framing = if no_body {
-        Framing::Empty
+    // Whether `Content-Length` goes on (it does not when chunked framing overrides it).
+    let (framing, keep_length) = if no_body {
+        (Framing::Empty, true)
     } else {
         match (transfer_chunked, content_length) {
             (Some(true), cl) => {
                 // Both framings: chunked wins, and the connection is not trusted again.
                 if cl.is_some() {
                     keep_alive = false;
-                    headers.remove(header::CONTENT_LENGTH);
                 }
-                Framing::Chunked(Chunk::Size)
+                (Framing::Chunked(Chunk::Size), false)
             }
             (Some(false), _) => {
                 keep_alive = false;
-                headers.remove(header::CONTENT_LENGTH);
-                Framing::Eof
+                (Framing::Eof, false)
             }
-            (None, Some(0)) => Framing::Empty,
-            (None, Some(n)) => Framing::Length(n),
+            (None, Some(0)) => (Framing::Empty, true),
+            (None, Some(n)) => (Framing::Length(n), true),
             (None, None) => {
                 keep_alive = false;
-                Framing::Eof
+                (Framing::Eof, true)
             }
         }
+    };
+    let mut headers = HeaderMap::new();
+    let raw = if raw {
+        let mut raw = RawHead::new(head);
+        for span in spans.iter().filter(|s| !s.length) {
+            raw.keep(span.name, span.value + span.value_len);
+        }
+        // The client's hop writes its own framing from this.
+        raw.content_length = content_length.filter(|_| keep_length);
+        raw.has_date = has_date;
+        // Boxed: the head moves through several layers, and a response read into the
+        // map (every one a module sees) would carry the room for nothing.
+        Some(Box::new(raw))
+    } else {
+        headers.reserve(spans.len());
+        for span in spans.iter().filter(|s| keep_length || !s.length) {
+            let name_bytes = &head[span.name..span.name + span.name_len];
+            let name = crate::http::names::header_name(name_bytes)
+                .map_err(|_| H1Error::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(span.value..span.value + span.value_len))
+                    .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
+            headers.append(name, value);
+        }
+        None
     };
     Ok(Parsed::Final(Head {
         status,
         version,
         headers,
+        raw,
         framing,
         keep_alive,
     }))
@@ -649,6 +706,8 @@ pub struct RespBody {
     out: Option<Box<Outgoing>>,
     framing: Framing,
     reusable: bool,
+    /// The head as received, for the client's writer (see [`RawHead`]).
+    raw: Option<Box<RawHead>>,
 }
 
 impl std::fmt::Debug for RespBody {
@@ -661,6 +720,11 @@ impl std::fmt::Debug for RespBody {
 
 impl RespBody {
     /// The connection, once the body has ended cleanly and it may serve another request.
+    /// The response head as received, when it was kept so (once).
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        self.raw.take()
+    }
+
     pub fn take_reusable(&mut self) -> Option<Conn> {
         if !matches!(self.framing, Framing::Done | Framing::Empty) || !self.reusable {
             return None;
@@ -782,9 +846,13 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, to_head: bool) -> Head {
+        parse_passing(text, to_head, false)
+    }
+
+    fn parse_passing(text: &str, to_head: bool, pass: bool) -> Head {
         let mut buf = BytesMut::from(text.as_bytes());
         loop {
-            match parse_head(&mut buf, to_head) {
+            match parse_head(&mut buf, to_head, pass) {
                 Ok(Parsed::Final(head)) => return head,
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) => panic!("partial"),
@@ -843,14 +911,81 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, false),
+            parse_head(&mut buf, false, false),
             Err(H1Error::ContentLength)
         ));
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         assert!(matches!(
-            parse_head(&mut buf, false),
+            parse_head(&mut buf, false, true),
             Err(H1Error::UnaskedUpgrade)
         ));
+    }
+
+    fn raw_lines(head: &Head) -> Vec<String> {
+        head.raw
+            .as_ref()
+            .expect("passed as received")
+            .lines()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn heads_pass_as_received_without_framing_or_hop_by_hop_lines() {
+        let h = parse_passing(
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 06:00:00 GMT\r\n\
+             Content-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             X-A:b  \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello",
+            false,
+            true,
+        );
+        assert!(h.headers.is_empty(), "{:?}", h.headers);
+        assert_eq!(
+            raw_lines(&h),
+            [
+                "Server: nginx",
+                "Date: Mon, 07 Dec 2026 06:00:00 GMT",
+                "X-A:b",
+                "Set-Cookie: a=1",
+                "Set-Cookie: b=2"
+            ]
+        );
+        let raw = h.raw.as_ref().expect("raw");
+        assert_eq!(raw.content_length, Some(5));
+        assert!(raw.has_date);
+        assert!(matches!(h.framing, Framing::Length(5)));
+        assert!(h.keep_alive);
+
+        // Chunked: no length to pass on, however many Content-Lengths came with it.
+        let h = parse_passing(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(raw_lines(&h), Vec::<String>::new());
+        assert_eq!(h.raw.as_ref().and_then(|r| r.content_length), None);
+        assert!(!h.keep_alive);
+        // HEAD: the length of what a GET would have had goes on.
+        let h = parse_passing("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true, true);
+        assert_eq!(h.raw.as_ref().and_then(|r| r.content_length), Some(10));
+        assert!(matches!(h.framing, Framing::Empty));
+    }
+
+    #[test]
+    fn heads_with_hop_by_hop_headers_go_through_the_map() {
+        for text in [
+            // Connection naming a header (hygiene drops both), however late it comes.
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Secret: 1\r\nConnection: x-secret\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTrailer: x-sum\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Authenticate: Basic\r\n\r\n",
+        ] {
+            let h = parse_passing(text, false, true);
+            assert!(h.raw.is_none(), "{text}");
+            // The map has everything hygiene needs, the framing length included.
+            assert_eq!(h.headers["content-length"], "2", "{text}");
+            assert!(h.headers.len() >= 2, "{text}");
+        }
     }
 
     /// Bodies are moved through every request's future: an upstream body owning its
