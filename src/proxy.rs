@@ -306,9 +306,13 @@ async fn proxy(
         worker: ctx,
         conn,
         client_ip,
-        // No module reads the response, and the client's writer can copy a head as
-        // received: the upstream's head needs no header map.
-        head_unread: done.script.is_none() && writer == Writer::TakesRawHead,
+        // No module reads the response's headers (the modules' own changes go in the
+        // map and win over the received lines), and the client's writer can copy a
+        // head as received: the upstream's head needs no header map.
+        head_unread: writer == Writer::TakesRawHead
+            && done.script.as_ref().is_none_or(|state| {
+                generation.pipeline.response_head_unread && state.ctx.cache.is_none()
+            }),
     };
     // (Moved through a function rather than borrowed here: a borrowed local keeps
     // its room in this future across every later await.)

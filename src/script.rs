@@ -209,6 +209,7 @@ fn load_sources_here(
     let mut modules: Vec<Arc<dyn PipelineModule>> = Vec::new();
     let mut infos = Vec::new();
     let mut keeps_request_headers = false;
+    let mut response_head_unread = true;
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut lua_specs: Vec<crate::lua::LuaSpec> = Vec::new();
     let limits = crate::lua::Limits {
@@ -311,6 +312,7 @@ fn load_sources_here(
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;
+            response_head_unread &= lua.is_none() && compiled.blind_to_response_head();
             // A Lua hook of a later phase, or a Lua function a later pcmod phase calls,
             // may read any request header.
             if let Some((_, hooks)) = &lua {
@@ -348,6 +350,7 @@ fn load_sources_here(
     });
     let ctx_shared: Arc<[Arc<str>]> = ctx_names.iter().cloned().collect();
     let mut pipeline = Pipeline::new(modules, ctx_names, keeps_request_headers);
+    pipeline.response_head_unread = response_head_unread;
     if !lua_specs.is_empty() {
         pipeline.lua = Some(Arc::new(crate::lua::LuaRuntime::new(
             lua_specs,

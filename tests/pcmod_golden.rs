@@ -778,3 +778,43 @@ fn docs_error_messages_are_real() {
         "only {count} messages found in the error table"
     );
 }
+
+/// Which pipelines let an upstream's response head pass as received: only those whose
+/// response and log phases neither read response headers nor change them other than
+/// by `set` (and that have no Lua). The request phase may do anything.
+#[test]
+fn response_head_blindness_is_decided_per_pipeline() {
+    let cases: &[(&str, bool)] = &[
+        // No late phase at all.
+        ("on request {\n    std.request_id.inject()\n  }", true),
+        // `set` with constants, interpolations of request facts, status and ctx.
+        (
+            "on request {\n    set ctx.k = \"v\"\n  }\n  on response {\n    set resp.header[\"x-a\"] = \"1\"\n    if $status >= 500 {\n      set resp.header[\"x-b\"] = \"${$method} ${$path}\"\n    }\n  }",
+            true,
+        ),
+        ("on response {\n    add resp.header[\"x-a\"] = \"1\"\n  }", false),
+        ("on response {\n    remove resp.header[\"server\"]\n  }", false),
+        (
+            "on response {\n    if $resp.header[\"x-a\"] == \"1\" {\n      set resp.header[\"x-b\"] = \"1\"\n    }\n  }",
+            false,
+        ),
+        (
+            "on response {\n    set resp.header[\"x-b\"] = $resp.header[\"x-a\"]\n  }",
+            false,
+        ),
+        ("on response {\n    std.compress.apply()\n  }", false),
+        ("on log {\n    log info \"${$resp.header[\"x-a\"]}\"\n  }", false),
+    ];
+    for (body, blind) in cases {
+        let source = format!("mod m {{\n  {body}\n}}\n");
+        let loaded = load_sources(
+            &base_config(),
+            &[(PathBuf::from("m.pcmod"), source.clone())],
+        )
+        .unwrap_or_else(|d| panic!("{source}\ndoes not load:\n{}", render_all(&d)));
+        assert_eq!(
+            loaded.pipeline.response_head_unread, *blind,
+            "module:\n{source}"
+        );
+    }
+}

@@ -467,3 +467,67 @@ async fn passed_heads_keep_the_framing_rules() {
         }
     }
 }
+
+/// proxycache in-process over `site` with one module, routing everything to `raw`.
+fn site_with_module(raw: &Raw, tag: &str, module: &str) -> (Site, Running) {
+    let site = Site::new(tag);
+    site.write_mod("m", module);
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        raw.addr
+    ));
+    let run = Running::start(&site);
+    (site, run)
+}
+
+/// A module that only `set`s response headers runs over the head as received: what it
+/// sets replaces the received lines of that name (in any case, however many), the rest
+/// pass as they came. A module that reads a response header gets the map, and both give
+/// the client the same headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_only_modules_override_a_passed_head_as_the_map_would() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Over: old\r\nX-Keep: 1\r\n\
+          x-over: old2\r\nX-Request-Id: upstream-id\r\nContent-Length: 5\r\n\r\nhello",
+        After::KeepOpen,
+    )
+    .await;
+    let sets =
+        "    set resp.header[\"x-over\"] = \"new\"\n    set resp.header[\"X-Added\"] = \"yes\"\n";
+    let blind = format!(
+        "mod m {{\n  on request {{\n    std.request_id.inject()\n  }}\n  on response {{\n{sets}  }}\n}}\n"
+    );
+    // Reads a response header (without changing what is sent): the map path.
+    let reading = format!(
+        "mod m {{\n  on request {{\n    std.request_id.inject()\n  }}\n  on response {{\n{sets}    if $resp.header[\"x-keep\"] == \"never\" {{\n      set resp.header[\"x-never\"] = \"1\"\n    }}\n  }}\n}}\n"
+    );
+    let get = b"GET /p HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: client-id-1\r\n\r\n";
+    let (_s1, passed_run) = site_with_module(&raw, "raw-set", &blind);
+    let passed = raw_request(passed_run.addr, get).await;
+    let (_s2, mapped_run) = site_with_module(&raw, "raw-read", &reading);
+    let mapped = raw_request(mapped_run.addr, get).await;
+    for got in [&passed, &mapped] {
+        assert_eq!(raw_status(got), 200, "{got}");
+        assert_eq!(raw_body(got), "hello");
+    }
+    // Which path each took: received lines keep their case, map lines are lower-case.
+    assert!(passed.contains("\r\nX-Keep: 1\r\n"), "{passed}");
+    assert!(mapped.contains("\r\nx-keep: 1\r\n"), "{mapped}");
+    let lines = head_lines(&passed);
+    assert_eq!(lines, head_lines(&mapped), "\n{passed}\n---\n{mapped}");
+    let overs: Vec<&str> = lines
+        .iter()
+        .filter(|(n, _)| n == "x-over")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(overs, ["new"], "{passed}");
+    // The request id the module injects replaces the upstream's.
+    assert_eq!(
+        raw_header(&passed, "x-request-id").as_deref(),
+        Some("client-id-1")
+    );
+    assert_eq!(raw_header(&passed, "x-added").as_deref(), Some("yes"));
+    assert_eq!(raw_header(&passed, "server").as_deref(), Some("Raw/1"));
+}

@@ -7,6 +7,10 @@
 //! cleaned: no hop-by-hop header is ever in one (a head that has any is read into a
 //! map as usual, see [`Hop`]), and the framing headers are held apart, as facts,
 //! because the client's hop writes its own.
+//!
+//! Modules that only `set` response headers (no reads, no `add`/`remove`) run over
+//! such a response too: their headers go in the response's map, and the writer
+//! leaves out every received line whose name the map has (`set` replaces).
 
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -16,8 +20,9 @@ use smallvec::SmallVec;
 pub struct RawHead {
     /// The whole head as it came off the wire.
     head: Bytes,
-    /// Each kept line, from the start of its name to the end of its value.
-    lines: SmallVec<[(u32, u32); 12]>,
+    /// Each kept line: where it starts, where its name ends, and where its value
+    /// ends.
+    lines: SmallVec<[(u32, u32, u32); 12]>,
     /// The response's `Content-Length`, when its framing keeps one.
     pub content_length: Option<u64>,
     /// Whether a `Date` line is among the kept ones.
@@ -35,28 +40,30 @@ impl RawHead {
         }
     }
 
-    /// Keeps the line `start..end` of the head (name to end of value).
-    pub fn keep(&mut self, start: usize, end: usize) {
-        debug_assert!(start <= end && end <= self.head.len());
+    /// Keeps the line `start..end` of the head (name to end of value), whose name
+    /// ends at `name_end`.
+    pub fn keep(&mut self, start: usize, name_end: usize, end: usize) {
+        debug_assert!(start <= name_end && name_end <= end && end <= self.head.len());
         // A head is at most `MAX_HEAD_BYTES` (64 KiB) long: offsets fit in a u32.
-        self.lines.push((
-            u32::try_from(start).unwrap_or(0),
-            u32::try_from(end).unwrap_or(0),
-        ));
+        let at = |i: usize| u32::try_from(i).unwrap_or(0);
+        self.lines.push((at(start), at(name_end), at(end)));
     }
 
-    /// The kept lines, each `name: value` without its line ending.
-    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.lines
-            .iter()
-            .map(|&(start, end)| &self.head[start as usize..end as usize])
+    /// The kept lines as (name, whole line `name: value` without its line ending).
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.lines.iter().map(|&(start, name_end, end)| {
+            (
+                &self.head[start as usize..name_end as usize],
+                &self.head[start as usize..end as usize],
+            )
+        })
     }
 
     /// Bytes the kept lines take when written out with their line endings.
     pub fn written_len(&self) -> usize {
         self.lines
             .iter()
-            .map(|&(start, end)| (end - start) as usize + 2)
+            .map(|&(start, _, end)| (end - start) as usize + 2)
             .sum()
     }
 }
@@ -199,10 +206,16 @@ mod tests {
     fn kept_lines_are_spans_of_the_head() {
         let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\nServer: x\r\nA: b c\r\n\r\n");
         let mut raw = RawHead::new(head);
-        raw.keep(17, 26);
-        raw.keep(28, 34);
-        let lines: Vec<&[u8]> = raw.lines().collect();
-        assert_eq!(lines, [&b"Server: x"[..], &b"A: b c"[..]]);
+        raw.keep(17, 23, 26);
+        raw.keep(28, 29, 34);
+        let lines: Vec<(&[u8], &[u8])> = raw.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Server"[..], &b"Server: x"[..]),
+                (&b"A"[..], &b"A: b c"[..])
+            ]
+        );
         assert_eq!(raw.written_len(), 9 + 2 + 6 + 2);
     }
 }

@@ -42,6 +42,18 @@ pub struct Compiled {
     pub reads_request_later: bool,
 }
 
+impl Compiled {
+    /// Whether its response and log phases (if any) are blind to the response head
+    /// (see [`CPhase::blind_to_response_head`]). The request phase cannot read a
+    /// response; what it starts for later (`std.cache.check`) is checked per request.
+    pub fn blind_to_response_head(&self) -> bool {
+        [&self.response, &self.log]
+            .into_iter()
+            .flatten()
+            .all(CPhase::blind_to_response_head)
+    }
+}
+
 /// Checks and compiles the phases of `module`.
 pub fn compile(
     module: &Module,

@@ -256,3 +256,59 @@ pub struct CPhase {
     pub body: Box<[CStmt]>,
     pub locals: usize,
 }
+
+impl CPhase {
+    /// Whether this phase can run over a response whose upstream head was kept as
+    /// received (see `http::RawHead`): it reads no response header and changes them
+    /// only by `set`, which the client's writer honours by leaving out the received
+    /// lines of a name the map has. `add` and `remove` on the response, `$resp.header`
+    /// anywhere, and any call (a stdlib function or Lua may read the response) say no.
+    pub fn blind_to_response_head(&self) -> bool {
+        stmts_blind(&self.body)
+    }
+}
+
+fn stmts_blind(stmts: &[CStmt]) -> bool {
+    stmts.iter().all(|s| stmt_blind(&s.kind))
+}
+
+fn stmt_blind(kind: &CStmtKind) -> bool {
+    match kind {
+        CStmtKind::Let(_, e)
+        | CStmtKind::SetCtx(_, e)
+        | CStmtKind::Log(_, e)
+        | CStmtKind::SetPath(e)
+        | CStmtKind::SetQuery(e)
+        | CStmtKind::SetStatus(e) => expr_blind(e),
+        CStmtKind::If(branches, otherwise) => {
+            branches
+                .iter()
+                .all(|(cond, body)| expr_blind(cond) && stmts_blind(body))
+                && stmts_blind(otherwise)
+        }
+        CStmtKind::SetHeader {
+            resp,
+            value,
+            append,
+            ..
+        } => !(*resp && *append) && expr_blind(value),
+        CStmtKind::RemoveHeader { resp, .. } => !*resp,
+        CStmtKind::Next => true,
+        CStmtKind::Respond { .. } | CStmtKind::Forward { .. } | CStmtKind::Call(_) => false,
+    }
+}
+
+fn expr_blind(e: &CExpr) -> bool {
+    match e {
+        CExpr::Const(_) | CExpr::Local(_) | CExpr::Ctx(_) => true,
+        CExpr::Var(v) => !matches!(v, VarRef::RespHeader(_)),
+        CExpr::Interp(parts) => parts.iter().all(|p| match p {
+            CPart::Text(_) => true,
+            CPart::Expr(e) => expr_blind(e),
+        }),
+        CExpr::Not(e) | CExpr::Neg(e) | CExpr::Field(e, _) | CExpr::Match(e, _) => expr_blind(e),
+        CExpr::And(a, b) | CExpr::Or(a, b) | CExpr::Bin(_, a, b) => expr_blind(a) && expr_blind(b),
+        CExpr::Call(_) => false,
+        CExpr::List(items) => items.iter().all(expr_blind),
+    }
+}

@@ -836,7 +836,8 @@ impl fmt::Write for HexWriter<'_> {
 
 /// Writes a response; `Ok(true)` when the connection may carry another request.
 /// `raw`: the upstream's head as received (see `RawHead`), written after the map's
-/// headers; it carries no hop-by-hop header and no framing line of its own.
+/// headers, less the lines of names the map has; it carries no hop-by-hop header and
+/// no framing line of its own.
 async fn write_response<S, B>(
     io: &Arc<Mutex<Io<S>>>,
     out: &mut Out,
@@ -901,7 +902,17 @@ where
         head.put_slice(b"\r\n");
     }
     if let Some(raw) = &raw {
-        for line in raw.lines() {
+        // The map's headers are what modules `set`: they replace received ones.
+        let overlay = !parts.headers.is_empty();
+        for (name, line) in raw.lines() {
+            if overlay
+                && parts
+                    .headers
+                    .keys()
+                    .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
+            {
+                continue;
+            }
             head.put_slice(line);
             head.put_slice(b"\r\n");
         }

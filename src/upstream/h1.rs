@@ -666,7 +666,11 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
     let raw = if raw {
         let mut raw = RawHead::new(head);
         for span in spans.iter().filter(|s| !s.length) {
-            raw.keep(span.name, span.value + span.value_len);
+            raw.keep(
+                span.name,
+                span.name + span.name_len,
+                span.value + span.value_len,
+            );
         }
         // The client's hop writes its own framing from this.
         raw.content_length = content_length.filter(|_| keep_length);
@@ -926,7 +930,7 @@ mod tests {
             .as_ref()
             .expect("passed as received")
             .lines()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
             .collect()
     }
 
