@@ -225,9 +225,10 @@ pub struct Pipeline {
     pub ctx_names: Vec<Arc<str>>,
     /// Whether a response or log phase reads request headers (then they are kept).
     pub keeps_request_headers: bool,
-    /// Whether every module is pcmod (no Lua) with response and log phases blind to
-    /// the response head (`CPhase::blind_to_response_head`): then an upstream's head
-    /// may stay as received (`http::RawHead`) unless a request starts a cache entry.
+    /// Whether every module's response and log phases are blind to the response head
+    /// (`CPhase::blind_to_response_head`) and none has a Lua response or log hook:
+    /// then an upstream's head may stay as received (`http::RawHead`) unless a
+    /// request starts a cache entry.
     pub response_head_unread: bool,
     /// The Lua chunks of the modules, when any module has one.
     pub lua: Option<Arc<crate::lua::LuaRuntime>>,

@@ -312,7 +312,12 @@ fn load_sources_here(
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;
-            response_head_unread &= lua.is_none() && compiled.blind_to_response_head();
+            // Lua that runs only in the request phase cannot read a response either.
+            response_head_unread &= compiled.blind_to_response_head()
+                && lua.as_ref().is_none_or(|(_, hooks)| {
+                    !hooks[crate::lua::vm::phase_index(PhaseKind::Response)]
+                        && !hooks[crate::lua::vm::phase_index(PhaseKind::Log)]
+                });
             // A Lua hook of a later phase, or a Lua function a later pcmod phase calls,
             // may read any request header.
             if let Some((_, hooks)) = &lua {

@@ -781,7 +781,8 @@ fn docs_error_messages_are_real() {
 
 /// Which pipelines let an upstream's response head pass as received: only those whose
 /// response and log phases neither read response headers nor change them other than
-/// by `set` (and that have no Lua). The request phase may do anything.
+/// by `set`, with no Lua hook after the request phase. The request phase may do
+/// anything.
 #[test]
 fn response_head_blindness_is_decided_per_pipeline() {
     let cases: &[(&str, bool)] = &[
@@ -804,6 +805,13 @@ fn response_head_blindness_is_decided_per_pipeline() {
         ),
         ("on response {\n    std.compress.apply()\n  }", false),
         ("on log {\n    log info \"${$resp.header[\"x-a\"]}\"\n  }", false),
+        // Lua in the request phase only; then with a response or log hook.
+        ("lua \"\"\"\nfunction on_request(req, ctx) end\n\"\"\"", true),
+        (
+            "lua \"\"\"\nfunction on_request(req, ctx) end\nfunction on_response(req, resp, ctx) end\n\"\"\"",
+            false,
+        ),
+        ("lua \"\"\"\nfunction on_log(req, resp, ctx) end\n\"\"\"", false),
     ];
     for (body, blind) in cases {
         let source = format!("mod m {{\n  {body}\n}}\n");

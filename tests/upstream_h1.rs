@@ -531,3 +531,30 @@ async fn set_only_modules_override_a_passed_head_as_the_map_would() {
     assert_eq!(raw_header(&passed, "x-added").as_deref(), Some("yes"));
     assert_eq!(raw_header(&passed, "server").as_deref(), Some("Raw/1"));
 }
+
+/// A Lua module that runs only in the request phase cannot read the response: its
+/// requests take the passed head too, with what it asked for (`std.request_id.inject`)
+/// on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_only_lua_lets_the_head_pass() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nX-Keep: 1\r\nX-Request-Id: upstream-id\r\nContent-Length: 2\r\n\r\nok",
+        After::KeepOpen,
+    )
+    .await;
+    let module = "mod m {\n  lua \"\"\"\nfunction on_request(req, ctx)\n  std.request_id.inject()\nend\n\"\"\"\n}\n";
+    let (_site, run) = site_with_module(&raw, "raw-lua", module);
+    let got = raw_request(
+        run.addr,
+        b"GET /p HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: client-id-2\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_body(&got), "ok", "{got}");
+    assert!(got.contains("\r\nX-Keep: 1\r\n"), "the passed head: {got}");
+    let ids: Vec<String> = head_lines(&got)
+        .into_iter()
+        .filter(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(ids, ["client-id-2"], "{got}");
+}
