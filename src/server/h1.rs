@@ -598,7 +598,7 @@ where
             Arc::clone(ctx),
             crate::proxy::Writer::TakesRawHead
         ));
-        let Some(resp) = until_client_leaves(&io, handling).await else {
+        let Some(mut resp) = until_client_leaves(&io, handling).await else {
             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "client closed the connection before the response; request abandoned");
             return Served::Closed;
         };
@@ -612,9 +612,12 @@ where
             keep_alive: keep_alive && !draining,
             http10,
         };
-        let mut resp = resp;
         let raw = resp.body_mut().take_raw_head();
-        let kept = write_response(&io, &mut out, resp, raw, plan).await;
+        // Lent, not moved: the response is a few hundred bytes, and each move copies it.
+        let kept = write_response(&io, &mut out, &mut resp, raw, plan).await;
+        // Its end (in-flight counts, the upstream connection back to the pool, the
+        // access log) comes before any lingering close.
+        drop(resp);
         let clean = matches!(io.lock().body, BodyState::Done);
         match kept {
             Ok(true) if clean => {}
@@ -694,7 +697,7 @@ where
         keep_alive: false,
         http10: false,
     };
-    let _ = write_response(io, out, err.to_response(&id), None, plan).await;
+    let _ = write_response(io, out, &mut err.to_response(&id), None, plan).await;
     close(io, true).await;
 }
 
@@ -841,7 +844,7 @@ impl fmt::Write for HexWriter<'_> {
 async fn write_response<S, B>(
     io: &Arc<Mutex<Io<S>>>,
     out: &mut Out,
-    resp: Response<B>,
+    resp: &mut Response<B>,
     raw: Option<Box<RawHead>>,
     plan: Plan,
 ) -> io::Result<bool>
@@ -850,14 +853,14 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
 {
-    let (parts, mut body) = resp.into_parts();
-    let status = parts.status;
+    let status = resp.status();
+    let headers = resp.headers();
     let mut keep_alive = plan.keep_alive;
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let no_body = plan.head_request || bodiless || status == StatusCode::NOT_MODIFIED;
 
     let mut size = 64 + 48 + raw.as_ref().map_or(0, |r| r.written_len());
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
     }
     // Written into the connection's reusable room and split off (no allocation per
@@ -872,7 +875,7 @@ where
     let mut declared: Option<u64> = None;
     let mut has_date = false;
     let mut has_connection = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if *name == header::CONTENT_LENGTH {
             if bodiless {
                 continue;
@@ -903,11 +906,10 @@ where
     }
     if let Some(raw) = &raw {
         // The map's headers are what modules `set`: they replace received ones.
-        let overlay = !parts.headers.is_empty();
+        let overlay = !headers.is_empty();
         for (name, line) in raw.lines() {
             if overlay
-                && parts
-                    .headers
+                && headers
                     .keys()
                     .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
             {
@@ -929,10 +931,10 @@ where
     } else if let Some(n) = declared {
         Framing::Length(n)
     } else {
-        let exact = if body.is_end_stream() {
+        let exact = if resp.body().is_end_stream() {
             Some(0)
         } else {
-            body.size_hint().exact()
+            resp.body().size_hint().exact()
         };
         match exact {
             Some(n) => {
@@ -967,13 +969,14 @@ where
     let head = out.lines.split().freeze();
     out.segs.push(head);
 
+    let body = resp.body_mut();
     let mut body_done = framing == Framing::None || matches!(framing, Framing::Length(0));
     let mut flushed = false;
     poll_fn(|cx| loop {
         // Gather what the body has ready, so the head and a small body go out in one
         // write.
         while !body_done && out.queued() < MAX_QUEUED {
-            match Pin::new(&mut body).poll_frame(cx) {
+            match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(mut data) => {
                         if let Framing::Length(left) = &mut framing {
