@@ -199,12 +199,10 @@ async fn proxy(
 
     // 2. Route. No match is not yet a 404: a module may still answer the request.
     let host = request_host(&req);
-    let found = generation.router.find_index(
-        req.method(),
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        req.uri().path(),
-        req.headers(),
-    );
+    let found =
+        generation
+            .router
+            .find_index(req.method(), host.as_ref(), req.uri().path(), req.headers());
     done.meter.route = found.map(|(i, _)| index32(i));
     let routed = found.map(|(_, r)| r.upstream);
     let (mut parts, body) = req.into_parts();

@@ -1,7 +1,7 @@
 //! Route matching: the first `[[routes]]` entry whose host, path prefix, methods and
 //! headers all match wins; no match is a 404.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::config::RouteConfig;
 
@@ -17,11 +17,12 @@ impl Router {
         Router { routes }
     }
 
-    /// The first route matching the request, if any.
+    /// The first route matching the request, if any. `host`: the Host header or
+    /// `:authority` (a port on it is ignored).
     pub fn find(
         &self,
         method: &Method,
-        host: Option<&str>,
+        host: Option<&HeaderValue>,
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&RouteConfig> {
@@ -33,30 +34,28 @@ impl Router {
     pub fn find_index(
         &self,
         method: &Method,
-        host: Option<&str>,
+        host: Option<&HeaderValue>,
         path: &str,
         headers: &HeaderMap,
     ) -> Option<(usize, &RouteConfig)> {
-        let host = host.map(strip_port);
-        self.routes
-            .iter()
-            .enumerate()
-            .find(|(_, r)| matches(r, method, host, path, headers))
+        // The host name is worked out only for the first route that asks for one
+        // (most configs have none: a catch-all route pays nothing for it).
+        let mut name: Option<Option<&str>> = None;
+        self.routes.iter().enumerate().find(|(_, r)| {
+            if let Some(want) = &r.host {
+                let host =
+                    *name.get_or_insert_with(|| host.and_then(|h| h.to_str().ok()).map(strip_port));
+                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+                    return false;
+                }
+            }
+            matches(r, method, path, headers)
+        })
     }
 }
 
-fn matches(
-    r: &RouteConfig,
-    method: &Method,
-    host: Option<&str>,
-    path: &str,
-    headers: &HeaderMap,
-) -> bool {
-    if let Some(want) = &r.host {
-        if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
-            return false;
-        }
-    }
+/// Whether route `r` matches, its host aside.
+fn matches(r: &RouteConfig, method: &Method, path: &str, headers: &HeaderMap) -> bool {
     if let Some(prefix) = &r.path_prefix {
         if !path.starts_with(prefix.as_str()) {
             return false;
@@ -84,7 +83,7 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
+    use http::HeaderName;
 
     fn route(
         host: Option<&str>,
@@ -115,7 +114,8 @@ mod tests {
         ]);
         let h = HeaderMap::new();
         let pick = |m: &Method, host: Option<&str>, path: &str, h: &HeaderMap| {
-            r.find(m, host, path, h).map(|r| r.upstream)
+            let host = host.map(|s| HeaderValue::from_str(s).expect("a host value"));
+            r.find(m, host.as_ref(), path, h).map(|r| r.upstream)
         };
         assert_eq!(
             pick(&Method::GET, Some("API.example.com:8080"), "/api/x", &h),
