@@ -9,23 +9,52 @@ use tokio::task::JoinHandle;
 use crate::server::Shared;
 use crate::upstream::health;
 
+/// The control thread's runtime and its SIGHUP listener, made by `server::start`
+/// before it returns: a SIGHUP from then on reloads (before the listener exists, the
+/// signal's default action would end the process).
+pub struct Control {
+    runtime: tokio::runtime::Runtime,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+/// Builds the control runtime and starts listening for SIGHUP.
+pub fn prepare() -> std::io::Result<Control> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    #[cfg(unix)]
+    let hup = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = runtime.enter();
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(target: "proxycache::control", error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        }
+    };
+    Ok(Control {
+        runtime,
+        #[cfg(unix)]
+        hup,
+    })
+}
+
 /// Runs until shutdown begins. `admin` is the bound admin listener, if any; `watching`
 /// the file watches installed by `server::start`, if any.
 pub fn run(
+    control: Control,
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
     watching: Option<crate::reload::watch::Watching>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(target: "proxycache::control", error = %e, "cannot start the control runtime");
-            return;
-        }
-    };
+    let Control {
+        runtime,
+        #[cfg(unix)]
+        hup,
+    } = control;
     runtime.block_on(async move {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         if let Some(listener) = admin {
@@ -37,7 +66,10 @@ pub fn run(
         if let Some(watching) = watching {
             tasks.push(tokio::spawn(watching.run(Arc::clone(&shared))));
         }
-        tasks.push(tokio::spawn(sighup(Arc::clone(&shared))));
+        #[cfg(unix)]
+        if let Some(hup) = hup {
+            tasks.push(tokio::spawn(sighup(hup, Arc::clone(&shared))));
+        }
         let mut generation = shared.generation();
         let mut checks = health::spawn_checks(&generation.upstreams);
         let mut shutdown = shared.shutdown_signal();
@@ -64,24 +96,11 @@ pub fn run(
     });
 }
 
-/// Reloads on SIGHUP.
-async fn sighup(shared: Arc<Shared>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(target: "proxycache::control", error = %e, "cannot listen for SIGHUP");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            let shared = Arc::clone(&shared);
-            let _ =
-                tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "sighup")).await;
-        }
+/// Reloads on each SIGHUP.
+#[cfg(unix)]
+async fn sighup(mut hup: tokio::signal::unix::Signal, shared: Arc<Shared>) {
+    while hup.recv().await.is_some() {
+        let shared = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "sighup")).await;
     }
-    #[cfg(not(unix))]
-    let _ = shared;
 }

@@ -255,6 +255,15 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         ..Shared::detached(Arc::clone(&generation))
     });
     generation.std_state.metrics.attach(&shared);
+    // The SIGHUP listener and the file watches are made here, before any worker
+    // accepts, not later on the control thread: once the proxy answers, a reload
+    // signal is never the signal's default action (the end of the process), and a
+    // file changed from then on is seen.
+    let control = crate::control::prepare().map_err(|source| ServerError::Thread {
+        name: "pc-control".into(),
+        source,
+    })?;
+    let watching = crate::reload::watch::install(&shared);
     let mut threads = Vec::new();
     for (id, (listeners, tls)) in per_worker.into_iter().zip(per_worker_tls).enumerate() {
         let shared = Arc::clone(&shared);
@@ -270,12 +279,9 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             worker::run(id, listeners, tls, shared, rx)
         })?);
     }
-    // Watching starts here, not on the control thread: when `start` returns, a file
-    // changed from then on is seen.
-    let watching = crate::reload::watch::install(&shared);
     let control_shared = Arc::clone(&shared);
     threads.push(spawn_thread("pc-control".into(), move || {
-        crate::control::run(control_shared, admin, watching)
+        crate::control::run(control, control_shared, admin, watching)
     })?);
     tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {

@@ -188,6 +188,44 @@ impl Binary {
         bin
     }
 
+    /// Like [`Binary::spawn`], but returns as soon as the proxy answers (not waiting
+    /// for the admin API or the SIGHUP handler).
+    async fn spawn_until_answering(site: &Site, conf: &mut Conf) -> Binary {
+        let port = free_port();
+        let mut admin_port = free_port();
+        while admin_port == port {
+            admin_port = free_port();
+        }
+        conf.listen = vec![format!("127.0.0.1:{port}")];
+        conf.admin = format!("127.0.0.1:{admin_port}");
+        site.write_config(&conf.text());
+        let (child, stderr_path) = site.spawn_run();
+        let mut bin = Binary {
+            child,
+            stderr_path,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        };
+        let deadline = Instant::now() + EVENTUALLY;
+        loop {
+            if let Some(status) = bin.child.try_wait().expect("try_wait") {
+                panic!(
+                    "proxycache exited early with {status}; stderr:\n{}",
+                    bin.stderr()
+                );
+            }
+            if try_send(bin.addr, empty(req("GET", "/"))).await.is_ok() {
+                return bin;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxycache did not answer within {EVENTUALLY:?}; stderr:\n{}",
+                bin.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -561,6 +599,26 @@ async fn sighup_reloads_the_binary() {
     assert!(
         log.contains("trigger=sighup"),
         "the reload is logged with its trigger; stderr:\n{log}"
+    );
+}
+
+/// The SIGHUP listener exists before the proxy accepts: a reload signal sent the moment
+/// it answers reloads it (before, the signal could arrive before the control thread
+/// listened, and its default action ended the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_the_moment_the_proxy_answers_reloads_it() {
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("sighup-early");
+    site.write_mod("marker", &responder("marker", "v1"));
+    let mut conf = Conf::new(false, ECHO);
+    let mut bin = Binary::spawn_until_answering(&site, &mut conf).await;
+    site.write_mod("marker", &responder("marker", "v2"));
+    bin.sighup();
+    wait_body(bin.addr, "/", "v2\n", LIMIT).await;
+    assert!(
+        bin.child.try_wait().expect("try_wait").is_none(),
+        "still running; stderr:\n{}",
+        bin.stderr()
     );
 }
 
