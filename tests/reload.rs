@@ -169,21 +169,7 @@ impl Binary {
     /// Starts the binary on `conf` with `port` and `admin_port` (picked free by the
     /// caller) and waits until the proxy, the admin API and the SIGHUP handler are up.
     async fn spawn(site: &Site, conf: &mut Conf) -> Binary {
-        let port = free_port();
-        let mut admin_port = free_port();
-        while admin_port == port {
-            admin_port = free_port();
-        }
-        conf.listen = vec![format!("127.0.0.1:{port}")];
-        conf.admin = format!("127.0.0.1:{admin_port}");
-        site.write_config(&conf.text());
-        let (child, stderr_path) = site.spawn_run();
-        let mut bin = Binary {
-            child,
-            stderr_path,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-        };
+        let mut bin = Binary::launch(site, conf);
         bin.wait_ready().await;
         bin
     }
@@ -191,21 +177,7 @@ impl Binary {
     /// Like [`Binary::spawn`], but returns as soon as the proxy answers (not waiting
     /// for the admin API or the SIGHUP handler).
     async fn spawn_until_answering(site: &Site, conf: &mut Conf) -> Binary {
-        let port = free_port();
-        let mut admin_port = free_port();
-        while admin_port == port {
-            admin_port = free_port();
-        }
-        conf.listen = vec![format!("127.0.0.1:{port}")];
-        conf.admin = format!("127.0.0.1:{admin_port}");
-        site.write_config(&conf.text());
-        let (child, stderr_path) = site.spawn_run();
-        let mut bin = Binary {
-            child,
-            stderr_path,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-        };
+        let mut bin = Binary::launch(site, conf);
         let deadline = Instant::now() + EVENTUALLY;
         loop {
             if let Some(status) = bin.child.try_wait().expect("try_wait") {
@@ -223,6 +195,25 @@ impl Binary {
                 bin.stderr()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Starts the binary on `conf` with a free port and admin port.
+    fn launch(site: &Site, conf: &mut Conf) -> Binary {
+        let port = free_port();
+        let mut admin_port = free_port();
+        while admin_port == port {
+            admin_port = free_port();
+        }
+        conf.listen = vec![format!("127.0.0.1:{port}")];
+        conf.admin = format!("127.0.0.1:{admin_port}");
+        site.write_config(&conf.text());
+        let (child, stderr_path) = site.spawn_run();
+        Binary {
+            child,
+            stderr_path,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
         }
     }
 

@@ -398,21 +398,13 @@ async fn an_unread_response_head_passes_as_received_and_agrees_with_the_map() {
         "one Date, one framing line, no hop-by-hop line:\n{passed}"
     );
 
-    // The same upstream behind a module (so the head goes through the header map).
-    let site = Site::new("raw-head");
-    site.write_mod(
-        "noop",
-        "mod noop {\n  on request {\n    set ctx.seen = \"yes\"\n  }\n}\n",
-    );
-    site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
-         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-        raw.addr
-    ));
-    let run = Running::start(&site);
+    // The same upstream behind a module that reads a response header (so the head goes
+    // through the header map: its names come out lower-case).
+    let reading = "mod m {\n  on response {\n    if $resp.header[\"server\"] == \"never\" {\n      set resp.header[\"x-never\"] = \"1\"\n    }\n  }\n}\n";
+    let (_site, run) = site_with_module(&raw, "raw-head", reading);
     let mapped = raw_request(run.addr, get).await;
     assert_eq!(raw_body(&mapped), "hello");
+    assert!(mapped.contains("\r\nserver: Raw/1\r\n"), "{mapped}");
     assert_eq!(lines, head_lines(&mapped), "\n{passed}\n---\n{mapped}");
 }
 
@@ -468,18 +460,9 @@ async fn passed_heads_keep_the_framing_rules() {
     }
 }
 
-/// proxycache in-process over `site` with one module, routing everything to `raw`.
+/// proxycache in-process with one module, routing everything to `raw`.
 fn site_with_module(raw: &Raw, tag: &str, module: &str) -> (Site, Running) {
-    let site = Site::new(tag);
-    site.write_mod("m", module);
-    site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
-         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-        raw.addr
-    ));
-    let run = Running::start(&site);
-    (site, run)
+    one_module_site(tag, ("m", module), raw.addr)
 }
 
 /// A module that only `set`s response headers runs over the head as received: what it

@@ -130,10 +130,11 @@ async fn a_websocket_tunnels_frames_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_can_reject_an_upgrade() {
     let up = WsEcho::start().await;
-    let site = Site::new("ws-gate");
-    site.write_mod(
-        "ws_gate",
-        r#"
+    let (_site, run) = one_module_site(
+        "ws-gate",
+        (
+            "ws_gate",
+            r#"
 mod ws_gate {
   on request {
     if $req.header["upgrade"] != nil and $req.header["x-ws-token"] == nil {
@@ -142,14 +143,9 @@ mod ws_gate {
   }
 }
 "#,
+        ),
+        up.addr,
     );
-    site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
-         [upstreams.ws]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"ws\"\n",
-        up.addr
-    ));
-    let run = Running::start(&site);
     let url = format!("ws://{}/chat", run.addr);
 
     let stream = TcpStream::connect(run.addr).await.expect("connect");

@@ -1004,6 +1004,23 @@ impl Drop for Running {
     }
 }
 
+// ---- a site with one module and one upstream ----------------------------------------
+
+/// proxycache in-process over a new site whose only module is `module` (its name, its
+/// source) and whose one route sends everything to the server at `upstream`; one
+/// worker, the admin API on a free port.
+pub fn one_module_site(tag: &str, module: (&str, &str), upstream: SocketAddr) -> (Site, Running) {
+    let site = Site::new(tag);
+    site.write_mod(module.0, module.1);
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{upstream}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let run = Running::start(&site);
+    (site, run)
+}
+
 // ---- a site with one module and one upstream per route prefix ----------------------
 
 /// A running site whose only module is given and whose routes each go to their own
