@@ -44,7 +44,7 @@ impl RawHead {
     /// ends at `name_end`.
     pub fn keep(&mut self, start: usize, name_end: usize, end: usize) {
         debug_assert!(start <= name_end && name_end <= end && end <= self.head.len());
-        // A head is at most `MAX_HEAD_BYTES` (64 KiB) long: offsets fit in a u32.
+        // An upstream head is at most 128 KiB (`upstream::h1`): offsets fit in a u32.
         let at = |i: usize| u32::try_from(i).unwrap_or(0);
         self.lines.push((at(start), at(name_end), at(end)));
     }
@@ -104,13 +104,12 @@ impl Hop {
     }
 }
 
-/// Whether `name` is `lower` (lower-case ASCII, the same length) in any case. Names of
+/// Whether `name` is `lower` (lower-case ASCII) in any case. Names of
 /// 8 bytes or more are compared as two (overlapping) 8-byte words, letters folded by
 /// setting their 0x20 bit: a byte ORed with 0x20 equals a lower-case letter only when
 /// it is that letter in either case (every response pays this for its headers).
 #[inline(always)]
 fn is(name: &[u8], lower: &'static [u8]) -> bool {
-    debug_assert_eq!(name.len(), lower.len());
     let n = lower.len();
     if n < 8 || name.len() != n {
         return name.eq_ignore_ascii_case(lower);
