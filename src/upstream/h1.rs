@@ -992,6 +992,118 @@ mod tests {
         }
     }
 
+    /// Differential: over many generated heads (names in any case, repeats, every
+    /// framing and hop-by-hop header in random order), a head passed as received
+    /// carries exactly what the map path carries after header hygiene, the framing
+    /// length as a fact, and the same framing and reuse decision.
+    #[test]
+    fn passed_heads_agree_with_the_map_path_after_hygiene() {
+        const LINES: &[&str] = &[
+            "Server: nginx",
+            "server: Other",
+            "Date: Mon, 07 Dec 2026 06:00:00 GMT",
+            "Content-Type: text/plain",
+            "X-A: 1",
+            "x-a: 2",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+            "Via: 1.1 up",
+            "Content-Length: 5",
+            "content-length: 5",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip",
+            "Connection: close",
+            "Connection: keep-alive",
+            "Connection: x-a",
+            "Keep-Alive: timeout=5",
+            "Upgrade: h2c",
+            "TE: trailers",
+            "Trailer: x-sum",
+            "Proxy-Connection: keep-alive",
+            "CONTENT-TYPE: text/html",
+        ];
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut passed = 0;
+        for round in 0..2000 {
+            let n = rng.usize(0..8);
+            let lines: Vec<&str> = (0..n).map(|_| LINES[rng.usize(..LINES.len())]).collect();
+            let status = [
+                "200 OK",
+                "204 No Content",
+                "304 Not Modified",
+                "404 Not Found",
+            ][rng.usize(..4)];
+            let version = if rng.bool() { "1.1" } else { "1.0" };
+            let to_head = rng.usize(..5) == 0;
+            let text = format!(
+                "HTTP/{version} {status}\r\n{}\r\n",
+                lines.iter().map(|l| format!("{l}\r\n")).collect::<String>()
+            );
+            let parse = |pass: bool| {
+                let mut buf = BytesMut::from(text.as_bytes());
+                match parse_head(&mut buf, to_head, pass) {
+                    Ok(Parsed::Final(head)) => Some(head),
+                    Ok(_) => panic!("round {round}: not a final head:\n{text}"),
+                    Err(_) => None,
+                }
+            };
+            let (Some(raw), Some(mut map)) = (parse(true), parse(false)) else {
+                assert!(
+                    parse(true).is_none() && parse(false).is_none(),
+                    "round {round}: one path refused:\n{text}"
+                );
+                continue;
+            };
+            assert_eq!(raw.status, map.status, "round {round}");
+            assert_eq!(raw.keep_alive, map.keep_alive, "round {round}:\n{text}");
+            assert_eq!(
+                format!("{:?}", raw.framing),
+                format!("{:?}", map.framing),
+                "round {round}:\n{text}"
+            );
+            let Some(rh) = raw.raw.as_ref() else {
+                continue;
+            };
+            passed += 1;
+            assert!(raw.headers.is_empty(), "round {round}");
+            crate::http::hygiene::strip_hop_by_hop(&mut map.headers);
+            let length = map
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            assert_eq!(
+                rh.content_length.map(|n| n.to_string()),
+                length,
+                "round {round}:\n{text}"
+            );
+            let mut from_map: Vec<(String, String)> = map
+                .headers
+                .iter()
+                .filter(|(n, _)| **n != header::CONTENT_LENGTH)
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        v.to_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let mut from_raw: Vec<(String, String)> = rh
+                .lines()
+                .map(|(name, line)| {
+                    let value = &line[name.len() + 1..];
+                    (
+                        String::from_utf8_lossy(name).to_ascii_lowercase(),
+                        String::from_utf8_lossy(value).trim().to_owned(),
+                    )
+                })
+                .collect();
+            from_map.sort();
+            from_raw.sort();
+            assert_eq!(from_raw, from_map, "round {round}:\n{text}");
+        }
+        assert!(passed > 200, "only {passed} heads took the raw path");
+    }
+
     /// Bodies are moved through every request's future: an upstream body owning its
     /// connection must not make them bigger (the connection is boxed).
     #[test]
