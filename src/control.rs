@@ -13,9 +13,20 @@ use crate::upstream::health;
 /// before it returns: a SIGHUP from then on reloads (before the listener exists, the
 /// signal's default action would end the process).
 pub struct Control {
-    runtime: tokio::runtime::Runtime,
+    /// Taken by [`run`]; still here only when `start` failed after making it.
+    runtime: Option<tokio::runtime::Runtime>,
     #[cfg(unix)]
     hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // `start` failed after `prepare`, perhaps inside the caller's own runtime,
+        // where dropping a runtime the usual way would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Builds the control runtime and starts listening for SIGHUP.
@@ -36,7 +47,7 @@ pub fn prepare() -> std::io::Result<Control> {
         }
     };
     Ok(Control {
-        runtime,
+        runtime: Some(runtime),
         #[cfg(unix)]
         hup,
     })
@@ -45,16 +56,16 @@ pub fn prepare() -> std::io::Result<Control> {
 /// Runs until shutdown begins. `admin` is the bound admin listener, if any; `watching`
 /// the file watches installed by `server::start`, if any.
 pub fn run(
-    control: Control,
+    mut control: Control,
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
     watching: Option<crate::reload::watch::Watching>,
 ) {
-    let Control {
-        runtime,
-        #[cfg(unix)]
-        hup,
-    } = control;
+    let Some(runtime) = control.runtime.take() else {
+        return;
+    };
+    #[cfg(unix)]
+    let hup = control.hup.take();
     runtime.block_on(async move {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         if let Some(listener) = admin {
@@ -102,5 +113,16 @@ async fn sighup(mut hup: tokio::signal::unix::Signal, shared: Arc<Shared>) {
     while hup.recv().await.is_some() {
         let shared = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "sighup")).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `server::start` may fail after `prepare` (a worker thread that cannot start),
+    /// and its caller may be async: the unused control runtime must go quietly.
+    #[tokio::test]
+    async fn a_prepared_control_dropped_inside_a_runtime_goes_quietly() {
+        let control = super::prepare().expect("the control runtime");
+        drop(control);
     }
 }
