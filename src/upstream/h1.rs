@@ -1021,6 +1021,8 @@ mod tests {
             "Trailer: x-sum",
             "Proxy-Connection: keep-alive",
             "CONTENT-TYPE: text/html",
+            "X-Empty:",
+            "X-Spaces:   ",
         ];
         let mut rng = fastrand::Rng::with_seed(9);
         let mut passed = 0;
