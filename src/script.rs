@@ -312,19 +312,18 @@ fn load_sources_here(
         });
         if settings.enabled {
             keeps_request_headers |= compiled.reads_request_later;
+            // Whether the module has a Lua hook after the request phase.
+            let late_lua = lua.as_ref().is_some_and(|(_, hooks)| {
+                hooks[crate::lua::vm::phase_index(PhaseKind::Response)]
+                    || hooks[crate::lua::vm::phase_index(PhaseKind::Log)]
+            });
             // Lua that runs only in the request phase cannot read a response either.
-            response_head_unread &= compiled.blind_to_response_head()
-                && lua.as_ref().is_none_or(|(_, hooks)| {
-                    !hooks[crate::lua::vm::phase_index(PhaseKind::Response)]
-                        && !hooks[crate::lua::vm::phase_index(PhaseKind::Log)]
-                });
+            response_head_unread &= compiled.blind_to_response_head() && !late_lua;
             // A Lua hook of a later phase, or a Lua function a later pcmod phase calls,
             // may read any request header.
-            if let Some((_, hooks)) = &lua {
-                keeps_request_headers |= hooks[crate::lua::vm::phase_index(PhaseKind::Response)]
-                    || hooks[crate::lua::vm::phase_index(PhaseKind::Log)]
-                    || compiled.response.is_some()
-                    || compiled.log.is_some();
+            if lua.is_some() {
+                keeps_request_headers |=
+                    late_lua || compiled.response.is_some() || compiled.log.is_some();
             }
             let lua = lua.map(|(spec, hooks)| {
                 lua_specs.push(spec);
