@@ -180,12 +180,7 @@ impl Binary {
         let mut bin = Binary::launch(site, conf);
         let deadline = Instant::now() + EVENTUALLY;
         loop {
-            if let Some(status) = bin.child.try_wait().expect("try_wait") {
-                panic!(
-                    "proxycache exited early with {status}; stderr:\n{}",
-                    bin.stderr()
-                );
-            }
+            bin.assert_running();
             if try_send(bin.addr, empty(req("GET", "/"))).await.is_ok() {
                 return bin;
             }
@@ -221,15 +216,20 @@ impl Binary {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Panics, with its stderr, when the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "proxycache exited early with {status}; stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + EVENTUALLY;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "proxycache exited early with {status}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
+            self.assert_running();
             let admin_up = try_send(self.admin, empty(req("GET", "/status")))
                 .await
                 .is_ok_and(|r| r.status == 200);
@@ -606,11 +606,7 @@ async fn a_sighup_the_moment_the_proxy_answers_reloads_it() {
     site.write_mod("marker", &responder("marker", "v2"));
     bin.sighup();
     wait_body(bin.addr, "/", "v2\n", LIMIT).await;
-    assert!(
-        bin.child.try_wait().expect("try_wait").is_none(),
-        "still running; stderr:\n{}",
-        bin.stderr()
-    );
+    bin.assert_running();
 }
 
 // ---- 2. broken files keep the previous generation -----------------------------------------
