@@ -157,10 +157,16 @@ impl Conn {
     }
 
     /// Whether an idle connection is no use any more: the server closed it, reset it,
-    /// or sent bytes nobody asked for. Costs at most one non-blocking read.
+    /// or sent bytes nobody asked for. Costs at most one non-blocking read, and over
+    /// plain TCP none while the socket has not been reported readable since the last
+    /// read (`try_read` looks at the readiness the runtime keeps and, unlike
+    /// `poll_read`, registers no waker).
     pub fn is_closed(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
+        if let Stream::Tcp(s) = &self.io {
+            return !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
         let mut rb = ReadBuf::new(&mut probe);
         !matches!(
             Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
