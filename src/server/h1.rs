@@ -29,6 +29,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -303,7 +304,7 @@ fn bad(reason: &'static str) -> ProxyError {
 
 /// Parses a request head from the front of `buf`, consuming it when complete.
 fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, ProxyError> {
-    let too_large = ProxyError::HeadersTooLarge {
+    let too_large = || ProxyError::HeadersTooLarge {
         limit: max_header_bytes,
     };
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
@@ -316,7 +317,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
         Err(_) => return Err(bad("malformed request head")),
     };
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
@@ -337,9 +338,10 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let base = buf.as_ptr() as usize;
     let path = req.path.unwrap_or("/");
     let path_span = (path.as_ptr() as usize - base, path.len());
-    // Where each name and value sit in the buffer (on the stack: no allocation), so
-    // the map is built from slices of one frozen head after the loop.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Where each name and value sit in the buffer (on the stack for the usual few
+    // headers: no allocation, and nothing to zero), so the map is built from slices
+    // of one frozen head after the loop.
+    let mut spans: SmallVec<[(u32, u32, u32, u32); 24]> = SmallVec::new();
     let count = req.headers.len();
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
@@ -348,7 +350,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     let mut length_ok = true;
     let mut encodings = 0usize;
     let mut chunked = false;
-    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
+    for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let span32 = |at: usize, len: usize| -> Option<(u32, u32)> {
             Some((u32::try_from(at).ok()?, u32::try_from(len).ok()?))
@@ -357,9 +359,9 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             span32(name.as_ptr() as usize - base, name.len()),
             span32(h.value.as_ptr() as usize - base, h.value.len()),
         ) else {
-            return Err(too_large);
+            return Err(too_large());
         };
-        *span = (ns, nl, vs, vl);
+        spans.push((ns, nl, vs, vl));
         if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -388,7 +390,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     // Room for the few headers the request path adds (request id, forwarding) without
     // growing the map.
     let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(ns, nl, vs, vl) in &spans[..count] {
+    for &(ns, nl, vs, vl) in &spans {
         let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
         let name = crate::http::names::header_name(&head[ns..ns + nl])
             .map_err(|_| bad("malformed header name"))?;
