@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// An upstream and a proxy with `max_body = 1KiB`, `max_header_bytes = 4KiB` and a
 /// 300 ms header timeout.
@@ -146,6 +147,27 @@ async fn ambiguous_transfer_encodings_are_400_with_a_request_id() {
         400,
         "two Transfer-Encoding lines: {raw:?}"
     );
+    assert_eq!(up.requests(), 0, "nothing ambiguous is forwarded");
+}
+
+/// RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is
+/// faulty (an HTTP/1.0 hop on the way may not have understood it), even a plain
+/// `chunked`: 400, the connection closes, nothing goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_in_an_http10_request_is_400_and_closes() {
+    let (up, px) = limited().await;
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.0\r\nHost: test.local\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .expect("write");
+    let raw = read_raw(&mut stream, Duration::from_secs(5)).await;
+    assert_proxy_made(&raw, 400);
+    let mut rest = [0u8; 64];
+    let after = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest))
+        .await
+        .expect("the proxy closes the connection");
+    assert!(matches!(after, Ok(0) | Err(_)), "closed, not kept alive");
     assert_eq!(up.requests(), 0, "nothing ambiguous is forwarded");
 }
 

@@ -234,6 +234,11 @@ async fn broken_response_heads_are_502_with_a_request_id() {
         &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
         &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"[..],
         &b"garbage\r\n\r\n"[..],
+        // Transfer codings other than one `chunked` would reach the client still
+        // applied (nginx answers 502 too).
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"[..],
     ] {
         let raw = Raw::start(reply, After::KeepOpen).await;
         let px = proxy_to(&raw);
@@ -540,4 +545,83 @@ async fn request_only_lua_lets_the_head_pass() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(ids, ["client-id-2"], "{got}");
+}
+
+/// `Transfer-Encoding: chunked,` is `chunked` (empty list elements do not count,
+/// RFC 9110 5.6.1): the body is de-chunked, not relayed with its chunk framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_list_element_after_chunked_is_still_chunked() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_to(&raw);
+    let resp = get(px.addr, "/c").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "ok");
+}
+
+/// An upstream that repeats its Content-Length (two equal lines, or one `5, 5`
+/// list) is understood, and the client gets one `content-length: 5`, whether the head
+/// passes as received or goes through the header map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_content_length_reaches_the_client_as_one_number() {
+    let reading = "mod m {\n  on response {\n    if $resp.header[\"server\"] == \"never\" {\n      set resp.header[\"x-never\"] = \"1\"\n    }\n  }\n}\n";
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+            [..],
+        &b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let px = proxy_to(&raw);
+        let (_site, run) = site_with_module(&raw, "repeated-length", reading);
+        for (path, addr) in [("passed", px.addr), ("map", run.addr)] {
+            for method in ["GET", "HEAD"] {
+                let got = raw_request(
+                    addr,
+                    format!("{method} /l HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+                assert_eq!(raw_status(&got), 200, "{path} {method}: {got}");
+                let lengths: Vec<String> = head_lines(&got)
+                    .into_iter()
+                    .filter(|(n, _)| n == "content-length")
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!(lengths, ["5"], "{path} {method}: {got}");
+                let body = if method == "GET" { "hello" } else { "" };
+                assert_eq!(raw_body(&got), body, "{path} {method}: {got}");
+            }
+        }
+    }
+}
+
+/// A module that gives a 204 or a 304 a status with a body (`set resp.status`) sends
+/// the empty body there is, framed as such: the length the upstream declared for a
+/// body it never sends is not promised to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodiless_answer_given_a_status_with_a_body_is_sent_empty() {
+    let module = "mod m {\n  on response {\n    set resp.status = 200\n  }\n}\n";
+    for reply in [
+        &b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n"[..],
+        &b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n"[..],
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let (_site, run) = site_with_module(&raw, "bodiless-status", module);
+        let got = raw_request(
+            run.addr,
+            b"GET /s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(raw_status(&got), 200, "{got}");
+        assert_eq!(
+            raw_header(&got, "content-length").as_deref(),
+            Some("0"),
+            "{got}"
+        );
+        assert_eq!(raw_header(&got, "x-a").as_deref(), Some("1"), "{got}");
+        assert_eq!(raw_body(&got), "", "{got}");
+    }
 }

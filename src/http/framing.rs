@@ -53,6 +53,13 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing (an
+    // HTTP/1.0 hop behind the client may not have understood it).
+    if encodings == 1 && version == Version::HTTP_10 {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
     length?;
     if version == Version::HTTP_11 {
         match hosts {

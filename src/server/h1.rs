@@ -407,7 +407,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             Some(0) | None => BodyState::Done,
             Some(n) => BodyState::Length(n),
         },
-        (1, 0) if chunked => BodyState::Chunked(Chunk::Size),
+        (1, 0) if chunked && version == Version::HTTP_11 => BodyState::Chunked(Chunk::Size),
         _ => BodyState::Unusable,
     };
     let mut request = Request::new(());
@@ -879,13 +879,12 @@ where
     let mut has_connection = false;
     for (name, value) in headers {
         if *name == header::CONTENT_LENGTH {
-            if bodiless {
-                continue;
+            // Written once, below, as one number: a map may hold the line twice, or
+            // as a list (`5, 5`), where the upstream sent it so.
+            if declared.is_none() && !bodiless {
+                declared = crate::http::framing::parse_length(value.as_bytes());
             }
-            match crate::http::framing::parse_length(value.as_bytes()) {
-                Some(n) => declared = Some(n),
-                None => continue,
-            }
+            continue;
         } else if *name == header::TRANSFER_ENCODING {
             // This hop's framing is written below.
             continue;
@@ -921,12 +920,20 @@ where
             head.put_slice(b"\r\n");
         }
         has_date |= raw.has_date;
-        if let (Some(n), false, None) = (raw.content_length, bodiless, declared) {
-            head.put_slice(b"content-length: ");
-            head.put_slice(itoa_u64(n, &mut [0u8; 20]));
-            head.put_slice(b"\r\n");
-            declared = Some(n);
+        if !bodiless && declared.is_none() {
+            declared = raw.content_length;
         }
+    }
+    // A length with no body behind it (a module turned a 204 or 304 into a status
+    // that has one): the client gets the empty body it will be sent, not a promise
+    // that fails before the head goes out.
+    if !no_body && declared.is_some_and(|n| n > 0) && resp.body().is_end_stream() {
+        declared = Some(0);
+    }
+    if let Some(n) = declared {
+        head.put_slice(b"content-length: ");
+        head.put_slice(itoa_u64(n, &mut [0u8; 20]));
+        head.put_slice(b"\r\n");
     }
     let mut framing = if no_body {
         Framing::None
@@ -1117,11 +1124,13 @@ mod tests {
             head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
         assert!(matches!(h.body, BodyState::Length(5)));
         assert!(!h.keep_alive);
-        let h =
-            head("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert!(matches!(h.body, BodyState::Chunked(Chunk::Size)));
+        let h = head("POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n");
+        assert!(matches!(h.body, BodyState::Length(2)));
         assert!(h.keep_alive);
         for ambiguous in [
+            // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+            // framing, even a plain `chunked`.
+            "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",

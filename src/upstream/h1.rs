@@ -124,6 +124,8 @@ pub enum H1Error {
     ContentLength,
     #[error("upstream sent an invalid chunked body")]
     Chunk,
+    #[error("upstream sent a Transfer-Encoding other than chunked")]
+    TransferEncoding,
     #[error("no response head within the response timeout")]
     ResponseTimeout,
     #[error("upstream switched protocols without being asked to")]
@@ -620,13 +622,18 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
                 content_length = Some(n);
             }
             Hop::TransferEncoding => {
-                let last = h
-                    .value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .map(<[u8]>::trim_ascii)
-                    .unwrap_or_default();
-                transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                // Every coding of every line (empty list elements do not count):
+                // `chunked` once and nothing else is the only framing passed on. Any
+                // other coding would reach the client still applied, with nothing
+                // saying so; nginx answers 502 there too.
+                for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    transfer_chunked =
+                        Some(transfer_chunked.is_none() && coding.eq_ignore_ascii_case(b"chunked"));
+                }
+                transfer_chunked.get_or_insert(false);
                 continue;
             }
             Hop::KeepAlive => continue,
@@ -656,10 +663,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
                 }
                 (Framing::Chunked(Chunk::Size), false)
             }
-            (Some(false), _) => {
-                keep_alive = false;
-                (Framing::Eof, false)
-            }
+            (Some(false), _) => return Err(H1Error::TransferEncoding),
             (None, Some(0)) => (Framing::Empty, true),
             (None, Some(n)) => (Framing::Length(n), true),
             (None, None) => {
