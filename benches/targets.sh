@@ -5,6 +5,8 @@
 BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
 BIN="${PROXYCACHE_BIN:-$ROOT/target/release/proxycache}"
 ALL_TARGETS=(nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua proxycache-lua-empty)
+# Also known, run only when named: nginx-plain-fwd (nginx-plain sending the request
+# headers proxycache adds, benches/proxy/nginx-plain-fwd.conf).
 
 # Sets TARGETS to the targets named on the command line ("$@"), or all of them.
 requested_targets() {
@@ -20,6 +22,7 @@ target_port() {
   case "$1" in
     nginx-plain) echo 18101 ;;
     nginx-lua) echo 18102 ;;
+    nginx-plain-fwd) echo 18109 ;;
     proxycache-plain) echo 18105 ;;
     proxycache-pcmod) echo 18106 ;;
     proxycache-lua) echo 18107 ;;
@@ -31,6 +34,7 @@ target_port() {
 # The config file of target $1: nginx's .conf or proxycache's .toml.
 target_config() {
   case "$1" in
+    nginx-plain-fwd) echo "$ROOT/benches/proxy/nginx-plain-fwd.conf" ;;
     nginx-*) echo "$BENCH/conf/$1.conf" ;;
     proxycache-lua-empty) echo "$ROOT/benches/proxy/lua-empty.toml" ;;
     proxycache-*) echo "$BENCH/proxycache/${1#proxycache-}.toml" ;;
@@ -40,7 +44,7 @@ target_config() {
 # Whether target $1 can run here.
 target_available() {
   case "$1" in
-    nginx-plain) command -v nginx >/dev/null ;;
+    nginx-plain | nginx-plain-fwd) command -v nginx >/dev/null ;;
     nginx-lua) command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ;;
     proxycache-*) [ -x "$BIN" ] ;;
   esac

@@ -14,15 +14,19 @@
 # Setup as in ../shared/bench: the proxy under test pinned to CPU 0 with one worker;
 # wrk (-t1) and the backend (nginx, ../shared/bench/conf/backend.conf) on CPU 1; the
 # same request to every target (`x-api-key: k1`). Proxy CPU per request is user+system
-# time of all the proxy's threads (/proc/PID/stat) over the measured requests.
+# time of all the proxy's threads (/proc/PID/stat) over the measured requests; backend
+# CPU per request the same for the backend's worker. The backend shares CPU 1 with wrk,
+# so what a proxy makes it do (a longer request to parse, more wake-ups) costs req/s
+# too; nginx-plain-fwd (nginx sending the request headers proxycache adds) shows how
+# much of a difference that is.
 #
 # Usage (from the repository root):
 #   cargo build --release
 #   bash benches/ab/run.sh [TARGET ...]
 # Targets: nginx-plain nginx-lua proxycache-plain proxycache-pcmod proxycache-lua
-#          proxycache-lua-empty (default: all). Knobs: ROUNDS (8), DURATION (4 s),
+#          proxycache-lua-empty (default: all), and nginx-plain-fwd when named. Knobs: ROUNDS (8), DURATION (4 s),
 #          WARMUP (1 s), CONNS (64), URL_PATH (/).
-# Reference of each target: nginx-plain for proxycache-plain; nginx-lua for
+# Reference of each target: nginx-plain (and nginx-plain-fwd) for proxycache-plain; nginx-lua for
 # proxycache-pcmod and proxycache-lua; proxycache-plain for proxycache-pcmod and
 # proxycache-lua-empty (the policy's and the empty hook's cost).
 # Needs: nginx (+ libnginx-mod-http-lua for nginx-lua), wrk, curl, taskset.
@@ -58,6 +62,7 @@ fi
 mkdir -p "$WORK/backend"
 taskset -c 1 nginx -p "$WORK/backend/" -c "$BENCH/conf/backend.conf"
 for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+BACKEND_PID="$(pgrep -P "$(cat "$WORK/backend/nginx.pid")" | head -1)"
 
 # Starts target $1 pinned to CPU 0; prints the PID whose CPU time is the proxy's.
 start() {
@@ -96,7 +101,7 @@ stop() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-declare -A RPS CPU P99
+declare -A RPS CPU P99 BCPU
 ACTIVE=()
 for t in "${TARGETS[@]}"; do
   target_port "$t" >/dev/null || exit 1
@@ -134,8 +139,10 @@ for r in $(seq 1 "$ROUNDS"); do
     pid="${PIDS[$t]}"
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH" >/dev/null
     before="$(cpu_ticks "$pid")"
+    b_before="$(cpu_ticks "$BACKEND_PID")"
     out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'x-api-key: k1' "http://127.0.0.1:$port$URL_PATH")"
     after="$(cpu_ticks "$pid")"
+    b_after="$(cpu_ticks "$BACKEND_PID")"
     echo "$out" >"$WORK/$t.round$r.txt"
     n="$(echo "$out" | grep -o '^ *[0-9]* requests' | awk '{print $1}')"
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
@@ -146,7 +153,8 @@ for r in $(seq 1 "$ROUNDS"); do
     RPS[$t.$r]=$rps
     P99[$t.$r]=$p99
     CPU[$t.$r]="$(awk -v a="$before" -v b="$after" -v n="$n" -v t="$TCK" 'BEGIN { printf "%.1f", (b - a) * 1e6 / t / n }')"
-    printf '[round %s] %-22s %9s req/s  p99 %6s ms  CPU %5s us/req\n' "$r" "$t" "$rps" "$p99" "${CPU[$t.$r]}" >&2
+    BCPU[$t.$r]="$(awk -v a="$b_before" -v b="$b_after" -v n="$n" -v t="$TCK" 'BEGIN { printf "%.1f", (b - a) * 1e6 / t / n }')"
+    printf '[round %s] %-22s %9s req/s  p99 %6s ms  CPU %5s us/req  backend %5s us/req\n' "$r" "$t" "$rps" "$p99" "${CPU[$t.$r]}" "${BCPU[$t.$r]}" >&2
   done
 done
 
@@ -158,17 +166,18 @@ PC_PIDS=""
 median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
 echo
-echo "| target | req/s per round | median req/s | median p99 ms | median CPU µs/req |"
-echo "| --- | --- | ---: | ---: | ---: |"
+echo "| target | req/s per round | median req/s | median p99 ms | median CPU µs/req | median backend CPU µs/req |"
+echo "| --- | --- | ---: | ---: | ---: | ---: |"
 for t in "${ACTIVE[@]}"; do
   per=""; for r in $(seq 1 "$ROUNDS"); do per="$per${per:+ / }${RPS[$t.$r]:--}"; done
   m_rps="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${RPS[$t.$r]:-}" ] && echo "${RPS[$t.$r]}"; done | median)"
   m_p99="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${P99[$t.$r]:-}" ] && echo "${P99[$t.$r]}"; done | median)"
   m_cpu="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${CPU[$t.$r]:-}" ] && echo "${CPU[$t.$r]}"; done | median)"
-  echo "| $t | $per | $m_rps | $m_p99 | $m_cpu |"
+  m_bcpu="$(for r in $(seq 1 "$ROUNDS"); do [ -n "${BCPU[$t.$r]:-}" ] && echo "${BCPU[$t.$r]}"; done | median)"
+  echo "| $t | $per | $m_rps | $m_p99 | $m_cpu | $m_bcpu |"
 done
 
-pairs=(proxycache-plain:nginx-plain proxycache-pcmod:nginx-lua proxycache-lua:nginx-lua
+pairs=(proxycache-plain:nginx-plain proxycache-plain:nginx-plain-fwd proxycache-pcmod:nginx-lua proxycache-lua:nginx-lua
   proxycache-pcmod:proxycache-plain proxycache-lua-empty:proxycache-plain)
 echo
 echo "| comparison (same round) | req/s ratio per round | median | CPU/req ratio (median) | p99 ratio (median) |"
