@@ -625,3 +625,83 @@ async fn a_bodiless_answer_given_a_status_with_a_body_is_sent_empty() {
         assert_eq!(raw_body(&got), "", "{got}");
     }
 }
+
+/// Reads what the proxy sends until it closes the connection; panics if it does not
+/// close within five seconds.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// An HTTP/1.0 client gets a passed head framed for HTTP/1.0: the length when the
+/// upstream gave one, else the body until the connection closes (never chunked, which
+/// HTTP/1.0 does not know); the connection closes after the answer either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_passed_heads_framed_for_http10() {
+    for (reply, length) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello"[..],
+            Some("5"),
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            None,
+        ),
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let px = proxy_to(&raw);
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /o HTTP/1.0\r\nHost: a.test\r\n\r\n")
+            .await
+            .expect("write");
+        let got = read_until_closed(&mut stream).await;
+        assert_eq!(raw_status(&got), 200, "{got}");
+        assert!(got.contains("\r\nX-A: 1\r\n"), "the passed head: {got}");
+        assert_eq!(raw_header(&got, "content-length").as_deref(), length, "{got}");
+        assert_eq!(raw_header(&got, "transfer-encoding"), None, "{got}");
+        assert_eq!(raw_body(&got), "hello", "{got}");
+    }
+}
+
+/// Requests pipelined in one write get their answers in order, each a passed head
+/// with its own framing, and the connection closes after the one that asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_get_passed_heads_in_order() {
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_to(&raw);
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /3 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut stream).await;
+    let answers: Vec<&str> = got
+        .split("HTTP/1.1 200 OK\r\n")
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(answers.len(), 3, "{got}");
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(answer.starts_with("X-A: 1\r\n"), "answer {i}: {got}");
+        assert!(
+            answer.contains("content-length: 5\r\n"),
+            "answer {i}: {got}"
+        );
+        let body = if i == 1 { "" } else { "hello" };
+        assert!(
+            answer.ends_with(&format!("\r\n\r\n{body}")),
+            "answer {i}: {got}"
+        );
+    }
+    assert_eq!(raw.requests(), 3);
+}
