@@ -150,6 +150,99 @@ async fn ambiguous_transfer_encodings_are_400_with_a_request_id() {
     assert_eq!(up.requests(), 0, "nothing ambiguous is forwarded");
 }
 
+/// Two Host headers are refused whatever the version; an HTTP/1.0 request without one
+/// reaches the upstream (as HTTP/1.1) with exactly one, the server's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_one_upstream_whatever_the_client_version() {
+    let (up, px) = limited().await;
+    let raw = raw_request(
+        px.addr,
+        b"GET /h HTTP/1.0\r\nHost: public.example\r\nHost: admin.internal\r\n\r\n",
+    )
+    .await;
+    assert_proxy_made(&raw, 400);
+    assert_eq!(up.requests(), 0);
+    let raw = raw_request(px.addr, b"GET /h HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let got = up.last().expect("the request went upstream");
+    let hosts: Vec<_> = got.headers.get_all("host").iter().collect();
+    assert_eq!(hosts.len(), 1, "{:?}", got.headers);
+    assert_eq!(hosts[0], up.authority().as_str());
+}
+
+/// `Expect: 100-continue` is answered at the client's hop and not passed on (as nginx
+/// does): the upstream gets the body and no Expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_here_and_not_forwarded() {
+    let (up, px) = limited().await;
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /e HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write head");
+    let mut first = [0u8; 25];
+    stream.read_exact(&mut first).await.expect("100 Continue");
+    assert!(
+        first.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&first)
+    );
+    stream.write_all(b"hello").await.expect("write body");
+    let raw = read_raw(&mut stream, Duration::from_secs(5)).await;
+    assert!(raw.contains(" 200 "), "{raw}");
+    let got = up.last().expect("the request went upstream");
+    assert_eq!(got.body.as_ref(), b"hello");
+    assert!(got.headers.get("expect").is_none(), "{:?}", got.headers);
+}
+
+/// A request pipelined behind an `Upgrade` that is not upgraded is not served: hyper,
+/// which serves such a connection, would drop the `Content-Length` of a request with
+/// both framings instead of refusing it. The connection ends with the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_pipelined_behind_a_refused_upgrade_is_forwarded() {
+    let (up, px) = limited().await;
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /u HTTP/1.1\r\nHost: test.local\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\nPOST /p HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes the connection after the first answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer: {text}");
+    assert!(
+        up.all().iter().all(|r| r.uri != "/p"),
+        "the pipelined request never reaches the upstream"
+    );
+}
+
+/// A chunk-size line without digits is not the last chunk (httparse reads it as size 0,
+/// which would end the body early and make what follows a request of its own): the
+/// body is broken, the request fails, and nothing after it reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_size_line_without_digits_smuggles_nothing() {
+    let (up, px) = limited().await;
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /a HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        !text.starts_with("HTTP/1.1 200"),
+        "the broken body is not a request: {text}"
+    );
+    assert!(
+        up.all().iter().all(|r| !r.uri.contains("smuggled")),
+        "nothing after the broken body reaches the upstream"
+    );
+}
+
 /// RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is
 /// faulty (an HTTP/1.0 hop on the way may not have understood it), even a plain
 /// `chunked`: 400, the connection closes, nothing goes upstream.

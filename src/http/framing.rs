@@ -61,12 +61,16 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
         ));
     }
     length?;
+    // Two Hosts would let routing (the first) and an upstream (perhaps the last)
+    // disagree on the site, whatever the version (nginx refuses them too).
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
     if version == Version::HTTP_11 {
         match hosts {
             0 => return Err(ProxyError::BadRequest("missing Host header")),
-            1 if host_empty => return Err(ProxyError::BadRequest("empty Host header")),
-            1 => {}
-            _ => return Err(ProxyError::BadRequest("more than one Host header")),
+            _ if host_empty => return Err(ProxyError::BadRequest("empty Host header")),
+            _ => {}
         }
     }
     Ok(())

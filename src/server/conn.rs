@@ -383,13 +383,28 @@ async fn serve_hyper<S>(
     });
     let svc_conn = Arc::clone(&conn);
     let svc_ctx = Arc::clone(&ctx);
+    // An HTTP/1.1 connection comes here for an `Upgrade` or `CONNECT` request. When it
+    // is not upgraded, the connection ends with that answer: a request pipelined
+    // behind it would otherwise be parsed by hyper alone, past the checks `h1` makes
+    // on every head (hyper drops a `Content-Length` sent with `Transfer-Encoding`).
+    let close_unless_upgraded = protocol == Protocol::Http1;
     let service = service_fn(move |req| {
-        crate::proxy::handle(
+        let answer = crate::proxy::handle(
             req.map(crate::http::body::RequestBody::Hyper),
             Arc::clone(&svc_conn),
             Arc::clone(&svc_ctx),
             crate::proxy::Writer::MapOnly,
-        )
+        );
+        async move {
+            let mut resp = answer.await?;
+            if close_unless_upgraded && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     // With upgrades: a `101` hands the socket to the request path's tunnel (see
     // `proxy::upgrade`), and this connection is then over.

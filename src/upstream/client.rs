@@ -53,6 +53,15 @@ pub async fn send(
     mut req: Box<Request<ProxyBody>>,
     wire: Option<&Forwarding>,
 ) -> Result<Response<UpstreamBody>, SendError> {
+    // Whatever goes upstream is HTTP/1.1 (or HTTP/2, from this map), which needs a
+    // host; only an HTTP/1.0 client's request (or one made here without one) comes
+    // without: it gets the server's address as configured (nginx sends its upstream's
+    // name).
+    if !crate::http::lookup::has(req.headers(), &header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(&ep.authority) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
     if ep.key.http2 {
         debug_assert!(
             wire.is_none(),

@@ -281,9 +281,13 @@ fn encode_head(
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    // Framing is this hop's business: written below from the body itself.
-    let framing =
-        |name: &HeaderName| name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+    // Framing is this hop's business: written below from the body itself. So is
+    // `Expect: 100-continue`: the client's hop answered it (as nginx, which clears it).
+    let framing = |name: &HeaderName| {
+        name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+    };
     match wire {
         Some(fwd) => fwd.write_head(req.headers(), framing, head),
         None => {
