@@ -170,6 +170,23 @@ async fn hosts_are_one_upstream_whatever_the_client_version() {
     assert_eq!(hosts[0], up.authority().as_str());
 }
 
+/// An absolute-form target names the host (RFC 9112 3.2.2): routing and the upstream
+/// see the target's authority, not a `Host` that says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host() {
+    let (up, px) = limited().await;
+    let raw = raw_request(
+        px.addr,
+        b"GET http://internal.example/p?q=1 HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let got = up.last().expect("the request went upstream");
+    assert_eq!(got.uri, "/p?q=1");
+    let hosts: Vec<_> = got.headers.get_all("host").iter().collect();
+    assert_eq!(hosts, ["internal.example"], "{:?}", got.headers);
+}
+
 /// `Expect: 100-continue` is answered at the client's hop and not passed on (as nginx
 /// does): the upstream gets the body and no Expect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,6 +398,14 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             .map_err(|_| bad("malformed header value"))?;
         headers.append(name, value);
     }
+    // RFC 9112 3.2.2: with an absolute-form target (`GET http://a.example/p`), the
+    // target's authority is the host, whatever `Host` says: routing and the upstream
+    // see that one.
+    if let Some(authority) = uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+    }
     // Anything ambiguous is left `Unusable`: the request path answers 400 without
     // reading the body, and the connection closes.
     let body = match (encodings, lengths) {
