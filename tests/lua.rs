@@ -423,6 +423,23 @@ local probes = {
   rawset_std = function() rawset(std.request_id, "inject", function() end) end,
   assign_std = function() std.rate_limit = nil end,
   inject = function() return type(std.request_id.inject) end,
+  -- pairs() on a library view must not hand out the table behind it.
+  pairs_string = function() local _, s = pairs(string); s.upper = function() return "pwned" end end,
+  pairs_std = function() local _, s = pairs(std.request_id); s.inject = "pwned" end,
+  pairs_table = function() local _, t = pairs(table); t.concat = function() return "pwned" end end,
+  concat = function() return table.concat({ "a", "b" }) end,
+  require_escape = function()
+    local _, s = pcall(function() local _, s = pairs(string); return s end)
+    pcall(function() s.match = function(x) return x end end)
+    return tostring(pcall(require, "../probe"))
+  end,
+  tables = function()
+    local t = { 1, 2, 3 }
+    table.insert(t, 4); table.insert(t, 1, 0); local r = table.remove(t, 2)
+    local m = table.move({ 7, 8, 9 }, 1, 3, 2, { 6 })
+    return table.concat(t, ",") .. "|" .. r .. "|" .. table.concat(m, ",") .. "|" .. tostring(table.remove({}))
+      .. "|" .. string.rep("ab", 3, "-") .. "|" .. string.rep("", 5)
+  end,
   gc = function() return tostring(pcall(setmetatable, {}, { __gc = function() end })) end,
 }
 
@@ -512,6 +529,9 @@ async fn a_request_cannot_leave_state_for_the_next_one() {
         "rawset_env",
         "rawset_std",
         "assign_std",
+        "pairs_string",
+        "pairs_std",
+        "pairs_table",
     ] {
         let r = get(run.addr, &format!("/?p={attack}")).await;
         assert_eq!(r.status, 500, "{attack} must fail");
@@ -527,7 +547,22 @@ async fn a_request_cannot_leave_state_for_the_next_one() {
             (200, "ABCD".into()),
             "after {attack}"
         );
+        let r = get(run.addr, "/?p=concat").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "ab".into()),
+            "after {attack}"
+        );
     }
+    // `require` takes names, not paths, even if `string.match` could be replaced.
+    let r = get(run.addr, "/?p=require_escape").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "false".into()));
+    // The Lua versions of table.insert/remove/move and string.rep behave as Lua's.
+    let r = get(run.addr, "/?p=tables").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "0,2,3,4|1|6,7,8,9|nil|ab-ab-ab|".into())
+    );
 }
 
 // ---- 4. budgets, memory, errors ---------------------------------------------------------
@@ -563,6 +598,22 @@ function on_request(req, ctx)
     inner()
   elseif p == "/bad-arg" then
     std.rate_limit{ key = 5, rate = 1 }
+  elseif p == "/rep-empty" then
+    -- One C call that would loop ~9e18 times without allocating.
+    local s = string.rep("", math.maxinteger)
+    while true do end
+  elseif p == "/move-loop" then
+    table.move({}, 1, math.maxinteger - 1, 2)
+  elseif p == "/insert-loop" then
+    table.insert(setmetatable({}, { __len = function() return math.maxinteger - 1 end }), 1, "x")
+  elseif p == "/close-loop" then
+    local x <close> = setmetatable({}, { __close = function() while true do end end })
+    while true do end
+  elseif p == "/close-leak" then
+    local x <close> = setmetatable({}, { __close = function() leaked = "yes" end })
+    while true do end
+  elseif p == "/leaked" then
+    return std.respond(200, tostring(leaked))
   end
   return std.respond(200, "ok " .. p)
 end
@@ -587,6 +638,11 @@ async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
         "/xpcall-loop",
         "/coroutine-loop",
         "/sort-loop",
+        "/rep-empty",
+        "/move-loop",
+        "/insert-loop",
+        "/close-loop",
+        "/close-leak",
     ] {
         let r = get(run.addr, path).await;
         assert_eq!(r.status, 500, "{path}: {}", r.text());
@@ -596,6 +652,14 @@ async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
             (ok.status.as_u16(), ok.text()),
             (200, "ok /fine".into()),
             "the VM still works after {path}"
+        );
+        // A `__close` handler that runs as the spent hook is closed sets nothing
+        // the next request sees.
+        let r = get(run.addr, "/leaked").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "nil".into()),
+            "after {path}"
         );
     }
 }

@@ -139,13 +139,10 @@ async fn drive(
             Err(e) => break Err(HookError::Lua(e)),
         };
     };
-    if dirty {
-        vm.release(runner.id);
-    }
     if let Err(HookError::Lua(mlua::Error::MemoryError(_))) = &result {
         let _ = vm.sb.lua.gc_collect();
     }
-    vm.checkin(runner, finished);
+    vm.checkin(runner, finished, dirty);
     (slot, result)
 }
 
@@ -323,10 +320,7 @@ pub fn call_function(
             )),
         }
     };
-    if end.dirty || end.spent {
-        vm.release(runner.id);
-    }
-    vm.checkin(runner, finished);
+    vm.checkin(runner, finished, end.dirty || end.spent);
     if let Some(mut turn) = slot {
         turn.thread = None;
         turn.answer = None;

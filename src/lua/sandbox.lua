@@ -13,6 +13,89 @@ local spent, runner, mark, read_lib = host.spent, host.runner, host.mark, host.r
 
 -- What must not exist at all.
 string.dump = nil
+
+-- C functions that loop in C as many times as the script asks: no count-hook tick
+-- fires inside one C call, so a huge count would hold the worker whatever the
+-- budget. Those that allocate as they go are stopped by the memory limit; these do
+-- not allocate. They are replaced in the real library tables (the string metatable's
+-- `__index` is the real `string`), by versions the budget reaches.
+local str_rep, str_match = string.rep, string.match
+local tointeger, MAXINT = math.tointeger, math.maxinteger
+local MAX_EMPTY_REP = 1 << 24
+string.rep = function(s, n, sep)
+  -- An empty string made `n` times copies nothing: the memory limit never stops it.
+  local count = tonumber(n)
+  if count and count > MAX_EMPTY_REP and s == "" and (sep == nil or sep == "") then
+    return ""
+  end
+  return str_rep(s, n, sep)
+end
+-- table.insert, table.remove and table.move in Lua: the budget counts their loops.
+local function check_table(t, fname)
+  if type(t) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(t) .. ")", 3)
+  end
+end
+local function int_arg(v, i, fname)
+  local n = tointeger(v)
+  if n == nil then
+    error("bad argument #" .. i .. " to '" .. fname .. "' (number has no integer representation)", 3)
+  end
+  return n
+end
+table.insert = function(t, ...)
+  check_table(t, "insert")
+  local e = #t + 1
+  local nargs = select("#", ...)
+  if nargs == 1 then
+    t[e] = ...
+    return
+  end
+  if nargs ~= 2 then error("wrong number of arguments to 'insert'", 2) end
+  local pos, v = ...
+  pos = int_arg(pos, 2, "insert")
+  if pos < 1 or pos > e then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+  for i = e, pos + 1, -1 do t[i] = t[i - 1] end
+  t[pos] = v
+end
+table.remove = function(t, ...)
+  check_table(t, "remove")
+  local size = #t
+  local pos = size
+  if select("#", ...) > 0 then
+    pos = int_arg((...), 2, "remove")
+    if pos ~= size and (pos < 1 or pos > size + 1) then
+      error("bad argument #2 to 'remove' (position out of bounds)", 2)
+    end
+  end
+  local v = t[pos]
+  while pos < size do
+    t[pos] = t[pos + 1]
+    pos = pos + 1
+  end
+  t[pos] = nil
+  return v
+end
+table.move = function(a1, f, e, t, a2)
+  check_table(a1, "move")
+  f, e, t = int_arg(f, 2, "move"), int_arg(e, 3, "move"), int_arg(t, 4, "move")
+  if a2 == nil then a2 = a1 else check_table(a2, "move") end
+  if e >= f then
+    if not (f > 0 or e < MAXINT + f) then
+      error("bad argument #3 to 'move' (too many elements to move)", 2)
+    end
+    local n = e - f + 1
+    if t > MAXINT - n + 1 then
+      error("bad argument #4 to 'move' (destination wrap around)", 2)
+    end
+    if t > e or t <= f or a1 ~= a2 then
+      for i = 0, n - 1 do a2[t + i] = a1[f + i] end
+    else
+      for i = n - 1, 0, -1 do a2[t + i] = a1[f + i] end
+    end
+  end
+  return a2
+end
 local os_time, os_clock, os_date = os.time, os.clock, os.date
 
 -- Scripts may not reach the string metatable (it is shared by every string).
@@ -56,7 +139,10 @@ local function library(t, name)
     __index = t,
     __newindex = function() error(name .. " is read-only", 2) end,
     __len = function() return #t end,
-    __pairs = function() return next, t, nil end,
+    -- An iterator over `t` that never hands `t` itself out (`next, t, nil` would).
+    __pairs = function()
+      return function(_, k) return next(t, k) end, proxy, nil
+    end,
     __metatable = false,
   })
   return proxy
@@ -177,7 +263,7 @@ end
 
 local loaded, loading = {}, {}
 require_fn = function(name)
-  if type(name) ~= "string" or not name:match("^[%w_]+$") then
+  if type(name) ~= "string" or not str_match(name, "^[%w_]+$") then
     error("require: a library name is letters, digits and _ (mods/lib/NAME.lua)", 2)
   end
   local v = loaded[name]

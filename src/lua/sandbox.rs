@@ -37,6 +37,8 @@ pub struct Meter {
     dirty: AtomicBool,
     /// Start of the running slice, in ns since `epoch`.
     slice_start: AtomicU64,
+    /// A runner is being closed after its hook ended: no instruction is allowed.
+    closing: AtomicBool,
     epoch: Instant,
 }
 
@@ -57,8 +59,19 @@ impl Meter {
             runner: AtomicU32::new(0),
             dirty: AtomicBool::new(false),
             slice_start: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
             epoch: Instant::now(),
         }
+    }
+
+    /// Starts closing `runner`, whose hook did not end by returning: closing it runs
+    /// the `__close` handlers its pending `<close>` variables have, and those get no
+    /// budget at all (the first count-hook tick raises the budget error), whatever the
+    /// hook had left. Ended by [`end`](Self::end).
+    pub fn begin_closing(&self, runner: u32) {
+        self.begin(runner, 0);
+        self.spent.store(true, Ordering::Relaxed);
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Starts a slice for `runner` with `remaining` instructions left.
@@ -83,6 +96,7 @@ impl Meter {
         // Outside a hook call (chunk loading has its own slice) nothing is metered.
         self.remaining.store(i64::MAX, Ordering::Relaxed);
         self.spent.store(false, Ordering::Relaxed);
+        self.closing.store(false, Ordering::Relaxed);
         end
     }
 
@@ -113,6 +127,9 @@ impl Meter {
             }
         }
         self.spent.store(true, Ordering::Relaxed);
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(mlua::Error::runtime(BUDGET_MESSAGE));
+        }
         if self.tries.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             Ok(VmState::Yield)
         } else {

@@ -102,6 +102,13 @@ impl Vm {
         };
         let lib_dir = lib_dir.to_path_buf();
         let reader: sandbox::LibReader = Box::new(move |name: &str| {
+            // The prelude checks the name too; this check is the one a script cannot
+            // reach: a name is letters, digits and `_`, so the path stays in `lib_dir`.
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "require {name:?}: a library name is letters, digits and _ (mods/lib/NAME.lua)"
+                ));
+            }
             let path = lib_dir.join(format!("{name}.lua"));
             match std::fs::read_to_string(&path) {
                 Ok(text) => Ok((text, path.display().to_string())),
@@ -172,10 +179,21 @@ impl Vm {
         })
     }
 
-    /// Returns a coroutine to the pool (closing it first if it did not finish).
-    pub(crate) fn checkin(&self, runner: Runner, finished: bool) {
-        if !finished && runner.thread.reset(self.sb.noop.clone()).is_err() {
-            return;
+    /// Returns a coroutine to the pool, dropping the request-time globals its hook set
+    /// (`dirty`). One whose hook did not finish is closed first, with no budget for the
+    /// `__close` handlers that runs, and its globals dropped after that (a handler may
+    /// have set some).
+    pub(crate) fn checkin(&self, runner: Runner, finished: bool, dirty: bool) {
+        if !finished {
+            self.sb.meter.begin_closing(runner.id);
+            let reset = runner.thread.reset(self.sb.noop.clone());
+            self.sb.meter.end();
+            self.release(runner.id);
+            if reset.is_err() {
+                return;
+            }
+        } else if dirty {
+            self.release(runner.id);
         }
         let mut pool = self.runners.lock();
         if pool.len() < RUNNER_POOL {
