@@ -566,6 +566,87 @@ async fn put_of_a_valid_module_writes_it_and_reloads() {
     assert_eq!(one["source"], source.as_str());
 }
 
+/// A module that compiles, put while config.toml has a problem only a reload sees (a
+/// certificate file that is not there): the reload fails, so the answer is 400 and
+/// the module is not left on disk to go live at the next good reload. The same for a
+/// DELETE: the file comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_or_delete_whose_reload_fails_changes_nothing_on_disk() {
+    let (site, px) = start(
+        "put-reload-fails",
+        &[("tag", &tagger("tag", "1"))],
+        "",
+        ECHO,
+    );
+    let broken_tls = format!(
+        "{}\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncerts = [{{ cert = \"nope.pem\", key = \"nope.key\" }}]\n",
+        config_text("", ECHO)
+    );
+    std::fs::write(site.config_path(), broken_tls).expect("write config.toml");
+    let before = site.snapshot();
+    let resp = admin(px.admin, "PUT", "/mods/tag2", &tagger("tag2", "2")).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["ok"], false);
+    let resp = admin(px.admin, "DELETE", "/mods/tag", "").await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(site.snapshot(), before, "nothing on disk changed");
+    assert_eq!(site.temp_files(), Vec::<String>::new());
+    assert_eq!(px.generation(), 1, "the old generation keeps serving");
+    assert_eq!(
+        get(px.addr, "/").await.header("x-tag").as_deref(),
+        Some("1")
+    );
+}
+
+/// A repair whose result would not load (`mods = { }` is an inline table: no
+/// `[mods.NAME]` section can follow it) is refused with 409 and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_that_would_break_config_toml_is_refused() {
+    let site = Site::new("repair-inline");
+    site.write_mod("tag", &tagger("tag", "1"));
+    site.write_config(&format!("mods = {{ }}\n{}", config_text("", ECHO)));
+    let px = Running::start(&site);
+    let before = site.snapshot();
+    let resp = admin(px.admin, "POST", "/config/repair", "").await;
+    assert_eq!(resp.status, 409, "{}", resp.text());
+    assert_eq!(site.snapshot(), before, "config.toml is as it was");
+    assert!(Config::load(Some(&site.config_path())).is_ok());
+}
+
+/// `/config/verify` reads only regular files: a FIFO named as a certificate would
+/// block the reading thread (the admin API's, reloads' and health checks') for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_certificate_paths_that_are_not_regular_files() {
+    let (site, px) = start("verify-fifo", &[], "", ECHO);
+    let fifo = site.config_path().with_file_name("fifo.pem");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !matches!(made, Ok(s) if s.success()) {
+        eprintln!("skipped: no mkfifo on this machine");
+        return;
+    }
+    let body = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncerts = [{{ cert = \"{0}\", key = \"{0}\" }}]\n",
+        fifo.display()
+    );
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin(px.admin, "POST", "/config/verify", &body),
+    )
+    .await
+    .expect("verify answers instead of blocking on the FIFO");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["valid"], false, "{v:#}");
+    assert!(v.to_string().contains("not a regular file"), "{v:#}");
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin(px.admin, "GET", "/status", ""),
+    )
+    .await
+    .expect("the admin API still answers");
+    assert_eq!(status.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_of_an_invalid_module_answers_400_and_changes_nothing_on_disk() {
     let original = tagger("tag", "1");

@@ -225,6 +225,9 @@ pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
             &json!({"ok": false, "errors": errors}),
         );
     }
+    // What was there, to put back if the reload fails for a reason the module check
+    // cannot see (a certificate, an upstream): a 400 means nothing on disk changed.
+    let previous = std::fs::read(&path).ok();
     if let Err(e) = write_atomically(&path, source.as_bytes()) {
         c.audit("put_mod", name, "failed: write");
         return json_resp(
@@ -232,7 +235,17 @@ pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
             &json!({"ok": false, "error": format!("cannot write {}: {e}", path.display())}),
         );
     }
-    reload_and_answer(c, "put_mod", name).await
+    let report = run_reload(c, "put_mod", name).await;
+    if matches!(&report, Ok(r) if !r.ok) {
+        let restored = match &previous {
+            Some(old) => write_atomically(&path, old),
+            None => std::fs::remove_file(&path),
+        };
+        if let Err(e) = restored {
+            tracing::warn!(target: "proxycache::admin", path = %path.display(), error = %e, "putting back the module after a failed reload failed");
+        }
+    }
+    answer_reload(c, "put_mod", name, report)
 }
 
 /// `DELETE /mods/{name}`: remove the file and reload.
@@ -250,6 +263,7 @@ pub async fn mod_delete(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     if !path.is_file() {
         return not_found(name);
     }
+    let previous = std::fs::read(&path).ok();
     if let Err(e) = std::fs::remove_file(&path) {
         c.audit("delete_mod", name, "failed: remove");
         return json_resp(
@@ -257,7 +271,15 @@ pub async fn mod_delete(c: &Call<'_>, name: &str) -> Response<AdminBody> {
             &json!({"ok": false, "error": format!("cannot remove {}: {e}", path.display())}),
         );
     }
-    reload_and_answer(c, "delete_mod", name).await
+    let report = run_reload(c, "delete_mod", name).await;
+    if let (Ok(r), Some(old)) = (&report, &previous) {
+        if !r.ok {
+            if let Err(e) = write_atomically(&path, old) {
+                tracing::warn!(target: "proxycache::admin", path = %path.display(), error = %e, "putting back the module after a failed reload failed");
+            }
+        }
+    }
+    answer_reload(c, "delete_mod", name, report)
 }
 
 /// `POST /reload`.
@@ -266,9 +288,27 @@ pub async fn reload(c: &Call<'_>) -> Response<AdminBody> {
 }
 
 async fn reload_and_answer(c: &Call<'_>, action: &str, target: &str) -> Response<AdminBody> {
+    let report = run_reload(c, action, target).await;
+    answer_reload(c, action, target, report)
+}
+
+/// Reloads off the control thread.
+async fn run_reload(
+    c: &Call<'_>,
+    action: &str,
+    target: &str,
+) -> Result<reload::ReloadReport, tokio::task::JoinError> {
     let shared = Arc::clone(c.shared);
     let trigger = format!("admin:{action} {target}");
-    let report = tokio::task::spawn_blocking(move || reload::reload(&shared, &trigger)).await;
+    tokio::task::spawn_blocking(move || reload::reload(&shared, &trigger)).await
+}
+
+fn answer_reload(
+    c: &Call<'_>,
+    action: &str,
+    target: &str,
+    report: Result<reload::ReloadReport, tokio::task::JoinError>,
+) -> Response<AdminBody> {
     match report {
         Ok(r) => {
             c.audit(action, target, if r.ok { "ok" } else { "reload failed" });
@@ -374,6 +414,23 @@ pub async fn config_repair(c: &Call<'_>) -> Response<AdminBody> {
     }
     new_text.push_str("\n# Added by POST /config/repair: module settings with their defaults.");
     new_text.push_str(&extra);
+    // The file must still load as a config afterwards (a `mods = { }` inline table,
+    // say, cannot take `[mods.NAME]` sections): else nothing is written.
+    if let Err(e) = Config::from_toml_str(&new_text, Some(&path), &base_dir(c.shared)) {
+        c.audit(
+            "config_repair",
+            "config.toml",
+            "refused: the result would not load",
+        );
+        let errors: Vec<Value> =
+            e.0.iter()
+                .map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message}))
+                .collect();
+        return json_resp(
+            StatusCode::CONFLICT,
+            &json!({"error": "adding the missing [mods.NAME] sections would leave config.toml invalid; add them by hand", "errors": errors}),
+        );
+    }
     if let Err(e) = write_atomically(&path, new_text.as_bytes()) {
         c.audit("config_repair", "config.toml", "failed: write");
         return json_resp(

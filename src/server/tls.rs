@@ -212,7 +212,7 @@ fn hash_files<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for path in paths {
         path.hash(&mut h);
-        match std::fs::read(path) {
+        match certs::read_pem_file(path) {
             Ok(bytes) => bytes.hash(&mut h),
             Err(e) => e.kind().hash(&mut h),
         }

@@ -150,7 +150,7 @@ fn host_of(authority: &str) -> &str {
 
 /// The certificates of a PEM bundle as a root store.
 fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError::ReadCa {
+    let bytes = crate::server::tls::certs::read_pem_file(path).map_err(|e| TlsError::ReadCa {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;

@@ -77,9 +77,32 @@ impl TlsError {
     }
 }
 
+/// The largest certificate, key or CA bundle file read.
+const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads a certificate, key or CA bundle file: a regular file of at most 16 MiB. A
+/// FIFO or a device named in a config (or in a `POST /config/verify` body) would block
+/// the reading thread, or never end.
+pub fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "larger than 16 MiB",
+        ));
+    }
+    std::fs::read(path)
+}
+
 /// Reads a whole file, naming the key and the file on failure.
 pub fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    read_pem_file(path).map_err(|source| TlsError::Read {
         key: key.to_owned(),
         path: path.to_path_buf(),
         source,
