@@ -478,8 +478,10 @@ fn not_found(name: &str) -> Response<AdminBody> {
 }
 
 /// Writes via a temporary file in the same folder and a rename, so readers (and the
-/// watcher) never see half a file.
+/// watcher) never see half a file; the data, then the rename, are synced to disk, so
+/// a crash right after leaves the old file or the new one, never an empty one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -487,8 +489,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", fastrand::u64(..)));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
+    if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    })
+        return renamed;
+    }
+    // The rename itself is durable once the folder is synced (where a folder can be
+    // opened for that; elsewhere the rename stands as the filesystem keeps it).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
