@@ -376,6 +376,34 @@ fn deep_brackets_are_an_error_not_a_stack_overflow() {
                 ")".repeat(10_000)
             ),
         ),
+        // Brackets the scan before the parser cannot see: inside an interpolation,
+        // after a string with a line break in it, and in types (`<` is also less-than).
+        // The builder bounds those (they overflowed the loader's stack: the process
+        // aborted, at load, `check` or a reload).
+        (
+            "parens in an interpolation",
+            format!(
+                "mod deep {{ on request {{ respond 200 \"${{{}1{}}}\" }} }}",
+                "(".repeat(700),
+                ")".repeat(700)
+            ),
+        ),
+        (
+            "parens after a string with a line break",
+            format!(
+                "mod deep {{ on request {{ let x = \"a\nb\" + {}1{} }} }}",
+                "(".repeat(700),
+                ")".repeat(700)
+            ),
+        ),
+        (
+            "types",
+            format!(
+                "mod deep {{ config {{ x: {}int{} = [] }} }}",
+                "list<".repeat(40),
+                ">".repeat(40)
+            ),
+        ),
     ];
     for (what, source) in cases {
         let result = on_stack(2 << 20, move || {

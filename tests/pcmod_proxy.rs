@@ -898,6 +898,21 @@ mod faulty {
 }
 "##;
 
+/// Adding durations that overflow (`[mods.NAME]` allows a bare number of seconds, up
+/// to u64::MAX) is a fault like integer overflow: 500, not a panic that drops the
+/// connection without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duration_overflow_is_a_fault_answered_with_500() {
+    let module = "mod sum {\n  config {\n    d: duration = 1s\n  }\n  on request {\n    respond 200 \"${$config.d + $config.d}\"\n  }\n}\n";
+    let px = start(
+        &[("sum", module)],
+        &format!("{ECHO}\n[mods.sum]\nd = \"18446744073709551615\"\n"),
+    );
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.status, 500, "{}", resp.text());
+    assert_request_id(&resp);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_fault_answers_500_with_a_request_id_and_the_next_request_is_served() {
     let up = Upstream::start("app", Behavior::echo()).await;

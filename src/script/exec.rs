@@ -618,9 +618,10 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
                 )
             })
         }
-        (Value::Duration(x), Value::Duration(y)) if op == BinOp::Add => {
-            Ok(Value::Duration(*x + *y))
-        }
+        (Value::Duration(x), Value::Duration(y)) if op == BinOp::Add => x
+            .checked_add(*y)
+            .map(Value::Duration)
+            .ok_or_else(|| "duration overflow in `+`".to_owned()),
         (Value::Duration(x), Value::Duration(y)) if op == BinOp::Sub => {
             Ok(Value::Duration(x.saturating_sub(*y)))
         }

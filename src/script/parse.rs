@@ -44,6 +44,7 @@ pub fn parse(file: &str, source: &str) -> Result<Module, Diagnostic> {
         file: Arc::from(file),
         source,
         line_starts,
+        depth: std::cell::Cell::new(0),
     };
     b.module(module)
 }
@@ -267,7 +268,14 @@ struct Builder<'s> {
     /// Byte offset of each line's start: spans are found by binary search, not by
     /// rescanning the file for every node.
     line_starts: Vec<usize>,
+    /// How deep `expr` is now: building recurses through every grammar level, and
+    /// `check_limits` cannot see every nesting (inside `${...}`, say).
+    depth: std::cell::Cell<usize>,
 }
+
+/// Deepest `expr` recursion while building: far above what `MAX_NESTING` levels of
+/// brackets make (each level is a handful of grammar rules), far below a stack's end.
+const MAX_EXPR_DEPTH: usize = 16 * MAX_NESTING;
 
 fn is_keyword_token(rule: Rule) -> bool {
     matches!(
@@ -399,6 +407,14 @@ impl<'s> Builder<'s> {
         let mut it = children(pair);
         let name = next(&mut it).map(|p| self.spanned_str(&p))?;
         let ty_pair = next(&mut it)?;
+        // `<` appears in a type only as a bracket: `check_limits` cannot count it (it
+        // is also less-than), so types are bounded here.
+        if ty_pair.as_str().matches('<').count() > MAX_NESTING {
+            return Err(self.err(
+                &ty_pair,
+                format!("nesting deeper than {MAX_NESTING} levels"),
+            ));
+        }
         let ty = Spanned {
             node: type_of(ty_pair.clone()),
             span: self.span(&ty_pair),
@@ -593,6 +609,19 @@ impl<'s> Builder<'s> {
     }
 
     fn expr(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+        let depth = self.depth.get() + 1;
+        if depth > MAX_EXPR_DEPTH {
+            return Err(self
+                .err(&pair, format!("nesting deeper than {MAX_NESTING} levels"))
+                .with_hint("flatten the expression with `let`, or split the block"));
+        }
+        self.depth.set(depth);
+        let built = self.expr_at(pair);
+        self.depth.set(depth - 1);
+        built
+    }
+
+    fn expr_at(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
         let span = self.span(&pair);
         match pair.as_rule() {
             Rule::expr => self.expr(first(pair)?),
