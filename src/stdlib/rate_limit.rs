@@ -166,7 +166,10 @@ impl RateLimiter {
                 map.insert_unique(hash, bucket, |b| b.hash(&self.hasher));
             }
         }
-        let remaining = (now + window - new_tat) / interval;
+        // `now + window - new_tat` without the sum: `window` saturates at u64::MAX for
+        // huge `per` values, and `new_tat - now` (>= 0: `tat` is never before `now`) is
+        // at most `window` here.
+        let remaining = window.saturating_sub(new_tat - now) / interval;
         Decision {
             allowed: true,
             remaining,
@@ -306,6 +309,20 @@ mod tests {
             rl.check("mk", "", 3.0, 3, per).allowed && rl.check("", "mk", 3.0, 3, per).allowed,
             "scope and key are told apart"
         );
+    }
+
+    /// A window that saturates (a huge `per`: 100 tokens of 200 years each) is
+    /// decided without overflowing (a debug build panicked on `now + window`); what
+    /// is left is then counted against the saturated window.
+    #[test]
+    fn a_saturated_window_decides_without_overflow() {
+        let rl = RateLimiter::new(1000);
+        for per_days in [200 * 365, 10_000_000] {
+            let per = Duration::from_secs(per_days * 86_400);
+            let d = rl.check("m", &per_days.to_string(), 1.0, 100, per);
+            assert!(d.allowed);
+            assert!(d.remaining < 100);
+        }
     }
 
     #[test]
