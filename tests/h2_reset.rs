@@ -143,3 +143,74 @@ async fn rapid_reset_is_cut_off_while_others_are_served() {
         200
     );
 }
+
+const PING: u8 = 0x6;
+
+/// Reads frames until one of `kind` on `stream` arrives (true) or the connection ends
+/// (false).
+async fn wait_for_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, kind: u8, stream: u32) -> bool {
+    let mut head = [0u8; 9];
+    loop {
+        if rd.read_exact(&mut head).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if rd.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == kind && id == stream {
+            return true;
+        }
+    }
+}
+
+/// An HTTP/2 connection between requests is idle, whatever control frames arrive: a
+/// client that PINGs it (gRPC keep-alive, browsers) is not cut off at the header
+/// timeout, and its next request is served on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_between_requests_do_not_start_the_header_clock() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy_with(
+        "workers = 1\n[server.timeouts]\nheader = \"300ms\"\nidle = \"30s\"",
+        &app(&[&up], ""),
+    );
+    let tcp = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    frame(
+        &mut hello,
+        HEADERS,
+        END_STREAM_AND_HEADERS,
+        1,
+        &request_block(),
+    );
+    wr.write_all(&hello).await.expect("write");
+    let answered = timeout(Duration::from_secs(10), wait_for_frame(&mut rd, HEADERS, 1)).await;
+    assert_eq!(answered.ok(), Some(true), "the first request is answered");
+    // A second of PINGs, well past the 300 ms header timeout.
+    for i in 0..10u64 {
+        let mut ping = Vec::new();
+        frame(&mut ping, PING, 0, 0, &i.to_be_bytes());
+        wr.write_all(&ping)
+            .await
+            .expect("the connection is still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut next = Vec::new();
+    frame(
+        &mut next,
+        HEADERS,
+        END_STREAM_AND_HEADERS,
+        3,
+        &request_block(),
+    );
+    let written = wr.write_all(&next).await;
+    let answered = timeout(Duration::from_secs(10), wait_for_frame(&mut rd, HEADERS, 3)).await;
+    assert!(
+        written.is_ok() && answered.ok() == Some(true),
+        "the second request is answered on the same connection"
+    );
+}

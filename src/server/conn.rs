@@ -234,7 +234,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         };
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let activity = &this.conn.activity;
-            activity.bytes_read();
+            // Bytes on an idle HTTP/1.1 connection start a request head (the header
+            // timeout runs); on HTTP/2 (no scan) they may be a PING or a WINDOW_UPDATE
+            // between requests, which must not put the idle connection on the header
+            // clock: requests there are counted by the request path itself.
+            if this.scan.is_some() {
+                activity.bytes_read();
+            }
             let started = activity.started.load(Ordering::Relaxed);
             let ambiguous = this
                 .scan
