@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -45,6 +46,17 @@ fn request_block() -> Vec<u8> {
     block
 }
 
+/// The next frame: its type, stream id and payload (`None` once the connection ends).
+async fn read_frame(rd: &mut OwnedReadHalf) -> Option<(u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    rd.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    rd.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], stream, payload))
+}
+
 /// How the abusive connection ended.
 #[derive(Debug)]
 struct Outcome {
@@ -59,22 +71,14 @@ async fn rapid_reset(addr: std::net::SocketAddr) -> Outcome {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (mut rd, mut wr) = tcp.into_split();
     let reader = tokio::spawn(async move {
-        let mut head = [0u8; 9];
-        loop {
-            if rd.read_exact(&mut head).await.is_err() {
-                return None;
-            }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                return None;
-            }
-            if head[3] == GOAWAY && payload.len() >= 8 {
+        while let Some((kind, _, payload)) = read_frame(&mut rd).await {
+            if kind == GOAWAY && payload.len() >= 8 {
                 return Some(u32::from_be_bytes([
                     payload[4], payload[5], payload[6], payload[7],
                 ]));
             }
         }
+        None
     });
     let mut hello = PREFACE.to_vec();
     frame(&mut hello, SETTINGS, 0, 0, &[]);
@@ -148,22 +152,13 @@ const PING: u8 = 0x6;
 
 /// Reads frames until one of `kind` on `stream` arrives (true) or the connection ends
 /// (false).
-async fn wait_for_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, kind: u8, stream: u32) -> bool {
-    let mut head = [0u8; 9];
-    loop {
-        if rd.read_exact(&mut head).await.is_err() {
-            return false;
-        }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        if rd.read_exact(&mut payload).await.is_err() {
-            return false;
-        }
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if head[3] == kind && id == stream {
+async fn wait_for_frame(rd: &mut OwnedReadHalf, kind: u8, stream: u32) -> bool {
+    while let Some((k, id, _)) = read_frame(rd).await {
+        if k == kind && id == stream {
             return true;
         }
     }
+    false
 }
 
 /// An HTTP/2 connection between requests is idle, whatever control frames arrive: a
