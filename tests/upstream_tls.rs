@@ -225,6 +225,18 @@ async fn answer(
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/grpc"));
     }
+    if path == "/big-header" {
+        // 40 KiB of response headers: above h2's 16 KiB default list size.
+        let value = HeaderValue::from_str(&"v".repeat(10 * 1024)).expect("value");
+        for i in 0..4 {
+            resp.headers_mut().insert(
+                format!("x-big-{i}")
+                    .parse::<http::HeaderName>()
+                    .expect("name"),
+                value.clone(),
+            );
+        }
+    }
     Ok(resp)
 }
 
@@ -474,6 +486,20 @@ async fn http2_true_speaks_h2c_to_a_plain_upstream_over_one_connection_per_worke
     assert_eq!(resp.status, 200, "{}", resp.text());
     let last = seen.te_and_body.lock().ok().and_then(|l| l.last().cloned());
     assert_eq!(last.map(|l| l.1), Some(Bytes::from_static(b"payload")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstream_may_send_response_headers_as_large_as_an_http1_upstream() {
+    // An HTTP/1.1 upstream may send up to 128 KiB of response head; over h2 the
+    // client kept h2's 16 KiB default and reset the stream (a 502).
+    let (addr, _seen) = plain_upstream().await;
+    let px = proxy_to(&addr.to_string(), "http2 = true");
+    let resp = get(px.addr, "/big-header").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for i in 0..4 {
+        let got = resp.headers.get(format!("x-big-{i}")).map(|v| v.len());
+        assert_eq!(got, Some(10 * 1024), "x-big-{i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,10 @@ where
 {
     let failed = |e: hyper::Error| ConnectFailure::Io(std::io::Error::other(e));
     if h2 {
+        // Response heads as large as an HTTP/1.1 upstream may send (h2's default
+        // list size is 16 KiB: a larger head reset the stream).
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(super::h1::MAX_HEAD_BYTES as u32)
             .handshake(io)
             .await
             .map_err(failed)?;

@@ -38,7 +38,7 @@ use crate::http::ProxyBody;
 /// The most header lines a response head may have.
 const MAX_HEADERS: usize = 128;
 /// The largest response head (or chunk-size line, or trailer block) accepted.
-const MAX_HEAD_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// Read buffer room asked for before each read: a 16 KiB body and its head arrive in
 /// one read (with 16 KiB they took two; strace, `/16k` bench variant).
 const READ_CHUNK: usize = 32 * 1024;
