@@ -503,6 +503,30 @@ async fn an_h2_upstream_may_send_response_headers_as_large_as_an_http1_upstream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_tls_http2_set_offers_only_http1_in_alpn() {
+    // The upgrade connection offered h2 too; a server preferring h2 picked it and the
+    // upgrade failed (502).
+    let pki = pki(&["127.0.0.1"]);
+    let (addr, seen) = tls_upstream(&pki, &["h2", "http/1.1"]).await;
+    let ca = write_pem("ca-upgrade", &pki.ca_pem);
+    let px = proxy_to(
+        &addr.to_string(),
+        &format!("tls = true\nhttp2 = true\ntls_ca = \"{}\"", toml_path(&ca)),
+    );
+    let upgrade = req("GET", "/ws")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send(px.addr, upgrade).await;
+    // The test server does not upgrade: it answers an ordinary HTTP/1.1 200.
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "hello from HTTP/1.1");
+    let (version, _, path) = seen.last().expect("the upstream saw the request");
+    assert_eq!((version, path.as_str()), (Version::HTTP_11, "/ws"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_true_over_tls_negotiates_h2_by_alpn_and_falls_back_to_http1() {
     let pki = pki(&["127.0.0.1"]);
     let ca = write_pem("ca", &pki.ca_pem);

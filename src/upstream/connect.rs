@@ -92,7 +92,7 @@ pub enum ConnectFailure {
 /// Opens a connection to `ep` and spawns its hyper connection task (HTTP/2 sets).
 pub async fn connect(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
     let open = async {
-        let stream = stream(ep).await?;
+        let stream = stream(ep, false).await?;
         // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked
         // for HTTP/2 (what browsers and curl do too).
         let h2 = match &stream {
@@ -107,16 +107,17 @@ pub async fn connect(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
     }
 }
 
-/// Opens the byte stream to `ep` (TCP, then TLS when the set asks for it) for an
-/// HTTP/1.1 connection the request's task drives itself (see `h1`).
+/// Opens the byte stream to `ep` (TCP, then TLS when the set asks for it, offering
+/// only `http/1.1`) for an HTTP/1.1 connection the request's task drives itself (see
+/// `h1`) or an upgrade.
 pub async fn open_stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
-    match tokio::time::timeout(ep.connect_timeout, stream(ep)).await {
+    match tokio::time::timeout(ep.connect_timeout, stream(ep, true)).await {
         Err(_) => Err(ConnectFailure::Timeout),
         Ok(result) => result,
     }
 }
 
-async fn stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
+async fn stream(ep: &Endpoint, h1_only: bool) -> Result<Stream, ConnectFailure> {
     let tcp = TcpStream::connect(ep.addr)
         .await
         .map_err(ConnectFailure::Io)?;
@@ -125,7 +126,12 @@ async fn stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
     let Some(target) = &ep.tls else {
         return Ok(Stream::Tcp(tcp));
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.config));
+    let config = if h1_only {
+        &target.h1_config
+    } else {
+        &target.config
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
     let tls = connector
         .connect(target.identity.name.clone(), tcp)
         .await

@@ -52,6 +52,9 @@ pub struct TlsIdentity {
 #[derive(Debug)]
 pub struct TlsTarget {
     pub config: Arc<ClientConfig>,
+    /// `config` offering only `http/1.1` (the same config unless `http2 = true`):
+    /// for connections that must speak HTTP/1.1 (upgrades).
+    pub h1_config: Arc<ClientConfig>,
     pub identity: Arc<TlsIdentity>,
     /// Where the roots came from, for error messages (`tls_ca` path or "system roots").
     pub roots: Arc<str>,
@@ -61,6 +64,7 @@ pub struct TlsTarget {
 #[derive(Debug, Clone)]
 pub struct SetTls {
     config: Arc<ClientConfig>,
+    h1_config: Arc<ClientConfig>,
     config_id: u64,
     roots: Arc<str>,
 }
@@ -77,17 +81,18 @@ impl SetTls {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = if cfg.http2 {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let h1_config = Arc::new(config.clone());
+        if cfg.http2 {
+            config.alpn_protocols.insert(0, b"h2".to_vec());
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         from.hash(&mut hasher);
         cfg.tls_ca.hash(&mut hasher);
         config.alpn_protocols.hash(&mut hasher);
         Ok(SetTls {
             config: Arc::new(config),
+            h1_config,
             config_id: hasher.finish(),
             roots: Arc::from(from),
         })
@@ -98,6 +103,7 @@ impl SetTls {
     pub fn target(&self, sni: Option<&str>, authority: &str) -> Result<TlsTarget, TlsError> {
         Ok(TlsTarget {
             config: Arc::clone(&self.config),
+            h1_config: Arc::clone(&self.h1_config),
             identity: Arc::new(TlsIdentity {
                 name: server_name(sni, authority)?,
                 config_id: self.config_id,

@@ -18,7 +18,6 @@ use crate::http::ProxyBody;
 
 use super::client::SendError;
 use super::connect::Endpoint;
-use super::h1::Stream;
 use super::pool::Pool;
 
 /// Connects to `ep` (TCP, then TLS when the set has `tls = true`, see
@@ -35,13 +34,8 @@ pub async fn send(
         Ok(stream) => stream,
         Err(failure) => return Err(super::client::connect_failed(failure, Box::new(req))),
     };
-    if let Stream::Tls(tls) = &stream {
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            // An HTTP/1.1 Upgrade cannot ride an HTTP/2 connection.
-            let e = std::io::Error::other("the server chose h2; an upgrade needs HTTP/1.1");
-            return Err(SendError::Connect(e, Box::new(req)));
-        }
-    }
+    // (The stream offered only `http/1.1` in ALPN, also to `http2 = true` sets: an
+    // upgrade cannot ride an HTTP/2 connection.)
     drive(TokioIo::new(stream), pool, ep.addr, response_timeout, req).await
 }
 
