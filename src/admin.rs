@@ -5,7 +5,10 @@
 //! Security: with `admin.api_key` set every call needs `Authorization: Bearer KEY`
 //! (compared in constant time); request bodies are bounded; module names are
 //! validated so no path can escape the scripts folder. Every mutating call writes an
-//! `admin_audit` log line. Must not touch: the request path.
+//! `admin_audit` log line. A connection gets `server.timeouts.header` to send a
+//! request head (and as keep-alive idle time), `server.timeouts.idle` for its body,
+//! and at most [`MAX_CONNECTIONS`] are open at once (more wait in the backlog). Must
+//! not touch: the request path.
 
 mod dashboard;
 mod handlers;
@@ -19,7 +22,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -27,6 +30,9 @@ use crate::server::Shared;
 
 /// Largest admin request body (a module source or a config file).
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Admin connections open at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// An admin response body.
 pub type AdminBody = Full<Bytes>;
@@ -43,17 +49,27 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
         let shared = Arc::clone(&shared);
+        let header_timeout = shared.generation().config.server.timeouts.header;
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, peer, Arc::clone(&shared)));
+            // hyper's header timer also runs while a keep-alive connection waits for
+            // its next request: an idle admin connection closes after it too.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            drop(slot);
         });
     }
 }
@@ -76,11 +92,23 @@ async fn handle(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(resp);
     }
+    let body_timeout = generation.config.server.timeouts.idle;
     drop(generation);
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    let collected = tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY).collect());
+    let body = match collected.await {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, target = parts.uri.path(), result = "rejected: body not received in time", "admin call");
+            let mut resp = json(
+                StatusCode::REQUEST_TIMEOUT,
+                &serde_json::json!({"error": format!("the body did not arrive within {body_timeout:?} (server.timeouts.idle)")}),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
+        Ok(Err(_)) => {
             tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, target = parts.uri.path(), result = "rejected: body too large", "admin call");
             return Ok(json(
                 StatusCode::PAYLOAD_TOO_LARGE,

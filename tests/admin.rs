@@ -809,6 +809,47 @@ async fn an_oversized_body_answers_413_and_writes_nothing() {
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_admin_clients_are_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeouts = "[server.timeouts]\nheader = \"300ms\"\nidle = \"500ms\"\n\n";
+    let (_site, px) = start("slow", &[], "", &format!("{timeouts}{ECHO}"));
+
+    // Half a request head: closed after `header` (it stayed open for good).
+    let mut conn = tokio::net::TcpStream::connect(px.admin)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a half-sent head kept its admin connection open"
+    );
+
+    // A body that never completes: 408 after `idle` (the handler waited for good).
+    let mut conn = tokio::net::TcpStream::connect(px.admin)
+        .await
+        .expect("connect");
+    conn.write_all(b"PUT /mods/slow HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nmod")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a stalled body kept its admin connection open"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // The API still answers.
+    let resp = admin(px.admin, "GET", "/status", "").await;
+    assert_eq!(resp.status, 200);
+}
+
 // ---- config -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
