@@ -216,6 +216,10 @@ mod tests {
             b"2\nab\r\n0\r\n\r\n",
             b"0x2\r\nab\r\n0\r\n\r\n",
             b"00000000000000002\r\nab\r\n0\r\n\r\n",
+            // Trailer blocks with a bare LF.
+            b"2\r\nab\r\n0\r\n\n",
+            b"2\r\nab\r\n0\r\nx-a: 1\n\r\n",
+            b"2\r\nab\r\n0\r\nx-a: 1\r\n\n",
         ] {
             for piece in [1, 100] {
                 assert!(

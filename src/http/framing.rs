@@ -99,12 +99,21 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
 
 /// The trailer block that ends a chunked body, from the front of `buf`: how many
 /// bytes it took and the fields (lines that are not valid fields are dropped).
-/// `Ok(None)`: not complete yet; `Err`: not a trailer block.
+/// `Ok(None)`: not complete yet; `Err`: not a trailer block — also when a line ends in
+/// a bare LF, which httparse accepts and other parsers may not (as in heads).
 pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse::Error> {
     let mut storage = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(buf, &mut storage)? {
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete((used, fields)) => {
+            let block = &buf[..used];
+            let bare_lf = block
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'\n' && (i == 0 || block[i - 1] != b'\r'));
+            if bare_lf {
+                return Err(httparse::Error::NewLine);
+            }
             let mut trailers = HeaderMap::new();
             for f in fields {
                 if let (Ok(n), Ok(v)) = (
