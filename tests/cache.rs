@@ -341,3 +341,151 @@ async fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes(
     );
     assert_eq!(s.ups[0].requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_key_names_the_upstream_the_request_is_routed_to() {
+    // A header route picks u1 for `x-version: 2`; without the header u0 answers. The
+    // key once left the upstream out, so u1's answer was served to u0's requests.
+    let by_header = "[[routes]]\nheaders = { \"x-version\" = \"2\" }\nupstream = \"u1\"\n";
+    let s = route_site(
+        "cache-upstream",
+        2,
+        ("cache", CACHE),
+        vec![
+            ("/", cacheable().with_header("x-from", "u0")),
+            ("/only-by-header", cacheable().with_header("x-from", "u1")),
+        ],
+        &format!("[cache]\nmax_size = \"8MiB\"\n\n{by_header}"),
+    )
+    .await;
+    let addr = s.run.addr;
+    let v2 = get_h(addr, "/k", &[("x-version", "2")]).await;
+    assert_eq!(v2.header("x-from").as_deref(), Some("u1"));
+    let plain = get(addr, "/k").await;
+    assert_eq!(plain.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(plain.header("x-from").as_deref(), Some("u0"));
+    assert_eq!((s.ups[0].requests(), s.ups[1].requests()), (1, 1));
+    let again = get(addr, "/k").await;
+    assert_eq!(again.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(again.header("x-from").as_deref(), Some("u0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_freshness_values_neither_panic_nor_break_the_entry() {
+    // stale-while-revalidate of u64::MAX seconds overflowed `fresh + stale`: the worker
+    // panicked on the store, and on every lookup of the entry once it was stale.
+    let swr = Behavior::echo().with_header(
+        "cache-control",
+        "max-age=1, stale-while-revalidate=18446744073709551615",
+    );
+    let s = setup(("cache", CACHE), vec![("/", swr)]).await;
+    let addr = s.run.addr;
+    assert_eq!(get(addr, "/swr").await.status, 200);
+    assert_eq!(
+        get(addr, "/swr").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        let r = get(addr, "/swr").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            matches!(
+                r.header("x-cache").as_deref(),
+                Some("STALE" | "MISS" | "HIT")
+            ),
+            "{:?}",
+            r.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_counts_the_age_the_response_arrived_with() {
+    let aged = cacheable().with_header("age", "50");
+    let s = setup(("cache", CACHE), vec![("/", aged)]).await;
+    let addr = s.run.addr;
+    assert_eq!(
+        get(addr, "/aged").await.header("x-stored").as_deref(),
+        Some("true")
+    );
+    let hit = get(addr, "/aged").await;
+    assert_eq!(hit.header("x-cache").as_deref(), Some("HIT"));
+    let age: u64 = hit
+        .header("age")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("age: {:?}", hit.headers));
+    assert!((50..60).contains(&age), "age {age}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_and_ranges_are_answered_from_the_cache_and_a_fill_fetches_the_whole() {
+    let tagged = cacheable().with_header("etag", "\"v1\"");
+    let s = setup(("cache", CACHE), vec![("/", tagged)]).await;
+    let addr = s.run.addr;
+
+    // The first request is conditional and partial: it fills the key, so the upstream
+    // is asked for the whole response, which is stored.
+    let first = get_h(
+        addr,
+        "/doc",
+        &[("if-none-match", "\"v0\""), ("range", "bytes=0-3")],
+    )
+    .await;
+    assert_eq!(first.status, 200, "a fill answers with the whole response");
+    assert_eq!(first.header("x-stored").as_deref(), Some("true"));
+    let seen = s.ups[0].last().expect("the upstream saw the fill");
+    assert!(
+        seen.headers.get("if-none-match").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    assert!(seen.headers.get("range").is_none(), "{:?}", seen.headers);
+
+    // Hits answer validators and one range themselves.
+    let nm = get_h(addr, "/doc", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(nm.status, 304);
+    assert_eq!(nm.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(nm.header("etag").as_deref(), Some("\"v1\""));
+    assert!(nm.body.is_empty());
+    let part = get_h(addr, "/doc", &[("range", "bytes=0-3")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, first.body.slice(0..4));
+    let total = first.body.len();
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 0-3/{total}"))
+    );
+    let past = get_h(addr, "/doc", &[("range", &format!("bytes={total}-"))]).await;
+    assert_eq!(past.status, 416);
+    assert_eq!(
+        past.header("content-range"),
+        Some(format!("bytes */{total}"))
+    );
+    let other = get_h(addr, "/doc", &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body, first.body);
+    assert_eq!(s.ups[0].requests(), 1, "all of them hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_unsafe_request_drops_the_entry() {
+    let s = setup(("cache", CACHE), vec![("/", cacheable())]).await;
+    let addr = s.run.addr;
+    assert_eq!(
+        get(addr, "/item").await.header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(addr, "/item").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    let post = send(addr, empty(req("POST", "/item"))).await;
+    assert_eq!(post.status, 200);
+    assert_eq!(post.header("x-cache").as_deref(), Some("BYPASS"));
+    assert_eq!(
+        get(addr, "/item").await.header("x-cache").as_deref(),
+        Some("MISS"),
+        "the POST changed the resource"
+    );
+}

@@ -7,12 +7,16 @@
 //! request phase, up to `cache.lock_timeout`) and then looks again. `store` (response
 //! phase) checks the response is cacheable and tees its body into the cache while it
 //! streams to the client. Every response of a request that called either carries
-//! `x-cache: HIT | STALE | MISS | BYPASS`.
+//! `x-cache: HIT | STALE | MISS | BYPASS`. A hit answers validators and one byte
+//! range itself (`serve`); the request that fills a key goes upstream without them.
+//! A successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`) that calls `store`
+//! drops the entries of its key.
 //!
 //! Owns the per-request cache state and the two calls; `policy` owns the rules,
 //! `store` the entries. Must not touch: the upstream, the pipeline's order.
 
 pub mod policy;
+pub mod serve;
 pub mod shared;
 pub mod store;
 
@@ -29,6 +33,7 @@ use crate::http::ProxyBody;
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 use policy::RequestUse;
+use serve::{Answer, Conditions};
 use store::{Claim, FillGuard, HttpCache, Lookup, PendingEntry, TeeBody};
 
 /// The response header telling whether the cache answered.
@@ -108,6 +113,8 @@ pub struct CacheReq {
     wait: Option<tokio::sync::watch::Receiver<()>>,
     /// The request was a HEAD (its hit carries no body).
     head: bool,
+    /// Its validators and range, when it has any (a hit answers them).
+    cond: Option<Box<Conditions>>,
 }
 
 impl CacheReq {
@@ -115,7 +122,7 @@ impl CacheReq {
     /// the proxy makes itself it carries this request's `x-request-id`.
     pub fn take_hit(&mut self, id: &crate::http::RequestId) -> Option<Response<ProxyBody>> {
         let cached = self.hit.take()?;
-        let mut resp = hit_response(&cached, self.head, self.status);
+        let mut resp = hit_response(&cached, self.head, self.status, self.cond.as_deref());
         resp.headers_mut().insert(
             crate::http::request_id::HEADER_NAME,
             id.header_value().clone(),
@@ -143,7 +150,7 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let ttl = duration_arg(args.get(1), "std.cache.check")?;
     let key: Arc<str> = match args.first() {
         Some(Value::Str(k)) => Arc::clone(k),
-        Some(Value::Nil) | None => Arc::from(policy::default_key(ex.req.uri, ex.req.headers)),
+        Some(Value::Nil) | None => default_key(ex),
         Some(other) => Arc::from(other.to_string()),
     };
     let head = *ex.req.method == Method::HEAD;
@@ -155,6 +162,7 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         fill: None,
         wait: None,
         head,
+        cond: None,
     };
     let cache = Arc::clone(cache_of(ex));
     match policy::request_use(ex.req.method, ex.req.headers) {
@@ -165,29 +173,36 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
                 req.status = CacheStatus::Hit;
                 req.hit = Some(c);
             }
-            // Stale inside stale-while-revalidate: one request refreshes it, the
-            // others get the stale copy meanwhile.
-            Lookup::Stale(c) if head || cache.is_filling(&req.key) => {
+            Lookup::Stale(c) if head => {
                 req.status = CacheStatus::Stale;
                 req.hit = Some(c);
             }
-            Lookup::Stale(_) | Lookup::Miss if head => {}
-            Lookup::Stale(_) => {
-                if let Claim::Fill(guard) = cache.claim(&req.key) {
-                    req.fill = Some(guard);
+            Lookup::Miss if head => {}
+            // Stale inside stale-while-revalidate: one request refreshes it, the
+            // others get the stale copy meanwhile.
+            Lookup::Stale(c) => match cache.claim(&cache.fill_key(&req.key, ex.req.headers)) {
+                Claim::Fill(guard) => req.fill = Some(guard),
+                Claim::Wait(_) => {
+                    req.status = CacheStatus::Stale;
+                    req.hit = Some(c);
                 }
-            }
+            },
             Lookup::Miss => match from_shared_tier(&cache, ex, &req.key) {
                 Some(c) => {
                     req.status = CacheStatus::Hit;
                     req.hit = Some(c);
                 }
-                None => match cache.claim(&req.key) {
+                None => match cache.claim(&cache.fill_key(&req.key, ex.req.headers)) {
                     Claim::Fill(guard) => req.fill = Some(guard),
                     Claim::Wait(rx) => req.wait = Some(rx),
                 },
             },
         },
+    }
+    if req.hit.is_some() {
+        req.cond = Conditions::of(ex.req.headers);
+    } else if req.fill.is_some() {
+        Conditions::strip(ex.req.headers);
     }
     let counts = &cache.counts;
     match req.status {
@@ -203,6 +218,16 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let hit = req.hit.is_some();
     ex.ctx.cache = Some(Box::new(req));
     Ok(Value::Bool(hit))
+}
+
+/// The key of a request that names none: see [`policy::default_key`].
+fn default_key(ex: &super::Exchange<'_>) -> Arc<str> {
+    Arc::from(policy::default_key(
+        ex.info.scheme,
+        ex.upstream.map(|u| u.as_ref()),
+        ex.req.uri,
+        ex.req.headers,
+    ))
 }
 
 /// A local miss asks the shared tier (when `cache.shared`); a fresh entry found there
@@ -245,6 +270,7 @@ pub async fn after_wait(
             cache.counts.hits.inc();
             req.status = CacheStatus::Hit;
             req.hit = Some(c);
+            req.cond = Conditions::of(headers);
             req.take_hit(id)
         }
         Lookup::Miss => {
@@ -254,16 +280,37 @@ pub async fn after_wait(
     }
 }
 
-/// A stored response as a response to send.
-fn hit_response(c: &store::Cached, head: bool, status: CacheStatus) -> Response<ProxyBody> {
-    let body = if head {
+/// A stored response as the response to send to a request with `cond`.
+fn hit_response(
+    c: &store::Cached,
+    head: bool,
+    status: CacheStatus,
+    cond: Option<&Conditions>,
+) -> Response<ProxyBody> {
+    let mut headers = c.headers.clone();
+    let (code, body) = match serve::answer(c, cond) {
+        Answer::Whole => (c.status, c.body.clone()),
+        Answer::NotModified => {
+            serve::not_modified_headers(&mut headers);
+            (http::StatusCode::NOT_MODIFIED, bytes::Bytes::new())
+        }
+        Answer::Part(part) => {
+            serve::part_headers(&mut headers, &part, c.body.len());
+            (http::StatusCode::PARTIAL_CONTENT, c.body.slice(part))
+        }
+        Answer::Unsatisfiable => {
+            serve::unsatisfiable_headers(&mut headers, c.body.len());
+            (http::StatusCode::RANGE_NOT_SATISFIABLE, bytes::Bytes::new())
+        }
+    };
+    let body = if head || body.is_empty() {
         ProxyBody::Empty
     } else {
-        ProxyBody::full(c.body.clone())
+        ProxyBody::full(body)
     };
     let mut resp = Response::new(body);
-    *resp.status_mut() = c.status;
-    *resp.headers_mut() = c.headers.clone();
+    *resp.status_mut() = code;
+    *resp.headers_mut() = headers;
     let h = resp.headers_mut();
     h.insert(header::AGE, HeaderValue::from(c.age(Instant::now())));
     h.insert(X_CACHE, status.header());
@@ -290,13 +337,23 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
             } else {
                 CacheStatus::Miss
             },
-            key: Arc::from(policy::default_key(ex.req.uri, ex.req.headers)),
+            key: default_key(ex),
             ttl: None,
             hit: None,
             fill: None,
             wait: None,
             head: *ex.req.method == Method::HEAD,
+            cond: None,
         }));
+    }
+    let changed = ex
+        .resp
+        .as_ref()
+        .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
+    if changed && is_unsafe(ex.req.method) {
+        if let Some(key) = ex.ctx.cache.as_ref().map(|r| Arc::clone(&r.key)) {
+            invalidate(&cache, ex, &key);
+        }
     }
     let Some(req) = ex.ctx.cache.as_deref_mut() else {
         return Ok(Value::Bool(false));
@@ -357,6 +414,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         status: *resp.status,
         headers,
         fresh_for: freshness.fresh_for,
+        age: freshness.age,
         stale_for: freshness.stale_for,
         expect_len,
         guard,
@@ -372,6 +430,26 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         *body = ProxyBody::Boxed(tee.boxed());
     }
     Ok(Value::Bool(true))
+}
+
+/// Methods that may change the resource (RFC 9110 §9.2.1: not safe).
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Drops `key`'s entries here and in the shared tier.
+fn invalidate(cache: &HttpCache, ex: &super::Exchange<'_>, key: &str) {
+    cache.invalidate(key);
+    if cache.settings.shared && ex.state.cluster.is_configured() {
+        if let Err(e) = shared::remove(&ex.state.cluster, key) {
+            tracing::debug!(target: "proxycache::stdlib", error = %e, "shared cache entry not removed");
+            ex.state.metrics.cluster_fallback(ex.module);
+        }
+    }
+    tracing::debug!(target: "proxycache::stdlib", key, "cache entries invalidated");
 }
 
 fn duration_arg(v: Option<&Value>, function: &'static str) -> Result<Option<Duration>, StdError> {

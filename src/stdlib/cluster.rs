@@ -203,6 +203,15 @@ impl Cluster {
         })
     }
 
+    /// Removes `PREFIX + key`.
+    pub fn del(&self, key: &str) -> Result<(), ClusterError> {
+        self.with_conn(|conn, s| {
+            redis::cmd("DEL")
+                .arg(format!("{}{}", s.key_prefix, key))
+                .query(conn)
+        })
+    }
+
     /// Sets `PREFIX + key` to `value`, expiring after `ttl`.
     pub fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), ClusterError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);

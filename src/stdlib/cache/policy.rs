@@ -34,7 +34,7 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                let seconds = || arg.and_then(|a| a.parse::<u64>().ok());
+                let seconds = || arg.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
@@ -49,6 +49,22 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2): a larger one, or one too
+/// large to parse, counts as this (68 years), so sums of durations cannot overflow.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Delta-seconds (digits only; too large is [`MAX_DELTA_SECONDS`]).
+fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: parsing fails only when the value overflows.
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
 }
 
 /// How a request may use the cache.
@@ -94,11 +110,13 @@ pub fn cacheable_status(status: StatusCode) -> bool {
     )
 }
 
-/// How long a stored response stays fresh, and how long after that it may still be
-/// served while one request refreshes it.
+/// How long a stored response stays fresh counted from when the origin made it, how
+/// old it already was when it arrived (its `Age`), and how long after its freshness
+/// it may still be served while one request refreshes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
     pub fresh_for: Duration,
+    pub age: Duration,
     pub stale_for: Duration,
 }
 
@@ -157,17 +175,19 @@ pub fn storable(
             None => return Err("no freshness (max-age, s-maxage, Expires) and no ttl"),
         }
     };
+    // The age the upstream (or a cache before it) reports. `Date` is not used to
+    // guess an age: an origin whose clock is off would have nothing cached.
     let age = resp
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.trim().parse::<u64>().ok())
+        .and_then(|t| delta_seconds(t.trim()))
         .map_or(Duration::ZERO, Duration::from_secs);
-    let fresh_for = lifetime.saturating_sub(age);
-    if fresh_for.is_zero() {
+    if lifetime <= age {
         return Err("already stale");
     }
     Ok(Freshness {
-        fresh_for,
+        fresh_for: lifetime,
+        age,
         stale_for: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
     })
 }
@@ -191,17 +211,27 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The default key: host, path and query (HEAD shares GET's entries).
-pub fn default_key(uri: &Uri, headers: &HeaderMap) -> String {
+/// The default key: scheme, host, path and query, and the upstream the request is
+/// routed to (`https://example.com/a?b @app`); HEAD shares GET's entries. Without the
+/// scheme an `http` -> `https` redirect would be served to `https` clients; without the
+/// upstream, routes that choose the upstream by header or method would share entries.
+pub fn default_key(scheme: &str, upstream: Option<&str>, uri: &Uri, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut key = String::with_capacity(host.len() + pq.len() + 1);
+    let upstream = upstream.unwrap_or("");
+    let mut key = String::with_capacity(scheme.len() + host.len() + pq.len() + upstream.len() + 5);
+    key.push_str(scheme);
+    key.push_str("://");
     key.push_str(&host.to_ascii_lowercase());
     key.push_str(pq);
+    if !upstream.is_empty() {
+        key.push_str(" @");
+        key.push_str(upstream);
+    }
     key
 }
 
@@ -252,7 +282,7 @@ mod tests {
             ttl.map(Duration::from_secs),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
-        .map(|f| f.fresh_for.as_secs())
+        .map(|f| f.fresh_for.saturating_sub(f.age).as_secs())
     }
 
     #[test]
@@ -283,6 +313,26 @@ mod tests {
         );
         assert!(fresh(&[("cache-control", "max-age=60"), ("age", "60")], None).is_err());
         assert!(fresh(&[("expires", "0")], Some(10)).is_err());
+        // Values too large for a u64 are 2^31 seconds (they were 0: not stored).
+        let huge = "max-age=99999999999999999999";
+        assert_eq!(fresh(&[("cache-control", huge)], None), Ok(1 << 31));
+        assert!(fresh(
+            &[
+                ("cache-control", "max-age=60"),
+                ("age", "99999999999999999999")
+            ],
+            None
+        )
+        .is_err());
+        let swr = "max-age=1, stale-while-revalidate=18446744073709551615";
+        let f = storable(
+            &Method::GET,
+            StatusCode::OK,
+            &headers(&[("cache-control", swr)]),
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(f.map(|f| f.stale_for.as_secs()), Ok(1 << 31));
     }
 
     #[test]
@@ -324,6 +374,24 @@ mod tests {
         assert_eq!(
             request_use(&Method::GET, &headers(&[("cache-control", "no-store")])),
             RequestUse::Bypass
+        );
+    }
+
+    #[test]
+    fn the_default_key_has_scheme_host_target_and_upstream() {
+        let uri: Uri = "/a?b=1".parse().unwrap_or_default();
+        let h = headers(&[("host", "Example.COM")]);
+        assert_eq!(
+            default_key("https", Some("app"), &uri, &h),
+            "https://example.com/a?b=1 @app"
+        );
+        assert_ne!(
+            default_key("http", Some("app"), &uri, &h),
+            default_key("https", Some("app"), &uri, &h)
+        );
+        assert_eq!(
+            default_key("http", None, &uri, &h),
+            "http://example.com/a?b=1"
         );
     }
 

@@ -31,7 +31,7 @@ pub fn encode(c: &Cached) -> Bytes {
     out.put_u8(VERSION);
     out.put_u16(c.status.as_u16());
     let age = Instant::now().saturating_duration_since(c.stored_at);
-    out.put_u64(unix_ms(SystemTime::now() - age));
+    out.put_u64(SystemTime::now().checked_sub(age).map_or(0, unix_ms));
     out.put_u64(u64::try_from(c.fresh_for.as_millis()).unwrap_or(u64::MAX));
     out.put_u64(u64::try_from(c.stale_for.as_millis()).unwrap_or(u64::MAX));
     let headers: Vec<_> = c
@@ -100,8 +100,13 @@ pub fn fetch(cluster: &Cluster, key: &str) -> Result<Option<Cached>, ClusterErro
 
 /// Writes `entry` under `key`, expiring when it is too stale to serve.
 pub fn put(cluster: &Cluster, key: &str, entry: &Cached) -> Result<(), ClusterError> {
-    let ttl = entry.fresh_for + entry.stale_for;
+    let ttl = entry.keep_for(Instant::now());
     cluster.set(&format!("c:{key}"), &encode(entry), ttl)
+}
+
+/// Removes `key` from the shared tier.
+pub fn remove(cluster: &Cluster, key: &str) -> Result<(), ClusterError> {
+    cluster.del(&format!("c:{key}"))
 }
 
 #[cfg(test)]

@@ -52,25 +52,46 @@ pub struct Cached {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it was made, on this process's clock: when it was stored, less the `Age`
+    /// it arrived with.
     pub stored_at: Instant,
     pub fresh_for: Duration,
     pub stale_for: Duration,
 }
 
 impl Cached {
+    /// `stored_at` for a response stored `now` that arrived `age` old, with its
+    /// `fresh_for` (which counts from `stored_at`). Should `now - age` not be a time
+    /// this clock can tell, the age is taken off the freshness instead.
+    pub fn made_at(now: Instant, age: Duration, fresh_for: Duration) -> (Instant, Duration) {
+        match now.checked_sub(age) {
+            Some(at) => (at, fresh_for),
+            None => (now, fresh_for.saturating_sub(age)),
+        }
+    }
+
     /// Whether it may be served without asking the upstream.
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now.duration_since(self.stored_at) < self.fresh_for
+        now.saturating_duration_since(self.stored_at) < self.fresh_for
     }
 
     /// Whether it may be served while one request refreshes it.
     pub fn is_usable_stale(&self, now: Instant) -> bool {
-        now.duration_since(self.stored_at) < self.fresh_for + self.stale_for
+        now.saturating_duration_since(self.stored_at)
+            < self.fresh_for.saturating_add(self.stale_for)
     }
 
-    /// Seconds since it was stored (the `Age` header).
+    /// How long it may still be kept: until it is too stale to serve.
+    pub fn keep_for(&self, now: Instant) -> Duration {
+        self.fresh_for
+            .saturating_add(self.stale_for)
+            .saturating_sub(now.saturating_duration_since(self.stored_at))
+    }
+
+    /// Its age in seconds (the `Age` header): the age it arrived with plus the time
+    /// it has been here.
     pub fn age(&self, now: Instant) -> u64 {
-        now.duration_since(self.stored_at).as_secs()
+        now.saturating_duration_since(self.stored_at).as_secs()
     }
 
     fn weight(&self, key: &str) -> u32 {
@@ -94,9 +115,9 @@ pub enum Slot {
 struct SlotExpiry;
 
 impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, slot: &Slot, _: Instant) -> Option<Duration> {
+    fn expire_after_create(&self, _: &Arc<str>, slot: &Slot, at: Instant) -> Option<Duration> {
         match slot {
-            Slot::Resp(c) => Some(c.fresh_for + c.stale_for),
+            Slot::Resp(c) => Some(c.keep_for(at)),
             Slot::Vary(_) => None,
         }
     }
@@ -176,6 +197,7 @@ impl HttpCache {
                     }
                 })
                 .expire_after(SlotExpiry)
+                .support_invalidation_closures()
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(0),
@@ -244,9 +266,28 @@ impl HttpCache {
         })
     }
 
-    /// Whether some request is filling `key` now.
-    pub fn is_filling(&self, key: &str) -> bool {
-        self.inflight.lock().contains_key(key)
+    /// The key a miss of `primary` fills: the variant's, when `primary` records
+    /// `Vary` names (so requests for different variants do not wait for each other).
+    pub fn fill_key(&self, primary: &Arc<str>, req: &HeaderMap) -> Arc<str> {
+        match self.entries.get(primary.as_ref()) {
+            Some(Slot::Vary(names)) => Arc::from(super::policy::variant_key(primary, &names, req)),
+            _ => Arc::clone(primary),
+        }
+    }
+
+    /// Drops `primary` and every variant stored under it (after an unsafe request
+    /// changed the resource, RFC 9111 §4.4).
+    pub fn invalidate(&self, primary: &str) {
+        if let Some(Slot::Vary(_)) = self.entries.get(primary) {
+            let prefix: Arc<str> = Arc::from(format!("{primary}\n"));
+            let dropped = self
+                .entries
+                .invalidate_entries_if(move |k, _| k.starts_with(prefix.as_ref()));
+            if let Err(e) = dropped {
+                tracing::warn!(target: "proxycache::stdlib", error = %e, "cache variants not invalidated");
+            }
+        }
+        self.entries.invalidate(primary);
     }
 }
 
@@ -302,6 +343,8 @@ pub struct PendingEntry {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub fresh_for: Duration,
+    /// The `Age` the response arrived with.
+    pub age: Duration,
     pub stale_for: Duration,
     /// `Content-Length` of the response, checked against what arrived.
     pub expect_len: Option<u64>,
@@ -362,12 +405,13 @@ impl TeeBody {
             }
         };
         let p = *p;
+        let (stored_at, fresh_for) = Cached::made_at(Instant::now(), p.age, p.fresh_for);
         let entry = Cached {
             status: p.status,
             headers: p.headers,
             body,
-            stored_at: Instant::now(),
-            fresh_for: p.fresh_for,
+            stored_at,
+            fresh_for,
             stale_for: p.stale_for,
         };
         if let Some(cluster) = &p.shared {
