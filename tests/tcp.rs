@@ -314,3 +314,44 @@ async fn a_reload_moves_the_next_connection_to_the_new_upstream_set() {
     assert_eq!(exchange(tcp, b"two").await, b"twobye");
     assert_eq!((a.accepts(), b.accepts()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_moved_by_a_reload_keeps_the_upstream_it_last_had() {
+    // The old listener serves on until a restart; it fell back to its startup
+    // upstream (or refused every connection when that set was gone).
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let site = common::Site::new("tcp-moved");
+    let config = |sets: &str, listen: &str, upstream: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [scripts]\ndir = \"mods\"\nwatch = false\n\n{sets}\n\
+             [[tcp]]\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+        )
+    };
+    let set_a = format!("[upstreams.a]\nservers = [\"{}\"]\n", a.addr);
+    let set_b = format!("[upstreams.b]\nservers = [\"{}\"]\n", b.addr);
+    site.write_config(&config(&set_a, "127.0.0.1:0", "a"));
+    let run = common::Running::start(&site);
+    let tcp = run.handle.as_ref().expect("running").tcp_addrs()[0];
+    assert_eq!(exchange(tcp, b"one").await, b"onebye");
+
+    let reload = |text: String| {
+        site.write_config(&text);
+        let shared = Arc::clone(run.shared());
+        tokio::task::spawn_blocking(move || proxycache::reload::reload(&shared, "test"))
+    };
+    // To set b, set a gone.
+    let report = reload(config(&set_b, "127.0.0.1:0", "b"))
+        .await
+        .expect("reload");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(exchange(tcp, b"two").await, b"twobye");
+    // The frontend moves to another address: a restart is needed for that, and the
+    // listener still open keeps serving set b.
+    let report = reload(config(&set_b, "127.0.0.2:0", "b"))
+        .await
+        .expect("reload");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(exchange(tcp, b"three").await, b"threebye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 2));
+}

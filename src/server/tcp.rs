@@ -118,8 +118,7 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
     let frontend = Arc::new(Resolver {
         index: frontend.index,
         listen: frontend.listen,
-        upstream: frontend.upstream,
-        proxy_protocol: frontend.proxy_protocol,
+        last: parking_lot::Mutex::new((frontend.upstream, frontend.proxy_protocol)),
     });
     loop {
         match listener.accept().await {
@@ -148,14 +147,16 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
 struct Resolver {
     index: usize,
     listen: SocketAddr,
-    upstream: String,
-    proxy_protocol: Option<u8>,
+    /// The upstream name and PROXY version it last resolved to (at first, the
+    /// startup settings).
+    last: parking_lot::Mutex<(String, Option<u8>)>,
 }
 
 impl Resolver {
     /// The upstream set and PROXY version for a new connection: the current
-    /// generation's entry for this listener, or (when a reload removed it) the
-    /// startup settings, looked up by upstream name.
+    /// generation's entry for this listener, or (when a reload removed or moved it:
+    /// the listener serves on until a restart) the settings it last had, looked up
+    /// by upstream name.
     fn resolve(&self, g: &Generation) -> Result<(Arc<UpstreamSet>, Option<u8>), TcpError> {
         let entry = g
             .config
@@ -168,20 +169,22 @@ impl Resolver {
                     .then(|| g.config.tcp.iter().find(|t| t.listen == self.listen))
                     .flatten()
             });
+        let mut last = self.last.lock();
         let found = match entry {
-            Some(t) => g
-                .upstreams
-                .sets
-                .get(t.upstream)
-                .map(|s| (Arc::clone(s), t.proxy_protocol)),
+            Some(t) => g.upstreams.sets.get(t.upstream).map(|s| {
+                if last.0 != s.name() || last.1 != t.proxy_protocol {
+                    *last = (s.name().to_owned(), t.proxy_protocol);
+                }
+                (Arc::clone(s), t.proxy_protocol)
+            }),
             None => g
                 .upstreams
-                .by_name(&self.upstream)
-                .map(|s| (Arc::clone(s), self.proxy_protocol)),
+                .by_name(&last.0)
+                .map(|s| (Arc::clone(s), last.1)),
         };
         found.ok_or_else(|| TcpError::NoUpstream {
             listen: self.listen,
-            upstream: self.upstream.clone(),
+            upstream: last.0.clone(),
         })
     }
 }
