@@ -1,6 +1,11 @@
 //! Binding listeners: one `SO_REUSEPORT` socket per worker and address, so the kernel
 //! spreads connections across workers with no shared accept lock. When an address
 //! asks for port 0, the first socket picks the port and the others bind to it.
+//!
+//! `SO_REUSEPORT` would also let a second process of the same user bind an address
+//! this one serves (a forgotten old instance, a double start) and silently take half
+//! of its connections: before the group is bound, the address is bound once without
+//! it, which fails with "address in use" when anything listens there already.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -14,6 +19,9 @@ pub fn bind_reuseport(
     addr: SocketAddr,
     workers: usize,
 ) -> std::io::Result<(Vec<TcpListener>, SocketAddr)> {
+    if addr.port() != 0 {
+        probe(addr)?;
+    }
     let first = bind_one(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
@@ -21,6 +29,15 @@ pub fn bind_reuseport(
         listeners.push(bind_one(bound)?);
     }
     Ok((listeners, bound))
+}
+
+/// Binds `addr` without `SO_REUSEPORT` (and lets it go): fails when some socket
+/// listens there.
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run in TIME_WAIT do not count.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -33,4 +50,23 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_another_group_listens_on_is_in_use() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let (_first, bound) = bind_reuseport(any, 2).unwrap_or_else(|e| panic!("bind: {e}"));
+        let second = bind_reuseport(bound, 2);
+        assert_eq!(
+            second.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        drop(_first);
+        // Free again: binds.
+        assert!(bind_reuseport(bound, 2).is_ok());
+    }
 }
