@@ -52,6 +52,31 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Accept failures (`EMFILE` and friends) and refusals at the connection limit come
+/// in bursts of thousands a second: an accept loop logs them through this, at most
+/// one line a second, saying how many it left out.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+    left_out: u64,
+}
+
+impl Throttle {
+    /// Whether to log now; `Some(n)`: `n` earlier events were not logged.
+    pub fn admit(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +93,16 @@ mod tests {
         drop(_first);
         // Free again: binds.
         assert!(bind_reuseport(bound, 2).is_ok());
+    }
+
+    #[test]
+    fn a_burst_is_one_line_then_a_count() {
+        let mut t = Throttle::default();
+        assert_eq!(t.admit(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(t.admit(), None);
+        }
+        t.last = t.last.map(|l| l - std::time::Duration::from_secs(2));
+        assert_eq!(t.admit(), Some(5));
     }
 }

@@ -24,9 +24,10 @@ use crate::generation::Generation;
 use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::{InflightGuard, UpstreamSet};
 
+use super::listener::{self, Throttle};
 use super::relay::{self, ConnSlot};
 use super::worker::WorkerCtx;
-use super::{listener, ServerError};
+use super::ServerError;
 
 /// Connect failures retried on another server.
 const CONNECT_RETRIES: u32 = 1;
@@ -120,11 +121,14 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
         listen: frontend.listen,
         last: parking_lot::Mutex::new((frontend.upstream, frontend.proxy_protocol)),
     });
+    let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let Some(slot) = ConnSlot::try_take(&ctx.shared) else {
-                    tracing::warn!(target: "proxycache::server", %peer, "connection limit reached; refusing");
+                    if let Some(left_out) = refusals.admit() {
+                        tracing::warn!(target: "proxycache::server", %peer, left_out, "connection limit reached; refusing");
+                    }
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -136,7 +140,9 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(target: "proxycache::server", error = %e, "tcp accept failed");
+                if let Some(left_out) = failures.admit() {
+                    tracing::warn!(target: "proxycache::server", error = %e, left_out, "tcp accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

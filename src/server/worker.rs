@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::upstream::pool::Pool;
 
+use super::listener::Throttle;
 use super::Shared;
 
 /// What a worker's request path can reach.
@@ -157,6 +158,7 @@ fn listen(
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind) {
+    let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -165,7 +167,9 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind)
                 let max = generation.config.server.limits.max_connections;
                 if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
                     shared.connections.fetch_sub(1, Ordering::AcqRel);
-                    tracing::warn!(target: "proxycache::server", %peer, max, "connection limit reached; refusing");
+                    if let Some(left_out) = refusals.admit() {
+                        tracing::warn!(target: "proxycache::server", %peer, max, left_out, "connection limit reached; refusing");
+                    }
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
@@ -197,7 +201,9 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind)
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(target: "proxycache::server", error = %e, "accept failed");
+                if let Some(left_out) = failures.admit() {
+                    tracing::warn!(target: "proxycache::server", error = %e, left_out, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
