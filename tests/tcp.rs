@@ -345,6 +345,13 @@ async fn a_listener_moved_by_a_reload_keeps_the_upstream_it_last_had() {
         .await
         .expect("reload");
     assert!(report.ok, "{report:?}");
+    assert!(
+        report
+            .applied
+            .iter()
+            .any(|a| a.starts_with("tcp frontends")),
+        "the report names the change: {report:?}"
+    );
     assert_eq!(exchange(tcp, b"two").await, b"twobye");
     // The frontend moves to another address: a restart is needed for that, and the
     // listener still open keeps serving set b.

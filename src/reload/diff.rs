@@ -67,6 +67,20 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
     if tcp(old) != tcp(new) {
         c.requires_restart.push("tcp listeners".into());
     }
+    let frontends = |g: &Generation| {
+        g.config
+            .tcp
+            .iter()
+            .map(|t| {
+                let upstream = g.config.upstreams.get(t.upstream).map(|u| u.name.clone());
+                (t.listen, upstream, t.proxy_protocol)
+            })
+            .collect::<Vec<_>>()
+    };
+    if frontends(old) != frontends(new) {
+        c.applied
+            .push("tcp frontends: upstream / proxy_protocol (new connections)".into());
+    }
     if a.routes.len() != b.routes.len() || format!("{:?}", a.routes) != format!("{:?}", b.routes) {
         c.applied.push("routes".into());
     }
