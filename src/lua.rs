@@ -21,6 +21,7 @@ pub mod convert;
 pub mod handles;
 pub mod meta;
 pub mod ops;
+pub mod pattern;
 pub mod run;
 pub mod sandbox;
 pub mod vm;

@@ -602,6 +602,22 @@ function on_request(req, ctx)
     -- One C call that would loop ~9e18 times without allocating.
     local s = string.rep("", math.maxinteger)
     while true do end
+  elseif p == "/backtrack" then
+    -- Lua's C matcher would backtrack here for hours in one call.
+    local s = string.rep("a", 3000)
+    return std.respond(200, tostring(s:find(string.rep("a*", 12) .. "b")))
+  elseif p == "/backtrack-pcall" then
+    local s = string.rep("a", 3000)
+    while true do pcall(string.gsub, s, string.rep("a-", 10) .. "b", "") end
+  elseif p == "/patterns" then
+    -- Both matchers, with the same results: long subjects go to the Rust port.
+    local long = string.rep("k=v; ", 2000)
+    local n = 0
+    for k, v in long:gmatch("(%w+)=(%w+)") do n = n + 1 end
+    local trimmed = ("  " .. long .. "  "):match("^%s*(.-)%s*$")
+    local swapped, count = long:gsub("(%w)=(%w)", "%2=%1")
+    return std.respond(200, table.concat({ n, #trimmed, count, swapped:sub(1, 9),
+      ("x=1"):match("(%w+)=(%w+)"), tostring(("abc"):find("b", 1, true)) }, ","))
   elseif p == "/move-loop" then
     table.move({}, 1, math.maxinteger - 1, 2)
   elseif p == "/insert-loop" then
@@ -641,6 +657,8 @@ async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
         "/rep-empty",
         "/move-loop",
         "/insert-loop",
+        "/backtrack",
+        "/backtrack-pcall",
         "/close-loop",
         "/close-leak",
     ] {
@@ -662,6 +680,17 @@ async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
             "after {path}"
         );
     }
+}
+
+#[tokio::test]
+async fn patterns_over_long_subjects_give_lua_results() {
+    let s = runaway_site("");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/patterns").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "2000,9999,2000,v=k; v=k;,x,2".into())
+    );
 }
 
 #[tokio::test]

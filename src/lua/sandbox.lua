@@ -96,6 +96,59 @@ table.move = function(a1, f, e, t, a2)
   end
   return a2
 end
+-- Pattern matching backtracks inside one C call: `("a"):rep(3000):find(("a*"):rep(12)
+-- .. "b")` would run for hours. A call whose worst case is small (by the subject's
+-- length and the pattern's quantifiers) goes to Lua's C function; the others to the
+-- Rust port of the same matcher (host.find ...), which charges its steps to the
+-- budget as it goes.
+local str_find, str_gmatch, str_gsub = string.find, string.gmatch, string.gsub
+local r_find, r_match, r_gmatch, r_gsub = host.find, host.match, host.gmatch, host.gsub
+local CHEAP = 1000000 -- worst-case steps left to the C functions
+local MAXLEN = {}     -- [q]: the longest subject whose n^(q+1) stays under CHEAP
+for q = 1, 40 do MAXLEN[q] = math.floor(CHEAP ^ (1 / (q + 1))) end
+local quant, quant_n = {}, 0
+local function cheap(s, p, plain)
+  if type(s) ~= "string" or type(p) ~= "string" then
+    return true -- the C function converts numbers and raises the argument errors
+  end
+  local n, m = #s, #p
+  if plain then return n * m <= CHEAP end
+  local q = quant[p]
+  if q == nil then
+    local _, k = str_gsub(p, "[%*%+%-%?]", "")
+    local _, b = str_gsub(p, "%%b", "")
+    q = k + b
+    if quant_n >= 4096 then quant, quant_n = {}, 0 end
+    quant[p], quant_n = q, quant_n + 1
+  end
+  if q == 0 then return n * m <= CHEAP end
+  return m <= 256 and n <= (MAXLEN[q] or 1)
+end
+local function rethrow_pattern(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if spent() then error(e, 0) end
+  local text = tostring(e):match("^[^\n]*") or ""
+  error((str_gsub(text, "^runtime error: ", "")), 3)
+end
+string.find = function(s, p, init, plain)
+  if cheap(s, p, plain) then return str_find(s, p, init, plain) end
+  return rethrow_pattern(pcall(r_find, s, p, init, plain))
+end
+string.match = function(s, p, init)
+  if cheap(s, p) then return str_match(s, p, init) end
+  return rethrow_pattern(pcall(r_match, s, p, init))
+end
+string.gmatch = function(s, p, init)
+  if cheap(s, p) then return str_gmatch(s, p, init) end
+  local next_match = rethrow_pattern(pcall(r_gmatch, s, p, init))
+  return function() return rethrow_pattern(pcall(next_match)) end
+end
+string.gsub = function(s, p, repl, n)
+  if cheap(s, p) then return str_gsub(s, p, repl, n) end
+  return rethrow_pattern(pcall(r_gsub, s, p, repl, n))
+end
+
 local os_time, os_clock, os_date = os.time, os.clock, os.date
 
 -- Scripts may not reach the string metatable (it is shared by every string).

@@ -105,6 +105,30 @@ impl Meter {
         self.spent.load(Ordering::Relaxed)
     }
 
+    /// Charges `n` instructions' worth of work done in Rust for the script (a pattern
+    /// match's steps), with the count hook's checks: `Err` once the budget or the
+    /// slice's wall-clock time is spent (the budget error; `spent` is set).
+    pub fn charge(&self, n: u64) -> Result<(), String> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let left = self
+            .remaining
+            .fetch_sub(n, Ordering::Relaxed)
+            .saturating_sub(n);
+        if left >= 0 && !self.spent() {
+            let now = self.now_ns().max(1);
+            let start = self.slice_start.load(Ordering::Relaxed);
+            if start == 0 {
+                self.slice_start.store(now, Ordering::Relaxed);
+                return Ok(());
+            }
+            if now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64 {
+                return Ok(());
+            }
+        }
+        self.spent.store(true, Ordering::Relaxed);
+        Err(BUDGET_MESSAGE.to_owned())
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -196,6 +220,12 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
                 Ok(m.runner.load(Ordering::Relaxed))
             })?,
         )?;
+        let m = Arc::clone(&meter);
+        let [find, matcher, gmatch, gsub] = super::pattern::functions(&lua, move |n| m.charge(n))?;
+        host.set("find", find)?;
+        host.set("match", matcher)?;
+        host.set("gmatch", gmatch)?;
+        host.set("gsub", gsub)?;
         host.set(
             "read_lib",
             lua.create_function(move |_, name: String| {
