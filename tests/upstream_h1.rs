@@ -317,6 +317,40 @@ async fn a_body_cut_short_fails_that_response_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_ends_after_the_response_timeout() {
+    // Ten bytes of a hundred, then nothing, the connection left open: the response
+    // hung for good (no timer after the head).
+    let stalled = Raw::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..",
+        After::KeepOpen,
+    )
+    .await;
+    let px = proxy_to(&stalled);
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(8),
+        try_send(px.addr, empty(req("GET", "/stall"))),
+    )
+    .await;
+    let Ok(result) = result else {
+        panic!("the response still hangs after 8s (response_timeout is 2s)");
+    };
+    assert!(
+        result.is_err(),
+        "a cut body must not look complete: {result:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "ended after {:?}, before the 2s timeout",
+        started.elapsed()
+    );
+    // The proxy carries on.
+    let result = try_send(px.addr, empty(req("GET", "/stall"))).await;
+    assert!(result.is_err());
+    assert_eq!(stalled.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_timeout_applies_to_every_request_on_a_reused_connection() {
     // Fast answers first (the connection is pooled), then a slow one on the same
     // connection, then fast again: 200s, one 504 after about the timeout, 200.

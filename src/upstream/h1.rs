@@ -128,6 +128,8 @@ pub enum H1Error {
     TransferEncoding,
     #[error("no response head within the response timeout")]
     ResponseTimeout,
+    #[error("no response body bytes for the response timeout ({0:?})")]
+    BodyTimeout(Duration),
     #[error("upstream switched protocols without being asked to")]
     UnaskedUpgrade,
     #[error("request body: {0}")]
@@ -255,11 +257,20 @@ pub async fn send(
         framing: head.framing,
         reusable,
         raw: head.raw,
+        read_timeout: response_timeout,
+        rearm: true,
     });
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
     Ok(resp)
+}
+
+/// `timeout` from now, or far in the future when that is past what the clock holds.
+fn later(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// The request head in wire form, and whether the body goes chunked.
@@ -726,6 +737,11 @@ pub struct RespBody {
     reusable: bool,
     /// The head as received, for the client's writer (see [`RawHead`]).
     raw: Option<Box<RawHead>>,
+    /// Longest wait for body bytes (the set's `response_timeout`, as nginx's
+    /// `proxy_read_timeout` covers the head and every read of the body).
+    read_timeout: Duration,
+    /// Bytes came since the deadline was last set: set it afresh at the next wait.
+    rearm: bool,
 }
 
 impl std::fmt::Debug for RespBody {
@@ -837,7 +853,25 @@ impl http_body::Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
-        let polled = this.poll_body(cx);
+        let mut polled = this.poll_body(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.rearm = true,
+            // Waiting for the server: no longer than `read_timeout` since the last
+            // bytes (the timer is moved only when bytes came since, so a body that
+            // arrives with its head costs no timer work).
+            Poll::Pending => {
+                if let Some(conn) = this.conn.as_mut() {
+                    if this.rearm {
+                        this.rearm = false;
+                        conn.deadline.as_mut().reset(later(this.read_timeout));
+                    }
+                    if conn.deadline.as_mut().poll(cx).is_ready() {
+                        polled = Poll::Ready(Some(Err(H1Error::BodyTimeout(this.read_timeout))));
+                    }
+                }
+            }
+            _ => {}
+        }
         if let Poll::Ready(Some(Err(_))) = &polled {
             this.framing = Framing::Done;
             this.reusable = false;
