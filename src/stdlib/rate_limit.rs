@@ -2,9 +2,13 @@
 //! map, so workers rarely contend, with a cap on keys so a flood of distinct keys
 //! cannot exhaust memory. Buckets live outside generations: a reload never resets them.
 //!
-//! A bucket is named by a scope (the module) and a key. The pair is hashed once, with
-//! a keyed hash (keys come from requests), and that one hash picks the shard and the
-//! slot in it; nothing is concatenated or allocated for a key already held.
+//! A bucket is named by a scope (the module), a key and its limit (burst and the time
+//! per token): two calls with one key and different limits count apart, as two
+//! nginx `limit_req` zones do. The name is kept as two keyed hashes (keys come from
+//! requests), never as text: a bucket is 24 bytes whatever its key's length, so the
+//! cap on keys bounds memory. One hash picks the shard and the slot, the other tells
+//! names apart (a false match needs both 64-bit hashes of two names to agree, under
+//! keys this process chose at random); nothing is allocated for a key already held.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -48,26 +52,12 @@ const SHARDS: usize = 64;
 /// Default cap on keys held at once, across shards.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// One bucket: its scope and key (one allocation: `scope` then `key`), and its
-/// theoretical arrival time (ns since the limiter's epoch).
+/// One bucket: the two hashes of its name, and its theoretical arrival time (ns
+/// since the limiter's epoch).
 struct Bucket {
-    name: Box<str>,
-    split: usize,
+    hash: u64,
+    check: u64,
     tat: u64,
-}
-
-impl Bucket {
-    fn is(&self, scope: &str, key: &str) -> bool {
-        self.split == scope.len()
-            && self.name.len() == scope.len() + key.len()
-            && self.name.starts_with(scope)
-            && self.name.ends_with(key)
-    }
-
-    fn hash(&self, hasher: &RandomState) -> u64 {
-        let (scope, key) = self.name.split_at(self.split);
-        hasher.hash_one((scope, key))
-    }
 }
 
 /// One shard of buckets.
@@ -77,6 +67,8 @@ type Shard = Mutex<HashTable<Bucket>>;
 pub struct RateLimiter {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// The second hash of a name (independent keys).
+    checker: RandomState,
     epoch: Instant,
     max_per_shard: usize,
 }
@@ -110,6 +102,7 @@ impl RateLimiter {
         RateLimiter {
             shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
+            checker: RandomState::new(),
             epoch: Instant::now(),
             max_per_shard: (max_keys / SHARDS).max(1),
         }
@@ -132,12 +125,14 @@ impl RateLimiter {
         let interval = (per.as_nanos() as f64 / rate.max(1e-9)).max(1.0) as u64; // ns per token
         let window = interval.saturating_mul(burst);
         let now = self.epoch.elapsed().as_nanos() as u64;
-        let hash = self.hasher.hash_one((scope, key));
+        let name = (scope, key, interval, burst);
+        let hash = self.hasher.hash_one(name);
+        let check = self.checker.hash_one(name);
         // Bits the table does not use for its slots (low) or tags (top 7) pick the shard.
         let shard = &self.shards[((hash >> 32) as usize) % SHARDS];
         let mut map = shard.lock();
         // One lookup for a known key (the common case); a new one is inserted below.
-        let slot = map.find_mut(hash, |b| b.is(scope, key));
+        let slot = map.find_mut(hash, |b| b.hash == hash && b.check == check);
         let tat = slot.as_ref().map_or(now, |b| b.tat).max(now);
         let new_tat = tat.saturating_add(interval);
         let allow_at = new_tat.saturating_sub(window);
@@ -155,15 +150,12 @@ impl RateLimiter {
                 if map.len() >= self.max_per_shard {
                     evict(&mut map, now, self.max_per_shard);
                 }
-                let mut name = String::with_capacity(scope.len() + key.len());
-                name.push_str(scope);
-                name.push_str(key);
                 let bucket = Bucket {
-                    name: name.into_boxed_str(),
-                    split: scope.len(),
+                    hash,
+                    check,
                     tat: new_tat,
                 };
-                map.insert_unique(hash, bucket, |b| b.hash(&self.hasher));
+                map.insert_unique(hash, bucket, |b| b.hash);
             }
         }
         // `now + window - new_tat` without the sum: `window` saturates at u64::MAX for
@@ -240,7 +232,7 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
         Value::Duration(d) if !d.is_zero() => *d,
         other => return Err(err(format!("per must be a positive duration, got {other}"))),
     };
-    // Buckets are per module.
+    // Buckets are per module, key and limit.
     let cluster = matches!(args.get(4), Some(Value::Str(s)) if &**s == "cluster");
     let local = || {
         ex.state
@@ -250,14 +242,28 @@ pub fn call(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdEr
     let d = match cluster {
         false => local(),
         true => {
-            match ex
-                .state
-                .cluster
-                .rate_limit(&format!("{}\u{0}{key}", ex.module), rate, burst, per)
-            {
+            match ex.state.cluster.rate_limit(
+                &format!(
+                    "{}\u{0}{key}\u{0}{rate}/{}ms\u{0}{burst}",
+                    ex.module,
+                    per.as_millis()
+                ),
+                rate,
+                burst,
+                per,
+            ) {
                 Ok(d) => d,
                 Err(e) => {
                     // Never fail the request for Redis: this process's own bucket decides.
+                    // (An unreachable Redis is warned about by the cluster link; a
+                    // missing `[redis]` once here.)
+                    static WARNED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if matches!(e, super::cluster::ClusterError::NotConfigured)
+                        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(target: "proxycache::stdlib", module = ex.module, "std.rate_limit scope \"cluster\" without a [redis] section: limits are per process");
+                    }
                     tracing::debug!(target: "proxycache::stdlib", module = ex.module, error = %e, "cluster rate limit fell back to local");
                     ex.state.metrics.cluster_fallback(ex.module);
                     local()
@@ -323,6 +329,27 @@ mod tests {
             assert!(d.allowed);
             assert!(d.remaining < 100);
         }
+    }
+
+    #[test]
+    fn one_key_under_two_limits_counts_twice() {
+        let rl = RateLimiter::new(1000);
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        for i in 0..3 {
+            let s = rl.check("m", "ip", 3.0, 3, second);
+            let m = rl.check("m", "ip", 1000.0, 1000, minute);
+            assert!(s.allowed && m.allowed, "request {i}");
+            assert_eq!((s.remaining, m.remaining), (2 - i, 999 - i));
+        }
+        assert!(!rl.check("m", "ip", 3.0, 3, second).allowed);
+        assert!(rl.check("m", "ip", 1000.0, 1000, minute).allowed);
+    }
+
+    /// A bucket holds no part of its key: the cap on keys bounds memory whatever the
+    /// keys' length (each bucket held a copy of its key, 60 KB keys filled gigabytes).
+    #[test]
+    fn a_bucket_is_the_same_size_for_any_key() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 24);
     }
 
     #[test]
