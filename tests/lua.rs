@@ -1140,3 +1140,83 @@ end
         Some("text/plain; charset=utf-8")
     );
 }
+
+// ---- durations, statuses and Host from Lua arguments ------------------------------------
+
+/// A site with one Lua module `m` (its chunk `lua`), `config.app` the address of `up`,
+/// and a catch-all route to `up`.
+fn one_lua_site(lua: &str, up: &Upstream, server: &str, scripts: &str) -> Site {
+    let cfg = format!("    app: string = \"{}\"", up.authority());
+    site(
+        &[("m", &lua_mod("m", 10, &cfg))],
+        &[("m.lua", lua)],
+        server,
+        &format!("{scripts}\n{}", app(&[up], "")),
+    )
+}
+
+#[tokio::test]
+async fn huge_durations_from_lua_are_refused_or_capped_and_never_panic() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+local function url() return "http://" .. config.app .. "/x" end
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/refused" then
+    local out = {}
+    for _, t in ipairs({ 1e20, -1, -0.5, 0/0 }) do
+      local ok, e = pcall(std.http.request, { url = url(), timeout = t })
+      out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    end
+    local ok, e = pcall(std.shared.set, "k", 1, 1e20)
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    ok, e = pcall(std.proxy.forward, { timeout = 1e300 })
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    return std.respond(200, table.concat(out, "\n"))
+  end
+  if p == "/capped" then
+    local a = std.http.request{ url = url(), timeout = 1e19 }
+    local b = std.http.request{ url = url(), timeout = math.maxinteger }
+    std.shared.set("long", "v", math.maxinteger)
+    std.shared.incr("n", 1, 1e19)
+    return std.respond(200, a.status .. " " .. b.status .. " " .. std.shared.get("long") .. " " .. std.shared.get("n"))
+  end
+  if p == "/forward-float" then
+    return std.proxy.forward{ timeout = 1e19 }
+  end
+  if p == "/forward-int" then
+    return std.proxy.forward{ timeout = math.maxinteger }
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+
+    let r = get(run.addr, "/refused").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for line in &lines {
+        assert!(line.starts_with("false:"), "refused: {line}");
+        assert!(
+            line.contains("argument `timeout`") || line.contains("argument `ttl`"),
+            "an argument error naming the argument: {line}"
+        );
+        assert!(!line.contains("panic"), "{line}");
+    }
+    assert!(lines[0].contains("from 0 to 1.8e19"), "{}", lines[0]);
+    assert!(lines[1].contains(">= 0"), "{}", lines[1]);
+
+    let r = try_send(run.addr, empty(req("GET", "/capped")))
+        .await
+        .expect("the proxy answers /capped");
+    assert_eq!((r.status.as_u16(), r.text()), (200, "200 200 v 1".into()));
+    for path in ["/forward-float", "/forward-int"] {
+        let r = try_send(run.addr, empty(req("GET", path)))
+            .await
+            .unwrap_or_else(|e| panic!("the proxy answers {path}: {e}"));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.server(), "app");
+    }
+    assert_eq!(get(run.addr, "/other").await.status, 200);
+}

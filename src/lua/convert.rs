@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlua::{Lua, Table};
 
@@ -112,6 +113,43 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
     ))
 }
 
+/// The longest duration a Lua argument stands for: longer ones (a `timeout` of
+/// `math.maxinteger`, a `ttl` of `1e15`) mean "practically forever" and are cut to
+/// this, so that no deadline made from one (`Instant::now() + timeout`) can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration argument: seconds (an integer or a float) or a duration string; at most
+/// [`MAX_DURATION`]. `what` names the argument in the message.
+pub fn duration_from_lua(v: &mlua::Value, what: &str) -> Result<Duration, String> {
+    let d = match v {
+        mlua::Value::Integer(i) => u64::try_from(*i)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{what} must be seconds >= 0, not {i}"))?,
+        mlua::Value::Number(f) => Duration::try_from_secs_f64(*f).map_err(|_| {
+            // 1e20, not twenty-one digits.
+            let shown = if f.abs() >= 1e15 {
+                format!("{f:e}")
+            } else {
+                f.to_string()
+            };
+            format!("{what} must be a number of seconds from 0 to 1.8e19, not {shown}")
+        })?,
+        mlua::Value::String(s) => {
+            let text = s
+                .to_str()
+                .map_err(|_| format!("{what} must be a duration string, not binary data"))?;
+            crate::config::parse_duration(&text).map_err(|e| format!("{what}: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "{what} must be seconds (a number) or a duration string like \"250ms\", not {}",
+                other.type_name()
+            ))
+        }
+    };
+    Ok(d.min(MAX_DURATION))
+}
+
 /// Converts Lua argument `name` to the type a signature asks for; `Err` is the
 /// message.
 pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, String> {
@@ -141,25 +179,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             },
             _ => return Err(wrong("a string")),
         },
-        ArgType::Duration => match v {
-            mlua::Value::Integer(i) if *i >= 0 => {
-                Value::Duration(std::time::Duration::from_secs(*i as u64))
-            }
-            mlua::Value::Number(f) if *f >= 0.0 && f.is_finite() => {
-                Value::Duration(std::time::Duration::from_secs_f64(*f))
-            }
-            mlua::Value::String(s) => {
-                let text = s.to_str().map_err(|_| wrong("a duration string"))?;
-                crate::config::parse_duration(&text)
-                    .map(Value::Duration)
-                    .map_err(|e| format!("{}: {e}", what()))?
-            }
-            _ => {
-                return Err(wrong(
-                    "seconds (a number) or a duration string like \"250ms\"",
-                ))
-            }
-        },
+        ArgType::Duration => Value::Duration(duration_from_lua(v, &what())?),
         ArgType::Map => match v {
             mlua::Value::Table(t) => {
                 let mut map = BTreeMap::new();
