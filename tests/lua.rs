@@ -1220,3 +1220,34 @@ end
     }
     assert_eq!(get(run.addr, "/other").await.status, 200);
 }
+
+#[tokio::test]
+async fn std_http_request_sends_host_from_host_and_port_and_refuses_credentials() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/creds" then
+    local ok, e = pcall(std.http.request, { url = "http://user:secret@" .. config.app .. "/ok" })
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+  if req.path == "/plain" then
+    local r = std.http.request{ url = "http://" .. config.app .. "/ok" }
+    return std.respond(200, tostring(r.status))
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/creds").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("credentials"),
+        "a URL with credentials is refused: {}",
+        r.text()
+    );
+    assert_eq!(up.requests(), 0, "nothing went out with the credentials");
+    let r = get(run.addr, "/plain").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "200".into()));
+    let seen = up.last().expect("the call arrived");
+    assert_eq!(seen.header("host"), Some(up.authority()));
+}

@@ -207,8 +207,15 @@ impl HttpCall {
             }
             _ => return Err(format!("{url_text:?} must be an http:// URL")),
         }
-        if url.host().is_none() {
+        let Some(authority) = url.authority() else {
             return Err(format!("{url_text:?} has no host"));
+        };
+        if authority.as_str().contains('@') {
+            // Sent as they are, they would end up in `Host`.
+            return Err(
+                "the URL has credentials (user:password@); send them in an authorization header"
+                    .into(),
+            );
         }
         let method_text = args.get(1).and_then(Value::as_str).unwrap_or("GET");
         let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
@@ -274,8 +281,12 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             .parse()
             .map_err(|_| fail("bad path".into()))?;
         *req.headers_mut() = call.headers.clone();
-        let authority = call.url.authority().map_or(host.clone(), |a| a.to_string());
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        // From the host and the port as written, never from the whole authority.
+        let host_header = match call.url.port() {
+            Some(p) => format!("{host}:{}", p.as_str()),
+            None => host.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&host_header) {
             req.headers_mut().entry(header::HOST).or_insert(v);
         }
         if !call.body.is_empty() {
