@@ -135,7 +135,7 @@ function Response:add_header(name, value) end
 ---@param name string
 function Response:remove_header(name) end
 
----Sets the status code (100..=599).
+---Sets the status code (200..=599).
 ---@param status integer
 function Response:set_status(status) end
 
@@ -377,7 +377,7 @@ function std.metrics.prometheus() end
 ---A local response. Returned from `on_request` (or just called there), it answers the request; the upstream never sees it.
 ---
 ---Phases: `on_request`.
----@param status integer the status code (100..=599)
+---@param status integer the status code (200..=599)
 ---@param body? string the body
 ---@param headers? table<string, string|number|boolean> response headers
 ---@return Response

@@ -1251,3 +1251,79 @@ end
     let seen = up.last().expect("the call arrived");
     assert_eq!(seen.header("host"), Some(up.authority()));
 }
+
+#[tokio::test]
+async fn a_1xx_status_is_refused_as_a_final_response_from_lua_and_pcmod() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local s = tonumber(req:query_param("s") or "")
+  if req.path == "/respond" then
+    return std.respond(s, "x")
+  end
+  if req.path == "/return" then
+    return s
+  end
+  if req.path == "/object" then
+    local r = std.respond(200, "x")
+    r:set_status(s)
+    return r
+  end
+  if req.path == "/caught" then
+    local ok, e = pcall(std.respond, s, "x")
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/set" then
+    resp:set_status(tonumber(req:query_param("s")))
+  end
+end
+"#;
+    let pcmod = r#"mod p {
+  priority 5
+  on request {
+    if $path == "/pcmod" {
+      respond int($req.header["x-s"]) "pcmod\n"
+    }
+  }
+}
+"#;
+    let cfg = format!("    app: string = \"{}\"", up.authority());
+    let s = site(
+        &[("m", &lua_mod("m", 10, &cfg)), ("p", pcmod)],
+        &[("m.lua", lua)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+    let answer = |r: http::Request<http_body_util::Full<bytes::Bytes>>| {
+        let addr = run.addr;
+        async move {
+            match tokio::time::timeout(Duration::from_secs(3), try_send(addr, r)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => panic!("no answer: {e}"),
+                Err(_) => panic!("the client was left waiting (a 1xx sent as the answer?)"),
+            }
+        }
+    };
+    for path in ["/respond", "/return", "/object", "/set"] {
+        for s in [100, 101, 103, 199] {
+            let r = answer(empty(req("GET", &format!("{path}?s={s}")))).await;
+            assert_eq!(r.status, 500, "{path}?s={s}: {}", r.text());
+        }
+        let r = answer(empty(req("GET", &format!("{path}?s=200")))).await;
+        assert_eq!(r.status, 200, "{path}?s=200");
+    }
+    let r = answer(empty(req("GET", "/caught?s=100"))).await;
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("outside 200..=599"),
+        "{}",
+        r.text()
+    );
+    for (s, want) in [("100", 500), ("102", 500), ("204", 204)] {
+        let r = answer(empty(req("GET", "/pcmod").header("x-s", s))).await;
+        assert_eq!(r.status, want, "pcmod respond {s}");
+    }
+}

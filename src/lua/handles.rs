@@ -555,13 +555,14 @@ pub fn set_body(r: &mut RespData, bytes: Bytes) {
     r.body = Some(ProxyBody::full(bytes));
 }
 
-/// A status code from Lua.
+/// A status code from Lua for a final response: 200..=599 (a 1xx is not an answer, and
+/// written as one it would leave the client waiting for the real one).
 pub fn status_code(status: i64) -> mlua::Result<StatusCode> {
     u16::try_from(status)
         .ok()
-        .filter(|s| (100..=599).contains(s))
+        .filter(|s| (200..=599).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 100..=599")))
+        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 200..=599")))
 }
 
 /// A response object: made by `std.respond` or returned by `std.proxy.forward`.

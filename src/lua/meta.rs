@@ -178,7 +178,7 @@ function Response:add_header(name, value) end
 ---@param name string
 function Response:remove_header(name) end
 
----Sets the status code (100..=599).
+---Sets the status code (200..=599).
 ---@param status integer
 function Response:set_status(status) end
 

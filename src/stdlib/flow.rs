@@ -33,7 +33,7 @@ pub static SIGS: &[FnSig] = &[
         name: "std.respond",
         id: StdFn::Respond,
         args: &[
-            arg("status", ArgType::Int, ArgDefault::Required, "the status code (100..=599)"),
+            arg("status", ArgType::Int, ArgDefault::Required, "the status code (200..=599)"),
             arg("body", ArgType::Str, ArgDefault::Nil, "the body"),
             arg("headers", ArgType::Map, ArgDefault::Nil, "response headers"),
         ],
