@@ -1327,3 +1327,119 @@ end
         assert_eq!(r.status, want, "pcmod respond {s}");
     }
 }
+
+// ---- hooks abandoned while they wait ------------------------------------------------------
+
+/// A server that reads requests and never answers: what a hook waits on for good.
+/// Counts the connections it accepted and the ones its peer closed.
+struct Stall {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn start() -> Stall {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stalling server");
+        let addr = listener.local_addr().expect("its address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Stall {
+            addr,
+            accepted,
+            closed,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `GET path` on a new connection, waits until `started` holds (the hook is
+/// waiting), then closes the connection without reading an answer.
+async fn abandon(addr: std::net::SocketAddr, path: &str, started: impl FnMut() -> bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test.local\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    assert!(
+        wait_until(Duration::from_secs(5), started).await,
+        "the hook started waiting"
+    );
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_hook_abandoned_while_it_waits_leaves_no_globals_behind() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let stall = Stall::start().await;
+    let lua = format!(
+        r#"
+function on_request(req, ctx)
+  if req.path == "/leak" then
+    junk = string.rep("x", 8 * 1024 * 1024)
+    local ok, r = pcall(std.http.request, {{ url = "http://{}/stall", timeout = 30 }})
+    return std.respond(200, "done " .. #junk)
+  end
+  if req.path == "/alloc" then
+    local s = string.rep("z", 8 * 1024 * 1024)
+    return std.respond(200, "alloc " .. #s .. " junk " .. tostring(junk))
+  end
+end
+"#,
+        stall.addr
+    );
+    // 44 MiB: room for three leaked 8 MiB globals and a fourth hook's 16 MiB peak
+    // (string.rep's buffer and its result), but not for /alloc after four leaks.
+    let s = one_lua_site(&lua, &up, "", "lua_memory_limit = \"44MiB\"");
+    let run = Running::start(&s);
+    for i in 1..=4 {
+        abandon(run.addr, "/leak", || stall.accepted() >= i).await;
+        assert!(
+            wait_until(Duration::from_secs(5), || stall.closed() >= i).await,
+            "the abandoned hook's call was closed"
+        );
+    }
+    for _ in 0..3 {
+        let r = get(run.addr, "/alloc").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "alloc 8388608 junk nil".into()),
+            "the abandoned hooks' globals are gone"
+        );
+    }
+}

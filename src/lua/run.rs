@@ -14,7 +14,7 @@ use mlua::{AnyUserData, Function, MultiValue};
 use super::handles::{LuaResponse, Turn};
 use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
-use super::vm::{error_text, phase_index, split_location, Vm};
+use super::vm::{error_text, phase_index, split_location, Runner, Vm};
 use crate::http::ProxyBody;
 use crate::pipeline::{Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
 use crate::script::ast::PhaseKind;
@@ -78,6 +78,46 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
     }
 }
 
+/// A hook call in progress: its coroutine and the request's turn. Ended by
+/// [`finish`](Self::finish); dropped before that — the request was abandoned (the
+/// client left) while the hook waited — it still checks the coroutine in: closed,
+/// with its request-time globals dropped, as for a hook that ended in an error.
+/// Otherwise the suspended coroutine and the globals it set would live as long as
+/// the VM.
+struct Driving<'a> {
+    vm: &'a Vm,
+    runner: Option<Runner>,
+    slot: Option<Box<Turn>>,
+    /// The hook set a global (or ran out of budget).
+    dirty: bool,
+    /// The hook returned.
+    finished: bool,
+}
+
+impl Driving<'_> {
+    /// Checks the coroutine in and hands the turn back.
+    fn finish(mut self) -> Option<Box<Turn>> {
+        self.check_in();
+        self.slot.take()
+    }
+
+    fn check_in(&mut self) {
+        if let Some(runner) = self.runner.take() {
+            self.vm.checkin(runner, self.finished, self.dirty);
+        }
+    }
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        // Only when abandoned: `finish` took the runner.
+        if self.runner.is_some() {
+            self.dirty = true;
+            self.check_in();
+        }
+    }
+}
+
 /// Runs `func` to its end; returns the turn (always, unless something impossible
 /// happened) and the hook's first return value.
 async fn drive(
@@ -90,17 +130,24 @@ async fn drive(
         Err(e) => return (Some(turn), Err(HookError::Lua(e))),
     };
     let phase = turn.phase;
-    let mut slot = Some(turn);
-    if let Some(t) = slot.as_mut() {
-        t.thread = Some(runner.thread.clone());
-    }
+    let mut d = Driving {
+        vm,
+        runner: Some(runner),
+        slot: Some(turn),
+        dirty: false,
+        finished: false,
+    };
     let mut reply: Option<MultiValue> = None;
     let mut remaining = vm.budget;
-    let mut dirty = false;
-    let mut finished = false;
+    if let (Some(t), Some(r)) = (d.slot.as_mut(), d.runner.as_ref()) {
+        t.thread = Some(r.thread.clone());
+    }
     let result = loop {
+        let Some(runner) = d.runner.as_ref() else {
+            break Err(HookError::Lost);
+        };
         vm.meter().begin(runner.id, remaining);
-        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        std::mem::swap(&mut *vm.cell.lock(), &mut d.slot);
         let resumed = match reply.take() {
             Some(args) => runner.thread.resume::<mlua::Value>(args),
             None if phase == PhaseKind::Request => {
@@ -110,10 +157,10 @@ async fn drive(
                 .thread
                 .resume::<mlua::Value>((&vm.req, &vm.resp, &vm.ctx)),
         };
-        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        std::mem::swap(&mut *vm.cell.lock(), &mut d.slot);
         let end = vm.meter().end();
         remaining = end.remaining;
-        dirty |= end.spent || end.dirty;
+        d.dirty |= end.spent || end.dirty;
         if end.spent {
             break Err(HookError::Budget);
         }
@@ -122,17 +169,18 @@ async fn drive(
             Err(e) => break Err(HookError::Lua(e)),
         };
         if runner.thread.status() == ThreadStatus::Finished {
-            finished = true;
+            d.finished = true;
             break Ok(value);
         }
         let op = match &value {
             mlua::Value::UserData(ud) => ud.take::<PendingOp>().ok(),
             _ => None,
         };
-        let (Some(PendingOp(op)), Some(turn)) = (op, slot.as_mut()) else {
+        let (Some(PendingOp(op)), Some(turn)) = (op, d.slot.as_mut()) else {
             break Err(HookError::Yielded);
         };
         // Boxed: only a hook that waits pays for the operation's (large) future.
+        // The request may be abandoned here: then `d` is dropped, and checks in.
         let outcome = Box::pin(ops::run(op, turn)).await;
         reply = match reply_args(vm, outcome) {
             Ok(a) => Some(a),
@@ -142,8 +190,7 @@ async fn drive(
     if let Err(HookError::Lua(mlua::Error::MemoryError(_))) = &result {
         let _ = vm.sb.lua.gc_collect();
     }
-    vm.checkin(runner, finished, dirty);
-    (slot, result)
+    (d.finish(), result)
 }
 
 /// What the hook is resumed with: `true, result` or `false, message`.
