@@ -1443,3 +1443,77 @@ end
         );
     }
 }
+
+// ---- responses from std.proxy.forward that a hook does not answer with --------------------
+
+/// The in-flight count of every server of upstream set `name`, as `least_conn` and
+/// the admin API see it.
+fn inflight_of(run: &Running, name: &str) -> usize {
+    let g = run.shared().generation();
+    g.upstreams
+        .sets
+        .iter()
+        .filter(|s| s.name() == name)
+        .flat_map(|s| s.servers.iter())
+        .map(|s| s.inflight())
+        .sum()
+}
+
+const FORWARDS: &str = r#"
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/dropped" then
+    local r = std.proxy.forward()
+    return std.respond(200, "dropped " .. r.status)
+  end
+  if p == "/twice" then
+    local r1 = std.proxy.forward()
+    local r2 = std.proxy.forward()
+    r2:set_header("x-first", r1.status)
+    return r2
+  end
+  if p == "/not-returned" then
+    local r = std.proxy.forward()
+    r:set_header("x-seen", "lua")
+    return
+  end
+  if p == "/again" then
+    local r = std.proxy.forward()
+    local ok, e = pcall(std.proxy.forward)
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+  if p == "/read-first" then
+    local b = req:body()
+    local r1 = std.proxy.forward()
+    local r2 = std.proxy.forward()
+    r2:set_header("x-read", #b .. "," .. #req:body())
+    return r2
+  end
+end
+"#;
+
+#[tokio::test]
+async fn forward_responses_not_answered_with_are_closed_when_the_hook_ends() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let s = one_lua_site(FORWARDS, &up, "", "");
+    let s_text = std::fs::read_to_string(s.config_path()).expect("read config.toml");
+    s.write_config(&s_text.replace(
+        "[upstreams.app]\n",
+        "[upstreams.app]\nbalance = \"least_conn\"\n",
+    ));
+    let run = Running::start(&s);
+    for i in 0..10 {
+        let r = get(run.addr, "/dropped").await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "dropped 200".into()), "{i}");
+        let r = get(run.addr, "/twice").await;
+        assert_eq!(r.status, 200, "{i}: {}", r.text());
+        assert_eq!(r.header("x-first").as_deref(), Some("200"));
+        assert_eq!(r.server(), "app");
+    }
+    assert_eq!(up.requests(), 30);
+    assert!(
+        wait_until(Duration::from_secs(3), || inflight_of(&run, "app") == 0).await,
+        "the forwarded responses were let go: {} still in flight",
+        inflight_of(&run, "app")
+    );
+}

@@ -46,6 +46,11 @@ pub struct Turn {
     pub upstream: Option<Arc<str>>,
     /// A response `std.respond` made (it answers even if the hook does not return it).
     pub answer: Option<AnyUserData>,
+    /// Every response `std.proxy.forward` returned in this hook call: those the hook
+    /// does not answer with are closed when it ends ([`Turn::close_forwarded`]), not
+    /// when Lua's GC gets to them (they hold an upstream connection and the server's
+    /// in-flight count).
+    pub forwarded: Vec<AnyUserData>,
     /// The coroutine running the hook (waiting is allowed only from it).
     pub thread: Option<mlua::Thread>,
 }
@@ -86,7 +91,17 @@ impl Turn {
             response_headers: std::mem::take(ex.response_headers),
             upstream: ex.upstream.cloned(),
             answer: None,
+            forwarded: Vec::new(),
             thread: None,
+        }
+    }
+
+    /// Closes the responses `std.proxy.forward` returned that the hook did not answer
+    /// with (the one it did was taken already): their upstream bodies are dropped, which
+    /// closes the connections, and the servers' in-flight counts go down.
+    pub fn close_forwarded(&mut self) {
+        for ud in self.forwarded.drain(..) {
+            drop(ud.take::<LuaResponse>());
         }
     }
 

@@ -69,6 +69,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         Ok(_) => Ok(Flow::Continue),
         Err(e) => Err(e),
     };
+    turn.close_forwarded();
     turn.thread = None;
     turn.answer = None;
     turn.put_back(ex);
@@ -112,6 +113,9 @@ impl Drop for Driving<'_> {
     fn drop(&mut self) {
         // Only when abandoned: `finish` took the runner.
         if self.runner.is_some() {
+            if let Some(turn) = self.slot.as_mut() {
+                turn.close_forwarded();
+            }
             self.dirty = true;
             self.check_in();
         }
@@ -182,7 +186,7 @@ async fn drive(
         // Boxed: only a hook that waits pays for the operation's (large) future.
         // The request may be abandoned here: then `d` is dropped, and checks in.
         let outcome = Box::pin(ops::run(op, turn)).await;
-        reply = match reply_args(vm, outcome) {
+        reply = match reply_args(vm, outcome, d.slot.as_deref_mut()) {
             Ok(a) => Some(a),
             Err(e) => break Err(HookError::Lua(e)),
         };
@@ -193,8 +197,13 @@ async fn drive(
     (d.finish(), result)
 }
 
-/// What the hook is resumed with: `true, result` or `false, message`.
-fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue> {
+/// What the hook is resumed with: `true, result` or `false, message`. A response from
+/// `std.proxy.forward` is recorded, to be closed when the hook ends unless it answers.
+fn reply_args(
+    vm: &Vm,
+    reply: Result<Reply, String>,
+    turn: Option<&mut Turn>,
+) -> mlua::Result<MultiValue> {
     let lua = &vm.sb.lua;
     let value = match reply {
         Err(message) => {
@@ -208,12 +217,18 @@ fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue>
             data,
             guard,
             upstream,
-        }) => mlua::Value::UserData(lua.create_userdata(LuaResponse {
-            data,
-            guard,
-            upstream,
-            body_fn: vm.body_fn.clone(),
-        })?),
+        }) => {
+            let ud = lua.create_userdata(LuaResponse {
+                data,
+                guard,
+                upstream,
+                body_fn: vm.body_fn.clone(),
+            })?;
+            if let Some(turn) = turn {
+                turn.forwarded.push(ud.clone());
+            }
+            mlua::Value::UserData(ud)
+        }
         Ok(Reply::Http {
             status,
             headers,
