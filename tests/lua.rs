@@ -1517,3 +1517,45 @@ async fn forward_responses_not_answered_with_are_closed_when_the_hook_ends() {
         inflight_of(&run, "app")
     );
 }
+
+#[tokio::test]
+async fn a_forwarded_request_is_not_sent_again_by_the_pipeline() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let s = one_lua_site(FORWARDS, &up, "", "");
+    let run = Running::start(&s);
+    let post = |path: &str| {
+        req("POST", path)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"hello body",
+            )))
+            .expect("request builds")
+    };
+
+    // Not returned: the forward's response answers, and the body went up once.
+    let r = send(run.addr, post("/not-returned")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-seen").as_deref(), Some("lua"));
+    assert_eq!(r.json()["body_len"], 10);
+    assert_eq!(up.requests(), 1, "the request went upstream once");
+    assert_eq!(&up.last().expect("a request").body[..], b"hello body");
+
+    // A second forward of a body that already went is an error, not an empty body.
+    let r = send(run.addr, post("/again")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("earlier std.proxy.forward"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(up.requests(), 2);
+
+    // A body read with req:body() first goes with every forward.
+    let r = send(run.addr, post("/read-first")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-read").as_deref(), Some("10,10"));
+    assert_eq!(r.json()["body_len"], 10);
+    let all = up.all();
+    assert_eq!(all.len(), 4);
+    assert_eq!(&all[2].body[..], b"hello body");
+    assert_eq!(&all[3].body[..], b"hello body");
+}

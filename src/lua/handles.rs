@@ -44,13 +44,17 @@ pub struct Turn {
     pub ctx: Ctx,
     pub response_headers: crate::pipeline::ResponseHeaders,
     pub upstream: Option<Arc<str>>,
-    /// A response `std.respond` made (it answers even if the hook does not return it).
+    /// The last response the hook made, by `std.respond` or `std.proxy.forward` (it
+    /// answers even if the hook does not return it).
     pub answer: Option<AnyUserData>,
     /// Every response `std.proxy.forward` returned in this hook call: those the hook
     /// does not answer with are closed when it ends ([`Turn::close_forwarded`]), not
     /// when Lua's GC gets to them (they hold an upstream connection and the server's
     /// in-flight count).
     pub forwarded: Vec<AnyUserData>,
+    /// A `std.proxy.forward` sent the request's body (which was not in memory): it
+    /// cannot be sent again.
+    pub body_forwarded: bool,
     /// The coroutine running the hook (waiting is allowed only from it).
     pub thread: Option<mlua::Thread>,
 }
@@ -92,6 +96,7 @@ impl Turn {
             upstream: ex.upstream.cloned(),
             answer: None,
             forwarded: Vec::new(),
+            body_forwarded: false,
             thread: None,
         }
     }

@@ -144,10 +144,19 @@ async fn forward(
     parts.uri = turn.uri.clone();
     parts.headers = turn.headers.clone();
     parts.version = Version::HTTP_11;
-    let body = turn
-        .body
-        .as_mut()
-        .map_or(ProxyBody::Empty, |b| std::mem::replace(b, ProxyBody::Empty));
+    let body = match turn.body.as_mut() {
+        None => ProxyBody::Empty,
+        // Read by `req:body()`: kept, for `req:body()` and another forward.
+        Some(ProxyBody::Full(Some(bytes))) => ProxyBody::Full(Some(bytes.clone())),
+        Some(_) if turn.body_forwarded => {
+            return Err("std.proxy.forward: the request body went upstream with an earlier std.proxy.forward and cannot be sent again (read it with req:body() first to forward it more than once)".into())
+        }
+        Some(b) => {
+            let body = std::mem::replace(b, ProxyBody::Empty);
+            turn.body_forwarded = !http_body::Body::is_end_stream(&body);
+            body
+        }
+    };
     let host = turn.headers.get(header::HOST).cloned();
     let sent = crate::proxy::send_upstream(
         crate::proxy::Outbound {

@@ -198,7 +198,8 @@ async fn drive(
 }
 
 /// What the hook is resumed with: `true, result` or `false, message`. A response from
-/// `std.proxy.forward` is recorded, to be closed when the hook ends unless it answers.
+/// `std.proxy.forward` becomes the turn's answer and is recorded to be closed when the
+/// hook ends, unless it answers.
 fn reply_args(
     vm: &Vm,
     reply: Result<Reply, String>,
@@ -225,6 +226,7 @@ fn reply_args(
                 body_fn: vm.body_fn.clone(),
             })?;
             if let Some(turn) = turn {
+                turn.answer = Some(ud.clone());
                 turn.forwarded.push(ud.clone());
             }
             mlua::Value::UserData(ud)
