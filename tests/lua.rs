@@ -1559,3 +1559,63 @@ async fn a_forwarded_request_is_not_sent_again_by_the_pipeline() {
     assert_eq!(&all[2].body[..], b"hello body");
     assert_eq!(&all[3].body[..], b"hello body");
 }
+
+// ---- a request body that cannot be read ---------------------------------------------------
+
+/// `POST path` with a chunked body of `len` bytes, written raw; the answer as text.
+async fn post_chunked(addr: std::net::SocketAddr, path: &str, len: usize) -> String {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let piece = vec![b'a'; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(piece.len());
+        raw.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        raw.extend_from_slice(&piece[..n]);
+        raw.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw_request(addr, &raw).await
+}
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_fails_the_request_even_when_the_error_is_caught() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/caught" then
+    local ok, b = pcall(req.body, req)
+    req:set_header("x-body-ok", tostring(ok))
+    return
+  end
+  if req.path == "/caught-respond" then
+    local ok = pcall(req.body, req)
+    return std.respond(200, "fine " .. tostring(ok))
+  end
+  if req.path == "/caught-forward" then
+    pcall(req.body, req)
+    local ok, r = pcall(std.proxy.forward)
+    return std.respond(200, "forwarded " .. tostring(ok))
+  end
+  if req.path == "/uncaught" then
+    req:body()
+  end
+  if req.path == "/small" then
+    req:set_header("x-len", #req:body())
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "\n[server.limits]\nmax_body = \"1MiB\"", "");
+    let run = Running::start(&s);
+    for path in ["/caught", "/caught-respond", "/caught-forward", "/uncaught"] {
+        let raw = post_chunked(run.addr, path, 1_300_000).await;
+        assert_eq!(raw_status(&raw), 413, "{path}: {raw}");
+    }
+    assert_eq!(up.requests(), 0, "nothing went upstream");
+    let raw = post_chunked(run.addr, "/small", 1000).await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(up.last().and_then(|r| r.header("x-len")).as_deref(), Some("1000"));
+}

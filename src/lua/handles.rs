@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::convert;
 use super::LuaCall;
 use crate::http::ProxyBody;
-use crate::pipeline::{Ctx, Exchange, RequestInfo};
+use crate::pipeline::{ClientFault, Ctx, Exchange, RequestInfo};
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 use crate::upstream::InflightGuard;
@@ -55,6 +55,9 @@ pub struct Turn {
     /// A `std.proxy.forward` sent the request's body (which was not in memory): it
     /// cannot be sent again.
     pub body_forwarded: bool,
+    /// `req:body()` failed (over the limit, broken): the request fails with that,
+    /// whatever the hook does after catching the error.
+    pub body_failed: Option<ClientFault>,
     /// The coroutine running the hook (waiting is allowed only from it).
     pub thread: Option<mlua::Thread>,
 }
@@ -97,6 +100,7 @@ impl Turn {
             answer: None,
             forwarded: Vec::new(),
             body_forwarded: false,
+            body_failed: None,
             thread: None,
         }
     }

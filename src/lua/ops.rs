@@ -15,6 +15,7 @@ use mlua::{AnyUserData, UserData};
 
 use super::handles::{LuaResponse, RespData, Turn};
 use crate::config::PoolConfig;
+use crate::pipeline::ClientFault;
 use crate::http::ProxyBody;
 use crate::script::value::Value;
 use crate::upstream::client;
@@ -68,15 +69,26 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             let Some(body) = turn.body.as_mut() else {
                 return Err("req:body() is available in the request phase only".into());
             };
-            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
-            *body = ProxyBody::full(bytes.clone());
-            Ok(Reply::Bytes(bytes))
+            match collect(std::mem::replace(body, ProxyBody::Empty), limit).await {
+                Ok(bytes) => {
+                    *body = ProxyBody::full(bytes.clone());
+                    Ok(Reply::Bytes(bytes))
+                }
+                Err(e) => {
+                    // What was read is gone: the request cannot go on, whatever the
+                    // hook does with the error.
+                    turn.body_failed = Some(e.client_fault());
+                    Err(e.to_string())
+                }
+            }
         }
         Op::RespBody => {
             let Some(body) = turn.resp.as_mut().and_then(|r| r.body.as_mut()) else {
                 return Err("resp:body() is available in the response phase only".into());
             };
-            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
+            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit)
+                .await
+                .map_err(|e| e.to_string())?;
             *body = ProxyBody::full(bytes.clone());
             Ok(Reply::Bytes(bytes))
         }
@@ -86,7 +98,7 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
                 r.data.body.take()
             };
             let bytes = match taken {
-                Some(body) => collect(body, limit).await?,
+                Some(body) => collect(body, limit).await.map_err(|e| e.to_string())?,
                 None => Bytes::new(),
             };
             let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
@@ -102,22 +114,49 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
     }
 }
 
+/// Why reading a whole body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the body is over server.limits.max_body ({0} bytes)")]
+    TooLarge(u64),
+    /// `client`: what was wrong with it, when it is the client's request body.
+    #[error("reading the body failed: {reason}")]
+    Failed {
+        reason: String,
+        client: Option<&'static str>,
+    },
+}
+
+impl ReadError {
+    /// The answer the client gets when this was its request body.
+    pub fn client_fault(&self) -> ClientFault {
+        match self {
+            ReadError::TooLarge(limit) => ClientFault::BodyTooLarge { limit: *limit },
+            ReadError::Failed { client, .. } => {
+                ClientFault::BadBody(client.unwrap_or("request body could not be read"))
+            }
+        }
+    }
+}
+
 /// Reads a whole body, at most `limit` bytes.
-async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, String> {
+async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, ReadError> {
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
-                || crate::http::body::body_too_large(&*e).is_some()
             {
-                Err(format!(
-                    "the body is over server.limits.max_body ({limit} bytes)"
-                ))
-            } else {
-                Err(format!("reading the body failed: {e}"))
+                return Err(ReadError::TooLarge(limit));
             }
+            if let Some(limit) = crate::http::body::body_too_large(&*e) {
+                return Err(ReadError::TooLarge(limit));
+            }
+            Err(ReadError::Failed {
+                reason: e.to_string(),
+                client: crate::http::body::client_body_error(&*e),
+            })
         }
     }
 }
@@ -148,6 +187,9 @@ async fn forward(
         None => ProxyBody::Empty,
         // Read by `req:body()`: kept, for `req:body()` and another forward.
         Some(ProxyBody::Full(Some(bytes))) => ProxyBody::Full(Some(bytes.clone())),
+        Some(_) if turn.body_failed.is_some() => {
+            return Err("std.proxy.forward: the request body could not be read (req:body() failed); the request fails".into())
+        }
         Some(_) if turn.body_forwarded => {
             return Err("std.proxy.forward: the request body went upstream with an earlier std.proxy.forward and cannot be sent again (read it with req:body() first to forward it more than once)".into())
         }
@@ -323,7 +365,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
         }
         let body = collect(ProxyBody::Upstream(resp.into_body()), limit)
             .await
-            .map_err(fail)?;
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Reply::Http {
             status: status.as_u16(),
             headers,

@@ -16,7 +16,7 @@ use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
 use super::vm::{error_text, phase_index, split_location, Runner, Vm};
 use crate::http::ProxyBody;
-use crate::pipeline::{Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
+use crate::pipeline::{ClientFault, Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
 use crate::script::ast::PhaseKind;
 
 /// How a hook ended.
@@ -32,6 +32,9 @@ enum HookError {
     Budget,
     Yielded,
     Lost,
+    /// `req:body()` failed: the request fails with the client's fault, even if the
+    /// hook caught the error.
+    Body(ClientFault),
 }
 
 /// Runs module `index`'s hook for `ex.phase`.
@@ -42,6 +45,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             file: String::new(),
             line: 0,
             message: "the Lua runtime is not available for this request".into(),
+            client: None,
         });
     };
     let vm = Arc::clone(&call.vm);
@@ -51,6 +55,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             file: String::new(),
             line: 0,
             message: "no such Lua module".into(),
+            client: None,
         });
     };
     let phase = ex.phase;
@@ -68,6 +73,10 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         Ok(value) if phase == PhaseKind::Request => answer(value, &mut turn),
         Ok(_) => Ok(Flow::Continue),
         Err(e) => Err(e),
+    };
+    let outcome = match turn.body_failed {
+        Some(fault) => Err(HookError::Body(fault)),
+        None => outcome,
     };
     turn.close_forwarded();
     turn.thread = None;
@@ -305,6 +314,10 @@ fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
 fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptError {
     let spec = &vm.specs[index];
     let defined = u32::try_from(func.info().line_defined.unwrap_or(0)).unwrap_or(0);
+    let client = match &e {
+        HookError::Body(fault) => Some(*fault),
+        _ => None,
+    };
     let (line, message) = match e {
         HookError::Budget => (
             defined,
@@ -319,6 +332,11 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
             "the hook yielded; coroutine.yield may only be used inside coroutines the script makes".into(),
         ),
         HookError::Lost => (defined, "the request was lost while the hook ran".into()),
+        HookError::Body(ClientFault::BodyTooLarge { limit }) => (
+            defined,
+            format!("req:body(): the request body is over server.limits.max_body ({limit} bytes)"),
+        ),
+        HookError::Body(ClientFault::BadBody(reason)) => (defined, format!("req:body(): {reason}")),
         HookError::Lua(mlua::Error::MemoryError(m)) => (
             defined,
             format!("out of memory (scripts.lua_memory_limit): {m}"),
@@ -334,6 +352,7 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         file: spec.file.to_string(),
         line,
         message,
+        client,
     }
 }
 
