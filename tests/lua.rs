@@ -1341,6 +1341,12 @@ struct Stall {
 
 impl Stall {
     async fn start() -> Stall {
+        Self::answering(None).await
+    }
+
+    /// With `reply`, written once the request arrives (a head, say, and part of a
+    /// body), before it stalls.
+    async fn answering(reply: Option<&'static [u8]>) -> Stall {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1355,9 +1361,15 @@ impl Stall {
                 a.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
                 tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = [0u8; 4096];
-                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                    let mut replied = reply.is_none();
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        if !replied {
+                            replied = true;
+                            let _ = stream.write_all(reply.unwrap_or_default()).await;
+                        }
+                    }
                     c.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -1618,4 +1630,97 @@ end
     let raw = post_chunked(run.addr, "/small", 1000).await;
     assert_eq!(raw_status(&raw), 200, "{raw}");
     assert_eq!(up.last().and_then(|r| r.header("x-len")).as_deref(), Some("1000"));
+}
+
+// ---- bodies that stall --------------------------------------------------------------------
+
+#[tokio::test]
+async fn reading_a_body_that_stalls_ends_in_an_error_within_the_response_timeout() {
+    let stall = Stall::answering(Some(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: text/plain\r\n\r\nabc",
+    ))
+    .await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/forward" then
+    local r = std.proxy.forward{ timeout = 0.3 }
+    local ok, e = pcall(r.body, r)
+    return std.respond(200, "forward " .. tostring(ok) .. " " .. tostring(e))
+  end
+  if req.path == "/forward-default" then
+    local r = std.proxy.forward()
+    local ok, e = pcall(r.body, r)
+    return std.respond(200, "default " .. tostring(ok) .. " " .. tostring(e))
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/caught" then
+    local ok, e = pcall(resp.body, resp)
+    resp:set_header("x-error", tostring(e))
+    resp:set_body("fallback\n")
+  elseif req.path == "/uncaught" then
+    resp:body()
+  elseif req.path == "/cut" then
+    pcall(resp.body, resp)
+  end
+end
+"#;
+    let s = site(
+        &[("m", &lua_mod("m", 10, ""))],
+        &[("m.lua", lua)],
+        "",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"1s\"\n\n[[routes]]\nupstream = \"app\"\n",
+            stall.addr
+        ),
+    );
+    let run = Running::start(&s);
+    let within = |path: &'static str| {
+        let addr = run.addr;
+        async move {
+            let started = std::time::Instant::now();
+            let raw = tokio::time::timeout(
+                Duration::from_secs(5),
+                raw_request(addr, format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer: the body read has no deadline"));
+            (raw, started.elapsed())
+        }
+    };
+
+    let (raw, took) = within("/caught").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(raw_body(&raw), "fallback\n");
+    let error = raw_header(&raw, "x-error").unwrap_or_default();
+    assert!(error.contains("within 1s"), "{error}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+
+    let (raw, _) = within("/uncaught").await;
+    assert_eq!(raw_status(&raw), 500, "{raw}");
+
+    let (raw, took) = within("/forward").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert!(
+        raw_body(&raw).starts_with("forward false") && raw_body(&raw).contains("within 300ms"),
+        "{raw}"
+    );
+    assert!(took < Duration::from_millis(900), "the forward's own timeout: {took:?}");
+
+    let (raw, _) = within("/forward-default").await;
+    assert!(raw_body(&raw).contains("within 1s"), "{raw}");
+
+    // Caught, with no new body: the client's answer is cut short (here, before its
+    // head), not an empty 200.
+    let (raw, _) = within("/cut").await;
+    assert!(
+        raw.is_empty() || raw_body(&raw).len() < 100,
+        "the answer is not complete: {raw}"
+    );
+    assert_ne!(
+        raw_header(&raw, "content-length").as_deref(),
+        Some("0"),
+        "not an empty answer: {raw}"
+    );
 }

@@ -417,6 +417,7 @@ fn respond_fn(
             data,
             guard: None,
             upstream: None,
+            body_timeout: None,
             body_fn: body_fn.clone(),
         })?;
         with_turn(&cell, |t| {

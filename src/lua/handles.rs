@@ -595,6 +595,9 @@ pub struct LuaResponse {
     pub data: RespData,
     pub guard: Option<InflightGuard>,
     pub upstream: Option<Arc<str>>,
+    /// How long `body()` may wait for the whole body: the forward's timeout (or its
+    /// upstream's `response_timeout`); `None` for a body already in memory.
+    pub body_timeout: Option<std::time::Duration>,
     pub body_fn: Function,
 }
 

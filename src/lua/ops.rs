@@ -52,6 +52,8 @@ pub enum Reply {
         data: RespData,
         guard: Option<InflightGuard>,
         upstream: Option<Arc<str>>,
+        /// How long its `body()` may wait.
+        body_timeout: Duration,
     },
     /// `std.http.request`'s `{status, headers, body}`.
     Http {
@@ -83,27 +85,31 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             }
         }
         Op::RespBody => {
+            let timeout = response_timeout(turn);
             let Some(body) = turn.resp.as_mut().and_then(|r| r.body.as_mut()) else {
                 return Err("resp:body() is available in the response phase only".into());
             };
-            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit)
-                .await
-                .map_err(|e| e.to_string())?;
-            *body = ProxyBody::full(bytes.clone());
-            Ok(Reply::Bytes(bytes))
+            let taken = std::mem::replace(body, ProxyBody::Empty);
+            let (read, kept) = collect_within(taken, limit, timeout).await;
+            *body = kept;
+            read.map(Reply::Bytes)
+                .map_err(|e| format!("resp:body(): {e}"))
         }
         Op::OwnBody(ud) => {
-            let taken = {
+            let (taken, timeout) = {
                 let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
-                r.data.body.take()
+                (r.data.body.take(), r.body_timeout)
             };
-            let bytes = match taken {
-                Some(body) => collect(body, limit).await.map_err(|e| e.to_string())?,
-                None => Bytes::new(),
+            let (read, kept) = match taken {
+                Some(body) => {
+                    let timeout = timeout.unwrap_or_else(|| response_timeout(turn));
+                    collect_within(body, limit, timeout).await
+                }
+                None => (Ok(Bytes::new()), ProxyBody::Empty),
             };
             let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
-            r.data.body = Some(ProxyBody::full(bytes.clone()));
-            Ok(Reply::Bytes(bytes))
+            r.data.body = Some(kept);
+            read.map(Reply::Bytes).map_err(|e| format!("body(): {e}"))
         }
         Op::Forward {
             upstream,
@@ -114,9 +120,75 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
     }
 }
 
+/// The `response_timeout` of the turn's upstream set, or the default one when there
+/// is none.
+fn response_timeout(turn: &Turn) -> Duration {
+    let name = turn.upstream.as_deref();
+    turn.call
+        .generation
+        .upstreams
+        .sets
+        .iter()
+        .find(|s| Some(s.name()) == name)
+        .map_or(crate::config::DEFAULT_RESPONSE_TIMEOUT, |s| {
+            s.config.response_timeout
+        })
+}
+
+/// Reads a response's whole body within `timeout` (an upstream that sends its head and
+/// then stalls must not hold the hook for good). Returns what was read, and what the
+/// response's body is now: the bytes read, or — when the read failed and what was
+/// read is gone — a body that fails as it is sent, so the client's answer is cut
+/// short, as when an upstream fails mid-body, instead of going out empty (unless the
+/// hook sets a new body).
+async fn collect_within(
+    body: ProxyBody,
+    limit: u64,
+    timeout: Duration,
+) -> (Result<Bytes, ReadError>, ProxyBody) {
+    let read = match tokio::time::timeout(timeout, collect(body, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ReadError::TimedOut(timeout)),
+    };
+    match read {
+        Ok(bytes) => {
+            let kept = ProxyBody::full(bytes.clone());
+            (Ok(bytes), kept)
+        }
+        Err(e) => {
+            let kept = broken_body(e.to_string());
+            (Err(e), kept)
+        }
+    }
+}
+
+/// A body that fails with `message` when it is read.
+fn broken_body(message: String) -> ProxyBody {
+    ProxyBody::Boxed(http_body_util::combinators::BoxBody::new(Broken(Some(
+        message,
+    ))))
+}
+
+/// See [`broken_body`].
+struct Broken(Option<String>);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = crate::http::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|m| Err(m.into())))
+    }
+}
+
 /// Why reading a whole body failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error("the whole body did not arrive within {0:?}")]
+    TimedOut(Duration),
     #[error("the body is over server.limits.max_body ({0} bytes)")]
     TooLarge(u64),
     /// `client`: what was wrong with it, when it is the client's request body.
@@ -132,6 +204,7 @@ impl ReadError {
     pub fn client_fault(&self) -> ClientFault {
         match self {
             ReadError::TooLarge(limit) => ClientFault::BodyTooLarge { limit: *limit },
+            ReadError::TimedOut(_) => ClientFault::BadBody("request body timed out"),
             ReadError::Failed { client, .. } => {
                 ClientFault::BadBody(client.unwrap_or("request body could not be read"))
             }
@@ -216,6 +289,7 @@ async fn forward(
         retries,
     )
     .await;
+    let body_timeout = timeout.unwrap_or(generation.upstreams.sets[index].config.response_timeout);
     match sent {
         Ok((resp, guard)) => {
             let (parts, body) = resp.into_parts();
@@ -229,6 +303,7 @@ async fn forward(
                 },
                 guard: Some(guard),
                 upstream: Some(name),
+                body_timeout,
             })
         }
         Err(e) => Err(format!("std.proxy.forward: {e}")),

@@ -227,11 +227,13 @@ fn reply_args(
             data,
             guard,
             upstream,
+            body_timeout,
         }) => {
             let ud = lua.create_userdata(LuaResponse {
                 data,
                 guard,
                 upstream,
+                body_timeout: Some(body_timeout),
                 body_fn: vm.body_fn.clone(),
             })?;
             if let Some(turn) = turn {
