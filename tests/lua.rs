@@ -1724,3 +1724,88 @@ end
         "not an empty answer: {raw}"
     );
 }
+
+// ---- binary strings ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bodies_keep_their_bytes_and_text_arguments_refuse_binary_strings() {
+    let up = Upstream::start(
+        "app",
+        Behavior::fixed_body(&b"\x00\xff\xfe up"[..], false).with_header("x-up", "v"),
+    )
+    .await;
+    let lua = r#"
+local GIF = "GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff"
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/respond" then
+    return std.respond(200, GIF, { ["content-type"] = "image/gif" })
+  end
+  if p == "/respond-named" then
+    return std.respond{ status = 200, body = GIF }
+  end
+  if p == "/post" then
+    local r = std.http.request{ url = "http://" .. config.app .. "/in", method = "POST", body = "\x1f\x8b\x08\x00\xff\xfe" }
+    return std.respond(200, r.body)
+  end
+  if p == "/post-positional" then
+    local r = std.http.request("http://" .. config.app .. "/in2", "PUT", nil, "\xfe\x00\xff")
+    return std.respond(200, r.body)
+  end
+  if p == "/header" then
+    return std.respond(200, req:header("x-bin"))
+  end
+  if p == "/text" then
+    local out = {}
+    local function try(name, f, ...)
+      local ok, e = pcall(f, ...)
+      out[#out + 1] = name .. "=" .. tostring(ok) .. ":" .. tostring(e):match("^[^\n]*")
+    end
+    try("shared-key", std.shared.set, "k\xff", "v")
+    try("shared-value", std.shared.set, "k", "\xff\xfe")
+    try("respond-header", std.respond, 200, "x", { ["x-bin"] = "\xff" })
+    try("respond-name", std.respond, 200, "x", { ["x\xff"] = "v" })
+    try("http-header", std.http.request, { url = "http://" .. config.app .. "/h", headers = { ["x-bin"] = "a\xffb" } })
+    try("ctx", function() ctx.bin = "\xff" end)
+    try("ctx-table", function() ctx.bin = { ["k\xff"] = 1 } end)
+    return std.respond(200, table.concat(out, "\n"))
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let gif: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff";
+    for path in ["/respond", "/respond-named"] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(&r.body[..], gif, "{path}: the bytes as the script wrote them");
+    }
+
+    let r = get(run.addr, "/post").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(&r.body[..], b"\x00\xff\xfe up", "the call's answer, byte for byte");
+    let sent = up.last().expect("the call arrived");
+    assert_eq!(&sent.body[..], b"\x1f\x8b\x08\x00\xff\xfe");
+    assert_eq!(sent.header("content-length").as_deref(), Some("6"));
+    let r = get(run.addr, "/post-positional").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(&up.last().expect("the call arrived").body[..], b"\xfe\x00\xff");
+
+    let obs_text = http::HeaderValue::from_bytes(b"a\xffb").expect("obs-text is a valid value");
+    let r = send(run.addr, empty(req("GET", "/header").header("x-bin", obs_text))).await;
+    assert_eq!(&r.body[..], b"a\xffb", "req:header gives the value's bytes");
+
+    let calls = up.requests();
+    let r = get(run.addr, "/text").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    for line in &lines {
+        assert!(line.contains("=false:"), "refused: {line}");
+        assert!(
+            line.contains("UTF-8") || line.contains("utf-8"),
+            "a clear message: {line}"
+        );
+    }
+    assert_eq!(up.requests(), calls, "the call with a binary header did not go out");
+}

@@ -48,6 +48,18 @@ pub fn record_to_lua(lua: &Lua, fields: &[Value], sig: &RecordSig) -> mlua::Resu
     Ok(mlua::Value::Table(t))
 }
 
+/// A Lua string as text. Lua strings are bytes; a script value's string is text, so a
+/// string that is not UTF-8 is refused rather than changed (`what` names the place).
+/// Bodies, which may be binary, do not come through here.
+pub fn text(s: &mlua::LuaString, what: &str) -> Result<String, String> {
+    match s.to_str() {
+        Ok(t) => Ok(t.to_owned()),
+        Err(_) => Err(format!(
+            "{what}: the string is not UTF-8 text (binary data is allowed only in bodies)"
+        )),
+    }
+}
+
 /// Nesting beyond which a table is refused (it is probably cyclic).
 const MAX_DEPTH: usize = 16;
 
@@ -64,7 +76,7 @@ fn from_lua_at(v: &mlua::Value, what: &str, depth: usize) -> Result<Value, Strin
         mlua::Value::Boolean(b) => Value::Bool(*b),
         mlua::Value::Integer(i) => Value::Int(*i),
         mlua::Value::Number(f) => Value::Float(*f),
-        mlua::Value::String(s) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+        mlua::Value::String(s) => Value::Str(Arc::from(text(s, what)?)),
         mlua::Value::Table(t) => {
             if depth >= MAX_DEPTH {
                 return Err(format!(
@@ -92,7 +104,7 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
         count += 1;
         match &k {
             mlua::Value::String(s) => {
-                map.insert(s.to_string_lossy(), from_lua_at(&v, what, depth + 1)?);
+                map.insert(text(s, what)?, from_lua_at(&v, what, depth + 1)?);
             }
             _ => all_string_keys = false,
         }
@@ -172,10 +184,15 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             _ => return Err(wrong("a number")),
         },
         ArgType::Str => match v {
-            // Borrowed when it is UTF-8 (the usual case): one allocation, for the Arc.
+            // Borrowed (one allocation, for the Arc); not UTF-8, refused, not changed.
             mlua::Value::String(s) => match s.to_str() {
                 Ok(text) => Value::Str(Arc::from(&*text)),
-                Err(_) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+                Err(_) => {
+                    return Err(format!(
+                        "{} must be UTF-8 text, not binary data",
+                        what()
+                    ))
+                }
             },
             _ => return Err(wrong("a string")),
         },
@@ -186,7 +203,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                 for pair in t.pairs::<mlua::Value, mlua::Value>() {
                     let (k, item) = pair.map_err(|e| format!("{}: {e}", what()))?;
                     let key = match k {
-                        mlua::Value::String(s) => s.to_string_lossy(),
+                        mlua::Value::String(s) => text(&s, &format!("{} (a key)", what()))?,
                         other => {
                             return Err(format!(
                                 "{}: keys must be strings, not {}",
@@ -196,7 +213,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                         }
                     };
                     let value = match item {
-                        mlua::Value::String(s) => s.to_string_lossy(),
+                        mlua::Value::String(s) => text(&s, &format!("{}[{key:?}]", what()))?,
                         mlua::Value::Integer(i) => i.to_string(),
                         mlua::Value::Number(f) => f.to_string(),
                         mlua::Value::Boolean(b) => b.to_string(),

@@ -311,20 +311,14 @@ pub struct RespHandle {
     pub cell: Arc<TurnCell>,
 }
 
-/// A header value as text (lossy).
-fn text_of(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
-}
 
 impl UserData for ReqHandle {
     // Methods only (no field getters): mlua then makes `__index` a plain table and a
     // method call is one table lookup plus the Rust call. Fields and `body` are added
     // to that table by `finish_handle`.
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |_, this, name: String| {
-            with_turn(&this.cell, |t| {
-                Ok(t.headers.get(name.as_str()).map(text_of))
-            })
+        methods.add_method("header", |lua, this, name: String| {
+            with_turn(&this.cell, |t| header_text(lua, t.headers.get(name.as_str())))
         });
         methods.add_method("headers", |lua, this, ()| {
             with_turn(&this.cell, |t| headers_table(lua, &t.headers))
@@ -396,9 +390,9 @@ impl UserData for ReqHandle {
 
 impl UserData for RespHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |_, this, name: String| {
+        methods.add_method("header", |lua, this, name: String| {
             with_resp(&this.cell, false, |r| {
-                Ok(r.headers.get(name.as_str()).map(text_of))
+                header_text(lua, r.headers.get(name.as_str()))
             })
         });
         methods.add_method("headers", |lua, this, ()| {

@@ -58,7 +58,8 @@ pub enum Reply {
     /// `std.http.request`'s `{status, headers, body}`.
     Http {
         status: u16,
-        headers: Vec<(String, String)>,
+        /// Values as received (bytes: a value may hold obs-text).
+        headers: Vec<(String, Vec<u8>)>,
         body: Bytes,
     },
 }
@@ -320,8 +321,9 @@ pub struct HttpCall {
 }
 
 impl HttpCall {
-    /// From the bound arguments `url, method, headers, body, timeout`.
-    pub fn from_args(args: &[Value]) -> Result<Self, String> {
+    /// From the bound arguments `url, method, headers, body, timeout`, the body as
+    /// its exact bytes (see `bind::bind_args_with_bytes`).
+    pub fn from_args(args: &[Value], body: Option<Bytes>) -> Result<Self, String> {
         let url_text = args.first().and_then(Value::as_str).unwrap_or("");
         let url: Uri = url_text
             .parse()
@@ -356,11 +358,7 @@ impl HttpCall {
                 headers.append(name, value);
             }
         }
-        let body = args
-            .get(3)
-            .and_then(Value::as_str)
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .unwrap_or_default();
+        let body = body.unwrap_or_default();
         let timeout = match args.get(4) {
             Some(Value::Duration(d)) => *d,
             _ => Duration::from_secs(5),
@@ -430,13 +428,14 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
         let status = resp.status();
         let mut headers = Vec::with_capacity(resp.headers().keys_len());
         for name in resp.headers().keys() {
-            let joined: Vec<String> = resp
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
-            headers.push((name.as_str().to_owned(), joined.join(", ")));
+            let mut joined = Vec::new();
+            for (i, v) in resp.headers().get_all(name).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            headers.push((name.as_str().to_owned(), joined));
         }
         let body = collect(ProxyBody::Upstream(resp.into_body()), limit)
             .await

@@ -251,7 +251,7 @@ fn reply_args(
             t.raw_set("status", i64::from(status))?;
             let h = lua.create_table_with_capacity(0, headers.len())?;
             for (k, v) in headers {
-                h.raw_set(k, v)?;
+                h.raw_set(k, lua.create_string(&v)?)?;
             }
             t.raw_set("headers", h)?;
             t.raw_set("body", lua.create_string(&body)?)?;
