@@ -1516,7 +1516,11 @@ async fn forward_responses_not_answered_with_are_closed_when_the_hook_ends() {
     let run = Running::start(&s);
     for i in 0..10 {
         let r = get(run.addr, "/dropped").await;
-        assert_eq!((r.status.as_u16(), r.text()), (200, "dropped 200".into()), "{i}");
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "dropped 200".into()),
+            "{i}"
+        );
         let r = get(run.addr, "/twice").await;
         assert_eq!(r.status, 200, "{i}: {}", r.text());
         assert_eq!(r.header("x-first").as_deref(), Some("200"));
@@ -1576,10 +1580,9 @@ async fn a_forwarded_request_is_not_sent_again_by_the_pipeline() {
 
 /// `POST path` with a chunked body of `len` bytes, written raw; the answer as text.
 async fn post_chunked(addr: std::net::SocketAddr, path: &str, len: usize) -> String {
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut raw =
+        format!("POST {path} HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\n\r\n")
+            .into_bytes();
     let piece = vec![b'a'; 64 * 1024];
     let mut left = len;
     while left > 0 {
@@ -1629,7 +1632,10 @@ end
     assert_eq!(up.requests(), 0, "nothing went upstream");
     let raw = post_chunked(run.addr, "/small", 1000).await;
     assert_eq!(raw_status(&raw), 200, "{raw}");
-    assert_eq!(up.last().and_then(|r| r.header("x-len")).as_deref(), Some("1000"));
+    assert_eq!(
+        up.last().and_then(|r| r.header("x-len")).as_deref(),
+        Some("1000")
+    );
 }
 
 // ---- bodies that stall --------------------------------------------------------------------
@@ -1682,7 +1688,10 @@ end
             let started = std::time::Instant::now();
             let raw = tokio::time::timeout(
                 Duration::from_secs(5),
-                raw_request(addr, format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes()),
+                raw_request(
+                    addr,
+                    format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+                ),
             )
             .await
             .unwrap_or_else(|_| panic!("{path}: no answer: the body read has no deadline"));
@@ -1706,7 +1715,10 @@ end
         raw_body(&raw).starts_with("forward false") && raw_body(&raw).contains("within 300ms"),
         "{raw}"
     );
-    assert!(took < Duration::from_millis(900), "the forward's own timeout: {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "the forward's own timeout: {took:?}"
+    );
 
     let (raw, _) = within("/forward-default").await;
     assert!(raw_body(&raw).contains("within 1s"), "{raw}");
@@ -1778,21 +1790,36 @@ end
     for path in ["/respond", "/respond-named"] {
         let r = get(run.addr, path).await;
         assert_eq!(r.status, 200, "{path}");
-        assert_eq!(&r.body[..], gif, "{path}: the bytes as the script wrote them");
+        assert_eq!(
+            &r.body[..],
+            gif,
+            "{path}: the bytes as the script wrote them"
+        );
     }
 
     let r = get(run.addr, "/post").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(&r.body[..], b"\x00\xff\xfe up", "the call's answer, byte for byte");
+    assert_eq!(
+        &r.body[..],
+        b"\x00\xff\xfe up",
+        "the call's answer, byte for byte"
+    );
     let sent = up.last().expect("the call arrived");
     assert_eq!(&sent.body[..], b"\x1f\x8b\x08\x00\xff\xfe");
     assert_eq!(sent.header("content-length").as_deref(), Some("6"));
     let r = get(run.addr, "/post-positional").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(&up.last().expect("the call arrived").body[..], b"\xfe\x00\xff");
+    assert_eq!(
+        &up.last().expect("the call arrived").body[..],
+        b"\xfe\x00\xff"
+    );
 
     let obs_text = http::HeaderValue::from_bytes(b"a\xffb").expect("obs-text is a valid value");
-    let r = send(run.addr, empty(req("GET", "/header").header("x-bin", obs_text))).await;
+    let r = send(
+        run.addr,
+        empty(req("GET", "/header").header("x-bin", obs_text)),
+    )
+    .await;
     assert_eq!(&r.body[..], b"a\xffb", "req:header gives the value's bytes");
 
     let calls = up.requests();
@@ -1807,5 +1834,9 @@ end
             "a clear message: {line}"
         );
     }
-    assert_eq!(up.requests(), calls, "the call with a binary header did not go out");
+    assert_eq!(
+        up.requests(),
+        calls,
+        "the call with a binary header did not go out"
+    );
 }

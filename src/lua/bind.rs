@@ -383,9 +383,9 @@ fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Resul
                 },
             },
             _ => {
-                Op::Http(Box::new(HttpCall::from_args(&args, body).map_err(
-                    |m| mlua::Error::runtime(format!("{}: {m}", sig.name)),
-                )?))
+                Op::Http(Box::new(HttpCall::from_args(&args, body).map_err(|m| {
+                    mlua::Error::runtime(format!("{}: {m}", sig.name))
+                })?))
             }
         };
         lua.create_userdata(PendingOp(op))

@@ -187,12 +187,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             // Borrowed (one allocation, for the Arc); not UTF-8, refused, not changed.
             mlua::Value::String(s) => match s.to_str() {
                 Ok(text) => Value::Str(Arc::from(&*text)),
-                Err(_) => {
-                    return Err(format!(
-                        "{} must be UTF-8 text, not binary data",
-                        what()
-                    ))
-                }
+                Err(_) => return Err(format!("{} must be UTF-8 text, not binary data", what())),
             },
             _ => return Err(wrong("a string")),
         },

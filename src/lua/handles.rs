@@ -311,14 +311,15 @@ pub struct RespHandle {
     pub cell: Arc<TurnCell>,
 }
 
-
 impl UserData for ReqHandle {
     // Methods only (no field getters): mlua then makes `__index` a plain table and a
     // method call is one table lookup plus the Rust call. Fields and `body` are added
     // to that table by `finish_handle`.
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("header", |lua, this, name: String| {
-            with_turn(&this.cell, |t| header_text(lua, t.headers.get(name.as_str())))
+            with_turn(&this.cell, |t| {
+                header_text(lua, t.headers.get(name.as_str()))
+            })
         });
         methods.add_method("headers", |lua, this, ()| {
             with_turn(&this.cell, |t| headers_table(lua, &t.headers))

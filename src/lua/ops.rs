@@ -15,8 +15,8 @@ use mlua::{AnyUserData, UserData};
 
 use super::handles::{LuaResponse, RespData, Turn};
 use crate::config::PoolConfig;
-use crate::pipeline::ClientFault;
 use crate::http::ProxyBody;
+use crate::pipeline::ClientFault;
 use crate::script::value::Value;
 use crate::upstream::client;
 use crate::upstream::connect::Endpoint;
