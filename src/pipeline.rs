@@ -180,6 +180,19 @@ pub struct ScriptError {
     pub file: String,
     pub line: u32,
     pub message: String,
+    /// Set when the failure was the client's: the request then gets the answer to
+    /// that (413, 400), not 500.
+    pub client: Option<ClientFault>,
+}
+
+/// What the client did wrong, found while a module ran (a Lua hook reading the
+/// request body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The request body went over `server.limits.max_body`.
+    BodyTooLarge { limit: u64 },
+    /// The request body could not be read (cut short, broken chunked framing).
+    BadBody(&'static str),
 }
 
 /// A pipeline module. Each phase has an empty default, so a module implements only

@@ -60,6 +60,7 @@ impl PcmodModule {
             file: self.file.to_string(),
             line: f.line,
             message: f.message,
+            client: None,
         }
     }
 

@@ -21,7 +21,8 @@
 
 ---Runs before the upstream. Return nothing to go on; a response (from `std.respond`,
 ---or from `std.proxy.forward`, possibly changed) to answer with it; or a status code to
----answer with an empty body. A `std.respond` made here answers even if not returned.
+---answer with an empty body. A response made here (by `std.respond` or `std.proxy.forward`)
+---answers even if not returned; the last one made wins.
 ---@alias OnRequest fun(req: Request, ctx: Ctx): Response|integer|nil
 
 ---Runs once the response head is in (the upstream's, or a local one), modules in
@@ -135,7 +136,7 @@ function Response:add_header(name, value) end
 ---@param name string
 function Response:remove_header(name) end
 
----Sets the status code (100..=599).
+---Sets the status code (200..=599).
 ---@param status integer
 function Response:set_status(status) end
 
@@ -377,7 +378,7 @@ function std.metrics.prometheus() end
 ---A local response. Returned from `on_request` (or just called there), it answers the request; the upstream never sees it.
 ---
 ---Phases: `on_request`.
----@param status integer the status code (100..=599)
+---@param status integer the status code (200..=599)
 ---@param body? string the body
 ---@param headers? table<string, string|number|boolean> response headers
 ---@return Response
@@ -386,7 +387,7 @@ function std.respond(status, body, headers) end
 
 std.proxy = {}
 
----Sends the request upstream now and waits for the response head; returns the response, which the hook may change and return. Consumes the request body.
+---Sends the request upstream now and waits for the response head; returns the response, which the hook may change and return (it answers even if not returned). Consumes the request body, unless `req:body()` read it.
 ---
 ---Waits: the worker serves other requests meanwhile; not callable inside a coroutine the script made.
 ---

@@ -1169,3 +1169,703 @@ end
         Some("text/plain; charset=utf-8")
     );
 }
+
+// ---- durations, statuses and Host from Lua arguments ------------------------------------
+
+/// A site with one Lua module `m` (its chunk `lua`), `config.app` the address of `up`,
+/// and a catch-all route to `up`.
+fn one_lua_site(lua: &str, up: &Upstream, server: &str, scripts: &str) -> Site {
+    let cfg = format!("    app: string = \"{}\"", up.authority());
+    site(
+        &[("m", &lua_mod("m", 10, &cfg))],
+        &[("m.lua", lua)],
+        server,
+        &format!("{scripts}\n{}", app(&[up], "")),
+    )
+}
+
+#[tokio::test]
+async fn huge_durations_from_lua_are_refused_or_capped_and_never_panic() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+local function url() return "http://" .. config.app .. "/x" end
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/refused" then
+    local out = {}
+    for _, t in ipairs({ 1e20, -1, -0.5, 0/0 }) do
+      local ok, e = pcall(std.http.request, { url = url(), timeout = t })
+      out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    end
+    local ok, e = pcall(std.shared.set, "k", 1, 1e20)
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    ok, e = pcall(std.proxy.forward, { timeout = 1e300 })
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    return std.respond(200, table.concat(out, "\n"))
+  end
+  if p == "/capped" then
+    local a = std.http.request{ url = url(), timeout = 1e19 }
+    local b = std.http.request{ url = url(), timeout = math.maxinteger }
+    std.shared.set("long", "v", math.maxinteger)
+    std.shared.incr("n", 1, 1e19)
+    return std.respond(200, a.status .. " " .. b.status .. " " .. std.shared.get("long") .. " " .. std.shared.get("n"))
+  end
+  if p == "/forward-float" then
+    return std.proxy.forward{ timeout = 1e19 }
+  end
+  if p == "/forward-int" then
+    return std.proxy.forward{ timeout = math.maxinteger }
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+
+    let r = get(run.addr, "/refused").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for line in &lines {
+        assert!(line.starts_with("false:"), "refused: {line}");
+        assert!(
+            line.contains("argument `timeout`") || line.contains("argument `ttl`"),
+            "an argument error naming the argument: {line}"
+        );
+        assert!(!line.contains("panic"), "{line}");
+    }
+    assert!(lines[0].contains("from 0 to 1.8e19"), "{}", lines[0]);
+    assert!(lines[1].contains(">= 0"), "{}", lines[1]);
+
+    let r = try_send(run.addr, empty(req("GET", "/capped")))
+        .await
+        .expect("the proxy answers /capped");
+    assert_eq!((r.status.as_u16(), r.text()), (200, "200 200 v 1".into()));
+    for path in ["/forward-float", "/forward-int"] {
+        let r = try_send(run.addr, empty(req("GET", path)))
+            .await
+            .unwrap_or_else(|e| panic!("the proxy answers {path}: {e}"));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.server(), "app");
+    }
+    assert_eq!(get(run.addr, "/other").await.status, 200);
+}
+
+#[tokio::test]
+async fn std_http_request_sends_host_from_host_and_port_and_refuses_credentials() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/creds" then
+    local ok, e = pcall(std.http.request, { url = "http://user:secret@" .. config.app .. "/ok" })
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+  if req.path == "/plain" then
+    local r = std.http.request{ url = "http://" .. config.app .. "/ok" }
+    return std.respond(200, tostring(r.status))
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/creds").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("credentials"),
+        "a URL with credentials is refused: {}",
+        r.text()
+    );
+    assert_eq!(up.requests(), 0, "nothing went out with the credentials");
+    let r = get(run.addr, "/plain").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "200".into()));
+    let seen = up.last().expect("the call arrived");
+    assert_eq!(seen.header("host"), Some(up.authority()));
+}
+
+#[tokio::test]
+async fn a_1xx_status_is_refused_as_a_final_response_from_lua_and_pcmod() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local s = tonumber(req:query_param("s") or "")
+  if req.path == "/respond" then
+    return std.respond(s, "x")
+  end
+  if req.path == "/return" then
+    return s
+  end
+  if req.path == "/object" then
+    local r = std.respond(200, "x")
+    r:set_status(s)
+    return r
+  end
+  if req.path == "/caught" then
+    local ok, e = pcall(std.respond, s, "x")
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/set" then
+    resp:set_status(tonumber(req:query_param("s")))
+  end
+end
+"#;
+    let pcmod = r#"mod p {
+  priority 5
+  on request {
+    if $path == "/pcmod" {
+      respond int($req.header["x-s"]) "pcmod\n"
+    }
+  }
+}
+"#;
+    let cfg = format!("    app: string = \"{}\"", up.authority());
+    let s = site(
+        &[("m", &lua_mod("m", 10, &cfg)), ("p", pcmod)],
+        &[("m.lua", lua)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+    let answer = |r: http::Request<http_body_util::Full<bytes::Bytes>>| {
+        let addr = run.addr;
+        async move {
+            match tokio::time::timeout(Duration::from_secs(3), try_send(addr, r)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => panic!("no answer: {e}"),
+                Err(_) => panic!("the client was left waiting (a 1xx sent as the answer?)"),
+            }
+        }
+    };
+    for path in ["/respond", "/return", "/object", "/set"] {
+        for s in [100, 101, 103, 199] {
+            let r = answer(empty(req("GET", &format!("{path}?s={s}")))).await;
+            assert_eq!(r.status, 500, "{path}?s={s}: {}", r.text());
+        }
+        let r = answer(empty(req("GET", &format!("{path}?s=200")))).await;
+        assert_eq!(r.status, 200, "{path}?s=200");
+    }
+    let r = answer(empty(req("GET", "/caught?s=100"))).await;
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("outside 200..=599"),
+        "{}",
+        r.text()
+    );
+    for (s, want) in [("100", 500), ("102", 500), ("204", 204)] {
+        let r = answer(empty(req("GET", "/pcmod").header("x-s", s))).await;
+        assert_eq!(r.status, want, "pcmod respond {s}");
+    }
+}
+
+// ---- hooks abandoned while they wait ------------------------------------------------------
+
+/// A server that reads requests and never answers: what a hook waits on for good.
+/// Counts the connections it accepted and the ones its peer closed.
+struct Stall {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn start() -> Stall {
+        Self::answering(None).await
+    }
+
+    /// With `reply`, written once the request arrives (a head, say, and part of a
+    /// body), before it stalls.
+    async fn answering(reply: Option<&'static [u8]>) -> Stall {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stalling server");
+        let addr = listener.local_addr().expect("its address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 4096];
+                    let mut replied = reply.is_none();
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        if !replied {
+                            replied = true;
+                            let _ = stream.write_all(reply.unwrap_or_default()).await;
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Stall {
+            addr,
+            accepted,
+            closed,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `GET path` on a new connection, waits until `started` holds (the hook is
+/// waiting), then closes the connection without reading an answer.
+async fn abandon(addr: std::net::SocketAddr, path: &str, started: impl FnMut() -> bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test.local\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    assert!(
+        wait_until(Duration::from_secs(5), started).await,
+        "the hook started waiting"
+    );
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_hook_abandoned_while_it_waits_leaves_no_globals_behind() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let stall = Stall::start().await;
+    let lua = format!(
+        r#"
+function on_request(req, ctx)
+  if req.path == "/leak" then
+    junk = string.rep("x", 8 * 1024 * 1024)
+    local ok, r = pcall(std.http.request, {{ url = "http://{}/stall", timeout = 30 }})
+    return std.respond(200, "done " .. #junk)
+  end
+  if req.path == "/alloc" then
+    local s = string.rep("z", 8 * 1024 * 1024)
+    return std.respond(200, "alloc " .. #s .. " junk " .. tostring(junk))
+  end
+end
+"#,
+        stall.addr
+    );
+    // 44 MiB: room for three leaked 8 MiB globals and a fourth hook's 16 MiB peak
+    // (string.rep's buffer and its result), but not for /alloc after four leaks.
+    let s = one_lua_site(&lua, &up, "", "lua_memory_limit = \"44MiB\"");
+    let run = Running::start(&s);
+    for i in 1..=4 {
+        abandon(run.addr, "/leak", || stall.accepted() >= i).await;
+        assert!(
+            wait_until(Duration::from_secs(5), || stall.closed() >= i).await,
+            "the abandoned hook's call was closed"
+        );
+    }
+    for _ in 0..3 {
+        let r = get(run.addr, "/alloc").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "alloc 8388608 junk nil".into()),
+            "the abandoned hooks' globals are gone"
+        );
+    }
+}
+
+// ---- responses from std.proxy.forward that a hook does not answer with --------------------
+
+/// The in-flight count of every server of upstream set `name`, as `least_conn` and
+/// the admin API see it.
+fn inflight_of(run: &Running, name: &str) -> usize {
+    let g = run.shared().generation();
+    g.upstreams
+        .sets
+        .iter()
+        .filter(|s| s.name() == name)
+        .flat_map(|s| s.servers.iter())
+        .map(|s| s.inflight())
+        .sum()
+}
+
+const FORWARDS: &str = r#"
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/dropped" then
+    local r = std.proxy.forward()
+    return std.respond(200, "dropped " .. r.status)
+  end
+  if p == "/twice" then
+    local r1 = std.proxy.forward()
+    local r2 = std.proxy.forward()
+    r2:set_header("x-first", r1.status)
+    return r2
+  end
+  if p == "/not-returned" then
+    local r = std.proxy.forward()
+    r:set_header("x-seen", "lua")
+    return
+  end
+  if p == "/again" then
+    local r = std.proxy.forward()
+    local ok, e = pcall(std.proxy.forward)
+    return std.respond(200, tostring(ok) .. "|" .. tostring(e))
+  end
+  if p == "/read-first" then
+    local b = req:body()
+    local r1 = std.proxy.forward()
+    local r2 = std.proxy.forward()
+    r2:set_header("x-read", #b .. "," .. #req:body())
+    return r2
+  end
+end
+"#;
+
+#[tokio::test]
+async fn forward_responses_not_answered_with_are_closed_when_the_hook_ends() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let s = one_lua_site(FORWARDS, &up, "", "");
+    let s_text = std::fs::read_to_string(s.config_path()).expect("read config.toml");
+    s.write_config(&s_text.replace(
+        "[upstreams.app]\n",
+        "[upstreams.app]\nbalance = \"least_conn\"\n",
+    ));
+    let run = Running::start(&s);
+    for i in 0..10 {
+        let r = get(run.addr, "/dropped").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "dropped 200".into()),
+            "{i}"
+        );
+        let r = get(run.addr, "/twice").await;
+        assert_eq!(r.status, 200, "{i}: {}", r.text());
+        assert_eq!(r.header("x-first").as_deref(), Some("200"));
+        assert_eq!(r.server(), "app");
+    }
+    assert_eq!(up.requests(), 30);
+    assert!(
+        wait_until(Duration::from_secs(3), || inflight_of(&run, "app") == 0).await,
+        "the forwarded responses were let go: {} still in flight",
+        inflight_of(&run, "app")
+    );
+}
+
+#[tokio::test]
+async fn a_forwarded_request_is_not_sent_again_by_the_pipeline() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let s = one_lua_site(FORWARDS, &up, "", "");
+    let run = Running::start(&s);
+    let post = |path: &str| {
+        req("POST", path)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"hello body",
+            )))
+            .expect("request builds")
+    };
+
+    // Not returned: the forward's response answers, and the body went up once.
+    let r = send(run.addr, post("/not-returned")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-seen").as_deref(), Some("lua"));
+    assert_eq!(r.json()["body_len"], 10);
+    assert_eq!(up.requests(), 1, "the request went upstream once");
+    assert_eq!(&up.last().expect("a request").body[..], b"hello body");
+
+    // A second forward of a body that already went is an error, not an empty body.
+    let r = send(run.addr, post("/again")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("false|") && r.text().contains("earlier std.proxy.forward"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(up.requests(), 2);
+
+    // A body read with req:body() first goes with every forward.
+    let r = send(run.addr, post("/read-first")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-read").as_deref(), Some("10,10"));
+    assert_eq!(r.json()["body_len"], 10);
+    let all = up.all();
+    assert_eq!(all.len(), 4);
+    assert_eq!(&all[2].body[..], b"hello body");
+    assert_eq!(&all[3].body[..], b"hello body");
+}
+
+// ---- a request body that cannot be read ---------------------------------------------------
+
+/// `POST path` with a chunked body of `len` bytes, written raw; the answer as text.
+async fn post_chunked(addr: std::net::SocketAddr, path: &str, len: usize) -> String {
+    let mut raw =
+        format!("POST {path} HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\n\r\n")
+            .into_bytes();
+    let piece = vec![b'a'; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(piece.len());
+        raw.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        raw.extend_from_slice(&piece[..n]);
+        raw.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw_request(addr, &raw).await
+}
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_fails_the_request_even_when_the_error_is_caught() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/caught" then
+    local ok, b = pcall(req.body, req)
+    req:set_header("x-body-ok", tostring(ok))
+    return
+  end
+  if req.path == "/caught-respond" then
+    local ok = pcall(req.body, req)
+    return std.respond(200, "fine " .. tostring(ok))
+  end
+  if req.path == "/caught-forward" then
+    pcall(req.body, req)
+    local ok, r = pcall(std.proxy.forward)
+    return std.respond(200, "forwarded " .. tostring(ok))
+  end
+  if req.path == "/uncaught" then
+    req:body()
+  end
+  if req.path == "/small" then
+    req:set_header("x-len", #req:body())
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "\n[server.limits]\nmax_body = \"1MiB\"", "");
+    let run = Running::start(&s);
+    for path in ["/caught", "/caught-respond", "/caught-forward", "/uncaught"] {
+        let raw = post_chunked(run.addr, path, 1_300_000).await;
+        assert_eq!(raw_status(&raw), 413, "{path}: {raw}");
+    }
+    assert_eq!(up.requests(), 0, "nothing went upstream");
+    let raw = post_chunked(run.addr, "/small", 1000).await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(
+        up.last().and_then(|r| r.header("x-len")).as_deref(),
+        Some("1000")
+    );
+}
+
+// ---- bodies that stall --------------------------------------------------------------------
+
+#[tokio::test]
+async fn reading_a_body_that_stalls_ends_in_an_error_within_the_response_timeout() {
+    let stall = Stall::answering(Some(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: text/plain\r\n\r\nabc",
+    ))
+    .await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/forward" then
+    local r = std.proxy.forward{ timeout = 0.3 }
+    local ok, e = pcall(r.body, r)
+    return std.respond(200, "forward " .. tostring(ok) .. " " .. tostring(e))
+  end
+  if req.path == "/forward-default" then
+    local r = std.proxy.forward()
+    local ok, e = pcall(r.body, r)
+    return std.respond(200, "default " .. tostring(ok) .. " " .. tostring(e))
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/caught" then
+    local ok, e = pcall(resp.body, resp)
+    resp:set_header("x-error", tostring(e))
+    resp:set_body("fallback\n")
+  elseif req.path == "/uncaught" then
+    resp:body()
+  elseif req.path == "/cut" then
+    pcall(resp.body, resp)
+  end
+end
+"#;
+    let s = site(
+        &[("m", &lua_mod("m", 10, ""))],
+        &[("m.lua", lua)],
+        "",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"1s\"\n\n[[routes]]\nupstream = \"app\"\n",
+            stall.addr
+        ),
+    );
+    let run = Running::start(&s);
+    let within = |path: &'static str| {
+        let addr = run.addr;
+        async move {
+            let started = std::time::Instant::now();
+            let raw = tokio::time::timeout(
+                Duration::from_secs(5),
+                raw_request(
+                    addr,
+                    format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer: the body read has no deadline"));
+            (raw, started.elapsed())
+        }
+    };
+
+    let (raw, took) = within("/caught").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(raw_body(&raw), "fallback\n");
+    let error = raw_header(&raw, "x-error").unwrap_or_default();
+    assert!(error.contains("within 1s"), "{error}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+
+    let (raw, _) = within("/uncaught").await;
+    assert_eq!(raw_status(&raw), 500, "{raw}");
+
+    let (raw, took) = within("/forward").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert!(
+        raw_body(&raw).starts_with("forward false") && raw_body(&raw).contains("within 300ms"),
+        "{raw}"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "the forward's own timeout: {took:?}"
+    );
+
+    let (raw, _) = within("/forward-default").await;
+    assert!(raw_body(&raw).contains("within 1s"), "{raw}");
+
+    // Caught, with no new body: the client's answer is cut short (here, before its
+    // head), not an empty 200.
+    let (raw, _) = within("/cut").await;
+    assert!(
+        raw.is_empty() || raw_body(&raw).len() < 100,
+        "the answer is not complete: {raw}"
+    );
+    assert_ne!(
+        raw_header(&raw, "content-length").as_deref(),
+        Some("0"),
+        "not an empty answer: {raw}"
+    );
+}
+
+// ---- binary strings ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bodies_keep_their_bytes_and_text_arguments_refuse_binary_strings() {
+    let up = Upstream::start(
+        "app",
+        Behavior::fixed_body(&b"\x00\xff\xfe up"[..], false).with_header("x-up", "v"),
+    )
+    .await;
+    let lua = r#"
+local GIF = "GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff"
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/respond" then
+    return std.respond(200, GIF, { ["content-type"] = "image/gif" })
+  end
+  if p == "/respond-named" then
+    return std.respond{ status = 200, body = GIF }
+  end
+  if p == "/post" then
+    local r = std.http.request{ url = "http://" .. config.app .. "/in", method = "POST", body = "\x1f\x8b\x08\x00\xff\xfe" }
+    return std.respond(200, r.body)
+  end
+  if p == "/post-positional" then
+    local r = std.http.request("http://" .. config.app .. "/in2", "PUT", nil, "\xfe\x00\xff")
+    return std.respond(200, r.body)
+  end
+  if p == "/header" then
+    return std.respond(200, req:header("x-bin"))
+  end
+  if p == "/text" then
+    local out = {}
+    local function try(name, f, ...)
+      local ok, e = pcall(f, ...)
+      out[#out + 1] = name .. "=" .. tostring(ok) .. ":" .. tostring(e):match("^[^\n]*")
+    end
+    try("shared-key", std.shared.set, "k\xff", "v")
+    try("shared-value", std.shared.set, "k", "\xff\xfe")
+    try("respond-header", std.respond, 200, "x", { ["x-bin"] = "\xff" })
+    try("respond-name", std.respond, 200, "x", { ["x\xff"] = "v" })
+    try("http-header", std.http.request, { url = "http://" .. config.app .. "/h", headers = { ["x-bin"] = "a\xffb" } })
+    try("ctx", function() ctx.bin = "\xff" end)
+    try("ctx-table", function() ctx.bin = { ["k\xff"] = 1 } end)
+    return std.respond(200, table.concat(out, "\n"))
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let gif: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff";
+    for path in ["/respond", "/respond-named"] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            &r.body[..],
+            gif,
+            "{path}: the bytes as the script wrote them"
+        );
+    }
+
+    let r = get(run.addr, "/post").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &r.body[..],
+        b"\x00\xff\xfe up",
+        "the call's answer, byte for byte"
+    );
+    let sent = up.last().expect("the call arrived");
+    assert_eq!(&sent.body[..], b"\x1f\x8b\x08\x00\xff\xfe");
+    assert_eq!(sent.header("content-length").as_deref(), Some("6"));
+    let r = get(run.addr, "/post-positional").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &up.last().expect("the call arrived").body[..],
+        b"\xfe\x00\xff"
+    );
+
+    let obs_text = http::HeaderValue::from_bytes(b"a\xffb").expect("obs-text is a valid value");
+    let r = send(
+        run.addr,
+        empty(req("GET", "/header").header("x-bin", obs_text)),
+    )
+    .await;
+    assert_eq!(&r.body[..], b"a\xffb", "req:header gives the value's bytes");
+
+    let calls = up.requests();
+    let r = get(run.addr, "/text").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    for line in &lines {
+        assert!(line.contains("=false:"), "refused: {line}");
+        assert!(
+            line.contains("UTF-8") || line.contains("utf-8"),
+            "a clear message: {line}"
+        );
+    }
+    assert_eq!(
+        up.requests(),
+        calls,
+        "the call with a binary header did not go out"
+    );
+}

@@ -139,6 +139,28 @@ pub fn bind_args(
     defaults: &[Value],
     args: MultiValue,
 ) -> mlua::Result<SmallVec<[Value; 6]>> {
+    bind_args_with_bytes(sig, defaults, args, None).map(|(args, _)| args)
+}
+
+/// [`bind_args`], except that argument `bytes` (an index), when it is a Lua string, is
+/// handed back as its exact bytes — a body may be binary, where a script value's
+/// string is text — and is `nil` among the arguments.
+pub fn bind_args_with_bytes(
+    sig: &FnSig,
+    defaults: &[Value],
+    args: MultiValue,
+    bytes: Option<usize>,
+) -> mlua::Result<(SmallVec<[Value; 6]>, Option<bytes::Bytes>)> {
+    let mut raw = None;
+    let mut bind = |i: usize, a: &stdlib::ArgSig, v: &mlua::Value| -> mlua::Result<Value> {
+        match v {
+            mlua::Value::String(s) if Some(i) == bytes => {
+                raw = Some(bytes::Bytes::copy_from_slice(&s.as_bytes()));
+                Ok(Value::Nil)
+            }
+            _ => one_arg(sig, a, defaults.get(i), v),
+        }
+    };
     let fail = |m: String| mlua::Error::runtime(format!("{}: {m}", sig.name));
     let mut out = SmallVec::with_capacity(sig.args.len());
     let named = match args.front() {
@@ -179,7 +201,7 @@ pub fn bind_args(
                     .get_mut(i)
                     .and_then(Option::take)
                     .unwrap_or(mlua::Value::Nil);
-                out.push(one_arg(sig, a, defaults.get(i), &v)?);
+                out.push(bind(i, a, &v)?);
             }
         }
         None => {
@@ -192,11 +214,16 @@ pub fn bind_args(
             }
             for (i, a) in sig.args.iter().enumerate() {
                 let v = args.get(i).unwrap_or(&mlua::Value::Nil);
-                out.push(one_arg(sig, a, defaults.get(i), v)?);
+                out.push(bind(i, a, v)?);
             }
         }
     }
-    Ok(out)
+    Ok((out, raw))
+}
+
+/// Where a signature's `body` argument is (bodies keep their exact bytes).
+fn body_index(sig: &FnSig) -> Option<usize> {
+    sig.args.iter().position(|a| a.name == "body")
 }
 
 fn one_arg(
@@ -331,8 +358,9 @@ pub fn check_waiting_allowed(lua: &Lua, cell: &TurnCell) -> mlua::Result<()> {
 fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
     let cell = Arc::clone(cell);
     let defaults = defaults(sig);
+    let body_at = body_index(sig);
     lua.create_function(move |lua, args: MultiValue| {
-        let args = bind_args(sig, &defaults, args)?;
+        let (args, body) = bind_args_with_bytes(sig, &defaults, args, body_at)?;
         check_waiting_allowed(lua, &cell)?;
         with_turn(&cell, |t| check_phase(sig, t))?;
         let op = match sig.id {
@@ -355,7 +383,7 @@ fn start_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Resul
                 },
             },
             _ => {
-                Op::Http(Box::new(HttpCall::from_args(&args).map_err(|m| {
+                Op::Http(Box::new(HttpCall::from_args(&args, body).map_err(|m| {
                     mlua::Error::runtime(format!("{}: {m}", sig.name))
                 })?))
             }
@@ -373,8 +401,9 @@ fn respond_fn(
     let cell = Arc::clone(cell);
     let body_fn = body_fn.clone();
     let defaults = defaults(sig);
+    let body_at = body_index(sig);
     lua.create_function(move |lua, args: MultiValue| {
-        let args = bind_args(sig, &defaults, args)?;
+        let (args, body) = bind_args_with_bytes(sig, &defaults, args, body_at)?;
         let status = match &args[0] {
             Value::Int(n) => super::handles::status_code(*n)?,
             _ => {
@@ -401,10 +430,7 @@ fn respond_fn(
                 data.headers.append(name, value);
             }
         }
-        let body = args[1]
-            .as_str()
-            .map(|s| bytes::Bytes::copy_from_slice(s.as_bytes()))
-            .unwrap_or_default();
+        let body = body.unwrap_or_default();
         // Like pcmod's `respond`: a body without a declared type is text.
         if !body.is_empty() && !data.headers.contains_key(http::header::CONTENT_TYPE) {
             data.headers.insert(
@@ -417,6 +443,7 @@ fn respond_fn(
             data,
             guard: None,
             upstream: None,
+            body_timeout: None,
             body_fn: body_fn.clone(),
         })?;
         with_turn(&cell, |t| {

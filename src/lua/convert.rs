@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlua::{Lua, Table};
 
@@ -47,6 +48,18 @@ pub fn record_to_lua(lua: &Lua, fields: &[Value], sig: &RecordSig) -> mlua::Resu
     Ok(mlua::Value::Table(t))
 }
 
+/// A Lua string as text. Lua strings are bytes; a script value's string is text, so a
+/// string that is not UTF-8 is refused rather than changed (`what` names the place).
+/// Bodies, which may be binary, do not come through here.
+pub fn text(s: &mlua::LuaString, what: &str) -> Result<String, String> {
+    match s.to_str() {
+        Ok(t) => Ok(t.to_owned()),
+        Err(_) => Err(format!(
+            "{what}: the string is not UTF-8 text (binary data is allowed only in bodies)"
+        )),
+    }
+}
+
 /// Nesting beyond which a table is refused (it is probably cyclic).
 const MAX_DEPTH: usize = 16;
 
@@ -63,7 +76,7 @@ fn from_lua_at(v: &mlua::Value, what: &str, depth: usize) -> Result<Value, Strin
         mlua::Value::Boolean(b) => Value::Bool(*b),
         mlua::Value::Integer(i) => Value::Int(*i),
         mlua::Value::Number(f) => Value::Float(*f),
-        mlua::Value::String(s) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+        mlua::Value::String(s) => Value::Str(Arc::from(text(s, what)?)),
         mlua::Value::Table(t) => {
             if depth >= MAX_DEPTH {
                 return Err(format!(
@@ -91,7 +104,7 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
         count += 1;
         match &k {
             mlua::Value::String(s) => {
-                map.insert(s.to_string_lossy(), from_lua_at(&v, what, depth + 1)?);
+                map.insert(text(s, what)?, from_lua_at(&v, what, depth + 1)?);
             }
             _ => all_string_keys = false,
         }
@@ -110,6 +123,43 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
     Err(format!(
         "{what}: a table must be a list (keys 1..n) or have only string keys"
     ))
+}
+
+/// The longest duration a Lua argument stands for: longer ones (a `timeout` of
+/// `math.maxinteger`, a `ttl` of `1e15`) mean "practically forever" and are cut to
+/// this, so that no deadline made from one (`Instant::now() + timeout`) can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration argument: seconds (an integer or a float) or a duration string; at most
+/// [`MAX_DURATION`]. `what` names the argument in the message.
+pub fn duration_from_lua(v: &mlua::Value, what: &str) -> Result<Duration, String> {
+    let d = match v {
+        mlua::Value::Integer(i) => u64::try_from(*i)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{what} must be seconds >= 0, not {i}"))?,
+        mlua::Value::Number(f) => Duration::try_from_secs_f64(*f).map_err(|_| {
+            // 1e20, not twenty-one digits.
+            let shown = if f.abs() >= 1e15 {
+                format!("{f:e}")
+            } else {
+                f.to_string()
+            };
+            format!("{what} must be a number of seconds from 0 to 1.8e19, not {shown}")
+        })?,
+        mlua::Value::String(s) => {
+            let text = s
+                .to_str()
+                .map_err(|_| format!("{what} must be a duration string, not binary data"))?;
+            crate::config::parse_duration(&text).map_err(|e| format!("{what}: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "{what} must be seconds (a number) or a duration string like \"250ms\", not {}",
+                other.type_name()
+            ))
+        }
+    };
+    Ok(d.min(MAX_DURATION))
 }
 
 /// Converts Lua argument `name` to the type a signature asks for; `Err` is the
@@ -134,39 +184,21 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             _ => return Err(wrong("a number")),
         },
         ArgType::Str => match v {
-            // Borrowed when it is UTF-8 (the usual case): one allocation, for the Arc.
+            // Borrowed (one allocation, for the Arc); not UTF-8, refused, not changed.
             mlua::Value::String(s) => match s.to_str() {
                 Ok(text) => Value::Str(Arc::from(&*text)),
-                Err(_) => Value::Str(Arc::from(s.to_string_lossy().as_str())),
+                Err(_) => return Err(format!("{} must be UTF-8 text, not binary data", what())),
             },
             _ => return Err(wrong("a string")),
         },
-        ArgType::Duration => match v {
-            mlua::Value::Integer(i) if *i >= 0 => {
-                Value::Duration(std::time::Duration::from_secs(*i as u64))
-            }
-            mlua::Value::Number(f) if *f >= 0.0 && f.is_finite() => {
-                Value::Duration(std::time::Duration::from_secs_f64(*f))
-            }
-            mlua::Value::String(s) => {
-                let text = s.to_str().map_err(|_| wrong("a duration string"))?;
-                crate::config::parse_duration(&text)
-                    .map(Value::Duration)
-                    .map_err(|e| format!("{}: {e}", what()))?
-            }
-            _ => {
-                return Err(wrong(
-                    "seconds (a number) or a duration string like \"250ms\"",
-                ))
-            }
-        },
+        ArgType::Duration => Value::Duration(duration_from_lua(v, &what())?),
         ArgType::Map => match v {
             mlua::Value::Table(t) => {
                 let mut map = BTreeMap::new();
                 for pair in t.pairs::<mlua::Value, mlua::Value>() {
                     let (k, item) = pair.map_err(|e| format!("{}: {e}", what()))?;
                     let key = match k {
-                        mlua::Value::String(s) => s.to_string_lossy(),
+                        mlua::Value::String(s) => text(&s, &format!("{} (a key)", what()))?,
                         other => {
                             return Err(format!(
                                 "{}: keys must be strings, not {}",
@@ -176,7 +208,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                         }
                     };
                     let value = match item {
-                        mlua::Value::String(s) => s.to_string_lossy(),
+                        mlua::Value::String(s) => text(&s, &format!("{}[{key:?}]", what()))?,
                         mlua::Value::Integer(i) => i.to_string(),
                         mlua::Value::Number(f) => f.to_string(),
                         mlua::Value::Boolean(b) => b.to_string(),

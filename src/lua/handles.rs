@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::convert;
 use super::LuaCall;
 use crate::http::ProxyBody;
-use crate::pipeline::{Ctx, Exchange, RequestInfo};
+use crate::pipeline::{ClientFault, Ctx, Exchange, RequestInfo};
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 use crate::upstream::InflightGuard;
@@ -44,8 +44,20 @@ pub struct Turn {
     pub ctx: Ctx,
     pub response_headers: crate::pipeline::ResponseHeaders,
     pub upstream: Option<Arc<str>>,
-    /// A response `std.respond` made (it answers even if the hook does not return it).
+    /// The last response the hook made, by `std.respond` or `std.proxy.forward` (it
+    /// answers even if the hook does not return it).
     pub answer: Option<AnyUserData>,
+    /// Every response `std.proxy.forward` returned in this hook call: those the hook
+    /// does not answer with are closed when it ends ([`Turn::close_forwarded`]), not
+    /// when Lua's GC gets to them (they hold an upstream connection and the server's
+    /// in-flight count).
+    pub forwarded: Vec<AnyUserData>,
+    /// A `std.proxy.forward` sent the request's body (which was not in memory): it
+    /// cannot be sent again.
+    pub body_forwarded: bool,
+    /// `req:body()` failed (over the limit, broken): the request fails with that,
+    /// whatever the hook does after catching the error.
+    pub body_failed: Option<ClientFault>,
     /// The coroutine running the hook (waiting is allowed only from it).
     pub thread: Option<mlua::Thread>,
 }
@@ -86,7 +98,19 @@ impl Turn {
             response_headers: std::mem::take(ex.response_headers),
             upstream: ex.upstream.cloned(),
             answer: None,
+            forwarded: Vec::new(),
+            body_forwarded: false,
+            body_failed: None,
             thread: None,
+        }
+    }
+
+    /// Closes the responses `std.proxy.forward` returned that the hook did not answer
+    /// with (the one it did was taken already): their upstream bodies are dropped, which
+    /// closes the connections, and the servers' in-flight counts go down.
+    pub fn close_forwarded(&mut self) {
+        for ud in self.forwarded.drain(..) {
+            drop(ud.take::<LuaResponse>());
         }
     }
 
@@ -287,19 +311,14 @@ pub struct RespHandle {
     pub cell: Arc<TurnCell>,
 }
 
-/// A header value as text (lossy).
-fn text_of(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
-}
-
 impl UserData for ReqHandle {
     // Methods only (no field getters): mlua then makes `__index` a plain table and a
     // method call is one table lookup plus the Rust call. Fields and `body` are added
     // to that table by `finish_handle`.
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |_, this, name: String| {
+        methods.add_method("header", |lua, this, name: String| {
             with_turn(&this.cell, |t| {
-                Ok(t.headers.get(name.as_str()).map(text_of))
+                header_text(lua, t.headers.get(name.as_str()))
             })
         });
         methods.add_method("headers", |lua, this, ()| {
@@ -372,9 +391,9 @@ impl UserData for ReqHandle {
 
 impl UserData for RespHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |_, this, name: String| {
+        methods.add_method("header", |lua, this, name: String| {
             with_resp(&this.cell, false, |r| {
-                Ok(r.headers.get(name.as_str()).map(text_of))
+                header_text(lua, r.headers.get(name.as_str()))
             })
         });
         methods.add_method("headers", |lua, this, ()| {
@@ -555,13 +574,14 @@ pub fn set_body(r: &mut RespData, bytes: Bytes) {
     r.body = Some(ProxyBody::full(bytes));
 }
 
-/// A status code from Lua.
+/// A status code from Lua for a final response: 200..=599 (a 1xx is not an answer, and
+/// written as one it would leave the client waiting for the real one).
 pub fn status_code(status: i64) -> mlua::Result<StatusCode> {
     u16::try_from(status)
         .ok()
-        .filter(|s| (100..=599).contains(s))
+        .filter(|s| (200..=599).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 100..=599")))
+        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 200..=599")))
 }
 
 /// A response object: made by `std.respond` or returned by `std.proxy.forward`.
@@ -570,6 +590,9 @@ pub struct LuaResponse {
     pub data: RespData,
     pub guard: Option<InflightGuard>,
     pub upstream: Option<Arc<str>>,
+    /// How long `body()` may wait for the whole body: the forward's timeout (or its
+    /// upstream's `response_timeout`); `None` for a body already in memory.
+    pub body_timeout: Option<std::time::Duration>,
     pub body_fn: Function,
 }
 

@@ -62,7 +62,8 @@ const HOOKS: &str = r#"-- Hooks: globals a module's chunk may define; proxycache
 
 ---Runs before the upstream. Return nothing to go on; a response (from `std.respond`,
 ---or from `std.proxy.forward`, possibly changed) to answer with it; or a status code to
----answer with an empty body. A `std.respond` made here answers even if not returned.
+---answer with an empty body. A response made here (by `std.respond` or `std.proxy.forward`)
+---answers even if not returned; the last one made wins.
 ---@alias OnRequest fun(req: Request, ctx: Ctx): Response|integer|nil
 
 ---Runs once the response head is in (the upstream's, or a local one), modules in
@@ -178,7 +179,7 @@ function Response:add_header(name, value) end
 ---@param name string
 function Response:remove_header(name) end
 
----Sets the status code (100..=599).
+---Sets the status code (200..=599).
 ---@param status integer
 function Response:set_status(status) end
 

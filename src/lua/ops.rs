@@ -16,6 +16,7 @@ use mlua::{AnyUserData, UserData};
 use super::handles::{LuaResponse, RespData, Turn};
 use crate::config::PoolConfig;
 use crate::http::ProxyBody;
+use crate::pipeline::ClientFault;
 use crate::script::value::Value;
 use crate::upstream::client;
 use crate::upstream::connect::Endpoint;
@@ -51,11 +52,14 @@ pub enum Reply {
         data: RespData,
         guard: Option<InflightGuard>,
         upstream: Option<Arc<str>>,
+        /// How long its `body()` may wait.
+        body_timeout: Duration,
     },
     /// `std.http.request`'s `{status, headers, body}`.
     Http {
         status: u16,
-        headers: Vec<(String, String)>,
+        /// Values as received (bytes: a value may hold obs-text).
+        headers: Vec<(String, Vec<u8>)>,
         body: Bytes,
     },
 }
@@ -68,30 +72,45 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             let Some(body) = turn.body.as_mut() else {
                 return Err("req:body() is available in the request phase only".into());
             };
-            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
-            *body = ProxyBody::full(bytes.clone());
-            Ok(Reply::Bytes(bytes))
+            match collect(std::mem::replace(body, ProxyBody::Empty), limit).await {
+                Ok(bytes) => {
+                    *body = ProxyBody::full(bytes.clone());
+                    Ok(Reply::Bytes(bytes))
+                }
+                Err(e) => {
+                    // What was read is gone: the request cannot go on, whatever the
+                    // hook does with the error.
+                    turn.body_failed = Some(e.client_fault());
+                    Err(e.to_string())
+                }
+            }
         }
         Op::RespBody => {
+            let timeout = response_timeout(turn);
             let Some(body) = turn.resp.as_mut().and_then(|r| r.body.as_mut()) else {
                 return Err("resp:body() is available in the response phase only".into());
             };
-            let bytes = collect(std::mem::replace(body, ProxyBody::Empty), limit).await?;
-            *body = ProxyBody::full(bytes.clone());
-            Ok(Reply::Bytes(bytes))
+            let taken = std::mem::replace(body, ProxyBody::Empty);
+            let (read, kept) = collect_within(taken, limit, timeout).await;
+            *body = kept;
+            read.map(Reply::Bytes)
+                .map_err(|e| format!("resp:body(): {e}"))
         }
         Op::OwnBody(ud) => {
-            let taken = {
+            let (taken, timeout) = {
                 let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
-                r.data.body.take()
+                (r.data.body.take(), r.body_timeout)
             };
-            let bytes = match taken {
-                Some(body) => collect(body, limit).await?,
-                None => Bytes::new(),
+            let (read, kept) = match taken {
+                Some(body) => {
+                    let timeout = timeout.unwrap_or_else(|| response_timeout(turn));
+                    collect_within(body, limit, timeout).await
+                }
+                None => (Ok(Bytes::new()), ProxyBody::Empty),
             };
             let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
-            r.data.body = Some(ProxyBody::full(bytes.clone()));
-            Ok(Reply::Bytes(bytes))
+            r.data.body = Some(kept);
+            read.map(Reply::Bytes).map_err(|e| format!("body(): {e}"))
         }
         Op::Forward {
             upstream,
@@ -102,22 +121,116 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
     }
 }
 
+/// The `response_timeout` of the turn's upstream set, or the default one when there
+/// is none.
+fn response_timeout(turn: &Turn) -> Duration {
+    let name = turn.upstream.as_deref();
+    turn.call
+        .generation
+        .upstreams
+        .sets
+        .iter()
+        .find(|s| Some(s.name()) == name)
+        .map_or(crate::config::DEFAULT_RESPONSE_TIMEOUT, |s| {
+            s.config.response_timeout
+        })
+}
+
+/// Reads a response's whole body within `timeout` (an upstream that sends its head and
+/// then stalls must not hold the hook for good). Returns what was read, and what the
+/// response's body is now: the bytes read, or — when the read failed and what was
+/// read is gone — a body that fails as it is sent, so the client's answer is cut
+/// short, as when an upstream fails mid-body, instead of going out empty (unless the
+/// hook sets a new body).
+async fn collect_within(
+    body: ProxyBody,
+    limit: u64,
+    timeout: Duration,
+) -> (Result<Bytes, ReadError>, ProxyBody) {
+    let read = match tokio::time::timeout(timeout, collect(body, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ReadError::TimedOut(timeout)),
+    };
+    match read {
+        Ok(bytes) => {
+            let kept = ProxyBody::full(bytes.clone());
+            (Ok(bytes), kept)
+        }
+        Err(e) => {
+            let kept = broken_body(e.to_string());
+            (Err(e), kept)
+        }
+    }
+}
+
+/// A body that fails with `message` when it is read.
+fn broken_body(message: String) -> ProxyBody {
+    ProxyBody::Boxed(http_body_util::combinators::BoxBody::new(Broken(Some(
+        message,
+    ))))
+}
+
+/// See [`broken_body`].
+struct Broken(Option<String>);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = crate::http::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|m| Err(m.into())))
+    }
+}
+
+/// Why reading a whole body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the whole body did not arrive within {0:?}")]
+    TimedOut(Duration),
+    #[error("the body is over server.limits.max_body ({0} bytes)")]
+    TooLarge(u64),
+    /// `client`: what was wrong with it, when it is the client's request body.
+    #[error("reading the body failed: {reason}")]
+    Failed {
+        reason: String,
+        client: Option<&'static str>,
+    },
+}
+
+impl ReadError {
+    /// The answer the client gets when this was its request body.
+    pub fn client_fault(&self) -> ClientFault {
+        match self {
+            ReadError::TooLarge(limit) => ClientFault::BodyTooLarge { limit: *limit },
+            ReadError::TimedOut(_) => ClientFault::BadBody("request body timed out"),
+            ReadError::Failed { client, .. } => {
+                ClientFault::BadBody(client.unwrap_or("request body could not be read"))
+            }
+        }
+    }
+}
+
 /// Reads a whole body, at most `limit` bytes.
-async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, String> {
+async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, ReadError> {
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
-                || crate::http::body::body_too_large(&*e).is_some()
             {
-                Err(format!(
-                    "the body is over server.limits.max_body ({limit} bytes)"
-                ))
-            } else {
-                Err(format!("reading the body failed: {e}"))
+                return Err(ReadError::TooLarge(limit));
             }
+            if let Some(limit) = crate::http::body::body_too_large(&*e) {
+                return Err(ReadError::TooLarge(limit));
+            }
+            Err(ReadError::Failed {
+                reason: e.to_string(),
+                client: crate::http::body::client_body_error(&*e),
+            })
         }
     }
 }
@@ -144,10 +257,22 @@ async fn forward(
     parts.uri = turn.uri.clone();
     parts.headers = turn.headers.clone();
     parts.version = Version::HTTP_11;
-    let body = turn
-        .body
-        .as_mut()
-        .map_or(ProxyBody::Empty, |b| std::mem::replace(b, ProxyBody::Empty));
+    let body = match turn.body.as_mut() {
+        None => ProxyBody::Empty,
+        // Read by `req:body()`: kept, for `req:body()` and another forward.
+        Some(ProxyBody::Full(Some(bytes))) => ProxyBody::Full(Some(bytes.clone())),
+        Some(_) if turn.body_failed.is_some() => {
+            return Err("std.proxy.forward: the request body could not be read (req:body() failed); the request fails".into())
+        }
+        Some(_) if turn.body_forwarded => {
+            return Err("std.proxy.forward: the request body went upstream with an earlier std.proxy.forward and cannot be sent again (read it with req:body() first to forward it more than once)".into())
+        }
+        Some(b) => {
+            let body = std::mem::replace(b, ProxyBody::Empty);
+            turn.body_forwarded = !http_body::Body::is_end_stream(&body);
+            body
+        }
+    };
     let host = turn.headers.get(header::HOST).cloned();
     let sent = crate::proxy::send_upstream(
         crate::proxy::Outbound {
@@ -165,6 +290,7 @@ async fn forward(
         retries,
     )
     .await;
+    let body_timeout = timeout.unwrap_or(generation.upstreams.sets[index].config.response_timeout);
     match sent {
         Ok((resp, guard)) => {
             let (parts, body) = resp.into_parts();
@@ -178,6 +304,7 @@ async fn forward(
                 },
                 guard: Some(guard),
                 upstream: Some(name),
+                body_timeout,
             })
         }
         Err(e) => Err(format!("std.proxy.forward: {e}")),
@@ -194,8 +321,9 @@ pub struct HttpCall {
 }
 
 impl HttpCall {
-    /// From the bound arguments `url, method, headers, body, timeout`.
-    pub fn from_args(args: &[Value]) -> Result<Self, String> {
+    /// From the bound arguments `url, method, headers, body, timeout`, the body as
+    /// its exact bytes (see `bind::bind_args_with_bytes`).
+    pub fn from_args(args: &[Value], body: Option<Bytes>) -> Result<Self, String> {
         let url_text = args.first().and_then(Value::as_str).unwrap_or("");
         let url: Uri = url_text
             .parse()
@@ -207,8 +335,15 @@ impl HttpCall {
             }
             _ => return Err(format!("{url_text:?} must be an http:// URL")),
         }
-        if url.host().is_none() {
+        let Some(authority) = url.authority() else {
             return Err(format!("{url_text:?} has no host"));
+        };
+        if authority.as_str().contains('@') {
+            // Sent as they are, they would end up in `Host`.
+            return Err(
+                "the URL has credentials (user:password@); send them in an authorization header"
+                    .into(),
+            );
         }
         let method_text = args.get(1).and_then(Value::as_str).unwrap_or("GET");
         let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
@@ -223,11 +358,7 @@ impl HttpCall {
                 headers.append(name, value);
             }
         }
-        let body = args
-            .get(3)
-            .and_then(Value::as_str)
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .unwrap_or_default();
+        let body = body.unwrap_or_default();
         let timeout = match args.get(4) {
             Some(Value::Duration(d)) => *d,
             _ => Duration::from_secs(5),
@@ -274,8 +405,12 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             .parse()
             .map_err(|_| fail("bad path".into()))?;
         *req.headers_mut() = call.headers.clone();
-        let authority = call.url.authority().map_or(host.clone(), |a| a.to_string());
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        // From the host and the port as written, never from the whole authority.
+        let host_header = match call.url.port() {
+            Some(p) => format!("{host}:{}", p.as_str()),
+            None => host.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&host_header) {
             req.headers_mut().entry(header::HOST).or_insert(v);
         }
         if !call.body.is_empty() {
@@ -293,17 +428,18 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
         let status = resp.status();
         let mut headers = Vec::with_capacity(resp.headers().keys_len());
         for name in resp.headers().keys() {
-            let joined: Vec<String> = resp
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
-            headers.push((name.as_str().to_owned(), joined.join(", ")));
+            let mut joined = Vec::new();
+            for (i, v) in resp.headers().get_all(name).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            headers.push((name.as_str().to_owned(), joined));
         }
         let body = collect(ProxyBody::Upstream(resp.into_body()), limit)
             .await
-            .map_err(fail)?;
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Reply::Http {
             status: status.as_u16(),
             headers,

@@ -14,9 +14,9 @@ use mlua::{AnyUserData, Function, MultiValue};
 use super::handles::{LuaResponse, Turn};
 use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
-use super::vm::{error_text, phase_index, split_location, Vm};
+use super::vm::{error_text, phase_index, split_location, Runner, Vm};
 use crate::http::ProxyBody;
-use crate::pipeline::{Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
+use crate::pipeline::{ClientFault, Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
 use crate::script::ast::PhaseKind;
 
 /// How a hook ended.
@@ -32,6 +32,9 @@ enum HookError {
     Budget,
     Yielded,
     Lost,
+    /// `req:body()` failed: the request fails with the client's fault, even if the
+    /// hook caught the error.
+    Body(ClientFault),
 }
 
 /// Runs module `index`'s hook for `ex.phase`.
@@ -42,6 +45,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             file: String::new(),
             line: 0,
             message: "the Lua runtime is not available for this request".into(),
+            client: None,
         });
     };
     let vm = Arc::clone(&call.vm);
@@ -51,6 +55,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             file: String::new(),
             line: 0,
             message: "no such Lua module".into(),
+            client: None,
         });
     };
     let phase = ex.phase;
@@ -69,12 +74,60 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         Ok(_) => Ok(Flow::Continue),
         Err(e) => Err(e),
     };
+    let outcome = match turn.body_failed {
+        Some(fault) => Err(HookError::Body(fault)),
+        None => outcome,
+    };
+    turn.close_forwarded();
     turn.thread = None;
     turn.answer = None;
     turn.put_back(ex);
     match outcome {
         Ok(flow) => Ok(HookOutcome { flow }),
         Err(e) => Err(script_error(&vm, index, &func, e)),
+    }
+}
+
+/// A hook call in progress: its coroutine and the request's turn. Ended by
+/// [`finish`](Self::finish); dropped before that — the request was abandoned (the
+/// client left) while the hook waited — it still checks the coroutine in: closed,
+/// with its request-time globals dropped, as for a hook that ended in an error.
+/// Otherwise the suspended coroutine and the globals it set would live as long as
+/// the VM.
+struct Driving<'a> {
+    vm: &'a Vm,
+    runner: Option<Runner>,
+    slot: Option<Box<Turn>>,
+    /// The hook set a global (or ran out of budget).
+    dirty: bool,
+    /// The hook returned.
+    finished: bool,
+}
+
+impl Driving<'_> {
+    /// Checks the coroutine in and hands the turn back.
+    fn finish(mut self) -> Option<Box<Turn>> {
+        self.check_in();
+        self.slot.take()
+    }
+
+    fn check_in(&mut self) {
+        if let Some(runner) = self.runner.take() {
+            self.vm.checkin(runner, self.finished, self.dirty);
+        }
+    }
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        // Only when abandoned: `finish` took the runner.
+        if self.runner.is_some() {
+            if let Some(turn) = self.slot.as_mut() {
+                turn.close_forwarded();
+            }
+            self.dirty = true;
+            self.check_in();
+        }
     }
 }
 
@@ -90,17 +143,24 @@ async fn drive(
         Err(e) => return (Some(turn), Err(HookError::Lua(e))),
     };
     let phase = turn.phase;
-    let mut slot = Some(turn);
-    if let Some(t) = slot.as_mut() {
-        t.thread = Some(runner.thread.clone());
-    }
+    let mut d = Driving {
+        vm,
+        runner: Some(runner),
+        slot: Some(turn),
+        dirty: false,
+        finished: false,
+    };
     let mut reply: Option<MultiValue> = None;
     let mut remaining = vm.budget;
-    let mut dirty = false;
-    let mut finished = false;
+    if let (Some(t), Some(r)) = (d.slot.as_mut(), d.runner.as_ref()) {
+        t.thread = Some(r.thread.clone());
+    }
     let result = loop {
+        let Some(runner) = d.runner.as_ref() else {
+            break Err(HookError::Lost);
+        };
         vm.meter().begin(runner.id, remaining);
-        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        std::mem::swap(&mut *vm.cell.lock(), &mut d.slot);
         let resumed = match reply.take() {
             Some(args) => runner.thread.resume::<mlua::Value>(args),
             None if phase == PhaseKind::Request => {
@@ -110,10 +170,10 @@ async fn drive(
                 .thread
                 .resume::<mlua::Value>((&vm.req, &vm.resp, &vm.ctx)),
         };
-        std::mem::swap(&mut *vm.cell.lock(), &mut slot);
+        std::mem::swap(&mut *vm.cell.lock(), &mut d.slot);
         let end = vm.meter().end();
         remaining = end.remaining;
-        dirty |= end.spent || end.dirty;
+        d.dirty |= end.spent || end.dirty;
         if end.spent {
             break Err(HookError::Budget);
         }
@@ -122,19 +182,20 @@ async fn drive(
             Err(e) => break Err(HookError::Lua(e)),
         };
         if runner.thread.status() == ThreadStatus::Finished {
-            finished = true;
+            d.finished = true;
             break Ok(value);
         }
         let op = match &value {
             mlua::Value::UserData(ud) => ud.take::<PendingOp>().ok(),
             _ => None,
         };
-        let (Some(PendingOp(op)), Some(turn)) = (op, slot.as_mut()) else {
+        let (Some(PendingOp(op)), Some(turn)) = (op, d.slot.as_mut()) else {
             break Err(HookError::Yielded);
         };
         // Boxed: only a hook that waits pays for the operation's (large) future.
+        // The request may be abandoned here: then `d` is dropped, and checks in.
         let outcome = Box::pin(ops::run(op, turn)).await;
-        reply = match reply_args(vm, outcome) {
+        reply = match reply_args(vm, outcome, d.slot.as_deref_mut()) {
             Ok(a) => Some(a),
             Err(e) => break Err(HookError::Lua(e)),
         };
@@ -142,12 +203,17 @@ async fn drive(
     if let Err(HookError::Lua(mlua::Error::MemoryError(_))) = &result {
         let _ = vm.sb.lua.gc_collect();
     }
-    vm.checkin(runner, finished, dirty);
-    (slot, result)
+    (d.finish(), result)
 }
 
-/// What the hook is resumed with: `true, result` or `false, message`.
-fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue> {
+/// What the hook is resumed with: `true, result` or `false, message`. A response from
+/// `std.proxy.forward` becomes the turn's answer and is recorded to be closed when the
+/// hook ends, unless it answers.
+fn reply_args(
+    vm: &Vm,
+    reply: Result<Reply, String>,
+    turn: Option<&mut Turn>,
+) -> mlua::Result<MultiValue> {
     let lua = &vm.sb.lua;
     let value = match reply {
         Err(message) => {
@@ -161,12 +227,21 @@ fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue>
             data,
             guard,
             upstream,
-        }) => mlua::Value::UserData(lua.create_userdata(LuaResponse {
-            data,
-            guard,
-            upstream,
-            body_fn: vm.body_fn.clone(),
-        })?),
+            body_timeout,
+        }) => {
+            let ud = lua.create_userdata(LuaResponse {
+                data,
+                guard,
+                upstream,
+                body_timeout: Some(body_timeout),
+                body_fn: vm.body_fn.clone(),
+            })?;
+            if let Some(turn) = turn {
+                turn.answer = Some(ud.clone());
+                turn.forwarded.push(ud.clone());
+            }
+            mlua::Value::UserData(ud)
+        }
         Ok(Reply::Http {
             status,
             headers,
@@ -176,7 +251,7 @@ fn reply_args(vm: &Vm, reply: Result<Reply, String>) -> mlua::Result<MultiValue>
             t.raw_set("status", i64::from(status))?;
             let h = lua.create_table_with_capacity(0, headers.len())?;
             for (k, v) in headers {
-                h.raw_set(k, v)?;
+                h.raw_set(k, lua.create_string(&v)?)?;
             }
             t.raw_set("headers", h)?;
             t.raw_set("body", lua.create_string(&body)?)?;
@@ -241,6 +316,10 @@ fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
 fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptError {
     let spec = &vm.specs[index];
     let defined = u32::try_from(func.info().line_defined.unwrap_or(0)).unwrap_or(0);
+    let client = match &e {
+        HookError::Body(fault) => Some(*fault),
+        _ => None,
+    };
     let (line, message) = match e {
         HookError::Budget => (
             defined,
@@ -255,6 +334,11 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
             "the hook yielded; coroutine.yield may only be used inside coroutines the script makes".into(),
         ),
         HookError::Lost => (defined, "the request was lost while the hook ran".into()),
+        HookError::Body(ClientFault::BodyTooLarge { limit }) => (
+            defined,
+            format!("req:body(): the request body is over server.limits.max_body ({limit} bytes)"),
+        ),
+        HookError::Body(ClientFault::BadBody(reason)) => (defined, format!("req:body(): {reason}")),
         HookError::Lua(mlua::Error::MemoryError(m)) => (
             defined,
             format!("out of memory (scripts.lua_memory_limit): {m}"),
@@ -270,6 +354,7 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         file: spec.file.to_string(),
         line,
         message,
+        client,
     }
 }
 

@@ -12,8 +12,8 @@ use crate::generation::Generation;
 use crate::http::{ProxyBody, ProxyError};
 use crate::lua::LuaCall;
 use crate::pipeline::{
-    Ctx, Exchange, Flow, LocalResponse, ModuleResponse, ReqParts, RequestInfo, RespParts,
-    ResponseHeaders, ScriptError,
+    ClientFault, Ctx, Exchange, Flow, LocalResponse, ModuleResponse, ReqParts, RequestInfo,
+    RespParts, ResponseHeaders, ScriptError,
 };
 use crate::script::ast::PhaseKind;
 
@@ -279,6 +279,12 @@ pub fn local_response(local: LocalResponse, id: &crate::http::RequestId) -> Resp
 }
 
 fn module_error(e: ScriptError) -> ProxyError {
+    // The client's fault, found by a module: answered as if the proxy had found it.
+    match e.client {
+        Some(ClientFault::BodyTooLarge { limit }) => return ProxyError::BodyTooLarge { limit },
+        Some(ClientFault::BadBody(reason)) => return ProxyError::BadRequest(reason),
+        None => {}
+    }
     tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "module failed");
     ProxyError::Module {
         module: e.module,

@@ -262,13 +262,13 @@ impl Compiler<'_> {
         })
     }
 
-    /// A status expression: literals are checked for 100..=599 here.
+    /// A status expression: literals are checked for 200..=599 here.
     fn status(&mut self, status: &Expr) -> CExpr {
         if let ExprKind::Lit(Literal::Int(n)) = status.kind {
-            if !(100..=599).contains(&n) {
+            if !(200..=599).contains(&n) {
                 self.hint(
                     status.span,
-                    format!("status {n} is outside 100..=599"),
+                    format!("status {n} is outside 200..=599"),
                     "use an HTTP status code",
                 );
             }
@@ -390,10 +390,10 @@ impl Compiler<'_> {
                 ("resp", "status") => {
                     let ok = self.only_in(span, "set resp.status", &[PhaseKind::Response]);
                     if let ExprKind::Lit(Literal::Int(n)) = value.kind {
-                        if !(100..=599).contains(&n) {
+                        if !(200..=599).contains(&n) {
                             self.hint(
                                 value.span,
-                                format!("status {n} is outside 100..=599"),
+                                format!("status {n} is outside 200..=599"),
                                 "use an HTTP status code",
                             );
                         }

@@ -518,10 +518,11 @@ pub(super) fn header_value(v: &Value) -> Eval<HeaderValue> {
 
 fn status(v: &Value) -> Eval<StatusCode> {
     match v {
-        Value::Int(n) if (100..=599).contains(n) => {
+        // A final response: a 1xx would leave the client waiting for the real one.
+        Value::Int(n) if (200..=599).contains(n) => {
             StatusCode::from_u16(*n as u16).map_err(|e| e.to_string())
         }
-        other => Err(format!("status must be an int in 100..=599, got {other}")),
+        other => Err(format!("status must be an int in 200..=599, got {other}")),
     }
 }
 

@@ -33,7 +33,7 @@ pub static SIGS: &[FnSig] = &[
         name: "std.respond",
         id: StdFn::Respond,
         args: &[
-            arg("status", ArgType::Int, ArgDefault::Required, "the status code (100..=599)"),
+            arg("status", ArgType::Int, ArgDefault::Required, "the status code (200..=599)"),
             arg("body", ArgType::Str, ArgDefault::Nil, "the body"),
             arg("headers", ArgType::Map, ArgDefault::Nil, "response headers"),
         ],
@@ -51,7 +51,7 @@ pub static SIGS: &[FnSig] = &[
         ],
         returns: Returns::Value(ArgType::Response),
         phases: &[PhaseKind::Request],
-        doc: "Sends the request upstream now and waits for the response head; returns the response, which the hook may change and return. Consumes the request body.",
+        doc: "Sends the request upstream now and waits for the response head; returns the response, which the hook may change and return (it answers even if not returned). Consumes the request body, unless `req:body()` read it.",
     },
     FnSig {
         name: "std.http.request",
