@@ -128,7 +128,7 @@ pub enum H1Error {
     TransferEncoding,
     #[error("no response head within the response timeout")]
     ResponseTimeout,
-    #[error("no response body bytes for the response timeout ({0:?})")]
+    #[error("no response body bytes within {0:?} (the response timeout)")]
     BodyTimeout(Duration),
     #[error("upstream switched protocols without being asked to")]
     UnaskedUpgrade,
