@@ -27,6 +27,12 @@ const STD: &str = r#"mod std_demo {
       let moved = std.url_rewrite(pattern: """^/old/(\d+)/(?P<slug>[a-z]+)$""", replacement: """/new/${slug}/$1""")
       set req.header["x-rewritten"] = "${moved}"
     }
+    if $path starts_with "/s/" {
+      let searched = std.url_rewrite(pattern: """^/s/([a-z]+)$""", replacement: """/search?q=$1""")
+    }
+    if $path starts_with "/api" {
+      let stripped = std.url_rewrite(pattern: """^/api(.*)$""", replacement: """$1""")
+    }
     if $path == "/lb" {
       let pick = std.load_balance(upstream: "pool")
       let h = std.active_health(upstream: "pool")
@@ -146,6 +152,17 @@ async fn url_rewrite_uses_numbered_and_named_captures() {
     let seen = s.ups[0].last().expect("the upstream got the request");
     assert_eq!(seen.uri, "/old/not-a-number/x", "no match, no change");
     assert_eq!(seen.header("x-rewritten").as_deref(), Some("false"));
+
+    // A replacement with arguments of its own keeps the old query after them (it
+    // was `/search?q=shoes?page=2`); a prefix stripped to nothing is `/` (it was a
+    // request target of `?x=1`, or a 500).
+    assert_eq!(get(addr, "/s/shoes?page=2").await.status, 200);
+    let seen = s.ups[0].last().expect("the upstream got the request");
+    assert_eq!(seen.uri, "/search?q=shoes&page=2");
+    assert_eq!(get(addr, "/api?x=1").await.status, 200);
+    assert_eq!(s.ups[0].last().map(|r| r.uri), Some("/?x=1".into()));
+    assert_eq!(get(addr, "/api").await.status, 200);
+    assert_eq!(s.ups[0].last().map(|r| r.uri), Some("/".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! `std.url_rewrite(pattern, replacement)`: a regex over the request path, compiled
 //! once at load; on a match the path becomes the replacement (`$1`, `${name}` refer to
-//! captures) and the query string is kept.
+//! captures) and the query string is kept — after the replacement's own arguments,
+//! as nginx's `rewrite` does.
 
 use http::uri::PathAndQuery;
 
@@ -54,14 +55,56 @@ pub fn call(
     if !regex.is_match(path) {
         return Ok(Value::Bool(false));
     }
-    let new_path = regex.replace(path, replacement).into_owned();
-    let pq = match ex.req.uri.query() {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
-    };
+    let new_path = regex.replace(path, replacement);
+    let pq = join(&new_path, ex.req.uri.query()).map_err(err)?;
     let pq: PathAndQuery = pq
         .parse()
         .map_err(|_| err(format!("rewritten path is not a valid URI path: {pq:?}")))?;
     crate::pipeline::set_path_and_query(ex.req.uri, pq);
     Ok(Value::Bool(true))
+}
+
+/// The new target from a rewritten path and the request's query. An empty path is
+/// `/`; any other must start with `/` and have no fragment. A path with arguments of
+/// its own (`/search?q=1`) gets the old query after them with `&`, one that ends in
+/// `?` drops it (nginx's rule).
+fn join(new_path: &str, query: Option<&str>) -> Result<String, String> {
+    let new_path = if new_path.is_empty() { "/" } else { new_path };
+    if !new_path.starts_with('/') {
+        return Err(format!("rewritten path must start with '/': {new_path:?}"));
+    }
+    if new_path.contains('#') {
+        return Err(format!(
+            "rewritten path may not have a fragment ('#'): {new_path:?}"
+        ));
+    }
+    if let Some(own) = new_path.strip_suffix('?') {
+        return Ok(own.to_owned());
+    }
+    Ok(match query.filter(|q| !q.is_empty()) {
+        None => new_path.to_owned(),
+        Some(q) if new_path.contains('?') => format!("{new_path}&{q}"),
+        Some(q) => format!("{new_path}?{q}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join;
+
+    #[test]
+    fn targets_join_as_nginx_does() {
+        assert_eq!(join("/a", Some("x=1")), Ok("/a?x=1".into()));
+        assert_eq!(join("/a", None), Ok("/a".into()));
+        assert_eq!(
+            join("/search?q=shoes", Some("x=1")),
+            Ok("/search?q=shoes&x=1".into())
+        );
+        assert_eq!(join("/search?q=shoes", None), Ok("/search?q=shoes".into()));
+        assert_eq!(join("/only?", Some("x=1")), Ok("/only".into()));
+        assert_eq!(join("/only?q=1?", Some("x=1")), Ok("/only?q=1".into()));
+        assert_eq!(join("", Some("x=1")), Ok("/?x=1".into()));
+        assert!(join("users", Some("x=1")).is_err());
+        assert!(join("/x#frag", None).is_err());
+    }
 }
