@@ -62,6 +62,8 @@ pub enum ScriptMetricError {
     },
     #[error("{0} must be a finite number, and not negative")]
     Value(&'static str),
+    #[error("metric {name:?} would be exposed under a name that {other:?} already uses (a counter `x` is exposed as `x` and `x_total`, a histogram `h` as `h`, `h_bucket`, `h_sum` and `h_count`)")]
+    Clash { name: String, other: String },
 }
 
 /// One script metric.
@@ -80,11 +82,34 @@ impl Series {
     }
 }
 
+/// The families, and the exposed names they take.
+#[derive(Debug, Default)]
+struct Names {
+    /// By the script's name (a counter's without `_total`: `hits` and `hits_total`
+    /// are one counter).
+    families: HashMap<String, Series>,
+    /// Every name the families' samples are exposed under (without the prefix), and
+    /// whose they are: no two families may share one.
+    taken: HashMap<String, String>,
+}
+
+/// The names a family called `key` is exposed under.
+fn exposed_names(key: &str, histogram: bool) -> Vec<String> {
+    let suffixes: &[&str] = if histogram {
+        &["", "_bucket", "_sum", "_count"]
+    } else {
+        &["", "_total"]
+    };
+    suffixes.iter().map(|s| format!("{key}{s}")).collect()
+}
+
+/// The built-in family among the script ones.
+const DROPPED: &str = "metrics_dropped";
+
 /// Every script metric of the process.
 #[derive(Debug)]
 pub struct ScriptMetrics {
-    /// By the name the script gave.
-    by_name: RwLock<HashMap<String, Series>>,
+    by_name: RwLock<Names>,
     /// Serialises creating a series, so the bound holds exactly.
     creating: Mutex<()>,
     series: AtomicUsize,
@@ -96,7 +121,13 @@ impl ScriptMetrics {
     /// Holding at most `max_series` series.
     pub fn new(max_series: usize) -> Self {
         ScriptMetrics {
-            by_name: RwLock::new(HashMap::new()),
+            by_name: RwLock::new(Names {
+                families: HashMap::new(),
+                taken: exposed_names(DROPPED, false)
+                    .into_iter()
+                    .map(|n| (n, DROPPED.to_owned()))
+                    .collect(),
+            }),
             creating: Mutex::new(()),
             series: AtomicUsize::new(0),
             max_series,
@@ -167,13 +198,28 @@ impl ScriptMetrics {
         labels: &Labels,
     ) -> Result<Option<Series>, ScriptMetricError> {
         check_name(name)?;
-        check_labels(labels, kind == "histogram")?;
-        if let Some(s) = self.by_name.read().get(name) {
+        let is_histogram = kind == "histogram";
+        check_labels(labels, is_histogram)?;
+        let key = match is_histogram {
+            true => name,
+            false => name
+                .strip_suffix("_total")
+                .filter(|k| !k.is_empty())
+                .unwrap_or(name),
+        };
+        if let Some(s) = self.by_name.read().families.get(key) {
             return Ok(Some(s.clone()));
         }
-        let mut map = self.by_name.write();
-        if let Some(s) = map.get(name) {
+        let mut names = self.by_name.write();
+        if let Some(s) = names.families.get(key) {
             return Ok(Some(s.clone()));
+        }
+        let exposed = exposed_names(key, is_histogram);
+        if let Some(other) = exposed.iter().find_map(|n| names.taken.get(n)) {
+            return Err(ScriptMetricError::Clash {
+                name: name.to_owned(),
+                other: other.clone(),
+            });
         }
         if self.series.load(Ordering::Relaxed) >= self.max_series {
             self.dropped.inc();
@@ -183,7 +229,10 @@ impl ScriptMetrics {
             "histogram" => Series::Histogram(Family::new_with_constructor(histogram)),
             _ => Series::Counter(Family::default()),
         };
-        map.insert(name.to_owned(), series.clone());
+        for n in exposed {
+            names.taken.insert(n, key.to_owned());
+        }
+        names.families.insert(key.to_owned(), series.clone());
         Ok(Some(series))
     }
 
@@ -249,32 +298,23 @@ fn check_labels(labels: &Labels, histogram: bool) -> Result<(), ScriptMetricErro
     Ok(())
 }
 
-/// The exposed name of a script metric (before the `_total` a counter gets).
-fn exposed_name(name: &str, series: &Series) -> String {
-    let base = match series {
-        // `hits_total` would otherwise print as `..._hits_total_total`.
-        Series::Counter(_) => name.strip_suffix("_total").unwrap_or(name),
-        Series::Histogram(_) => name,
-    };
-    format!("{PREFIX}{base}")
+/// The exposed name of a script metric (before the `_total` a counter gets; a
+/// counter's key has none).
+fn exposed_name(key: &str) -> String {
+    format!("{PREFIX}{key}")
 }
 
 impl Collector for ScriptMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Keys never share an exposed name (see `family`): each family once.
         let families: BTreeMap<String, Series> = self
             .by_name
             .read()
+            .families
             .iter()
-            .map(|(name, s)| (exposed_name(name, s), s.clone()))
+            .map(|(key, s)| (exposed_name(key), s.clone()))
             .collect();
-        let mut last = None;
         for (name, series) in &families {
-            // Two script names can map to one exposed name (`a` and `a_total`): the
-            // first wins, so the exposition never declares a family twice.
-            if last.as_deref() == Some(name.as_str()) {
-                continue;
-            }
-            last = Some(name.clone());
             match series {
                 Series::Counter(f) => f.encode(encoder.encode_descriptor(
                     name,
@@ -340,6 +380,49 @@ mod tests {
             m.observe("n", 1.0, Vec::new()),
             Err(ScriptMetricError::Kind { .. })
         ));
+    }
+
+    /// Names that would share an exposed name: `hits` and `hits_total` are one
+    /// counter (they were two families printed as one, whichever the map gave
+    /// last); a histogram `dup_total` beside a counter `dup`, or a script counter
+    /// `metrics_dropped`, is refused (both were printed, each family declared twice).
+    #[test]
+    fn no_two_families_share_an_exposed_name() {
+        let m = ScriptMetrics::new(100);
+        assert_eq!(m.inc("hits", Vec::new(), 1.0), Ok(true));
+        assert_eq!(m.inc("hits_total", Vec::new(), 5.0), Ok(true));
+        assert_eq!(m.inc("dup", Vec::new(), 1.0), Ok(true));
+        assert!(matches!(
+            m.observe("dup_total", 0.3, Vec::new()),
+            Err(ScriptMetricError::Clash { .. })
+        ));
+        assert!(matches!(
+            m.inc("metrics_dropped", Vec::new(), 1.0),
+            Err(ScriptMetricError::Clash { .. })
+        ));
+        assert_eq!(m.observe("lat", 0.3, Vec::new()), Ok(true));
+        for clash in ["lat_bucket", "lat_count_total", "lat_sum"] {
+            assert!(
+                matches!(
+                    m.inc(clash, Vec::new(), 1.0),
+                    Err(ScriptMetricError::Clash { .. })
+                ),
+                "{clash}"
+            );
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(m));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("encode: {e}"));
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let unique: std::collections::BTreeSet<&str> = types.iter().copied().collect();
+        assert_eq!(types.len(), unique.len(), "{text}");
+        assert!(text.contains("proxycache_script_hits_total 6"), "{text}");
     }
 
     #[test]
