@@ -257,3 +257,30 @@ async fn a_connect_failure_is_retried_on_another_server() {
     }
     assert_eq!(live.requests(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_timeout_past_what_the_clock_holds_does_not_panic() {
+    // `config.toml` bounds its durations, a script's `timeout` is any number of
+    // seconds: the response deadline must not overflow the clock.
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("huge-timeout");
+    site.write_mod("huge", "mod huge {\n  priority 10\n  lua \"huge.lua\"\n}\n");
+    std::fs::write(
+        site.mods_dir().join("huge.lua"),
+        "function on_request(req, ctx)\n  return std.proxy.forward{ timeout = 9223372036854775807 }\nend\n",
+    )
+    .expect("write huge.lua");
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{}",
+        app(&[&up], "")
+    ));
+    let run = Running::start(&site);
+
+    for i in 0..2 {
+        let resp = try_send(run.addr, empty(req("GET", &format!("/r/{i}")))).await;
+        let resp = resp.unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    assert_eq!(up.requests(), 2);
+}

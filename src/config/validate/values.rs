@@ -79,6 +79,17 @@ impl Checker<'_> {
                 .map_err(|_| format!("duration must not be negative, got {n}")),
             Quantity::Text(text) => parse_duration(text),
         };
+        let parsed = parsed.and_then(|duration| {
+            if duration > bounds::MAX_DURATION {
+                Err(format!(
+                    "duration must be at most {} (one year), got {}",
+                    bounds::MAX_DURATION_TEXT,
+                    describe(&value.get_ref().0)
+                ))
+            } else {
+                Ok(duration)
+            }
+        });
         parsed
             .map_err(|message| self.error(key, value.span(), message))
             .unwrap_or(default)
@@ -182,5 +193,13 @@ impl Checker<'_> {
         } else {
             self.base_dir.join(path)
         }
+    }
+}
+
+/// A duration as written: `"400d"`, or seconds for a bare integer.
+fn describe(quantity: &Quantity) -> String {
+    match quantity {
+        Quantity::Int(n) => format!("{n} seconds"),
+        Quantity::Text(text) => format!("{text:?}"),
     }
 }
