@@ -565,6 +565,24 @@ fn bad_upstreams() {
         2,
         "at least 1",
     );
+    // 10 000 000 once passed `check`, then aborted the process building a
+    // consistent_hash ring of 1.6 billion points.
+    assert_error(
+        "[upstreams.app]\nbalance = \"consistent_hash\"\nservers = [\"127.0.0.1:1\", { addr = \"127.0.0.1:2\", weight = 10000000 }]\n",
+        "upstreams.app.servers[1].weight",
+        3,
+        "must be at most 1000, got 10000000",
+    );
+    assert_error(
+        "[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", weight = 99999999999 }]\n",
+        "upstreams.app.servers[0].weight",
+        2,
+        "must be at most 1000",
+    );
+    let config = ok(
+        "[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", weight = 1000 }]\n\n[[routes]]\nupstream = \"app\"\n",
+    );
+    assert_eq!(config.upstreams[0].servers[0].weight, 1_000);
     assert_error(
         "[upstreams.app]\nservers = [\"builtin:echo\"]\nhash_key = \"cookie\"\n",
         "upstreams.app.hash_key",

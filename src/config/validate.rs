@@ -111,6 +111,10 @@ pub mod bounds {
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
     /// `MAX_DURATION` as written in errors and docs.
     pub const MAX_DURATION_TEXT: &str = "365d";
+    /// The largest `upstreams.NAME.servers[].weight`: a share of a thousand to one is
+    /// finer than any set needs, and keeps balancing arithmetic and the
+    /// `consistent_hash` ring small.
+    pub const MAX_WEIGHT: u32 = 1_000;
 }
 
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];

@@ -15,7 +15,11 @@ use super::server::ServerState;
 use std::sync::Arc;
 
 /// Virtual nodes per unit of weight on the consistent-hash ring.
-const RING_POINTS_PER_WEIGHT: u32 = 160;
+const RING_POINTS_PER_WEIGHT: u64 = 160;
+/// The most points a ring gets (2.5 MiB of them); past it every server's share is
+/// scaled down alike (each keeps at least one point). Config bounds weights, so only
+/// a set of many heavy servers comes near it.
+const MAX_RING_POINTS: u64 = 160_000;
 
 /// What a pick may depend on.
 pub struct PickKey {
@@ -138,10 +142,20 @@ fn power_of_two(servers: &[Arc<ServerState>], available: &impl Fn(usize) -> bool
 }
 
 fn build_ring(servers: &[Arc<ServerState>]) -> Vec<(u64, usize)> {
+    let wanted = |s: &ServerState| u64::from(s.weight.max(1)) * RING_POINTS_PER_WEIGHT;
+    let total: u64 = servers.iter().map(|s| wanted(s)).sum();
+    let points_of = |s: &ServerState| {
+        if total <= MAX_RING_POINTS {
+            wanted(s)
+        } else {
+            // u128: `wanted` is below 2^39 and the cap below 2^18, but stay exact.
+            let scaled = u128::from(wanted(s)) * u128::from(MAX_RING_POINTS) / u128::from(total);
+            u64::try_from(scaled).unwrap_or(MAX_RING_POINTS).max(1)
+        }
+    };
     let mut ring = Vec::new();
     for (i, server) in servers.iter().enumerate() {
-        let points = server.weight.max(1) * RING_POINTS_PER_WEIGHT;
-        for p in 0..points {
+        for p in 0..points_of(server) {
             let label = format!("{}#{}", server.label(), p);
             ring.push((hash_bytes(label.as_bytes()), i));
         }
@@ -270,6 +284,19 @@ mod tests {
             }
         }
         assert_eq!(moved, 0, "keys of surviving servers stay put");
+    }
+
+    #[test]
+    fn a_heavy_server_gets_a_bounded_ring_in_proportion() {
+        // weight * 160 once wrapped in u32 (and in a debug build, panicked).
+        let s = servers(&[30_000_000, 10_000_000]);
+        let ring = build_ring(&s);
+        assert!(ring.len() <= 160_000, "{}", ring.len());
+        let first = ring.iter().filter(|(_, i)| *i == 0).count();
+        assert_eq!((first, ring.len() - first), (120_000, 40_000));
+        // Below the cap, nothing changes: 160 points per unit of weight.
+        let ring = build_ring(&servers(&[1, 3]));
+        assert_eq!(ring.len(), 640);
     }
 
     #[test]

@@ -136,6 +136,29 @@ impl Checker<'_> {
             .unwrap_or(default)
     }
 
+    /// An integer in `min..=max` that fits in `T`.
+    pub(super) fn count_in<T: TryFrom<i64> + Copy>(
+        &mut self,
+        key: &str,
+        value: &Option<file::Int>,
+        default: T,
+        min: i64,
+        max: i64,
+    ) -> T {
+        if let Some(value) = value {
+            let number = *value.get_ref();
+            if number > max {
+                self.error(
+                    key,
+                    value.span(),
+                    format!("must be at most {max}, got {number}"),
+                );
+                return default;
+            }
+        }
+        self.count(key, value, default, min)
+    }
+
     /// One of a closed set of words; the error lists them.
     pub(super) fn one_of<T: Copy>(
         &mut self,
