@@ -598,7 +598,7 @@ async fn send_to<T: Transport>(
     let result = via
         .send(&ctx.pool, endpoint, sending.timeout, req, sending.wire)
         .await;
-    server.record_outcome(server_did_well(&result));
+    guard.record_outcome(server_did_well(&result));
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(

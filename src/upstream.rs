@@ -127,8 +127,8 @@ impl UpstreamSet {
             let available =
                 |i: usize| (i >= 64 || skip & (1 << i) == 0) && self.servers[i].is_available();
             let i = self.balancer.pick(&self.servers, key, available)?;
-            if self.servers[i].breaker.try_acquire() {
-                return Some((i, self.servers[i].begin()));
+            if let Some(guard) = self.servers[i].try_begin() {
+                return Some((i, guard));
             }
             // Its breaker let another request probe first: try the others.
             if i < 64 {

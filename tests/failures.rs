@@ -284,3 +284,42 @@ async fn a_script_timeout_past_what_the_clock_holds_does_not_panic() {
     }
     assert_eq!(up.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_the_breaker_opened_does_not_close_it() {
+    let up = Upstream::start("a", Behavior::slow_on("/slow", 1_500)).await;
+    let px = proxy(&app(
+        &[&up],
+        "circuit_breaker = { failures = 1, open_for = \"60s\" }",
+    ));
+    let addr = px.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.inflight() == 1).await,
+        "the slow request reached the upstream"
+    );
+
+    // A failure opens the breaker while the slow request is still in flight.
+    up.set_fail(true);
+    let resp = get(px.addr, "/fail").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    up.set_fail(false);
+    assert_eq!(get(px.addr, "/").await.status, 503, "the breaker is open");
+
+    // The slow request ends well; it was let through before the breaker opened, so
+    // it is no probe and the breaker stays open for the rest of open_for.
+    let resp = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow request finishes")
+        .expect("slow task");
+    assert_eq!(resp.status, 200);
+    for i in 0..3 {
+        let resp = get(px.addr, &format!("/after/{i}")).await;
+        assert_eq!(resp.status, 503, "request {i}: the breaker closed early");
+    }
+    assert_eq!(
+        up.requests(),
+        2,
+        "only the slow and the failing request got through"
+    );
+}

@@ -132,6 +132,56 @@ async fn a_named_breaker_opens_half_opens_and_closes_from_a_script() {
     assert_eq!(get(addr, "/pay/ok").await.text(), "breaker open\n");
 }
 
+/// A named breaker around every request, fed with each one's status.
+const GUARD: &str = r#"mod guard {
+  on request {
+    let b = std.circuit_breaker.check(name: "svc", failures: 1, open_for: 60s)
+    if not b.allowed {
+      respond 503 "breaker ${b.state}\n"
+    }
+    set ctx.guarded = true
+  }
+  on response {
+    if $ctx.guarded {
+      std.circuit_breaker.record(ok: $status < 500)
+    }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_breaker_is_not_closed_by_a_call_in_flight_when_it_opened() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("guard", GUARD),
+        vec![
+            ("/slow", Behavior::slow(1_000)),
+            ("/fail", Behavior::status(500)),
+            ("/", Behavior::echo()),
+        ],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(
+        wait_until(Duration::from_secs(5), || s.ups[0].inflight() == 1).await,
+        "the slow call reached its upstream"
+    );
+    assert_eq!(get(addr, "/fail").await.status, 500);
+    assert_eq!(get(addr, "/ok").await.text(), "breaker open\n");
+
+    // The slow call was checked while closed: its success is no probe's.
+    let r = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow call finishes")
+        .expect("slow task");
+    assert_eq!(r.status, 200);
+    assert_eq!(get(addr, "/ok").await.text(), "breaker open\n");
+    assert_eq!(s.ups[2].requests(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_rewrite_uses_numbered_and_named_captures() {
     let s = echo_site().await;

@@ -261,7 +261,7 @@ async fn connect(
         let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
         let error = match attempt.await {
             Ok(Ok(stream)) => {
-                server.record_outcome(true);
+                guard.record_outcome(true);
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, guard));
             }
@@ -275,7 +275,7 @@ async fn connect(
                 server: addr,
             },
         };
-        server.record_outcome(false);
+        guard.record_outcome(false);
         failures += 1;
         if failures > CONNECT_RETRIES {
             return Err(error);

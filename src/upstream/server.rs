@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{BreakerConfig, ServerTarget};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Permit};
 
 /// One server of an upstream set.
 #[derive(Debug)]
@@ -65,11 +65,17 @@ impl ServerState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> InflightGuard {
+    /// Takes the breaker's permission for one request and counts it in flight until
+    /// the guard drops. `None`: the breaker refused (open, or another request is its
+    /// half-open probe).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InflightGuard> {
+        let permit = self.breaker.try_acquire()?;
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(self))
+        Some(InflightGuard {
+            server: Arc::clone(self),
+            permit,
+        })
     }
 
     /// Feeds one active health-check result; returns the new health when it flipped.
@@ -92,14 +98,6 @@ impl ServerState {
         None
     }
 
-    /// Records a request's transport outcome for the breaker (passive health).
-    pub fn record_outcome(&self, ok: bool) {
-        if !ok {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.breaker.record(ok);
-    }
-
     /// The address as written in the config.
     pub fn label(&self) -> &str {
         match &self.target {
@@ -109,19 +107,31 @@ impl ServerState {
     }
 }
 
-/// Decrements a server's in-flight count on drop (when the response body is done).
+/// A request on its way to a server: holds the breaker's permit for its outcome and
+/// decrements the server's in-flight count on drop (when the response body is done).
 #[derive(Debug)]
-pub struct InflightGuard(Arc<ServerState>);
+pub struct InflightGuard {
+    server: Arc<ServerState>,
+    permit: Permit,
+}
 
 impl InflightGuard {
     /// The server this request went to.
     pub fn server(&self) -> &Arc<ServerState> {
-        &self.0
+        &self.server
+    }
+
+    /// Records the request's transport outcome for the breaker (passive health).
+    pub fn record_outcome(&self, ok: bool) {
+        if !ok {
+            self.server.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.server.breaker.record(self.permit, ok);
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.server.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
