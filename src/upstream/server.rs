@@ -98,6 +98,14 @@ impl ServerState {
         None
     }
 
+    /// Forgets what active checks said: healthy, no passes or failures counted. For a
+    /// server no check watches any more (nothing else would mark it up again).
+    pub fn reset_health(&self) {
+        self.check_successes.store(0, Ordering::Relaxed);
+        self.check_failures.store(0, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Release);
+    }
+
     /// The address as written in the config.
     pub fn label(&self) -> &str {
         match &self.target {
