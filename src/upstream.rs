@@ -46,8 +46,8 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    /// Builds the set, reusing server state (health, breaker, in-flight counts) from
-    /// `previous` for servers whose settings did not change. Fails when `tls = true`
+    /// Builds the set, carrying server state (health, breaker, in-flight counts) over
+    /// from `previous` by address (see [`ServerState::carried`]). Fails when `tls = true`
     /// and its roots or server names do not work (read once here, not per connection).
     pub fn new(
         config: UpstreamConfig,
@@ -71,26 +71,7 @@ impl UpstreamSet {
                 ServerTarget::Echo => None,
             });
         }
-        let servers: Vec<Arc<ServerState>> = config
-            .servers
-            .iter()
-            .map(|spec| {
-                previous
-                    .and_then(|p| {
-                        p.servers.iter().find(|s| {
-                            s.same_settings(&spec.target, spec.weight, &config.circuit_breaker)
-                        })
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(ServerState::new(
-                            spec.target.clone(),
-                            spec.weight,
-                            &config.circuit_breaker,
-                        ))
-                    })
-            })
-            .collect();
+        let servers = carry_servers(&config, previous);
         let balancer = Balancer::new(config.balance, &servers);
         Ok(UpstreamSet {
             name: Arc::from(config.name.as_str()),
@@ -137,6 +118,29 @@ impl UpstreamSet {
         }
         None
     }
+}
+
+/// The servers of `config`, each carried over from the server of `previous` at the
+/// same address (the n-th listing of an address from the n-th one), or new.
+fn carry_servers(config: &UpstreamConfig, previous: Option<&UpstreamSet>) -> Vec<Arc<ServerState>> {
+    let old = previous.map_or(&[][..], |p| p.servers.as_slice());
+    let mut taken = vec![false; old.len()];
+    let mut servers = Vec::with_capacity(config.servers.len());
+    for spec in &config.servers {
+        let found = (0..old.len()).find(|&i| !taken[i] && old[i].target == spec.target);
+        servers.push(match found {
+            Some(i) => {
+                taken[i] = true;
+                old[i].carried(spec.weight, &config.circuit_breaker)
+            }
+            None => Arc::new(ServerState::new(
+                spec.target.clone(),
+                spec.weight,
+                &config.circuit_breaker,
+            )),
+        });
+    }
+    servers
 }
 
 /// All upstream sets of a generation, indexed like `Config::upstreams`.
