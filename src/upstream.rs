@@ -93,10 +93,10 @@ impl UpstreamSet {
     }
 
     /// The server the balancer would pick now among available ones, without taking
-    /// it (nothing counted in flight, no breaker probe; round robin does advance).
+    /// it (nothing counted in flight, no breaker probe, the rotation not moved on).
     pub fn peek(&self, key: &PickKey) -> Option<usize> {
         self.balancer
-            .pick(&self.servers, key, |i| self.servers[i].is_available())
+            .peek(&self.servers, key, |i| self.servers[i].is_available())
     }
 
     /// Picks an available server (healthy, breaker letting it through) not in

@@ -204,7 +204,7 @@ async fn load_balance_and_active_health_follow_the_upstream_layer() {
     let b = Upstream::start("b", Behavior::echo()).await;
     let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", unhealthy_after = 1, healthy_after = 1 }";
     let pool = format!(
-        "[upstreams.pool]\nservers = {}\n{health}\n",
+        "[upstreams.pool]\nservers = {}\n{health}\n\n[[routes]]\npath_prefix = \"/pool/\"\nupstream = \"pool\"\n",
         servers(&[&a, &b])
     );
     let s = route_site(
@@ -218,16 +218,34 @@ async fn load_balance_and_active_health_follow_the_upstream_layer() {
     let addr = s.run.addr;
     let (a_addr, b_addr) = (a.authority(), b.authority());
 
+    // A look moves no rotation: the same server until a request goes to the set,
+    // and then the request goes to the server the look named.
     let mut picked = std::collections::HashSet::new();
-    for _ in 0..4 {
-        let r = get(addr, "/lb").await;
-        assert_eq!(r.status, 200);
-        let text = r.text();
-        let parts: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(parts.len(), 3, "{text}");
-        assert!(parts[0] == a_addr || parts[0] == b_addr, "{text}");
-        assert_eq!(&parts[1..], ["true", "2/2/2"], "{text}");
-        picked.insert(parts[0].to_owned());
+    for round in 0..2 {
+        let mut looks = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let r = get(addr, "/lb").await;
+            assert_eq!(r.status, 200);
+            let text = r.text();
+            let parts: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(parts.len(), 3, "{text}");
+            assert!(parts[0] == a_addr || parts[0] == b_addr, "{text}");
+            assert_eq!(&parts[1..], ["true", "2/2/2"], "{text}");
+            looks.insert(parts[0].to_owned());
+        }
+        assert_eq!(
+            looks.len(),
+            1,
+            "round {round}: looks moved the rotation: {looks:?}"
+        );
+        let looked = looks.into_iter().next().unwrap_or_default();
+        let went = get(addr, &format!("/pool/{round}")).await.server();
+        let went_addr = if went == "a" { &a_addr } else { &b_addr };
+        assert_eq!(
+            *went_addr, looked,
+            "round {round}: the request went elsewhere"
+        );
+        picked.insert(looked);
     }
     assert_eq!(picked.len(), 2, "round robin alternates: {picked:?}");
 

@@ -67,20 +67,53 @@ impl Balancer {
         key: &PickKey,
         available: impl Fn(usize) -> bool,
     ) -> Option<usize> {
+        self.choose(servers, key, available, true)
+    }
+
+    /// The server `pick` would pick now, leaving the rotation where it is (for
+    /// `std.load_balance`, which only looks).
+    pub fn peek(
+        &self,
+        servers: &[Arc<ServerState>],
+        key: &PickKey,
+        available: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.choose(servers, key, available, false)
+    }
+
+    /// `advance`: move the rotation on (a pick), or only read it (a peek).
+    fn choose(
+        &self,
+        servers: &[Arc<ServerState>],
+        key: &PickKey,
+        available: impl Fn(usize) -> bool,
+        advance: bool,
+    ) -> Option<usize> {
         let n = servers.len();
         if n == 0 {
             return None;
         }
+        let turn = |next: &AtomicUsize| {
+            if advance {
+                next.fetch_add(1, Ordering::Relaxed)
+            } else {
+                next.load(Ordering::Relaxed)
+            }
+        };
         match self {
             Balancer::RoundRobin { next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
+                let start = turn(next);
                 (0..n).map(|k| (start + k) % n).find(|&i| available(i))
             }
-            Balancer::Weighted { current } => {
+            Balancer::Weighted { current } if advance => {
                 smooth_weighted(servers, &mut current.lock(), &available)
             }
+            Balancer::Weighted { current } => {
+                let mut copy = current.lock().clone();
+                smooth_weighted(servers, &mut copy, &available)
+            }
             Balancer::LeastConn { next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
+                let start = turn(next);
                 (0..n)
                     .map(|k| (start + k) % n)
                     .filter(|&i| available(i))
@@ -248,6 +281,29 @@ mod tests {
         assert_eq!(counts(&b, &s, 10), vec![5, 5]);
         assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |i| i == 1), Some(1));
         assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| false), None);
+    }
+
+    #[test]
+    fn a_peek_leaves_the_rotation_where_it_is() {
+        let s = servers(&[1, 3]);
+        let k = key([1, 1, 1, 1], 0);
+        for strategy in [Balance::RoundRobin, Balance::Weighted, Balance::LeastConn] {
+            let b = Balancer::new(strategy, &s);
+            let mut seen = Vec::new();
+            for _ in 0..8 {
+                let peeked = b.peek(&s, &k, |_| true);
+                assert_eq!(b.peek(&s, &k, |_| true), peeked, "{strategy:?}");
+                let picked = b.pick(&s, &k, |_| true);
+                assert_eq!(peeked, picked, "{strategy:?}: a peek shows the next pick");
+                seen.extend(picked);
+            }
+            if strategy != Balance::LeastConn {
+                assert!(
+                    seen.contains(&0) && seen.contains(&1),
+                    "{strategy:?}: {seen:?}"
+                );
+            }
+        }
     }
 
     #[test]
