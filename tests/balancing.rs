@@ -201,3 +201,28 @@ async fn std_load_balance_names_the_next_server_without_moving_round_robin() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_shares_a_down_servers_turns_evenly() {
+    let x = Upstream::start("x", Behavior::echo()).await;
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    x.set_healthy(false);
+    let px = proxy(&app(
+        &[&x, &a, &b],
+        "balance = \"round_robin\"\nhealth = { interval = \"100ms\", unhealthy_after = 1 }",
+    ));
+    let down = wait_until(Duration::from_secs(5), || {
+        let generation = px.handle().shared().generation();
+        !generation.upstreams.sets[0].servers[0].is_healthy()
+    })
+    .await;
+    assert!(down, "x fails its health check");
+
+    let counts = spread(px.addr, 30).await;
+
+    // Handing x's turns to the next server in the list gave a 20 and b 10.
+    assert_eq!(counts.get("a"), Some(&15), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&15), "{counts:?}");
+    assert_eq!(x.requests(), 0);
+}

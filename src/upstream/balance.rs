@@ -2,12 +2,14 @@
 //!
 //! Every strategy picks among the servers for which `available(i)` holds (healthy,
 //! breaker not open, not excluded by a retry), so an unhealthy server is skipped
-//! without rebuilding anything.
+//! without rebuilding anything, and its share is spread over the available ones
+//! evenly rather than handed to its neighbour in the list.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::config::Balance;
 
@@ -102,8 +104,9 @@ impl Balancer {
         };
         match self {
             Balancer::RoundRobin { next } => {
-                let start = turn(next);
-                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+                // The turn-th available server: every available one gets its turn.
+                let up = available_ones(n, &available);
+                up.get(turn(next) % up.len().max(1)).copied()
             }
             Balancer::Weighted { current } if advance => {
                 smooth_weighted(servers, &mut current.lock(), &available)
@@ -120,13 +123,26 @@ impl Balancer {
                     .min_by_key(|&i| servers[i].inflight())
             }
             Balancer::IpHash => {
-                let start = (hash_ip(key.client_ip) % n as u64) as usize;
-                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+                let hash = hash_ip(key.client_ip);
+                let home = (hash % n as u64) as usize;
+                if available(home) {
+                    return Some(home);
+                }
+                // Its server is out: the client goes to an available one by another
+                // hash of its address, the same while the available ones stay the same.
+                let up = available_ones(n, &available);
+                let again = hash_bytes(&hash.to_le_bytes());
+                up.get((again % up.len().max(1) as u64) as usize).copied()
             }
             Balancer::ConsistentHash { ring } => ring_lookup(ring, key.hash, &available),
             Balancer::P2c => power_of_two(servers, &available),
         }
     }
+}
+
+/// The indexes of the available servers, in order.
+fn available_ones(n: usize, available: &impl Fn(usize) -> bool) -> SmallVec<[usize; 16]> {
+    (0..n).filter(|&i| available(i)).collect()
 }
 
 /// nginx's smooth weighted round robin: deterministic, and spreads a heavy server's
@@ -304,6 +320,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn round_robin_shares_a_down_servers_turns_evenly() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Balance::RoundRobin, &s);
+        let mut c = [0; 3];
+        for _ in 0..300 {
+            if let Some(i) = b.pick(&s, &key([1, 2, 3, 4], 0), |i| i != 0) {
+                c[i] += 1;
+            }
+        }
+        assert_eq!(c, [0, 150, 150]);
+    }
+
+    #[test]
+    fn ip_hash_spreads_a_down_servers_clients_and_moves_no_other() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Balance::IpHash, &s);
+        let mut moved = [0; 3];
+        for n in 0..3_000u32 {
+            let k = key([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 0);
+            let home = b.pick(&s, &k, |_| true);
+            let now = b.pick(&s, &k, |i| i != 0);
+            assert_eq!(
+                now,
+                b.pick(&s, &k, |i| i != 0),
+                "stable while nothing changes"
+            );
+            match (home, now) {
+                (Some(0), Some(i)) => moved[i] += 1,
+                (home, now) => assert_eq!(home, now, "a client of a live server moved"),
+            }
+        }
+        let [_, one, two] = moved;
+        let total = one + two;
+        assert!(
+            total > 800,
+            "about a third of the clients were on server 0: {total}"
+        );
+        assert!(
+            one * 10 > total * 4 && two * 10 > total * 4,
+            "server 0's clients are shared about evenly: {moved:?}"
+        );
     }
 
     #[test]
