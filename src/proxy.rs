@@ -517,22 +517,21 @@ async fn forward<T: Transport>(
     };
     let mut tried: u64 = 0;
     let mut attempt = 0;
+    // The connect error of the last server tried: what to answer when retries are left
+    // but servers are not (a 502 about that server, not a 503 about the set).
+    let mut last_error = None;
     loop {
         let pick = set.pick(key, tried);
         let (index, guard) = match pick {
             Some(p) => p,
-            None if attempt == 0 => return Err(no_server()),
-            None => {
-                return Err(ProxyError::NoHealthyServer {
-                    upstream: set.name().to_owned(),
-                })
-            }
+            None => return Err(last_error.unwrap_or_else(no_server)),
         };
         match send_to(via, set, index, guard, req, ctx, sending).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
                 tracing::warn!(target: "proxycache::proxy", error = %e, "connect failed; retrying on another server");
+                last_error = Some(e);
                 req = back;
                 if index < 64 {
                     tried |= 1 << index;

@@ -323,3 +323,25 @@ async fn a_request_in_flight_when_the_breaker_opened_does_not_close_it() {
         "only the slow and the failing request got through"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_retries_than_servers_still_answer_the_connect_error() {
+    let (dead_a, dead_b) = (dead_addr(), dead_addr());
+    let site = Site::new("retries-past-servers");
+    site.write_mod(
+        "retry",
+        "mod retry {\n  on request {\n    forward \"app\" { retries: 5 }\n  }\n}\n",
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{dead_a}\", \"{dead_b}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let run = Running::start(&site);
+
+    // Both servers refuse: the answer is about them (502), not about a set with no
+    // healthy server (503) just because retries were left over.
+    let resp = get(run.addr, "/").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_request_id(&resp);
+}
