@@ -31,7 +31,7 @@ use crate::server::conn::ConnInfo;
 use crate::server::worker::WorkerCtx;
 use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::client::SendError;
-use crate::upstream::{InflightGuard, UpstreamSet};
+use crate::upstream::{InflightGuard, Tried, UpstreamSet};
 
 use transport::{Pooled, Transport};
 
@@ -515,13 +515,13 @@ async fn forward<T: Transport>(
     let no_server = || ProxyError::NoHealthyServer {
         upstream: set.name().to_owned(),
     };
-    let mut tried: u64 = 0;
+    let mut tried = Tried::new();
     let mut attempt = 0;
     // The connect error of the last server tried: what to answer when retries are left
     // but servers are not (a 502 about that server, not a 503 about the set).
     let mut last_error = None;
     loop {
-        let pick = set.pick(key, tried);
+        let pick = set.pick(key, &tried);
         let (index, guard) = match pick {
             Some(p) => p,
             None => return Err(last_error.unwrap_or_else(no_server)),
@@ -533,9 +533,7 @@ async fn forward<T: Transport>(
                 tracing::warn!(target: "proxycache::proxy", error = %e, "connect failed; retrying on another server");
                 last_error = Some(e);
                 req = back;
-                if index < 64 {
-                    tried |= 1 << index;
-                }
+                tried.insert(index);
                 attempt += 1;
             }
             Err(Failed::Unsent(e, _)) => return Err(e),

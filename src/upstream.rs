@@ -18,6 +18,8 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::config::{ServerTarget, UpstreamConfig};
 
 use balance::{Balancer, PickKey};
@@ -100,23 +102,48 @@ impl UpstreamSet {
     }
 
     /// Picks an available server (healthy, breaker letting it through) not in
-    /// `tried` (a bit set of server indexes, for retries), and counts the request in
-    /// flight on it. `None`: nothing available.
-    pub fn pick(&self, key: &PickKey, tried: u64) -> Option<(usize, InflightGuard)> {
-        let mut skip = tried;
+    /// `tried` (for retries), and counts the request in flight on it. `None`: nothing
+    /// available.
+    pub fn pick(&self, key: &PickKey, tried: &Tried) -> Option<(usize, InflightGuard)> {
+        let mut skip = tried.clone();
         for _ in 0..self.servers.len() {
-            let available =
-                |i: usize| (i >= 64 || skip & (1 << i) == 0) && self.servers[i].is_available();
+            let available = |i: usize| !skip.contains(i) && self.servers[i].is_available();
             let i = self.balancer.pick(&self.servers, key, available)?;
             if let Some(guard) = self.servers[i].try_begin() {
                 return Some((i, guard));
             }
             // Its breaker let another request probe first: try the others.
-            if i < 64 {
-                skip |= 1 << i;
-            }
+            skip.insert(i);
         }
         None
+    }
+}
+
+/// The servers of a set one request has tried already (a retry skips them), by
+/// index: a bit set that grows with the set (one word inline, for up to 64 servers).
+#[derive(Debug, Clone, Default)]
+pub struct Tried(SmallVec<[u64; 1]>);
+
+impl Tried {
+    /// Nothing tried yet.
+    pub fn new() -> Self {
+        Tried::default()
+    }
+
+    /// Marks server `index` as tried.
+    pub fn insert(&mut self, index: usize) {
+        let (word, bit) = (index / 64, index % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    /// Whether server `index` was tried.
+    pub fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
     }
 }
 
@@ -203,5 +230,21 @@ pub fn check_tls(configs: &[UpstreamConfig]) -> Result<(), String> {
         Ok(())
     } else {
         Err(errors.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_holds_any_index() {
+        let mut tried = Tried::new();
+        for i in [0, 63, 64, 200] {
+            assert!(!tried.contains(i));
+            tried.insert(i);
+            assert!(tried.contains(i));
+        }
+        assert!(!tried.contains(1) && !tried.contains(65) && !tried.contains(10_000));
     }
 }

@@ -345,3 +345,36 @@ async fn more_retries_than_servers_still_answer_the_connect_error() {
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_request_id(&resp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_skips_the_server_it_tried_in_a_set_of_more_than_64() {
+    // ip_hash sends this client to one server; find a set size that puts it past
+    // index 63, make that server dead and every other one live.
+    let home_of =
+        |n: u64| (proxycache::upstream::balance::hash_bytes(&[127, 0, 0, 1]) % n) as usize;
+    let n = (65..400).find(|&n| home_of(n) >= 64).expect("a set size");
+    let home = home_of(n);
+    let live = Upstream::start("live", Behavior::echo()).await;
+    let dead = dead_addr();
+    let list: Vec<String> = (0..n as usize)
+        .map(|i| {
+            let addr = if i == home { dead } else { live.addr };
+            format!("\"{addr}\"")
+        })
+        .collect();
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [{}]\nbalance = \"ip_hash\"\n\n[[routes]]\nupstream = \"app\"\n",
+        list.join(", ")
+    ));
+
+    for i in 0..3 {
+        let resp = get(px.addr, &format!("/r/{i}")).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "request {i}: the retry went to server {home} again: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(live.requests(), 3);
+}

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Config, ServerTarget};
 use crate::generation::Generation;
 use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::{InflightGuard, UpstreamSet};
+use crate::upstream::{InflightGuard, Tried, UpstreamSet};
 
 use super::relay::{self, ConnSlot};
 use super::worker::WorkerCtx;
@@ -242,17 +242,15 @@ async fn connect(
         },
     };
     let upstream = || set.name().to_owned();
-    let mut tried: u64 = 0;
+    let mut tried = Tried::new();
     let mut failures = 0;
     let mut last_error = None;
     // Bounded: every turn either returns or marks one more server as tried.
     for _ in 0..set.servers.len() {
-        let Some((index, guard)) = set.pick(&key, tried) else {
+        let Some((index, guard)) = set.pick(&key, &tried) else {
             break;
         };
-        if index < 64 {
-            tried |= 1 << index;
-        }
+        tried.insert(index);
         let server = Arc::clone(guard.server());
         let ServerTarget::Addr { addr, .. } = server.target else {
             // builtin:echo speaks HTTP only; it is no failure of the server's.
