@@ -24,6 +24,7 @@ mod validate;
 
 pub use types::*;
 pub use units::{parse_duration, parse_size};
+pub use validate::bounds::*;
 pub use validate::defaults::*;
 
 /// The file name used in errors about the embedded default configuration.

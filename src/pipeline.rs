@@ -29,6 +29,7 @@ use crate::stdlib::cache::CacheReq;
 use crate::stdlib::cluster::{Cluster, RedisSettings};
 use crate::stdlib::rate_limit::RateLimiter;
 use crate::stdlib::shared::SharedDict;
+use crate::upstream::breaker::Permit;
 use crate::upstream::{InflightGuard, Upstreams};
 
 /// State of the stdlib that outlives generations (rate-limit buckets, `std.shared`,
@@ -101,8 +102,9 @@ pub struct Ctx {
     pub extra: Vec<(Arc<str>, Value)>,
     /// The request's cache state, once `std.cache.*` ran (not visible to scripts).
     pub cache: Option<Box<CacheReq>>,
-    /// The named breaker this request checked last (`std.circuit_breaker.record`).
-    pub breaker: Option<Arc<str>>,
+    /// The named breakers this request checked, the last one last, each with the
+    /// permit its check was given (`None`: refused), for `std.circuit_breaker.record`.
+    pub breakers: Vec<(Arc<str>, Option<Permit>)>,
 }
 
 /// Headers the request phase asks to put on the response (`std.request_id.inject`
@@ -289,7 +291,7 @@ impl Pipeline {
             slots: vec![Value::Nil; self.ctx_names.len()],
             extra: Vec::new(),
             cache: None,
-            breaker: None,
+            breakers: Vec::new(),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::server::conn::ConnInfo;
 use crate::server::worker::WorkerCtx;
 use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::client::SendError;
-use crate::upstream::{InflightGuard, UpstreamSet};
+use crate::upstream::{InflightGuard, Tried, UpstreamSet};
 
 use transport::{Pooled, Transport};
 
@@ -515,28 +515,25 @@ async fn forward<T: Transport>(
     let no_server = || ProxyError::NoHealthyServer {
         upstream: set.name().to_owned(),
     };
-    let mut tried: u64 = 0;
+    let mut tried = Tried::new();
     let mut attempt = 0;
+    // The connect error of the last server tried: what to answer when retries are left
+    // but servers are not (a 502 about that server, not a 503 about the set).
+    let mut last_error = None;
     loop {
-        let pick = set.pick(key, tried);
+        let pick = set.pick(key, &tried);
         let (index, guard) = match pick {
             Some(p) => p,
-            None if attempt == 0 => return Err(no_server()),
-            None => {
-                return Err(ProxyError::NoHealthyServer {
-                    upstream: set.name().to_owned(),
-                })
-            }
+            None => return Err(last_error.unwrap_or_else(no_server)),
         };
         match send_to(via, set, index, guard, req, ctx, sending).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
             Err(Failed::Unsent(e, back)) if attempt < retries && set.servers.len() > 1 => {
                 tracing::warn!(target: "proxycache::proxy", error = %e, "connect failed; retrying on another server");
+                last_error = Some(e);
                 req = back;
-                if index < 64 {
-                    tried |= 1 << index;
-                }
+                tried.insert(index);
                 attempt += 1;
             }
             Err(Failed::Unsent(e, _)) => return Err(e),
@@ -598,7 +595,7 @@ async fn send_to<T: Transport>(
     let result = via
         .send(&ctx.pool, endpoint, sending.timeout, req, sending.wire)
         .await;
-    server.record_outcome(server_did_well(&result));
+    guard.record_outcome(server_did_well(&result));
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(

@@ -18,6 +18,8 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::config::{ServerTarget, UpstreamConfig};
 
 use balance::{Balancer, PickKey};
@@ -46,8 +48,8 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    /// Builds the set, reusing server state (health, breaker, in-flight counts) from
-    /// `previous` for servers whose settings did not change. Fails when `tls = true`
+    /// Builds the set, carrying server state (health, breaker, in-flight counts) over
+    /// from `previous` by address (see [`ServerState::carried`]). Fails when `tls = true`
     /// and its roots or server names do not work (read once here, not per connection).
     pub fn new(
         config: UpstreamConfig,
@@ -71,26 +73,7 @@ impl UpstreamSet {
                 ServerTarget::Echo => None,
             });
         }
-        let servers: Vec<Arc<ServerState>> = config
-            .servers
-            .iter()
-            .map(|spec| {
-                previous
-                    .and_then(|p| {
-                        p.servers.iter().find(|s| {
-                            s.same_settings(&spec.target, spec.weight, &config.circuit_breaker)
-                        })
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(ServerState::new(
-                            spec.target.clone(),
-                            spec.weight,
-                            &config.circuit_breaker,
-                        ))
-                    })
-            })
-            .collect();
+        let servers = carry_servers(&config, previous);
         let balancer = Balancer::new(config.balance, &servers);
         Ok(UpstreamSet {
             name: Arc::from(config.name.as_str()),
@@ -112,31 +95,79 @@ impl UpstreamSet {
     }
 
     /// The server the balancer would pick now among available ones, without taking
-    /// it (nothing counted in flight, no breaker probe; round robin does advance).
+    /// it (nothing counted in flight, no breaker probe, the rotation not moved on).
     pub fn peek(&self, key: &PickKey) -> Option<usize> {
         self.balancer
-            .pick(&self.servers, key, |i| self.servers[i].is_available())
+            .peek(&self.servers, key, |i| self.servers[i].is_available())
     }
 
     /// Picks an available server (healthy, breaker letting it through) not in
-    /// `tried` (a bit set of server indexes, for retries), and counts the request in
-    /// flight on it. `None`: nothing available.
-    pub fn pick(&self, key: &PickKey, tried: u64) -> Option<(usize, InflightGuard)> {
-        let mut skip = tried;
+    /// `tried` (for retries), and counts the request in flight on it. `None`: nothing
+    /// available.
+    pub fn pick(&self, key: &PickKey, tried: &Tried) -> Option<(usize, InflightGuard)> {
+        let mut skip = tried.clone();
         for _ in 0..self.servers.len() {
-            let available =
-                |i: usize| (i >= 64 || skip & (1 << i) == 0) && self.servers[i].is_available();
+            let available = |i: usize| !skip.contains(i) && self.servers[i].is_available();
             let i = self.balancer.pick(&self.servers, key, available)?;
-            if self.servers[i].breaker.try_acquire() {
-                return Some((i, self.servers[i].begin()));
+            if let Some(guard) = self.servers[i].try_begin() {
+                return Some((i, guard));
             }
             // Its breaker let another request probe first: try the others.
-            if i < 64 {
-                skip |= 1 << i;
-            }
+            skip.insert(i);
         }
         None
     }
+}
+
+/// The servers of a set one request has tried already (a retry skips them), by
+/// index: a bit set that grows with the set (one word inline, for up to 64 servers).
+#[derive(Debug, Clone, Default)]
+pub struct Tried(SmallVec<[u64; 1]>);
+
+impl Tried {
+    /// Nothing tried yet.
+    pub fn new() -> Self {
+        Tried::default()
+    }
+
+    /// Marks server `index` as tried.
+    pub fn insert(&mut self, index: usize) {
+        let (word, bit) = (index / 64, index % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    /// Whether server `index` was tried.
+    pub fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+}
+
+/// The servers of `config`, each carried over from the server of `previous` at the
+/// same address (the n-th listing of an address from the n-th one), or new.
+fn carry_servers(config: &UpstreamConfig, previous: Option<&UpstreamSet>) -> Vec<Arc<ServerState>> {
+    let old = previous.map_or(&[][..], |p| p.servers.as_slice());
+    let mut taken = vec![false; old.len()];
+    let mut servers = Vec::with_capacity(config.servers.len());
+    for spec in &config.servers {
+        let found = (0..old.len()).find(|&i| !taken[i] && old[i].target == spec.target);
+        servers.push(match found {
+            Some(i) => {
+                taken[i] = true;
+                old[i].carried(spec.weight, &config.circuit_breaker)
+            }
+            None => Arc::new(ServerState::new(
+                spec.target.clone(),
+                spec.weight,
+                &config.circuit_breaker,
+            )),
+        });
+    }
+    servers
 }
 
 /// All upstream sets of a generation, indexed like `Config::upstreams`.
@@ -199,5 +230,21 @@ pub fn check_tls(configs: &[UpstreamConfig]) -> Result<(), String> {
         Ok(())
     } else {
         Err(errors.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_holds_any_index() {
+        let mut tried = Tried::new();
+        for i in [0, 63, 64, 200] {
+            assert!(!tried.contains(i));
+            tried.insert(i);
+            assert!(tried.contains(i));
+        }
+        assert!(!tried.contains(1) && !tried.contains(65) && !tried.contains(10_000));
     }
 }

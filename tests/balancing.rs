@@ -1,6 +1,6 @@
 //! Acceptance 2: round robin spreads requests evenly, weighted follows weights,
 //! ip_hash and consistent_hash are stable for one key, least_conn prefers an idle
-//! server.
+//! server; `std.load_balance` only looks and moves no rotation.
 
 mod common;
 
@@ -169,4 +169,60 @@ async fn least_conn_prefers_the_idle_server() {
         .expect("slow task");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.server(), busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn std_load_balance_names_the_next_server_without_moving_round_robin() {
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    let site = Site::new("lb-peek");
+    site.write_mod(
+        "peek",
+        "mod peek {\n  on request {\n    let pick = std.load_balance(upstream: \"app\")\n    set req.header[\"x-peek\"] = \"${pick.addr}\"\n  }\n}\n",
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{}",
+        app(&[&a, &b], "balance = \"round_robin\"")
+    ));
+    let run = Running::start(&site);
+
+    let counts = spread(run.addr, 10).await;
+
+    assert_eq!(counts.get("a"), Some(&5), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&5), "{counts:?}");
+    for up in [&a, &b] {
+        for seen in up.all() {
+            assert_eq!(
+                seen.header("x-peek"),
+                Some(up.authority()),
+                "the peek named the server the request then went to"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_shares_a_down_servers_turns_evenly() {
+    let x = Upstream::start("x", Behavior::echo()).await;
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    x.set_healthy(false);
+    let px = proxy(&app(
+        &[&x, &a, &b],
+        "balance = \"round_robin\"\nhealth = { interval = \"100ms\", unhealthy_after = 1 }",
+    ));
+    let down = wait_until(Duration::from_secs(5), || {
+        let generation = px.handle().shared().generation();
+        !generation.upstreams.sets[0].servers[0].is_healthy()
+    })
+    .await;
+    assert!(down, "x fails its health check");
+
+    let counts = spread(px.addr, 30).await;
+
+    // Handing x's turns to the next server in the list gave a 20 and b 10.
+    assert_eq!(counts.get("a"), Some(&15), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&15), "{counts:?}");
+    assert_eq!(x.requests(), 0);
 }

@@ -257,3 +257,124 @@ async fn a_connect_failure_is_retried_on_another_server() {
     }
     assert_eq!(live.requests(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_timeout_past_what_the_clock_holds_does_not_panic() {
+    // `config.toml` bounds its durations, a script's `timeout` is any number of
+    // seconds: the response deadline must not overflow the clock.
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("huge-timeout");
+    site.write_mod("huge", "mod huge {\n  priority 10\n  lua \"huge.lua\"\n}\n");
+    std::fs::write(
+        site.mods_dir().join("huge.lua"),
+        "function on_request(req, ctx)\n  return std.proxy.forward{ timeout = 9223372036854775807 }\nend\n",
+    )
+    .expect("write huge.lua");
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{}",
+        app(&[&up], "")
+    ));
+    let run = Running::start(&site);
+
+    for i in 0..2 {
+        let resp = try_send(run.addr, empty(req("GET", &format!("/r/{i}")))).await;
+        let resp = resp.unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_the_breaker_opened_does_not_close_it() {
+    let up = Upstream::start("a", Behavior::slow_on("/slow", 1_500)).await;
+    let px = proxy(&app(
+        &[&up],
+        "circuit_breaker = { failures = 1, open_for = \"60s\" }",
+    ));
+    let addr = px.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.inflight() == 1).await,
+        "the slow request reached the upstream"
+    );
+
+    // A failure opens the breaker while the slow request is still in flight.
+    up.set_fail(true);
+    let resp = get(px.addr, "/fail").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    up.set_fail(false);
+    assert_eq!(get(px.addr, "/").await.status, 503, "the breaker is open");
+
+    // The slow request ends well; it was let through before the breaker opened, so
+    // it is no probe and the breaker stays open for the rest of open_for.
+    let resp = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow request finishes")
+        .expect("slow task");
+    assert_eq!(resp.status, 200);
+    for i in 0..3 {
+        let resp = get(px.addr, &format!("/after/{i}")).await;
+        assert_eq!(resp.status, 503, "request {i}: the breaker closed early");
+    }
+    assert_eq!(
+        up.requests(),
+        2,
+        "only the slow and the failing request got through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_retries_than_servers_still_answer_the_connect_error() {
+    let (dead_a, dead_b) = (dead_addr(), dead_addr());
+    let site = Site::new("retries-past-servers");
+    site.write_mod(
+        "retry",
+        "mod retry {\n  on request {\n    forward \"app\" { retries: 5 }\n  }\n}\n",
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{dead_a}\", \"{dead_b}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let run = Running::start(&site);
+
+    // Both servers refuse: the answer is about them (502), not about a set with no
+    // healthy server (503) just because retries were left over.
+    let resp = get(run.addr, "/").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_request_id(&resp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_skips_the_server_it_tried_in_a_set_of_more_than_64() {
+    // ip_hash sends this client to one server; find a set size that puts it past
+    // index 63, make that server dead and every other one live.
+    let home_of =
+        |n: u64| (proxycache::upstream::balance::hash_bytes(&[127, 0, 0, 1]) % n) as usize;
+    let n = (65..400).find(|&n| home_of(n) >= 64).expect("a set size");
+    let home = home_of(n);
+    let live = Upstream::start("live", Behavior::echo()).await;
+    let dead = dead_addr();
+    let list: Vec<String> = (0..n as usize)
+        .map(|i| {
+            let addr = if i == home { dead } else { live.addr };
+            format!("\"{addr}\"")
+        })
+        .collect();
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [{}]\nbalance = \"ip_hash\"\n\n[[routes]]\nupstream = \"app\"\n",
+        list.join(", ")
+    ));
+
+    for i in 0..3 {
+        let resp = get(px.addr, &format!("/r/{i}")).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "request {i}: the retry went to server {home} again: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(live.requests(), 3);
+}

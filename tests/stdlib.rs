@@ -138,6 +138,56 @@ async fn a_named_breaker_opens_half_opens_and_closes_from_a_script() {
     assert_eq!(get(addr, "/pay/ok").await.text(), "breaker open\n");
 }
 
+/// A named breaker around every request, fed with each one's status.
+const GUARD: &str = r#"mod guard {
+  on request {
+    let b = std.circuit_breaker.check(name: "svc", failures: 1, open_for: 60s)
+    if not b.allowed {
+      respond 503 "breaker ${b.state}\n"
+    }
+    set ctx.guarded = true
+  }
+  on response {
+    if $ctx.guarded {
+      std.circuit_breaker.record(ok: $status < 500)
+    }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_breaker_is_not_closed_by_a_call_in_flight_when_it_opened() {
+    let s = route_site(
+        "stdlib",
+        1,
+        ("guard", GUARD),
+        vec![
+            ("/slow", Behavior::slow(1_000)),
+            ("/fail", Behavior::status(500)),
+            ("/", Behavior::echo()),
+        ],
+        "",
+    )
+    .await;
+    let addr = s.run.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(
+        wait_until(Duration::from_secs(5), || s.ups[0].inflight() == 1).await,
+        "the slow call reached its upstream"
+    );
+    assert_eq!(get(addr, "/fail").await.status, 500);
+    assert_eq!(get(addr, "/ok").await.text(), "breaker open\n");
+
+    // The slow call was checked while closed: its success is no probe's.
+    let r = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow call finishes")
+        .expect("slow task");
+    assert_eq!(r.status, 200);
+    assert_eq!(get(addr, "/ok").await.text(), "breaker open\n");
+    assert_eq!(s.ups[2].requests(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_rewrite_uses_numbered_and_named_captures() {
     let s = echo_site().await;
@@ -171,7 +221,7 @@ async fn load_balance_and_active_health_follow_the_upstream_layer() {
     let b = Upstream::start("b", Behavior::echo()).await;
     let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", unhealthy_after = 1, healthy_after = 1 }";
     let pool = format!(
-        "[upstreams.pool]\nservers = {}\n{health}\n",
+        "[upstreams.pool]\nservers = {}\n{health}\n\n[[routes]]\npath_prefix = \"/pool/\"\nupstream = \"pool\"\n",
         servers(&[&a, &b])
     );
     let s = route_site(
@@ -185,16 +235,34 @@ async fn load_balance_and_active_health_follow_the_upstream_layer() {
     let addr = s.run.addr;
     let (a_addr, b_addr) = (a.authority(), b.authority());
 
+    // A look moves no rotation: the same server until a request goes to the set,
+    // and then the request goes to the server the look named.
     let mut picked = std::collections::HashSet::new();
-    for _ in 0..4 {
-        let r = get(addr, "/lb").await;
-        assert_eq!(r.status, 200);
-        let text = r.text();
-        let parts: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(parts.len(), 3, "{text}");
-        assert!(parts[0] == a_addr || parts[0] == b_addr, "{text}");
-        assert_eq!(&parts[1..], ["true", "2/2/2"], "{text}");
-        picked.insert(parts[0].to_owned());
+    for round in 0..2 {
+        let mut looks = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let r = get(addr, "/lb").await;
+            assert_eq!(r.status, 200);
+            let text = r.text();
+            let parts: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(parts.len(), 3, "{text}");
+            assert!(parts[0] == a_addr || parts[0] == b_addr, "{text}");
+            assert_eq!(&parts[1..], ["true", "2/2/2"], "{text}");
+            looks.insert(parts[0].to_owned());
+        }
+        assert_eq!(
+            looks.len(),
+            1,
+            "round {round}: looks moved the rotation: {looks:?}"
+        );
+        let looked = looks.into_iter().next().unwrap_or_default();
+        let went = get(addr, &format!("/pool/{round}")).await.server();
+        let went_addr = if went == "a" { &a_addr } else { &b_addr };
+        assert_eq!(
+            *went_addr, looked,
+            "round {round}: the request went elsewhere"
+        );
+        picked.insert(looked);
     }
     assert_eq!(picked.len(), 2, "round robin alternates: {picked:?}");
 

@@ -60,8 +60,8 @@ pub fn page(c: &Call<'_>) -> Response<AdminBody> {
                 srv.is_healthy(),
                 srv.breaker.state().as_str(),
                 srv.inflight(),
-                srv.requests.load(Ordering::Relaxed),
-                srv.failures.load(Ordering::Relaxed)
+                srv.requests(),
+                srv.failures()
             );
         }
     }

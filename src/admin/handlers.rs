@@ -102,7 +102,7 @@ pub(super) fn upstream_list(shared: &Shared) -> Vec<Value> {
                     json!({
                         "server": s.label(), "weight": s.weight, "healthy": s.is_healthy(),
                         "breaker": s.breaker.state().as_str(), "inflight": s.inflight(),
-                        "requests": s.requests.load(Ordering::Relaxed), "failures": s.failures.load(Ordering::Relaxed),
+                        "requests": s.requests(), "failures": s.failures(),
                     })
                 })
                 .collect();

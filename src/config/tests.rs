@@ -435,6 +435,35 @@ fn bad_sizes_and_durations() {
 }
 
 #[test]
+fn durations_past_a_year_are_refused() {
+    // Timers add these to the clock: i64::MAX seconds once passed `check` and then
+    // panicked every request ("overflow when adding duration to instant").
+    assert_error(
+        &format!("{UPSTREAMS}response_timeout = 9223372036854775807\n"),
+        "upstreams.app.response_timeout",
+        7,
+        "at most 365d",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}health = {{ timeout = 9223372036854775807 }}\n"),
+        "upstreams.app.health.timeout",
+        7,
+        "at most 365d",
+    );
+    assert_error(
+        "[server.timeouts]\nidle = \"366d\"\n",
+        "server.timeouts.idle",
+        2,
+        "at most 365d (one year), got \"366d\"",
+    );
+    let config = ok(&format!(
+        "{UPSTREAMS}response_timeout = \"365d\"\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let app = config.upstreams.iter().find(|u| u.name == "app").unwrap();
+    assert_eq!(app.response_timeout, Duration::from_secs(365 * 86_400));
+}
+
+#[test]
 fn bad_addresses() {
     assert_error(
         "[server]\nlisten = [\"127.0.0.1:8080\", \"localhost:8081\"]\n",
@@ -536,6 +565,24 @@ fn bad_upstreams() {
         2,
         "at least 1",
     );
+    // 10 000 000 once passed `check`, then aborted the process building a
+    // consistent_hash ring of 1.6 billion points.
+    assert_error(
+        "[upstreams.app]\nbalance = \"consistent_hash\"\nservers = [\"127.0.0.1:1\", { addr = \"127.0.0.1:2\", weight = 10000000 }]\n",
+        "upstreams.app.servers[1].weight",
+        3,
+        "must be at most 1000, got 10000000",
+    );
+    assert_error(
+        "[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", weight = 99999999999 }]\n",
+        "upstreams.app.servers[0].weight",
+        2,
+        "must be at most 1000",
+    );
+    let config = ok(
+        "[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", weight = 1000 }]\n\n[[routes]]\nupstream = \"app\"\n",
+    );
+    assert_eq!(config.upstreams[0].servers[0].weight, 1_000);
     assert_error(
         "[upstreams.app]\nservers = [\"builtin:echo\"]\nhash_key = \"cookie\"\n",
         "upstreams.app.hash_key",

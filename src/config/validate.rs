@@ -102,6 +102,21 @@ pub mod defaults {
     pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 }
 
+/// Bounds on values of `config.toml`, re-exported as `config::MAX_*`.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// The longest duration any key accepts (365 days). Timers add durations to the
+    /// clock; a bound far past any sensible timeout keeps every such sum in range.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+    /// `MAX_DURATION` as written in errors and docs.
+    pub const MAX_DURATION_TEXT: &str = "365d";
+    /// The largest `upstreams.NAME.servers[].weight`: a share of a thousand to one is
+    /// finer than any set needs, and keeps balancing arithmetic and the
+    /// `consistent_hash` ring small.
+    pub const MAX_WEIGHT: u32 = 1_000;
+}
+
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 const BALANCES: &[(&str, Balance)] = &[
     ("round_robin", Balance::RoundRobin),

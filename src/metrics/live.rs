@@ -109,14 +109,14 @@ impl Collector for Live {
             &servers,
             ("proxycache_upstream_requests", MetricType::Counter),
             "Requests sent to a server.",
-            |s| s.requests.load(Ordering::Relaxed),
+            |s| s.requests(),
         )?;
         per_server(
             e,
             &servers,
             ("proxycache_upstream_failures", MetricType::Counter),
             "Transport failures talking to a server.",
-            |s| s.failures.load(Ordering::Relaxed),
+            |s| s.failures(),
         )?;
         gauge(
             e,

@@ -192,16 +192,19 @@ fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, String> {
         (Type::Float, toml::Value::Float(f)) => Value::Float(*f),
         (Type::Float, toml::Value::Integer(i)) => Value::Float(*i as f64),
         (Type::Str, toml::Value::String(s)) => Value::str(s.as_str()),
-        (Type::Duration, toml::Value::String(s)) => Value::Duration(
+        (Type::Duration, toml::Value::String(s)) => Value::Duration(bounded(
             crate::config::parse_duration(s).map_err(|e| format!("expected a duration: {e}"))?,
-        ),
+            || format!("{s:?}"),
+        )?),
         (Type::Size, toml::Value::String(s)) => {
             Value::Size(crate::config::parse_size(s).map_err(|e| format!("expected a size: {e}"))?)
         }
         (Type::Size, toml::Value::Integer(i)) if *i >= 0 => Value::Size(*i as u64),
         // As everywhere in config.toml, a bare integer duration is seconds.
         (Type::Duration, toml::Value::Integer(i)) if *i >= 0 => {
-            Value::Duration(std::time::Duration::from_secs(*i as u64))
+            Value::Duration(bounded(std::time::Duration::from_secs(*i as u64), || {
+                format!("{i} seconds")
+            })?)
         }
         (Type::List(t), toml::Value::Array(items)) => Value::List(
             items
@@ -220,6 +223,21 @@ fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, String> {
 
 /// Line and column of `key` inside `[mods.NAME]` (1-based), or of the table header,
 /// found in the text: toml tables do not keep positions.
+/// `d`, unless it is past the bound every duration of config.toml keeps to.
+fn bounded(
+    d: std::time::Duration,
+    written: impl Fn() -> String,
+) -> Result<std::time::Duration, String> {
+    if d > crate::config::MAX_DURATION {
+        return Err(format!(
+            "expected a duration: duration must be at most {} (one year), got {}",
+            crate::config::MAX_DURATION_TEXT,
+            written()
+        ));
+    }
+    Ok(d)
+}
+
 fn key_position(text: &str, module: &str, key: &str) -> (u32, u32) {
     let header = format!("[mods.{module}]");
     let mut in_table = false;

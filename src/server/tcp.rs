@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Config, ServerTarget};
 use crate::generation::Generation;
 use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::{InflightGuard, UpstreamSet};
+use crate::upstream::{InflightGuard, Tried, UpstreamSet};
 
 use super::listener::{self, Throttle};
 use super::relay::{self, ConnSlot};
@@ -251,17 +251,15 @@ async fn connect(
         },
     };
     let upstream = || set.name().to_owned();
-    let mut tried: u64 = 0;
+    let mut tried = Tried::new();
     let mut failures = 0;
     let mut last_error = None;
     // Bounded: every turn either returns or marks one more server as tried.
     for _ in 0..set.servers.len() {
-        let Some((index, guard)) = set.pick(&key, tried) else {
+        let Some((index, guard)) = set.pick(&key, &tried) else {
             break;
         };
-        if index < 64 {
-            tried |= 1 << index;
-        }
+        tried.insert(index);
         let server = Arc::clone(guard.server());
         let ServerTarget::Addr { addr, .. } = server.target else {
             // builtin:echo speaks HTTP only; it is no failure of the server's.
@@ -270,7 +268,7 @@ async fn connect(
         let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
         let error = match attempt.await {
             Ok(Ok(stream)) => {
-                server.record_outcome(true);
+                guard.record_outcome(true);
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, guard));
             }
@@ -284,7 +282,7 @@ async fn connect(
                 server: addr,
             },
         };
-        server.record_outcome(false);
+        guard.record_outcome(false);
         failures += 1;
         if failures > CONNECT_RETRIES {
             return Err(error);

@@ -154,8 +154,15 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         .breakers
         .get(&name, failures, open_for)
         .map_err(fail)?;
-    let allowed = breaker.try_acquire();
-    ex.ctx.breaker = Some(Arc::from(name));
+    let permit = breaker.try_acquire();
+    let allowed = permit.is_some();
+    // One entry per name, moved last; a refused check keeps a permit this request
+    // already holds (it may be the probe).
+    let held = match ex.ctx.breakers.iter().position(|(n, _)| **n == *name) {
+        Some(i) => ex.ctx.breakers.remove(i).1,
+        None => None,
+    };
+    ex.ctx.breakers.push((Arc::from(name), permit.or(held)));
     Ok(record(allowed, breaker.state()))
 }
 
@@ -173,8 +180,8 @@ pub fn record_outcome(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Va
     };
     let name: Arc<str> = match args.get(1) {
         Some(Value::Str(s)) => Arc::clone(s),
-        Some(Value::Nil) | None => match &ex.ctx.breaker {
-            Some(n) => Arc::clone(n),
+        Some(Value::Nil) | None => match ex.ctx.breakers.last() {
+            Some((n, _)) => Arc::clone(n),
             None => {
                 return Err(fail(
                     "no name given and this request checked no named breaker".into(),
@@ -190,7 +197,12 @@ pub fn record_outcome(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Va
     }
     match ex.state.breakers.find(&name) {
         Some(b) => {
-            b.record(ok);
+            match ex.ctx.breakers.iter().find(|(n, _)| *n == name) {
+                Some((_, Some(permit))) => b.record(*permit, ok),
+                // Its check was refused: the work did not go ahead on its word.
+                Some((_, None)) => {}
+                None => b.record_unchecked(ok),
+            }
             Ok(Value::Nil)
         }
         None => Err(fail(format!(

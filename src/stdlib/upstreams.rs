@@ -1,7 +1,8 @@
 //! `std.load_balance` and `std.active_health`: what the upstream layer would choose,
 //! and how healthy an upstream set is, for scripts that route by it.
 //!
-//! Must not touch: balancing or health state (a pick here counts nothing in flight).
+//! Must not touch: balancing or health state (a pick here counts nothing in flight and
+//! moves no rotation).
 
 use std::sync::Arc;
 

@@ -2,12 +2,14 @@
 //!
 //! Every strategy picks among the servers for which `available(i)` holds (healthy,
 //! breaker not open, not excluded by a retry), so an unhealthy server is skipped
-//! without rebuilding anything.
+//! without rebuilding anything, and its share is spread over the available ones
+//! evenly rather than handed to its neighbour in the list.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::config::Balance;
 
@@ -15,7 +17,11 @@ use super::server::ServerState;
 use std::sync::Arc;
 
 /// Virtual nodes per unit of weight on the consistent-hash ring.
-const RING_POINTS_PER_WEIGHT: u32 = 160;
+const RING_POINTS_PER_WEIGHT: u64 = 160;
+/// The most points a ring gets (2.5 MiB of them); past it every server's share is
+/// scaled down alike (each keeps at least one point). Config bounds weights, so only
+/// a set of many heavy servers comes near it.
+const MAX_RING_POINTS: u64 = 160_000;
 
 /// What a pick may depend on.
 pub struct PickKey {
@@ -63,33 +69,80 @@ impl Balancer {
         key: &PickKey,
         available: impl Fn(usize) -> bool,
     ) -> Option<usize> {
+        self.choose(servers, key, available, true)
+    }
+
+    /// The server `pick` would pick now, leaving the rotation where it is (for
+    /// `std.load_balance`, which only looks).
+    pub fn peek(
+        &self,
+        servers: &[Arc<ServerState>],
+        key: &PickKey,
+        available: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.choose(servers, key, available, false)
+    }
+
+    /// `advance`: move the rotation on (a pick), or only read it (a peek).
+    fn choose(
+        &self,
+        servers: &[Arc<ServerState>],
+        key: &PickKey,
+        available: impl Fn(usize) -> bool,
+        advance: bool,
+    ) -> Option<usize> {
         let n = servers.len();
         if n == 0 {
             return None;
         }
+        let turn = |next: &AtomicUsize| {
+            if advance {
+                next.fetch_add(1, Ordering::Relaxed)
+            } else {
+                next.load(Ordering::Relaxed)
+            }
+        };
         match self {
             Balancer::RoundRobin { next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+                // The turn-th available server: every available one gets its turn.
+                let up = available_ones(n, &available);
+                up.get(turn(next) % up.len().max(1)).copied()
             }
-            Balancer::Weighted { current } => {
+            Balancer::Weighted { current } if advance => {
                 smooth_weighted(servers, &mut current.lock(), &available)
             }
+            Balancer::Weighted { current } => {
+                let mut copy = current.lock().clone();
+                smooth_weighted(servers, &mut copy, &available)
+            }
             Balancer::LeastConn { next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
+                let start = turn(next);
                 (0..n)
                     .map(|k| (start + k) % n)
                     .filter(|&i| available(i))
                     .min_by_key(|&i| servers[i].inflight())
             }
             Balancer::IpHash => {
-                let start = (hash_ip(key.client_ip) % n as u64) as usize;
-                (0..n).map(|k| (start + k) % n).find(|&i| available(i))
+                let hash = hash_ip(key.client_ip);
+                let home = (hash % n as u64) as usize;
+                if available(home) {
+                    return Some(home);
+                }
+                // Its server is out: the client goes to an available one by another
+                // hash of its address, the same while the available ones stay the same.
+                let up = available_ones(n, &available);
+                let again = hash_bytes(&hash.to_le_bytes());
+                up.get((again % up.len().max(1) as u64) as usize).copied()
             }
             Balancer::ConsistentHash { ring } => ring_lookup(ring, key.hash, &available),
             Balancer::P2c => power_of_two(servers, &available),
         }
     }
+}
+
+/// The indexes of the available servers, in order.
+fn available_ones(n: usize, available: &impl Fn(usize) -> bool) -> SmallVec<[usize; 16]> {
+    (0..n).filter(|&i| available(i)).collect()
 }
 
 /// nginx's smooth weighted round robin: deterministic, and spreads a heavy server's
@@ -138,10 +191,20 @@ fn power_of_two(servers: &[Arc<ServerState>], available: &impl Fn(usize) -> bool
 }
 
 fn build_ring(servers: &[Arc<ServerState>]) -> Vec<(u64, usize)> {
+    let wanted = |s: &ServerState| u64::from(s.weight.max(1)) * RING_POINTS_PER_WEIGHT;
+    let total: u64 = servers.iter().map(|s| wanted(s)).sum();
+    let points_of = |s: &ServerState| {
+        if total <= MAX_RING_POINTS {
+            wanted(s)
+        } else {
+            // u128: `wanted` is below 2^39 and the cap below 2^18, but stay exact.
+            let scaled = u128::from(wanted(s)) * u128::from(MAX_RING_POINTS) / u128::from(total);
+            u64::try_from(scaled).unwrap_or(MAX_RING_POINTS).max(1)
+        }
+    };
     let mut ring = Vec::new();
     for (i, server) in servers.iter().enumerate() {
-        let points = server.weight.max(1) * RING_POINTS_PER_WEIGHT;
-        for p in 0..points {
+        for p in 0..points_of(server) {
             let label = format!("{}#{}", server.label(), p);
             ring.push((hash_bytes(label.as_bytes()), i));
         }
@@ -237,6 +300,73 @@ mod tests {
     }
 
     #[test]
+    fn a_peek_leaves_the_rotation_where_it_is() {
+        let s = servers(&[1, 3]);
+        let k = key([1, 1, 1, 1], 0);
+        for strategy in [Balance::RoundRobin, Balance::Weighted, Balance::LeastConn] {
+            let b = Balancer::new(strategy, &s);
+            let mut seen = Vec::new();
+            for _ in 0..8 {
+                let peeked = b.peek(&s, &k, |_| true);
+                assert_eq!(b.peek(&s, &k, |_| true), peeked, "{strategy:?}");
+                let picked = b.pick(&s, &k, |_| true);
+                assert_eq!(peeked, picked, "{strategy:?}: a peek shows the next pick");
+                seen.extend(picked);
+            }
+            if strategy != Balance::LeastConn {
+                assert!(
+                    seen.contains(&0) && seen.contains(&1),
+                    "{strategy:?}: {seen:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn round_robin_shares_a_down_servers_turns_evenly() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Balance::RoundRobin, &s);
+        let mut c = [0; 3];
+        for _ in 0..300 {
+            if let Some(i) = b.pick(&s, &key([1, 2, 3, 4], 0), |i| i != 0) {
+                c[i] += 1;
+            }
+        }
+        assert_eq!(c, [0, 150, 150]);
+    }
+
+    #[test]
+    fn ip_hash_spreads_a_down_servers_clients_and_moves_no_other() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Balance::IpHash, &s);
+        let mut moved = [0; 3];
+        for n in 0..3_000u32 {
+            let k = key([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 0);
+            let home = b.pick(&s, &k, |_| true);
+            let now = b.pick(&s, &k, |i| i != 0);
+            assert_eq!(
+                now,
+                b.pick(&s, &k, |i| i != 0),
+                "stable while nothing changes"
+            );
+            match (home, now) {
+                (Some(0), Some(i)) => moved[i] += 1,
+                (home, now) => assert_eq!(home, now, "a client of a live server moved"),
+            }
+        }
+        let [_, one, two] = moved;
+        let total = one + two;
+        assert!(
+            total > 800,
+            "about a third of the clients were on server 0: {total}"
+        );
+        assert!(
+            one * 10 > total * 4 && two * 10 > total * 4,
+            "server 0's clients are shared about evenly: {moved:?}"
+        );
+    }
+
+    #[test]
     fn weighted_follows_weights() {
         let s = servers(&[1, 3]);
         let b = Balancer::new(Balance::Weighted, &s);
@@ -273,10 +403,23 @@ mod tests {
     }
 
     #[test]
+    fn a_heavy_server_gets_a_bounded_ring_in_proportion() {
+        // weight * 160 once wrapped in u32 (and in a debug build, panicked).
+        let s = servers(&[30_000_000, 10_000_000]);
+        let ring = build_ring(&s);
+        assert!(ring.len() <= 160_000, "{}", ring.len());
+        let first = ring.iter().filter(|(_, i)| *i == 0).count();
+        assert_eq!((first, ring.len() - first), (120_000, 40_000));
+        // Below the cap, nothing changes: 160 points per unit of weight.
+        let ring = build_ring(&servers(&[1, 3]));
+        assert_eq!(ring.len(), 640);
+    }
+
+    #[test]
     fn least_conn_prefers_the_idle_server() {
         let s = servers(&[1, 1]);
         let b = Balancer::new(Balance::LeastConn, &s);
-        let _busy = s[0].begin();
+        let _busy = s[0].try_begin();
         for _ in 0..5 {
             assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| true), Some(1));
         }
@@ -286,7 +429,7 @@ mod tests {
     fn p2c_avoids_the_busier_of_two() {
         let s = servers(&[1, 1]);
         let b = Balancer::new(Balance::P2c, &s);
-        let _busy = s[1].begin();
+        let _busy = s[1].try_begin();
         for _ in 0..20 {
             assert_eq!(b.pick(&s, &key([1, 1, 1, 1], 0), |_| true), Some(0));
         }

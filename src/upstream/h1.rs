@@ -188,6 +188,18 @@ pub enum Failure {
     Failed(H1Error),
 }
 
+/// How far ahead a deadline goes when `now + timeout` does not fit in an `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `now + timeout`, or [`FAR_FUTURE`] from now when the sum overflows: config bounds
+/// its durations, but a script's `timeout` may be any number of seconds.
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 /// Sends `req` on `conn` and reads the response head. `reused`: the connection served
 /// earlier requests (so a close before any response byte is the server's keep-alive
 /// timeout racing us, and worth a retry).
@@ -200,7 +212,7 @@ pub async fn send(
 ) -> Result<Response<RespBody>, Failure> {
     conn.deadline
         .as_mut()
-        .reset(tokio::time::Instant::now() + response_timeout);
+        .reset(deadline_after(response_timeout));
     // The body goes out with the head; the rest of the request stays boxed (the
     // request moves through every layer above by pointer, and a retry gets it back).
     let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);

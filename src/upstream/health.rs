@@ -3,6 +3,7 @@
 //! consecutive failures take it out of rotation, `healthy_after` successes bring it
 //! back. Runs on the control thread, never on a worker. A check speaks what requests
 //! speak (TLS, HTTP/2) over a connection of its own, never a worker's pooled one.
+//! Owns the health of servers: in a set without `health`, every server is healthy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,17 @@ use super::pool::Pool;
 use super::{client, ServerState, Upstreams};
 
 /// Starts one checking task per checked server; abort the handles to stop them
-/// (a reload replaces them with the new generation's).
+/// (a reload replaces them with the new generation's). Call it as `upstreams` goes
+/// live: the servers of a set without checks are marked healthy, since their state
+/// may come from a generation whose checks marked them down and nothing would mark
+/// them up again.
 pub fn spawn_checks(upstreams: &Upstreams) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for set in &upstreams.sets {
         let Some(health) = set.config.health.clone() else {
+            for server in &set.servers {
+                server.reset_health();
+            }
             continue;
         };
         for (server, endpoint) in set.servers.iter().zip(&set.endpoints) {

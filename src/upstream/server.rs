@@ -1,29 +1,39 @@
 //! `ServerState`: what the proxy knows about one server of an upstream set — its
-//! address, weight, health, breaker and in-flight count. Shared by every worker and
-//! carried across reloads while the server's settings are unchanged.
+//! address, weight, health, breaker and in-flight count. Shared by every worker.
+//!
+//! Across reloads a server is known by its address: its health and counts (in flight,
+//! requests, failures) carry over whatever its weight, and its breaker carries over
+//! while the breaker's settings are unchanged. A state whose weight and breaker
+//! settings are unchanged is carried whole.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::{BreakerConfig, ServerTarget};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Permit};
 
 /// One server of an upstream set.
 #[derive(Debug)]
 pub struct ServerState {
     pub target: ServerTarget,
     pub weight: u32,
-    pub breaker: Breaker,
-    breaker_config: (u32, std::time::Duration),
+    pub breaker: Arc<Breaker>,
+    standing: Arc<Standing>,
+}
+
+/// What is known about a server by its address, whatever the settings of the set
+/// that lists it: health and counts.
+#[derive(Debug)]
+struct Standing {
     healthy: AtomicBool,
-    inflight: AtomicUsize,
     check_successes: AtomicU32,
     check_failures: AtomicU32,
+    inflight: AtomicUsize,
     /// Requests sent to this server.
-    pub requests: AtomicU64,
+    requests: AtomicU64,
     /// Transport failures (connect errors, resets, timeouts).
-    pub failures: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl ServerState {
@@ -32,27 +42,41 @@ impl ServerState {
         ServerState {
             target,
             weight,
-            breaker: Breaker::new(breaker.failures, breaker.open_for),
-            breaker_config: (breaker.failures, breaker.open_for),
-            healthy: AtomicBool::new(true),
-            inflight: AtomicUsize::new(0),
-            check_successes: AtomicU32::new(0),
-            check_failures: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            breaker: Arc::new(Breaker::new(breaker.failures, breaker.open_for)),
+            standing: Arc::new(Standing {
+                healthy: AtomicBool::new(true),
+                check_successes: AtomicU32::new(0),
+                check_failures: AtomicU32::new(0),
+                inflight: AtomicUsize::new(0),
+                requests: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Whether this state can be carried into a generation with these settings.
-    pub fn same_settings(&self, target: &ServerTarget, weight: u32, b: &BreakerConfig) -> bool {
-        self.target == *target
-            && self.weight == weight
-            && self.breaker_config == (b.failures, b.open_for)
+    /// This server (same address) in a generation with `weight` and `breaker`: itself
+    /// when nothing changed, else a state sharing its health and counts, and its
+    /// breaker while the breaker's settings are the same.
+    pub fn carried(self: &Arc<Self>, weight: u32, breaker: &BreakerConfig) -> Arc<Self> {
+        let same_breaker = self.breaker.settings() == (breaker.failures.max(1), breaker.open_for);
+        if same_breaker && self.weight == weight {
+            return Arc::clone(self);
+        }
+        Arc::new(ServerState {
+            target: self.target.clone(),
+            weight,
+            breaker: if same_breaker {
+                Arc::clone(&self.breaker)
+            } else {
+                Arc::new(Breaker::new(breaker.failures, breaker.open_for))
+            },
+            standing: Arc::clone(&self.standing),
+        })
     }
 
     /// Healthy per active checks.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.standing.healthy.load(Ordering::Acquire)
     }
 
     /// Healthy and not held off by its breaker.
@@ -62,42 +86,60 @@ impl ServerState {
 
     /// Requests in flight to this server, across workers.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        self.standing.inflight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(self))
+    /// Requests sent to this server.
+    pub fn requests(&self) -> u64 {
+        self.standing.requests.load(Ordering::Relaxed)
+    }
+
+    /// Transport failures (connect errors, resets, timeouts).
+    pub fn failures(&self) -> u64 {
+        self.standing.failures.load(Ordering::Relaxed)
+    }
+
+    /// Takes the breaker's permission for one request and counts it in flight until
+    /// the guard drops. `None`: the breaker refused (open, or another request is its
+    /// half-open probe).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InflightGuard> {
+        let permit = self.breaker.try_acquire()?;
+        self.standing.inflight.fetch_add(1, Ordering::Relaxed);
+        self.standing.requests.fetch_add(1, Ordering::Relaxed);
+        Some(InflightGuard {
+            server: Arc::clone(self),
+            permit,
+        })
     }
 
     /// Feeds one active health-check result; returns the new health when it flipped.
     pub fn record_check(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        let s = &self.standing;
         if ok {
-            self.check_failures.store(0, Ordering::Relaxed);
-            let n = self.check_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            s.check_failures.store(0, Ordering::Relaxed);
+            let n = s.check_successes.fetch_add(1, Ordering::Relaxed) + 1;
             if !self.is_healthy() && n >= healthy_after {
-                self.healthy.store(true, Ordering::Release);
+                s.healthy.store(true, Ordering::Release);
                 return Some(true);
             }
         } else {
-            self.check_successes.store(0, Ordering::Relaxed);
-            let n = self.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            s.check_successes.store(0, Ordering::Relaxed);
+            let n = s.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
             if self.is_healthy() && n >= unhealthy_after {
-                self.healthy.store(false, Ordering::Release);
+                s.healthy.store(false, Ordering::Release);
                 return Some(false);
             }
         }
         None
     }
 
-    /// Records a request's transport outcome for the breaker (passive health).
-    pub fn record_outcome(&self, ok: bool) {
-        if !ok {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.breaker.record(ok);
+    /// Forgets what active checks said: healthy, no passes or failures counted. For a
+    /// server no check watches any more (nothing else would mark it up again).
+    pub fn reset_health(&self) {
+        let s = &self.standing;
+        s.check_successes.store(0, Ordering::Relaxed);
+        s.check_failures.store(0, Ordering::Relaxed);
+        s.healthy.store(true, Ordering::Release);
     }
 
     /// The address as written in the config.
@@ -109,19 +151,37 @@ impl ServerState {
     }
 }
 
-/// Decrements a server's in-flight count on drop (when the response body is done).
+/// A request on its way to a server: holds the breaker's permit for its outcome and
+/// decrements the server's in-flight count on drop (when the response body is done).
 #[derive(Debug)]
-pub struct InflightGuard(Arc<ServerState>);
+pub struct InflightGuard {
+    server: Arc<ServerState>,
+    permit: Permit,
+}
 
 impl InflightGuard {
     /// The server this request went to.
     pub fn server(&self) -> &Arc<ServerState> {
-        &self.0
+        &self.server
+    }
+
+    /// Records the request's transport outcome for the breaker (passive health).
+    pub fn record_outcome(&self, ok: bool) {
+        if !ok {
+            self.server
+                .standing
+                .failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.server.breaker.record(self.permit, ok);
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.server
+            .standing
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

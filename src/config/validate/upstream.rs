@@ -118,7 +118,13 @@ impl Checker<'_> {
                 (addr.as_str(), key.to_owned(), entry.span(), DEFAULT_WEIGHT)
             }
             file::ServerEntry::Table(table) => {
-                let weight = self.count(&format!("{key}.weight"), &table.weight, DEFAULT_WEIGHT, 1);
+                let weight = self.count_in(
+                    &format!("{key}.weight"),
+                    &table.weight,
+                    DEFAULT_WEIGHT,
+                    1,
+                    i64::from(bounds::MAX_WEIGHT),
+                );
                 let Some(addr) = &table.addr else {
                     self.error(
                         &format!("{key}.addr"),

@@ -79,6 +79,17 @@ impl Checker<'_> {
                 .map_err(|_| format!("duration must not be negative, got {n}")),
             Quantity::Text(text) => parse_duration(text),
         };
+        let parsed = parsed.and_then(|duration| {
+            if duration > bounds::MAX_DURATION {
+                Err(format!(
+                    "duration must be at most {} (one year), got {}",
+                    bounds::MAX_DURATION_TEXT,
+                    describe(&value.get_ref().0)
+                ))
+            } else {
+                Ok(duration)
+            }
+        });
         parsed
             .map_err(|message| self.error(key, value.span(), message))
             .unwrap_or(default)
@@ -123,6 +134,29 @@ impl Checker<'_> {
         T::try_from(number)
             .map_err(|_| self.error(key, value.span(), format!("{number} is too large")))
             .unwrap_or(default)
+    }
+
+    /// An integer in `min..=max` that fits in `T`.
+    pub(super) fn count_in<T: TryFrom<i64> + Copy>(
+        &mut self,
+        key: &str,
+        value: &Option<file::Int>,
+        default: T,
+        min: i64,
+        max: i64,
+    ) -> T {
+        if let Some(value) = value {
+            let number = *value.get_ref();
+            if number > max {
+                self.error(
+                    key,
+                    value.span(),
+                    format!("must be at most {max}, got {number}"),
+                );
+                return default;
+            }
+        }
+        self.count(key, value, default, min)
     }
 
     /// One of a closed set of words; the error lists them.
@@ -182,5 +216,13 @@ impl Checker<'_> {
         } else {
             self.base_dir.join(path)
         }
+    }
+}
+
+/// A duration as written: `"400d"`, or seconds for a bare integer.
+fn describe(quantity: &Quantity) -> String {
+    match quantity {
+        Quantity::Int(n) => format!("{n} seconds"),
+        Quantity::Text(text) => format!("{text:?}"),
     }
 }
