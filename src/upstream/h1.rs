@@ -278,13 +278,6 @@ pub async fn send(
     Ok(resp)
 }
 
-/// `timeout` from now, or far in the future when that is past what the clock holds.
-fn later(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
-}
-
 /// The request head in wire form, and whether the body goes chunked.
 fn encode_head(
     req: &Request<ProxyBody>,
@@ -875,7 +868,9 @@ impl http_body::Body for RespBody {
                 if let Some(conn) = this.conn.as_mut() {
                     if this.rearm {
                         this.rearm = false;
-                        conn.deadline.as_mut().reset(later(this.read_timeout));
+                        conn.deadline
+                            .as_mut()
+                            .reset(deadline_after(this.read_timeout));
                     }
                     if conn.deadline.as_mut().poll(cx).is_ready() {
                         polled = Poll::Ready(Some(Err(H1Error::BodyTimeout(this.read_timeout))));
