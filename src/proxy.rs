@@ -544,13 +544,16 @@ async fn forward<T: Transport>(
 /// Whether a send says the server is working (for its breaker): a response, or a
 /// failure that was the client's doing (its body went over the limit, was broken or
 /// cut short).
-fn server_did_well<T>(result: &Result<T, SendError>) -> bool {
+/// What an exchange says about its server, for the breaker: `None` when nothing
+/// (the connect failed for a reason of this machine's, such as no file descriptors).
+fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
     match result {
-        Ok(_) => true,
+        Ok(_) => Some(true),
+        Err(SendError::Connect(e, _)) if crate::upstream::connect::is_local_failure(e) => None,
         Err(SendError::Upstream(e)) => {
-            body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some()
+            Some(body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some())
         }
-        Err(_) => false,
+        Err(_) => Some(false),
     }
 }
 
@@ -595,7 +598,9 @@ async fn send_to<T: Transport>(
     let result = via
         .send(&ctx.pool, endpoint, sending.timeout, req, sending.wire)
         .await;
-    guard.record_outcome(server_did_well(&result));
+    if let Some(ok) = server_did_well(&result) {
+        guard.record_outcome(ok);
+    }
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),
         Err(SendError::Connect(source, req)) => Err(Failed::Unsent(

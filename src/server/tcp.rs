@@ -272,6 +272,15 @@ async fn connect(
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, guard));
             }
+            Ok(Err(source)) if crate::upstream::connect::is_local_failure(&source) => {
+                // Out of file descriptors (or the like) here: not the server's fault,
+                // and no other server would do better.
+                return Err(TcpError::Connect {
+                    upstream: upstream(),
+                    server: addr,
+                    source,
+                });
+            }
             Ok(Err(source)) => TcpError::Connect {
                 upstream: upstream(),
                 server: addr,

@@ -81,6 +81,17 @@ impl Endpoint {
     }
 }
 
+/// Whether a failed connect is this machine's trouble, not the server's: out of file
+/// descriptors, buffers, memory or local ports. Such a failure says nothing about the
+/// server, so it must not count against it (breaker, passive health), and trying
+/// another server will not help.
+pub fn is_local_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Why a connection could not be made.
 pub enum ConnectFailure {
     Io(std::io::Error),
