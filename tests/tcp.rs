@@ -362,3 +362,32 @@ async fn a_listener_moved_by_a_reload_keeps_the_upstream_it_last_had() {
     assert_eq!(exchange(tcp, b"three").await, b"threebye");
     assert_eq!((a.accepts(), b.accepts()), (1, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_a_set_only_tcp_uses_connect_instead_of_speaking_http() {
+    // `health = {}` ran `GET /healthz` against servers that need not speak HTTP: a
+    // database or an echo server failed it, and the whole frontend went down.
+    let echo = EchoServer::start().await;
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[admin]\nlisten = \"\"\n\n\
+         [upstreams.db]\nservers = [\"{}\", \"{}\"]\nconnect_timeout = \"500ms\"\n\
+         health = {{ interval = \"100ms\", timeout = \"500ms\", unhealthy_after = 1, healthy_after = 1 }}\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n",
+        dead_addr(),
+        echo.addr
+    );
+    let proxy = proxy_toml(&toml);
+    let tcp = proxy.handle().tcp_addrs()[0];
+    let checked = common::wait_until(Duration::from_secs(5), || echo.accepts() >= 3).await;
+    assert!(checked, "the checks connect to the server");
+    let before = echo.accepts();
+    for i in 0..4 {
+        let msg = format!("after checks {i}");
+        assert_eq!(
+            exchange(tcp, msg.as_bytes()).await,
+            format!("{msg}bye").into_bytes()
+        );
+    }
+    assert!(echo.accepts() >= before + 4);
+    proxy.shutdown().await;
+}

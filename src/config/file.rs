@@ -178,6 +178,8 @@ pub struct PoolFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthFile {
+    #[serde(rename = "type")]
+    pub kind: Option<Text>,
     pub path: Option<Text>,
     pub interval: Option<Spanned<DurationValue>>,
     pub timeout: Option<Spanned<DurationValue>>,

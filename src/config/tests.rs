@@ -435,6 +435,43 @@ fn bad_sizes_and_durations() {
 }
 
 #[test]
+fn health_type_follows_the_sets_use_unless_given() {
+    let with = |health: &str, tail: &str| {
+        ok(&format!(
+            "[upstreams.db]\nservers = [\"127.0.0.1:5432\"]\nhealth = {health}\n\n{tail}"
+        ))
+        .upstreams[0]
+            .health
+            .clone()
+            .unwrap()
+            .kind
+    };
+    let tcp_only = "[[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n";
+    let routed = "[[routes]]\nupstream = \"db\"\n";
+    assert_eq!(with("{}", tcp_only), HealthKind::Tcp);
+    assert_eq!(with("{}", routed), HealthKind::Http);
+    assert_eq!(
+        with("{}", &format!("{tcp_only}\n{routed}")),
+        HealthKind::Http
+    );
+    assert_eq!(with("{ path = \"/up\" }", tcp_only), HealthKind::Http);
+    assert_eq!(with("{ type = \"http\" }", tcp_only), HealthKind::Http);
+    assert_eq!(with("{ type = \"tcp\" }", routed), HealthKind::Tcp);
+    assert_error(
+        &format!("{UPSTREAMS}health = {{ type = \"udp\" }}\n"),
+        "upstreams.app.health.type",
+        7,
+        "must be \"http\" or \"tcp\"",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}health = {{ type = \"tcp\", path = \"/x\" }}\n"),
+        "upstreams.app.health.path",
+        7,
+        "a path is for HTTP checks",
+    );
+}
+
+#[test]
 fn durations_past_a_year_are_refused() {
     // Timers add these to the clock: i64::MAX seconds once passed `check` and then
     // panicked every request ("overflow when adding duration to instant").

@@ -195,11 +195,24 @@ pub struct PoolConfig {
 /// `health = { ... }`: active health checks.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
+    /// What a check does.
+    pub kind: HealthKind,
+    /// Whether `type` was written (else it follows the set's use).
+    pub kind_given: bool,
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_after: u32,
     pub unhealthy_after: u32,
+}
+
+/// `health.type`: how a server is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    /// `GET path` answered with 2xx or 3xx.
+    Http,
+    /// A TCP connect (TLS handshake too with `tls = true`) that succeeds.
+    Tcp,
 }
 
 /// `circuit_breaker = { ... }`.

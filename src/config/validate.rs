@@ -209,10 +209,21 @@ impl<'a> Checker<'a> {
         // Listeners first, in file order, so a clash names the earlier one.
         let server = self.server(&file.server, !file.tcp.is_empty());
         let admin = self.admin(&file.admin);
-        let upstreams = self.upstreams(&file.upstreams);
+        let mut upstreams = self.upstreams(&file.upstreams);
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let routes = self.routes(&file.routes, &names);
         let tcp = self.tcp(&file.tcp, &names);
+        // A set that only `[[tcp]]` frontends use is checked by connecting, unless
+        // its `health` says otherwise: its servers need not speak HTTP.
+        for (i, u) in upstreams.iter_mut().enumerate() {
+            if let Some(h) = u.health.as_mut().filter(|h| !h.kind_given) {
+                let by_tcp = tcp.iter().any(|t| t.upstream == i);
+                let by_route = routes.iter().any(|r| r.upstream == i);
+                if by_tcp && !by_route {
+                    h.kind = HealthKind::Tcp;
+                }
+            }
+        }
         Config {
             source: None,
             base_dir: self.base_dir.to_path_buf(),

@@ -1,5 +1,6 @@
 //! Active health checks: for every upstream with a `health` table, each network server
-//! gets `GET <path>` every `interval` on a fresh connection; `unhealthy_after`
+//! gets `GET <path>` (or, with `type = "tcp"`, just a connect) every `interval` on a
+//! fresh connection; `unhealthy_after`
 //! consecutive failures take it out of rotation, `healthy_after` successes bring it
 //! back. Runs on the control thread, never on a worker. A check speaks what requests
 //! speak (TLS, HTTP/2) over a connection of its own, never a worker's pooled one.
@@ -11,7 +12,7 @@ use std::time::Duration;
 use http::{header, Request};
 use tokio::task::JoinHandle;
 
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, HealthKind};
 use crate::http::ProxyBody;
 
 use super::connect::Endpoint;
@@ -63,7 +64,14 @@ async fn check_loop(
             if healthy {
                 tracing::info!(target: "proxycache::upstream", %upstream, server = server.label(), "server is healthy again");
             } else {
-                tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), path = %health.path, "server failed its health checks");
+                match health.kind {
+                    HealthKind::Http => {
+                        tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), path = %health.path, "server failed its health checks")
+                    }
+                    HealthKind::Tcp => {
+                        tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), "server failed its health checks (connect)")
+                    }
+                }
             }
         }
     }
@@ -71,6 +79,11 @@ async fn check_loop(
 
 async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> bool {
     let timeout = health.timeout.max(Duration::from_millis(1));
+    if health.kind == HealthKind::Tcp {
+        // Connect (and the TLS handshake with `tls = true`), then hang up.
+        let connected = tokio::time::timeout(timeout, super::connect::open_stream(endpoint));
+        return matches!(connected.await, Ok(Ok(_)));
+    }
     let attempt = async {
         let req = Request::get(health.path.as_str())
             .header(header::HOST, endpoint.authority.as_str())

@@ -170,6 +170,28 @@ impl Checker<'_> {
     }
 
     pub(super) fn health(&mut self, key: &str, file: &file::HealthFile) -> HealthConfig {
+        let kind = match &file.kind {
+            None => None,
+            Some(text) => match text.get_ref().as_str() {
+                "http" => Some(HealthKind::Http),
+                "tcp" => Some(HealthKind::Tcp),
+                other => {
+                    self.error(
+                        &format!("{key}.type"),
+                        text.span(),
+                        format!("health type must be \"http\" or \"tcp\", not {other:?}"),
+                    );
+                    None
+                }
+            },
+        };
+        if let (Some(HealthKind::Tcp), Some(path)) = (kind, &file.path) {
+            self.error(
+                &format!("{key}.path"),
+                path.span(),
+                "a path is for HTTP checks; a \"tcp\" check only connects".to_owned(),
+            );
+        }
         let path = match &file.path {
             Some(text) if !text.get_ref().starts_with('/') => {
                 self.error(
@@ -183,6 +205,10 @@ impl Checker<'_> {
             None => DEFAULT_HEALTH_PATH.to_owned(),
         };
         HealthConfig {
+            // A path asks for HTTP checks; without `type` or a path, the set's use
+            // decides (see `Validator::config`).
+            kind: kind.unwrap_or(HealthKind::Http),
+            kind_given: kind.is_some() || file.path.is_some(),
             path,
             interval: self.nonzero_duration(
                 &format!("{key}.interval"),
