@@ -19,6 +19,8 @@ pub struct CacheControl {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
+    /// `must-revalidate` or `proxy-revalidate`: never served stale.
+    pub must_revalidate: bool,
 }
 
 impl CacheControl {
@@ -43,6 +45,7 @@ impl CacheControl {
                     "max-age" => cc.max_age = Some(seconds().unwrap_or(0)),
                     "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(0)),
                     "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
+                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
                     _ => {}
                 }
             }
@@ -151,7 +154,7 @@ pub fn storable(
         return Err("Set-Cookie");
     }
     if vary_names(resp).is_none() {
-        return Err("Vary: *");
+        return Err("Vary: * (or a Vary that cannot be read)");
     }
     let lifetime = if let Some(s) = cc.s_maxage.or(cc.max_age) {
         Duration::from_secs(s)
@@ -188,23 +191,29 @@ pub fn storable(
     Ok(Freshness {
         fresh_for: lifetime,
         age,
-        stale_for: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
+        // `must-revalidate` forbids serving it stale (RFC 9111 §5.2.2.2), whatever
+        // `stale-while-revalidate` allows.
+        stale_for: match cc.must_revalidate {
+            true => Duration::ZERO,
+            false => Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
+        },
     })
 }
 
-/// The header names of `Vary`, lower-cased; `None` for `Vary: *` (never matches).
+/// The header names of `Vary`, lower-cased; `None` for `Vary: *` or a `Vary` that
+/// cannot be read (never matches: storing it as not varying could serve one client's
+/// variant to another).
 pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in headers.get_all(header::VARY) {
-        let Ok(text) = value.to_str() else { continue };
+        let text = value.to_str().ok()?;
         for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if token == "*" {
                 return None;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+            let name = HeaderName::from_bytes(token.as_bytes()).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
     }
@@ -342,6 +351,17 @@ mod tests {
         }
         assert!(fresh(&[("set-cookie", "a=b")], Some(10)).is_err());
         assert!(fresh(&[("vary", "*")], Some(10)).is_err());
+        // A Vary name that cannot be read is not taken as "varies by nothing".
+        assert!(fresh(&[("vary", "accept, bad name")], Some(10)).is_err());
+        let swr = "max-age=1, stale-while-revalidate=60, must-revalidate";
+        let f = storable(
+            &Method::GET,
+            StatusCode::OK,
+            &headers(&[("cache-control", swr)]),
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(f.map(|f| f.stale_for), Ok(Duration::ZERO));
         let h = headers(&[("cache-control", "max-age=60")]);
         let now = SystemTime::now();
         assert!(storable(&Method::POST, StatusCode::OK, &h, None, now).is_err());
