@@ -132,11 +132,11 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A duration argument: seconds (an integer or a float) or a duration string; at most
 /// [`MAX_DURATION`]. `what` names the argument in the message.
-pub fn duration_from_lua(v: &mlua::Value, what: &str) -> Result<Duration, String> {
+pub fn duration_from_lua(v: &mlua::Value, what: &dyn Fn() -> String) -> Result<Duration, String> {
     let d = match v {
         mlua::Value::Integer(i) => u64::try_from(*i)
             .map(Duration::from_secs)
-            .map_err(|_| format!("{what} must be seconds >= 0, not {i}"))?,
+            .map_err(|_| format!("{} must be seconds >= 0, not {i}", what()))?,
         mlua::Value::Number(f) => Duration::try_from_secs_f64(*f).map_err(|_| {
             // 1e20, not twenty-one digits.
             let shown = if f.abs() >= 1e15 {
@@ -144,17 +144,21 @@ pub fn duration_from_lua(v: &mlua::Value, what: &str) -> Result<Duration, String
             } else {
                 f.to_string()
             };
-            format!("{what} must be a number of seconds from 0 to 1.8e19, not {shown}")
+            format!(
+                "{} must be a number of seconds from 0 to 1.8e19, not {shown}",
+                what()
+            )
         })?,
         mlua::Value::String(s) => {
             let text = s
                 .to_str()
-                .map_err(|_| format!("{what} must be a duration string, not binary data"))?;
-            crate::config::parse_duration(&text).map_err(|e| format!("{what}: {e}"))?
+                .map_err(|_| format!("{} must be a duration string, not binary data", what()))?;
+            crate::config::parse_duration(&text).map_err(|e| format!("{}: {e}", what()))?
         }
         other => {
             return Err(format!(
-                "{what} must be seconds (a number) or a duration string like \"250ms\", not {}",
+                "{} must be seconds (a number) or a duration string like \"250ms\", not {}",
+                what(),
                 other.type_name()
             ))
         }
@@ -191,7 +195,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             },
             _ => return Err(wrong("a string")),
         },
-        ArgType::Duration => Value::Duration(duration_from_lua(v, &what())?),
+        ArgType::Duration => Value::Duration(duration_from_lua(v, &what)?),
         ArgType::Map => match v {
             mlua::Value::Table(t) => {
                 let mut map = BTreeMap::new();

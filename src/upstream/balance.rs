@@ -104,9 +104,15 @@ impl Balancer {
         };
         match self {
             Balancer::RoundRobin { next } => {
-                // The turn-th available server: every available one gets its turn.
+                let t = turn(next);
+                if available(t % n) {
+                    return Some(t % n);
+                }
+                // A turn of a server out of rotation goes to the available ones in
+                // turn (the m-th time this slot comes round, the m-th of them), so its
+                // share spreads evenly instead of falling to its neighbour.
                 let up = available_ones(n, &available);
-                up.get(turn(next) % up.len().max(1)).copied()
+                up.get((t / n) % up.len().max(1)).copied()
             }
             Balancer::Weighted { current } if advance => {
                 smooth_weighted(servers, &mut current.lock(), &available)
@@ -333,6 +339,16 @@ mod tests {
             }
         }
         assert_eq!(c, [0, 150, 150]);
+        // Down servers in a pattern the rotation's period shares.
+        let s = servers(&[1, 1, 1, 1]);
+        let b = Balancer::new(Balance::RoundRobin, &s);
+        let mut c = [0; 4];
+        for _ in 0..400 {
+            if let Some(i) = b.pick(&s, &key([1, 2, 3, 4], 0), |i| i % 2 == 1) {
+                c[i] += 1;
+            }
+        }
+        assert_eq!(c, [0, 200, 0, 200]);
     }
 
     #[test]
