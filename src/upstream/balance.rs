@@ -122,10 +122,12 @@ impl Balancer {
                 smooth_weighted(servers, &mut copy, &available)
             }
             Balancer::LeastConn { next } => {
-                let start = turn(next);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(|&i| available(i))
+                // Ties go round the available servers only, so a server out of
+                // rotation does not hand its ties to its neighbour.
+                let up = available_ones(n, &available);
+                let (start, k) = (turn(next), up.len());
+                (0..k)
+                    .map(|j| up[(start + j) % k])
                     .min_by_key(|&i| servers[i].inflight())
             }
             Balancer::IpHash => {
@@ -349,6 +351,19 @@ mod tests {
             }
         }
         assert_eq!(c, [0, 200, 0, 200]);
+    }
+
+    #[test]
+    fn least_conn_ties_spread_over_the_available_servers() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Balance::LeastConn, &s);
+        let mut c = [0; 3];
+        for _ in 0..300 {
+            if let Some(i) = b.pick(&s, &key([1, 2, 3, 4], 0), |i| i != 0) {
+                c[i] += 1;
+            }
+        }
+        assert_eq!(c, [0, 150, 150]);
     }
 
     #[test]
