@@ -43,6 +43,9 @@ pub struct UpstreamSet {
     /// How to reach each server (`None`: a built-in one), indexed like `servers`.
     pub endpoints: Vec<Option<Arc<Endpoint>>>,
     balancer: Balancer,
+    /// Balancers of the other strategies, made on first use (`std.load_balance` with
+    /// a `strategy`): a consistent-hash ring is built once, not per call.
+    others: [std::sync::OnceLock<Balancer>; 6],
     /// The set's name, shared: requests and Lua hooks keep it without a copy.
     name: Arc<str>,
 }
@@ -81,7 +84,26 @@ impl UpstreamSet {
             servers,
             endpoints,
             balancer,
+            others: Default::default(),
         })
+    }
+
+    /// The balancer of strategy `b` over this set's servers (the set's own for its
+    /// own strategy; another made once and kept with the set).
+    pub fn balancer_for(&self, b: crate::config::Balance) -> &Balancer {
+        if b == self.config.balance {
+            return &self.balancer;
+        }
+        use crate::config::Balance as B;
+        let slot = match b {
+            B::RoundRobin => 0,
+            B::Weighted => 1,
+            B::LeastConn => 2,
+            B::IpHash => 3,
+            B::ConsistentHash => 4,
+            B::P2c => 5,
+        };
+        self.others[slot].get_or_init(|| Balancer::new(b, &self.servers))
     }
 
     /// The set's name.

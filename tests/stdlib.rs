@@ -33,6 +33,10 @@ const STD: &str = r#"mod std_demo {
     if $path starts_with "/api" {
       let stripped = std.url_rewrite(pattern: """^/api(.*)$""", replacement: """$1""")
     }
+    if $path == "/lb-rr" {
+      let other = std.load_balance(upstream: "pool", strategy: "least_conn")
+      respond 200 "${other.addr}\n"
+    }
     if $path == "/lb" {
       let pick = std.load_balance(upstream: "pool")
       let h = std.active_health(upstream: "pool")
@@ -339,4 +343,30 @@ async fn rate_limit_refills_over_time_and_a_key_flood_stays_bounded() {
         "120,000 distinct keys, at most {} held: {held}",
         proxycache::stdlib::rate_limit::DEFAULT_MAX_KEYS
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balance_with_another_strategy_keeps_that_strategys_state() {
+    // A strategy other than the set's own got a new balancer on every call:
+    // least_conn broke its ties from the first server every time (and a
+    // consistent-hash ring was built per request).
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    let pool = format!(
+        "[upstreams.pool]\nservers = {}\nbalance = \"ip_hash\"\n",
+        servers(&[&a, &b])
+    );
+    let s = route_site(
+        "stdlib-lb",
+        1,
+        ("std_demo", STD),
+        vec![("/", Behavior::echo())],
+        &pool,
+    )
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(get(s.run.addr, "/lb-rr").await.text());
+    }
+    assert_eq!(seen.len(), 2, "idle servers take turns: {seen:?}");
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{ArgDefault, ArgSig, ArgType, FnSig, RecordSig, Returns, StdError, StdFn, ALL_PHASES};
 use crate::config::Balance;
 use crate::script::value::Value;
-use crate::upstream::balance::{hash_bytes, Balancer, PickKey};
+use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::UpstreamSet;
 
 /// `{addr, healthy}`.
@@ -109,7 +109,7 @@ pub fn load_balance(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Valu
     let available = |i: usize| set.servers[i].is_available();
     let index = match strategy {
         Some(b) if b != set.config.balance => {
-            Balancer::new(b, &set.servers).pick(&set.servers, &key, available)
+            set.balancer_for(b).pick(&set.servers, &key, available)
         }
         _ => set.peek(&key),
     };
