@@ -815,34 +815,30 @@ async fn slow_admin_clients_are_timed_out() {
     let timeouts = "[server.timeouts]\nheader = \"300ms\"\nidle = \"500ms\"\n\n";
     let (_site, px) = start("slow", &[], "", &format!("{timeouts}{ECHO}"));
 
+    // Sends `bytes` and reads until the server closes; `None` if it has not in 5s.
+    let until_closed = |bytes: &'static [u8]| async move {
+        let mut conn = tokio::net::TcpStream::connect(px.admin)
+            .await
+            .expect("connect");
+        conn.write_all(bytes).await.expect("write");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+        read.ok()
+            .map(|_| String::from_utf8_lossy(&buf).into_owned())
+    };
+
     // Half a request head: closed after `header` (it stayed open for good).
-    let mut conn = tokio::net::TcpStream::connect(px.admin)
-        .await
-        .expect("connect");
-    conn.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    let closed = until_closed(b"GET /status HTTP/1.1\r\nhost: a\r\n").await;
     assert!(
-        read.is_ok(),
+        closed.is_some(),
         "a half-sent head kept its admin connection open"
     );
 
     // A body that never completes: 408 after `idle` (the handler waited for good).
-    let mut conn = tokio::net::TcpStream::connect(px.admin)
-        .await
-        .expect("connect");
-    conn.write_all(b"PUT /mods/slow HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nmod")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
-    assert!(
-        read.is_ok(),
-        "a stalled body kept its admin connection open"
-    );
-    let text = String::from_utf8_lossy(&buf);
+    let put = b"PUT /mods/slow HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nmod";
+    let Some(text) = until_closed(put).await else {
+        panic!("a stalled body kept its admin connection open");
+    };
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 
     // The API still answers.
