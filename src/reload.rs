@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod watch;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -124,22 +125,35 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
             requires_restart: Vec::new(),
             errors,
         },
-        Ok(Some(next)) => {
-            let changes = diff::diff(&old, &next);
-            let mut applied = changes.applied;
-            applied.extend(apply_listeners(shared, &next.config));
-            let number = next.number;
-            pending_swap = Some(next);
-            ReloadReport {
-                generation: number,
-                ok: true,
+        Ok(Some(next)) => match bind_added(shared, &next.config) {
+            // A new address that cannot be bound fails the whole reload: nothing is
+            // swapped and every listener stays as it was.
+            Err(errors) => ReloadReport {
+                generation: old.number,
+                ok: false,
                 at: now_secs(),
                 trigger: trigger.to_owned(),
-                applied,
-                requires_restart: changes.requires_restart,
-                errors: Vec::new(),
+                applied: Vec::new(),
+                requires_restart: Vec::new(),
+                errors,
+            },
+            Ok(bound) => {
+                let changes = diff::diff(&old, &next);
+                let mut applied = changes.applied;
+                applied.extend(apply_listeners(shared, &next.config, bound));
+                let number = next.number;
+                pending_swap = Some(next);
+                ReloadReport {
+                    generation: number,
+                    ok: true,
+                    at: now_secs(),
+                    trigger: trigger.to_owned(),
+                    applied,
+                    requires_restart: changes.requires_restart,
+                    errors: Vec::new(),
+                }
             }
-        }
+        },
     };
     log_report(&report);
     old.std_state.metrics.reloaded(report.ok);
@@ -240,15 +254,62 @@ pub fn check_tls(config: &Config) -> Vec<ReloadError> {
     }
 }
 
-/// Opens listeners for addresses added to `server.listen` and closes removed ones.
-fn apply_listeners(shared: &Shared, config: &Config) -> Vec<String> {
+/// Sockets bound for addresses a reload adds, not yet handed to the workers.
+type Bound = Vec<(SocketAddr, Vec<std::net::TcpListener>, SocketAddr)>;
+
+/// Binds every address `config` adds to `server.listen`, before anything changes:
+/// `Err` (with nothing bound) when one cannot be. A new address on a port this process
+/// listens on already (another IP) is bound without the "in use" probe, which would
+/// meet our own socket.
+fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError>> {
+    let current = shared.listeners.lock();
+    let workers = shared.workers.lock().len();
+    let mut bound = Vec::new();
+    for (i, &addr) in config.server.listen.iter().enumerate() {
+        if current.contains_key(&addr) {
+            continue;
+        }
+        let ours = current
+            .keys()
+            .any(|a| a.port() == addr.port() && addr.port() != 0);
+        match crate::server::listener::bind_group(addr, workers, !ours) {
+            Ok((sockets, at)) => bound.push((addr, sockets, at)),
+            Err(e) => {
+                tracing::error!(target: "proxycache::reload", %addr, error = %e, "cannot listen on a new address");
+                let message = format!("cannot listen on {addr}: {e}");
+                return Err(vec![ReloadError {
+                    file: config
+                        .source
+                        .as_ref()
+                        .map_or("<default>".to_owned(), |p| p.display().to_string()),
+                    line: 0,
+                    col: 0,
+                    key: Some(format!("server.listen[{i}]")),
+                    rendered: format!("server.listen[{i}]: {message}"),
+                    message,
+                }]);
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// Hands the sockets [`bind_added`] made to the workers, then closes the listeners of
+/// addresses `config` no longer has.
+fn apply_listeners(shared: &Shared, config: &Config, bound: Bound) -> Vec<String> {
     let mut done = Vec::new();
     let mut current = shared.listeners.lock();
     let workers = shared.workers.lock();
-    let wanted: Vec<_> = config.server.listen.clone();
+    for (addr, sockets, at) in bound {
+        for (w, socket) in workers.iter().zip(sockets) {
+            let _ = w.send(crate::server::worker::WorkerCmd::Listen(addr, socket));
+        }
+        current.insert(addr, at);
+        done.push(format!("listening on {at}"));
+    }
     let removed: Vec<_> = current
         .keys()
-        .filter(|a| !wanted.contains(a))
+        .filter(|a| !config.server.listen.contains(a))
         .copied()
         .collect();
     for addr in removed {
@@ -257,25 +318,6 @@ fn apply_listeners(shared: &Shared, config: &Config) -> Vec<String> {
         }
         current.remove(&addr);
         done.push(format!("stopped listening on {addr}"));
-    }
-    let added: Vec<_> = wanted
-        .into_iter()
-        .filter(|a| !current.contains_key(a))
-        .collect();
-    for addr in added {
-        match crate::server::listener::bind_reuseport(addr, workers.len()) {
-            Ok((sockets, bound)) => {
-                for (w, socket) in workers.iter().zip(sockets) {
-                    let _ = w.send(crate::server::worker::WorkerCmd::Listen(addr, socket));
-                }
-                current.insert(addr, bound);
-                done.push(format!("listening on {bound}"));
-            }
-            Err(e) => {
-                tracing::error!(target: "proxycache::reload", %addr, error = %e, "cannot listen on a new address");
-                done.push(format!("could not listen on {addr}: {e}"));
-            }
-        }
     }
     done
 }

@@ -1234,6 +1234,45 @@ async fn an_exhausted_rate_limit_stays_exhausted_across_reloads() {
 // ---- 5. listeners -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_that_cannot_be_bound_fails_the_reload_and_keeps_the_old() {
+    // It answered ok, closed the removed address, reported "could not listen" among
+    // what was applied, and left the proxy listening on nothing.
+    let site = Site::new("listen-busy");
+    let mut conf = Conf::new(false, ECHO);
+    let port = free_port();
+    conf.listen = vec![format!("127.0.0.1:{port}")];
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+    let ours = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(ours, "/before").await.status, 200);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr");
+    conf.listen = vec![busy_addr.to_string()];
+    site.write_config(&conf.text());
+    let (_, report) = post_reload(px.admin).await;
+    assert_eq!(report["ok"], false, "{report:#}");
+    assert!(
+        report["errors"].to_string().contains("server.listen[0]"),
+        "{report:#}"
+    );
+    assert_eq!(
+        get(ours, "/still").await.status,
+        200,
+        "the old listener stays"
+    );
+
+    // The same port on another address of ours moves (the busy-address probe must
+    // not meet our own socket).
+    drop(busy);
+    conf.listen = vec![format!("0.0.0.0:{port}")];
+    site.write_config(&conf.text());
+    let (_, report) = post_reload(px.admin).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(get(ours, "/moved").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_addresses_are_opened_and_closed_live() {
     let site = Site::new("listeners");
     let mut conf = Conf::new(false, ECHO);

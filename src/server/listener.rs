@@ -19,7 +19,18 @@ pub fn bind_reuseport(
     addr: SocketAddr,
     workers: usize,
 ) -> std::io::Result<(Vec<TcpListener>, SocketAddr)> {
-    if addr.port() != 0 {
+    bind_group(addr, workers, true)
+}
+
+/// [`bind_reuseport`], without the "address in use" probe when `exclusive` is false:
+/// for a reload that moves a listener of this process to another address of the same
+/// port (`127.0.0.1:80` to `0.0.0.0:80`), where the probe would meet our own socket.
+pub fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    exclusive: bool,
+) -> std::io::Result<(Vec<TcpListener>, SocketAddr)> {
+    if exclusive && addr.port() != 0 {
         probe(addr)?;
     }
     let first = bind_one(addr)?;
