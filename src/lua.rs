@@ -85,8 +85,13 @@ impl std::fmt::Debug for LuaRuntime {
     }
 }
 
+/// Worker VM slots made whatever the config says (16 bytes each).
+pub const MIN_SLOTS: usize = 256;
+
 impl LuaRuntime {
-    /// A runtime for `workers` workers; no VM is built until a worker asks.
+    /// A runtime for `workers` workers (room is kept for at least [`MIN_SLOTS`]: the
+    /// running worker count is the one at start, and a reload may come with a config
+    /// that says otherwise); no VM is built until a worker asks.
     pub fn new(
         specs: Vec<LuaSpec>,
         limits: Limits,
@@ -99,7 +104,9 @@ impl LuaRuntime {
             limits,
             lib_dir,
             ctx_names,
-            slots: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+            slots: (0..workers.max(MIN_SLOTS))
+                .map(|_| OnceLock::new())
+                .collect(),
         }
     }
 

@@ -1231,6 +1231,34 @@ async fn an_exhausted_rate_limit_stays_exhausted_across_reloads() {
     assert_eq!(as_user(px.addr, "ann").await.status, 429, "still exhausted");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_worker_count_keeps_every_running_worker_on_its_own_vm() {
+    // `workers` needs a restart, but the new generation sized its Lua VMs by it: with
+    // 2 running and 1 written, worker 1 built a fresh VM per request (module state
+    // lost, every answer `1`), and /status said 1.
+    let site = Site::new("workers-lua");
+    let counter = "mod counter {\n  lua \"\"\"\nlocal n = 0\n\
+                   function on_response(req, resp, ctx)\n  n = n + 1\n  resp:set_header(\"x-n\", tostring(n))\nend\n\"\"\"\n}\n";
+    site.write_mod("counter", counter);
+    let mut conf = Conf::new(false, ECHO);
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+    conf.workers = 1;
+    site.write_config(&conf.text());
+    let (_, report) = post_reload(px.admin).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    let mut ones = 0;
+    for i in 0..12 {
+        let r = get(px.addr, &format!("/n{i}")).await;
+        if r.header("x-n").as_deref() == Some("1") {
+            ones += 1;
+        }
+    }
+    assert!(ones <= 2, "{ones} answers were a fresh VM's first");
+    let status = get(px.admin, "/status").await.json();
+    assert_eq!(status["workers"], 2, "{status:#}");
+}
+
 // ---- 5. listeners -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,8 @@ pub fn status(c: &Call<'_>) -> Response<AdminBody> {
             "version": crate::VERSION,
             "uptime_s": c.shared.started.elapsed().as_secs(),
             "generation": g.number,
-            "workers": g.config.server.workers,
+            // The workers running (a changed `server.workers` needs a restart).
+            "workers": c.shared.workers.lock().len(),
             "connections": c.shared.connections.load(Ordering::Relaxed),
             "last_reload": last.map(|r| json!({
                 "at": r.at, "ok": r.ok, "trigger": r.trigger, "generation": r.generation, "errors": r.errors,
