@@ -550,6 +550,8 @@ fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
     match result {
         Ok(_) => Some(true),
         Err(SendError::Connect(e, _)) if crate::upstream::connect::is_local_failure(e) => None,
+        // The client's slowness, not the server's.
+        Err(SendError::RequestBodyStalled(_)) => None,
         Err(SendError::Upstream(e)) => {
             Some(body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some())
         }
@@ -639,6 +641,9 @@ async fn send_to<T: Transport>(
             upstream: upstream(),
             server: addr,
         })),
+        Err(SendError::RequestBodyStalled(timeout)) => {
+            Err(Failed::Sent(ProxyError::RequestBodyTimeout { timeout }))
+        }
         Err(SendError::Upstream(e)) => Err(Failed::Sent(
             match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
                 (Some(limit), _) => ProxyError::BodyTooLarge { limit },

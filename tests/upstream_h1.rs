@@ -351,6 +351,49 @@ async fn a_body_that_stalls_ends_after_the_response_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_gets_408_and_the_server_is_not_blamed() {
+    // The response timeout ran while the body was still coming from the client: a
+    // slow client got a 504 and, with `failures = 1`, opened the server's breaker for
+    // everyone (503).
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy_with(
+        "workers = 1",
+        &app(
+            &[&up],
+            "response_timeout = \"500ms\"\ncircuit_breaker = { failures = 1, open_for = \"60s\" }",
+        ),
+    );
+    let mut slow = TcpStream::connect(px.addr).await.expect("connect");
+    slow.write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 500\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // The server is fine: the next request is served.
+    assert_eq!(get(px.addr, "/next").await.status, 200);
+    // A body that keeps coming, slower than the timeout in all but each step, is
+    // not cut.
+    let mut steady = TcpStream::connect(px.addr).await.expect("connect");
+    steady
+        .write_all(
+            b"POST /steady HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        steady.write_all(b"ab").await.expect("write");
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), steady.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_timeout_applies_to_every_request_on_a_reused_connection() {
     // Fast answers first (the connection is pooled), then a slow one on the same
     // connection, then fast again: 200s, one 504 after about the timeout, 200.

@@ -59,6 +59,10 @@ pub enum ProxyError {
         server: SocketAddr,
         reason: String,
     },
+    /// The client's request body stalled (no progress for the upstream's
+    /// `response_timeout` while the server waited for it).
+    #[error("the request body made no progress within {timeout:?}")]
+    RequestBodyTimeout { timeout: std::time::Duration },
     /// No response headers within `response_timeout`.
     #[error("upstream {upstream}: {server}: no response within the response timeout")]
     ResponseTimeout {
@@ -83,6 +87,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -463,5 +463,8 @@ fn send_error(e: &client::SendError) -> String {
         client::SendError::Upstream(e) => e.to_string(),
         client::SendError::Closed => "the connection closed".into(),
         client::SendError::ResponseTimeout => "no response in time".into(),
+        client::SendError::RequestBodyStalled(t) => {
+            format!("the request body made no progress within {t:?}")
+        }
     }
 }

@@ -41,6 +41,9 @@ pub enum SendError {
     Closed,
     /// No response head within the response timeout.
     ResponseTimeout,
+    /// The request body (from the client) made no progress for the response timeout
+    /// while the server waited for it.
+    RequestBodyStalled(Duration),
 }
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
@@ -118,6 +121,9 @@ async fn send_own(
     match h1::send(conn, req, reused, response_timeout, wire).await {
         Err(h1::Failure::Failed(h1::H1Error::ResponseTimeout)) => {
             Err(Retry::Failed(SendError::ResponseTimeout))
+        }
+        Err(h1::Failure::Failed(h1::H1Error::RequestBodyStalled(t))) => {
+            Err(Retry::Failed(SendError::RequestBodyStalled(t)))
         }
         Err(h1::Failure::Unsent(back)) => Err(Retry::Unsent(back)),
         Err(h1::Failure::Failed(e)) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),

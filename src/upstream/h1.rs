@@ -128,6 +128,10 @@ pub enum H1Error {
     TransferEncoding,
     #[error("no response head within the response timeout")]
     ResponseTimeout,
+    /// The request body made no progress for the response timeout while the server
+    /// waited for it (a client sending slowly, most often: not the server's fault).
+    #[error("the request body made no progress within {0:?}")]
+    RequestBodyStalled(Duration),
     #[error("no response body bytes within {0:?} (the response timeout)")]
     BodyTimeout(Duration),
     #[error("upstream switched protocols without being asked to")]
@@ -224,9 +228,21 @@ pub async fn send(
     let mut wrote_any = false;
     let mut write_failed = false;
 
+    // While the body goes out, the deadline is `response_timeout` from the body's last
+    // progress; once it is all sent, `response_timeout` for the head (as nginx times
+    // its read from the end of the send). A body that arrives with its head moves no
+    // timer.
     let parsed = poll_fn(|cx| {
         if let Some(o) = out.as_mut() {
-            match o.poll_write(cx, &mut conn.io, &mut wrote_any) {
+            let mut progressed = false;
+            let polled = o.poll_write(cx, &mut conn.io, &mut progressed);
+            wrote_any |= progressed;
+            if progressed && !empty {
+                conn.deadline
+                    .as_mut()
+                    .reset(deadline_after(response_timeout));
+            }
+            match polled {
                 Poll::Ready(Ok(())) => out = None,
                 Poll::Ready(Err(WriteError::Body(e))) => {
                     return Poll::Ready(Err(H1Error::RequestBody(e)));
@@ -242,7 +258,10 @@ pub async fn send(
         }
         match conn.poll_head(cx, head_method_is_head, pass) {
             Poll::Pending if conn.deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(H1Error::ResponseTimeout))
+                Poll::Ready(Err(match out {
+                    Some(_) => H1Error::RequestBodyStalled(response_timeout),
+                    None => H1Error::ResponseTimeout,
+                }))
             }
             polled => polled,
         }
