@@ -186,6 +186,11 @@ async fn proxy(
         ));
     }
     framing::check_request(req.version(), req.headers())?;
+    if req.method() == http::Method::CONNECT {
+        // A reverse proxy has no tunnel to open to an authority the client names (as
+        // nginx: 405). Forwarded, it reached the upstream as `CONNECT /`.
+        return Err(ProxyError::MethodNotAllowed("CONNECT"));
+    }
     if head_size(&req) > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge {
             limit: limits.max_header_bytes,

@@ -395,3 +395,21 @@ async fn chunked_and_large_response_bodies_stream_back_intact() {
         "never two framings"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_405_and_never_forwarded() {
+    // It went upstream as `CONNECT / HTTP/1.1`, and a 2xx there left the client an
+    // empty reply.
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let raw = raw_request(
+        px.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 405, "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("x-request-id"), "{raw}");
+    assert_eq!(up.requests(), 0);
+    // The proxy carries on.
+    assert_eq!(get(px.addr, "/after").await.status, 200);
+}

@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// Malformed or ambiguous request (framing, Host, ...).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A method the proxy does not serve (`CONNECT`).
+    #[error("method {0} is not served")]
+    MethodNotAllowed(&'static str),
     /// The request body went over `server.limits.max_body`.
     #[error("request body over {limit} bytes")]
     BodyTooLarge { limit: u64 },
@@ -87,6 +90,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
