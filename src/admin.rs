@@ -82,7 +82,7 @@ async fn handle(
     let generation = shared.generation();
     if !authorized(&req, &generation.config.admin.api_key) {
         if req.method() != Method::GET {
-            tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), target = req.uri().path(), result = "rejected: unauthorized", generation = generation.number, "admin call");
+            tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), object = req.uri().path(), result = "rejected: unauthorized", generation = generation.number, "admin call");
         }
         let mut resp = json(
             StatusCode::UNAUTHORIZED,
@@ -99,7 +99,7 @@ async fn handle(
     let body = match collected.await {
         Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
-            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, target = parts.uri.path(), result = "rejected: body not received in time", "admin call");
+            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, object = parts.uri.path(), result = "rejected: body not received in time", "admin call");
             let mut resp = json(
                 StatusCode::REQUEST_TIMEOUT,
                 &serde_json::json!({"error": format!("the body did not arrive within {body_timeout:?} (server.timeouts.idle)")}),
@@ -109,7 +109,7 @@ async fn handle(
             return Ok(resp);
         }
         Ok(Err(_)) => {
-            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, target = parts.uri.path(), result = "rejected: body too large", "admin call");
+            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, object = parts.uri.path(), result = "rejected: body too large", "admin call");
             return Ok(json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &serde_json::json!({"error": format!("body over {MAX_BODY} bytes")}),

@@ -1210,7 +1210,7 @@ async fn mutating_calls_are_audited_in_the_log() {
     for ((action, target, result), line) in wanted.iter().zip(&lines) {
         for part in [
             format!("action=\"{action}\""),
-            format!("target=\"{target}\""),
+            format!("object=\"{target}\""),
             format!("result=\"{result}\""),
             "caller=127.0.0.1:".to_owned(),
             "generation=".to_owned(),

@@ -22,10 +22,11 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Writes an `admin_audit` line: who did what to what, and how it ended.
-    pub fn audit(&self, action: &str, target: &str, result: &str) {
+    /// Writes an `admin_audit` line: who did what to what (`object`: a field named
+    /// `target` would meet the log line's own in JSON), and how it ended.
+    pub fn audit(&self, action: &str, object: &str, result: &str) {
         let generation = self.shared.generation().number;
-        tracing::info!(target: "admin_audit", caller = %self.peer, action, target, result, generation, "admin call");
+        tracing::info!(target: "admin_audit", caller = %self.peer, action, object, result, generation, "admin call");
     }
 }
 
