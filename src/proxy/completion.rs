@@ -107,7 +107,9 @@ fn write_access_log(
     tracing::info!(
         target: "proxycache::access",
         method = %e.method,
-        path = %e.uri,
+        // The target as in an HTTP/1.1 request line (an HTTP/2 request's URI is
+        // absolute: scheme and authority are not the path).
+        path = e.uri.path_and_query().map_or("/", |p| p.as_str()),
         status = status.as_u16(),
         bytes,
         duration_ms,
