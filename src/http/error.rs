@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// Malformed or ambiguous request (framing, Host, ...).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request head did not arrive within `server.timeouts.header`.
+    #[error("the request head did not arrive within server.timeouts.header")]
+    HeaderTimeout,
     /// A method the proxy does not serve (`CONNECT`).
     #[error("method {0} is not served")]
     MethodNotAllowed(&'static str),
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

@@ -554,6 +554,7 @@ where
                     if now >= deadline {
                         if head_since.is_some() {
                             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "request header timeout; closing");
+                            refuse(&io, &mut out, ProxyError::HeaderTimeout).await;
                         }
                         return Served::Closed;
                     }
