@@ -38,6 +38,9 @@ pub struct ModuleInfo {
     pub description: Option<String>,
     /// The resolved config (defaults merged with `[mods.NAME]`), as TOML literals.
     pub config: std::collections::BTreeMap<String, String>,
+    /// A hash of the module's text and its Lua chunk (a reload reports a change).
+    #[serde(skip)]
+    pub source_hash: u64,
 }
 
 /// A compiled pcmod module (some of whose phases may be Lua hooks).
@@ -296,7 +299,17 @@ fn load_sources_here(
         let (Some(settings), Some(compiled)) = (settings, compiled) else {
             continue;
         };
+        let source_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            source.hash(&mut h);
+            if let Some((spec, _)) = &lua {
+                spec.source.hash(&mut h);
+            }
+            h.finish()
+        };
         infos.push(ModuleInfo {
+            source_hash,
             name: module.name.node.clone(),
             version: module.version.as_ref().map(|v| v.node.clone()),
             priority: settings.priority,

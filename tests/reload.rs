@@ -432,6 +432,28 @@ async fn editing_a_module_file_changes_behaviour_within_the_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_names_a_changed_module_and_changed_module_settings() {
+    // Both were reported as nothing but "generation N -> N+1".
+    let site = Site::new("report-modules");
+    site.write_mod("marker", &responder("marker", "v1"));
+    let mut conf = Conf::new(false, ECHO);
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+    site.write_mod("marker", &responder("marker", "v2"));
+    let (_, report) = post_reload(px.admin).await;
+    let applied = report["applied"].to_string();
+    assert!(applied.contains("module marker changed"), "{report:#}");
+    conf.rest = format!("{ECHO}\n[mods.marker]\npriority = 7\n");
+    site.write_config(&conf.text());
+    let (_, report) = post_reload(px.admin).await;
+    let applied = report["applied"].to_string();
+    assert!(
+        applied.contains("module marker settings changed"),
+        "{report:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_and_deleting_module_files_change_behaviour() {
     let _heavy = HEAVY.lock().await;
     let site = Site::new("add-delete");

@@ -104,8 +104,16 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
         }
     }
     for m in &old.modules {
-        if !new.modules.iter().any(|x| x.name == m.name) {
-            c.applied.push(format!("module {} unloaded", m.name));
+        match new.modules.iter().find(|x| x.name == m.name) {
+            None => c.applied.push(format!("module {} unloaded", m.name)),
+            Some(x) if x.source_hash != m.source_hash => {
+                c.applied.push(format!("module {} changed", m.name))
+            }
+            Some(x) if (x.priority, x.enabled, &x.config) != (m.priority, m.enabled, &m.config) => {
+                c.applied
+                    .push(format!("module {} settings changed", m.name))
+            }
+            Some(_) => {}
         }
     }
     if format!("{:?}", a.server.limits) != format!("{:?}", b.server.limits)
