@@ -99,7 +99,7 @@ fn setup(module: &str) -> (Arc<Generation>, Option<Arc<LuaCall>>) {
             vm,
             generation: Arc::clone(&generation),
             worker,
-            conn: Arc::new(ConnInfo::new(addr, addr, "http")),
+            conn: Arc::new(ConnInfo::new(addr, addr, "http", Arc::default())),
         })
     });
     (generation, call)

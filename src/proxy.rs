@@ -106,7 +106,6 @@ pub async fn handle(
         }
     };
     done.status = resp.status();
-    ctx.shared.stats.record(resp.status());
     if generation.pipeline.has_log_phase() {
         if let Some(state) = done.script.take() {
             done.log = Some(Box::new(phases::LogJob {

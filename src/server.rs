@@ -61,7 +61,7 @@ pub struct Shared {
     /// Woken when a connection closes (shutdown drain waits on it).
     pub conn_closed: Notify,
     /// Request and upstream counters.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// Every worker's pool, for statistics.
     pub pools: Mutex<Vec<Arc<Pool>>>,
     /// When the server started.
@@ -90,7 +90,7 @@ impl Shared {
             shutdown: watch::channel(false).0,
             connections: AtomicUsize::new(0),
             conn_closed: Notify::new(),
-            stats: Stats::default(),
+            stats: Arc::default(),
             pools: Mutex::new(Vec::new()),
             started: Instant::now(),
             config_path: None,

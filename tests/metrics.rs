@@ -346,3 +346,23 @@ async fn bad_script_metric_names_are_load_errors_or_faults() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_abort_is_counted_in_stats_as_in_the_route_metric() {
+    // A 499 (the client left before the answer) was in
+    // proxycache_route_requests_total but not in /stats nor
+    // proxycache_requests_total: the two sets of figures drifted apart.
+    let mut slow = Behavior::echo();
+    slow.delay = Some(Duration::from_millis(800));
+    let up = Upstream::start("app", slow).await;
+    let site = Site::new("metrics-499");
+    site.write_config(&config_text(&up));
+    let px = Running::start(&site);
+    let gone = tokio::time::timeout(Duration::from_millis(200), get(px.addr, "/api/slow")).await;
+    assert!(gone.is_err(), "the client gave up first");
+    let e = scrape_until(px.admin, |e| requests(e) == 1.0).await;
+    assert_eq!(e.sum("proxycache_requests_total", &[]), 1.0);
+    let stats = get(px.admin, "/stats").await.json();
+    assert_eq!(stats["requests"]["4xx"], 1, "{stats:#}");
+    assert_eq!(stats["requests"]["total"], 1, "{stats:#}");
+}

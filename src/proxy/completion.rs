@@ -87,6 +87,7 @@ impl Meter {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.conn.activity.request_finished();
+        self.conn.stats.record(self.status);
         self.meter.record(self.status);
         if let Some(job) = self.log.take() {
             job.run();

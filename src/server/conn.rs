@@ -34,17 +34,26 @@ pub struct ConnInfo {
     pub activity: Activity,
     /// The peer's IP as a header value (`X-Forwarded-For`), formatted once.
     pub peer_ip: http::HeaderValue,
+    /// The process's response counters (`/stats`): a request is counted when it
+    /// completes, a client's abort (499) included.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl ConnInfo {
     /// A connection from `peer` to `local` that has just opened.
-    pub fn new(peer: SocketAddr, local: SocketAddr, scheme: &'static str) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        scheme: &'static str,
+        stats: Arc<crate::stats::Stats>,
+    ) -> Self {
         ConnInfo {
             peer,
             local,
             scheme,
             activity: Activity::new(),
             peer_ip: crate::http::hygiene::ip_value(peer.ip()),
+            stats,
         }
     }
 }
@@ -335,7 +344,12 @@ pub async fn serve_io<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(ConnInfo::new(peer, local, scheme));
+    let conn = Arc::new(ConnInfo::new(
+        peer,
+        local,
+        scheme,
+        Arc::clone(&ctx.shared.stats),
+    ));
     let (stream, read, protocol) = match protocol {
         Protocol::Http2 => (stream, Bytes::new(), Protocol::Http2),
         Protocol::Http1 | Protocol::Auto => {
