@@ -96,6 +96,9 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let _enter = span.enter();
+            if let (Some(entry), Some(server)) = (done.access.as_mut(), e.server()) {
+                entry.server = Some(server.to_string());
+            }
             if e.is_client_error() {
                 tracing::debug!(target: "proxycache::proxy", error = %e, "request refused");
             } else {
@@ -157,6 +160,7 @@ fn access_entry(
         client_ip,
         id: id.clone(),
         upstream: None,
+        server: None,
         start: Instant::now(),
     }))
 }
@@ -545,11 +549,10 @@ async fn forward<T: Transport>(
     }
 }
 
-/// Whether a send says the server is working (for its breaker): a response, or a
-/// failure that was the client's doing (its body went over the limit, was broken or
-/// cut short).
-/// What an exchange says about its server, for the breaker: `None` when nothing
-/// (the connect failed for a reason of this machine's, such as no file descriptors).
+/// What an exchange says about its server, for the breaker: working for a response
+/// or a failure of the client's doing (its body over the limit, broken, cut short or
+/// stalled); `None` when nothing (a connect that failed for a reason of this
+/// machine's, such as no file descriptors).
 fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
     match result {
         Ok(_) => Some(true),

@@ -1,6 +1,7 @@
 //! The access log as a user reads it: the binary with `[log] format = "json"`, its
 //! stderr parsed line by line, one line per request with method, path, status, bytes,
-//! upstream and request id, whatever protocol the client spoke.
+//! upstream, server and request id, whatever protocol the client spoke, and for a
+//! failed exchange too.
 
 mod common;
 
@@ -35,12 +36,14 @@ fn access_lines(log: &std::path::Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_one_json_line_with_an_origin_form_path() {
     let up = Upstream::start("a", Behavior::echo()).await;
+    let dead = dead_addr();
     let port = free_port();
     let site = Site::new("access-log");
     site.write_config(&format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
          [log]\nformat = \"json\"\naccess = true\nlevel = \"info\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n{}",
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.dead]\nservers = [\"{dead}\"]\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n{}",
         app(&[&up], "")
     ));
     let log = site.dir.join("stderr.log");
@@ -68,10 +71,12 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
         .expect("request");
     assert_eq!(send_h2(addr, h2).await.status, 200);
 
-    let found = wait_until(Duration::from_secs(5), || access_lines(&log).len() >= 2).await;
+    assert_eq!(get(addr, "/dead/x").await.status, 502);
+
+    let found = wait_until(Duration::from_secs(5), || access_lines(&log).len() >= 3).await;
     assert!(
         found,
-        "two access lines: {:?}",
+        "three access lines: {:?}",
         std::fs::read_to_string(&log)
     );
     let lines = access_lines(&log);
@@ -80,7 +85,12 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
     // as an HTTP/1.1 request line has it.
     assert_eq!(fields[0]["path"], "/h1path?q=1", "{lines:#?}");
     assert_eq!(fields[1]["path"], "/h2path?q=2", "{lines:#?}");
-    for f in &fields {
+    // A failed exchange names the server it failed with (it said "-").
+    assert_eq!(fields[2]["status"], 502, "{lines:#?}");
+    assert_eq!(fields[2]["upstream"], "dead");
+    assert_eq!(fields[2]["server"], dead.to_string(), "{lines:#?}");
+    for f in &fields[..2] {
+        assert_eq!(f["server"], up.addr.to_string());
         assert_eq!(f["method"], "GET");
         assert_eq!(f["status"], 200);
         assert_eq!(f["upstream"], "app");

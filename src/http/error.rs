@@ -116,6 +116,18 @@ impl ProxyError {
         self.status().is_client_error()
     }
 
+    /// The server the failed exchange was with, if it was with one.
+    pub fn server(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::Connect { server, .. }
+            | ProxyError::ConnectTimeout { server, .. }
+            | ProxyError::Tls { server, .. }
+            | ProxyError::Upstream { server, .. }
+            | ProxyError::ResponseTimeout { server, .. } => Some(*server),
+            _ => None,
+        }
+    }
+
     /// The response sent for this error. The body names the status and the request id,
     /// never internal addresses; the details go to the log.
     pub fn to_response(&self, id: &RequestId) -> Response<ProxyBody> {

@@ -28,6 +28,9 @@ pub struct AccessEntry {
     pub client_ip: IpAddr,
     pub id: RequestId,
     pub upstream: Option<Arc<str>>,
+    /// The server, when no in-flight guard names it at the end: the one a failed
+    /// exchange was with, or an upgrade's (its tunnel holds the guard).
+    pub server: Option<String>,
     pub start: Instant,
 }
 
@@ -115,7 +118,10 @@ fn write_access_log(
         bytes,
         duration_ms,
         upstream = e.upstream.as_deref().unwrap_or("-"),
-        server = server.map_or("-", |g| g.server().label()),
+        server = server
+            .map(|g| g.server().label())
+            .or(e.server.as_deref())
+            .unwrap_or("-"),
         client = %e.client_ip,
         request_id = %e.id,
     );

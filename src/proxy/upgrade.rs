@@ -196,6 +196,9 @@ pub(super) async fn forward(
         phases::response_phase(generation, state, &mut resp).await?;
     }
     // The tunnel holds the server's in-flight guard for its whole life.
+    if let (Some(entry), Some(g)) = (done.access.as_mut(), done.inflight.as_ref()) {
+        entry.server = Some(g.server().label().to_owned());
+    }
     let idle = generation.config.server.timeouts.idle;
     start_tunnel(client, &mut resp, done.inflight.take(), shared, idle);
     Ok(resp)
