@@ -454,6 +454,63 @@ async fn the_report_names_a_changed_module_and_changed_module_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_folder_replaced_by_a_rename_is_watched_where_it_is_now() {
+    // `mv mods mods.old && mv mods.new mods`: the watch followed the old folder, so
+    // the new modules were never loaded and later edits went unseen.
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("dir-swap");
+    site.write_mod("marker", &responder("marker", "v1"));
+    site.write_config(&Conf::new(true, ECHO).text());
+    let px = Running::start(&site);
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v1\n"));
+    px.wait_watching(&site).await;
+
+    let fresh = site.dir.join("mods.new");
+    std::fs::create_dir(&fresh).expect("mkdir");
+    std::fs::write(fresh.join("marker.pcmod"), responder("marker", "v2")).expect("write");
+    std::fs::rename(site.mods_dir(), site.dir.join("mods.old")).expect("rename");
+    std::fs::rename(&fresh, site.mods_dir()).expect("rename");
+    let took = wait_body(px.addr, "/", "v2\n", LIMIT).await;
+    report_time("scripts folder swapped", took);
+
+    site.write_mod("marker", &responder("marker", "v3"));
+    let took = wait_body(px.addr, "/", "v3\n", LIMIT).await;
+    report_time("module edited in the swapped-in folder", took);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_toml_behind_a_swapped_symlink_reloads() {
+    // A Kubernetes ConfigMap: config.toml -> ..data/config.toml, ..data -> ..v1; an
+    // update makes ..v2 and renames a new ..data link over the old. No event names
+    // config.toml in its folder, and the change went unseen.
+    use std::os::unix::fs::symlink;
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("configmap");
+    let word = "mod marker {\n  config {\n    word: string = \"zero\"\n  }\n  on request {\n    respond 200 \"${$config.word}\\n\"\n  }\n}\n";
+    site.write_mod("marker", word);
+    let conf = Conf::new(true, ECHO);
+    let version = |name: &str, w: &str| {
+        let dir = site.dir.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let text = format!("{}\n[mods.marker]\nword = \"{w}\"\n", conf.text());
+        std::fs::write(dir.join("config.toml"), text).expect("write");
+    };
+    version("..v1", "one");
+    symlink("..v1", site.dir.join("..data")).expect("symlink");
+    let _ = std::fs::remove_file(site.config_path());
+    symlink("..data/config.toml", site.config_path()).expect("symlink");
+    let px = Running::start(&site);
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("one\n"));
+
+    version("..v2", "two");
+    symlink("..v2", site.dir.join("..data_tmp")).expect("symlink");
+    std::fs::rename(site.dir.join("..data_tmp"), site.dir.join("..data")).expect("swap");
+    let took = wait_body(px.addr, "/", "two\n", LIMIT).await;
+    report_time("config.toml symlink swapped", took);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_and_deleting_module_files_change_behaviour() {
     let _heavy = HEAVY.lock().await;
     let site = Site::new("add-delete");

@@ -40,13 +40,9 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
             .push("cache (the cache keeps its size and entries until a restart)".into());
     }
     if a.scripts.dir != b.scripts.dir {
-        // The modules are read from the new folder now; only the watcher stays where
-        // it was at start.
+        // The watcher moves to the new folder after the reload (reload::watch).
         c.applied
-            .push("scripts.dir: the modules of the new folder are loaded".into());
-        c.requires_restart.push(
-            "watching scripts.dir (the watcher keeps watching the old folder: reload with SIGHUP or POST /reload after editing the new one)".into(),
-        );
+            .push("scripts.dir: the modules of the new folder are loaded and watched".into());
     }
     let tls = |g: &Generation| {
         g.config

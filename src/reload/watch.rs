@@ -4,6 +4,13 @@
 //! once no relevant event has arrived for [`SETTLE`], and then re-reads everything.
 //! The watches are installed ([`install`]) before `server::start` returns, so a change
 //! made the moment the server is up is not missed.
+//!
+//! Events miss some changes: a config.toml reached through a symlink that is swapped
+//! (a Kubernetes ConfigMap's `..data`), a `scripts.dir` replaced by a rename (the
+//! watch follows the old folder), a scripts folder made after start or named anew by
+//! a reload. So every [`POLL`] the files' identity (path, inode, size, modification
+//! time) is also compared with what it was after the last reload, and a difference
+//! reloads too, re-watching the scripts folder where it is now.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +25,9 @@ use crate::server::Shared;
 /// Quiet time after the last event before reloading.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
+/// How often the files' identity is compared (see the module doc).
+pub const POLL: Duration = Duration::from_secs(2);
+
 /// The installed watches, made before the server reports that it is up (so a file
 /// changed right after start is seen), and driven by [`Watching::run`] on the control
 /// thread.
@@ -27,6 +37,10 @@ pub struct Watching {
     tls_files: Arc<RwLock<Vec<PathBuf>>>,
     watched_dirs: Vec<PathBuf>,
     seen_generation: u64,
+    /// The scripts folder as watched now (its canonical path and inode).
+    scripts_watched: Option<(PathBuf, u64)>,
+    /// The filter's view of the scripts folder, updated when it moves.
+    filter_dir: Arc<RwLock<PathBuf>>,
 }
 
 /// Installs the watches; `None` when `scripts.watch` is off or watching is impossible
@@ -42,7 +56,8 @@ pub fn install(shared: &Shared) -> Option<Watching> {
     let tls_files = Arc::new(RwLock::new(crate::server::tls::files(&generation.config)));
     drop(generation);
     let (tx, rx) = mpsc::unbounded_channel::<()>();
-    let filter_dir = scripts_dir.clone();
+    let filter_dir = Arc::new(RwLock::new(scripts_dir.clone()));
+    let filter_view = Arc::clone(&filter_dir);
     let filter_cfg = config_path.clone();
     let filter_tls = Arc::clone(&tls_files);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -60,7 +75,7 @@ pub fn install(shared: &Shared) -> Option<Watching> {
             );
             if changed
                 && event.paths.iter().any(|p| {
-                    relevant(p, &filter_dir, filter_cfg.as_deref())
+                    relevant(p, &filter_view.read(), filter_cfg.as_deref())
                         || filter_tls.read().iter().any(|f| same_file(p, f))
                 })
             {
@@ -75,11 +90,7 @@ pub fn install(shared: &Shared) -> Option<Watching> {
             return None;
         }
     };
-    if scripts_dir.is_dir() {
-        if let Err(e) = watcher.watch(&scripts_dir, RecursiveMode::Recursive) {
-            tracing::warn!(target: "proxycache::reload", dir = %scripts_dir.display(), error = %e, "cannot watch the scripts folder");
-        }
-    }
+    let scripts_watched = watch_scripts(&mut watcher, &scripts_dir, None);
     if let Some(dir) = config_path.as_deref().and_then(Path::parent) {
         // The folder, not the file: editors replace files by renaming over them.
         let dir = if dir.as_os_str().is_empty() {
@@ -99,7 +110,69 @@ pub fn install(shared: &Shared) -> Option<Watching> {
         tls_files,
         watched_dirs,
         seen_generation,
+        scripts_watched,
+        filter_dir,
     })
+}
+
+/// Watches `dir` (recursively) unless it is the folder `current` already watches;
+/// returns what is watched now.
+fn watch_scripts(
+    watcher: &mut impl Watcher,
+    dir: &Path,
+    current: Option<(PathBuf, u64)>,
+) -> Option<(PathBuf, u64)> {
+    let id = identity(dir).map(|(_, ino, _, _)| (canonical(dir), ino));
+    if id == current {
+        return current;
+    }
+    if let Some((old, _)) = &current {
+        let _ = watcher.unwatch(old);
+    }
+    let (path, ino) = id?;
+    if let Err(e) = watcher.watch(&path, RecursiveMode::Recursive) {
+        tracing::warn!(target: "proxycache::reload", dir = %path.display(), error = %e, "cannot watch the scripts folder");
+        return None;
+    }
+    Some((path, ino))
+}
+
+/// What identifies a file's contents without reading them: its canonical path, inode,
+/// size and modification time (symlinks followed).
+fn identity(path: &Path) -> Option<(PathBuf, u64, u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Some((canonical(path), meta.ino(), meta.len(), mtime))
+}
+
+/// A hash of the identity of everything a reload reads: the config file, the scripts
+/// folder and its `.pcmod`/`.lua` files (recursively), the TLS files.
+fn files_signature(config: Option<&Path>, scripts: &Path, tls: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.map(identity).hash(&mut h);
+    identity(scripts).hash(&mut h);
+    let mut stack = vec![scripts.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "pcmod" || e == "lua") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for f in files.iter().chain(tls) {
+        (f, identity(f)).hash(&mut h);
+    }
+    h.finish()
 }
 
 impl Watching {
@@ -107,9 +180,29 @@ impl Watching {
     pub async fn run(mut self, shared: Arc<Shared>) {
         // Reloads from anywhere (SIGHUP, the admin API) may name new certificate files.
         let mut recheck = tokio::time::interval(Duration::from_secs(1));
+        let mut poll = tokio::time::interval(POLL);
         let mut shutdown = shared.shutdown_signal();
+        let signature = |shared: &Shared| {
+            let g = shared.generation();
+            files_signature(
+                shared.config_path.as_deref(),
+                &g.config.scripts.dir,
+                &crate::server::tls::files(&g.config),
+            )
+        };
+        let mut last_signature = signature(&shared);
         loop {
             tokio::select! {
+                _ = poll.tick() => {
+                    let now = signature(&shared);
+                    if now != last_signature {
+                        tracing::debug!(target: "proxycache::reload", "files changed without an event (a symlink or folder swapped): reloading");
+                        let s = Arc::clone(&shared);
+                        let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&s, "watch")).await;
+                        self.rewatch_scripts(&shared);
+                        last_signature = signature(&shared);
+                    }
+                }
                 _ = recheck.tick() => {
                     let generation = shared.generation();
                     if generation.number != self.seen_generation {
@@ -117,6 +210,10 @@ impl Watching {
                         let files = crate::server::tls::files(&generation.config);
                         watch_tls_dirs(&mut self.watcher, &files, &mut self.watched_dirs);
                         *self.tls_files.write() = files;
+                        drop(generation);
+                        // A reload from anywhere: what it read is the new reference.
+                        self.rewatch_scripts(&shared);
+                        last_signature = signature(&shared);
                     }
                 }
                 event = self.rx.recv() => {
@@ -131,12 +228,24 @@ impl Watching {
                             Err(_) => break,
                         }
                     }
-                    let shared = Arc::clone(&shared);
-                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared, "watch")).await;
+                    let s = Arc::clone(&shared);
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&s, "watch")).await;
+                    self.rewatch_scripts(&shared);
+                    last_signature = signature(&shared);
                 }
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+impl Watching {
+    /// Watches the scripts folder where the current generation's `scripts.dir` is now
+    /// (a reload may name another, or the folder may have been replaced).
+    fn rewatch_scripts(&mut self, shared: &Shared) {
+        let dir = shared.generation().config.scripts.dir.clone();
+        self.scripts_watched = watch_scripts(&mut self.watcher, &dir, self.scripts_watched.take());
+        *self.filter_dir.write() = dir;
     }
 }
 
