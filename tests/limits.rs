@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -375,4 +376,36 @@ async fn the_header_timeout_does_not_cut_an_idle_connection_before_its_first_byt
     let answer = read_raw(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&answer), 200, "raw response: {answer:?}");
     assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_dropped_after_idle() {
+    // A client that stopped reading held its connection (and the upstream's) for
+    // good: no time bound on writing a response.
+    let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
+    let up = Upstream::start("a", Behavior::fixed_body(big, false)).await;
+    let rest = format!("[server.timeouts]\nidle = \"500ms\"\n\n{}", app(&[&up], ""));
+    let px = proxy(&rest);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let mut stalled = socket.connect(px.addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // Read nothing; the proxy's writes block, and after `idle` it gives up.
+    let shared = std::sync::Arc::clone(px.handle().shared());
+    let open = || {
+        shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let started = wait_until(Duration::from_secs(5), || open() == 1).await;
+    assert!(started, "the connection is counted");
+    let dropped = wait_until(Duration::from_secs(5), || open() == 0).await;
+    assert!(
+        dropped,
+        "a client reading nothing still holds its connection"
+    );
+    drop(stalled);
 }

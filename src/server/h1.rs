@@ -622,6 +622,7 @@ where
             head_request,
             keep_alive: keep_alive && !draining,
             http10,
+            send_timeout: idle,
         };
         let raw = resp.body_mut().take_raw_head();
         // Lent, not moved: the response is a few hundred bytes, and each move copies it.
@@ -707,6 +708,7 @@ where
         head_request: false,
         keep_alive: false,
         http10: false,
+        send_timeout: LINGER_TIME,
     };
     let _ = write_response(io, out, &mut err.to_response(&id), None, plan).await;
     close(io, true).await;
@@ -749,6 +751,9 @@ struct Plan {
     head_request: bool,
     keep_alive: bool,
     http10: bool,
+    /// The longest a client may leave the response unread (no byte taken): then the
+    /// connection is dropped, and the upstream's with it (nginx's `send_timeout`).
+    send_timeout: Duration,
 }
 
 /// How the response body is delimited on the wire.
@@ -990,6 +995,11 @@ where
     let body = resp.body_mut();
     let mut body_done = framing == Framing::None || matches!(framing, Framing::Length(0));
     let mut flushed = false;
+    // Made only when a write has to wait (the client's window is full), moved on only
+    // when one waits again after bytes went out: a response written at once costs no
+    // timer.
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut wrote_since_wait = true;
     poll_fn(|cx| loop {
         // Gather what the body has ready, so the head and a small body go out in one
         // write.
@@ -1054,11 +1064,31 @@ where
                 *slot = IoSlice::new(seg);
                 count += 1;
             }
-            ready!(Pin::new(&mut io.lock().stream).poll_write_vectored(cx, &slices[..count]))?
+            match Pin::new(&mut io.lock().stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(n) => n?,
+                Poll::Pending => {
+                    let timer = stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(plan.send_timeout)));
+                    if wrote_since_wait {
+                        wrote_since_wait = false;
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + plan.send_timeout);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client read nothing of the response for server.timeouts.idle",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            }
         };
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        wrote_since_wait = true;
         flushed = false;
         out.advance(n);
     })
