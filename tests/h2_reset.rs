@@ -148,6 +148,70 @@ async fn rapid_reset_is_cut_off_while_others_are_served() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_once_they_reach_the_upstream_get_the_connection_closed() {
+    // Resetting each stream ~100 ms after opening it slips past the rapid-reset
+    // counter (hyper has accepted it by then): 20,000 upstream requests from one
+    // connection that never read an answer.
+    let mut slow = Behavior::echo();
+    slow.delay = Some(Duration::from_secs(2));
+    let up = Upstream::start("a", slow).await;
+    let px = proxy_with("workers = 1", &app(&[&up], ""));
+    let tcp = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        while let Some((kind, _, _)) = read_frame(&mut rd).await {
+            if kind == GOAWAY {
+                return true;
+            }
+        }
+        false
+    });
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    wr.write_all(&hello).await.expect("preface");
+    let block = request_block();
+    let mut next = 1u32;
+    for _ in 0..30 {
+        if reader.is_finished() {
+            break;
+        }
+        let ids: Vec<u32> = (0..100).map(|i| next + 2 * i).collect();
+        next += 200;
+        let mut out = Vec::new();
+        for &id in &ids {
+            frame(&mut out, HEADERS, END_STREAM_AND_HEADERS, id, &block);
+        }
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut out = Vec::new();
+        for &id in &ids {
+            frame(&mut out, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+        }
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    let told = timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the connection was neither told to go away nor closed")
+        .expect("reader task");
+    assert!(told, "a GOAWAY ends the abusive connection");
+    assert!(
+        up.requests() < 600,
+        "{} upstream requests from one abusive connection",
+        up.requests()
+    );
+    assert_eq!(
+        send_h2(px.addr, empty(req("GET", "/after-h2")))
+            .await
+            .status,
+        200
+    );
+}
+
 const PING: u8 = 0x6;
 
 /// Reads frames until one of `kind` on `stream` arrives (true) or the connection ends

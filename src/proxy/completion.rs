@@ -90,6 +90,9 @@ impl Meter {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.conn.activity.request_finished();
+        if self.status == super::CLIENT_CLOSED_REQUEST {
+            self.conn.activity.request_abandoned();
+        }
         self.conn.stats.record(self.status);
         self.meter.record(self.status);
         if let Some(job) = self.log.take() {

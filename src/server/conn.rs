@@ -58,6 +58,9 @@ impl ConnInfo {
     }
 }
 
+/// Requests a client may abandon on one connection before the ratio check applies.
+pub const ABANDONED_LIMIT: u64 = 100;
+
 /// What the watchdog reads: requests in flight, and when things last happened, in
 /// milliseconds since the connection opened (0 = never).
 #[derive(Debug)]
@@ -74,6 +77,10 @@ pub struct Activity {
     /// The head being read carries both Content-Length and Transfer-Encoding (hyper
     /// silently drops the former, so only the raw bytes show it).
     ambiguous_framing: AtomicBool,
+    /// Requests the client gave up before their answer (HTTP/2: streams it reset).
+    abandoned: AtomicU64,
+    /// Told when abandoned requests say the client abuses the connection.
+    abuse: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -86,6 +93,21 @@ impl Activity {
             watched: AtomicBool::new(false),
             started: AtomicU64::new(0),
             ambiguous_framing: AtomicBool::new(false),
+            abandoned: AtomicU64::new(0),
+            abuse: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A request ended before its answer because the client gave it up (a reset
+    /// HTTP/2 stream). Opening streams and resetting each once it reaches the upstream
+    /// (slower than the rapid reset hyper counts) makes upstream requests at no cost to
+    /// the client: past [`ABANDONED_LIMIT`] abandoned requests that are over half of
+    /// the connection's, its watchdog closes it (GOAWAY), as Envoy does with premature
+    /// resets.
+    pub fn request_abandoned(&self) {
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        if abandoned >= ABANDONED_LIMIT && abandoned * 2 > self.started.load(Ordering::Relaxed) {
+            self.abuse.notify_one();
         }
     }
 
@@ -467,6 +489,11 @@ async fn serve_hyper<S>(
                 return;
             }
             _ = shutdown.changed(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
+            _ = conn.activity.abuse.notified(), if !draining => {
+                tracing::warn!(target: "proxycache::server", %peer, "the client gave up most of its requests (reset streams); closing the connection");
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
