@@ -391,3 +391,19 @@ async fn health_checks_of_a_set_only_tcp_uses_connect_instead_of_speaking_http()
     assert!(echo.accepts() >= before + 4);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tries_every_server_until_one_answers() {
+    // Only one retry was made: with two dead servers of three, connections failed
+    // until the breakers opened.
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[dead_addr(), dead_addr(), echo.addr], "", "");
+    for i in 0..6 {
+        let msg = format!("try {i}");
+        assert_eq!(
+            exchange(tcp, msg.as_bytes()).await,
+            format!("{msg}bye").into_bytes()
+        );
+    }
+    proxy.shutdown().await;
+}

@@ -29,9 +29,6 @@ use super::relay::{self, ConnSlot};
 use super::worker::WorkerCtx;
 use super::ServerError;
 
-/// Connect failures retried on another server.
-const CONNECT_RETRIES: u32 = 1;
-
 /// One worker's socket for one `[[tcp]]` frontend, with the frontend as configured at
 /// startup (used when a reload removed it: the listener stays until a restart).
 #[derive(Debug)]
@@ -238,7 +235,9 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
     drop(guard);
 }
 
-/// Picks a server and connects to it, once more on another server if that fails.
+/// Picks a server and connects to it; while connects fail, tries the set's other
+/// servers in turn (nothing has been sent yet: as nginx's stream module does), each
+/// within `connect_timeout`.
 async fn connect(
     set: &UpstreamSet,
     peer: SocketAddr,
@@ -252,7 +251,6 @@ async fn connect(
     };
     let upstream = || set.name().to_owned();
     let mut tried = Tried::new();
-    let mut failures = 0;
     let mut last_error = None;
     // Bounded: every turn either returns or marks one more server as tried.
     for _ in 0..set.servers.len() {
@@ -292,10 +290,6 @@ async fn connect(
             },
         };
         guard.record_outcome(false);
-        failures += 1;
-        if failures > CONNECT_RETRIES {
-            return Err(error);
-        }
         tracing::warn!(target: "proxycache::server", error = %error, "tcp connect failed; retrying on another server");
         last_error = Some(error);
     }
