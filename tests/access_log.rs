@@ -72,11 +72,17 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
     assert_eq!(send_h2(addr, h2).await.status, 200);
 
     assert_eq!(get(addr, "/dead/x").await.status, 502);
+    // A head that cannot be parsed is answered, counted and logged too (it left no
+    // trace).
+    assert_eq!(
+        raw_status(&raw_request(addr, b"GARBAGE\r\n\r\n").await),
+        400
+    );
 
-    let found = wait_until(Duration::from_secs(5), || access_lines(&log).len() >= 3).await;
+    let found = wait_until(Duration::from_secs(5), || access_lines(&log).len() >= 4).await;
     assert!(
         found,
-        "three access lines: {:?}",
+        "four access lines: {:?}",
         std::fs::read_to_string(&log)
     );
     let lines = access_lines(&log);
@@ -89,6 +95,11 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
     assert_eq!(fields[2]["status"], 502, "{lines:#?}");
     assert_eq!(fields[2]["upstream"], "dead");
     assert_eq!(fields[2]["server"], dead.to_string(), "{lines:#?}");
+    assert_eq!(fields[3]["status"], 400, "{lines:#?}");
+    assert_eq!(fields[3]["method"], "-");
+    assert!(fields[3]["request_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
     for f in &fields[..2] {
         assert_eq!(f["server"], up.addr.to_string());
         assert_eq!(f["method"], "GET");

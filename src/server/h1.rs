@@ -520,7 +520,7 @@ where
                 Ok(Parsed::Http2) => return handoff(io, true),
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
-                    refuse(&io, &mut out, e).await;
+                    refuse(&io, &mut out, e, conn, ctx).await;
                     return Served::Closed;
                 }
             }
@@ -554,7 +554,7 @@ where
                     if now >= deadline {
                         if head_since.is_some() {
                             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "request header timeout; closing");
-                            refuse(&io, &mut out, ProxyError::HeaderTimeout).await;
+                            refuse(&io, &mut out, ProxyError::HeaderTimeout, conn, ctx).await;
                         }
                         return Served::Closed;
                     }
@@ -697,13 +697,35 @@ fn handoff<S>(io: Arc<Mutex<Io<S>>>, http2: bool) -> Served<S> {
     }
 }
 
-/// Answers a head that could not be parsed (400, 431) and closes.
-async fn refuse<S>(io: &Arc<Mutex<Io<S>>>, out: &mut Out, err: ProxyError)
-where
+/// Answers a head that could not be parsed (400, 431) or did not arrive in time (408)
+/// and closes. Counted in `/stats` and logged in the access log like any answer (no
+/// method or path: there was no request to name).
+async fn refuse<S>(
+    io: &Arc<Mutex<Io<S>>>,
+    out: &mut Out,
+    err: ProxyError,
+    conn: &ConnInfo,
+    ctx: &WorkerCtx,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = RequestId::generate();
     tracing::debug!(target: "proxycache::server", error = %err, request_id = %id, "request head refused");
+    conn.stats.record(err.status());
+    if ctx.shared.generation().config.log.access {
+        tracing::info!(
+            target: "proxycache::access",
+            method = "-",
+            path = "-",
+            status = err.status().as_u16(),
+            bytes = 0u64,
+            duration_ms = 0.0,
+            upstream = "-",
+            server = "-",
+            client = %conn.peer.ip(),
+            request_id = %id,
+        );
+    }
     let plan = Plan {
         head_request: false,
         keep_alive: false,
