@@ -122,6 +122,16 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
         path.hash(&mut h);
         std::fs::read(&path).ok().hash(&mut h);
     }
+    // Server names are resolved as the config loads: a reload with the same files but
+    // another DNS answer builds a generation with the new addresses (as nginx's
+    // reload re-resolves).
+    for u in &config.upstreams {
+        for s in &u.servers {
+            if let crate::config::ServerTarget::Addr { addr, .. } = &s.target {
+                addr.hash(&mut h);
+            }
+        }
+    }
     h.finish()
 }
 
@@ -139,4 +149,28 @@ fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect();
     files.sort();
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+    use crate::config::{Config, ServerTarget};
+
+    /// The same files with another DNS answer are another generation (a reload that
+    /// found "nothing changed" never picked up a server's new address).
+    #[test]
+    fn resolved_addresses_are_part_of_the_fingerprint() {
+        let text =
+            "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\n\n[[routes]]\nupstream = \"app\"\n";
+        let load = || {
+            Config::from_toml_str(text, None, std::path::Path::new("."))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (a, mut b) = (load(), load());
+        assert_eq!(fingerprint(&a, &[]), fingerprint(&b, &[]));
+        if let ServerTarget::Addr { addr, .. } = &mut b.upstreams[0].servers[0].target {
+            addr.set_ip([127, 0, 0, 2].into());
+        }
+        assert_ne!(fingerprint(&a, &[]), fingerprint(&b, &[]));
+    }
 }
