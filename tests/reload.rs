@@ -454,6 +454,33 @@ async fn the_report_names_a_changed_module_and_changed_module_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_over_and_over_reloads_within_the_longest_settle() {
+    // Each event put the reload off by another 250 ms: a tool that kept writing (a
+    // log-like file in mods/, a sync client) delayed it for as long as it wrote.
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("settle-cap");
+    site.write_mod("marker", &responder("marker", "v1"));
+    site.write_config(&Conf::new(true, ECHO).text());
+    let px = Running::start(&site);
+    px.wait_watching(&site).await;
+    let writer = {
+        let mods = site.mods_dir();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let text = format!("{}# write {i}\n", responder("marker", "v2"));
+                let _ = std::fs::write(mods.join("marker.pcmod"), text);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // The writes go on for 6 s; the reload must not wait for them to stop.
+    let took = wait_body(px.addr, "/", "v2\n", Duration::from_millis(4_000)).await;
+    report_time("module rewritten every 100 ms", took);
+    assert!(!writer.is_finished(), "the writes were still going on");
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripts_folder_replaced_by_a_rename_is_watched_where_it_is_now() {
     // `mv mods mods.old && mv mods.new mods`: the watch followed the old folder, so
     // the new modules were never loaded and later edits went unseen.

@@ -25,6 +25,10 @@ use crate::server::Shared;
 /// Quiet time after the last event before reloading.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
+/// The longest a burst of events may put a reload off (an editor or a tool that
+/// keeps writing would otherwise delay it for as long as it writes).
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
+
 /// How often the files' identity is compared (see the module doc).
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -220,8 +224,12 @@ impl Watching {
                     if event.is_none() {
                         return;
                     }
-                    // Debounce: wait until the burst has settled.
+                    // Debounce: wait until the burst has settled, or MAX_SETTLE.
+                    let burst = tokio::time::Instant::now();
                     loop {
+                        if burst.elapsed() >= MAX_SETTLE {
+                            break;
+                        }
                         match tokio::time::timeout(SETTLE, self.rx.recv()).await {
                             Ok(Some(())) => continue,
                             Ok(None) => return,
