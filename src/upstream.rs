@@ -127,15 +127,17 @@ impl UpstreamSet {
     /// `tried` (for retries), and counts the request in flight on it. `None`: nothing
     /// available.
     pub fn pick(&self, key: &PickKey, tried: &Tried) -> Option<(usize, InflightGuard)> {
-        let mut skip = tried.clone();
+        // Copied only when a server turns the request away (rare).
+        let mut refused: Option<Tried> = None;
         for _ in 0..self.servers.len() {
+            let skip = refused.as_ref().unwrap_or(tried);
             let available = |i: usize| !skip.contains(i) && self.servers[i].is_available();
             let i = self.balancer.pick(&self.servers, key, available)?;
             if let Some(guard) = self.servers[i].try_begin() {
                 return Some((i, guard));
             }
             // Its breaker let another request probe first: try the others.
-            skip.insert(i);
+            refused.get_or_insert_with(|| tried.clone()).insert(i);
         }
         None
     }
