@@ -149,6 +149,9 @@ type Fill = (u64, watch::Receiver<()>);
 /// The cache of the process; survives reloads.
 pub struct HttpCache {
     entries: moka::sync::Cache<Arc<str>, Slot>,
+    /// Body bytes held by fills in flight (not in `entries` yet): kept within
+    /// `max_size` too, so many large fills at once cannot hold more than the cache.
+    filling: AtomicU64,
     inflight: Mutex<HashMap<Arc<str>, Fill>>,
     next_fill: AtomicU64,
     pub settings: CacheSettings,
@@ -199,6 +202,7 @@ impl HttpCache {
                 .expire_after(SlotExpiry)
                 .support_invalidation_closures()
                 .build(),
+            filling: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(0),
             settings,
@@ -362,6 +366,9 @@ pub struct TeeBody {
     chunks: Vec<Bytes>,
     size: u64,
     limit: u64,
+    cache: Arc<HttpCache>,
+    /// Bytes of `chunks` counted in `cache.filling`.
+    held: u64,
 }
 
 impl TeeBody {
@@ -369,10 +376,12 @@ impl TeeBody {
     pub fn new(inner: ProxyBody, pending: PendingEntry, limit: u64) -> Self {
         TeeBody {
             inner,
+            cache: Arc::clone(&pending.cache),
             pending: Some(Box::new(pending)),
             chunks: Vec::new(),
             size: 0,
             limit,
+            held: 0,
         }
     }
 
@@ -381,6 +390,23 @@ impl TeeBody {
             tracing::debug!(target: "proxycache::stdlib", key = %p.primary, why, "cache fill abandoned");
         }
         self.chunks = Vec::new();
+        self.release();
+    }
+
+    /// Gives back the bytes this fill counted in `cache.filling`.
+    fn release(&mut self) {
+        if self.held > 0 {
+            self.cache.filling.fetch_sub(self.held, Ordering::Relaxed);
+            self.held = 0;
+        }
+    }
+
+    /// Counts `n` more bytes held by this fill; false when all fills in flight would
+    /// then hold more than `max_size`.
+    fn hold(&mut self, n: u64) -> bool {
+        let before = self.cache.filling.fetch_add(n, Ordering::Relaxed);
+        self.held += n;
+        before + n <= self.cache.settings.max_size
     }
 
     /// Stores the entry, once the body has ended (at once for a body that never began).
@@ -393,6 +419,7 @@ impl TeeBody {
             return self.abandon("body length differs from Content-Length");
         }
         let Some(p) = self.pending.take() else { return };
+        self.release();
         let body = match self.chunks.len() {
             0 => Bytes::new(),
             1 => self.chunks.pop().unwrap_or_default(),
@@ -439,6 +466,8 @@ impl Body for TeeBody {
                     this.size += data.len() as u64;
                     if this.size > this.limit {
                         this.abandon("body larger than cache.max_entry_size");
+                    } else if !this.hold(data.len() as u64) {
+                        this.abandon("fills in flight hold cache.max_size");
                     } else {
                         this.chunks.push(data.clone());
                         // hyper stops polling once the body says it has ended.
@@ -470,5 +499,48 @@ impl Drop for TeeBody {
         if self.pending.is_some() {
             self.abandon("response not finished");
         }
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(cache: &Arc<HttpCache>, key: &str) -> TeeBody {
+        let pending = PendingEntry {
+            cache: Arc::clone(cache),
+            primary: Arc::from(key),
+            vary: Vec::new(),
+            req_headers: HeaderMap::new(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            fresh_for: Duration::from_secs(60),
+            age: Duration::ZERO,
+            stale_for: Duration::ZERO,
+            expect_len: None,
+            guard: None,
+            shared: None,
+        };
+        TeeBody::new(ProxyBody::Empty, pending, cache.settings.max_entry_size)
+    }
+
+    /// Fills in flight count against `max_size`: many large fills at once held their
+    /// bodies outside every bound.
+    #[test]
+    fn fills_in_flight_hold_at_most_max_size() {
+        let cache = Arc::new(HttpCache::new(CacheSettings {
+            max_size: 100,
+            max_entry_size: 100,
+            ..CacheSettings::default()
+        }));
+        let (mut a, mut b) = (fill(&cache, "a"), fill(&cache, "b"));
+        assert!(a.hold(80));
+        assert!(!b.hold(80), "two fills of 80 bytes do not fit in 100");
+        b.abandon("test");
+        assert!(b.hold(20), "what an abandoned fill held is given back");
+        drop(a);
+        drop(b);
+        assert_eq!(cache.filling.load(Ordering::Relaxed), 0);
     }
 }
