@@ -606,6 +606,14 @@ function on_request(req, ctx)
     -- Lua's C matcher would backtrack here for hours in one call.
     local s = string.rep("a", 3000)
     return std.respond(200, tostring(s:find(string.rep("a*", 12) .. "b")))
+  elseif p == "/backtrack-number" then
+    -- A number is matched as its string: it went to the C matcher unmeasured.
+    return std.respond(200, tostring(string.find(1234567890123456789, string.rep("%d*", 30) .. "x")))
+  elseif p == "/gsub-blowup" then
+    -- Each of 2,000 empty matches adds 400 KiB: the result was built outside the
+    -- memory limit and the budget.
+    local s = string.gsub(string.rep("x", 2000), "x?", string.rep("y", 400 * 1024))
+    return std.respond(200, tostring(#s))
   elseif p == "/backtrack-pcall" then
     local s = string.rep("a", 3000)
     while true do pcall(string.gsub, s, string.rep("a-", 10) .. "b", "") end
@@ -658,6 +666,8 @@ async fn runaway_hooks_are_stopped_by_the_budget_even_inside_pcall() {
         "/move-loop",
         "/insert-loop",
         "/backtrack",
+        "/backtrack-number",
+        "/gsub-blowup",
         "/backtrack-pcall",
         "/close-loop",
         "/close-leak",

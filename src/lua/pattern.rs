@@ -124,6 +124,16 @@ impl<'a, 'c> State<'a, 'c> {
         Ok(())
     }
 
+    /// Charges `n` bytes of output built here (gsub's result lives outside the Lua
+    /// memory limit until it is done): one step per 64 bytes, so the budget bounds it.
+    fn pay_bytes(&mut self, n: usize) -> Result<(), PatternError> {
+        let units = (n / 64) as u64;
+        if units > 0 {
+            (self.charge)(units).map_err(PatternError::Budget)?;
+        }
+        Ok(())
+    }
+
     fn class_end(&self, mut p: usize) -> Result<usize, PatternError> {
         let c = self.p(p);
         p += 1;
@@ -677,6 +687,7 @@ where
                     captures: Vec::new(),
                 };
                 n += 1;
+                let before = out.len();
                 out.extend_from_slice(&src[at..f.start]);
                 let whole = &src[f.start..f.end];
                 let value: Option<Vec<u8>> = match (&repl_text, &repl) {
@@ -709,6 +720,7 @@ where
                         None => out.extend_from_slice(whole),
                     }
                 }
+                st.pay_bytes(out.len() - before).map_err(lua_err)?;
                 at = f.end;
                 last = Some(f.end);
                 // An empty match that could not move on: copy one byte and go on (the

@@ -109,7 +109,7 @@ for q = 1, 40 do MAXLEN[q] = math.floor(CHEAP ^ (1 / (q + 1))) end
 local quant, quant_n = {}, 0
 local function cheap(s, p, plain)
   if type(s) ~= "string" or type(p) ~= "string" then
-    return true -- the C function converts numbers and raises the argument errors
+    return true -- the C function raises the argument error
   end
   local n, m = #s, #p
   if plain then return n * m <= CHEAP end
@@ -122,7 +122,14 @@ local function cheap(s, p, plain)
     quant[p], quant_n = q, quant_n + 1
   end
   if q == 0 then return n * m <= CHEAP end
-  return m <= 256 and n <= (MAXLEN[q] or 1)
+  if n > (MAXLEN[q] or 1) then return false end
+  -- m * n^(q+1): a long pattern costs in proportion too.
+  local cost = m
+  for _ = 0, q do
+    cost = cost * n
+    if cost > CHEAP then return false end
+  end
+  return true
 end
 local function rethrow_pattern(ok, ...)
   if ok then return ... end
@@ -131,22 +138,31 @@ local function rethrow_pattern(ok, ...)
   local text = tostring(e):match("^[^\n]*") or ""
   error((str_gsub(text, "^runtime error: ", "")), 3)
 end
+-- (Numbers are matched as the strings they convert to, on either path.)
+local function text(v)
+  if type(v) == "number" then return tostring(v) end
+  return v
+end
 string.find = function(s, p, init, plain)
-  if cheap(s, p, plain) then return str_find(s, p, init, plain) end
-  return rethrow_pattern(pcall(r_find, s, p, init, plain))
+  local ts, tp = text(s), text(p)
+  if cheap(ts, tp, plain) then return str_find(s, p, init, plain) end
+  return rethrow_pattern(pcall(r_find, ts, tp, init, plain))
 end
 string.match = function(s, p, init)
-  if cheap(s, p) then return str_match(s, p, init) end
-  return rethrow_pattern(pcall(r_match, s, p, init))
+  local ts, tp = text(s), text(p)
+  if cheap(ts, tp) then return str_match(s, p, init) end
+  return rethrow_pattern(pcall(r_match, ts, tp, init))
 end
 string.gmatch = function(s, p, init)
-  if cheap(s, p) then return str_gmatch(s, p, init) end
-  local next_match = rethrow_pattern(pcall(r_gmatch, s, p, init))
+  local ts, tp = text(s), text(p)
+  if cheap(ts, tp) then return str_gmatch(s, p, init) end
+  local next_match = rethrow_pattern(pcall(r_gmatch, ts, tp, init))
   return function() return rethrow_pattern(pcall(next_match)) end
 end
 string.gsub = function(s, p, repl, n)
-  if cheap(s, p) then return str_gsub(s, p, repl, n) end
-  return rethrow_pattern(pcall(r_gsub, s, p, repl, n))
+  local ts, tp = text(s), text(p)
+  if cheap(ts, tp) then return str_gsub(s, p, repl, n) end
+  return rethrow_pattern(pcall(r_gsub, ts, tp, repl, n))
 end
 
 local os_time, os_clock, os_date = os.time, os.clock, os.date
