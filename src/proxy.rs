@@ -70,6 +70,7 @@ pub async fn handle(
         script: None,
         log: None,
         meter: Meter::new(Arc::clone(&generation)),
+        answered: false,
     };
     let span = tracing::info_span!(target: "proxycache::proxy", "request", id = %id);
     let request = Arrived {
@@ -109,6 +110,7 @@ pub async fn handle(
         }
     };
     done.status = resp.status();
+    done.answered = true;
     if generation.pipeline.has_log_phase() {
         if let Some(state) = done.script.take() {
             done.log = Some(Box::new(phases::LogJob {

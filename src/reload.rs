@@ -269,9 +269,13 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
         if current.contains_key(&addr) {
             continue;
         }
-        let ours = current
-            .keys()
-            .any(|a| a.port() == addr.port() && addr.port() != 0);
+        // Ours overlaps it when on its port and one of the two is the wildcard (the
+        // same address is already bound and skipped above); otherwise another
+        // process on that port must still be found.
+        let ours = addr.port() != 0
+            && current.keys().any(|a| {
+                a.port() == addr.port() && (a.ip().is_unspecified() || addr.ip().is_unspecified())
+            });
         match crate::server::listener::bind_group(addr, workers, !ours) {
             Ok((sockets, at)) => bound.push((addr, sockets, at)),
             Err(e) => {

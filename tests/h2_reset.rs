@@ -212,6 +212,56 @@ async fn streams_reset_once_they_reach_the_upstream_get_the_connection_closed() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_499_does_not_make_its_client_an_abuser() {
+    // Abandoned requests were told by their status (499), so an upstream's own 499s
+    // counted as the client's resets and closed an honest connection.
+    let up = Upstream::start("a", Behavior::status(499)).await;
+    let px = proxy_with("workers = 1", &app(&[&up], ""));
+    let tcp = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    wr.write_all(&hello).await.expect("preface");
+    let block = request_block();
+    let reader = tokio::spawn(async move {
+        let mut answered = 0;
+        while let Some((kind, _, _)) = read_frame(&mut rd).await {
+            match kind {
+                GOAWAY => return (answered, true),
+                HEADERS => {
+                    answered += 1;
+                    if answered == 150 {
+                        return (answered, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (answered, false)
+    });
+    for batch in 0..3u32 {
+        let mut out = Vec::new();
+        for i in 0..50 {
+            frame(
+                &mut out,
+                HEADERS,
+                END_STREAM_AND_HEADERS,
+                2 * (batch * 50 + i) + 1,
+                &block,
+            );
+        }
+        wr.write_all(&out).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answered, goaway) = timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("answers in time")
+        .expect("reader task");
+    assert!(!goaway, "GOAWAY after {answered} answers");
+    assert_eq!(answered, 150);
+}
+
 const PING: u8 = 0x6;
 
 /// Reads frames until one of `kind` on `stream` arrives (true) or the connection ends

@@ -1396,6 +1396,22 @@ async fn a_listen_address_that_cannot_be_bound_fails_the_reload_and_keeps_the_ol
         "the old listener stays"
     );
 
+    // Another process on the same port, another address, with SO_REUSEPORT: still
+    // "in use" (the probe was skipped for any address on a port of ours, and the
+    // reload joined the other process's group).
+    let other =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    other.set_reuse_port(true).expect("reuseport");
+    other
+        .bind(&SocketAddr::from(([127, 0, 0, 2], port)).into())
+        .expect("bind 127.0.0.2");
+    other.listen(8).expect("listen");
+    conf.listen = vec![format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")];
+    site.write_config(&conf.text());
+    let (_, report) = post_reload(px.admin).await;
+    assert_eq!(report["ok"], false, "{report:#}");
+    drop(other);
+
     // The same port on another address of ours moves (the busy-address probe must
     // not meet our own socket).
     drop(busy);

@@ -50,6 +50,8 @@ pub struct Completion {
     pub log: Option<Box<super::phases::LogJob>>,
     /// What the request metrics need.
     pub meter: Meter,
+    /// A response was made (else the client gave the request up: `status` is 499).
+    pub answered: bool,
 }
 
 /// Where a request went, for the request counters and the latency histogram.
@@ -90,7 +92,7 @@ impl Meter {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.conn.activity.request_finished();
-        if self.status == super::CLIENT_CLOSED_REQUEST {
+        if !self.answered {
             self.conn.activity.request_abandoned();
         }
         self.conn.stats.record(self.status);

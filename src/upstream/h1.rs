@@ -803,7 +803,13 @@ impl RespBody {
         };
         if let Some(o) = self.out.as_mut() {
             let mut wrote = false;
-            match o.poll_write(cx, &mut conn.io, &mut wrote) {
+            let polled = o.poll_write(cx, &mut conn.io, &mut wrote);
+            if wrote {
+                // The exchange is moving (the rest of the request goes out): the wait
+                // for response bytes counts from here.
+                self.rearm = true;
+            }
+            match polled {
                 Poll::Ready(Ok(())) => self.out = None,
                 Poll::Ready(Err(WriteError::Io(e))) => {
                     tracing::debug!(target: "proxycache::upstream", error = %e, "writing the request body failed after the response began");
