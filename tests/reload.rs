@@ -507,6 +507,41 @@ async fn a_scripts_folder_replaced_by_a_rename_is_watched_where_it_is_now() {
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchers_poll_enters_no_symlinked_folder_and_ignores_other_files() {
+    // The poll followed symlinked folders: `mods/usr -> /usr` (which has loops) froze
+    // the control thread, admin API included. And the folder's own mtime counted, so
+    // any file written in mods/ made a reload.
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("poll-walk");
+    site.write_mod("marker", &responder("marker", "v1"));
+    site.write_config(&Conf::new(true, ECHO).text());
+    let px = Running::start(&site);
+    px.wait_watching(&site).await;
+    std::os::unix::fs::symlink("/usr", site.mods_dir().join("usr")).expect("symlink");
+    std::fs::write(site.mods_dir().join("notes.txt"), "not a module").expect("write");
+    let reloads = || px.shared().reloads.counts.lock().0;
+    // (Whatever wait_watching's own writes still set off has settled.)
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let before = reloads();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let status = tokio::time::timeout(Duration::from_secs(2), get(px.admin, "/status")).await;
+    assert!(
+        status.is_ok(),
+        "the admin API (control thread) does not answer"
+    );
+    assert_eq!(
+        reloads(),
+        before,
+        "a file that is no module made a reload: {:?}",
+        px.last_reload()
+    );
+    // Edits are still seen.
+    site.write_mod("marker", &responder("marker", "v2"));
+    wait_body(px.addr, "/", "v2\n", LIMIT).await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_toml_behind_a_swapped_symlink_reloads() {
     // A Kubernetes ConfigMap: config.toml -> ..data/config.toml, ..data -> ..v1; an
     // update makes ..v2 and renames a new ..data link over the old. No event names

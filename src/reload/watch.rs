@@ -29,6 +29,9 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 /// keeps writing would otherwise delay it for as long as it writes).
 pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
+/// Most folder entries the poll looks at.
+const MAX_WALK: usize = 10_000;
+
 /// How often the files' identity is compared (see the module doc).
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -156,16 +159,30 @@ fn files_signature(config: Option<&Path>, scripts: &Path, tls: &[PathBuf]) -> u6
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     config.map(identity).hash(&mut h);
-    identity(scripts).hash(&mut h);
+    // The folder by where it is and which it is, not by its own times: a file of
+    // another kind written in it is no reason to reload.
+    identity(scripts)
+        .map(|(path, ino, _, _)| (path, ino))
+        .hash(&mut h);
     let mut stack = vec![scripts.to_path_buf()];
     let mut files = Vec::new();
+    let mut seen = 0usize;
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
+            // Bounded, and symlinked folders are not entered (a link to `/usr` has
+            // loops): this runs on the control thread.
+            seen += 1;
+            if seen > MAX_WALK {
+                break;
+            }
             let path = entry.path();
-            if path.is_dir() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "pcmod" || e == "lua") {
                 files.push(path);
