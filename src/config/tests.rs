@@ -472,6 +472,31 @@ fn health_type_follows_the_sets_use_unless_given() {
 }
 
 #[test]
+fn zero_header_and_idle_timeouts_are_refused() {
+    // `idle = "0s"` passed `check`, then cut every response the first time a write
+    // to the client had to wait (the send timeout is `idle`).
+    assert_error(
+        "[server.timeouts]\nidle = \"0s\"\n",
+        "server.timeouts.idle",
+        2,
+        "longer than zero",
+    );
+    assert_error(
+        "[server.timeouts]\nheader = \"0s\"\n",
+        "server.timeouts.header",
+        2,
+        "longer than zero",
+    );
+    assert_eq!(
+        ok("[server.timeouts]\nshutdown_drain = \"0s\"\n")
+            .server
+            .timeouts
+            .shutdown_drain,
+        Duration::ZERO
+    );
+}
+
+#[test]
 fn durations_past_a_year_are_refused() {
     // Timers add these to the clock: i64::MAX seconds once passed `check` and then
     // panicked every request ("overflow when adding duration to instant").

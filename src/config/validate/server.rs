@@ -38,12 +38,18 @@ impl Checker<'_> {
                 ),
             },
             timeouts: Timeouts {
-                header: self.duration(
+                // Zero would cut every connection at once (and every response the
+                // first time a write waits).
+                header: self.nonzero_duration(
                     "server.timeouts.header",
                     &timeouts.header,
                     DEFAULT_HEADER_TIMEOUT,
                 ),
-                idle: self.duration("server.timeouts.idle", &timeouts.idle, DEFAULT_IDLE_TIMEOUT),
+                idle: self.nonzero_duration(
+                    "server.timeouts.idle",
+                    &timeouts.idle,
+                    DEFAULT_IDLE_TIMEOUT,
+                ),
                 shutdown_drain: self.duration(
                     "server.timeouts.shutdown_drain",
                     &timeouts.shutdown_drain,
