@@ -206,14 +206,18 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
     .map_err(|d| d.iter().map(ReloadError::from).collect())
 }
 
-/// An error about the config file as a whole.
-fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
-    let file = config
+/// The config file's name for messages (`<default>` for the embedded config).
+fn config_file(config: &Config) -> String {
+    config
         .source
         .as_ref()
-        .map_or("<default>".to_owned(), |p| p.display().to_string());
+        .map_or("<default>".to_owned(), |p| p.display().to_string())
+}
+
+/// An error about the config file as a whole.
+fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
     vec![ReloadError {
-        file,
+        file: config_file(config),
         line: 1,
         col: 1,
         key: None,
@@ -282,10 +286,7 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
                 tracing::error!(target: "proxycache::reload", %addr, error = %e, "cannot listen on a new address");
                 let message = format!("cannot listen on {addr}: {e}");
                 return Err(vec![ReloadError {
-                    file: config
-                        .source
-                        .as_ref()
-                        .map_or("<default>".to_owned(), |p| p.display().to_string()),
+                    file: config_file(config),
                     line: 0,
                     col: 0,
                     key: Some(format!("server.listen[{i}]")),

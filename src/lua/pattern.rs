@@ -681,18 +681,13 @@ where
                 let Some((start, end)) = next(&mut st, at, last, anchored).map_err(lua_err)? else {
                     break;
                 };
-                let f = Found {
-                    start,
-                    end,
-                    captures: Vec::new(),
-                };
                 n += 1;
                 let before = out.len();
-                out.extend_from_slice(&src[at..f.start]);
-                let whole = &src[f.start..f.end];
+                out.extend_from_slice(&src[at..start]);
+                let whole = &src[start..end];
                 let value: Option<Vec<u8>> = match (&repl_text, &repl) {
                     (Some(text), _) => {
-                        add_text(&mut out, text, &st, f.start, f.end).map_err(lua_err)?;
+                        add_text(&mut out, text, &st, start, end).map_err(lua_err)?;
                         changed = true;
                         None
                     }
@@ -721,8 +716,8 @@ where
                     }
                 }
                 st.pay_bytes(out.len() - before).map_err(lua_err)?;
-                at = f.end;
-                last = Some(f.end);
+                at = end;
+                last = Some(end);
                 // An empty match that could not move on: copy one byte and go on (the
                 // C loop's "skip one character").
                 if anchored {

@@ -109,24 +109,30 @@ impl Meter {
     /// match's steps), with the count hook's checks: `Err` once the budget or the
     /// slice's wall-clock time is spent (the budget error; `spent` is set).
     pub fn charge(&self, n: u64) -> Result<(), String> {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        if self.take(i64::try_from(n).unwrap_or(i64::MAX)) {
+            return Ok(());
+        }
+        self.spent.store(true, Ordering::Relaxed);
+        Err(BUDGET_MESSAGE.to_owned())
+    }
+
+    /// Takes `n` instructions from the budget; whether the slice may go on (budget
+    /// left, not spent, within its wall-clock time, which starts at the first take).
+    fn take(&self, n: i64) -> bool {
         let left = self
             .remaining
             .fetch_sub(n, Ordering::Relaxed)
             .saturating_sub(n);
-        if left >= 0 && !self.spent() {
-            let now = self.now_ns().max(1);
-            let start = self.slice_start.load(Ordering::Relaxed);
-            if start == 0 {
-                self.slice_start.store(now, Ordering::Relaxed);
-                return Ok(());
-            }
-            if now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64 {
-                return Ok(());
-            }
+        if left < 0 || self.spent() {
+            return false;
         }
-        self.spent.store(true, Ordering::Relaxed);
-        Err(BUDGET_MESSAGE.to_owned())
+        let now = self.now_ns().max(1);
+        let start = self.slice_start.load(Ordering::Relaxed);
+        if start == 0 {
+            self.slice_start.store(now, Ordering::Relaxed);
+            return true;
+        }
+        now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64
     }
 
     fn now_ns(&self) -> u64 {
@@ -138,17 +144,8 @@ impl Meter {
     /// driver then ends the call — and where Lua cannot yield (inside a C call or a
     /// metamethod) it raises the budget error, which the sandbox's `pcall` passes on.
     fn tick(&self) -> mlua::Result<VmState> {
-        let left = self.remaining.fetch_sub(i64::from(STEP), Ordering::Relaxed) - i64::from(STEP);
-        if left >= 0 && !self.spent() {
-            let now = self.now_ns().max(1);
-            let start = self.slice_start.load(Ordering::Relaxed);
-            if start == 0 {
-                self.slice_start.store(now, Ordering::Relaxed);
-                return Ok(VmState::Continue);
-            }
-            if now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64 {
-                return Ok(VmState::Continue);
-            }
+        if self.take(i64::from(STEP)) {
+            return Ok(VmState::Continue);
         }
         self.spent.store(true, Ordering::Relaxed);
         if self.closing.load(Ordering::Relaxed) {

@@ -713,18 +713,17 @@ async fn refuse<S>(
     tracing::debug!(target: "proxycache::server", error = %err, request_id = %id, "request head refused");
     conn.stats.record(err.status());
     if ctx.shared.generation().config.log.access {
-        tracing::info!(
-            target: "proxycache::access",
-            method = "-",
-            path = "-",
-            status = err.status().as_u16(),
-            bytes = 0u64,
-            duration_ms = 0.0,
-            upstream = "-",
-            server = "-",
-            client = %conn.peer.ip(),
-            request_id = %id,
-        );
+        crate::proxy::completion::access_line(&crate::proxy::completion::AccessLine {
+            method: "-",
+            path: "-",
+            status: err.status(),
+            bytes: 0,
+            duration_ms: 0.0,
+            upstream: "-",
+            server: "-",
+            client: conn.peer.ip(),
+            id: &id,
+        });
     }
     let plan = Plan {
         head_request: false,

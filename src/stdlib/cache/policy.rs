@@ -294,6 +294,12 @@ mod tests {
         .map(|f| f.fresh_for.saturating_sub(f.age).as_secs())
     }
 
+    /// How long a GET 200 with `Cache-Control: cc` may be served stale.
+    fn stale_for(cc: &'static str) -> Result<Duration, &'static str> {
+        let h = headers(&[("cache-control", cc)]);
+        storable(&Method::GET, StatusCode::OK, &h, None, SystemTime::now()).map(|f| f.stale_for)
+    }
+
     #[test]
     fn freshness_comes_from_s_maxage_then_max_age_then_expires_then_ttl() {
         assert_eq!(
@@ -334,14 +340,7 @@ mod tests {
         )
         .is_err());
         let swr = "max-age=1, stale-while-revalidate=18446744073709551615";
-        let f = storable(
-            &Method::GET,
-            StatusCode::OK,
-            &headers(&[("cache-control", swr)]),
-            None,
-            SystemTime::now(),
-        );
-        assert_eq!(f.map(|f| f.stale_for.as_secs()), Ok(1 << 31));
+        assert_eq!(stale_for(swr), Ok(Duration::from_secs(1 << 31)));
     }
 
     #[test]
@@ -354,14 +353,7 @@ mod tests {
         // A Vary name that cannot be read is not taken as "varies by nothing".
         assert!(fresh(&[("vary", "accept, bad name")], Some(10)).is_err());
         let swr = "max-age=1, stale-while-revalidate=60, must-revalidate";
-        let f = storable(
-            &Method::GET,
-            StatusCode::OK,
-            &headers(&[("cache-control", swr)]),
-            None,
-            SystemTime::now(),
-        );
-        assert_eq!(f.map(|f| f.stale_for), Ok(Duration::ZERO));
+        assert_eq!(stale_for(swr), Ok(Duration::ZERO));
         let h = headers(&[("cache-control", "max-age=60")]);
         let now = SystemTime::now();
         assert!(storable(&Method::POST, StatusCode::OK, &h, None, now).is_err());
