@@ -94,6 +94,23 @@ async fn handle(
     }
     let body_timeout = generation.config.server.timeouts.idle;
     drop(generation);
+    // A declared length over the limit is refused before any of the body is read (and
+    // before hyper answers `Expect: 100-continue`).
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), object = req.uri().path(), result = "rejected: body too large", "admin call");
+        let mut resp = json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &serde_json::json!({"error": format!("body over {MAX_BODY} bytes")}),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let (parts, body) = req.into_parts();
     let collected = tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY).collect());
     let body = match collected.await {
@@ -123,7 +140,18 @@ async fn handle(
         peer,
         body,
     };
-    let resp = match (&parts.method, segments.as_slice()) {
+    let Some(allow) = allowed_methods(&segments) else {
+        return Ok(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no admin endpoint {}", parts.uri.path())}),
+        ));
+    };
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = match parts.method {
+        Method::HEAD => Method::GET,
+        ref m => m.clone(),
+    };
+    let resp = match (&method, segments.as_slice()) {
         (&Method::GET, []) => dashboard::page(&call),
         (&Method::GET, ["status"]) => handlers::status(&call),
         (&Method::GET, ["stats"]) => handlers::stats(&call),
@@ -133,21 +161,30 @@ async fn handle(
         (&Method::PUT, ["mods", name]) => handlers::mod_put(&call, name).await,
         (&Method::DELETE, ["mods", name]) => handlers::mod_delete(&call, name).await,
         (&Method::POST, ["reload"]) => handlers::reload(&call).await,
-        (&Method::POST, ["config", "verify"]) => handlers::config_verify(&call),
+        (&Method::POST, ["config", "verify"]) => handlers::config_verify(&call).await,
         (&Method::POST, ["config", "repair"]) => handlers::config_repair(&call).await,
         (&Method::GET, ["upstreams"]) => handlers::upstreams(&call),
-        (_, ["status" | "stats" | "metrics" | "mods" | "reload" | "upstreams" | "config", ..]) => {
-            json(
+        _ => {
+            let mut resp = json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({"error": format!("{} is not allowed on {}", parts.method, parts.uri.path())}),
-            )
+                &serde_json::json!({"error": format!("{} is not allowed on {} (allowed: {allow})", parts.method, parts.uri.path())}),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": format!("no admin endpoint {}", parts.uri.path())}),
-        ),
     };
     Ok(resp)
+}
+
+/// The methods the resource at `segments` answers (`Allow`); `None`: no such resource.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        [] | ["status" | "stats" | "metrics" | "mods" | "upstreams"] => "GET, HEAD",
+        ["mods", _] => "GET, HEAD, PUT, DELETE",
+        ["reload"] | ["config", "verify" | "repair"] => "POST",
+        _ => return None,
+    })
 }
 
 /// Constant-time check of `Authorization: Bearer KEY`; no key configured: open.
@@ -159,7 +196,13 @@ fn authorized<B>(req: &Request<B>, key: &str) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110, section 11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim_start_matches(' '))
+        })
         .unwrap_or("");
     constant_time_eq(given.as_bytes(), key.as_bytes())
 }

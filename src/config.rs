@@ -52,7 +52,6 @@ upstream = "echo"
 
 /// One configuration error, positioned in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
-#[error("{file}:{line}:{col}: {key}: {message}")]
 pub struct ConfigError {
     /// The config file as given, or `<default>` for the embedded configuration.
     pub file: String,
@@ -65,6 +64,21 @@ pub struct ConfigError {
     pub col: usize,
     /// What is wrong, in words.
     pub message: String,
+}
+
+/// `file:line:col: key: message`, leaving out the position when there is none (an
+/// unreadable file) and the key when the error is about the whole file.
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
 }
 
 /// Every error found while loading a configuration (never empty).

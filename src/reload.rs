@@ -48,13 +48,27 @@ impl From<&Diagnostic> for ReloadError {
     }
 }
 
+impl ReloadError {
+    /// An error of the checking machinery itself (no file or position).
+    pub fn internal(message: String) -> Self {
+        ReloadError {
+            file: String::new(),
+            line: 0,
+            col: 0,
+            key: None,
+            rendered: message.clone(),
+            message,
+        }
+    }
+}
+
 impl From<&crate::config::ConfigError> for ReloadError {
     fn from(e: &crate::config::ConfigError) -> Self {
         ReloadError {
             file: e.file.clone(),
             line: e.line as u32,
             col: e.col as u32,
-            key: Some(e.key.clone()),
+            key: (!e.key.is_empty()).then(|| e.key.clone()),
             message: e.message.clone(),
             rendered: e.to_string(),
         }

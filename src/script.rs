@@ -12,6 +12,7 @@ pub mod exec;
 pub mod ir;
 pub mod modconfig;
 pub mod parse;
+pub mod regexes;
 pub mod value;
 
 use std::path::{Path, PathBuf};
@@ -210,6 +211,7 @@ fn load_sources_here(
         .map_or("<default>".to_owned(), |p| p.display().to_string());
     let mut diags = Vec::new();
     let mut ctx_names = Vec::new();
+    let mut regex_budget = regexes::Budget::default();
     let mut modules: Vec<Arc<dyn PipelineModule>> = Vec::new();
     let mut infos = Vec::new();
     let mut keeps_request_headers = false;
@@ -282,6 +284,7 @@ fn load_sources_here(
         let env = compile::Env {
             upstreams: &upstreams,
             ctx_names: &mut ctx_names,
+            regex_budget: &mut regex_budget,
             lua_functions: lua.as_ref().map(|(_, facts)| facts.functions.as_slice()),
         };
         let compiled = match compile::compile(&module, source, &fields, env) {

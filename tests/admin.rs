@@ -443,6 +443,58 @@ async fn unknown_paths_and_wrong_methods_are_refused() {
         let resp = admin(px.admin, method, path, "").await;
         assert_eq!(resp.status, 405, "{method} {path}: {}", resp.text());
     }
+    // A 405 says what is allowed (RFC 9110, section 15.5.6).
+    for (method, path, allow) in [
+        ("POST", "/status", "GET, HEAD"),
+        ("POST", "/mods/x", "GET, HEAD, PUT, DELETE"),
+        ("GET", "/reload", "POST"),
+        ("DELETE", "/config/repair", "POST"),
+    ] {
+        let resp = admin(px.admin, method, path, "").await;
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert_eq!(
+            resp.header("allow").as_deref(),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
+    // Paths under a known one that name nothing are not found, whatever the method.
+    for (method, path) in [
+        ("GET", "/status/x"),
+        ("GET", "/mods/hello/x"),
+        ("GET", "/config"),
+        ("PUT", "/mods/a/b"),
+        ("POST", "/reload/now"),
+    ] {
+        let resp = admin(px.admin, method, path, "").await;
+        assert_eq!(resp.status, 404, "{method} {path}: {}", resp.text());
+    }
+    // HEAD is GET without a body.
+    for path in ["/status", "/metrics", "/mods", "/"] {
+        let resp = admin(px.admin, "HEAD", path, "").await;
+        assert_eq!(resp.status, 200, "HEAD {path}");
+        assert!(resp.body.is_empty(), "HEAD {path} has no body");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (site, px) = start("big-declared", &[], "", ECHO);
+    let before = site.snapshot();
+    let mut conn = tokio::net::TcpStream::connect(px.admin)
+        .await
+        .expect("connect");
+    conn.write_all(b"PUT /mods/big HTTP/1.1\r\nhost: admin\r\ncontent-length: 5000000\r\n\r\n")
+        .await
+        .expect("write");
+    // No body follows: the answer must come from the header alone.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "no answer without the body: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(site.snapshot(), before);
 }
 
 // ---- modules ------------------------------------------------------------------------------
@@ -990,7 +1042,7 @@ async fn the_api_key_is_required_when_set() {
         Some("Bearer s3cret-key2"),
         Some("s3cret-key"),
         Some("Basic s3cret-key"),
-        Some("bearer  s3cret-key"),
+        Some("Bearer: s3cret-key"),
     ] {
         for (method, path) in [
             ("GET", "/status"),
@@ -1022,6 +1074,15 @@ async fn the_api_key_is_required_when_set() {
     let good = Some("Bearer s3cret-key");
     let resp = call(px.admin, "GET", "/status", b"", good).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    // The scheme is case-insensitive, and one or more spaces follow it (RFC 9110, 11.1).
+    for auth in [
+        "bearer s3cret-key",
+        "BEARER s3cret-key",
+        "Bearer  s3cret-key",
+    ] {
+        let resp = call(px.admin, "GET", "/status", b"", Some(auth)).await;
+        assert_eq!(resp.status, 200, "{auth}: {}", resp.text());
+    }
     let resp = call(
         px.admin,
         "PUT",

@@ -194,6 +194,29 @@ fn check_with_bad_values_exits_1_and_names_every_key() {
     }
 }
 
+/// Errors about the whole file have no key, and an unreadable file no position: the
+/// message leaves both out rather than printing `:0:0: : `.
+#[test]
+fn whole_file_errors_print_no_empty_key_or_position() {
+    let dir = TempDir::new("whole-file");
+    let syntax = dir.write("bad.toml", "[server\nworkers = 1\n");
+    let missing = dir.path().join("nothere.toml");
+    for (path, expected) in [
+        (syntax, "bad.toml:1:8: unclosed table, expected `]`"),
+        (missing, "nothere.toml: cannot read the config file: "),
+    ] {
+        let out = run_to_end(
+            dir.path(),
+            &["check", "--config", path.to_str().expect("utf-8 path")],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(expected), "{expected:?} in {text}");
+        assert!(!text.contains(": : "), "{text}");
+    }
+}
+
 #[test]
 fn check_on_a_good_config_exits_0() {
     let dir = TempDir::new("good");

@@ -889,6 +889,9 @@ mod faulty {
     if $path == "/echo" {
       set req.header["x-said"] = "said: ${$req.query["q"]}"
     }
+    if $path == "/setpath" {
+      set req.path = $req.header["x-p"]
+    }
   }
   on response {
     if $req.header["x-status"] != nil {
@@ -929,13 +932,15 @@ async fn a_runtime_fault_answers_500_with_a_request_id_and_the_next_request_is_s
     );
 
     // Request phase faults: the upstream never sees these requests.
-    let cases: [(&str, &[(&str, &str)]); 5] = [
+    let cases: [(&str, &[(&str, &str)]); 6] = [
         ("/arith", &[("x-n", "not a number")]),
         ("/arith", &[]),
         ("/limit", &[]),
         ("/forward", &[("x-to", "nowhere")]),
         // A decoded newline cannot go into a header value.
         ("/echo?q=a%0Ab", &[]),
+        // A path with a query in it would make two queries.
+        ("/setpath?c=2", &[("x-p", "/a?b=1")]),
     ];
     for (path, headers) in cases {
         let resp = get_with(px.addr, path, headers).await;
@@ -965,6 +970,20 @@ async fn a_runtime_fault_answers_500_with_a_request_id_and_the_next_request_is_s
     let got = up.last().expect("the upstream saw it");
     assert_eq!(got.header("x-said").as_deref(), Some("said: a b"));
     assert_eq!(up.requests(), 3);
+    // `%` decodes only before two hex digits (`%+a` once became a control byte).
+    for (query, said) in [
+        ("q=%+a", "said: % a"),
+        ("q=%-1", "said: %-1"),
+        ("q=%4a%4A", "said: JJ"),
+    ] {
+        let resp = get_with(px.addr, &format!("/echo?{query}"), &[]).await;
+        assert_eq!(resp.status, 200, "{query}: {}", resp.text());
+        let got = up.last().expect("the upstream saw it");
+        assert_eq!(got.header("x-said").as_deref(), Some(said), "{query}");
+    }
+    let resp = get_with(px.addr, "/setpath?c=2", &[("x-p", "/a")]).await;
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_eq!(up.last().expect("seen").uri, "/a?c=2");
 
     // Response phase faults: a status out of range or not a number.
     for bad in ["42", "teapot"] {

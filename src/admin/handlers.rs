@@ -220,7 +220,17 @@ pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
         }
     };
     let path = config.scripts.dir.join(format!("{name}.pcmod"));
-    if let Err(errors) = reload::check_candidate(&config, &[(path.clone(), Some(source.clone()))]) {
+    // Checking compiles every module: off the admin runtime's thread, so that
+    // /status and friends keep answering meanwhile.
+    let candidate = vec![(path.clone(), Some(source.clone()))];
+    let checked = tokio::task::spawn_blocking(move || reload::check_candidate(&config, &candidate))
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![ReloadError::internal(format!(
+                "the check failed: {e}"
+            ))])
+        });
+    if let Err(errors) = checked {
         c.audit("put_mod", name, "rejected: diagnostics");
         return json_resp(
             StatusCode::BAD_REQUEST,
@@ -331,7 +341,7 @@ fn answer_reload(
 }
 
 /// `POST /config/verify`: body = TOML (empty: the file on disk).
-pub fn config_verify(c: &Call<'_>) -> Response<AdminBody> {
+pub async fn config_verify(c: &Call<'_>) -> Response<AdminBody> {
     let path = c.shared.config_path.clone();
     let text = if c.body.is_empty() {
         match &path {
@@ -345,9 +355,14 @@ pub fn config_verify(c: &Call<'_>) -> Response<AdminBody> {
     let errors: Vec<Value> = match Config::from_toml_str(&text, path.as_deref(), &base) {
         Err(e) => e.0.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect(),
         Ok(config) => {
-            let mut errs = reload::check_candidate(&config, &[]).err().unwrap_or_default();
-            // Certificate files too: a reload of this config would read them.
-            errs.extend(reload::check_tls(&config));
+            let errs = tokio::task::spawn_blocking(move || {
+                let mut errs = reload::check_candidate(&config, &[]).err().unwrap_or_default();
+                // Certificate files too: a reload of this config would read them.
+                errs.extend(reload::check_tls(&config));
+                errs
+            })
+            .await
+            .unwrap_or_else(|e| vec![ReloadError::internal(format!("the check failed: {e}"))]);
             errs.iter().map(|e| json!({"key": e.key, "line": e.line, "col": e.col, "message": e.message, "file": e.file})).collect()
         }
     };

@@ -17,11 +17,13 @@ use super::handles::{with_turn, LuaResponse, RespData, Turn, TurnCell};
 use super::ops::{HttpCall, Op, PendingOp};
 use super::sandbox::Sandbox;
 use crate::pipeline::{Exchange, ReqParts, RespParts};
+use crate::script::regexes;
 use crate::script::value::Value;
 use crate::stdlib::{self, ArgDefault, FnSig, Returns, StdFn};
 
-/// Regexes compiled for `std.url_rewrite` calls from Lua, by pattern.
-type RegexCache = Mutex<HashMap<String, Arc<regex::Regex>>>;
+/// Regexes compiled for `std.url_rewrite` calls from Lua, by pattern, and the memory
+/// they may still take (the cache starts over when it runs out).
+type RegexCache = Mutex<(HashMap<String, Arc<regex::Regex>>, regexes::Budget)>;
 
 /// How many distinct patterns a VM keeps compiled.
 const REGEX_CACHE: usize = 256;
@@ -64,7 +66,7 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
     };
     let body_fn = bodies.object.clone();
     let std_table = lua.create_table()?;
-    let regexes: Arc<RegexCache> = Arc::new(Mutex::new(HashMap::new()));
+    let regexes: Arc<RegexCache> = Arc::new(Mutex::new(Default::default()));
     for sig in stdlib::SIGNATURES.iter().flat_map(|area| area.iter()) {
         let Some(path) = sig.name.strip_prefix("std.") else {
             continue;
@@ -325,17 +327,29 @@ fn sync_fn(
 
 fn cached_regex(cache: &RegexCache, args: &[Value]) -> mlua::Result<Arc<regex::Regex>> {
     let pattern = args.first().and_then(Value::as_str).unwrap_or("");
-    let mut map = cache.lock();
+    let mut guard = cache.lock();
+    let (map, budget) = &mut *guard;
     if let Some(r) = map.get(pattern) {
         return Ok(Arc::clone(r));
     }
-    let r = Arc::new(
-        regex::Regex::new(pattern)
-            .map_err(|e| mlua::Error::runtime(format!("std.url_rewrite: invalid pattern: {e}")))?,
-    );
     if map.len() >= REGEX_CACHE {
         map.clear();
+        *budget = regexes::Budget::default();
     }
+    let compiled = match regexes::compile(pattern, budget) {
+        Err(r) if r.over_budget && !map.is_empty() => {
+            map.clear();
+            *budget = regexes::Budget::default();
+            regexes::compile(pattern, budget)
+        }
+        other => other,
+    };
+    let r = Arc::new(compiled.map_err(|r| {
+        mlua::Error::runtime(format!(
+            "std.url_rewrite: pattern: {} ({})",
+            r.message, r.hint
+        ))
+    })?);
     map.insert(pattern.to_owned(), Arc::clone(&r));
     Ok(r)
 }

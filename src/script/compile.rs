@@ -24,6 +24,8 @@ pub struct Env<'a> {
     pub upstreams: &'a [String],
     /// `$ctx.NAME` slots shared by the whole pipeline (grows as names are met).
     pub ctx_names: &'a mut Vec<Arc<str>>,
+    /// Memory left for the regexes of the generation's modules.
+    pub regex_budget: &'a mut super::regexes::Budget,
     /// The global functions of the module's Lua chunk (`None`: it has no chunk).
     pub lua_functions: Option<&'a [String]>,
 }
@@ -67,6 +69,7 @@ pub fn compile(
         config,
         upstreams: env.upstreams,
         ctx_names: env.ctx_names,
+        regex_budget: env.regex_budget,
         lua_functions: env.lua_functions,
         diags: Vec::new(),
         phase: PhaseKind::Request,
@@ -98,6 +101,7 @@ struct Compiler<'a> {
     config: &'a ResolvedConfig,
     upstreams: &'a [String],
     ctx_names: &'a mut Vec<Arc<str>>,
+    regex_budget: &'a mut super::regexes::Budget,
     lua_functions: Option<&'a [String]>,
     diags: Vec<Diagnostic>,
     phase: PhaseKind,

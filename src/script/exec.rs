@@ -488,23 +488,28 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+            // Exactly two hex digits (`from_str_radix` alone would take `%+a`).
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                out.push((hex_digit(bytes[i + 1]) << 4) | hex_digit(bytes[i + 2]));
+                i += 2;
             }
             b => out.push(b),
         }
         i += 1;
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The value of one ASCII hex digit (checked by the caller).
+fn hex_digit(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b.wrapping_sub(b'A').wrapping_add(10),
+    }
 }
 
 /// A value as a header value (strings as they are, others as they interpolate).
@@ -522,11 +527,23 @@ fn status(v: &Value) -> Eval<StatusCode> {
         Value::Int(n) if (200..=599).contains(n) => {
             StatusCode::from_u16(*n as u16).map_err(|e| e.to_string())
         }
-        other => Err(format!("status must be an int in 200..=599, got {other}")),
+        Value::Int(n) => Err(format!("status must be an int in 200..=599, got {n}")),
+        Value::Str(text) => Err(format!(
+            "status must be an int in 200..=599, got the string {text:?} (convert it with int(...))"
+        )),
+        other => Err(format!(
+            "status must be an int in 200..=599, got {} {other}",
+            other.type_name()
+        )),
     }
 }
 
 fn set_uri(ex: &mut Exchange<'_>, path: Option<&str>, query: Option<&str>) -> Eval<()> {
+    if let Some(p) = path.filter(|p| p.contains(['?', '#'])) {
+        return Err(format!(
+            "req.path {p:?} contains '?' or '#': set req.query for the query"
+        ));
+    }
     let path = path.unwrap_or_else(|| ex.req.uri.path()).to_owned();
     let query = query
         .map(str::to_owned)

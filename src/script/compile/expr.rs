@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use regex::Regex;
-
 use super::super::ast::*;
 use super::super::ir::*;
+use super::super::regexes;
 use super::super::value::Value;
 use super::{closest, Compiler};
 use crate::stdlib::{self, ArgType, Returns};
@@ -233,19 +232,13 @@ impl Compiler<'_> {
                 );
                 return (CExpr::Const(Value::Bool(false)), Type::Bool);
             };
-            return match Regex::new(pattern) {
+            return match regexes::compile(pattern, self.regex_budget) {
                 Ok(re) => (
                     CExpr::Match(Box::new(lc), Pattern::new(pattern, re)),
                     Type::Bool,
                 ),
-                Err(e) => {
-                    let msg = e.to_string();
-                    let last = regex_message(&msg);
-                    self.hint(
-                        r.span,
-                        format!("invalid regex: {last}"),
-                        "regex syntax: https://docs.rs/regex/#syntax",
-                    );
+                Err(refused) => {
+                    self.hint(r.span, refused.message, refused.hint);
                     (CExpr::Const(Value::Bool(false)), Type::Bool)
                 }
             };
@@ -538,16 +531,10 @@ impl Compiler<'_> {
                     }
                     if spec.name == "pattern" {
                         if let CExpr::Const(Value::Str(p)) = &c {
-                            match Regex::new(p) {
+                            match regexes::compile(p, self.regex_budget) {
                                 Ok(re) => regex = Some(re),
-                                Err(e) => {
-                                    let msg = e.to_string();
-                                    let last = regex_message(&msg);
-                                    self.hint(
-                                        expr.span,
-                                        format!("invalid regex: {last}"),
-                                        "regex syntax: https://docs.rs/regex/#syntax",
-                                    );
+                                Err(refused) => {
+                                    self.hint(expr.span, refused.message, refused.hint);
                                     ok = false;
                                 }
                             }
@@ -659,10 +646,4 @@ pub(crate) fn with_article(word: &str) -> String {
         "a"
     };
     format!("{article} {word}")
-}
-
-/// The regex crate's message without its "error: " prefix and the pattern echo.
-fn regex_message(msg: &str) -> String {
-    let last = msg.lines().last().unwrap_or("").trim();
-    last.strip_prefix("error: ").unwrap_or(last).to_owned()
 }
