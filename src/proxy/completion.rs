@@ -91,10 +91,13 @@ impl Meter {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        self.conn.activity.request_finished();
         if !self.answered {
-            self.conn.activity.request_abandoned();
+            // Before `request_finished`: the abandoned request is still in flight.
+            self.conn
+                .activity
+                .request_abandoned(self.meter.start.elapsed());
         }
+        self.conn.activity.request_finished();
         self.conn.stats.record(self.status);
         self.meter.record(self.status);
         if let Some(job) = self.log.take() {
