@@ -3,7 +3,7 @@
 //! `Upgrade`/`CONNECT` requests — served by hyper, with a watchdog that enforces
 //! `timeouts.header` (a request head must arrive within it once its first byte has)
 //! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
-//! shutdown.
+//! shutdown. HTTP/2 streams run under `stall`'s send timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 
+use super::stall::{StallClock, StreamExec};
 use super::worker::WorkerCtx;
 
 /// Per-connection facts the request path needs.
@@ -365,10 +366,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 }
 
 /// The hyper builder for a generation's limits: HTTP/1.1 with keep-alive and HTTP/2
-/// by prior knowledge on the same listener.
-pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// by prior knowledge on the same listener; HTTP/2 streams run under the send timeout
+/// (`timeouts.idle`, see `stall`), and `peer` is the client, for its log.
+pub fn http_builder(config: &Config, peer: SocketAddr) -> auto::Builder<StreamExec> {
     let limits = &config.server.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExec {
+        send_timeout: config.server.timeouts.idle,
+        peer,
+    });
     // hyper's own 431 is a backstop at twice the limit; below that the request path
     // answers 431 itself, with an x-request-id.
     let hyper_limit = limits.max_header_bytes.saturating_mul(2).max(16 * 1024);
@@ -464,9 +469,9 @@ async fn serve_hyper<S>(
     let generation = ctx.shared.generation();
     let timeouts = generation.config.server.timeouts.clone();
     let builder = match protocol {
-        Protocol::Auto => http_builder(&generation.config),
-        Protocol::Http1 => http_builder(&generation.config).http1_only(),
-        Protocol::Http2 => http_builder(&generation.config).http2_only(),
+        Protocol::Auto => http_builder(&generation.config, peer),
+        Protocol::Http1 => http_builder(&generation.config, peer).http1_only(),
+        Protocol::Http2 => http_builder(&generation.config, peer).http2_only(),
     };
     drop(generation);
 
@@ -492,6 +497,11 @@ async fn serve_hyper<S>(
         );
         async move {
             let mut resp = answer.await?;
+            // On an HTTP/2 stream: the body tells the stream's send timeout how far
+            // the client has taken it.
+            if let Some(clock) = StallClock::current() {
+                resp.body_mut().watch_stall(clock);
+            }
             if close_unless_upgraded && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
