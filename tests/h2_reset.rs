@@ -1,6 +1,8 @@
 //! HTTP/2 rapid reset (CVE-2023-44487): one connection opens and cancels thousands of
 //! streams as fast as it can. The proxy must cut that connection off (GOAWAY) while
-//! other clients keep being served.
+//! other clients keep being served. Slower variants (resets once streams reach the
+//! upstream) are cut gracefully, letting requests in flight finish; a client that
+//! cancels requests it waited for is not cut at all.
 //!
 //! The abusive client writes raw frames: the `h2` crate's client drops a stream whose
 //! HEADERS are still queued when it is reset, so it never puts this attack on the wire.

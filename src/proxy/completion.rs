@@ -1,7 +1,8 @@
 //! `ResponseBody`: the body handed to hyper for every response. It counts the bytes
-//! sent (on HTTP/2 also telling the stream's send timeout, `server::stall`), and when the response is finished (or the client goes away) its drop runs the
-//! request's epilogue: the in-flight count of the upstream server and of the
-//! connection go down, and the access log line is written.
+//! sent (on HTTP/2 also telling the stream's send timeout, `server::stall`), and when
+//! the response is finished (or the client goes away) its drop runs the request's
+//! epilogue: the in-flight count of the upstream server and of the connection go
+//! down, and the access log line is written.
 
 use std::net::IpAddr;
 use std::pin::Pin;
