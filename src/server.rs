@@ -10,6 +10,7 @@ pub mod h1;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod stall;
 pub mod tcp;
 pub mod tls;
 pub mod worker;

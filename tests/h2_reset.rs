@@ -1,6 +1,8 @@
 //! HTTP/2 rapid reset (CVE-2023-44487): one connection opens and cancels thousands of
 //! streams as fast as it can. The proxy must cut that connection off (GOAWAY) while
-//! other clients keep being served.
+//! other clients keep being served. Slower variants (resets once streams reach the
+//! upstream) are cut gracefully, letting requests in flight finish; a client that
+//! cancels requests it waited for is not cut at all.
 //!
 //! The abusive client writes raw frames: the `h2` crate's client drops a stream whose
 //! HEADERS are still queued when it is reset, so it never puts this attack on the wire.
@@ -322,4 +324,100 @@ async fn pings_between_requests_do_not_start_the_header_clock() {
         written.is_ok() && answered.ok() == Some(true),
         "the second request is answered on the same connection"
     );
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// An HTTP/2 connection (prior knowledge) with hyper's client, whose connection task
+/// runs in the background.
+async fn h2_connect(addr: std::net::SocketAddr) -> H2Sender {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET path` on an open HTTP/2 connection, read whole.
+async fn h2_get(mut sender: H2Sender, path: String) -> Result<Resp, String> {
+    let resp = sender
+        .send_request(empty(req("GET", &path)))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    read_resp(resp).await
+}
+
+/// `n` requests to `/slow/...` on `sender`, each given up (RST_STREAM CANCEL) after
+/// `patience` without an answer.
+async fn cancel_many(sender: &H2Sender, n: usize, patience: Duration) {
+    let mut cancels = Vec::new();
+    for i in 0..n {
+        let s = sender.clone();
+        cancels.push(tokio::spawn(async move {
+            let answered = timeout(patience, h2_get(s, format!("/slow/cancelled-{i}"))).await;
+            assert!(
+                answered.is_err(),
+                "request {i} was not meant to be answered"
+            );
+        }));
+    }
+    for c in cancels {
+        c.await.expect("cancelling task");
+    }
+}
+
+/// A browser leaving slow pages, or a gRPC client whose deadlines expire, cancels
+/// requests it waited for: that costs it as much as the proxy, is no rapid reset, and
+/// must not cost it its connection (it was closed once 100 resets were over half the
+/// connection's requests, however long each had run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_requests_after_waiting_for_them_keeps_the_connection() {
+    let up = Upstream::start("a", Behavior::slow_on("/slow", 5_000)).await;
+    let px = proxy_with("workers = 1", &app(&[&up], ""));
+    let sender = h2_connect(px.addr).await;
+    cancel_many(&sender, 150, Duration::from_millis(1_200)).await;
+    // Time for a GOAWAY, if one were coming, to arrive before the next request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = timeout(CLIENT_TIMEOUT, h2_get(sender, "/after".into()))
+        .await
+        .expect("an answer in time");
+    assert_eq!(
+        after.map(|r| r.status),
+        Ok(http::StatusCode::OK),
+        "the connection still serves requests after 150 cancels"
+    );
+}
+
+/// When the premature-reset check does close a connection, it does so gracefully:
+/// requests already running on it finish and are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_finish_when_premature_resets_close_the_connection() {
+    let up = Upstream::start("a", Behavior::slow_on("/slow", 3_000)).await;
+    let px = proxy_with("workers = 1", &app(&[&up], ""));
+    let sender = h2_connect(px.addr).await;
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(h2_get(sender.clone(), format!("/slow/kept-{i}"))))
+        .collect();
+    // Let them reach the upstream before the resets start.
+    assert!(wait_until(Duration::from_secs(5), || up.inflight() == 4).await);
+    cancel_many(&sender, 150, Duration::from_millis(100)).await;
+    for (i, answer) in in_flight.into_iter().enumerate() {
+        let answer = timeout(CLIENT_TIMEOUT, answer)
+            .await
+            .expect("an answer in time")
+            .expect("task");
+        assert_eq!(
+            answer.map(|r| r.status),
+            Ok(http::StatusCode::OK),
+            "in-flight request {i}"
+        );
+    }
+    // The check did fire: the connection takes no new request.
+    let after = timeout(CLIENT_TIMEOUT, h2_get(sender, "/after".into()))
+        .await
+        .expect("an answer or an error in time");
+    assert!(after.is_err(), "the connection was closed: {after:?}");
 }

@@ -1,12 +1,13 @@
 //! `ResponseBody`: the body handed to hyper for every response. It counts the bytes
-//! sent, and when the response is finished (or the client goes away) its drop runs the
-//! request's epilogue: the in-flight count of the upstream server and of the
-//! connection go down, and the access log line is written.
+//! sent (on HTTP/2 also telling the stream's send timeout, `server::stall`), and when
+//! the response is finished (or the client goes away) its drop runs the request's
+//! epilogue: the in-flight count of the upstream server and of the connection go
+//! down, and the access log line is written.
 
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use crate::generation::Generation;
@@ -18,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::http::body::BoxError;
 use crate::http::{ProxyBody, RequestId};
 use crate::server::conn::ConnInfo;
+use crate::server::stall::{BodyWatch, StallClock};
 use crate::upstream::InflightGuard;
 
 /// What the access log line says about a request.
@@ -91,10 +93,13 @@ impl Meter {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        self.conn.activity.request_finished();
         if !self.answered {
-            self.conn.activity.request_abandoned();
+            // Before `request_finished`: the abandoned request is still in flight.
+            self.conn
+                .activity
+                .request_abandoned(self.meter.start.elapsed());
         }
+        self.conn.activity.request_finished();
         self.conn.stats.record(self.status);
         self.meter.record(self.status);
         if let Some(job) = self.log.take() {
@@ -165,12 +170,24 @@ pub fn access_line(l: &AccessLine<'_>) {
 pub struct ResponseBody {
     inner: ProxyBody,
     completion: Completion,
+    /// On an HTTP/2 stream: its send timeout's clock (`server::stall`). Boxed: most
+    /// responses (HTTP/1.1) have none, and this body is moved several times.
+    stall: Option<Box<BodyWatch>>,
 }
 
 impl ResponseBody {
     /// Wraps `inner`; `completion` runs when this body is dropped.
     pub fn new(inner: ProxyBody, completion: Completion) -> Self {
-        ResponseBody { inner, completion }
+        ResponseBody {
+            inner,
+            completion,
+            stall: None,
+        }
+    }
+
+    /// Reports to `clock` each frame hyper takes, and each time it asks for more.
+    pub fn watch_stall(&mut self, clock: Arc<StallClock>) {
+        self.stall = Some(Box::new(BodyWatch::new(clock)));
     }
 
     /// See [`ProxyBody::take_raw_head`].
@@ -188,20 +205,43 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.completion.bytes += data.len() as u64;
+        let Some(watch) = this.stall.as_deref_mut() else {
+            let polled = Pin::new(&mut this.inner).poll_frame(cx);
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                if let Some(data) = frame.data_ref() {
+                    this.completion.bytes += data.len() as u64;
+                }
             }
-        }
-        polled
+            return polled;
+        };
+        let data = match watch.asked() {
+            Some(slice) => slice,
+            None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => watch.slice(data),
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                end => return Poll::Ready(end),
+            },
+        };
+        this.completion.bytes += data.len() as u64;
+        watch.handed();
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.stall.as_ref().is_none_or(|w| w.held_back() == 0) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let held = self.stall.as_ref().map_or(0, |w| w.held_back() as u64);
+        if held > 0 {
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(held));
+            }
+            hint.set_lower(hint.lower().saturating_add(held));
+        }
+        hint
     }
 }

@@ -3,7 +3,7 @@
 //! `Upgrade`/`CONNECT` requests — served by hyper, with a watchdog that enforces
 //! `timeouts.header` (a request head must arrive within it once its first byte has)
 //! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
-//! shutdown.
+//! shutdown. HTTP/2 streams run under `stall`'s send timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 
+use super::stall::{StallClock, StreamExec};
 use super::worker::WorkerCtx;
 
 /// Per-connection facts the request path needs.
@@ -58,8 +59,18 @@ impl ConnInfo {
     }
 }
 
-/// Requests a client may abandon on one connection before the ratio check applies.
+/// Premature resets (see [`Activity::request_abandoned`]) a client may make within one
+/// [`RESET_WINDOW`] before the ratio check applies.
 pub const ABANDONED_LIMIT: u64 = 100;
+
+/// A request the client gives up sooner than this after it arrived is a premature
+/// reset (Envoy's `premature_reset_min_stream_lifetime`); one given up later is not
+/// counted at all.
+pub const PREMATURE_RESET: Duration = Duration::from_secs(1);
+
+/// Premature resets are counted per window of this length: a long-lived connection
+/// is judged by its recent behaviour, not by all it ever did.
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the watchdog reads: requests in flight, and when things last happened, in
 /// milliseconds since the connection opened (0 = never).
@@ -77,8 +88,9 @@ pub struct Activity {
     /// The head being read carries both Content-Length and Transfer-Encoding (hyper
     /// silently drops the former, so only the raw bytes show it).
     ambiguous_framing: AtomicBool,
-    /// Requests the client gave up before their answer (HTTP/2: streams it reset).
-    abandoned: AtomicU64,
+    /// Premature resets in the current window (HTTP/2: streams reset before their
+    /// answer, young). Locked only when a request is given up, never per request.
+    resets: parking_lot::Mutex<ResetWindow>,
     /// Told when abandoned requests say the client abuses the connection.
     abuse: tokio::sync::Notify,
 }
@@ -93,20 +105,29 @@ impl Activity {
             watched: AtomicBool::new(false),
             started: AtomicU64::new(0),
             ambiguous_framing: AtomicBool::new(false),
-            abandoned: AtomicU64::new(0),
+            resets: parking_lot::Mutex::new(ResetWindow::default()),
             abuse: tokio::sync::Notify::new(),
         }
     }
 
     /// A request ended before its answer because the client gave it up (a reset
-    /// HTTP/2 stream). Opening streams and resetting each once it reaches the upstream
-    /// (slower than the rapid reset hyper counts) makes upstream requests at no cost to
-    /// the client: past [`ABANDONED_LIMIT`] abandoned requests that are over half of
-    /// the connection's, its watchdog closes it (GOAWAY), as Envoy does with premature
-    /// resets.
-    pub fn request_abandoned(&self) {
-        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
-        if abandoned >= ABANDONED_LIMIT && abandoned * 2 > self.started.load(Ordering::Relaxed) {
+    /// HTTP/2 stream), `age` after it arrived. Opening streams and resetting each once
+    /// it reaches the upstream (slower than the rapid reset hyper counts) makes
+    /// upstream requests at no cost to the client. So a premature reset (younger than
+    /// [`PREMATURE_RESET`], as Envoy counts them) is counted per [`RESET_WINDOW`]; once
+    /// a window holds [`ABANDONED_LIMIT`] of them and they are over half of the
+    /// requests the window saw, the watchdog closes the connection gracefully (GOAWAY;
+    /// streams already accepted finish). A client that cancels requests it waited for
+    /// (a page left, a gRPC deadline of a second or more), or cancels at a human pace,
+    /// keeps its connection.
+    pub fn request_abandoned(&self, age: Duration) {
+        if age >= PREMATURE_RESET {
+            return;
+        }
+        let now = self.now_ms();
+        let started = self.started.load(Ordering::Relaxed);
+        let inflight = u64::from(self.inflight.load(Ordering::Relaxed));
+        if self.resets.lock().premature(now, started, inflight) {
             self.abuse.notify_one();
         }
     }
@@ -147,6 +168,39 @@ impl Activity {
             // No wake-up: the watchdog looks at least every `header` (see `serve_io`).
             self.head_started_ms.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+}
+
+/// The premature resets of one window, and the requests it saw.
+#[derive(Debug, Default)]
+struct ResetWindow {
+    /// When the window opened (ms since the connection opened).
+    opened_ms: u64,
+    /// Requests started before the window opened and not in flight then.
+    before: u64,
+    /// Premature resets in this window (0: no window open).
+    premature: u64,
+}
+
+impl ResetWindow {
+    /// Counts a premature reset at `now_ms`, when `started` requests have started on
+    /// the connection and `inflight` (the reset one included) are running. True when
+    /// the window now says the client abuses the connection.
+    fn premature(&mut self, now_ms: u64, started: u64, inflight: u64) -> bool {
+        if self.premature == 0
+            || now_ms.saturating_sub(self.opened_ms) >= RESET_WINDOW.as_millis() as u64
+        {
+            // Requests in flight when the window opens count as the window's: the
+            // reset ones among them are counted here too.
+            *self = ResetWindow {
+                opened_ms: now_ms,
+                before: started.saturating_sub(inflight),
+                premature: 0,
+            };
+        }
+        self.premature += 1;
+        let requests = started.saturating_sub(self.before);
+        self.premature >= ABANDONED_LIMIT && self.premature * 2 > requests
     }
 }
 
@@ -312,10 +366,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 }
 
 /// The hyper builder for a generation's limits: HTTP/1.1 with keep-alive and HTTP/2
-/// by prior knowledge on the same listener.
-pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// by prior knowledge on the same listener; HTTP/2 streams run under the send timeout
+/// (`timeouts.idle`, see `stall`), and `peer` is the client, for its log.
+pub fn http_builder(config: &Config, peer: SocketAddr) -> auto::Builder<StreamExec> {
     let limits = &config.server.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExec {
+        send_timeout: config.server.timeouts.idle,
+        peer,
+    });
     // hyper's own 431 is a backstop at twice the limit; below that the request path
     // answers 431 itself, with an x-request-id.
     let hyper_limit = limits.max_header_bytes.saturating_mul(2).max(16 * 1024);
@@ -411,9 +469,9 @@ async fn serve_hyper<S>(
     let generation = ctx.shared.generation();
     let timeouts = generation.config.server.timeouts.clone();
     let builder = match protocol {
-        Protocol::Auto => http_builder(&generation.config),
-        Protocol::Http1 => http_builder(&generation.config).http1_only(),
-        Protocol::Http2 => http_builder(&generation.config).http2_only(),
+        Protocol::Auto => http_builder(&generation.config, peer),
+        Protocol::Http1 => http_builder(&generation.config, peer).http1_only(),
+        Protocol::Http2 => http_builder(&generation.config, peer).http2_only(),
     };
     drop(generation);
 
@@ -439,6 +497,11 @@ async fn serve_hyper<S>(
         );
         async move {
             let mut resp = answer.await?;
+            // On an HTTP/2 stream: the body tells the stream's send timeout how far
+            // the client has taken it.
+            if let Some(clock) = StallClock::current() {
+                resp.body_mut().watch_stall(clock);
+            }
             if close_unless_upgraded && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
@@ -493,7 +556,9 @@ async fn serve_hyper<S>(
                 served.as_mut().graceful_shutdown();
             }
             _ = conn.activity.abuse.notified(), if !draining => {
-                tracing::warn!(target: "proxycache::server", %peer, "the client gave up most of its requests (reset streams); closing the connection");
+                // Graceful: GOAWAY, and the streams already accepted (the client's
+                // honest requests among them) still finish.
+                tracing::warn!(target: "proxycache::server", %peer, "the client reset most of its recent requests early (premature resets); closing the connection gracefully");
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
@@ -504,7 +569,35 @@ async fn serve_hyper<S>(
 
 #[cfg(test)]
 mod tests {
-    use super::HeadScan;
+    use super::{HeadScan, ResetWindow, ABANDONED_LIMIT, RESET_WINDOW};
+
+    #[test]
+    fn a_burst_of_premature_resets_is_abuse() {
+        let mut w = ResetWindow::default();
+        // 100 streams opened, then reset one by one.
+        let fired: Vec<bool> = (0..ABANDONED_LIMIT)
+            .map(|i| w.premature(10, 100, 100 - i))
+            .collect();
+        assert!(!fired[..99].iter().any(|&f| f));
+        assert!(fired[99]);
+    }
+
+    #[test]
+    fn resets_among_many_answers_are_not_abuse() {
+        let mut w = ResetWindow::default();
+        // Within one window, two requests answered for each one reset.
+        let fired = (0..150).any(|i| w.premature(10 + i, 250 + 3 * i, 1));
+        assert!(!fired);
+    }
+
+    #[test]
+    fn resets_at_a_steady_pace_open_new_windows() {
+        let mut w = ResetWindow::default();
+        let step = 2 * RESET_WINDOW.as_millis() as u64 / ABANDONED_LIMIT;
+        // Nothing but resets, at half the limit's pace: no window holds the limit.
+        let fired = (0..1_000u64).any(|i| w.premature(1 + i * step, i + 1, 1));
+        assert!(!fired);
+    }
 
     #[test]
     fn heads_with_both_framings_are_noticed() {

@@ -161,6 +161,8 @@ pub struct UpstreamState {
     pub health_checks: AtomicUsize,
     /// Requests being handled right now (health checks excluded).
     pub inflight: AtomicUsize,
+    /// Connections that have ended (closed by either side, or failed).
+    pub closed: AtomicUsize,
     /// What `/healthz` answers: 200 when true, 500 when false.
     pub healthy: AtomicBool,
     /// When true, requests are read and then the connection is dropped without an answer.
@@ -192,6 +194,7 @@ impl Upstream {
             requests: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             fail: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
@@ -205,11 +208,12 @@ impl Upstream {
                 };
                 accept_state.accepts.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_upstream_conn(
-                    stream,
-                    Arc::clone(&accept_state),
-                    Arc::clone(&behavior),
-                ));
+                let state = Arc::clone(&accept_state);
+                let behavior = Arc::clone(&behavior);
+                tokio::spawn(async move {
+                    serve_upstream_conn(stream, Arc::clone(&state), behavior).await;
+                    state.closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Upstream {
@@ -234,6 +238,11 @@ impl Upstream {
 
     pub fn inflight(&self) -> usize {
         self.state.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended.
+    pub fn closed(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
     }
 
     pub fn set_healthy(&self, healthy: bool) {
