@@ -782,3 +782,75 @@ async fn pipelined_requests_get_passed_heads_in_order() {
     }
     assert_eq!(raw.requests(), 3);
 }
+
+// ---- who is waited on when an upload stalls ------------------------------------------
+
+/// A server that answers `200` with its head as soon as a request head is read, then
+/// reads the whole request body, then sends the body `got N` (N: bytes received).
+async fn answers_head_then_reads() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until_head(&mut stream, &mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                buf.drain(..end);
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let body = format!("got {length}");
+                let early = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(early.as_bytes()).await.is_err() {
+                    return;
+                }
+                if !read_body(&mut stream, &mut buf, &head).await {
+                    return;
+                }
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_head_and_a_steady_upload_get_the_whole_response() {
+    // The head comes back at once; the body only once the server has the whole
+    // upload, which comes in pieces closer together than the response timeout but
+    // over longer than it in all. Each piece written moves the wait for the response
+    // body (b0a8c41): without that, the response was cut at the timeout.
+    let addr = answers_head_then_reads().await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"500ms\"\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    );
+    let mut steady = TcpStream::connect(px.addr).await.expect("connect");
+    steady
+        .write_all(
+            b"POST /steady HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (A proxy that cut the response has closed the connection.)
+        if steady.write_all(b"ab").await.is_err() {
+            break;
+        }
+    }
+    let answer = read_raw(&mut steady, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(raw_body(&answer), "got 8", "the whole response: {answer}");
+}
