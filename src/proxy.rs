@@ -653,6 +653,11 @@ async fn send_to<T: Transport>(
         Err(SendError::RequestBodyStalled(timeout)) => {
             Err(Failed::Sent(ProxyError::RequestBodyTimeout { timeout }))
         }
+        Err(SendError::SendTimeout(timeout)) => Err(Failed::Sent(ProxyError::SendTimeout {
+            upstream: upstream(),
+            server: addr,
+            timeout,
+        })),
         Err(SendError::Upstream(e)) => Err(Failed::Sent(
             match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
                 (Some(limit), _) => ProxyError::BodyTooLarge { limit },

@@ -785,6 +785,91 @@ async fn pipelined_requests_get_passed_heads_in_order() {
 
 // ---- who is waited on when an upload stalls ------------------------------------------
 
+/// A server that reads a request head and then nothing more, keeping the connection
+/// open: its receive window fills and stays full. Counts the heads it read.
+async fn never_reads() -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // Small and fixed (no autotuning): the proxy's writes block after a few hundred
+    // KiB in flight rather than after many MiB.
+    socket
+        .set_recv_buffer_size(64 * 1024)
+        .expect("receive buffer");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(64).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until_head(&mut stream, &mut buf).await.is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads from `rd` until a whole response head has come (or EOF, or `limit`).
+async fn read_head(rd: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> String {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
+    // The client sends its body as fast as it can; the server stops reading after the
+    // head, so the proxy waits to write to the server, not for the client. That was a
+    // 408 blaming the client, and the server was not charged.
+    let (addr, heads) = never_reads().await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[server.limits]\nmax_body = \"64MiB\"\n\n[upstreams.app]\nservers = [\"{addr}\"]\n\
+             response_timeout = \"500ms\"\ncircuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    );
+    const LEN: usize = 24 * 1024 * 1024;
+    let stream = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n\r\n");
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            // The proxy stops reading once it has answered: a reset ends the upload.
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = read_head(&mut rd, Duration::from_secs(10)).await;
+    writer.abort();
+    assert_eq!(heads.load(Ordering::SeqCst), 1, "the server got the head");
+    assert_eq!(raw_status(&answer), 504, "{answer}");
+    // Charged to the server: with `failures = 1` its breaker is open.
+    let next = get(px.addr, "/next").await;
+    assert_eq!(next.status, 503, "{}", next.text());
+}
+
 /// A server that answers `200` with its head as soon as a request head is read, then
 /// reads the whole request body, then sends the body `got N` (N: bytes received).
 async fn answers_head_then_reads() -> SocketAddr {

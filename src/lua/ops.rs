@@ -466,5 +466,8 @@ fn send_error(e: &client::SendError) -> String {
         client::SendError::RequestBodyStalled(t) => {
             format!("the request body made no progress within {t:?}")
         }
+        client::SendError::SendTimeout(t) => {
+            format!("the server read none of the request within {t:?}")
+        }
     }
 }

@@ -44,6 +44,9 @@ pub enum SendError {
     /// The request body (from the client) made no progress for the response timeout
     /// while the server waited for it.
     RequestBodyStalled(Duration),
+    /// The server took none of the request for the response timeout while there was
+    /// more of it to send (it stopped reading).
+    SendTimeout(Duration),
 }
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
@@ -124,6 +127,9 @@ async fn send_own(
         }
         Err(h1::Failure::Failed(h1::H1Error::RequestBodyStalled(t))) => {
             Err(Retry::Failed(SendError::RequestBodyStalled(t)))
+        }
+        Err(h1::Failure::Failed(h1::H1Error::SendStalled(t))) => {
+            Err(Retry::Failed(SendError::SendTimeout(t)))
         }
         Err(h1::Failure::Unsent(back)) => Err(Retry::Unsent(back)),
         Err(h1::Failure::Failed(e)) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),
