@@ -282,6 +282,7 @@ async fn forward(
             client_ip: turn.info.client_ip,
             // The script reads the response.
             head_unread: false,
+            waiting: None,
         },
         index,
         Box::new(Request::from_parts(parts, body)),
