@@ -201,7 +201,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// `now + timeout`, or [`FAR_FUTURE`] from now when the sum overflows: config bounds
 /// its durations, but a script's `timeout` may be any number of seconds.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+pub(super) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(timeout)
         .or_else(|| now.checked_add(FAR_FUTURE))
