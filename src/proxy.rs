@@ -31,7 +31,7 @@ use crate::server::conn::ConnInfo;
 use crate::server::worker::WorkerCtx;
 use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::client::SendError;
-use crate::upstream::{InflightGuard, Tried, UpstreamSet};
+use crate::upstream::{InflightGuard, ServerState, Tried, UpstreamSet};
 
 use transport::{Pooled, Transport};
 
@@ -163,6 +163,7 @@ fn access_entry(
         id: id.clone(),
         upstream: None,
         server: None,
+        waiting: None,
         start: Instant::now(),
     }))
 }
@@ -309,18 +310,20 @@ async fn proxy(
 
     // 4-5. The upstream request, sent (see `send_upstream`). An upgrade is decided
     //      only now (a module may have removed `Upgrade`) and goes its own way.
-    let out = Outbound {
+    // No module reads the response's headers (the modules' own changes go in the
+    // map and win over the received lines), and the client's writer can copy a head
+    // as received: the upstream's head needs no header map.
+    let head_unread = writer == Writer::TakesRawHead
+        && done.script.as_ref().is_none_or(|state| {
+            generation.pipeline.response_head_unread && state.ctx.cache.is_none()
+        });
+    let outbound = |waiting| Outbound {
         generation,
         worker: ctx,
         conn,
         client_ip,
-        // No module reads the response's headers (the modules' own changes go in the
-        // map and win over the received lines), and the client's writer can copy a
-        // head as received: the upstream's head needs no header map.
-        head_unread: writer == Writer::TakesRawHead
-            && done.script.as_ref().is_none_or(|state| {
-                generation.pipeline.response_head_unread && state.ctx.cache.is_none()
-            }),
+        head_unread,
+        waiting,
     };
     // (Moved through a function rather than borrowed here: a borrowed local keeps
     // its room in this future across every later await.)
@@ -332,10 +335,13 @@ async fn proxy(
         Err(upgrade) => {
             // Boxed: upgrades are rare, and every request pays for this future's size.
             let timing = (response_timeout, Some(retries));
+            // (`upgrade::forward` notes the server in `done` itself.)
+            let out = outbound(None);
             let upgrading = Box::pin(upgrade::forward(*upgrade, out, target, timing, done));
             return upgrading.await;
         }
     };
+    let out = outbound(done.access.as_deref_mut().map(|entry| &mut entry.waiting));
     let (mut resp, guard) =
         send_upstream(out, target, req, host, response_timeout, Some(retries)).await?;
     done.inflight = Some(guard);
@@ -357,6 +363,9 @@ pub struct Outbound<'a> {
     /// client: an HTTP/1.1 upstream's head may come back as received (see
     /// `http::RawHead`), its headers not in the response's map.
     pub head_unread: bool,
+    /// Where to note the server each attempt goes to, before waiting for it (the
+    /// access log's, for a request given up meanwhile).
+    pub waiting: Option<&'a mut Option<Arc<ServerState>>>,
 }
 
 /// Sends a request to upstream set `target` now and returns the response (hop-by-hop
@@ -394,7 +403,16 @@ pub async fn send_upstream(
         retries,
         wire: wire.as_ref(),
     };
-    let (resp, guard) = forward(via, set, &key, upstream_req, out.worker, sending).await?;
+    let (resp, guard) = forward(
+        via,
+        set,
+        &key,
+        upstream_req,
+        out.worker,
+        sending,
+        out.waiting,
+    )
+    .await?;
     let (mut parts, body) = resp.into_parts();
     via.incoming(&mut parts);
     Ok((Response::from_parts(parts, body), guard))
@@ -513,6 +531,7 @@ struct Sending<'a> {
     wire: Option<&'a Forwarding>,
 }
 
+/// `waiting`: where to note each server sent to, before its answer is waited for.
 async fn forward<T: Transport>(
     via: &T,
     set: &UpstreamSet,
@@ -520,6 +539,7 @@ async fn forward<T: Transport>(
     mut req: Box<Request<ProxyBody>>,
     ctx: &WorkerCtx,
     sending: Sending<'_>,
+    mut waiting: Option<&mut Option<Arc<ServerState>>>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
     let retries = sending.retries;
     let no_server = || ProxyError::NoHealthyServer {
@@ -536,6 +556,9 @@ async fn forward<T: Transport>(
             Some(p) => p,
             None => return Err(last_error.unwrap_or_else(no_server)),
         };
+        if let Some(slot) = waiting.as_deref_mut() {
+            *slot = Some(Arc::clone(guard.server()));
+        }
         match send_to(via, set, index, guard, req, ctx, sending).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Sent(e)) => return Err(e),
@@ -653,6 +676,11 @@ async fn send_to<T: Transport>(
         Err(SendError::RequestBodyStalled(timeout)) => {
             Err(Failed::Sent(ProxyError::RequestBodyTimeout { timeout }))
         }
+        Err(SendError::SendTimeout(timeout)) => Err(Failed::Sent(ProxyError::SendTimeout {
+            upstream: upstream(),
+            server: addr,
+            timeout,
+        })),
         Err(SendError::Upstream(e)) => Err(Failed::Sent(
             match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
                 (Some(limit), _) => ProxyError::BodyTooLarge { limit },

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod h1;
 pub mod health;
 pub mod pool;
+pub mod progress;
 pub mod server;
 pub mod tls;
 pub mod upgrade;

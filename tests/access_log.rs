@@ -33,18 +33,16 @@ fn access_lines(log: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_is_one_json_line_with_an_origin_form_path() {
-    let up = Upstream::start("a", Behavior::echo()).await;
-    let dead = dead_addr();
+/// Runs the binary with the JSON access log on, one worker, and `rest` (upstreams and
+/// routes) after `[scripts]`; waits until it listens. Returns it (killed on drop),
+/// its address and the file its stderr goes to.
+async fn run_logging(tag: &str, rest: &str) -> (Killed, SocketAddr, std::path::PathBuf, Site) {
     let port = free_port();
-    let site = Site::new("access-log");
+    let site = Site::new(tag);
     site.write_config(&format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
          [log]\nformat = \"json\"\naccess = true\nlevel = \"info\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
-         [upstreams.dead]\nservers = [\"{dead}\"]\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n{}",
-        app(&[&up], "")
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
     ));
     let log = site.dir.join("stderr.log");
     let child = Command::new(env!("CARGO_BIN_EXE_proxycache"))
@@ -55,13 +53,29 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn proxycache");
-    let _child = Killed(child);
+    let child = Killed(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let up_now = wait_until(Duration::from_secs(20), || {
         std::net::TcpStream::connect(addr).is_ok()
     })
     .await;
     assert!(up_now, "proxycache did not start");
+    (child, addr, log, site)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_one_json_line_with_an_origin_form_path() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let dead = dead_addr();
+    let (_child, addr, log, _site) = run_logging(
+        "access-log",
+        &format!(
+            "[upstreams.dead]\nservers = [\"{dead}\"]\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n{}",
+            app(&[&up], "")
+        ),
+    )
+    .await;
+    let port = addr.port();
 
     assert_eq!(get(addr, "/h1path?q=1").await.status, 200);
     let h2 = http::Request::builder()
@@ -107,4 +121,29 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
         assert_eq!(f["upstream"], "app");
         assert!(f["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_while_the_server_thinks_names_the_server() {
+    // The client leaves while the proxy waits for the response head: a 499 that said
+    // server "-", though the line names the server on a 502 or a 504.
+    let up = Upstream::start("a", Behavior::slow(3000)).await;
+    let (_child, addr, log, _site) = run_logging("access-log-499", &app(&[&up], "")).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        format!("GET /given-up HTTP/1.1\r\nhost: {TEST_HOST}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let asked = wait_until(Duration::from_secs(5), || up.requests() >= 1).await;
+    assert!(asked, "the request reached the server");
+    drop(stream);
+    let found = wait_until(Duration::from_secs(5), || !access_lines(&log).is_empty()).await;
+    assert!(found, "an access line: {:?}", std::fs::read_to_string(&log));
+    let lines = access_lines(&log);
+    assert_eq!(lines[0]["status"], 499, "{lines:#?}");
+    assert_eq!(lines[0]["path"], "/given-up", "{lines:#?}");
+    assert_eq!(lines[0]["upstream"], "app", "{lines:#?}");
+    assert_eq!(lines[0]["server"], up.addr.to_string(), "{lines:#?}");
 }

@@ -782,3 +782,160 @@ async fn pipelined_requests_get_passed_heads_in_order() {
     }
     assert_eq!(raw.requests(), 3);
 }
+
+// ---- who is waited on when an upload stalls ------------------------------------------
+
+/// A server that reads a request head and then nothing more, keeping the connection
+/// open: its receive window fills and stays full. Counts the heads it read.
+async fn never_reads() -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // Small and fixed (no autotuning): the proxy's writes block after a few hundred
+    // KiB in flight rather than after many MiB.
+    socket
+        .set_recv_buffer_size(64 * 1024)
+        .expect("receive buffer");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(64).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until_head(&mut stream, &mut buf).await.is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads from `rd` until a whole response head has come (or EOF, or `limit`).
+async fn read_head(rd: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> String {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
+    // The client sends its body as fast as it can; the server stops reading after the
+    // head, so the proxy waits to write to the server, not for the client. That was a
+    // 408 blaming the client, and the server was not charged.
+    let (addr, heads) = never_reads().await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[server.limits]\nmax_body = \"64MiB\"\n\n[upstreams.app]\nservers = [\"{addr}\"]\n\
+             response_timeout = \"500ms\"\ncircuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    );
+    const LEN: usize = 24 * 1024 * 1024;
+    let stream = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n\r\n");
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            // The proxy stops reading once it has answered: a reset ends the upload.
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = read_head(&mut rd, Duration::from_secs(10)).await;
+    writer.abort();
+    assert_eq!(heads.load(Ordering::SeqCst), 1, "the server got the head");
+    assert_eq!(raw_status(&answer), 504, "{answer}");
+    // Charged to the server: with `failures = 1` its breaker is open.
+    let next = get(px.addr, "/next").await;
+    assert_eq!(next.status, 503, "{}", next.text());
+}
+
+/// A server that answers `200` with its head as soon as a request head is read, then
+/// reads the whole request body, then sends the body `got N` (N: bytes received).
+async fn answers_head_then_reads() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until_head(&mut stream, &mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                buf.drain(..end);
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let body = format!("got {length}");
+                let early = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(early.as_bytes()).await.is_err() {
+                    return;
+                }
+                if !read_body(&mut stream, &mut buf, &head).await {
+                    return;
+                }
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_head_and_a_steady_upload_get_the_whole_response() {
+    // The head comes back at once; the body only once the server has the whole
+    // upload, which comes in pieces closer together than the response timeout but
+    // over longer than it in all. Each piece written moves the wait for the response
+    // body (b0a8c41): without that, the response was cut at the timeout.
+    let addr = answers_head_then_reads().await;
+    let px = proxy_with(
+        "workers = 1",
+        &format!(
+            "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"500ms\"\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    );
+    let mut steady = TcpStream::connect(px.addr).await.expect("connect");
+    steady
+        .write_all(
+            b"POST /steady HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (A proxy that cut the response has closed the connection.)
+        if steady.write_all(b"ab").await.is_err() {
+            break;
+        }
+    }
+    let answer = read_raw(&mut steady, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(raw_body(&answer), "got 8", "the whole response: {answer}");
+}

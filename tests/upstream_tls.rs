@@ -1,7 +1,9 @@
 //! Upstream TLS and HTTP/2 (issue #7): `tls = true` with a custom CA (`tls_ca`), a CA
 //! or `sni` that does not match (502, the reason in the log), TLS connections pooled,
-//! `http2 = true` to an h2c upstream, ALPN `h2` over TLS, and gRPC-style trailers
-//! passing from an HTTP/2 upstream to an HTTP/2 client.
+//! `http2 = true` to an h2c upstream, ALPN `h2` over TLS, gRPC-style trailers
+//! passing from an HTTP/2 upstream to an HTTP/2 client, and the same timeouts for an
+//! HTTP/2 upstream as for an HTTP/1.1 one (a response body that stalls is cut; a
+//! stalled upload is the client's 408, an upload the server stops reading its 504).
 //!
 //! The upstreams are tiny hyper servers in the test (behind tokio-rustls for TLS), with
 //! certificates made here by rcgen.
@@ -15,6 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
@@ -24,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::*;
@@ -158,10 +162,12 @@ impl Seen {
     }
 }
 
-/// A response body of one data frame and then trailers.
+/// A response body of one data frame and then trailers (or, `stall`, nothing more
+/// ever).
 struct WithTrailers {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
+    stall: bool,
 }
 
 impl http_body::Body for WithTrailers {
@@ -176,11 +182,16 @@ impl http_body::Body for WithTrailers {
         if let Some(data) = this.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if this.stall {
+            return Poll::Pending;
+        }
         Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 }
 
-/// Answers `hello from <version>` and, for `/grpc`, the trailer `grpc-status: 0`.
+/// Answers `hello from <version>` and, for `/grpc`, the trailer `grpc-status: 0`;
+/// `/stall`: that much of the body and then nothing; `/ignore`: reads none of the
+/// request body and never answers.
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Seen>,
@@ -199,6 +210,10 @@ async fn answer(
     let (version, path) = (req.version(), req.uri().path().to_owned());
     if let Ok(mut log) = seen.log.lock() {
         log.push((version, host, path.clone()));
+    }
+    if path == "/ignore" {
+        let _unread = req;
+        return std::future::pending().await;
     }
     let te = req
         .headers()
@@ -219,6 +234,7 @@ async fn answer(
     let body = WithTrailers {
         data: Some(Bytes::from(format!("hello from {version:?}"))),
         trailers,
+        stall: path == "/stall",
     };
     let mut resp = Response::new(body);
     if path == "/grpc" {
@@ -612,4 +628,129 @@ async fn a_tls_ca_that_does_not_load_refuses_the_start_naming_the_key() {
         err.contains("upstreams.app") && err.contains("tls_ca") && err.contains("cannot read"),
         "{err}"
     );
+}
+
+// ---- timeouts with an HTTP/2 upstream ------------------------------------------------
+
+/// One worker (one pool) to an h2c upstream at `addr`, `response_timeout` 500ms and a
+/// breaker that opens at the first failure.
+fn h2_proxy_with_breaker(addr: SocketAddr) -> Proxy {
+    log_buffer();
+    proxy_with(
+        "workers = 1",
+        &format!(
+            "[server.limits]\nmax_body = \"64MiB\"\n\n[upstreams.app]\nservers = [\"{addr}\"]\nhttp2 = true\n\
+             response_timeout = \"500ms\"\ncircuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_response_body_that_stalls_ends_after_the_response_timeout() {
+    // The head and a first DATA frame, then nothing with the stream left open: the
+    // response hung for good (an HTTP/1.1 upstream's is cut after the timeout).
+    let (addr, _seen) = plain_upstream().await;
+    let px = proxy_to(&addr.to_string(), "http2 = true\nresponse_timeout = \"1s\"");
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(8),
+        try_send(px.addr, empty(req("GET", "/stall"))),
+    )
+    .await;
+    let Ok(result) = result else {
+        panic!("the response still hangs after 8s (response_timeout is 1s)");
+    };
+    assert!(
+        result.is_err(),
+        "a cut body must not look complete: {result:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended after {:?}, before the 1s timeout",
+        started.elapsed()
+    );
+    // The proxy and the connection carry on.
+    assert_eq!(get(px.addr, "/after").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_to_an_h2_upstream_gets_408_and_the_server_is_not_blamed() {
+    // As with an HTTP/1.1 upstream: the client's slowness is a 408 that does not
+    // count against the server (it was a 504, and opened the breaker for everyone).
+    let (addr, _seen) = plain_upstream().await;
+    let px = h2_proxy_with_breaker(addr);
+    let answer = raw_request(
+        px.addr,
+        b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 500\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    let next = get(px.addr, "/next").await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    // A body that keeps coming, slower than the timeout in all but each step, is
+    // not cut.
+    let mut steady = TcpStream::connect(px.addr).await.expect("connect");
+    steady
+        .write_all(
+            b"POST /steady HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        steady.write_all(b"ab").await.expect("write");
+    }
+    let answer = read_raw(&mut steady, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    // (Chunked: the h2 answer gave no length.)
+    assert!(
+        raw_body(&answer).contains("hello from HTTP/2.0"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
+    // Flow control: the server grants no more window, so the proxy waits on the
+    // server, not on the client sending as fast as it can.
+    let (addr, _seen) = plain_upstream().await;
+    let px = h2_proxy_with_breaker(addr);
+    const LEN: usize = 8 * 1024 * 1024;
+    let stream = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /ignore HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n\r\n");
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(raw_status(&answer), 504, "{answer}");
+    // Logged as what it was, with the server's address.
+    let logged = log_lines_with(&addr.to_string());
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("read none of the request body")),
+        "{logged:#?}"
+    );
+    let next = get(px.addr, "/next").await;
+    assert_eq!(next.status, 503, "{}", next.text());
 }

@@ -75,6 +75,14 @@ pub enum ProxyError {
         upstream: String,
         server: SocketAddr,
     },
+    /// The server stopped reading the request (none of it taken for the upstream's
+    /// `response_timeout` while there was more to send): nginx's `proxy_send_timeout`.
+    #[error("upstream {upstream}: {server}: read none of the request body within {timeout:?}")]
+    SendTimeout {
+        upstream: String,
+        server: SocketAddr,
+        timeout: std::time::Duration,
+    },
     /// A module failed at run time (stdlib error, Lua error or budget).
     #[error("module {module} ({location}): {message}")]
     Module {
@@ -102,9 +110,9 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::ConnectTimeout { .. }
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::SendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Module { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -123,7 +131,8 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { server, .. }
             | ProxyError::Tls { server, .. }
             | ProxyError::Upstream { server, .. }
-            | ProxyError::ResponseTimeout { server, .. } => Some(*server),
+            | ProxyError::ResponseTimeout { server, .. }
+            | ProxyError::SendTimeout { server, .. } => Some(*server),
             _ => None,
         }
     }
@@ -188,6 +197,15 @@ mod tests {
             503
         );
         let server: SocketAddr = ([127, 0, 0, 1], 1).into();
+        assert_eq!(
+            ProxyError::SendTimeout {
+                upstream: upstream.clone(),
+                server,
+                timeout: std::time::Duration::from_secs(1),
+            }
+            .status(),
+            504
+        );
         assert_eq!(
             ProxyError::ResponseTimeout { upstream, server }.status(),
             504

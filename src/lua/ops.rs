@@ -282,6 +282,7 @@ async fn forward(
             client_ip: turn.info.client_ip,
             // The script reads the response.
             head_unread: false,
+            waiting: None,
         },
         index,
         Box::new(Request::from_parts(parts, body)),
@@ -465,6 +466,9 @@ fn send_error(e: &client::SendError) -> String {
         client::SendError::ResponseTimeout => "no response in time".into(),
         client::SendError::RequestBodyStalled(t) => {
             format!("the request body made no progress within {t:?}")
+        }
+        client::SendError::SendTimeout(t) => {
+            format!("the server read none of the request within {t:?}")
         }
     }
 }

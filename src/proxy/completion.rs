@@ -20,7 +20,7 @@ use crate::http::body::BoxError;
 use crate::http::{ProxyBody, RequestId};
 use crate::server::conn::ConnInfo;
 use crate::server::stall::{BodyWatch, StallClock};
-use crate::upstream::InflightGuard;
+use crate::upstream::{InflightGuard, ServerState};
 
 /// What the access log line says about a request.
 #[derive(Debug)]
@@ -33,6 +33,9 @@ pub struct AccessEntry {
     /// The server, when no in-flight guard names it at the end: the one a failed
     /// exchange was with, or an upgrade's (its tunnel holds the guard).
     pub server: Option<String>,
+    /// The server last sent to, set before the wait for its answer: what a request
+    /// the client gave up on meanwhile (499) names.
+    pub waiting: Option<Arc<ServerState>>,
     pub start: Instant,
 }
 
@@ -129,6 +132,7 @@ fn write_access_log(
         server: server
             .map(|g| g.server().label())
             .or(e.server.as_deref())
+            .or(e.waiting.as_deref().map(ServerState::label))
             .unwrap_or("-"),
         client: e.client_ip,
         id: &e.id,

@@ -187,7 +187,8 @@ pub(super) async fn forward(
         retries: timing.1.unwrap_or(super::DEFAULT_CONNECT_RETRIES),
         wire: None,
     };
-    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, sending).await?;
+    let waiting = done.access.as_deref_mut().map(|entry| &mut entry.waiting);
+    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, sending, waiting).await?;
     let (mut head, body) = resp.into_parts();
     via.incoming(&mut head);
     let mut resp = Response::from_parts(head, body);

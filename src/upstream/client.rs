@@ -7,11 +7,19 @@
 //! sent again on a fresh connection, so a stale keep-alive connection does not turn
 //! into a 502.
 //!
+//! hyper's exchanges (`http2 = true` sets) keep the same times as `h1`'s: while the
+//! request body goes out, `response_timeout` from its last progress, and whose turn it
+//! was when that runs out says who is blamed (see `progress`); then `response_timeout`
+//! for the head, and at most that between two reads of the response body.
+//!
 //! Requests arrive here in HTTP/1.1 shape (origin-form URI, `Host`); one going out on
 //! an HTTP/2 connection is reshaped (`:scheme` and `:authority` from the endpoint and
 //! `Host`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -25,6 +33,7 @@ use crate::http::ProxyBody;
 use super::connect::{self, ConnectFailure, Endpoint};
 use super::h1;
 use super::pool::{Pool, Sender};
+use super::progress::{self, Progress, Turn};
 
 /// Why a send failed, before it is mapped to a `ProxyError` by the caller.
 #[derive(Debug)]
@@ -44,6 +53,9 @@ pub enum SendError {
     /// The request body (from the client) made no progress for the response timeout
     /// while the server waited for it.
     RequestBodyStalled(Duration),
+    /// The server took none of the request for the response timeout while there was
+    /// more of it to send (it stopped reading).
+    SendTimeout(Duration),
 }
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
@@ -125,6 +137,9 @@ async fn send_own(
         Err(h1::Failure::Failed(h1::H1Error::RequestBodyStalled(t))) => {
             Err(Retry::Failed(SendError::RequestBodyStalled(t)))
         }
+        Err(h1::Failure::Failed(h1::H1Error::SendStalled(t))) => {
+            Err(Retry::Failed(SendError::SendTimeout(t)))
+        }
         Err(h1::Failure::Unsent(back)) => Err(Retry::Unsent(back)),
         Err(h1::Failure::Failed(e)) => Err(Retry::Failed(SendError::Upstream(Box::new(e)))),
         Ok(resp) => {
@@ -201,16 +216,26 @@ async fn try_send(
         // Never here: `send` drives its own connections itself.
         Sender::Own(_) => return Err(Retry::Failed(SendError::Closed)),
     };
+    // The body goes out from hyper's connection task: its progress is shared.
+    let (parts, body) = req.into_parts();
+    let (body, progress) = progress::watch(body);
+    let req = Request::from_parts(parts, body);
+    let watched = progress.as_deref();
     let sent = match &mut sender {
         HyperSender::H1(s) => {
-            tokio::time::timeout(response_timeout, s.try_send_request(for_h1(req))).await
+            within(response_timeout, watched, s.try_send_request(for_h1(req))).await
         }
         HyperSender::H2(s) => {
-            tokio::time::timeout(response_timeout, s.try_send_request(for_h2(req, ep))).await
+            within(
+                response_timeout,
+                watched,
+                s.try_send_request(for_h2(req, ep)),
+            )
+            .await
         }
     };
     let resp = match sent {
-        Err(_) => return Err(Retry::Failed(SendError::ResponseTimeout)),
+        Err(e) => return Err(Retry::Failed(e)),
         Ok(Ok(resp)) => resp,
         Ok(Err(mut e)) => {
             return Err(match e.take_message() {
@@ -227,10 +252,130 @@ async fn try_send(
         ep: Arc::clone(ep),
         sender: Some(sender),
     };
-    Ok(resp.map(|body| UpstreamBody {
-        inner: Inner::Hyper(body),
+    Ok(resp.map(|incoming| UpstreamBody {
+        inner: Inner::Hyper(Box::new(HyperBody {
+            incoming,
+            read_timeout: response_timeout,
+            deadline: None,
+            rearm: false,
+            request: progress,
+        })),
         back: Some(back),
     }))
+}
+
+/// Waits for hyper's exchange as `h1::send` waits for its own: while the request body
+/// goes out, up to `timeout` from its last progress, and once it has all been handed
+/// over, `timeout` from then for the head. When that runs out, whose turn it was says
+/// who is blamed: the client's body (408, the server not charged), the server not
+/// taking more of it (504), or the server's answer (504). Without a body, `timeout`.
+async fn within<F: Future>(
+    timeout: Duration,
+    progress: Option<&Progress>,
+    exchange: F,
+) -> Result<F::Output, SendError> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| SendError::ResponseTimeout);
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            let Some(deadline) = progress.last().checked_add(timeout) else {
+                // Further off than time goes: only the exchange ends the wait.
+                return Poll::Pending;
+            };
+            if deadline > tokio::time::Instant::now() {
+                // The body moved since the timer was set.
+                sleep.as_mut().reset(deadline);
+                continue;
+            }
+            return Poll::Ready(Err(match progress.turn() {
+                Turn::Client => SendError::RequestBodyStalled(timeout),
+                Turn::Server => SendError::SendTimeout(timeout),
+                Turn::Done => SendError::ResponseTimeout,
+            }));
+        }
+    })
+    .await
+}
+
+/// A response body from hyper, read with `h1::RespBody`'s wait: no longer than
+/// `read_timeout` since the last bytes came, or since the request body, when it was
+/// still going out as the head came, last moved (a server may answer early and read
+/// a slow upload before it sends its body).
+#[derive(Debug)]
+struct HyperBody {
+    incoming: Incoming,
+    read_timeout: Duration,
+    /// The wait for the next bytes; made at the first wait.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes came since the deadline was last set: set it afresh at the next wait.
+    rearm: bool,
+    /// The request body's progress (`None`: it had none to send).
+    request: Option<Arc<Progress>>,
+}
+
+impl HyperBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = match http_body::Body::poll_frame(Pin::new(&mut self.incoming), cx) {
+            Poll::Pending => return self.poll_wait(cx),
+            Poll::Ready(polled) => polled,
+        };
+        if matches!(polled, Some(Ok(_))) {
+            self.rearm = true;
+        }
+        Poll::Ready(polled.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    /// The body has nothing now: `Pending`, or the timeout's error once the wait is
+    /// over.
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let deadline = match &mut self.deadline {
+            Some(deadline) => {
+                if std::mem::take(&mut self.rearm) {
+                    deadline
+                        .as_mut()
+                        .reset(h1::deadline_after(self.read_timeout));
+                }
+                deadline
+            }
+            None => {
+                self.rearm = false;
+                self.deadline
+                    .insert(Box::pin(tokio::time::sleep_until(h1::deadline_after(
+                        self.read_timeout,
+                    ))))
+            }
+        };
+        loop {
+            ready!(deadline.as_mut().poll(cx));
+            let moved = self
+                .request
+                .as_ref()
+                .and_then(|p| p.last().checked_add(self.read_timeout))
+                .filter(|later| *later > tokio::time::Instant::now());
+            match moved {
+                Some(later) => deadline.as_mut().reset(later),
+                None => {
+                    let timeout = h1::H1Error::BodyTimeout(self.read_timeout);
+                    return Poll::Ready(Some(Err(Box::new(timeout))));
+                }
+            }
+        }
+    }
 }
 
 /// Reshapes an HTTP/1.1-shaped request for an HTTP/2 connection: absolute URI
@@ -321,7 +466,8 @@ impl From<HyperSender> for Sender {
 
 #[derive(Debug)]
 enum Inner {
-    Hyper(Incoming),
+    /// Boxed: with its timer, larger than the other.
+    Hyper(Box<HyperBody>),
     /// Boxed: the body owns the connection, and bodies are moved around a lot.
     Own(Box<h1::RespBody>),
 }
@@ -365,16 +511,13 @@ impl http_body::Body for UpstreamBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        use std::task::Poll;
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Hyper(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
-            Inner::Own(b) => std::pin::Pin::new(b.as_mut())
+            Inner::Hyper(b) => b.poll_frame(cx),
+            Inner::Own(b) => Pin::new(b.as_mut())
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
         };
@@ -389,14 +532,14 @@ impl http_body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Hyper(b) => b.incoming.is_end_stream(),
             Inner::Own(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.inner {
-            Inner::Hyper(b) => b.size_hint(),
+            Inner::Hyper(b) => b.incoming.size_hint(),
             Inner::Own(b) => b.size_hint(),
         }
     }

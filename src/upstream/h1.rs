@@ -132,6 +132,10 @@ pub enum H1Error {
     /// waited for it (a client sending slowly, most often: not the server's fault).
     #[error("the request body made no progress within {0:?}")]
     RequestBodyStalled(Duration),
+    /// The server took none of the request for the response timeout while there was
+    /// more to write (it stopped reading: its fault, as nginx's `proxy_send_timeout`).
+    #[error("the server read none of the request within {0:?}")]
+    SendStalled(Duration),
     #[error("no response body bytes within {0:?} (the response timeout)")]
     BodyTimeout(Duration),
     #[error("upstream switched protocols without being asked to")]
@@ -197,7 +201,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// `now + timeout`, or [`FAR_FUTURE`] from now when the sum overflows: config bounds
 /// its durations, but a script's `timeout` may be any number of seconds.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+pub(super) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(timeout)
         .or_else(|| now.checked_add(FAR_FUTURE))
@@ -231,7 +235,9 @@ pub async fn send(
     // While the body goes out, the deadline is `response_timeout` from the body's last
     // progress; once it is all sent, `response_timeout` for the head (as nginx times
     // its read from the end of the send). A body that arrives with its head moves no
-    // timer.
+    // timer. When it runs out with the body unsent, whoever was being waited for is
+    // blamed: the client (nothing to write, its body has no more yet) or the server
+    // (bytes to write that it does not take).
     let parsed = poll_fn(|cx| {
         if let Some(o) = out.as_mut() {
             let mut progressed = false;
@@ -258,7 +264,8 @@ pub async fn send(
         }
         match conn.poll_head(cx, head_method_is_head, pass) {
             Poll::Pending if conn.deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(match out {
+                Poll::Ready(Err(match &out {
+                    Some(o) if o.waits_for_server() => H1Error::SendStalled(response_timeout),
                     Some(_) => H1Error::RequestBodyStalled(response_timeout),
                     None => H1Error::ResponseTimeout,
                 }))
@@ -466,6 +473,13 @@ impl Outgoing {
             self.flushed = false;
             self.advance(n);
         }
+    }
+
+    /// Whether what holds the request up is the server: there are bytes to write
+    /// (or to flush) that it has not taken. Otherwise it is the body, which has
+    /// nothing more yet (after a `Pending` from [`Outgoing::poll_write`]).
+    fn waits_for_server(&self) -> bool {
+        !self.head.is_empty() || !self.queue.is_empty() || !self.flushed
     }
 
     fn push_data(&mut self, data: Bytes) {
