@@ -489,3 +489,50 @@ async fn a_successful_unsafe_request_drops_the_entry() {
         "the POST changed the resource"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_the_admission_policy_turns_away_is_counted_as_rejected() {
+    // Room for two of these entries (about 1.4 KiB each), not three.
+    let s = route_site(
+        "cache-admit",
+        2,
+        ("cache", CACHE),
+        vec![(
+            "/",
+            Behavior::fixed_body("x".repeat(1000), false)
+                .with_header("cache-control", "public, max-age=60"),
+        )],
+        "[cache]\nmax_size = \"3500B\"\nmax_entry_size = \"2KiB\"",
+    )
+    .await;
+    let addr = s.run.addr;
+    // Two entries asked for often: TinyLFU keeps them over a newcomer asked for once
+    // (moka counts uses once the cache is half full: after both are in).
+    for path in ["/a", "/b"] {
+        assert_eq!(
+            get(addr, path).await.header("x-cache").as_deref(),
+            Some("MISS")
+        );
+    }
+    for path in ["/a", "/b"] {
+        for _ in 0..10 {
+            assert_eq!(
+                get(addr, path).await.header("x-cache").as_deref(),
+                Some("HIT")
+            );
+        }
+    }
+    let c = get(addr, "/c").await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("x-cache").as_deref(), Some("MISS"));
+    let m = common::prometheus::parse(&get(s.run.admin, "/metrics").await.text());
+    assert_eq!(m.value("proxycache_cache_stores_total", &[]), 2.0);
+    assert_eq!(m.value("proxycache_cache_rejected_total", &[]), 1.0);
+    // Not stored indeed: the next request for it is another miss.
+    let again = get(addr, "/c").await;
+    assert_eq!(again.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(
+        get(addr, "/a").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+}
