@@ -9,7 +9,7 @@
 //! (WebSocket...) and `CONNECT` — and HTTP/2 prior-knowledge connections are handed to
 //! hyper together with the bytes read so far (`Served::Handoff`).
 //!
-//! Owns: request heads (size and count limits, body framing), reading request bodies
+//! Owns: request heads (bounded by size, not line count; body framing), reading request bodies
 //! (length or chunked, `100 Continue`), response framing (`Content-Length`, chunked,
 //! close-delimited; HEAD, 204, 304), keep-alive and pipelining, the header and idle
 //! timeouts, graceful shutdown and lingering close of HTTP/1.1 connections. Must not
