@@ -10,7 +10,7 @@
 //! - time and errors per module and phase: around each phase ([`crate::pipeline`]);
 //! - rate-limit rejections: `std.rate_limit` when it says no;
 //! - reloads by result: [`crate::reload`];
-//! - cache hits, misses and stores: the cache counts into counters shared with the
+//! - cache hits, misses, stores and rejections: the cache counts into counters shared with the
 //!   registry ([`Metrics::cache_counts`]);
 //! - what other parts already count (responses by class, connections, pools, upstream
 //!   servers' health and breakers, the generation): read at scrape time ([`live`]);
@@ -108,6 +108,7 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_stores: Counter,
+    cache_rejected: Counter,
     cluster_fallbacks: Family<ModuleOnly, Counter>,
     /// Metrics scripts define.
     pub script: Arc<script::ScriptMetrics>,
@@ -178,8 +179,14 @@ impl Metrics {
         let cache_stores = Counter::default();
         registry.register(
             "proxycache_cache_stores",
-            "Responses stored in the cache",
+            "Responses stored in the cache (and kept by its admission policy)",
             cache_stores.clone(),
+        );
+        let cache_rejected = Counter::default();
+        registry.register(
+            "proxycache_cache_rejected",
+            "Responses the cache's admission policy (TinyLFU) did not keep",
+            cache_rejected.clone(),
         );
         let cluster_fallbacks = Family::<ModuleOnly, Counter>::default();
         registry.register(
@@ -202,6 +209,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_stores,
+            cache_rejected,
             cluster_fallbacks,
             script,
             live,
@@ -227,6 +235,7 @@ impl Metrics {
             hits: self.cache_hits.clone(),
             misses: self.cache_misses.clone(),
             stores: self.cache_stores.clone(),
+            rejected: self.cache_rejected.clone(),
         }
     }
 

@@ -425,15 +425,18 @@ async fn validators_and_ranges_are_answered_from_the_cache_and_a_fill_fetches_th
     let addr = s.run.addr;
 
     // The first request is conditional and partial: it fills the key, so the upstream
-    // is asked for the whole response, which is stored.
-    let first = get_h(
+    // is asked for the whole response, which is stored; its client gets its part.
+    let fill = get_h(
         addr,
         "/doc",
         &[("if-none-match", "\"v0\""), ("range", "bytes=0-3")],
     )
     .await;
-    assert_eq!(first.status, 200, "a fill answers with the whole response");
-    assert_eq!(first.header("x-stored").as_deref(), Some("true"));
+    assert_eq!(fill.status, 206, "a fill answers the range it was asked");
+    assert_eq!(fill.header("x-stored").as_deref(), Some("true"));
+    let first = get(addr, "/doc").await;
+    assert_eq!(first.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(fill.body, first.body.slice(0..4));
     let seen = s.ups[0].last().expect("the upstream saw the fill");
     assert!(
         seen.headers.get("if-none-match").is_none(),
@@ -488,4 +491,131 @@ async fn a_successful_unsafe_request_drops_the_entry() {
         Some("MISS"),
         "the POST changed the resource"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_the_admission_policy_turns_away_is_counted_as_rejected() {
+    // Room for two of these entries (about 1.4 KiB each), not three.
+    let s = route_site(
+        "cache-admit",
+        2,
+        ("cache", CACHE),
+        vec![(
+            "/",
+            Behavior::fixed_body("x".repeat(1000), false)
+                .with_header("cache-control", "public, max-age=60"),
+        )],
+        "[cache]\nmax_size = \"3500B\"\nmax_entry_size = \"2KiB\"",
+    )
+    .await;
+    let addr = s.run.addr;
+    // Two entries asked for often: TinyLFU keeps them over a newcomer asked for once
+    // (moka counts uses once the cache is half full: after both are in).
+    for path in ["/a", "/b"] {
+        assert_eq!(
+            get(addr, path).await.header("x-cache").as_deref(),
+            Some("MISS")
+        );
+    }
+    for path in ["/a", "/b"] {
+        for _ in 0..10 {
+            assert_eq!(
+                get(addr, path).await.header("x-cache").as_deref(),
+                Some("HIT")
+            );
+        }
+    }
+    let c = get(addr, "/c").await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("x-cache").as_deref(), Some("MISS"));
+    let m = common::prometheus::parse(&get(s.run.admin, "/metrics").await.text());
+    assert_eq!(m.value("proxycache_cache_stores_total", &[]), 2.0);
+    assert_eq!(m.value("proxycache_cache_rejected_total", &[]), 1.0);
+    // Not stored indeed: the next request for it is another miss.
+    let again = get(addr, "/c").await;
+    assert_eq!(again.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(
+        get(addr, "/a").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_that_fills_gets_the_range_or_304_it_asked_for() {
+    let body = || Behavior::fixed_body("0123456789", false).with_header("etag", "\"v1\"");
+    let s = setup(
+        ("cache", CACHE),
+        vec![
+            (
+                "/kept",
+                body().with_header("cache-control", "public, max-age=60"),
+            ),
+            ("/nostore", body().with_header("cache-control", "no-store")),
+            (
+                "/big",
+                Behavior::fixed_body(payload(1 << 20), false)
+                    .with_header("cache-control", "public, max-age=60"),
+            ),
+        ],
+    )
+    .await;
+    let addr = s.run.addr;
+
+    // A part at the start of a large body: the rest is still read, and stored.
+    let part = get_h(addr, "/big", &[("range", "bytes=0-9")]).await;
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert_eq!(part.body, payload(1 << 20)[..10]);
+    let whole = get(addr, "/big").await;
+    assert_eq!(whole.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(whole.body.len(), 1 << 20);
+    assert_eq!(s.ups[2].requests(), 1);
+
+    // Storable: the fill's client gets its part; the whole response is stored.
+    let part = get_h(addr, "/kept/a", &[("range", "bytes=2-5")]).await;
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert_eq!(part.header("x-cache").as_deref(), Some("MISS"));
+    assert_eq!(part.text(), "2345");
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some("bytes 2-5/10")
+    );
+    assert_eq!(s.ups[0].last().and_then(|r| r.header("range")), None);
+    let whole = get(addr, "/kept/a").await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(whole.text(), "0123456789");
+    assert_eq!(s.ups[0].requests(), 1);
+
+    let not_modified = get_h(addr, "/kept/b", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("x-cache").as_deref(), Some("MISS"));
+    assert!(not_modified.body.is_empty());
+    let past_end = get_h(addr, "/kept/c", &[("range", "bytes=50-")]).await;
+    assert_eq!(past_end.status, 416);
+    assert_eq!(
+        past_end.header("content-range").as_deref(),
+        Some("bytes */10")
+    );
+    // Both were stored whole all the same.
+    for path in ["/kept/b", "/kept/c"] {
+        let hit = get(addr, path).await;
+        assert_eq!(hit.header("x-cache").as_deref(), Some("HIT"), "{path}");
+        assert_eq!(hit.text(), "0123456789");
+    }
+    assert_eq!(s.ups[0].requests(), 3);
+
+    // Not storable: the same answers, from a response that is not kept.
+    let part = get_h(addr, "/nostore/a", &[("range", "bytes=-3")]).await;
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert_eq!(part.text(), "789");
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some("bytes 7-9/10")
+    );
+    let not_modified = get_h(addr, "/nostore/a", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    let other = get_h(addr, "/nostore/a", &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.text(), "0123456789");
+    assert_eq!(s.ups[1].requests(), 3);
 }

@@ -409,3 +409,64 @@ async fn a_client_that_reads_nothing_is_dropped_after_idle() {
     );
     drop(stalled);
 }
+
+/// An upstream that answers each request with how many header lines its head had.
+async fn line_counter() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let lines = buf[..end].split(|b| *b == b'\n').count() - 1;
+                let body = lines.to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request head with `count` small headers (`X<i>: v`) besides `Host`.
+fn many_headers(count: usize) -> Vec<u8> {
+    let mut head = String::from("GET /many HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    for i in 0..count {
+        head.push_str(&format!("X{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_headers_within_the_size_limit_pass() {
+    // nginx bounds a request head by size (`large_client_header_buffers`), not by its
+    // line count: 300 headers in under 3 KiB are within `max_header_bytes = 4KiB`.
+    let upstream = line_counter().await;
+    let px = proxy(&format!(
+        "[server.limits]\nmax_header_bytes = \"4KiB\"\n\n[upstreams.app]\nservers = [\"{upstream}\"]\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let raw = raw_request(px.addr, &many_headers(300)).await;
+    assert_eq!(raw_status(&raw), 200, "{raw:.400}");
+    let forwarded: usize = raw_body(&raw).parse().expect("a count");
+    assert!(forwarded >= 301, "every header reached the upstream: {raw}");
+
+    // The size limit still holds, however small each header is.
+    let raw = raw_request(px.addr, &many_headers(600)).await;
+    assert_proxy_made(&raw, 431);
+}

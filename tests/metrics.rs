@@ -243,6 +243,7 @@ async fn every_family_is_exposed_with_the_right_values() {
         "proxycache_cache_hits_total",
         "proxycache_cache_misses_total",
         "proxycache_cache_stores_total",
+        "proxycache_cache_rejected_total",
     ] {
         assert_eq!(e.types[family], "counter");
         assert_eq!(e.value(family, &[]), 0.0);

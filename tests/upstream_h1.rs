@@ -939,3 +939,50 @@ async fn an_early_head_and_a_steady_upload_get_the_whole_response() {
     assert_eq!(raw_status(&answer), 200, "{answer}");
     assert_eq!(raw_body(&answer), "got 8", "the whole response: {answer}");
 }
+
+/// A response head of `count` small headers (`X-H<i>: <i>`) and a 2-byte body.
+fn many_headers_reply(count: usize) -> &'static [u8] {
+    let mut reply = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    for i in 0..count {
+        reply.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    reply.push_str("\r\nok");
+    Box::leak(reply.into_bytes().into_boxed_slice())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_of_many_small_headers_is_relayed_whole() {
+    // nginx bounds an upstream head by its size, not its line count: 1000 headers in
+    // about 14 KiB are one ordinary head.
+    let raw = Raw::start(many_headers_reply(1000), After::KeepOpen).await;
+    let px = one_worker_proxy_to(&raw);
+    for path in ["/many/1", "/many/2"] {
+        let got = raw_request(
+            px.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&got), 200, "{got:.300}");
+        assert_eq!(raw_header(&got, "x-h0").as_deref(), Some("0"));
+        assert_eq!(raw_header(&got, "x-h999").as_deref(), Some("999"));
+        assert_eq!(
+            got.lines().filter(|l| l.starts_with("X-H")).count(),
+            1000,
+            "{got:.300}"
+        );
+        assert_eq!(raw_body(&got), "ok");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_over_the_size_limit_is_still_502() {
+    // 12000 headers are about 170 KiB: over the 128 KiB head limit whatever the count.
+    let raw = Raw::start(many_headers_reply(12_000), After::KeepOpen).await;
+    let px = proxy_to(&raw);
+    let got = raw_request(
+        px.addr,
+        b"GET /huge HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&got), 502, "{got:.300}");
+}

@@ -85,7 +85,10 @@ pub fn install(sb: &Sandbox, cell: &Arc<TurnCell>) -> mlua::Result<Bodies> {
                     Returns::Record(r) => r.fields.iter().map(|(name, _)| *name).collect(),
                     _ => Vec::new(),
                 };
-                let f = sync_fn(lua, sig, cell, &regexes)?;
+                let f = match sig.id {
+                    StdFn::SharedGet | StdFn::SharedSet => shared_fn(lua, sig, cell)?,
+                    _ => sync_fn(lua, sig, cell, &regexes)?,
+                };
                 sb.fast.call::<Function>((f, sig.name, args, fields))?
             }
         };
@@ -322,6 +325,45 @@ fn sync_fn(
             (Returns::Record(_), _) => Ok(MultiValue::new()),
             _ => Ok(MultiValue::from_iter([to_lua(lua, &result)?])),
         }
+    })
+}
+
+/// `std.shared.get` and `std.shared.set`, which keep a Lua string's exact bytes: a
+/// string that is not UTF-8 is stored as bytes and read back as the same Lua string
+/// (OpenResty's `ngx.shared.DICT` stores any Lua string).
+fn shared_fn(lua: &Lua, sig: &'static FnSig, cell: &Arc<TurnCell>) -> mlua::Result<Function> {
+    let cell = Arc::clone(cell);
+    let defaults = defaults(sig);
+    lua.create_function(move |lua, args: MultiValue| {
+        let (args, raw) = bind_args_with_bytes(sig, &defaults, args, Some(1))?;
+        let got = with_turn(&cell, |t| {
+            check_phase(sig, t)?;
+            let ex = exchange(t);
+            if sig.id == StdFn::SharedGet {
+                return Ok(Some(stdlib::dict::get(&args, &ex)));
+            }
+            let value = match (raw, args.get(1)) {
+                (Some(bytes), _) => Some(stdlib::shared::SharedValue::from_bytes(bytes)),
+                (None, None | Some(Value::Nil)) => None,
+                (None, Some(v)) => Some(
+                    stdlib::dict::to_shared(v)
+                        .map_err(|m| mlua::Error::runtime(format!("{}: {m}", sig.name)))?,
+                ),
+            };
+            stdlib::dict::set(&args, value, &ex)
+                .map_err(|e| mlua::Error::runtime(e.to_string()))?;
+            Ok(None)
+        })?;
+        // `got`: `None` from set (no result), `Some(value)` from get.
+        let value = match got {
+            None => return Ok(MultiValue::new()),
+            Some(None) => mlua::Value::Nil,
+            Some(Some(stdlib::shared::SharedValue::Bytes(b))) => {
+                mlua::Value::String(lua.create_string(&b)?)
+            }
+            Some(Some(v)) => to_lua(lua, &stdlib::dict::from_shared(v))?,
+        };
+        Ok(MultiValue::from_iter([value]))
     })
 }
 

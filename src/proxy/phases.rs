@@ -125,6 +125,7 @@ pub async fn response_phase(
     crate::stdlib::cache::mark(state.ctx.cache.as_deref(), resp.headers_mut());
     let pipeline = &generation.pipeline;
     if state.ran == 0 || !pipeline.has_late_phases() {
+        crate::stdlib::cache::answer_fill(state.ctx.cache.as_deref_mut(), resp);
         return Ok(());
     }
     let (mut parts, mut body) =
@@ -157,6 +158,9 @@ pub async fn response_phase(
     // `std.cache.store` alone (no `check`) starts the cache state in this phase.
     crate::stdlib::cache::mark(state.ctx.cache.as_deref(), &mut parts.headers);
     *resp = Response::from_parts(parts, body);
+    // Last: a fill's client gets the 304/206 it asked for from the response the
+    // modules saw (and `store` kept) whole.
+    crate::stdlib::cache::answer_fill(state.ctx.cache.as_deref_mut(), resp);
     result.map_err(module_error)
 }
 

@@ -9,7 +9,7 @@
 //! (WebSocket...) and `CONNECT` — and HTTP/2 prior-knowledge connections are handed to
 //! hyper together with the bytes read so far (`Served::Handoff`).
 //!
-//! Owns: request heads (size and count limits, body framing), reading request bodies
+//! Owns: request heads (bounded by size, not line count; body framing), reading request bodies
 //! (length or chunked, `100 Continue`), response framing (`Content-Length`, chunked,
 //! close-delimited; HEAD, 204, 304), keep-alive and pipelining, the header and idle
 //! timeouts, graceful shutdown and lingering close of HTTP/1.1 connections. Must not
@@ -39,8 +39,11 @@ use crate::http::body::RequestBody;
 use crate::http::chunked::{self, Chunk, Step};
 use crate::http::{ProxyError, RawHead, RequestId};
 
-/// The most header lines a request head may have (hyper's limit too).
-const MAX_HEADERS: usize = 100;
+/// Header lines parsed into stack storage (hyper's default); a head with more is parsed
+/// again with room on the heap (see [`parse_request`]).
+const STACK_HEADERS: usize = 100;
+/// The least a header counts for in the request path's measure of a head.
+const MIN_HEADER_BYTES: usize = 5;
 /// Read buffer room asked for before each read.
 const READ_CHUNK: usize = 8 * 1024;
 /// The longest chunk-size line or trailer block of a chunked request body.
@@ -302,23 +305,140 @@ fn bad(reason: &'static str) -> ProxyError {
     ProxyError::BadRequest(reason)
 }
 
+/// Where one header's name and value sit in the buffer.
+type Spans = SmallVec<[(u32, u32, u32, u32); 24]>;
+
+/// What one pass of httparse over the buffer found; nothing consumed yet.
+enum Scan {
+    Partial,
+    Handoff,
+    Head(Scanned),
+}
+
+/// A request head: its length, its line, and what framing and keep-alive need (its
+/// headers' places are in the spans [`scan_request`] filled).
+struct Scanned {
+    len: usize,
+    method: Method,
+    path_span: (usize, usize),
+    version: Version,
+    body: BodyState,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// How many header slots a request head may need: no more lines than `buf` holds
+/// (each ends with a line feed), nor more headers than fit in `max_header_bytes` as
+/// the request path measures them (at least 5 bytes each: a name, `: ` and CRLF).
+fn header_room(buf: &[u8], max_header_bytes: usize) -> usize {
+    memchr::memchr_iter(b'\n', buf)
+        .count()
+        .min(max_header_bytes / MIN_HEADER_BYTES)
+        + 1
+}
+
 /// Parses a request head from the front of `buf`, consuming it when complete.
+///
+/// Headers are counted into a stack array first; a head with more lines than that is
+/// parsed again with room on the heap. Like nginx (`large_client_header_buffers`), a
+/// head is bounded by its size, `max_header_bytes`, not by how many lines it has.
 fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, ProxyError> {
     let too_large = || ProxyError::HeadersTooLarge {
         limit: max_header_bytes,
     };
-    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
-        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut spans = Spans::new();
+    let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
+        [const { MaybeUninit::uninit() }; STACK_HEADERS];
+    let scanned = match scan_request(&buf[..], &mut stack, &mut spans, max_header_bytes) {
+        Err(ScanError::TooManyHeaders) => {
+            let mut heap = vec![MaybeUninit::uninit(); header_room(&buf[..], max_header_bytes)];
+            scan_request(&buf[..], &mut heap, &mut spans, max_header_bytes)
+        }
+        scanned => scanned,
+    };
+    let Scanned {
+        len,
+        method,
+        path_span,
+        version,
+        body,
+        keep_alive,
+        expect_continue,
+    } = match scanned {
+        Ok(Scan::Head(scanned)) => scanned,
+        Ok(Scan::Partial) => return Ok(Parsed::Partial),
+        Ok(Scan::Handoff) => return Ok(Parsed::Handoff),
+        Err(ScanError::TooManyHeaders) => return Err(too_large()),
+        Err(ScanError::Refused(e)) => return Err(e),
+    };
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
+        .map_err(|_| bad("malformed request target"))?;
+    // Room for the few headers the request path adds (request id, forwarding) without
+    // growing the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for &(ns, nl, vs, vl) in &spans {
+        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+        let name = crate::http::names::header_name(&head[ns..ns + nl])
+            .map_err(|_| bad("malformed header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+            .map_err(|_| bad("malformed header value"))?;
+        headers.append(name, value);
+    }
+    // RFC 9112 3.2.2: with an absolute-form target (`GET http://a.example/p`), the
+    // target's authority is the host, whatever `Host` says: routing and the upstream
+    // see that one.
+    if let Some(authority) = uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    Ok(Parsed::Head(Head {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// Why one pass of httparse gave no head.
+enum ScanError {
+    /// More headers than the storage had room for.
+    TooManyHeaders,
+    Refused(ProxyError),
+}
+
+impl From<ProxyError> for ScanError {
+    fn from(e: ProxyError) -> Self {
+        ScanError::Refused(e)
+    }
+}
+
+/// One pass of httparse over `buf` with `storage` for the headers; `spans` gets the
+/// place of each header.
+fn scan_request<'b>(
+    buf: &'b [u8],
+    storage: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: &mut Spans,
+    max_header_bytes: usize,
+) -> Result<Scan, ScanError> {
+    let too_large = || ProxyError::HeadersTooLarge {
+        limit: max_header_bytes,
+    };
     let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        &buf[..],
-        &mut storage,
-    ) {
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, storage)
+    {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
-        Err(_) => return Err(bad("malformed request head")),
+        Ok(httparse::Status::Partial) => return Ok(Scan::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(ScanError::TooManyHeaders),
+        Err(_) => return Err(bad("malformed request head").into()),
     };
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("malformed method"))?;
@@ -328,7 +448,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
     {
-        return Ok(Parsed::Handoff);
+        return Ok(Scan::Handoff);
     }
     let version = if req.version == Some(0) {
         Version::HTTP_10
@@ -341,8 +461,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     // Where each name and value sit in the buffer (on the stack for the usual few
     // headers: no allocation, and nothing to zero), so the map is built from slices
     // of one frozen head after the loop.
-    let mut spans: SmallVec<[(u32, u32, u32, u32); 24]> = SmallVec::new();
-    let count = req.headers.len();
+    spans.clear();
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
     let mut lengths = 0usize;
@@ -359,7 +478,7 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             span32(name.as_ptr() as usize - base, name.len()),
             span32(h.value.as_ptr() as usize - base, h.value.len()),
         ) else {
-            return Err(too_large());
+            return Err(too_large().into());
         };
         spans.push((ns, nl, vs, vl));
         if name.eq_ignore_ascii_case(b"connection") {
@@ -384,28 +503,6 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
-        .map_err(|_| bad("malformed request target"))?;
-    // Room for the few headers the request path adds (request id, forwarding) without
-    // growing the map.
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(ns, nl, vs, vl) in &spans {
-        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-        let name = crate::http::names::header_name(&head[ns..ns + nl])
-            .map_err(|_| bad("malformed header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-            .map_err(|_| bad("malformed header value"))?;
-        headers.append(name, value);
-    }
-    // RFC 9112 3.2.2: with an absolute-form target (`GET http://a.example/p`), the
-    // target's authority is the host, whatever `Host` says: routing and the upstream
-    // see that one.
-    if let Some(authority) = uri.authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(header::HOST, host);
-        }
-    }
     // Anything ambiguous is left `Unusable`: the request path answers 400 without
     // reading the body, and the connection closes.
     let body = match (encodings, lengths) {
@@ -418,14 +515,11 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
         (1, 0) if chunked && version == Version::HTTP_11 => BodyState::Chunked(Chunk::Size),
         _ => BodyState::Unusable,
     };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    let (parts, ()) = request.into_parts();
-    Ok(Parsed::Head(Head {
-        parts,
+    Ok(Scan::Head(Scanned {
+        len,
+        method,
+        path_span,
+        version,
         body,
         keep_alive,
         expect_continue,

@@ -8,13 +8,16 @@
 //! phase) checks the response is cacheable and tees its body into the cache while it
 //! streams to the client. Every response of a request that called either carries
 //! `x-cache: HIT | STALE | MISS | BYPASS`. A hit answers validators and one byte
-//! range itself (`serve`); the request that fills a key goes upstream without them.
+//! range itself (`serve`); the request that fills a key goes upstream without them,
+//! and its own client gets the same answer cut from the upstream's `200`
+//! ([`answer_fill`], `part`), whether the response is stored or not.
 //! A successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`) that calls `store`
 //! drops the entries of its key.
 //!
 //! Owns the per-request cache state and the two calls; `policy` owns the rules,
 //! `store` the entries. Must not touch: the upstream, the pipeline's order.
 
+pub mod part;
 pub mod policy;
 pub mod serve;
 pub mod shared;
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response};
+use http::{Method, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -115,6 +118,11 @@ pub struct CacheReq {
     head: bool,
     /// Its validators and range, when it has any (a hit answers them).
     cond: Option<Box<Conditions>>,
+    /// The validators and range this request's fill took off its upstream request:
+    /// the response answers them on its way to the client ([`answer_fill`]).
+    fill_cond: Option<Box<Conditions>>,
+    /// `store` is copying the response body into the cache.
+    teeing: bool,
 }
 
 impl CacheReq {
@@ -163,6 +171,8 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         wait: None,
         head,
         cond: None,
+        fill_cond: None,
+        teeing: false,
     };
     let cache = Arc::clone(cache_of(ex));
     match policy::request_use(ex.req.method, ex.req.headers) {
@@ -202,6 +212,7 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     if req.hit.is_some() {
         req.cond = Conditions::of(ex.req.headers);
     } else if req.fill.is_some() {
+        req.fill_cond = Conditions::of(ex.req.headers);
         Conditions::strip(ex.req.headers);
     }
     let counts = &cache.counts;
@@ -317,6 +328,50 @@ fn hit_response(
     resp
 }
 
+/// Answers the validators and range a fill took off its upstream request (see
+/// [`CacheReq::fill_cond`]) from the response going to its client, as a hit would be
+/// answered: `304`, `206` (when the body's length is known) or `416` for a `200`.
+/// A body the cache is still copying is read to its end in the background when the
+/// client's answer needs less of it.
+pub fn answer_fill(req: Option<&mut CacheReq>, resp: &mut Response<ProxyBody>) {
+    let Some(req) = req else { return };
+    let Some(cond) = req.fill_cond.take() else {
+        return;
+    };
+    if resp.status() != StatusCode::OK {
+        return;
+    }
+    let len = crate::http::framing::content_length(resp.headers())
+        .or_else(|| resp.body().size_hint().exact())
+        .and_then(|n| usize::try_from(n).ok());
+    // The status, and the range of the body the client gets (none: no body).
+    let (status, part) = match serve::answer_to(resp.status(), resp.headers(), len, &cond) {
+        Answer::Whole => return,
+        Answer::NotModified => {
+            serve::not_modified_headers(resp.headers_mut());
+            (StatusCode::NOT_MODIFIED, None)
+        }
+        Answer::Part(part) => {
+            serve::part_headers(resp.headers_mut(), &part, len.unwrap_or(part.end));
+            (StatusCode::PARTIAL_CONTENT, Some(part))
+        }
+        Answer::Unsatisfiable => {
+            serve::unsatisfiable_headers(resp.headers_mut(), len.unwrap_or(0));
+            (StatusCode::RANGE_NOT_SATISFIABLE, None)
+        }
+    };
+    let whole = std::mem::replace(resp.body_mut(), ProxyBody::Empty);
+    match part {
+        Some(part) => {
+            let body = part::PartBody::new(whole, part, req.teeing);
+            *resp.body_mut() = ProxyBody::Boxed(body.boxed());
+        }
+        None if req.teeing => part::finish_in_background(whole),
+        None => {}
+    }
+    *resp.status_mut() = status;
+}
+
 /// Sets `x-cache` on the response of a request that used the cache.
 pub fn mark(req: Option<&CacheReq>, headers: &mut HeaderMap) {
     if let Some(r) = req {
@@ -344,6 +399,8 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
             wait: None,
             head: *ex.req.method == Method::HEAD,
             cond: None,
+            fill_cond: None,
+            teeing: false,
         }));
     }
     let changed = ex
@@ -428,6 +485,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         *body = ProxyBody::Empty;
     } else {
         *body = ProxyBody::Boxed(tee.boxed());
+        req.teeing = true;
     }
     Ok(Value::Bool(true))
 }

@@ -77,56 +77,82 @@ pub static SIGS: &[FnSig] = &[
 
 /// Runs one of this area's functions; `args` are in signature order.
 pub fn call(id: StdFn, args: &[Value], ex: &mut Exchange<'_>) -> Result<Value, StdError> {
+    match id {
+        StdFn::SharedGet => Ok(get(args, ex).map_or(Value::Nil, from_shared)),
+        StdFn::SharedSet => {
+            let value = match args.get(1) {
+                None | Some(Value::Nil) => None,
+                Some(v) => Some(to_shared(v).map_err(|m| fail(id, m))?),
+            };
+            set(args, value, ex)?;
+            Ok(Value::Nil)
+        }
+        _ => incr(args, ex),
+    }
+}
+
+/// `std.shared.get`: the value under the key (`args[0]`) as stored. The Lua binding
+/// takes it from here, so a binary string reaches Lua byte for byte.
+pub fn get(args: &[Value], ex: &Exchange<'_>) -> Option<SharedValue> {
+    let key = args.first().and_then(Value::as_str).unwrap_or("");
+    ex.state.shared.get(key, Instant::now())
+}
+
+/// `std.shared.set` with its value already converted (`None` deletes): the Lua
+/// binding passes a string as its bytes ([`SharedValue::from_bytes`]). `args` are
+/// the call's, in signature order (key, value, ttl).
+pub fn set(args: &[Value], value: Option<SharedValue>, ex: &Exchange<'_>) -> Result<(), StdError> {
+    let key = args.first().and_then(Value::as_str).unwrap_or("");
+    let ttl = ttl(StdFn::SharedSet, args.get(2))?;
+    ex.state
+        .shared
+        .set(key, value, ttl, Instant::now())
+        .map_err(|e| fail(StdFn::SharedSet, e.to_string()))
+}
+
+fn incr(args: &[Value], ex: &Exchange<'_>) -> Result<Value, StdError> {
+    let id = StdFn::SharedIncr;
+    let key = args.first().and_then(Value::as_str).unwrap_or("");
+    let by = match args.get(1) {
+        Some(Value::Int(i)) => SharedValue::Int(*i),
+        Some(Value::Float(f)) => SharedValue::Float(*f),
+        None | Some(Value::Nil) => SharedValue::Int(1),
+        Some(other) => {
+            return Err(fail(
+                id,
+                format!("by must be a number, not {}", other.type_name()),
+            ))
+        }
+    };
+    ex.state
+        .shared
+        .incr(key, by, ttl(id, args.get(2))?, Instant::now())
+        .map(from_shared)
+        .map_err(|e: SharedError| fail(id, e.to_string()))
+}
+
+fn fail(id: StdFn, message: String) -> StdError {
     let function = match id {
         StdFn::SharedGet => "std.shared.get",
         StdFn::SharedSet => "std.shared.set",
         _ => "std.shared.incr",
     };
-    let fail = |message: String| StdError { function, message };
-    let key = args.first().and_then(Value::as_str).unwrap_or("");
-    let dict = &ex.state.shared;
-    let now = Instant::now();
-    let ttl = |v: Option<&Value>| -> Result<Option<Duration>, StdError> {
-        match v {
-            None | Some(Value::Nil) => Ok(None),
-            Some(Value::Duration(d)) => Ok(Some(*d)),
-            Some(other) => Err(fail(format!(
-                "ttl must be a duration, not {}",
-                other.type_name()
-            ))),
-        }
-    };
-    match id {
-        StdFn::SharedGet => Ok(dict.get(key, now).map_or(Value::Nil, from_shared)),
-        StdFn::SharedSet => {
-            let value = match args.get(1) {
-                None | Some(Value::Nil) => None,
-                Some(v) => Some(to_shared(v).map_err(fail)?),
-            };
-            dict.set(key, value, ttl(args.get(2))?, now)
-                .map_err(|e| fail(e.to_string()))?;
-            Ok(Value::Nil)
-        }
-        _ => {
-            let by = match args.get(1) {
-                Some(Value::Int(i)) => SharedValue::Int(*i),
-                Some(Value::Float(f)) => SharedValue::Float(*f),
-                None | Some(Value::Nil) => SharedValue::Int(1),
-                Some(other) => {
-                    return Err(fail(format!(
-                        "by must be a number, not {}",
-                        other.type_name()
-                    )))
-                }
-            };
-            dict.incr(key, by, ttl(args.get(2))?, now)
-                .map(from_shared)
-                .map_err(|e: SharedError| fail(e.to_string()))
-        }
+    StdError { function, message }
+}
+
+fn ttl(id: StdFn, v: Option<&Value>) -> Result<Option<Duration>, StdError> {
+    match v {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::Duration(d)) => Ok(Some(*d)),
+        Some(other) => Err(fail(
+            id,
+            format!("ttl must be a duration, not {}", other.type_name()),
+        )),
     }
 }
 
-fn to_shared(v: &Value) -> Result<SharedValue, String> {
+/// A script value to store (a string as text).
+pub fn to_shared(v: &Value) -> Result<SharedValue, String> {
     Ok(match v {
         Value::Bool(b) => SharedValue::Bool(*b),
         Value::Int(i) => SharedValue::Int(*i),
@@ -143,11 +169,14 @@ fn to_shared(v: &Value) -> Result<SharedValue, String> {
     })
 }
 
-fn from_shared(v: SharedValue) -> Value {
+/// A stored value as a script value. pcmod strings are text: a binary string (stored
+/// from Lua) reaches pcmod with its invalid bytes replaced by U+FFFD.
+pub fn from_shared(v: SharedValue) -> Value {
     match v {
         SharedValue::Bool(b) => Value::Bool(b),
         SharedValue::Int(i) => Value::Int(i),
         SharedValue::Float(f) => Value::Float(f),
         SharedValue::Str(s) => Value::Str(s),
+        SharedValue::Bytes(b) => Value::str(String::from_utf8_lossy(&b)),
     }
 }

@@ -50,6 +50,9 @@ pub enum SharedValue {
     Float(f64),
     /// Charged its length; shared, so `get` copies no bytes.
     Str(Arc<str>),
+    /// A string that is not UTF-8 (a Lua string may hold any bytes, as in
+    /// OpenResty's `ngx.shared.DICT`), kept byte for byte. Charged its length.
+    Bytes(bytes::Bytes),
 }
 
 impl SharedValue {
@@ -59,7 +62,7 @@ impl SharedValue {
             SharedValue::Bool(_) => "bool",
             SharedValue::Int(_) => "int",
             SharedValue::Float(_) => "float",
-            SharedValue::Str(_) => "string",
+            SharedValue::Str(_) | SharedValue::Bytes(_) => "string",
         }
     }
 
@@ -69,6 +72,16 @@ impl SharedValue {
             SharedValue::Bool(_) => 1,
             SharedValue::Int(_) | SharedValue::Float(_) => 8,
             SharedValue::Str(s) => s.len(),
+            SharedValue::Bytes(b) => b.len(),
+        }
+    }
+
+    /// A string value from a script's bytes: text as [`SharedValue::Str`], anything
+    /// else as [`SharedValue::Bytes`].
+    pub fn from_bytes(bytes: bytes::Bytes) -> Self {
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => SharedValue::Str(Arc::from(text)),
+            Err(_) => SharedValue::Bytes(bytes),
         }
     }
 
@@ -682,6 +695,29 @@ mod tests {
         // incr counts as a use too.
         assert_eq!(dict.incr("x", Int(1), None, now), Ok(Int(1)));
         assert_eq!(dict.get("c", now), None);
+    }
+
+    #[test]
+    fn binary_strings_are_kept_and_charged_their_length() {
+        let dict = SharedDict::default();
+        let now = Instant::now();
+        let binary = bytes::Bytes::from_static(b"\x00\xff\xfe-bin");
+        let value = SharedValue::from_bytes(binary.clone());
+        assert_eq!(value, SharedValue::Bytes(binary.clone()));
+        assert_eq!(value.type_name(), "string");
+        dict.set("b", Some(value.clone()), None, now).unwrap();
+        assert_eq!(dict.get("b", now), Some(value));
+        assert_eq!(dict.bytes(), 1 + binary.len() + ENTRY_OVERHEAD);
+        assert!(matches!(
+            dict.incr("b", Int(1), None, now),
+            Err(SharedError::NotANumber {
+                found: "string",
+                ..
+            })
+        ));
+        // Text stays text.
+        let text = SharedValue::from_bytes(bytes::Bytes::from_static("é".as_bytes()));
+        assert_eq!(text, s("é"));
     }
 
     #[test]

@@ -35,8 +35,11 @@ use crate::http::hygiene::Forwarding;
 use crate::http::raw_head::{Hop, RawHead};
 use crate::http::ProxyBody;
 
-/// The most header lines a response head may have.
-const MAX_HEADERS: usize = 128;
+/// Header lines parsed into stack storage; a head with more is parsed again with room
+/// on the heap (see [`parse_head`]).
+const STACK_HEADERS: usize = 128;
+/// The shortest header line httparse takes (`a:` and a line feed).
+const MIN_HEADER_LINE: usize = 3;
 /// The largest response head (or chunk-size line, or trailer block) accepted.
 pub(crate) const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// Read buffer room asked for before each read: a 16 KiB body and its head arrive in
@@ -599,6 +602,9 @@ struct Span {
     length: bool,
 }
 
+/// Where a head's headers sit (on the stack for the usual few).
+type Spans = smallvec::SmallVec<[Span; 12]>;
+
 enum Parsed {
     Final(Head),
     /// A 1xx head was consumed; another head follows.
@@ -606,18 +612,153 @@ enum Parsed {
     Partial,
 }
 
+/// What one pass of httparse over the buffer found; nothing consumed yet.
+enum Scan {
+    Partial,
+    /// A 1xx head of this many bytes.
+    Interim(usize),
+    Final(Scanned),
+}
+
+/// A final response head: what framing needs (its headers' places are in the spans
+/// [`scan_head`] filled).
+struct Scanned {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    /// The head can be passed on as received.
+    raw: bool,
+    keep_alive: bool,
+    content_length: Option<u64>,
+    transfer_chunked: Option<bool>,
+    has_date: bool,
+}
+
+/// How many header slots a head in `buf` can need: a header line ends with a line
+/// feed, so no more than `buf` has (nor than a head of [`MAX_HEAD_BYTES`] can hold).
+fn header_room(buf: &[u8]) -> usize {
+    let lines = memchr::memchr_iter(b'\n', &buf[..buf.len().min(MAX_HEAD_BYTES)]).count();
+    lines.min(MAX_HEAD_BYTES / MIN_HEADER_LINE) + 1
+}
+
 /// Parses a response head. `pass`: the caller takes the head as received when it can
 /// (see [`RawHead`]); a head with a hop-by-hop header other than the framing ones and
 /// `Connection` options is read into the map all the same, so hygiene can see it.
+///
+/// Headers are counted into a stack array first; a head with more lines than that is
+/// parsed again with room on the heap for as many as the buffer can hold. nginx bounds
+/// an upstream head by its size (`proxy_buffer_size`), not by a count: so does this,
+/// with [`MAX_HEAD_BYTES`].
 fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H1Error> {
-    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
-        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
+        [const { MaybeUninit::uninit() }; STACK_HEADERS];
+    let mut spans = Spans::new();
+    let scanned = match scan_head(&buf[..], &mut stack, pass, &mut spans) {
+        Err(H1Error::Parse(httparse::Error::TooManyHeaders)) => {
+            let mut heap = vec![MaybeUninit::uninit(); header_room(&buf[..])];
+            match scan_head(&buf[..], &mut heap, pass, &mut spans) {
+                // More lines than a head of the largest size can have.
+                Err(H1Error::Parse(httparse::Error::TooManyHeaders)) => {
+                    return Err(H1Error::HeadTooLarge)
+                }
+                scanned => scanned?,
+            }
+        }
+        scanned => scanned?,
+    };
+    let Scanned {
+        len,
+        status,
+        version,
+        raw,
+        mut keep_alive,
+        content_length,
+        transfer_chunked,
+        has_date,
+    } = match scanned {
+        Scan::Partial => return Ok(Parsed::Partial),
+        Scan::Interim(len) => {
+            buf.advance(len);
+            return Ok(Parsed::Interim);
+        }
+        Scan::Final(scanned) => scanned,
+    };
+    let head = buf.split_to(len).freeze();
+    let no_body = to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    // Whether `Content-Length` goes on (it does not when chunked framing overrides it).
+    let (framing, keep_length) = if no_body {
+        (Framing::Empty, true)
+    } else {
+        match (transfer_chunked, content_length) {
+            (Some(true), cl) => {
+                // Both framings: chunked wins, and the connection is not trusted again.
+                if cl.is_some() {
+                    keep_alive = false;
+                }
+                (Framing::Chunked(Chunk::Size), false)
+            }
+            (Some(false), _) => return Err(H1Error::TransferEncoding),
+            (None, Some(0)) => (Framing::Empty, true),
+            (None, Some(n)) => (Framing::Length(n), true),
+            (None, None) => {
+                keep_alive = false;
+                (Framing::Eof, true)
+            }
+        }
+    };
+    let mut headers = HeaderMap::new();
+    let raw = if raw {
+        let mut raw = RawHead::new(head);
+        for span in spans.iter().filter(|s| !s.length) {
+            raw.keep(
+                span.name,
+                span.name + span.name_len,
+                span.value + span.value_len,
+            );
+        }
+        // The client's hop writes its own framing from this.
+        raw.content_length = content_length.filter(|_| keep_length);
+        raw.has_date = has_date;
+        // Boxed: the head moves through several layers, and a response read into the
+        // map (every one a module sees) would carry the room for nothing.
+        Some(Box::new(raw))
+    } else {
+        headers.reserve(spans.len());
+        for span in spans.iter().filter(|s| keep_length || !s.length) {
+            let name_bytes = &head[span.name..span.name + span.name_len];
+            let name = crate::http::names::header_name(name_bytes)
+                .map_err(|_| H1Error::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(span.value..span.value + span.value_len))
+                    .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
+            headers.append(name, value);
+        }
+        None
+    };
+    Ok(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        raw,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// One pass of httparse over `buf` with `storage` for the headers; `spans` gets the
+/// place of each header a final head keeps.
+fn scan_head<'b>(
+    buf: &'b [u8],
+    storage: &mut [MaybeUninit<httparse::Header<'b>>],
+    pass: bool,
+    spans: &mut Spans,
+) -> Result<Scan, H1Error> {
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, &buf[..], &mut storage)
+        .parse_response_with_uninit_headers(&mut resp, buf, storage)
         .map_err(H1Error::Parse)?
     {
-        httparse::Status::Partial => return Ok(Parsed::Partial),
+        httparse::Status::Partial => return Ok(Scan::Partial),
         httparse::Status::Complete(len) => len,
     };
     let code = resp.code.unwrap_or(0);
@@ -631,8 +772,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
         return Err(H1Error::UnaskedUpgrade);
     }
     if status.is_informational() {
-        buf.advance(len);
-        return Ok(Parsed::Interim);
+        return Ok(Scan::Interim(len));
     }
 
     // Where each header's name and value sit in the buffer, so values can be slices of
@@ -640,7 +780,7 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
     let mut raw = pass;
-    let mut spans: smallvec::SmallVec<[Span; 12]> = smallvec::SmallVec::new();
+    spans.clear();
     let mut keep_alive = version == Version::HTTP_11;
     let mut content_length: Option<u64> = None;
     let mut transfer_chunked: Option<bool> = None;
@@ -702,65 +842,15 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
             length: hop == Hop::ContentLength,
         });
     }
-    let head = buf.split_to(len).freeze();
-    let no_body = to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    // Whether `Content-Length` goes on (it does not when chunked framing overrides it).
-    let (framing, keep_length) = if no_body {
-        (Framing::Empty, true)
-    } else {
-        match (transfer_chunked, content_length) {
-            (Some(true), cl) => {
-                // Both framings: chunked wins, and the connection is not trusted again.
-                if cl.is_some() {
-                    keep_alive = false;
-                }
-                (Framing::Chunked(Chunk::Size), false)
-            }
-            (Some(false), _) => return Err(H1Error::TransferEncoding),
-            (None, Some(0)) => (Framing::Empty, true),
-            (None, Some(n)) => (Framing::Length(n), true),
-            (None, None) => {
-                keep_alive = false;
-                (Framing::Eof, true)
-            }
-        }
-    };
-    let mut headers = HeaderMap::new();
-    let raw = if raw {
-        let mut raw = RawHead::new(head);
-        for span in spans.iter().filter(|s| !s.length) {
-            raw.keep(
-                span.name,
-                span.name + span.name_len,
-                span.value + span.value_len,
-            );
-        }
-        // The client's hop writes its own framing from this.
-        raw.content_length = content_length.filter(|_| keep_length);
-        raw.has_date = has_date;
-        // Boxed: the head moves through several layers, and a response read into the
-        // map (every one a module sees) would carry the room for nothing.
-        Some(Box::new(raw))
-    } else {
-        headers.reserve(spans.len());
-        for span in spans.iter().filter(|s| keep_length || !s.length) {
-            let name_bytes = &head[span.name..span.name + span.name_len];
-            let name = crate::http::names::header_name(name_bytes)
-                .map_err(|_| H1Error::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(span.value..span.value + span.value_len))
-                    .map_err(|_| H1Error::Header(name.as_str().to_owned()))?;
-            headers.append(name, value);
-        }
-        None
-    };
-    Ok(Parsed::Final(Head {
+    Ok(Scan::Final(Scanned {
+        len,
         status,
         version,
-        headers,
         raw,
-        framing,
         keep_alive,
+        content_length,
+        transfer_chunked,
+        has_date,
     }))
 }
 
@@ -1016,6 +1106,27 @@ mod tests {
         assert!(matches!(
             parse_head(&mut buf, false, true),
             Err(H1Error::UnaskedUpgrade)
+        ));
+    }
+
+    #[test]
+    fn heads_of_more_lines_than_the_stack_holds_parse_on_the_heap() {
+        let mut text = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+        for i in 0..STACK_HEADERS * 3 {
+            text.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        text.push_str("\r\n");
+        let h = parse(&text, false);
+        assert_eq!(h.headers.len(), STACK_HEADERS * 3 + 1);
+        assert_eq!(h.headers["x-383"], "383");
+        let h = parse_passing(&text, false, true);
+        assert_eq!(raw_lines(&h).len(), STACK_HEADERS * 3);
+
+        // Partial: more lines than the stack holds and no end yet.
+        let mut buf = BytesMut::from(&text.as_bytes()[..text.len() - 2]);
+        assert!(matches!(
+            parse_head(&mut buf, false, false),
+            Ok(Parsed::Partial)
         ));
     }
 

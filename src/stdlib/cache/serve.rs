@@ -1,11 +1,13 @@
-//! A stored response as the answer to one request: `304 Not Modified` when the
+//! A `200` response as the answer to one request: `304 Not Modified` when the
 //! request's validators match it (`If-None-Match`, else `If-Modified-Since`), `206
 //! Partial Content` for one byte range (`416` when the range is past the end; a
 //! `Range` with several ranges, or an `If-Range` that does not match, gets the whole
-//! response), else the whole stored response.
+//! response), else the whole response. Hits are answered so from the stored entry, and
+//! the request that fills a key from the upstream's response as it arrives (the
+//! upstream was asked for the whole response: see [`Conditions::strip`]).
 //!
 //! Owns reading those request headers and the shapes of the three answers; only `200`
-//! entries are answered this way. Must not touch: the store, freshness.
+//! responses are answered this way. Must not touch: the store, freshness.
 
 use std::ops::Range;
 
@@ -67,19 +69,30 @@ pub enum Answer {
 
 /// How to answer `cond` from `c`.
 pub fn answer(c: &Cached, cond: Option<&Conditions>) -> Answer {
-    let Some(cond) = cond else {
-        return Answer::Whole;
-    };
-    if c.status != StatusCode::OK {
+    match cond {
+        Some(cond) => answer_to(c.status, &c.headers, Some(c.body.len()), cond),
+        None => Answer::Whole,
+    }
+}
+
+/// How to answer `cond` from a response with `status`, `headers` and a body of `len`
+/// bytes (`None`: not known yet, so a range gets the whole response, as nginx does).
+pub fn answer_to(
+    status: StatusCode,
+    headers: &HeaderMap,
+    len: Option<usize>,
+    cond: &Conditions,
+) -> Answer {
+    if status != StatusCode::OK {
         return Answer::Whole;
     }
-    let etag = c.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
     if let Some(inm) = cond.if_none_match.as_ref().and_then(|v| v.to_str().ok()) {
         if none_match_matches(inm, etag) {
             return Answer::NotModified;
         }
     } else if let Some(ims) = date(cond.if_modified_since.as_ref()) {
-        let modified = date(c.headers.get(header::LAST_MODIFIED));
+        let modified = date(headers.get(header::LAST_MODIFIED));
         if modified.is_some_and(|m| m <= ims) {
             return Answer::NotModified;
         }
@@ -87,12 +100,15 @@ pub fn answer(c: &Cached, cond: Option<&Conditions>) -> Answer {
     let Some(range) = cond.range.as_ref().and_then(|v| v.to_str().ok()) else {
         return Answer::Whole;
     };
+    let Some(len) = len else {
+        return Answer::Whole;
+    };
     if let Some(if_range) = cond.if_range.as_ref().and_then(|v| v.to_str().ok()) {
-        if !if_range_matches(if_range.trim(), etag, c.headers.get(header::LAST_MODIFIED)) {
+        if !if_range_matches(if_range.trim(), etag, headers.get(header::LAST_MODIFIED)) {
             return Answer::Whole;
         }
     }
-    match one_range(range, c.body.len()) {
+    match one_range(range, len) {
         Some(Ok(r)) => Answer::Part(r),
         Some(Err(())) => Answer::Unsatisfiable,
         None => Answer::Whole,

@@ -139,7 +139,11 @@ impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
 pub struct CacheCounts {
     pub hits: Counter,
     pub misses: Counter,
+    /// Responses the cache kept.
     pub stores: Counter,
+    /// Responses offered to the cache that its admission policy turned away (TinyLFU:
+    /// a full cache keeps what is asked for more often than the newcomer).
+    pub rejected: Counter,
 }
 
 /// A fill in flight: its id (so a late guard never removes a newer fill) and the
@@ -235,17 +239,27 @@ impl HttpCache {
 
     /// Stores a response under `primary`, or under its variant key when `vary` names
     /// headers (then `primary` records the names).
+    ///
+    /// moka decides admission in its upkeep, after the insert: that runs here, at
+    /// once, so `stores` counts only what the cache kept and `rejected` what TinyLFU
+    /// turned away. (The upkeep is work moka does on inserts anyway; this runs it now
+    /// rather than at the next batch.)
     pub fn insert(&self, primary: &Arc<str>, vary: &[HeaderName], req: &HeaderMap, entry: Cached) {
         let entry = Slot::Resp(Arc::new(entry));
-        if vary.is_empty() {
-            self.entries.insert(Arc::clone(primary), entry);
+        let key = if vary.is_empty() {
+            Arc::clone(primary)
         } else {
             self.entries
                 .insert(Arc::clone(primary), Slot::Vary(Arc::from(vary)));
-            let key = super::policy::variant_key(primary, vary, req);
-            self.entries.insert(Arc::from(key), entry);
+            Arc::from(super::policy::variant_key(primary, vary, req))
+        };
+        self.entries.insert(Arc::clone(&key), entry);
+        self.entries.run_pending_tasks();
+        if self.entries.contains_key(key.as_ref()) {
+            self.counts.stores.inc();
+        } else {
+            self.counts.rejected.inc();
         }
-        self.counts.stores.inc();
     }
 
     /// Keeps an entry that came from the shared tier (not counted as a store).
