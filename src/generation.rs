@@ -108,7 +108,8 @@ impl Generation {
 
 /// Hash of a generation's inputs: the config text, the module sources, every
 /// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries),
-/// and the TLS listeners' certificate, key and CA files.
+/// the Lua files modules name wherever they are (`lua "sub/x.lua"`), and the TLS
+/// listeners' certificate, key and CA files.
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -117,6 +118,14 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     sources.hash(&mut h);
     for dir in [config.scripts.dir.clone(), config.scripts.dir.join("lib")] {
         lua_files(&dir).hash(&mut h);
+    }
+    for (path, source) in sources {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        for chunk in lua_chunk_names(source) {
+            let file = dir.join(chunk);
+            std::fs::read(&file).ok().hash(&mut h);
+            file.hash(&mut h);
+        }
     }
     for path in tls::files(config) {
         path.hash(&mut h);
@@ -133,6 +142,24 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
         }
     }
     h.finish()
+}
+
+/// The files named by `lua "FILE"` items in a module's source (a cheap scan: a
+/// mention in a comment is read too, which only costs a read).
+pub(crate) fn lua_chunk_names(source: &str) -> impl Iterator<Item = &str> {
+    source.match_indices("lua").filter_map(|(at, _)| {
+        let after = &source[at + 3..];
+        let rest = after.trim_start_matches([' ', '\t']);
+        if rest.len() == after.len() {
+            return None; // `luax`, `lua.f()`: not an item
+        }
+        let quoted = rest.strip_prefix('"')?;
+        if quoted.starts_with('"') {
+            return None; // inline `lua """..."""`: in the source already
+        }
+        let end = quoted.find(['"', '\n'])?;
+        (end > 0 && quoted[end..].starts_with('"')).then(|| &quoted[..end])
+    })
 }
 
 /// `(path, bytes)` of every `.lua` file directly in `dir`, sorted (none when the
@@ -153,8 +180,14 @@ fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::fingerprint;
+    use super::{fingerprint, lua_chunk_names};
     use crate::config::{Config, ServerTarget};
+
+    #[test]
+    fn lua_items_are_found_and_inline_chunks_are_not() {
+        let src = "mod m {\n  lua \"sub/g.lua\"\n}\nmod n { lua \"\"\"x = 1\"\"\" }\n# lua.f() luax \"no.lua\"\n";
+        assert_eq!(lua_chunk_names(src).collect::<Vec<_>>(), ["sub/g.lua"]);
+    }
 
     /// The same files with another DNS answer are another generation (a reload that
     /// found "nothing changed" never picked up a server's new address).

@@ -477,6 +477,53 @@ async fn unknown_paths_and_wrong_methods_are_refused() {
     }
 }
 
+/// A failed reload's errors are listed under the module whose file (or Lua chunk) they
+/// are in, matched by path: not by a file stem that happens to equal a module's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_errors_are_listed_under_the_module_that_owns_the_file() {
+    let site = Site::new("owners");
+    site.write_mod("config", &tagger("config", "1"));
+    site.write_mod("luamod", "mod luamod {\n  lua \"sub/g.lua\"\n}\n");
+    let sub = site.mods_dir().join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    std::fs::write(sub.join("g.lua"), "function on_request(req, ctx)\nend\n").expect("write");
+    site.write_config(&config_text("", ECHO));
+    let px = Running::start(&site);
+    let by_name = |list: &Value, name: &str| -> Value {
+        list["mods"]
+            .as_array()
+            .and_then(|mods| mods.iter().find(|m| m["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no module {name} in {list:#}"))
+    };
+
+    // A syntax error in the chunk belongs to the module that names it.
+    std::fs::write(sub.join("g.lua"), "function on_request(req, ctx\nend\n").expect("write");
+    let resp = admin(px.admin, "POST", "/reload", "").await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let list = get_json(px.admin, "/mods").await;
+    let luamod = by_name(&list, "luamod");
+    assert_eq!(luamod["status"], "error", "{list:#}");
+    assert!(
+        luamod["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{list:#}"
+    );
+    assert_eq!(list["errors"], json!([]), "{list:#}");
+
+    // A config.toml error belongs to no module, not to the module called `config`.
+    std::fs::write(sub.join("g.lua"), "function on_request(req, ctx)\nend\n").expect("write");
+    site.write_config(&(config_text("", ECHO) + "bogus = 1\n"));
+    let resp = admin(px.admin, "POST", "/reload", "").await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let list = get_json(px.admin, "/mods").await;
+    let config = by_name(&list, "config");
+    assert_eq!(config["errors"], json!([]), "{list:#}");
+    assert_eq!(config["status"], "loaded", "{list:#}");
+    assert!(
+        list["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{list:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

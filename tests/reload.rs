@@ -698,6 +698,29 @@ async fn post_reload_reloads_and_reports() {
     );
 }
 
+/// A module's Lua chunk in a subfolder (or anywhere the module names it) is part of
+/// what a reload compares: editing it alone is a change, not "nothing changed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_lua_chunk_in_a_subfolder_reloads() {
+    let site = Site::new("lua-subfolder");
+    let sub = site.mods_dir().join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let chunk = |v: &str| {
+        format!("function on_request(req, ctx)\n  return std.respond(200, \"{v}\\n\")\nend\n")
+    };
+    std::fs::write(sub.join("g.lua"), chunk("v1")).expect("write");
+    site.write_mod("luamod", "mod luamod {\n  lua \"sub/g.lua\"\n}\n");
+    site.write_config(&Conf::new(false, ECHO).text());
+    let px = Running::start(&site);
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v1\n"));
+
+    std::fs::write(sub.join("g.lua"), chunk("v2")).expect("write");
+    let (status, report) = post_reload(px.admin).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["generation"], 2, "{report:#}");
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v2\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_binary() {
     let _heavy = HEAVY.lock().await;

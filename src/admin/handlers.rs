@@ -141,26 +141,52 @@ pub fn mod_get(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     }
 }
 
-fn other_errors(shared: &Shared) -> Vec<ReloadError> {
-    let last = shared
+/// The errors of the last reload, if it failed.
+fn last_errors(shared: &Shared) -> Vec<ReloadError> {
+    shared
         .reloads
         .last()
         .filter(|r| !r.ok)
         .map(|r| r.errors)
-        .unwrap_or_default();
-    last.into_iter()
-        .filter(|e| !e.file.ends_with(".pcmod"))
+        .unwrap_or_default()
+}
+
+/// Whether two spellings of a path name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (a.canonicalize(), b.canonicalize()),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// Whether error `e` belongs to the module in file `path` with `source`: it is about
+/// that file, or about a Lua chunk the module names (`lua "sub/x.lua"`).
+fn owned_by(e: &ReloadError, path: &Path, source: &str) -> bool {
+    let file = Path::new(&e.file);
+    if file.as_os_str().is_empty() {
+        return false;
+    }
+    if same_file(file, path) {
+        return true;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    file.extension().is_some_and(|x| x == "lua")
+        && crate::generation::lua_chunk_names(source).any(|chunk| same_file(file, &dir.join(chunk)))
+}
+
+fn other_errors(shared: &Shared) -> Vec<ReloadError> {
+    let g = shared.generation();
+    let files = crate::script::read_sources(&g.config.scripts.dir).unwrap_or_default();
+    last_errors(shared)
+        .into_iter()
+        .filter(|e| !files.iter().any(|(path, source)| owned_by(e, path, source)))
         .collect()
 }
 
 fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
     let g = shared.generation();
-    let last_errors = shared
-        .reloads
-        .last()
-        .filter(|r| !r.ok)
-        .map(|r| r.errors)
-        .unwrap_or_default();
+    let last_errors = last_errors(shared);
     let files = crate::script::read_sources(&g.config.scripts.dir).unwrap_or_default();
     let mut out = Vec::new();
     for (path, source) in files {
@@ -170,11 +196,7 @@ fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
             .unwrap_or_default();
         let errors: Vec<&ReloadError> = last_errors
             .iter()
-            .filter(|e| {
-                Path::new(&e.file)
-                    .file_stem()
-                    .is_some_and(|s| s.to_string_lossy() == stem)
-            })
+            .filter(|e| owned_by(e, &path, &source))
             .collect();
         let loaded = g.modules.iter().find(|m| m.name == stem);
         let mut m = match loaded {
