@@ -476,3 +476,28 @@ fn check_refuses_a_port_on_a_wildcard_and_on_an_address_it_covers() {
     let (code, stderr) = check_text("no-clash", &text);
     assert_eq!(code, Some(0), "stderr: {stderr}");
 }
+
+/// A listener that cannot be bound at start-up: exit 1, and the OS error said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_error_at_start_up_says_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("its address").port();
+    let dir = TempDir::new("bind-error");
+    let path = dir.write("config.toml", &good_config(port));
+    let mut server = Server::spawn(&dir, &path);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("run exits when it cannot bind");
+    let stderr = server.stderr();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "stderr: {stderr}"
+    );
+}
