@@ -10,8 +10,9 @@ use crate::server::Shared;
 use crate::upstream::health;
 
 /// The control thread's runtime and its SIGHUP listener, made by `server::start`
-/// before it returns: a SIGHUP from then on reloads (before the listener exists, the
-/// signal's default action would end the process).
+/// before it returns: a SIGHUP from then on reloads (the binary's `main` catches
+/// SIGHUP before loading anything, so one sent earlier is dropped rather than ending
+/// the process as the signal's default action would).
 pub struct Control {
     /// Taken by [`run`]; still here only when `start` failed after making it.
     runtime: Option<tokio::runtime::Runtime>,

@@ -47,11 +47,29 @@ fn main() -> ExitCode {
         Command::Run => match run(cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("proxycache: {e:#}");
+                eprintln!("proxycache: {}", error_chain(&e));
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// `e` and its causes joined by ": ", leaving out a cause whose text is already
+/// there: our errors say their cause in their own message (`cannot listen on ADDR:
+/// Address already in use`) and also keep it as their source.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Loads the config and every module; prints every error; exit 1 on any.
@@ -121,11 +139,21 @@ fn check(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    // First of all: a SIGHUP (a reload request) during start-up must not end the
+    // process, which is the signal's default action until a handler exists. One sent
+    // before the server serves is dropped: what it would reload is being loaded.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    #[cfg(unix)]
+    let _early_hup = signals.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    })?;
     let config = Config::load(path.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     proxycache::observe::init(&config.log);
     let server = proxycache::start(config).context("cannot start")?;
-    wait_for_shutdown_signal()?;
+    wait_for_shutdown_signal(&signals)?;
     tracing::info!(target: "proxycache::server", "shutting down: draining in-flight requests");
     server.shutdown();
     tracing::info!(target: "proxycache::server", "stopped");
@@ -133,10 +161,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Blocks until SIGTERM or SIGINT.
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn wait_for_shutdown_signal(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(async {
         #[cfg(unix)]
         {

@@ -413,3 +413,114 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
         server.stderr()
     );
 }
+
+/// `check` on `text` (written as `config.toml`): its exit code and stderr.
+fn check_text(name: &str, text: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new(name);
+    let path = dir.write("config.toml", text);
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `good_config` with `workers = WORKERS`.
+fn with_workers(workers: &str) -> String {
+    good_config(0).replace("workers = 1", &format!("workers = {workers}"))
+}
+
+#[test]
+fn check_bounds_server_workers() {
+    let (code, stderr) = check_text("workers-many", &with_workers("99999999999"));
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("server.workers: must be at most 1024, got 99999999999"),
+        "stderr: {stderr}"
+    );
+    let (code, stderr) = check_text("workers-max", &with_workers("1024"));
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn check_calls_an_integer_past_i64_too_large() {
+    let (code, stderr) = check_text("workers-huge", &with_workers("99999999999999999999"));
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("server.workers") && stderr.contains("99999999999999999999 is too large"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("i128"), "stderr: {stderr}");
+}
+
+const ROUTES: &str =
+    "[upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"e\"\n";
+
+/// A listener on the default admin address, with no `[admin]` to move it, is refused
+/// by `check`, naming the key (`run` could not bind both).
+#[test]
+fn check_refuses_a_listener_on_the_default_admin_address() {
+    let on_admin = format!("[server]\nlisten = [\"127.0.0.1:9901\"]\n\n{ROUTES}");
+    let (code, stderr) = check_text("on-admin", &on_admin);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("server.listen[0]") && stderr.contains("admin.listen"),
+        "stderr: {stderr}"
+    );
+}
+
+/// The same port on a wildcard and on an address it covers is refused by `check`,
+/// naming the key (`run` could not bind both).
+#[test]
+fn check_refuses_a_port_on_a_wildcard_and_on_an_address_it_covers() {
+    let routes = ROUTES;
+    let port = free_port();
+    for (a, b) in [
+        (format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+        (format!("[::]:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let text =
+            format!("[server]\nlisten = [\"{a}\", \"{b}\"]\n\n[admin]\nlisten = \"\"\n\n{routes}");
+        let (code, stderr) = check_text("wildcard", &text);
+        assert_eq!(code, Some(1), "{a} and {b}: stderr: {stderr}");
+        assert!(
+            stderr.contains("server.listen[1]") && stderr.contains("also used by server.listen[0]"),
+            "{a} and {b}: stderr: {stderr}"
+        );
+    }
+    // Different ports, or a specific IPv6 address beside the IPv4 wildcard, are fine.
+    let text = format!(
+        "[server]\nlisten = [\"0.0.0.0:{port}\", \"[::1]:{port}\", \"127.0.0.1:0\", \"0.0.0.0:0\"]\n\n[admin]\nlisten = \"\"\n\n{routes}"
+    );
+    let (code, stderr) = check_text("no-clash", &text);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+}
+
+/// A listener that cannot be bound at start-up: exit 1, and the OS error said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_error_at_start_up_says_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("its address").port();
+    let dir = TempDir::new("bind-error");
+    let path = dir.write("config.toml", &good_config(port));
+    let mut server = Server::spawn(&dir, &path);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("run exits when it cannot bind");
+    let stderr = server.stderr();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "stderr: {stderr}"
+    );
+}

@@ -195,6 +195,19 @@ impl Binary {
 
     /// Starts the binary on `conf` with a free port and admin port.
     fn launch(site: &Site, conf: &mut Conf) -> Binary {
+        let addrs = Binary::pick_ports(conf);
+        site.write_config(&conf.text());
+        let (child, stderr_path) = site.spawn_run();
+        Binary {
+            child,
+            stderr_path,
+            addr: addrs.0,
+            admin: addrs.1,
+        }
+    }
+
+    /// Picks a free port and admin port for `conf`.
+    fn pick_ports(conf: &mut Conf) -> (SocketAddr, SocketAddr) {
         let port = free_port();
         let mut admin_port = free_port();
         while admin_port == port {
@@ -202,14 +215,10 @@ impl Binary {
         }
         conf.listen = vec![format!("127.0.0.1:{port}")];
         conf.admin = format!("127.0.0.1:{admin_port}");
-        site.write_config(&conf.text());
-        let (child, stderr_path) = site.spawn_run();
-        Binary {
-            child,
-            stderr_path,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-        }
+        (
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        )
     }
 
     fn stderr(&self) -> String {
@@ -1658,5 +1667,115 @@ async fn an_idle_watcher_does_not_reload_by_itself() {
     assert_eq!(
         before, after,
         "nothing changed on disk, yet the watcher reloaded (ok, failed) {before:?} -> {after:?}"
+    );
+}
+
+// ---- start-up and a config named without a folder ----------------------------------------
+
+impl Binary {
+    /// `proxycache run ARGS` in the site folder (the caller has written, or will
+    /// write, the config they name), serving `addrs` from [`Binary::pick_ports`].
+    fn launch_with(site: &Site, addrs: (SocketAddr, SocketAddr), args: &[&str]) -> Binary {
+        let stderr_path = site.dir.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_proxycache"))
+            .arg("run")
+            .args(args)
+            .current_dir(&site.dir)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn proxycache run");
+        Binary {
+            child,
+            stderr_path,
+            addr: addrs.0,
+            admin: addrs.1,
+        }
+    }
+}
+
+/// A SIGHUP while the binary is still starting (here: still reading its config, a
+/// FIFO nobody has written yet) neither ends it nor keeps it from serving. Before the
+/// fix, the signal's default action ended the process (exit 129) until the control
+/// thread listened, after the config, the modules and the certificates had loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_start_up_does_not_end_the_process() {
+    for round in 0..3 {
+        let site = Site::new("sighup-startup");
+        site.write_mod("marker", &responder("marker", "v1"));
+        let fifo = site.dir.join("fifo.toml");
+        let made = Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo failed: {made}");
+        let mut conf = Conf::new(false, ECHO);
+        let addrs = Binary::pick_ports(&mut conf);
+        let text = conf.text();
+        let mut bin = Binary::launch_with(&site, addrs, &["--config", "fifo.toml"]);
+        // Signals sent before the process has any handler at all (between exec and
+        // the first line of main) would end any program: wait for one, a bounded
+        // time (without one, the signals below show the failure).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while catches_sighup(bin.child.id()) == Some(false) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..3 {
+            bin.sighup();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(status) = bin.child.try_wait().expect("try_wait") {
+            panic!(
+                "round {round}: a SIGHUP during start-up ended proxycache with {status}; stderr:\n{}",
+                bin.stderr()
+            );
+        }
+        // Now the config: opening the FIFO for writing meets the reader waiting in it.
+        std::thread::spawn(move || std::fs::write(&fifo, text))
+            .join()
+            .expect("the writer thread")
+            .expect("write the config into the FIFO");
+        bin.wait_ready().await;
+        assert_eq!(body_of(bin.addr, "/").await.as_deref(), Ok("v1\n"));
+        bin.assert_running();
+    }
+}
+
+/// `-c config.toml` (a bare name, whose folder is the empty path): an edit is seen by
+/// the file watcher's events, not only by its poll. Before the fix the events never
+/// matched the config file (the empty folder could not be resolved), so only the
+/// poll, every 2 s and without waiting for the write to settle, reloaded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_named_without_a_folder_reloads_on_its_file_events() {
+    let _heavy = HEAVY.lock().await;
+    let site = Site::new("bare-name");
+    site.write_mod("marker", &responder("marker", "v1"));
+    let mut conf = Conf::new(true, ECHO);
+    let addrs = Binary::pick_ports(&mut conf);
+    let with_debug = |c: &Conf| {
+        c.text().replace(
+            "[log]\naccess = false",
+            "[log]\naccess = false\nlevel = \"info,proxycache::reload=debug\"",
+        )
+    };
+    site.write_config(&with_debug(&conf));
+    let mut bin = Binary::launch_with(&site, addrs, &["-c", "config.toml"]);
+    bin.wait_ready().await;
+    assert_eq!(body_of(bin.addr, "/").await.as_deref(), Ok("v1\n"));
+
+    // A change only the config file carries: a module turned off.
+    conf.rest = format!("{ECHO}\n[mods.marker]\nenabled = false\n");
+    site.write_config(&with_debug(&conf));
+    let status = wait_status(bin.admin, |s| s["generation"] == 2).await;
+    assert_eq!(status["last_reload"]["ok"], true, "{status:#}");
+    assert_eq!(status["last_reload"]["trigger"], "watch", "{status:#}");
+    let log = bin.stderr();
+    assert!(
+        !log.contains("files changed without an event"),
+        "the edit was found by the poll, not by its file events; stderr:\n{log}"
     );
 }

@@ -553,3 +553,184 @@ fn check_reports_a_missing_key_file() {
         "{stderr}"
     );
 }
+
+/// `tls_config` with the TLS listener on `tls_listen`, or none when `None`.
+fn tls_config_on(upstream: &str, keys: &str, tls_listen: Option<&str>) -> String {
+    let full = tls_config(upstream, keys, false);
+    match tls_listen {
+        Some(listen) => full.replace(
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"",
+            &format!("[[server.tls]]\nlisten = \"{listen}\""),
+        ),
+        None => full.replace(
+            &format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\n{keys}\n"),
+            "",
+        ),
+    }
+}
+
+/// `POST /reload`, asserting it succeeded; the report.
+async fn reload_ok(run: &Running) -> serde_json::Value {
+    let resp = send(run.admin, empty(req("POST", "/reload"))).await;
+    let body = resp.json();
+    assert_eq!(body["ok"], true, "{body}");
+    body
+}
+
+/// Fresh connections to `addr` (enough to reach every worker's socket), each of which
+/// must be served `want` and answer a request.
+async fn every_connection_serves(addr: SocketAddr, ca: &Ca, want: &Issued, what: &str) {
+    for i in 0..24 {
+        let opts = ClientOpts {
+            sni: Some("a.test"),
+            ..ClientOpts::default()
+        };
+        let stream = connect(addr, client_config(ca, &opts), &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connection {i}: {e}"));
+        assert_eq!(
+            peer_leaf(&stream).as_ref(),
+            Some(&want.der),
+            "{what}: connection {i} got another certificate"
+        );
+        let resp = get_over(stream, "/")
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connection {i}: {e}"));
+        assert_eq!(resp.status, 200, "{what}: connection {i}: {}", resp.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_or_moves_a_tls_listener_keeps_it_serving_until_restart() {
+    let ca = Ca::new();
+    let site = Site::new("tls-removed");
+    let v1 = ca.write_server(&site.dir, "site", &["default.test", "a.test"]);
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let keys = cert_entries(&site.dir, &["site"]);
+    site.write_config(&tls_config_on(&up.authority(), &keys, Some("127.0.0.1:0")));
+    let run = Running::start(&site);
+    let addr = tls_addr(&run);
+
+    // Removed, before any connection reached either worker's socket.
+    site.write_config(&tls_config_on(&up.authority(), &keys, None));
+    let report = reload_ok(&run).await;
+    assert!(
+        report["requires_restart"]
+            .to_string()
+            .contains("server.tls listeners"),
+        "{report}"
+    );
+    every_connection_serves(addr, &ca, &v1, "removed").await;
+
+    // Put back: nothing left to restart for, and it still serves.
+    site.write_config(&tls_config_on(&up.authority(), &keys, Some("127.0.0.1:0")));
+    let report = reload_ok(&run).await;
+    assert!(
+        !report["requires_restart"]
+            .to_string()
+            .contains("server.tls"),
+        "{report}"
+    );
+    every_connection_serves(addr, &ca, &v1, "put back").await;
+
+    // Moved to another address: the open socket keeps serving as before.
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    site.write_config(&tls_config_on(&up.authority(), &keys, Some(&elsewhere)));
+    let report = reload_ok(&run).await;
+    assert!(
+        report["requires_restart"]
+            .to_string()
+            .contains("server.tls listeners"),
+        "{report}"
+    );
+    every_connection_serves(addr, &ca, &v1, "moved").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_without_h2_refuses_http2_from_a_client_that_offers_no_alpn() {
+    let ca = Ca::new();
+    let site = Site::new("tls-alpn-h1");
+    ca.write_server(&site.dir, "site", &["default.test", "a.test"]);
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let keys = format!(
+        "{}\nalpn = [\"http/1.1\"]",
+        cert_entries(&site.dir, &["site"])
+    );
+    site.write_config(&tls_config(&up.authority(), &keys, false));
+    let run = Running::start(&site);
+    let addr = tls_addr(&run);
+    let opts = ClientOpts {
+        sni: Some("a.test"),
+        ..ClientOpts::default()
+    };
+
+    // HTTP/2 with prior knowledge, no ALPN: refused.
+    let stream = connect(addr, client_config(&ca, &opts), &opts)
+        .await
+        .expect("handshake");
+    let h2 = async move {
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let request = empty(req("GET", &format!("https://{TEST_HOST}/h2")));
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        read_resp(resp).await
+    };
+    if let Ok(Ok(resp)) = tokio::time::timeout(CLIENT_TIMEOUT, h2).await {
+        panic!(
+            "HTTP/2 was served on an http/1.1-only listener: {} {:?}",
+            resp.status, resp.version
+        );
+    }
+    assert!(
+        up.all().iter().all(|r| r.uri != "/h2"),
+        "an HTTP/2 request reached the upstream"
+    );
+
+    // HTTP/1.1 with no ALPN is still served.
+    let stream = connect(addr, client_config(&ca, &opts), &opts)
+        .await
+        .expect("handshake");
+    let resp = get_over(stream, "/h1").await.expect("HTTP/1.1 request");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.version, Version::HTTP_11);
+}
+
+/// Key files rustls cannot use are named for what they are: an encrypted PKCS#8 key
+/// (with how to decrypt it) and a key of an unsupported type (P-521), not "no PEM
+/// private key" or "cannot be used with the certificate".
+#[test]
+fn check_names_an_encrypted_key_and_an_unsupported_key_type() {
+    let ca = Ca::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    for (file, want) in [
+        (
+            "encrypted.key",
+            "encrypted keys are not supported; decrypt with `openssl pkey -in",
+        ),
+        ("p521.key", "of a type this build cannot use"),
+    ] {
+        let site = Site::new("tls-key-kind");
+        ca.write_server(&site.dir, "site", &["a.test"]);
+        std::fs::copy(fixtures.join(file), site.dir.join("site.key")).expect("copy the key");
+        let keys = cert_entries(&site.dir, &["site"]);
+        site.write_config(&tls_config("127.0.0.1:9", &keys, false));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
+            .args(["check", "--config"])
+            .arg(site.config_path())
+            .output()
+            .expect("run proxycache check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: check passed");
+        assert!(
+            stderr.contains("server.tls[0].certs[0].key") && stderr.contains("site.key"),
+            "{file}: {stderr}"
+        );
+        assert!(stderr.contains(want), "{file}: {stderr}");
+    }
+}

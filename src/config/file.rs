@@ -401,10 +401,27 @@ fn readable(message: &str) -> String {
         .fold(message.to_owned(), |text, (from, to)| {
             text.replace(from, to)
         });
+    if let Some(number) = out_of_range(&text) {
+        let (which, bound) = if number.starts_with('-') {
+            ("small", i64::MIN)
+        } else {
+            ("large", i64::MAX)
+        };
+        return format!("{number} is too {which} (integers go to {bound})");
+    }
     match text.find("expected struct ") {
         Some(at) => format!("{}expected a table", &text[..at]),
         None => text,
     }
+}
+
+/// The number of an integer too large for an `i64` (serde's "invalid type: integer
+/// `N` as i128, expected an integer").
+fn out_of_range(text: &str) -> Option<&str> {
+    let rest = text.split_once("invalid type: integer `")?.1;
+    let (number, rest) = rest.split_once('`')?;
+    rest.starts_with(" as i128, expected an integer")
+        .then_some(number)
 }
 
 /// One step of a TOML path.

@@ -115,6 +115,10 @@ pub mod bounds {
     /// finer than any set needs, and keeps balancing arithmetic and the
     /// `consistent_hash` ring small.
     pub const MAX_WEIGHT: u32 = 1_000;
+    /// The largest `server.workers`: each worker is an OS thread with its own event
+    /// loop, pool and sockets, and far more than the cores of any machine only costs
+    /// memory (a huge count would exhaust it before serving anything).
+    pub const MAX_WORKERS: usize = 1_024;
 }
 
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -206,7 +210,14 @@ impl<'a> Checker<'a> {
     }
 
     fn config(&mut self, file: FileConfig, text: &str) -> Config {
-        // Listeners first, in file order, so a clash names the earlier one.
+        // Listeners first, in file order, so a clash names the earlier one. The default
+        // admin address is taken before any: a listener on it clashes, naming its key.
+        if file.admin.listen.is_none() {
+            self.listeners.push((
+                DEFAULT_ADMIN_LISTEN,
+                "admin.listen (its default)".to_owned(),
+            ));
+        }
         let server = self.server(&file.server, !file.tcp.is_empty());
         let admin = self.admin(&file.admin);
         let mut upstreams = self.upstreams(&file.upstreams);

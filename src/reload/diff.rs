@@ -52,8 +52,15 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
             .map(|t| t.listen)
             .collect::<Vec<_>>()
     };
-    if tls(old) != tls(new) {
-        c.requires_restart.push("server.tls listeners".into());
+    // TLS sockets are opened at start-up only; a removed or moved listener keeps
+    // serving as before. Reported when this reload changed them and what is open
+    // differs from what the config asks for (not after a change is undone).
+    let open = new.tls.open();
+    if tls(old) != tls(new) && open != tls(new) {
+        c.requires_restart.push(format!(
+            "server.tls listeners: open {open:?}, configured {:?}",
+            tls(new)
+        ));
     }
     for addr in new.tls.changed_since(&old.tls) {
         c.applied

@@ -1,7 +1,8 @@
 //! Watching `scripts.dir` (recursively, so `mods/lib/` counts), the config file, and
 //! the TLS listeners' certificate, key and CA files (their folders, so a file renamed
-//! over one — as certbot and editors do — counts). Editors write files in several steps, so events are debounced: a reload starts only
-//! once no relevant event has arrived for [`SETTLE`], and then re-reads everything.
+//! over one — as certbot and editors do — counts). Editors write files in several
+//! steps, so events are debounced: a reload starts only once no relevant event has
+//! arrived for [`SETTLE`], and then re-reads everything.
 //! The watches are installed ([`install`]) before `server::start` returns, so a change
 //! made the moment the server is up is not missed.
 //!
@@ -10,7 +11,8 @@
 //! watch follows the old folder), a scripts folder made after start or named anew by
 //! a reload. So every [`POLL`] the files' identity (path, inode, size, modification
 //! time) is also compared with what it was after the last reload, and a difference
-//! reloads too, re-watching the scripts folder where it is now.
+//! reloads too (once the identity has stayed the same for [`SETTLE`]), re-watching
+//! the scripts folder where it is now.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,13 +100,8 @@ pub fn install(shared: &Shared) -> Option<Watching> {
         }
     };
     let scripts_watched = watch_scripts(&mut watcher, &scripts_dir, None);
-    if let Some(dir) = config_path.as_deref().and_then(Path::parent) {
+    if let Some(dir) = config_path.as_deref().map(parent) {
         // The folder, not the file: editors replace files by renaming over them.
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(target: "proxycache::reload", dir = %dir.display(), error = %e, "cannot watch the config folder");
         }
@@ -215,8 +212,19 @@ impl Watching {
         loop {
             tokio::select! {
                 _ = poll.tick() => {
-                    let now = signature(&shared);
+                    let mut now = signature(&shared);
                     if now != last_signature {
+                        // The same quiet time as after an event: the change may be a
+                        // write still in progress.
+                        let burst = tokio::time::Instant::now();
+                        loop {
+                            tokio::time::sleep(SETTLE).await;
+                            let later = signature(&shared);
+                            if later == now || burst.elapsed() >= MAX_SETTLE {
+                                break;
+                            }
+                            now = later;
+                        }
                         tracing::debug!(target: "proxycache::reload", "files changed without an event (a symlink or folder swapped): reloading");
                         let s = Arc::clone(&shared);
                         let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&s, "watch")).await;
@@ -288,7 +296,7 @@ fn relevant(path: &Path, scripts_dir: &Path, config: Option<&Path>) -> bool {
 /// files themselves count, see `same_file`).
 fn watch_tls_dirs(watcher: &mut impl Watcher, files: &[PathBuf], watched: &mut Vec<PathBuf>) {
     for file in files {
-        let dir = canonical(file.parent().unwrap_or(Path::new(".")));
+        let dir = canonical(parent(file));
         if watched.contains(&dir) {
             continue;
         }
@@ -307,8 +315,16 @@ fn same_file(path: &Path, file: &Path) -> bool {
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
-    let parent = |p: &Path| canonical(p.parent().unwrap_or(Path::new(".")));
-    parent(a) == parent(b)
+    canonical(parent(a)) == canonical(parent(b))
+}
+
+/// The folder `path` is in: `.` for a bare name such as `config.toml` (whose
+/// `parent()` is the empty path, which names no folder).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 fn canonical(p: &Path) -> PathBuf {

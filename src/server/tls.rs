@@ -38,10 +38,23 @@ pub use certs::TlsError;
 pub const SESSION_CACHE_SIZE: usize = 4096;
 
 /// The rustls server side of every `[[server.tls]]` listener of one generation, in
-/// config order.
+/// config order, and the `ServerConfig` each socket opened at start-up serves with.
 #[derive(Default)]
 pub struct TlsListeners {
     listeners: Vec<TlsListener>,
+    /// The sockets opened at start-up (TLS listeners are not opened or closed by a
+    /// reload), each with its `ServerConfig`: its listener's in this generation, or,
+    /// when a reload removed or moved that listener, the one it served with before,
+    /// so the socket serves as it did until a restart.
+    sockets: Vec<Socket>,
+}
+
+/// One start-up TLS socket (its index in `server.tls` and its configured address
+/// then) and the `ServerConfig` it serves with in this generation.
+struct Socket {
+    index: usize,
+    listen: SocketAddr,
+    config: Arc<ServerConfig>,
 }
 
 struct TlsListener {
@@ -84,11 +97,32 @@ impl TlsListeners {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        if errors.is_empty() {
-            Ok(TlsListeners { listeners })
-        } else {
-            Err(errors)
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let sockets = match previous {
+            // The first generation: `server::start` opens a socket for each listener.
+            None => listeners
+                .iter()
+                .enumerate()
+                .map(|(index, l)| Socket {
+                    index,
+                    listen: l.listen,
+                    config: Arc::clone(&l.config),
+                })
+                .collect(),
+            Some(previous) => previous
+                .sockets
+                .iter()
+                .map(|s| Socket {
+                    index: s.index,
+                    listen: s.listen,
+                    config: find(&listeners, s.index, s.listen)
+                        .map_or_else(|| Arc::clone(&s.config), |l| Arc::clone(&l.config)),
+                })
+                .collect(),
+        };
+        Ok(TlsListeners { listeners, sockets })
     }
 
     /// Whether there are no TLS listeners.
@@ -96,18 +130,20 @@ impl TlsListeners {
         self.listeners.is_empty()
     }
 
-    /// The `ServerConfig` for listener `index` configured as `listen`; `None` when the
-    /// generation no longer has it (its socket stays open until a restart).
+    /// The `ServerConfig` for the start-up socket of listener `index` configured as
+    /// `listen` (carried over from an earlier generation when this one no longer has
+    /// that listener); `None` only for a socket that was never opened.
     pub fn config_for(&self, index: usize, listen: SocketAddr) -> Option<Arc<ServerConfig>> {
-        self.listeners
-            .get(index)
-            .filter(|l| l.listen == listen)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|l| l.listen == listen && listen.port() != 0)
-            })
-            .map(|l| Arc::clone(&l.config))
+        self.sockets
+            .iter()
+            .find(|s| s.index == index && s.listen == listen)
+            .map(|s| Arc::clone(&s.config))
+    }
+
+    /// The configured addresses of the TLS sockets open since start-up, in config
+    /// order then: what a restart would change when `server.tls` differs.
+    pub fn open(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|s| s.listen).collect()
     }
 
     /// Listeners whose certificate, key or CA files differ from `old`'s (by address).
@@ -123,6 +159,19 @@ impl TlsListeners {
             .map(|(_, l)| l.listen)
             .collect()
     }
+}
+
+/// Listener `index` if it is still configured as `listen`, else the listener on
+/// `listen` (it moved within `server.tls`; port 0 names no one address).
+fn find(listeners: &[TlsListener], index: usize, listen: SocketAddr) -> Option<&TlsListener> {
+    listeners
+        .get(index)
+        .filter(|l| l.listen == listen)
+        .or_else(|| {
+            listeners
+                .iter()
+                .find(|l| l.listen == listen && listen.port() != 0)
+        })
 }
 
 fn build_one(
@@ -257,7 +306,8 @@ pub fn diagnostics(config: &Config, errors: &[TlsError]) -> Vec<Diagnostic> {
 }
 
 /// Handshakes a connection accepted on a TLS listener (within `timeouts.header`), then
-/// serves it as HTTP/2 or HTTP/1.1 as ALPN chose.
+/// serves it as HTTP/2 or HTTP/1.1 as ALPN chose (with no ALPN, as the client's first
+/// bytes say, HTTP/2 only when the listener's `alpn` has h2).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -266,6 +316,9 @@ pub async fn serve(
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     let limit = ctx.shared.generation().config.server.timeouts.header;
+    // A listener whose `alpn` leaves out h2 serves HTTP/1.1 only, also to clients
+    // that offer no ALPN and send the HTTP/2 preface anyway.
+    let h2_allowed = config.alpn_protocols.iter().any(|p| p == b"h2");
     let handshake = TlsAcceptor::from(config).accept(stream);
     let stream = match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(stream)) => stream,
@@ -282,7 +335,8 @@ pub async fn serve(
         Some(b"h2") => Protocol::Http2,
         Some(_) => Protocol::Http1,
         // No ALPN: the client's first bytes say which (as on plain listeners).
-        None => Protocol::Auto,
+        None if h2_allowed => Protocol::Auto,
+        None => Protocol::Http1,
     };
     super::conn::serve_io(stream, peer, local, "https", protocol, ctx).await;
 }

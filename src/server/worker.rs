@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -51,12 +50,10 @@ pub struct TlsSocket {
 /// What an accept loop does with a connection.
 enum Kind {
     Http,
-    /// TLS listener `index`; `last` is the `ServerConfig` it last used, kept when a
-    /// reload drops the listener from the config (its socket stays until a restart).
+    /// The start-up socket of TLS listener `index`, configured as `listen`.
     Tls {
         index: usize,
         listen: SocketAddr,
-        last: Option<Arc<ServerConfig>>,
     },
 }
 
@@ -99,7 +96,7 @@ pub fn run(
         for t in tls {
             match TcpListener::from_std(t.socket) {
                 Ok(l) => {
-                    let kind = Kind::Tls { index: t.index, listen: t.listen, last: None };
+                    let kind = Kind::Tls { index: t.index, listen: t.listen };
                     tls_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx), kind)));
                 }
                 Err(e) => {
@@ -157,7 +154,7 @@ fn listen(
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, kind: Kind) {
     let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
         match listener.accept().await {
@@ -174,23 +171,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, mut kind: Kind)
                 }
                 let _ = stream.set_nodelay(true);
                 let conn_ctx = Arc::clone(&ctx);
-                match &mut kind {
+                match &kind {
                     Kind::Http => spawn_conn(&ctx, super::conn::serve(stream, peer, conn_ctx)),
-                    Kind::Tls {
-                        index,
-                        listen,
-                        last,
-                    } => {
+                    Kind::Tls { index, listen } => {
                         // Read per connection: a reload's new certificates serve the
-                        // next handshake.
-                        if let Some(current) = generation.tls.config_for(*index, *listen) {
-                            *last = Some(current);
-                        }
-                        match last {
-                            Some(config) => spawn_conn(
-                                &ctx,
-                                super::tls::serve(stream, peer, Arc::clone(config), conn_ctx),
-                            ),
+                        // next handshake. A listener a reload removed keeps the
+                        // configuration it had (the generation carries it over).
+                        match generation.tls.config_for(*index, *listen) {
+                            Some(config) => {
+                                spawn_conn(&ctx, super::tls::serve(stream, peer, config, conn_ctx))
+                            }
                             None => {
                                 shared.connections.fetch_sub(1, Ordering::AcqRel);
                                 tracing::error!(target: "proxycache::server", listen = %listen, "no TLS configuration for this listener; closing");

@@ -77,7 +77,13 @@ impl Checker<'_> {
     }
 
     pub(super) fn workers(&mut self, workers: &Option<file::Int>) -> usize {
-        let workers = self.count("server.workers", workers, DEFAULT_WORKERS, 0);
+        let workers = self.count_in(
+            "server.workers",
+            workers,
+            DEFAULT_WORKERS,
+            0,
+            bounds::MAX_WORKERS as i64,
+        );
         if workers > 0 {
             return workers;
         }
@@ -195,10 +201,6 @@ impl Checker<'_> {
                 let message = "an admin listener on a non-loopback address needs admin.api_key";
                 self.error("admin.listen", text.span(), message);
             }
-        }
-        if file.listen.is_none() {
-            self.listeners
-                .push((DEFAULT_ADMIN_LISTEN, "admin.listen".to_owned()));
         }
         AdminConfig { listen, api_key }
     }

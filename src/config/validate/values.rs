@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Whether listeners on `a` and `b` cannot both be bound: the same port (not 0) on the
+/// same IP, or with one of them the wildcard of its family (`0.0.0.0` takes every
+/// IPv4 address; `[::]` every address, IPv4 too, as Linux binds it by default).
+pub(super) fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 impl Checker<'_> {
     /// A listening address; also checks no other listener already uses it.
     pub(super) fn listen_addr(&mut self, key: &str, text: &file::Text) -> Option<SocketAddr> {
@@ -16,7 +26,7 @@ impl Checker<'_> {
         let clash = self
             .listeners
             .iter()
-            .find(|(seen, _)| *seen == addr && addr.port() != 0);
+            .find(|(seen, _)| listeners_clash(*seen, addr));
         if let Some((_, other)) = clash {
             let message = format!("address {addr} is also used by {other}");
             self.error(key, text.span(), message);

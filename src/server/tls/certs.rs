@@ -38,6 +38,22 @@ pub enum TlsError {
     NoCertificate { key: String, path: PathBuf },
     #[error("{key}: {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)", path.display())]
     NoKey { key: String, path: PathBuf },
+    #[error(
+        "{key}: the private key in {0} is encrypted; encrypted keys are not supported; \
+         decrypt with `openssl pkey -in {0} -out {0}.plain` and name that file",
+        path.display()
+    )]
+    EncryptedKey { key: String, path: PathBuf },
+    #[error(
+        "{key}: the private key in {} is of a type this build cannot use ({message}); \
+         supported: RSA, ECDSA P-256 and P-384, Ed25519",
+        path.display()
+    )]
+    UnsupportedKey {
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("{key}: the leaf certificate in {} cannot be parsed: {message}", path.display())]
     BadCertificate {
         key: String,
@@ -69,6 +85,8 @@ impl TlsError {
             | TlsError::Pem { path, .. }
             | TlsError::NoCertificate { path, .. }
             | TlsError::NoKey { path, .. }
+            | TlsError::EncryptedKey { path, .. }
+            | TlsError::UnsupportedKey { path, .. }
             | TlsError::BadCertificate { path, .. }
             | TlsError::Key { path, .. }
             | TlsError::ClientCa { path, .. } => Some(path),
@@ -129,6 +147,12 @@ pub fn load_pair(
     let names = leaf_names(&cert_key, &pair.cert, &chain)?;
     let key_key = format!("{key}.key");
     let bytes = read(&key_key, &pair.key)?;
+    if is_encrypted_key(&bytes) {
+        return Err(TlsError::EncryptedKey {
+            key: key_key,
+            path: pair.key.clone(),
+        });
+    }
     let private = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             key: key_key.clone(),
@@ -140,16 +164,41 @@ pub fn load_pair(
             message: other.to_string(),
         },
     })?;
-    let certified =
-        CertifiedKey::from_der(chain, private, provider).map_err(|source| TlsError::Key {
-            key: key_key,
+    // Loaded apart from the match with the certificate, so that a key of a type the
+    // provider lacks (P-521, DSA) is not reported as a mismatch.
+    let signer = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| TlsError::UnsupportedKey {
+            key: key_key.clone(),
             path: pair.key.clone(),
-            source,
+            message: e.to_string(),
         })?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        // A key that cannot tell its public half is not a mismatch (as rustls's
+        // `CertifiedKey::from_der` decides).
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(source) => {
+            return Err(TlsError::Key {
+                key: key_key,
+                path: pair.key.clone(),
+                source,
+            })
+        }
+    }
     Ok(NamedCert {
         names,
         key: Arc::new(certified),
     })
+}
+
+/// Whether a key file holds an encrypted key: PKCS#8 `ENCRYPTED PRIVATE KEY`, or a
+/// legacy PEM key with `Proc-Type: 4,ENCRYPTED` (neither can be read without the
+/// passphrase).
+fn is_encrypted_key(bytes: &[u8]) -> bool {
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
 }
 
 /// Every certificate in a PEM file, in order (the leaf first, as servers send them).
