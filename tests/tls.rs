@@ -646,6 +646,27 @@ async fn a_reload_that_removes_or_moves_a_tls_listener_keeps_it_serving_until_re
     every_connection_serves(addr, &ca, &v1, "moved").await;
 }
 
+/// A reload that changes only a listener's `alpn` applies it and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_alpn_reports_it() {
+    let ca = Ca::new();
+    let site = Site::new("tls-alpn-report");
+    ca.write_server(&site.dir, "site", &["default.test", "a.test"]);
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let keys = cert_entries(&site.dir, &["site"]);
+    site.write_config(&tls_config(&up.authority(), &keys, false));
+    let run = Running::start(&site);
+    let h1_only = format!("{keys}\nalpn = [\"http/1.1\"]");
+    site.write_config(&tls_config(&up.authority(), &h1_only, false));
+    let report = reload_ok(&run).await;
+    assert!(
+        report["applied"]
+            .to_string()
+            .contains("alpn [\\\"http/1.1\\\"]"),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_without_h2_refuses_http2_from_a_client_that_offers_no_alpn() {
     let ca = Ca::new();

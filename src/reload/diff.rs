@@ -62,9 +62,37 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
             tls(new)
         ));
     }
-    for addr in new.tls.changed_since(&old.tls) {
+    let changed_files = new.tls.changed_since(&old.tls);
+    for addr in &changed_files {
         c.applied
             .push(format!("server.tls {addr}: certificates (new connections)"));
+    }
+    // Settings of a listener that stays where it is (its files' contents are above).
+    for n in &new.config.server.tls {
+        let Some(o) = old.config.server.tls.iter().find(|o| o.listen == n.listen) else {
+            continue;
+        };
+        if o.alpn != n.alpn {
+            c.applied.push(format!(
+                "server.tls {}: alpn {:?} (new connections)",
+                n.listen, n.alpn
+            ));
+        }
+        fn paths(
+            t: &crate::config::TlsListenerConfig,
+        ) -> (
+            Vec<(&std::path::Path, &std::path::Path)>,
+            Option<&std::path::Path>,
+        ) {
+            let certs = t.certs.iter().map(|p| (&*p.cert, &*p.key)).collect();
+            (certs, t.client_ca.as_deref())
+        }
+        if paths(o) != paths(n) && !changed_files.contains(&n.listen) {
+            c.applied.push(format!(
+                "server.tls {}: certificate or client_ca files (new connections)",
+                n.listen
+            ));
+        }
     }
     let tcp = |g: &Generation| g.config.tcp.iter().map(|t| t.listen).collect::<Vec<_>>();
     if tcp(old) != tcp(new) {
