@@ -153,28 +153,71 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     proxycache::observe::init(&config.log);
     let server = proxycache::start(config).context("cannot start")?;
-    wait_for_shutdown_signal(&signals)?;
+    let mut stop = StopSignals::new(&signals)?;
+    signals.block_on(stop.recv());
     tracing::info!(target: "proxycache::server", "shutting down: draining in-flight requests");
-    server.shutdown();
+    server.begin_shutdown();
+    // The drain runs on its own thread; this one keeps listening: a second SIGTERM or
+    // SIGINT ends the process at once (nginx's fast shutdown after a graceful one).
+    let (drained_tx, drained) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pc-shutdown".into())
+        .spawn(move || {
+            server.join();
+            let _ = drained_tx.send(());
+        })
+        .context("cannot start the shutdown thread")?;
+    let forced = signals.block_on(async {
+        tokio::select! {
+            _ = drained => false,
+            () = stop.recv() => true,
+        }
+    });
+    if forced {
+        tracing::warn!(target: "proxycache::server", "forced shutdown: a second signal during the drain; closing every connection now");
+        return Err(Forced.into());
+    }
     tracing::info!(target: "proxycache::server", "stopped");
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_shutdown_signal(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    rt.block_on(async {
+/// A second SIGTERM or SIGINT cut the drain short (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("forced shutdown: the drain was cut short by a second signal")]
+struct Forced;
+
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment the server serves until
+/// the process exits.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new(rt: &tokio::runtime::Runtime) -> anyhow::Result<StopSignals> {
+        let _entered = rt.enter();
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
         #[cfg(not(unix))]
-        tokio::signal::ctrl_c().await?;
-        Ok(())
-    })
+        Ok(StopSignals {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

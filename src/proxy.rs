@@ -584,6 +584,9 @@ fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
         Err(SendError::Connect(e, _)) if crate::upstream::connect::is_local_failure(e) => None,
         // The client's slowness, not the server's.
         Err(SendError::RequestBodyStalled(_)) => None,
+        // A protocol the set cannot speak (an upgrade to an HTTP/2-only server): the
+        // configuration's doing; the server may well serve its own traffic.
+        Err(SendError::Unsupported(_)) => None,
         Err(SendError::Upstream(e)) => {
             Some(body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some())
         }
@@ -676,6 +679,10 @@ async fn send_to<T: Transport>(
         Err(SendError::RequestBodyStalled(timeout)) => {
             Err(Failed::Sent(ProxyError::RequestBodyTimeout { timeout }))
         }
+        Err(SendError::Unsupported(reason)) => Err(Failed::Sent(ProxyError::UpgradeUnsupported {
+            upstream: upstream(),
+            reason,
+        })),
         Err(SendError::SendTimeout(timeout)) => Err(Failed::Sent(ProxyError::SendTimeout {
             upstream: upstream(),
             server: addr,

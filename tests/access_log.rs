@@ -147,3 +147,47 @@ async fn a_request_given_up_while_the_server_thinks_names_the_server() {
     assert_eq!(lines[0]["upstream"], "app", "{lines:#?}");
     assert_eq!(lines[0]["server"], up.addr.to_string(), "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_drain_cuts_is_a_503_for_shutdown_not_a_499() {
+    // The proxy closed it when `shutdown_drain` ran out; the client did not leave.
+    let up = Upstream::start("a", Behavior::slow(10_000)).await;
+    let (mut child, addr, log, _site) = run_logging(
+        "access-log-cut",
+        &format!(
+            "[server.timeouts]\nshutdown_drain = \"300ms\"\n\n{}",
+            app(&[&up], "")
+        ),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        format!("GET /cut HTTP/1.1\r\nhost: {TEST_HOST}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let asked = wait_until(Duration::from_secs(5), || up.requests() >= 1).await;
+    assert!(asked, "the request reached the server");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let exited = wait_until(Duration::from_secs(8), || {
+        matches!(child.0.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    assert!(
+        exited,
+        "the drain ended: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let lines = access_lines(&log);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["path"], "/cut", "{lines:#?}");
+    assert_eq!(lines[0]["status"], 503, "{lines:#?}");
+    assert_eq!(lines[0]["reason"], "shutdown", "{lines:#?}");
+    assert_eq!(lines[0]["server"], up.addr.to_string(), "{lines:#?}");
+    drop(stream);
+}

@@ -125,11 +125,16 @@ impl Server {
     }
 
     fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`...) to the process.
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 }
 
@@ -410,6 +415,43 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
         status.and_then(|s| s.code()),
         Some(0),
         "exit after SIGTERM; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_forces_the_exit() {
+    let up = Upstream::start("slow", Behavior::slow_on("/slow", 30_000)).await;
+    let dir = TempDir::new("forced");
+    let port = free_port();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[server.timeouts]\nshutdown_drain = \"5m\"\n\n[admin]\nlisten = \"\"\n\n{}",
+        app(&[&up], "")
+    );
+    let path = dir.write("config.toml", &text);
+    let mut server = Server::spawn(&dir, &path);
+    server.wait_ready(port).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    let _slow = tokio::spawn(async move { try_send(addr, empty(req("GET", "/slow"))).await });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.inflight() == 1).await,
+        "the slow request reached the upstream"
+    );
+    server.sigterm();
+    // Draining: the slow request holds the process.
+    assert_eq!(server.wait_exit(Duration::from_millis(500)).await, None);
+    server.signal("INT");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "a second signal ends the drain; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        server.stderr().contains("forced shutdown"),
+        "stderr:\n{}",
         server.stderr()
     );
 }

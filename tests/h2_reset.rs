@@ -421,3 +421,33 @@ async fn requests_in_flight_finish_when_premature_resets_close_the_connection() 
         .expect("an answer or an error in time");
     assert!(after.is_err(), "the connection was closed: {after:?}");
 }
+
+/// A client that never answers the `PING` of hyper's two-step `GOAWAY` must not hold
+/// shutdown for the whole drain: with nothing in flight, its connection is closed
+/// after a short grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_client_that_never_acks_the_ping_does_not_hold_shutdown() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy_with("timeouts = { shutdown_drain = \"60s\" }", &app(&[&up], ""));
+    let tcp = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    wr.write_all(&hello).await.expect("preface");
+    // The server's SETTINGS: the connection is served by hyper now.
+    let first = timeout(CLIENT_TIMEOUT, read_frame(&mut rd)).await;
+    assert!(
+        matches!(first, Ok(Some((SETTINGS, 0, _)))),
+        "the server's SETTINGS: {first:?}"
+    );
+    // Read (never answer) everything the server sends from now on.
+    let reader = tokio::spawn(async move { while read_frame(&mut rd).await.is_some() {} });
+    let stopped = timeout(Duration::from_secs(15), px.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown waited for the silent client (shutdown_drain is 60s)"
+    );
+    // The proxy closed the connection.
+    assert!(timeout(CLIENT_TIMEOUT, reader).await.is_ok());
+    drop(wr);
+}

@@ -172,3 +172,21 @@ async fn hop_by_hop_response_headers_never_reach_the_client() {
         .is_none_or(|v| !v.contains("x-resp-secret")));
     assert_eq!(resp.header("x-resp-kept").as_deref(), Some("yes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_never_reaches_the_upstream() {
+    // Hop-by-hop by definition (RFC 7540 3.2.1), also when `Connection` does not name it.
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    for head in [
+        &b"GET /a HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\
+           HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"[..],
+        &b"GET /b HTTP/1.1\r\nHost: test.local\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"[..],
+    ] {
+        let raw = raw_request(px.addr, head).await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+        let got = up.last().expect("the upstream saw the request");
+        assert_eq!(got.header("http2-settings"), None, "{:?}", got.headers);
+        assert_eq!(got.header("upgrade"), None, "{:?}", got.headers);
+    }
+}

@@ -416,3 +416,28 @@ async fn connect_is_405_and_never_forwarded() {
     // The proxy carries on.
     assert_eq!(get(px.addr, "/after").await.status, 200);
 }
+
+/// RFC 9110 15.5.6: a 405 says what is allowed, over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_405_for_connect_has_an_allow_header() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let allow = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+    let raw = raw_request(
+        px.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 405, "{raw}");
+    assert_eq!(raw_header(&raw, "allow").as_deref(), Some(allow), "{raw}");
+
+    let h2 = http::Request::builder()
+        .method("CONNECT")
+        .uri("example.com:443")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send_h2(px.addr, h2).await;
+    assert_eq!(resp.status, 405, "{}", resp.text());
+    assert_eq!(resp.header("allow").as_deref(), Some(allow));
+    assert_eq!(up.requests(), 0);
+}

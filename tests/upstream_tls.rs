@@ -543,6 +543,36 @@ async fn an_upgrade_to_a_tls_http2_set_offers_only_http1_in_alpn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_an_h2_only_tls_server_refuses_is_a_501_that_spares_the_breaker() {
+    // The server takes only `h2` in ALPN: the upgrade's `http/1.1` offer is turned
+    // down. A mismatch of configuration, not a failure of the server's.
+    let pki = pki(&["127.0.0.1"]);
+    let (addr, seen) = tls_upstream(&pki, &["h2"]).await;
+    let ca = write_pem("ca-upgrade-h2", &pki.ca_pem);
+    let px = proxy_to(
+        &addr.to_string(),
+        &format!(
+            "tls = true\nhttp2 = true\ntls_ca = \"{}\"\n\
+             circuit_breaker = {{ failures = 1, open_for = \"60s\" }}",
+            toml_path(&ca)
+        ),
+    );
+    for _ in 0..3 {
+        let upgrade = req("GET", "/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = send(px.addr, upgrade).await;
+        assert_eq!(resp.status, 501, "{}", resp.text());
+    }
+    let resp = get(px.addr, "/grpc-ish").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let (version, _, path) = seen.last().expect("the upstream saw the request");
+    assert_eq!((version, path.as_str()), (Version::HTTP_2, "/grpc-ish"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_true_over_tls_negotiates_h2_by_alpn_and_falls_back_to_http1() {
     let pki = pki(&["127.0.0.1"]);
     let ca = write_pem("ca", &pki.ca_pem);

@@ -308,3 +308,142 @@ async fn h2c_is_not_tunnelled() {
     assert_eq!(got.header("upgrade"), None);
     assert_eq!(got.header("http2-settings"), None);
 }
+
+/// An HTTP/2-only server (h2c, prior knowledge) on 127.0.0.1:0 answering `200 h2`.
+async fn h2c_only_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"h2")),
+                    ))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+const WS_HANDSHAKE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\n\
+    Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_an_h2c_set_is_refused_and_spares_the_breaker() {
+    let up = h2c_only_server().await;
+    let px = proxy(&format!(
+        "[upstreams.grpc]\nservers = [\"{up}\"]\nhttp2 = true\n\
+         circuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n[[routes]]\nupstream = \"grpc\"\n"
+    ));
+    for _ in 0..5 {
+        let raw = raw_request(px.addr, WS_HANDSHAKE).await;
+        assert_eq!(raw_status(&raw), 501, "{raw}");
+        assert_eq!(raw_header(&raw, "upgrade"), None, "{raw}");
+    }
+    // The set's own traffic still goes through: its breaker was not charged.
+    let resp = get(px.addr, "/after").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "h2");
+}
+
+/// A server that records each request's raw bytes (head, then whatever body follows
+/// within 1 s or up to a last chunk) and answers `101` to protocol `raw`.
+async fn recording_upgrade_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                let end = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got);
+                    text.find("\r\n\r\n")
+                        .is_some_and(|head| text[head + 4..].ends_with("0\r\n\r\n"))
+                };
+                while !end(&got) {
+                    match timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                record
+                    .lock()
+                    .expect("record")
+                    .push(String::from_utf8_lossy(&got).into_owned());
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: raw\r\n\r\n";
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_handshake_body_reaches_the_upstream_chunked() {
+    let (up, seen) = recording_upgrade_server().await;
+    let px = ws_proxy(up, "");
+    let mut s = TcpStream::connect(px.addr).await.expect("connect");
+    s.write_all(
+        b"GET /raw HTTP/1.1\r\nHost: test.local\r\nConnection: upgrade\r\nUpgrade: raw\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = read_raw(&mut s, CLIENT_TIMEOUT).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    let got = seen
+        .lock()
+        .expect("seen")
+        .last()
+        .cloned()
+        .expect("the upstream saw the handshake");
+    let lower = got.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "the body is framed: {got:?}"
+    );
+    assert!(
+        got.ends_with("\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n"),
+        "the body went on: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_a_module_turns_into_another_status_loses_the_upgrade_headers() {
+    let up = WsEcho::start().await;
+    let (_site, run) = one_module_site(
+        "ws-deny",
+        (
+            "ws_deny",
+            r#"
+mod ws_deny {
+  on response {
+    set resp.status = 403
+  }
+}
+"#,
+        ),
+        up.addr,
+    );
+    let raw = raw_request(run.addr, WS_HANDSHAKE).await;
+    assert_eq!(raw_status(&raw), 403, "{raw}");
+    assert_eq!(raw_header(&raw, "upgrade"), None, "{raw}");
+    assert_eq!(raw_header(&raw, "sec-websocket-accept"), None, "{raw}");
+    assert_ne!(
+        raw_header(&raw, "connection").map(|v| v.to_ascii_lowercase()),
+        Some("upgrade".into()),
+        "{raw}"
+    );
+}

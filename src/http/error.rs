@@ -1,6 +1,7 @@
 //! `ProxyError`: everything that can end a request with a proxy-made response, and the
 //! one function that maps where an error came from to its status (STYLE rule 7):
-//! the client -> 4xx, the upstream -> 502/503/504, the proxy or a script -> 500.
+//! the client -> 4xx, the upstream -> 502/503/504, the proxy or a script -> 500, an
+//! upgrade the upstream set cannot carry -> 501.
 
 use std::net::SocketAddr;
 
@@ -83,6 +84,11 @@ pub enum ProxyError {
         server: SocketAddr,
         timeout: std::time::Duration,
     },
+    /// The upstream set cannot carry what the request needs: an `Upgrade` (WebSocket)
+    /// to a set that speaks only HTTP/2 (`http2 = true` without TLS, or a TLS server
+    /// that takes only `h2`). Not counted against the server's breaker.
+    #[error("upstream {upstream}: {reason}")]
+    UpgradeUnsupported { upstream: String, reason: String },
     /// A module failed at run time (stdlib error, Lua error or budget).
     #[error("module {module} ({location}): {message}")]
     Module {
@@ -113,6 +119,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. }
             | ProxyError::ResponseTimeout { .. }
             | ProxyError::SendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpgradeUnsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Module { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -148,6 +155,11 @@ impl ProxyError {
             id
         );
         let mut resp = local_response(status, body, id);
+        if let ProxyError::MethodNotAllowed(_) = self {
+            // RFC 9110 15.5.6: a 405 lists the methods the target does serve.
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        }
         if matches!(
             self,
             ProxyError::BadRequest(_)
@@ -162,6 +174,10 @@ impl ProxyError {
         resp
     }
 }
+
+/// The methods a `405` names in `Allow`: all the proxy forwards that clients commonly
+/// send (everything but `CONNECT`, which is the one refused).
+pub const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 /// A plain-text response made by the proxy, carrying `x-request-id`.
 pub fn local_response(status: StatusCode, body: String, id: &RequestId) -> Response<ProxyBody> {

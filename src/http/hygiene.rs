@@ -53,7 +53,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether `name` describes one hop and is always dropped (RFC 9110 7.6.1, plus the
-/// non-standard `Proxy-Connection` and `Keep-Alive`, and `Upgrade`).
+/// non-standard `Proxy-Connection` and `Keep-Alive`, `Upgrade`, and `HTTP2-Settings`,
+/// which only means something with `Upgrade: h2c` on the hop it came over, RFC 7540
+/// 3.2.1).
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -66,6 +68,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
     )
 }
 

@@ -80,8 +80,8 @@ pub enum Hop {
     ContentLength,
     TransferEncoding,
     KeepAlive,
-    /// Another hop-by-hop header (`TE`, `Trailer`, `Upgrade`, `Proxy-*`): a head with
-    /// one goes through the map and header hygiene.
+    /// Another hop-by-hop header (`TE`, `Trailer`, `Upgrade`, `Proxy-*`,
+    /// `HTTP2-Settings`): a head with one goes through the map and header hygiene.
     OtherHopByHop,
 }
 
@@ -95,6 +95,7 @@ impl Hop {
             10 if is(name, b"connection") => Hop::Connection,
             10 if is(name, b"keep-alive") => Hop::KeepAlive,
             14 if is(name, b"content-length") => Hop::ContentLength,
+            14 if is(name, b"http2-settings") => Hop::OtherHopByHop,
             16 if is(name, b"proxy-connection") => Hop::OtherHopByHop,
             17 if is(name, b"transfer-encoding") => Hop::TransferEncoding,
             18 if is(name, b"proxy-authenticate") => Hop::OtherHopByHop,
@@ -172,6 +173,7 @@ mod tests {
             "trailer",
             "transfer-encoding",
             "upgrade",
+            "http2-settings",
             "date",
             "content-length",
             "content-type",

@@ -470,5 +470,6 @@ fn send_error(e: &client::SendError) -> String {
         client::SendError::SendTimeout(t) => {
             format!("the server read none of the request within {t:?}")
         }
+        client::SendError::Unsupported(reason) => reason.clone(),
     }
 }

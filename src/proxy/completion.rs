@@ -2,7 +2,9 @@
 //! sent (on HTTP/2 also telling the stream's send timeout, `server::stall`), and when
 //! the response is finished (or the client goes away) its drop runs the request's
 //! epilogue: the in-flight count of the upstream server and of the connection go
-//! down, and the access log line is written.
+//! down, and the access log line is written. A request still unanswered when it is
+//! dropped was given up by its client (`499`), unless the shutdown drain ran out of
+//! time and the proxy cut it (`503`, with reason `shutdown` in the access log).
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -55,7 +57,8 @@ pub struct Completion {
     pub log: Option<Box<super::phases::LogJob>>,
     /// What the request metrics need.
     pub meter: Meter,
-    /// A response was made (else the client gave the request up: `status` is 499).
+    /// A response was made (else the client gave the request up: `status` is 499;
+    /// or the shutdown drain cut it: 503).
     pub answered: bool,
 }
 
@@ -96,11 +99,18 @@ impl Meter {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        let mut reason = None;
         if !self.answered {
-            // Before `request_finished`: the abandoned request is still in flight.
-            self.conn
-                .activity
-                .request_abandoned(self.meter.start.elapsed());
+            if crate::server::worker::drain_cut() {
+                // Not the client: the drain time ran out and the worker dropped it.
+                self.status = StatusCode::SERVICE_UNAVAILABLE;
+                reason = Some(SHUTDOWN);
+            } else {
+                // Before `request_finished`: the abandoned request is still in flight.
+                self.conn
+                    .activity
+                    .request_abandoned(self.meter.start.elapsed());
+            }
         }
         self.conn.activity.request_finished();
         self.conn.stats.record(self.status);
@@ -109,17 +119,22 @@ impl Drop for Completion {
             job.run();
         }
         if let Some(entry) = self.access.take() {
-            write_access_log(&entry, self.status, self.bytes, self.inflight.as_ref());
+            let end = (self.status, self.bytes, reason);
+            write_access_log(&entry, end, self.inflight.as_ref());
         }
     }
 }
 
+/// The access log's `reason` for a request the shutdown drain cut.
+const SHUTDOWN: &str = "shutdown";
+
+/// `end`: the status, bytes sent and why the proxy ended the request, if it did.
 fn write_access_log(
     e: &AccessEntry,
-    status: StatusCode,
-    bytes: u64,
+    end: (StatusCode, u64, Option<&'static str>),
     server: Option<&InflightGuard>,
 ) {
+    let (status, bytes, reason) = end;
     access_line(&AccessLine {
         method: e.method.as_str(),
         // The target as in an HTTP/1.1 request line (an HTTP/2 request's URI is
@@ -136,6 +151,7 @@ fn write_access_log(
             .unwrap_or("-"),
         client: e.client_ip,
         id: &e.id,
+        reason,
     });
 }
 
@@ -150,6 +166,8 @@ pub struct AccessLine<'a> {
     pub server: &'a str,
     pub client: IpAddr,
     pub id: &'a RequestId,
+    /// Why the proxy ended the request itself (`shutdown`); no field when `None`.
+    pub reason: Option<&'a str>,
 }
 
 /// Writes an access-log line: the one place its fields are named, for answered
@@ -166,6 +184,7 @@ pub fn access_line(l: &AccessLine<'_>) {
         server = l.server,
         client = %l.client,
         request_id = %l.id,
+        reason = l.reason,
     );
 }
 

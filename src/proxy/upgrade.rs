@@ -11,7 +11,12 @@
 //!
 //! `h2c` is never tunnelled: a tunnelled h2c connection would carry requests that no
 //! module ever sees ("h2c smuggling"), so such a request is proxied as a plain one.
-//! HTTP/2 extended CONNECT (RFC 8441) is not supported.
+//! HTTP/2 extended CONNECT (RFC 8441) is not supported, so an upgrade to a set that
+//! speaks HTTP/2 without TLS (h2c) is refused with `501` before any connect, and one
+//! an HTTP/2-only TLS server turns down is `501` too: neither counts against the
+//! server's breaker. A handshake's body goes on as the client framed it (chunked
+//! when its length is unknown). A module that turns the `101` into another status
+//! in the response phase gets the upgrade's headers taken off again.
 //!
 //! Owns: deciding what is an upgrade and starting its tunnel. Must not touch: the copy
 //! loop (`server::relay`), the upstream connection (`upstream::upgrade`).
@@ -63,8 +68,24 @@ impl Transport for Upgrading {
         ProxyBody::streamed(body)
     }
 
+    /// Also frames a body: hygiene took `Transfer-Encoding` away, and hyper sends a
+    /// `GET` body of unknown length with neither framing header — that is, not at all.
     fn outgoing(&self, req: &mut Request<ProxyBody>) {
         restore_headers(req.headers_mut(), self.protocol.clone());
+        if crate::http::lookup::has(req.headers(), &header::CONTENT_LENGTH)
+            || http_body::Body::is_end_stream(req.body())
+        {
+            return;
+        }
+        let framing = match http_body::Body::size_hint(req.body()).exact() {
+            Some(0) => return,
+            Some(n) => (header::CONTENT_LENGTH, HeaderValue::from(n)),
+            None => (
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            ),
+        };
+        req.headers_mut().insert(framing.0, framing.1);
     }
 
     /// A `101` keeps `Connection`/`Upgrade` (the upstream's protocol, or the one asked
@@ -123,6 +144,14 @@ pub fn restore_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// Takes off the headers that only a `101` carries (the ones `Upgrading::incoming`
+/// put back, and the WebSocket handshake's answer).
+fn unswitch(headers: &mut HeaderMap) {
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONNECTION);
+    headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+}
+
 /// An upgrade about to be sent.
 pub(super) struct Diverted {
     client: ClientUpgrade,
@@ -177,6 +206,14 @@ pub(super) async fn forward(
         .sets
         .get(target)
         .ok_or(ProxyError::NoRoute)?;
+    if set.config.http2 && !set.config.tls {
+        // h2c has no upgrade (and no extended CONNECT here): sent as HTTP/1.1 it would
+        // only meet HTTP/2 bytes, and a breaker that blamed the server.
+        return Err(ProxyError::UpgradeUnsupported {
+            upstream: set.name().to_owned(),
+            reason: "an Upgrade cannot reach a set that speaks HTTP/2 without TLS (h2c)".into(),
+        });
+    }
     let key = super::pick_key(set, &req, out.client_ip);
     // hyper sends upgrades: the forwarding headers go into the map.
     let (mut req, _) = super::upstream_request(req, generation, out.conn, host, set, false);
@@ -194,7 +231,12 @@ pub(super) async fn forward(
     let mut resp = Response::from_parts(head, body);
     done.inflight = Some(guard);
     if let Some(state) = done.script.as_mut() {
+        let was = resp.status();
         phases::response_phase(generation, state, &mut resp).await?;
+        if was == StatusCode::SWITCHING_PROTOCOLS && resp.status() != was {
+            // A module answered otherwise: no switch, so none of its headers.
+            unswitch(resp.headers_mut());
+        }
     }
     // The tunnel holds the server's in-flight guard for its whole life.
     if let (Some(entry), Some(g)) = (done.access.as_mut(), done.inflight.as_ref()) {

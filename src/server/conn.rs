@@ -3,7 +3,9 @@
 //! `Upgrade`/`CONNECT` requests — served by hyper, with a watchdog that enforces
 //! `timeouts.header` (a request head must arrive within it once its first byte has)
 //! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
-//! shutdown. HTTP/2 streams run under `stall`'s send timeout.
+//! shutdown (a connection with nothing in flight is closed `SHUTDOWN_GRACE` after it
+//! began, whether or not an HTTP/2 client acknowledged the `GOAWAY`). HTTP/2 streams
+//! run under `stall`'s send timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -203,6 +205,12 @@ impl ResetWindow {
         self.premature >= ABANDONED_LIMIT && self.premature * 2 > requests
     }
 }
+
+/// How long a connection hyper serves may take, once shutdown has begun and nothing
+/// is in flight on it, to finish closing by itself. hyper's HTTP/2 graceful shutdown
+/// waits for the client to acknowledge the `GOAWAY`'s `PING`: a client that never
+/// does would otherwise hold the whole drain (`timeouts.shutdown_drain`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What the watchdog decided.
 enum Verdict {
@@ -518,14 +526,24 @@ async fn serve_hyper<S>(
 
     let mut shutdown = ctx.shared.shutdown_signal();
     let mut draining = *shutdown.borrow();
+    // While the server shuts down: when a connection with nothing in flight may be
+    // closed without waiting for hyper (see `SHUTDOWN_GRACE`).
+    let mut shutdown_close = None;
     if draining {
         served.as_mut().graceful_shutdown();
+        shutdown_close = Some(Instant::now() + SHUTDOWN_GRACE);
     }
     // One timer for the connection's life, moved rather than made anew.
     let sleep = tokio::time::sleep(timeouts.header);
     tokio::pin!(sleep);
     conn.activity.watch();
     loop {
+        if let Some(at) = shutdown_close {
+            if Instant::now() >= at && conn.activity.inflight.load(Ordering::Relaxed) == 0 {
+                tracing::debug!(target: "proxycache::server", %peer, "shutting down: nothing in flight; closing");
+                return;
+            }
+        }
         let deadline = match judge(&conn.activity, timeouts.header, timeouts.idle) {
             Verdict::Wait(at) => at,
             Verdict::HeaderTimeout => {
@@ -543,6 +561,10 @@ async fn serve_hyper<S>(
         // cost every request a wake-up and a new timer), so it looks again at least
         // every `header`: a head that started since is then judged by its own deadline.
         let deadline = deadline.min(Instant::now() + timeouts.header);
+        let deadline = shutdown_close.map_or(deadline, |at| {
+            // Past the grace a request is still running: look again soon after it ends.
+            deadline.min(at.max(Instant::now() + SHUTDOWN_GRACE / 4))
+        });
         sleep.as_mut().reset(deadline);
         tokio::select! {
             result = served.as_mut() => {
@@ -551,9 +573,12 @@ async fn serve_hyper<S>(
                 }
                 return;
             }
-            _ = shutdown.changed(), if !draining => {
+            _ = shutdown.changed(), if !draining || shutdown_close.is_none() => {
+                if !draining {
+                    served.as_mut().graceful_shutdown();
+                }
                 draining = true;
-                served.as_mut().graceful_shutdown();
+                shutdown_close = Some(Instant::now() + SHUTDOWN_GRACE);
             }
             _ = conn.activity.abuse.notified(), if !draining => {
                 // Graceful: GOAWAY, and the streams already accepted (the client's

@@ -817,6 +817,7 @@ async fn refuse<S>(
             server: "-",
             client: conn.peer.ip(),
             id: &id,
+            reason: None,
         });
     }
     let plan = Plan {

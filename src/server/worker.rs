@@ -210,6 +210,18 @@ fn spawn_conn(ctx: &Arc<WorkerCtx>, serve: impl std::future::Future<Output = ()>
     });
 }
 
+thread_local! {
+    /// Set on a worker's thread when its shutdown drain runs out of time: the requests
+    /// its runtime then drops were cut by the proxy, not given up by their clients.
+    static DRAIN_CUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread's worker ended its shutdown drain with connections still open
+/// (what `proxy::completion` logs a request dropped unanswered as).
+pub fn drain_cut() -> bool {
+    DRAIN_CUT.with(std::cell::Cell::get)
+}
+
 async fn drain(ctx: &WorkerCtx) {
     let drain_for = ctx
         .shared
@@ -226,6 +238,7 @@ async fn drain(ctx: &WorkerCtx) {
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             tracing::warn!(target: "proxycache::server", worker = ctx.id, "shutdown drain time is up; closing remaining connections");
+            DRAIN_CUT.with(|cut| cut.set(true));
             return;
         }
     }

@@ -56,6 +56,10 @@ pub enum SendError {
     /// The server took none of the request for the response timeout while there was
     /// more of it to send (it stopped reading).
     SendTimeout(Duration),
+    /// The server does not speak the protocol this exchange needs (an upgrade's
+    /// HTTP/1.1 to a server that speaks only HTTP/2): a mismatch of configuration,
+    /// not a failure of the server's.
+    Unsupported(String),
 }
 
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
@@ -116,7 +120,9 @@ pub(super) fn connect_failed(failure: ConnectFailure, req: Box<Request<ProxyBody
     match failure {
         ConnectFailure::Io(e) => SendError::Connect(e, req),
         ConnectFailure::Timeout => SendError::ConnectTimeout(req),
-        ConnectFailure::Tls(reason) => SendError::Tls(reason, req),
+        ConnectFailure::Tls(reason) | ConnectFailure::NoCommonProtocol(reason) => {
+            SendError::Tls(reason, req)
+        }
     }
 }
 

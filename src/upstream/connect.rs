@@ -98,6 +98,9 @@ pub enum ConnectFailure {
     Timeout,
     /// The TLS handshake failed; the reason in words.
     Tls(String),
+    /// The TLS server refused every protocol offered in ALPN (an `h2`-only server
+    /// asked for `http/1.1`); the reason in words.
+    NoCommonProtocol(String),
 }
 
 /// Opens a connection to `ep` and spawns its hyper connection task (HTTP/2 sets).
@@ -146,7 +149,14 @@ async fn stream(ep: &Endpoint, h1_only: bool) -> Result<Stream, ConnectFailure> 
     let tls = connector
         .connect(target.identity.name.clone(), tcp)
         .await
-        .map_err(|e| ConnectFailure::Tls(tls::describe_failure(&e, target)))?;
+        .map_err(|e| {
+            let reason = tls::describe_failure(&e, target);
+            if tls::no_common_protocol(&e) {
+                ConnectFailure::NoCommonProtocol(reason)
+            } else {
+                ConnectFailure::Tls(reason)
+            }
+        })?;
     Ok(Stream::Tls(Box::new(tls)))
 }
 

@@ -210,6 +210,11 @@ fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
 
 /// A failed handshake in words: what went wrong, and a hint where one helps.
 pub fn describe_failure(err: &std::io::Error, target: &TlsTarget) -> String {
+    if no_common_protocol(err) {
+        return "TLS handshake failed: the server accepts none of the protocols offered \
+                in ALPN"
+            .to_owned();
+    }
     let Some(tls) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -235,6 +240,18 @@ pub fn describe_failure(err: &std::io::Error, target: &TlsTarget) -> String {
         }
         other => format!("TLS handshake failed: {other}"),
     }
+}
+
+/// Whether the handshake failed because the server takes none of the ALPN protocols
+/// offered (its `no_application_protocol` alert).
+pub fn no_common_protocol(err: &std::io::Error) -> bool {
+    matches!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! on a fresh connection of its own — never taken from the pool and never put back —
 //! driven with upgrades on, so that a `101` answer hands the socket over to whoever
 //! calls `hyper::upgrade::on` on the response. Any other answer is an ordinary
-//! response, and the connection closes when its body ends.
+//! response, and the connection closes when its body ends. A server that does not
+//! speak HTTP/1.1 (an `h2`-only TLS server refusing the `http/1.1`-only ALPN, or one
+//! that answers in HTTP/2) is `SendError::Unsupported`: a mismatch the breaker does
+//! not count (`proxy::upgrade` refuses plain-h2c sets before connecting).
 //!
 //! Owns: that one connection. Must not touch: the tunnel (see `proxy::upgrade`).
 
@@ -32,6 +35,11 @@ pub async fn send(
     // Boxed: the connect future is large and upgrades are rare.
     let stream = match Box::pin(super::connect::open_stream(ep)).await {
         Ok(stream) => stream,
+        Err(super::connect::ConnectFailure::NoCommonProtocol(reason)) => {
+            return Err(SendError::Unsupported(format!(
+                "{reason}: an upgrade needs HTTP/1.1"
+            )))
+        }
         Err(failure) => return Err(super::client::connect_failed(failure, Box::new(req))),
     };
     // (The stream offered only `http/1.1` in ALPN, also to `http2 = true` sets: an
@@ -62,6 +70,13 @@ where
     });
     match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
         Err(_) => Err(SendError::ResponseTimeout),
+        // An answer that is not HTTP/1.x at all: an HTTP/2-only server (hyper says
+        // only this much of a bad version).
+        Ok(Err(e)) if e.is_parse() && e.to_string().contains("HTTP version") => {
+            Err(SendError::Unsupported(format!(
+                "the server does not answer in HTTP/1.1 ({e}): an upgrade needs HTTP/1.1"
+            )))
+        }
         Ok(Err(e)) => Err(SendError::Upstream(Box::new(e))),
         Ok(Ok(resp)) => Ok(resp),
     }
