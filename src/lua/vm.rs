@@ -173,9 +173,12 @@ impl Vm {
                 return Ok(r);
             }
         }
+        let thread = self.sb.lua.create_thread(func.clone())?;
+        // Scripts may not resume or close it (`coroutine.running()` hands it out).
+        self.sb.runner_thread.call::<()>(&thread)?;
         Ok(Runner {
             id: self.next_runner.fetch_add(1, Ordering::Relaxed),
-            thread: self.sb.lua.create_thread(func.clone())?,
+            thread,
         })
     }
 
