@@ -90,20 +90,36 @@ end
 do
   local byte, upper, lower, reverse, sub, format, char =
     string.byte, string.upper, string.lower, string.reverse, string.sub, string.format, string.char
-  string.byte = function(s, i, j) return checked_count("byte", pcall(byte, s, i, j)) end
+  -- The most used ones without varargs, which cost more than the call.
+  string.byte = function(s, i, j)
+    if j ~= nil then return checked_count("byte", pcall(byte, s, i, j)) end
+    local ok, r = pcall(byte, s, i)
+    if not ok then lib_error("byte", r) end
+    if r == nil then return end
+    return r
+  end
   string.upper = function(s)
-    input_bytes(s)
-    return checked("upper", pcall(upper, s))
+    if type(s) == "string" and #s >= BYTES_MIN then charge(#s // 64) end
+    local ok, r = pcall(upper, s)
+    if not ok then lib_error("upper", r) end
+    return r
   end
   string.lower = function(s)
-    input_bytes(s)
-    return checked("lower", pcall(lower, s))
+    if type(s) == "string" and #s >= BYTES_MIN then charge(#s // 64) end
+    local ok, r = pcall(lower, s)
+    if not ok then lib_error("lower", r) end
+    return r
   end
   string.reverse = function(s)
     input_bytes(s)
     return checked("reverse", pcall(reverse, s))
   end
-  string.sub = function(s, i, j) return checked_string("sub", pcall(sub, s, i, j)) end
+  string.sub = function(s, i, j)
+    local ok, r = pcall(sub, s, i, j)
+    if not ok then lib_error("sub", r) end
+    if #r >= BYTES_MIN then charge(#r // 64) end
+    return r
+  end
   string.format = function(...) return checked_string("format", pcall(format, ...)) end
   string.char = function(...) return checked_string("char", pcall(char, ...)) end
 

@@ -252,7 +252,8 @@ fn load_chunk(sb: &Sandbox, spec: &LuaSpec, budget: i64) -> Result<ChunkFunction
     if end.spent {
         return Err(fail(
             0,
-            "the chunk's top level ran over the instruction budget while loading".into(),
+            "the chunk's top level ran over the instruction budget (or 500 ms) while loading"
+                .into(),
         ));
     }
     ran.map_err(lua_fail)?;
