@@ -3,13 +3,16 @@
 -- constructors the Rust side uses. Nothing it returns is reachable by scripts.
 --
 -- host (from Rust): spent() -> bool, runner() -> id, mark() -> id (a runner wrote a
--- global), read_lib(name) -> source, path.
+-- global), read_lib(name) -> source, path, charge(n) (n instructions' worth of work
+-- done in C; raises the budget error once it is spent), step (instructions between
+-- two count-hook ticks).
 local host = ...
 
 local type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select =
     type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select
 local yield = coroutine.yield
 local spent, runner, mark, read_lib = host.spent, host.runner, host.mark, host.read_lib
+local charge, STEP = host.charge, host.step
 
 -- What must not exist at all.
 string.dump = nil
@@ -19,16 +22,176 @@ string.dump = nil
 -- budget. Those that allocate as they go are stopped by the memory limit; these do
 -- not allocate. They are replaced in the real library tables (the string metatable's
 -- `__index` is the real `string`), by versions the budget reaches.
-local str_rep, str_match = string.rep, string.match
+local str_rep, str_match, str_gsub = string.rep, string.match, string.gsub
 local tointeger, MAXINT = math.tointeger, math.maxinteger
 local MAX_EMPTY_REP = 1 << 24
+
+-- An error a wrapped C function raised (called with pcall, so it has no position),
+-- raised again at the position of the script's call (level 3: the caller of the
+-- wrapper, which tail-called `checked` or calls this itself) and naming the public
+-- function. A spent budget and a memory error pass as they are; so does an error
+-- that already has a position (raised by a Lua function the C function called: a
+-- `table.sort` comparator, a `__index`).
+local function lib_error(name, e)
+  if spent() or type(e) ~= "string" or e == "not enough memory" then error(e, 0) end
+  if str_match(e, "^[^\n]-:%d+: ") then error(e, 0) end
+  e = str_gsub(e, "^bad argument (#%d+) to '[^']*'", "bad argument %1 to '" .. name .. "'")
+  error(e, 3)
+end
+local function checked(name, ok, ...)
+  if ok then return ... end
+  lib_error(name, (...))
+end
+
+-- C functions whose work grows with their input, and which do not allocate as they
+-- go (or not in proportion): one call on a large string takes milliseconds with no
+-- count-hook tick. They are charged to the budget (`charge`, like the Rust pattern
+-- matcher's steps): one instruction per 64 bytes read or made, one per element
+-- (values returned, table entries joined), n·log2(n) for `table.sort`. Inputs under
+-- these sizes cost only the call (the wrapper's own instructions are counted).
+local BYTES_MIN, ELEMENTS_MIN = 1024, 256
+local function charge_bytes(n)
+  if n >= BYTES_MIN then charge(n // 64) end
+end
+local function charge_elements(n)
+  if n >= ELEMENTS_MIN then charge(n) end
+end
+-- `checked`, then charging the string result's length.
+local function checked_string(name, ok, r, ...)
+  if not ok then lib_error(name, r) end
+  if type(r) == "string" then charge_bytes(#r) end
+  return r, ...
+end
+-- `checked`, then charging the number of values returned.
+local function checked_count(name, ok, ...)
+  if not ok then lib_error(name, (...)) end
+  charge_elements(select("#", ...))
+  return ...
+end
+local function input_bytes(s)
+  if type(s) == "string" then charge_bytes(#s) end
+end
+
 string.rep = function(s, n, sep)
   -- An empty string made `n` times copies nothing: the memory limit never stops it.
   local count = tonumber(n)
   if count and count > MAX_EMPTY_REP and s == "" and (sep == nil or sep == "") then
     return ""
   end
-  return str_rep(s, n, sep)
+  if count and count > 0 then
+    local len = (type(s) == "number" and #tostring(s) or type(s) == "string" and #s or 0)
+      + (type(sep) == "string" and #sep or 0)
+    local total = len * count
+    -- Lua refuses a result over 2^31 bytes with its own error.
+    if total < 0x7fffffff then charge_bytes(total // 1) end
+  end
+  return checked("rep", pcall(str_rep, s, n, sep))
+end
+do
+  local byte, upper, lower, reverse, sub, format, char =
+    string.byte, string.upper, string.lower, string.reverse, string.sub, string.format, string.char
+  -- The most used ones without varargs, which cost more than the call.
+  string.byte = function(s, i, j)
+    if j ~= nil then return checked_count("byte", pcall(byte, s, i, j)) end
+    local ok, r = pcall(byte, s, i)
+    if not ok then lib_error("byte", r) end
+    if r == nil then return end
+    return r
+  end
+  string.upper = function(s)
+    if type(s) == "string" and #s >= BYTES_MIN then charge(#s // 64) end
+    local ok, r = pcall(upper, s)
+    if not ok then lib_error("upper", r) end
+    return r
+  end
+  string.lower = function(s)
+    if type(s) == "string" and #s >= BYTES_MIN then charge(#s // 64) end
+    local ok, r = pcall(lower, s)
+    if not ok then lib_error("lower", r) end
+    return r
+  end
+  string.reverse = function(s)
+    input_bytes(s)
+    return checked("reverse", pcall(reverse, s))
+  end
+  string.sub = function(s, i, j)
+    local ok, r = pcall(sub, s, i, j)
+    if not ok then lib_error("sub", r) end
+    if #r >= BYTES_MIN then charge(#r // 64) end
+    return r
+  end
+  string.format = function(...) return checked_string("format", pcall(format, ...)) end
+  string.char = function(...) return checked_string("char", pcall(char, ...)) end
+
+  local len, codepoint, offset, uchar = utf8.len, utf8.codepoint, utf8.offset, utf8.char
+  utf8.len = function(s, i, j, lax)
+    input_bytes(s)
+    return checked("len", pcall(len, s, i, j, lax))
+  end
+  utf8.codepoint = function(s, i, j, lax)
+    return checked_count("codepoint", pcall(codepoint, s, i, j, lax))
+  end
+  utf8.offset = function(s, n, i)
+    input_bytes(s)
+    return checked("offset", pcall(offset, s, n, i))
+  end
+  utf8.char = function(...) return checked_string("char", pcall(uchar, ...)) end
+
+  local concat, sort, unpack, log, ceil = table.concat, table.sort, table.unpack, math.log, math.ceil
+  table.concat = function(t, sep, i, j)
+    local ok, r = pcall(concat, t, sep, i, j)
+    if not ok then lib_error("concat", r) end
+    charge_bytes(#r)
+    charge_elements((tointeger(j) or #t) - (tointeger(i) or 1) + 1)
+    return r
+  end
+  table.sort = function(t, comp)
+    if type(t) == "table" then
+      local n = #t
+      if type(n) == "number" and n >= 64 then charge_elements(ceil(n * log(n, 2))) end
+    end
+    return checked("sort", pcall(sort, t, comp))
+  end
+  table.unpack = function(...) return checked_count("unpack", pcall(unpack, ...)) end
+end
+
+-- Coroutines. A hook runs in a coroutine of the driver's pool ("runner"), reused by
+-- later hooks of any module: only the driver may resume or close one, or a request
+-- that kept it (`coroutine.running()`) could resume another request's hook with
+-- forged results, or kill it. And each new coroutine starts with a fresh count-hook
+-- count, so up to `STEP` - 1 instructions of each are never charged: making one costs
+-- `STEP` instructions.
+local runner_threads = setmetatable({}, { __mode = "k" })
+do
+  local create, wrap, resume, close = coroutine.create, coroutine.wrap, coroutine.resume, coroutine.close
+  local function check_thread(co, fname)
+    if runner_threads[co] then error("cannot " .. fname .. " a hook's own coroutine", 3) end
+    if type(co) ~= "thread" then
+      error("bad argument #1 to '" .. fname .. "' (coroutine expected, got " .. type(co) .. ")", 3)
+    end
+  end
+  local function check_function(f, fname)
+    if type(f) ~= "function" then
+      error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(f) .. ")", 3)
+    end
+    charge(STEP)
+  end
+  coroutine.create = function(f)
+    check_function(f, "create")
+    return create(f)
+  end
+  coroutine.wrap = function(f)
+    check_function(f, "wrap")
+    return wrap(f)
+  end
+  coroutine.resume = function(co, ...)
+    check_thread(co, "resume")
+    return resume(co, ...)
+  end
+  coroutine.close = function(co)
+    check_thread(co, "close")
+    return checked("close", pcall(close, co))
+  end
 end
 -- table.insert, table.remove and table.move in Lua: the budget counts their loops.
 local function check_table(t, fname)
@@ -101,7 +264,7 @@ end
 -- length and the pattern's quantifiers) goes to Lua's C function; the others to the
 -- Rust port of the same matcher (host.find ...), which charges its steps to the
 -- budget as it goes.
-local str_find, str_gmatch, str_gsub = string.find, string.gmatch, string.gsub
+local str_find, str_gmatch = string.find, string.gmatch
 local r_find, r_match, r_gmatch, r_gsub = host.find, host.match, host.gmatch, host.gsub
 local CHEAP = 1000000 -- worst-case steps left to the C functions
 local MAXLEN = {}     -- [q]: the longest subject whose n^(q+1) stays under CHEAP
@@ -145,23 +308,23 @@ local function text(v)
 end
 string.find = function(s, p, init, plain)
   local ts, tp = text(s), text(p)
-  if cheap(ts, tp, plain) then return str_find(s, p, init, plain) end
+  if cheap(ts, tp, plain) then return checked("find", pcall(str_find, s, p, init, plain)) end
   return rethrow_pattern(pcall(r_find, ts, tp, init, plain))
 end
 string.match = function(s, p, init)
   local ts, tp = text(s), text(p)
-  if cheap(ts, tp) then return str_match(s, p, init) end
+  if cheap(ts, tp) then return checked("match", pcall(str_match, s, p, init)) end
   return rethrow_pattern(pcall(r_match, ts, tp, init))
 end
 string.gmatch = function(s, p, init)
   local ts, tp = text(s), text(p)
-  if cheap(ts, tp) then return str_gmatch(s, p, init) end
+  if cheap(ts, tp) then return checked("gmatch", pcall(str_gmatch, s, p, init)) end
   local next_match = rethrow_pattern(pcall(r_gmatch, ts, tp, init))
   return function() return rethrow_pattern(pcall(next_match)) end
 end
 string.gsub = function(s, p, repl, n)
   local ts, tp = text(s), text(p)
-  if cheap(ts, tp) then return str_gsub(s, p, repl, n) end
+  if cheap(ts, tp) then return checked_string("gsub", pcall(str_gsub, s, p, repl, n)) end
   return rethrow_pattern(pcall(r_gsub, ts, tp, repl, n))
 end
 
@@ -249,7 +412,7 @@ local envs = setmetatable({}, { __mode = "k" })
 local function safe_rawset(t, k, v)
   if envs[t] then error("rawset on the global table, req or resp is not allowed", 2) end
   if views[t] then error("rawset on a read-only table is not allowed", 2) end
-  return rawset(t, k, v)
+  return checked("rawset", pcall(rawset, t, k, v))
 end
 local function safe_setmetatable(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
@@ -273,12 +436,14 @@ local base = {
 -- Every environment, so a runner's request-time globals can be dropped from all.
 local all = {}
 
-local require_fn
+local make_require
 
 -- A module's environment. Globals the chunk defines while it loads are the module's
 -- own (shared by the requests of this worker, like module-level locals); a global set
--- while a request runs is private to that hook call and gone when it ends.
-local function new_env(config)
+-- while a request runs is private to that hook call and gone when it ends. `require`
+-- is the module's own (`make_require`), or the one given (a library's environment
+-- gets the `require` of the module that loads it).
+local function new_env(config, require_fn)
   local globals = setmetatable({}, { __index = base })
   local env = {}
   local scratch = {}
@@ -309,7 +474,7 @@ local function new_env(config)
   envs[env] = true
   rawset(globals, "_G", env)
   rawset(globals, "config", config)
-  rawset(globals, "require", require_fn)
+  rawset(globals, "require", require_fn or make_require())
   rawset(globals, "load", function(chunk, chunkname, _, chunkenv)
     if chunkenv == nil then chunkenv = env end
     return load(chunk, chunkname, "t", chunkenv)
@@ -330,26 +495,33 @@ local function new_env(config)
   return record
 end
 
-local loaded, loading = {}, {}
-require_fn = function(name)
-  if type(name) ~= "string" or not str_match(name, "^[%w_]+$") then
-    error("require: a library name is letters, digits and _ (mods/lib/NAME.lua)", 2)
+-- A module's `require`, with its own cache: each module gets its own instance of a
+-- library (run in the module's first `require` of it), so a module that changes a
+-- library's table changes only its own.
+make_require = function()
+  local loaded, loading = {}, {}
+  local require_fn
+  require_fn = function(name)
+    if type(name) ~= "string" or not str_match(name, "^[%w_]+$") then
+      error("require: a library name is letters, digits and _ (mods/lib/NAME.lua)", 2)
+    end
+    local v = loaded[name]
+    if v ~= nil then return v end
+    if loading[name] then error("require: '" .. name .. "' requires itself", 2) end
+    local source, path = read_lib(name)
+    local record = new_env(readonly({}, "config"), require_fn)
+    local fn, err = load(source, "@" .. path, "t", record.env)
+    if not fn then error(err, 0) end
+    loading[name] = true
+    local ok, result = pcall(fn)
+    loading[name] = nil
+    if not ok then error(result, 0) end
+    record.freeze()
+    if result == nil then result = true end
+    loaded[name] = result
+    return result
   end
-  local v = loaded[name]
-  if v ~= nil then return v end
-  if loading[name] then error("require: '" .. name .. "' requires itself", 2) end
-  local source, path = read_lib(name)
-  local record = new_env(readonly({}, "config"))
-  local fn, err = load(source, "@" .. path, "t", record.env)
-  if not fn then error(err, 0) end
-  loading[name] = true
-  local ok, result = pcall(fn)
-  loading[name] = nil
-  if not ok then error(result, 0) end
-  record.freeze()
-  if result == nil then result = true end
-  loaded[name] = result
-  return result
+  return require_fn
 end
 
 -- Errors from Rust functions reach scripts as plain strings with the caller's
@@ -451,5 +623,6 @@ return {
     for i = 1, #all do all[i].release(id) end
   end,
   noop = function() end,
+  runner_thread = function(co) runner_threads[co] = true end,
   protect = function(t) envs[t] = true end,
 }

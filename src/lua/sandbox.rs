@@ -2,8 +2,10 @@
 //! `math`, `utf8`, `coroutine` and three functions of `os`; no `io`, `debug`,
 //! `package`, `dofile`, `loadfile`, `string.dump` or binary chunks; read-only library
 //! tables; a hidden string metatable; per-module global tables in which a request's
-//! globals die with its hook call (`sandbox.lua`). Also the [`Meter`]: the instruction
-//! budget and wall-clock check every hook call runs under.
+//! globals die with its hook call; hook coroutines only the driver may resume or close;
+//! library functions that loop in C charged by their input's size (`sandbox.lua`).
+//! Also the [`Meter`]: the instruction budget and wall-clock check every hook call
+//! runs under.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
 /// The prelude that sets the sandbox up (run once per VM).
 const PRELUDE: &str = include_str!("sandbox.lua");
 
-/// VM instructions between two budget checks.
-pub const STEP: u32 = 1000;
+/// VM instructions between two budget checks (and reads of the clock). Each costs a
+/// call into Rust; with Lua's per-instruction hook dispatch already paid for any
+/// count hook, 100 adds little (see docs/lua.md Limits).
+pub const STEP: u32 = 100;
 
 /// Wall-clock time one slice of a hook (from a resume to its next yield or end) may
 /// take, whatever its instruction count: a few instructions can call slow C functions.
@@ -35,7 +39,7 @@ pub struct Meter {
     runner: AtomicU32,
     /// Whether the runner set a global during this slice.
     dirty: AtomicBool,
-    /// Start of the running slice, in ns since `epoch`.
+    /// Start of the running slice, in ns since `epoch` (0: none).
     slice_start: AtomicU64,
     /// A runner is being closed after its hook ended: no instruction is allowed.
     closing: AtomicBool,
@@ -46,6 +50,8 @@ pub struct Meter {
 #[derive(Debug, Clone, Copy)]
 pub struct SliceEnd {
     pub remaining: i64,
+    /// Over budget, or the slice ran longer than [`SLICE_LIMIT`] (checked at every
+    /// tick and when the slice ends: a slice that ended over its time fails too).
     pub spent: bool,
     pub dirty: bool,
 }
@@ -81,16 +87,19 @@ impl Meter {
         self.tries.store(0, Ordering::Relaxed);
         self.runner.store(runner, Ordering::Relaxed);
         self.dirty.store(false, Ordering::Relaxed);
-        // The clock starts at the slice's first tick (after `STEP` instructions), so
-        // short hooks never read it.
-        self.slice_start.store(0, Ordering::Relaxed);
+        self.slice_start
+            .store(self.now_ns().max(1), Ordering::Relaxed);
     }
 
-    /// Ends the slice.
+    /// Ends the slice. One that ran longer than [`SLICE_LIMIT`] is `spent`, even if
+    /// no tick saw it (a few instructions that called slow C functions).
     pub fn end(&self) -> SliceEnd {
+        let start = self.slice_start.swap(0, Ordering::Relaxed);
+        let over_time =
+            start != 0 && self.now_ns().saturating_sub(start) >= SLICE_LIMIT.as_nanos() as u64;
         let end = SliceEnd {
             remaining: self.remaining.load(Ordering::Relaxed),
-            spent: self.spent.load(Ordering::Relaxed),
+            spent: self.spent.load(Ordering::Relaxed) || over_time,
             dirty: self.dirty.load(Ordering::Relaxed),
         };
         // Outside a hook call (chunk loading has its own slice) nothing is metered.
@@ -117,7 +126,8 @@ impl Meter {
     }
 
     /// Takes `n` instructions from the budget; whether the slice may go on (budget
-    /// left, not spent, within its wall-clock time, which starts at the first take).
+    /// left, not spent, within its wall-clock time). Outside a slice (no start) the
+    /// clock is not read.
     fn take(&self, n: i64) -> bool {
         let left = self
             .remaining
@@ -126,13 +136,8 @@ impl Meter {
         if left < 0 || self.spent() {
             return false;
         }
-        let now = self.now_ns().max(1);
         let start = self.slice_start.load(Ordering::Relaxed);
-        if start == 0 {
-            self.slice_start.store(now, Ordering::Relaxed);
-            return true;
-        }
-        now.saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64
+        start == 0 || self.now_ns().saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64
     }
 
     fn now_ns(&self) -> u64 {
@@ -185,6 +190,9 @@ pub struct Sandbox {
     pub noop: Function,
     /// `protect(table)`: the sandbox's `rawset` refuses this table.
     pub protect: Function,
+    /// `runner_thread(thread)`: marks a hook coroutine, which scripts may then not
+    /// resume or close.
+    pub runner_thread: Function,
 }
 
 /// Reads `mods/lib/NAME.lua` for `require`.
@@ -223,6 +231,15 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
         host.set("match", matcher)?;
         host.set("gmatch", gmatch)?;
         host.set("gsub", gsub)?;
+        let m = Arc::clone(&meter);
+        host.set(
+            "charge",
+            lua.create_function(move |_, n: mlua::Number| {
+                // `as` saturates (NaN and negatives are 0).
+                m.charge(n as u64).map_err(mlua::Error::runtime)
+            })?,
+        )?;
+        host.set("step", STEP)?;
         host.set(
             "read_lib",
             lua.create_function(move |_, name: String| {
@@ -267,6 +284,7 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
         release: exports.get("release")?,
         noop: exports.get("noop")?,
         protect: exports.get("protect")?,
+        runner_thread: exports.get("runner_thread")?,
         lua,
         meter,
     })

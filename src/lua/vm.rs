@@ -173,9 +173,12 @@ impl Vm {
                 return Ok(r);
             }
         }
+        let thread = self.sb.lua.create_thread(func.clone())?;
+        // Scripts may not resume or close it (`coroutine.running()` hands it out).
+        self.sb.runner_thread.call::<()>(&thread)?;
         Ok(Runner {
             id: self.next_runner.fetch_add(1, Ordering::Relaxed),
-            thread: self.sb.lua.create_thread(func.clone())?,
+            thread,
         })
     }
 
@@ -249,7 +252,8 @@ fn load_chunk(sb: &Sandbox, spec: &LuaSpec, budget: i64) -> Result<ChunkFunction
     if end.spent {
         return Err(fail(
             0,
-            "the chunk's top level ran over the instruction budget while loading".into(),
+            "the chunk's top level ran over the instruction budget (or 500 ms) while loading"
+                .into(),
         ));
     }
     ran.map_err(lua_fail)?;
