@@ -187,12 +187,19 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
 struct Forced;
 
 /// SIGTERM and SIGINT (Ctrl-C), listened to from the moment the server serves until
-/// the process exits.
+/// the process exits. SIGUSR1 and SIGUSR2 are caught too and only logged: a logrotate
+/// or deploy script written for nginx (USR1: reopen the logs, USR2: upgrade the
+/// binary) would otherwise end the process, those signals' default action. Logs go to
+/// stdout and stderr here, so there is nothing to reopen.
 struct StopSignals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -204,18 +211,28 @@ impl StopSignals {
             Ok(StopSignals {
                 term: signal(SignalKind::terminate())?,
                 int: signal(SignalKind::interrupt())?,
+                usr1: signal(SignalKind::user_defined1())?,
+                usr2: signal(SignalKind::user_defined2())?,
             })
         }
         #[cfg(not(unix))]
         Ok(StopSignals {})
     }
 
-    /// The next SIGTERM or SIGINT.
+    /// The next SIGTERM or SIGINT (logging any SIGUSR1 or SIGUSR2 meanwhile).
     async fn recv(&mut self) {
         #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.usr1.recv() => {
+                    tracing::info!(target: "proxycache::server", "SIGUSR1 ignored: logs go to stdout and stderr, there is no log file to reopen");
+                }
+                _ = self.usr2.recv() => {
+                    tracing::info!(target: "proxycache::server", "SIGUSR2 ignored: there is no binary upgrade; restart the process, or reload with SIGHUP");
+                }
+            }
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;

@@ -349,6 +349,37 @@ async fn the_binary_serves_the_embedded_default_config() {
     );
 }
 
+/// SIGUSR1 and SIGUSR2 (nginx's log reopen and binary upgrade, sent by scripts written
+/// for it) are logged and ignored, not the end of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_and_sigusr2_are_logged_not_fatal() {
+    let dir = TempDir::new("sigusr");
+    let port = free_port();
+    let path = dir.write("config.toml", &good_config(port));
+    let mut server = Server::spawn(&dir, &path);
+    server.wait_ready(port).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for sig in ["USR1", "USR2"] {
+        server.signal(sig);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let resp = try_send(addr, empty(req("GET", "/")))
+            .await
+            .unwrap_or_else(|e| panic!("after SIG{sig}: {e}"));
+        assert_eq!(resp.status, 200, "after SIG{sig}");
+    }
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        server.stderr()
+    );
+    let log = server.stderr();
+    assert!(log.contains("SIGUSR1 ignored"), "{log}");
+    assert!(log.contains("SIGUSR2 ignored"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_0() {
     let up = Upstream::start("slow", Behavior::slow_on("/slow", 2_000)).await;
