@@ -531,6 +531,15 @@ fn a_bad_certificate_file_refuses_to_start() {
         err.contains("missing.pem") && err.contains("cannot read"),
         "{err}"
     );
+    // Said as `check` says it: on the config file, with no made-up position.
+    let config_file = site.config_path().display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{config_file}: server.tls[1].certs[0].cert: cannot read"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(":1:1:"), "{err}");
 }
 
 #[test]

@@ -66,6 +66,16 @@ impl Diagnostic {
         }
     }
 
+    /// An error about a file as a whole, with no position to point at (a certificate
+    /// file that cannot be read, say): printed as `file: message`.
+    pub fn unpositioned(file: &str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            line: 0,
+            col: 0,
+            ..Diagnostic::file_level(file, message)
+        }
+    }
+
     /// Adds a hint line.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -101,6 +111,9 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {}",

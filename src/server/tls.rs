@@ -288,7 +288,9 @@ pub fn files(config: &Config) -> Vec<PathBuf> {
     files
 }
 
-/// TLS errors as diagnostics on the file each is about (or the config file).
+/// TLS errors as diagnostics of the config file, as `proxycache check` prints them:
+/// `config.toml: server.tls[0].certs[0].cert: cannot read /etc/...`. The message names
+/// the key and the certificate file; there is no line in either to point at.
 pub fn diagnostics(config: &Config, errors: &[TlsError]) -> Vec<Diagnostic> {
     let config_file = config.source.as_ref().map_or_else(
         || crate::config::EMBEDDED_NAME.to_owned(),
@@ -296,12 +298,7 @@ pub fn diagnostics(config: &Config, errors: &[TlsError]) -> Vec<Diagnostic> {
     );
     errors
         .iter()
-        .map(|e| {
-            let file = e
-                .path()
-                .map_or_else(|| config_file.clone(), |p| p.display().to_string());
-            Diagnostic::file_level(&file, e.to_string())
-        })
+        .map(|e| Diagnostic::unpositioned(&config_file, e.to_string()))
         .collect()
 }
 
