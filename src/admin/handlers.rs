@@ -115,14 +115,15 @@ pub(super) fn upstream_list(shared: &Shared) -> Vec<Value> {
 
 /// `GET /mods`: every module on disk, loaded or not.
 pub fn mods(c: &Call<'_>) -> Response<AdminBody> {
+    let disk = OnDisk::read(c.shared);
     json_resp(
         StatusCode::OK,
         &json!({
             "generation": c.shared.generation().number,
-            "mods": module_list(c.shared, false),
+            "mods": module_list(c.shared, &disk, false),
             // Errors of the last failed reload that belong to no module file
             // (config.toml, the scripts folder).
-            "errors": other_errors(c.shared),
+            "errors": disk.other_errors(),
         }),
     )
 }
@@ -132,7 +133,7 @@ pub fn mod_get(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     if let Err(resp) = valid_name(name) {
         return *resp;
     }
-    match module_list(c.shared, true)
+    match module_list(c.shared, &OnDisk::read(c.shared), true)
         .into_iter()
         .find(|m| m["name"] == name)
     {
@@ -141,14 +142,39 @@ pub fn mod_get(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     }
 }
 
-/// The errors of the last reload, if it failed.
-fn last_errors(shared: &Shared) -> Vec<ReloadError> {
-    shared
-        .reloads
-        .last()
-        .filter(|r| !r.ok)
-        .map(|r| r.errors)
-        .unwrap_or_default()
+/// The module files in `scripts.dir` and the errors of the last reload if it failed,
+/// read once per call.
+struct OnDisk {
+    files: Vec<(PathBuf, String)>,
+    errors: Vec<ReloadError>,
+}
+
+impl OnDisk {
+    fn read(shared: &Shared) -> OnDisk {
+        let dir = shared.generation().config.scripts.dir.clone();
+        OnDisk {
+            files: crate::script::read_sources(&dir).unwrap_or_default(),
+            errors: shared
+                .reloads
+                .last()
+                .filter(|r| !r.ok)
+                .map(|r| r.errors)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The errors that belong to no module file.
+    fn other_errors(&self) -> Vec<&ReloadError> {
+        self.errors
+            .iter()
+            .filter(|e| {
+                !self
+                    .files
+                    .iter()
+                    .any(|(path, source)| owned_by(e, path, source))
+            })
+            .collect()
+    }
 }
 
 /// Whether two spellings of a path name one file.
@@ -175,28 +201,18 @@ fn owned_by(e: &ReloadError, path: &Path, source: &str) -> bool {
         && crate::generation::lua_chunk_names(source).any(|chunk| same_file(file, &dir.join(chunk)))
 }
 
-fn other_errors(shared: &Shared) -> Vec<ReloadError> {
+fn module_list(shared: &Shared, disk: &OnDisk, with_source: bool) -> Vec<Value> {
     let g = shared.generation();
-    let files = crate::script::read_sources(&g.config.scripts.dir).unwrap_or_default();
-    last_errors(shared)
-        .into_iter()
-        .filter(|e| !files.iter().any(|(path, source)| owned_by(e, path, source)))
-        .collect()
-}
-
-fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
-    let g = shared.generation();
-    let last_errors = last_errors(shared);
-    let files = crate::script::read_sources(&g.config.scripts.dir).unwrap_or_default();
     let mut out = Vec::new();
-    for (path, source) in files {
+    for (path, source) in &disk.files {
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let errors: Vec<&ReloadError> = last_errors
+        let errors: Vec<&ReloadError> = disk
+            .errors
             .iter()
-            .filter(|e| owned_by(e, &path, &source))
+            .filter(|e| owned_by(e, path, source))
             .collect();
         let loaded = g.modules.iter().find(|m| m.name == stem);
         let mut m = match loaded {
@@ -211,7 +227,7 @@ fn module_list(shared: &Shared, with_source: bool) -> Vec<Value> {
             }),
         };
         if with_source {
-            m["source"] = Value::String(source);
+            m["source"] = Value::String(source.clone());
         }
         out.push(m);
     }

@@ -489,27 +489,21 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
         match bytes[i] {
             b'+' => out.push(b' '),
             // Exactly two hex digits (`from_str_radix` alone would take `%+a`).
-            b'%' if i + 2 < bytes.len()
-                && bytes[i + 1].is_ascii_hexdigit()
-                && bytes[i + 2].is_ascii_hexdigit() =>
-            {
-                out.push((hex_digit(bytes[i + 1]) << 4) | hex_digit(bytes[i + 2]));
-                i += 2;
+            b'%' if i + 2 < bytes.len() => {
+                let digit = |b: u8| char::from(b).to_digit(16);
+                match (digit(bytes[i + 1]), digit(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
             }
             b => out.push(b),
         }
         i += 1;
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// The value of one ASCII hex digit (checked by the caller).
-fn hex_digit(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b.wrapping_sub(b'A').wrapping_add(10),
-    }
 }
 
 /// A value as a header value (strings as they are, others as they interpolate).
