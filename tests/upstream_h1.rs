@@ -817,20 +817,6 @@ async fn never_reads() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, heads)
 }
 
-/// Reads from `rd` until a whole response head has come (or EOF, or `limit`).
-async fn read_head(rd: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> String {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
     // The client sends its body as fast as it can; the server stops reading after the
@@ -845,24 +831,13 @@ async fn an_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
              [[routes]]\nupstream = \"app\"\n"
         ),
     );
-    const LEN: usize = 24 * 1024 * 1024;
-    let stream = TcpStream::connect(px.addr).await.expect("connect");
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n\r\n");
-        if wr.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..LEN / chunk.len() {
-            // The proxy stops reading once it has answered: a reset ends the upload.
-            if wr.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let answer = read_head(&mut rd, Duration::from_secs(10)).await;
-    writer.abort();
+    let answer = upload_and_read_head(
+        px.addr,
+        "/upload",
+        24 * 1024 * 1024,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(heads.load(Ordering::SeqCst), 1, "the server got the head");
     assert_eq!(raw_status(&answer), 504, "{answer}");
     // Charged to the server: with `failures = 1` its breaker is open.

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use common::*;
@@ -746,32 +746,8 @@ async fn an_h2_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
     // server, not on the client sending as fast as it can.
     let (addr, _seen) = plain_upstream().await;
     let px = h2_proxy_with_breaker(addr);
-    const LEN: usize = 8 * 1024 * 1024;
-    let stream = TcpStream::connect(px.addr).await.expect("connect");
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        let head = format!("POST /ignore HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n\r\n");
-        if wr.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..LEN / chunk.len() {
-            if wr.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
-    writer.abort();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer =
+        upload_and_read_head(px.addr, "/ignore", 8 * 1024 * 1024, Duration::from_secs(10)).await;
     assert_eq!(raw_status(&answer), 504, "{answer}");
     // Logged as what it was, with the server's address.
     let logged = log_lines_with(&addr.to_string());

@@ -779,6 +779,43 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
     read_raw(&mut stream, Duration::from_secs(5)).await
 }
 
+/// `POST path` with a body of `len` bytes, written as fast as the proxy takes them;
+/// returns the response head (up to `limit`), read while the upload goes on, which is
+/// then stopped. For servers that stop reading an upload.
+pub async fn upload_and_read_head(
+    addr: SocketAddr,
+    path: &str,
+    len: usize,
+    limit: Duration,
+) -> String {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            // The proxy stops reading once it has answered: a reset ends the upload.
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Reads from `stream` as `raw_request` does.
 pub async fn read_raw(stream: &mut TcpStream, limit: Duration) -> String {
     let deadline = tokio::time::Instant::now() + limit;
