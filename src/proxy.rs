@@ -635,7 +635,12 @@ async fn send_to<T: Transport>(
     let result = via
         .send(&ctx.pool, endpoint, sending.timeout, req, sending.wire)
         .await;
-    if let Some(ok) = server_did_well(&result) {
+    let verdict = match &result {
+        // An answer, but one the set counts as the server failing.
+        Ok(resp) if set.config.circuit_breaker.statuses.contains(&resp.status()) => Some(false),
+        _ => server_did_well(&result),
+    };
+    if let Some(ok) = verdict {
         guard.record_outcome(ok);
     }
     match result {

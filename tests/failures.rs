@@ -285,6 +285,71 @@ async fn a_script_timeout_past_what_the_clock_holds_does_not_panic() {
     assert_eq!(up.requests(), 2);
 }
 
+/// Requests 1..=n to `addr`: how many came back 503 and how many 200.
+async fn tally(addr: std::net::SocketAddr, n: usize) -> (usize, usize) {
+    let (mut bad, mut good) = (0, 0);
+    for i in 0..n {
+        match get(addr, &format!("/r{i}")).await.status.as_u16() {
+            503 => bad += 1,
+            200 => good += 1,
+            other => panic!("request {i}: unexpected {other}"),
+        }
+    }
+    (bad, good)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_statuses_count_answers_as_failures() {
+    let sick = Upstream::start("sick", Behavior::status(503)).await;
+    let well = Upstream::start("well", Behavior::echo()).await;
+    let site = Site::new("breaker-statuses");
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        app(
+            &[&sick, &well],
+            "circuit_breaker = { failures = 2, open_for = \"60s\", statuses = [502, 503] }",
+        )
+    ));
+    let run = Running::start(&site);
+    // Round robin: the sick server's two 503s open its breaker; then the well one
+    // takes everything.
+    let (bad, good) = tally(run.addr, 12).await;
+    assert_eq!(
+        bad, 2,
+        "the client still gets the 503s that opened the breaker"
+    );
+    assert_eq!(good, 10);
+    assert_eq!(
+        sick.requests(),
+        2,
+        "an open breaker keeps requests off the server"
+    );
+    let metrics = get(run.admin, "/metrics").await.text();
+    let sick_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("proxycache_upstream_failures_total{") && l.contains(&sick.authority())
+        })
+        .unwrap_or_else(|| panic!("no failures line for the sick server:\n{metrics}"));
+    assert!(
+        sick_line.ends_with(" 2"),
+        "the 503s are counted as the server's failures: {sick_line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_breaker_statuses_answers_are_not_failures() {
+    let sick = Upstream::start("sick", Behavior::status(503)).await;
+    let well = Upstream::start("well", Behavior::echo()).await;
+    let px = proxy(&app(
+        &[&sick, &well],
+        "circuit_breaker = { failures = 2, open_for = \"60s\" }",
+    ));
+    let (bad, good) = tally(px.addr, 12).await;
+    assert_eq!((bad, good), (6, 6), "a server that answers is not failing");
+    assert_eq!(sick.requests(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_the_breaker_opened_does_not_close_it() {
     let up = Upstream::start("a", Behavior::slow_on("/slow", 1_500)).await;

@@ -193,6 +193,7 @@ pub struct HealthFile {
 pub struct BreakerFile {
     pub failures: Option<Int>,
     pub open_for: Option<Spanned<DurationValue>>,
+    pub statuses: Option<Spanned<Vec<Int>>>,
 }
 
 /// One `[[routes]]`.

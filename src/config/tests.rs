@@ -669,6 +669,30 @@ fn bad_upstreams() {
         3,
         "at least 1",
     );
+    assert_error(
+        "[upstreams.app]\nservers = [\"builtin:echo\"]\n[upstreams.app.circuit_breaker]\nstatuses = [503, 200]\n",
+        "upstreams.app.circuit_breaker.statuses[1]",
+        4,
+        "must be an error status from 400 to 599, got 200",
+    );
+    assert_error(
+        "[upstreams.app]\nservers = [\"builtin:echo\"]\ncircuit_breaker = { statuses = [503, 503] }\n",
+        "upstreams.app.circuit_breaker.statuses[1]",
+        3,
+        "503 is listed twice",
+    );
+    let statuses = ok("[upstreams.app]\nservers = [\"builtin:echo\"]\ncircuit_breaker = { statuses = [502, 503] }\n[[routes]]\nupstream = \"app\"\n")
+        .upstreams[0]
+        .circuit_breaker
+        .statuses
+        .clone();
+    assert_eq!(
+        statuses,
+        [
+            http::StatusCode::BAD_GATEWAY,
+            http::StatusCode::SERVICE_UNAVAILABLE
+        ]
+    );
 }
 
 #[test]

@@ -220,6 +220,9 @@ pub enum HealthKind {
 pub struct BreakerConfig {
     pub failures: u32,
     pub open_for: Duration,
+    /// Response statuses that count as the server's failures (empty: only transport
+    /// failures count, as with nginx's default `proxy_next_upstream error timeout`).
+    pub statuses: Vec<http::StatusCode>,
 }
 
 /// One `[[routes]]` entry.

@@ -115,7 +115,7 @@ impl Collector for Live {
             e,
             &servers,
             ("proxycache_upstream_failures", MetricType::Counter),
-            "Transport failures talking to a server.",
+            "Failures talking to a server: transport failures, and answers with a status in its set's circuit_breaker.statuses.",
             |s| s.failures(),
         )?;
         gauge(

@@ -266,6 +266,7 @@ mod tests {
         let b = BreakerConfig {
             failures: 5,
             open_for: Duration::from_secs(1),
+            statuses: Vec::new(),
         };
         weights
             .iter()

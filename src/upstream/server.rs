@@ -32,7 +32,8 @@ struct Standing {
     inflight: AtomicUsize,
     /// Requests sent to this server.
     requests: AtomicU64,
-    /// Transport failures (connect errors, resets, timeouts).
+    /// Failures: transport failures (connect errors, resets, timeouts) and answers with
+    /// a status in the set's `circuit_breaker.statuses`.
     failures: AtomicU64,
 }
 
@@ -94,7 +95,8 @@ impl ServerState {
         self.standing.requests.load(Ordering::Relaxed)
     }
 
-    /// Transport failures (connect errors, resets, timeouts).
+    /// Failures: transport failures (connect errors, resets, timeouts) and answers with
+    /// a status in the set's `circuit_breaker.statuses`.
     pub fn failures(&self) -> u64 {
         self.standing.failures.load(Ordering::Relaxed)
     }

@@ -76,8 +76,45 @@ impl Checker<'_> {
                     &up.circuit_breaker.open_for,
                     DEFAULT_BREAKER_OPEN_FOR,
                 ),
+                statuses: self.failure_statuses(
+                    &format!("{key}.circuit_breaker.statuses"),
+                    &up.circuit_breaker.statuses,
+                ),
             },
         }
+    }
+
+    /// `circuit_breaker.statuses`: error statuses (400 to 599), each once.
+    fn failure_statuses(
+        &mut self,
+        key: &str,
+        value: &Option<Spanned<Vec<file::Int>>>,
+    ) -> Vec<http::StatusCode> {
+        let Some(list) = value else {
+            return Vec::new();
+        };
+        let mut statuses = Vec::with_capacity(list.get_ref().len());
+        for (i, item) in list.get_ref().iter().enumerate() {
+            let code = *item.get_ref();
+            let status = u16::try_from(code)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .and_then(|c| http::StatusCode::from_u16(c).ok());
+            match status {
+                Some(s) if statuses.contains(&s) => self.error(
+                    &format!("{key}[{i}]"),
+                    item.span(),
+                    format!("{code} is listed twice"),
+                ),
+                Some(s) => statuses.push(s),
+                None => self.error(
+                    &format!("{key}[{i}]"),
+                    item.span(),
+                    format!("must be an error status from 400 to 599, got {code}"),
+                ),
+            }
+        }
+        statuses
     }
 
     pub(super) fn servers(
