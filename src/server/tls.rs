@@ -138,12 +138,6 @@ impl TlsListeners {
             .map(|s| Arc::clone(&s.config))
     }
 
-    /// The configured addresses of the TLS sockets open since start-up, in config
-    /// order then: what a restart would change when `server.tls` differs.
-    pub fn open(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().map(|s| s.listen).collect()
-    }
-
     /// Listeners whose certificate, key or CA files differ from `old`'s (by address;
     /// a listener that only moved within `server.tls` is the same listener).
     pub fn changed_since(&self, old: &TlsListeners) -> Vec<SocketAddr> {
