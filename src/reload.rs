@@ -7,6 +7,7 @@
 //! into the new generation (STYLE rule 9: reload is a diff).
 
 pub mod diff;
+pub mod restart;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -87,7 +88,9 @@ pub struct ReloadReport {
     pub trigger: String,
     /// Changes now in effect.
     pub applied: Vec<String>,
-    /// Changes that need a restart and were not applied.
+    /// Every restart-only key on which the configuration now serving differs from
+    /// what the process started with: not applied, and listed by every report until a
+    /// restart or until the config puts it back.
     pub requires_restart: Vec<String>,
     pub errors: Vec<ReloadError>,
 }
@@ -120,7 +123,7 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
     let _serial = shared.reloads.lock.lock();
     let old = shared.generation();
     let mut pending_swap = None;
-    let report = match build(shared, &old) {
+    let mut report = match build(shared, &old) {
         Ok(None) => ReloadReport {
             generation: old.number,
             ok: true,
@@ -152,8 +155,7 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
                 errors,
             },
             Ok(bound) => {
-                let changes = diff::diff(&old, &next);
-                let mut applied = changes.applied;
+                let mut applied = diff::applied(&shared.startup_config, &old, &next);
                 applied.extend(apply_listeners(shared, &next.config, bound));
                 let number = next.number;
                 pending_swap = Some(next);
@@ -163,12 +165,16 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
                     at: now_secs(),
                     trigger: trigger.to_owned(),
                     applied,
-                    requires_restart: changes.requires_restart,
+                    requires_restart: Vec::new(),
                     errors: Vec::new(),
                 }
             }
         },
     };
+    // Against what runs, not against `old`: a change still waiting for a restart is
+    // listed by every report until the config puts it back.
+    let serving = pending_swap.as_ref().unwrap_or(&old);
+    report.requires_restart = restart::pending(&shared.startup_config, &serving.config);
     log_report(&report);
     old.std_state.metrics.reloaded(report.ok);
     {
@@ -344,11 +350,11 @@ fn apply_listeners(shared: &Shared, config: &Config, bound: Bound) -> Vec<String
 fn log_report(r: &ReloadReport) {
     if r.ok {
         tracing::info!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, applied = ?r.applied, "reloaded");
-        for what in &r.requires_restart {
-            tracing::warn!(target: "proxycache::reload", change = %what, "this change needs a restart and was not applied");
-        }
     } else {
         let errors: Vec<&str> = r.errors.iter().map(|e| e.rendered.as_str()).collect();
         tracing::error!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, "reload failed; the previous generation keeps serving:\n{}", errors.join("\n"));
+    }
+    for what in &r.requires_restart {
+        tracing::warn!(target: "proxycache::reload", change = %what, "this change needs a restart and was not applied");
     }
 }

@@ -69,6 +69,10 @@ pub struct Shared {
     pub started: Instant,
     /// The config file reloads read (`None`: the embedded default).
     pub config_path: Option<PathBuf>,
+    /// The config the process started with. What only a restart changes still runs by
+    /// it (the workers, the log setup, the cache and Redis client, the admin, TLS and
+    /// `[[tcp]]` sockets): reloads compare their restart-only keys with it.
+    pub startup_config: Arc<Config>,
     /// Each worker's command channel (listeners opened and closed on reload).
     pub workers: Mutex<Vec<mpsc::UnboundedSender<worker::WorkerCmd>>>,
     /// Configured HTTP listen address -> the address actually bound.
@@ -87,6 +91,7 @@ impl Shared {
     /// without a server use as it is.
     pub fn detached(generation: Arc<Generation>) -> Shared {
         Shared {
+            startup_config: Arc::clone(&generation.config),
             generation: ArcSwap::new(generation),
             shutdown: watch::channel(false).0,
             connections: AtomicUsize::new(0),

@@ -1647,6 +1647,65 @@ async fn what_cannot_change_live_is_reported_as_requires_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_only_change_is_reported_until_it_is_put_back() {
+    // Reports compared with the previous generation: the reload after a changed
+    // `workers` said nothing was pending, and the one that put it back said
+    // `server.workers: 3 -> 2` needed a restart although 2 workers ran all along.
+    let site = Site::new("restart-pending");
+    let conf = Conf::new(false, ECHO);
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+
+    let mut changed = conf.clone();
+    changed.workers = 3;
+    changed.admin = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
+    changed.rest = format!("{ECHO}\n[cache]\nmax_size = \"8MiB\"\n");
+    site.write_config(&changed.text());
+    let pending = |report: &Value| -> Vec<String> {
+        let list = report["requires_restart"].as_array().cloned();
+        let list = list.unwrap_or_else(|| panic!("requires_restart is a list: {report:#}"));
+        list.iter()
+            .map(|r| r.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (_, first) = post_reload(px.admin).await;
+    assert_eq!(first["ok"], true, "{first:#}");
+    let listed = pending(&first);
+    assert!(
+        listed.contains(&"server.workers: 2 -> 3".to_owned()),
+        "{first:#}"
+    );
+    assert!(
+        listed.contains(&format!("admin.listen: 127.0.0.1:0 -> {}", changed.admin)),
+        "{first:#}"
+    );
+    assert!(listed.iter().any(|r| r.starts_with("cache")), "{first:#}");
+    let (_, second) = post_reload(px.admin).await;
+    assert_eq!(
+        second["applied"],
+        serde_json::json!(["nothing changed"]),
+        "{second:#}"
+    );
+    assert_eq!(pending(&second), listed, "still pending: {second:#}");
+    // A failed reload changes nothing that runs, and still says what waits.
+    site.write_config(&format!("{}\n[server\n", changed.text()));
+    let (status, failed) = post_reload(px.admin).await;
+    assert_eq!(
+        (status, &failed["ok"]),
+        (400, &Value::Bool(false)),
+        "{failed:#}"
+    );
+    assert_eq!(pending(&failed), listed, "{failed:#}");
+
+    site.write_config(&conf.text());
+    let (_, back) = post_reload(px.admin).await;
+    assert_eq!(back["ok"], true, "{back:#}");
+    assert_eq!(back["requires_restart"], serde_json::json!([]), "{back:#}");
+    let status = get(px.admin, "/status").await.json();
+    assert_eq!(status["workers"], 2, "{status:#}");
+}
+
 // ---- known bugs -----------------------------------------------------------------------------
 
 /// After any reload the watcher keeps reloading by itself: notify reports the files a

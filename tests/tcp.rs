@@ -363,6 +363,107 @@ async fn a_listener_moved_by_a_reload_keeps_the_upstream_it_last_had() {
     assert_eq!((a.accepts(), b.accepts()), (1, 2));
 }
 
+/// Free ports on 127.0.0.1, all different (each held until all are found).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind for a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
+}
+
+/// Upstream sets `a` and `b` and one `[[tcp]]` frontend per `(port, set)`, in order.
+fn frontends(a: SocketAddr, b: SocketAddr, list: &[(u16, &str)]) -> String {
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.a]\nservers = [\"{a}\"]\n\n[upstreams.b]\nservers = [\"{b}\"]\n\n"
+    );
+    for (port, set) in list {
+        text.push_str(&format!(
+            "[[tcp]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{set}\"\n\n"
+        ));
+    }
+    text
+}
+
+/// `POST /reload` to the admin API: the report.
+async fn post_reload(admin: SocketAddr) -> serde_json::Value {
+    let resp = common::send(admin, common::empty(common::req("POST", "/reload"))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_change_waiting_for_a_restart_is_reported_by_every_reload() {
+    // The second reload compared with the first one's config: "nothing changed", no
+    // restart needed, although the new port did not listen and the removed one served;
+    // and putting the list back warned that it needed a restart.
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let [p1, p2, p3] = free_ports::<3>();
+    let site = common::Site::new("tcp-pending");
+    site.write_config(&frontends(a.addr, b.addr, &[(p1, "a"), (p2, "b")]));
+    let run = common::Running::start(&site);
+
+    site.write_config(&frontends(a.addr, b.addr, &[(p1, "a"), (p3, "b")]));
+    let pending = serde_json::json!([format!(
+        "tcp listeners: added 127.0.0.1:{p3}, removed 127.0.0.1:{p2}"
+    )]);
+    let report = post_reload(run.admin).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["requires_restart"], pending, "{report:#}");
+    let report = post_reload(run.admin).await;
+    assert_eq!(
+        report["applied"],
+        serde_json::json!(["nothing changed"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["requires_restart"], pending,
+        "still pending: {report:#}"
+    );
+    // What the report says is what runs: the removed port serves, the added one is shut.
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(exchange(at(p2), b"old").await, b"oldbye");
+    assert_eq!(b.accepts(), 1);
+    assert!(TcpStream::connect(at(p3)).await.is_err(), "{p3} listens");
+
+    // Put back: nothing waits for a restart any more.
+    site.write_config(&frontends(a.addr, b.addr, &[(p1, "a"), (p2, "b")]));
+    let report = post_reload(run.admin).await;
+    assert_eq!(
+        report["requires_restart"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_two_tcp_blocks_needs_no_restart() {
+    // A listener is known by its address: the swap changes nothing that runs (each port
+    // keeps its set), yet the order-sensitive compare warned that it needed a restart.
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let [p1, p2] = free_ports::<2>();
+    let site = common::Site::new("tcp-swap");
+    site.write_config(&frontends(a.addr, b.addr, &[(p1, "a"), (p2, "b")]));
+    let run = common::Running::start(&site);
+
+    site.write_config(&frontends(a.addr, b.addr, &[(p2, "b"), (p1, "a")]));
+    let shared = Arc::clone(run.shared());
+    let report = tokio::task::spawn_blocking(move || proxycache::reload::reload(&shared, "test"))
+        .await
+        .expect("reload thread");
+    assert!(report.ok, "{report:?}");
+    assert!(report.requires_restart.is_empty(), "{report:?}");
+    assert!(
+        !report.applied.iter().any(|a| a.starts_with("tcp")),
+        "no frontend changed: {report:?}"
+    );
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(exchange(at(p1), b"to a").await, b"to abye");
+    assert_eq!(exchange(at(p2), b"to b").await, b"to bbye");
+    assert_eq!((a.accepts(), b.accepts()), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_of_a_set_only_tcp_uses_connect_instead_of_speaking_http() {
     // `health = {}` ran `GET /healthz` against servers that need not speak HTTP: a

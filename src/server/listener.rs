@@ -63,6 +63,27 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Which entry of a later generation's listener list (`[[server.tls]]` or `[[tcp]]`) a
+/// socket opened at start-up for entry `index` on `listen` serves: that position while
+/// it still has that address, else the entry on that address (it moved within the
+/// list; port 0 names no one address). `None`: the generation has no such listener,
+/// and the socket serves on as before until a restart. The accept loops and the
+/// reload report both follow this one rule, so what a report says is what runs.
+pub fn serving_entry<T>(
+    entries: &[T],
+    listen_of: impl Fn(&T) -> SocketAddr,
+    index: usize,
+    listen: SocketAddr,
+) -> Option<usize> {
+    if entries.get(index).is_some_and(|e| listen_of(e) == listen) {
+        return Some(index);
+    }
+    if listen.port() == 0 {
+        return None;
+    }
+    entries.iter().position(|e| listen_of(e) == listen)
+}
+
 /// Accept failures (`EMFILE` and friends) and refusals at the connection limit come
 /// in bursts of thousands a second: an accept loop logs them through this, at most
 /// one line a second, saying how many it left out.

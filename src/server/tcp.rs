@@ -5,10 +5,10 @@
 //! server, and every outcome feeds the server's breaker), optionally sends a PROXY
 //! protocol header, then relays bytes both ways (see `relay`).
 //!
-//! Reload: the listeners themselves are fixed until a restart (a changed `[[tcp]]`
-//! list is reported as `requires_restart`), but each connection reads the current
-//! generation, so a changed upstream set or `proxy_protocol` applies to the next
-//! connection.
+//! Reload: the listeners themselves are fixed until a restart (an added, removed or
+//! moved `[[tcp]]` listener is reported as `requires_restart`), but each connection
+//! reads the current generation, finding its frontend by address (`serving_entry`),
+//! so a changed upstream set or `proxy_protocol` applies to the next connection.
 //!
 //! Owns: the L4 accept loop and connection setup. Must not touch: HTTP.
 
@@ -161,17 +161,9 @@ impl Resolver {
     /// the listener serves on until a restart) the settings it last had, looked up
     /// by upstream name.
     fn resolve(&self, g: &Generation) -> Result<(Arc<UpstreamSet>, Option<u8>), TcpError> {
-        let entry = g
-            .config
-            .tcp
-            .get(self.index)
-            .filter(|t| t.listen == self.listen)
-            .or_else(|| {
-                // Port 0 addresses may repeat; only a fixed one identifies a frontend.
-                (self.listen.port() != 0)
-                    .then(|| g.config.tcp.iter().find(|t| t.listen == self.listen))
-                    .flatten()
-            });
+        let tcp = &g.config.tcp;
+        let entry = listener::serving_entry(tcp, |t| t.listen, self.index, self.listen)
+            .and_then(|i| tcp.get(i));
         let mut last = self.last.lock();
         let found = match entry {
             Some(t) => g.upstreams.sets.get(t.upstream).map(|s| {

@@ -89,9 +89,7 @@ impl TlsListeners {
         let mut listeners = Vec::new();
         let mut errors = Vec::new();
         for (index, tls) in config.server.tls.iter().enumerate() {
-            let before = previous
-                .and_then(|p| p.listeners.get(index))
-                .filter(|p| p.listen == tls.listen);
+            let before = previous.and_then(|p| find(&p.listeners, index, tls.listen));
             match build_one(index, tls, &provider, before) {
                 Ok(listener) => listeners.push(listener),
                 Err(mut e) => errors.append(&mut e),
@@ -140,21 +138,15 @@ impl TlsListeners {
             .map(|s| Arc::clone(&s.config))
     }
 
-    /// The configured addresses of the TLS sockets open since start-up, in config
-    /// order then: what a restart would change when `server.tls` differs.
-    pub fn open(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().map(|s| s.listen).collect()
-    }
-
-    /// Listeners whose certificate, key or CA files differ from `old`'s (by address).
+    /// Listeners whose certificate, key or CA files differ from `old`'s (by address;
+    /// a listener that only moved within `server.tls` is the same listener).
     pub fn changed_since(&self, old: &TlsListeners) -> Vec<SocketAddr> {
         self.listeners
             .iter()
             .enumerate()
             .filter(|(i, l)| {
-                old.listeners.get(*i).is_some_and(|o| {
-                    o.listen == l.listen && (o.files_hash != l.files_hash || o.ca_hash != l.ca_hash)
-                })
+                find(&old.listeners, *i, l.listen)
+                    .is_some_and(|o| o.files_hash != l.files_hash || o.ca_hash != l.ca_hash)
             })
             .map(|(_, l)| l.listen)
             .collect()
@@ -164,14 +156,8 @@ impl TlsListeners {
 /// Listener `index` if it is still configured as `listen`, else the listener on
 /// `listen` (it moved within `server.tls`; port 0 names no one address).
 fn find(listeners: &[TlsListener], index: usize, listen: SocketAddr) -> Option<&TlsListener> {
-    listeners
-        .get(index)
-        .filter(|l| l.listen == listen)
-        .or_else(|| {
-            listeners
-                .iter()
-                .find(|l| l.listen == listen && listen.port() != 0)
-        })
+    super::listener::serving_entry(listeners, |l| l.listen, index, listen)
+        .and_then(|i| listeners.get(i))
 }
 
 fn build_one(
