@@ -102,7 +102,7 @@ pub async fn handle(
             }
             if e.is_client_error() {
                 tracing::debug!(target: "proxycache::proxy", error = %e, "request refused");
-            } else {
+            } else if !e.logged() {
                 tracing::warn!(target: "proxycache::proxy", error = %e, "request failed");
             }
             // The pipeline holds the id it was lent (and may have made) until the end.
@@ -238,6 +238,7 @@ async fn proxy(
                     module: "<lua>".into(),
                     location: String::new(),
                     message,
+                    logged: false,
                 })?,
                 generation: Arc::clone(generation),
                 worker: Arc::clone(ctx),

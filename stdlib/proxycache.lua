@@ -356,7 +356,7 @@ std.metrics = {}
 ---Phases: `on_request`, `on_response`, `on_log`.
 ---@param name string the metric's name, `[a-zA-Z0-9_]`, up to 100 bytes; exposed as `proxycache_script_NAME`
 ---@param labels? table<string, string|number|boolean> label names to string values (at most 8; values up to 256 bytes)
----@param by? number how much to add (not negative; rounded to a whole number) (default `1`)
+---@param by? number how much to add (not negative; rounded to a whole number; the counter stops at 2^64-1) (default `1`)
 ---@overload fun(args: {name: string, labels?: table<string, string|number|boolean>, by?: number})
 function std.metrics.inc(name, labels, by) end
 

@@ -425,3 +425,140 @@ async fn partial_decode(coding: &str, bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The documented pairing: the cache above, compression below (its response phase
+/// runs after `store`, on hits too).
+const CACHE_ABOVE: &str = r#"mod cache_above {
+  priority 100
+  on request {
+    let hit = std.cache.check()
+  }
+  on response {
+    let stored = std.cache.store()
+  }
+}
+"#;
+
+fn accept_encoding_varies(r: &Resp) -> usize {
+    values(r, "vary")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|t| t.trim().eq_ignore_ascii_case("accept-encoding"))
+        .count()
+}
+
+async fn head_with(addr: std::net::SocketAddr, path: &str, accept: Option<&str>) -> Resp {
+    let mut b = req("HEAD", path);
+    if let Some(a) = accept {
+        b = b.header("accept-encoding", a);
+    }
+    send(addr, empty(b)).await
+}
+
+/// A 304 — the upstream's, or a cache hit's — and the answer to a HEAD lacked the
+/// `Vary: Accept-Encoding` the GET 200 of the same URL has; RFC 9110 §15.4.5 asks a
+/// 304 for the `Vary` the 200 would carry. Now they have it, once; HEAD's other
+/// headers stay as they are (nginx's gzip filter leaves header-only responses alone).
+#[tokio::test]
+async fn not_modified_and_head_answers_vary_as_the_200_does() {
+    let body = text_body();
+    let tiny = b"under a hundred bytes".to_vec();
+    let png = payload(8 * 1024);
+    let site = Site::new("compress-vary");
+    site.write_mod("gz", GZ);
+    site.write_mod("cache_above", CACHE_ABOVE);
+    let cached = text(body.clone(), false)
+        .with_header("cache-control", "public, max-age=60")
+        .with_header("etag", "\"c1\"");
+    let routes = [
+        (
+            "/text",
+            text(body.clone(), false).with_header("etag", "\"v1\""),
+        ),
+        ("/tiny", text(tiny.clone(), false)),
+        (
+            "/png",
+            Behavior::fixed_body(png, false).with_header("content-type", "image/png"),
+        ),
+        (
+            "/nm-text",
+            Behavior::status(304)
+                .with_header("etag", "\"v1\"")
+                .with_header("vary", "Origin"),
+        ),
+        (
+            "/nm-png",
+            Behavior::status(304)
+                .with_header("etag", "\"p1\"")
+                .with_header("content-type", "image/png"),
+        ),
+        ("/cached", cached),
+    ];
+    let mut ups = Vec::new();
+    let mut rest = String::new();
+    for (i, (prefix, behavior)) in routes.into_iter().enumerate() {
+        let up = Upstream::start(&format!("u{i}"), behavior).await;
+        rest.push_str(&format!(
+            "[upstreams.u{i}]\nservers = {}\n\n[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u{i}\"\n\n",
+            servers(&[&up])
+        ));
+        ups.push(up);
+    }
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
+    ));
+    let run = Running::start(&site);
+    let addr = run.addr;
+
+    // The GET 200 varies; so do the HEAD answers for the same URL, with or without
+    // an Accept-Encoding, and nothing else about them changes.
+    let r = get_with(addr, "/text", Some("gzip")).await;
+    assert_compressed(&r, "gzip", &body).await;
+    for accept in [Some("gzip"), None] {
+        let r = head_with(addr, "/text", accept).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            accept_encoding_varies(&r),
+            1,
+            "HEAD {accept:?}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.header("content-encoding"), None, "HEAD {accept:?}");
+        assert_eq!(r.header("content-length"), Some(body.len().to_string()));
+        assert_eq!(
+            r.header("etag").as_deref(),
+            Some("\"v1\""),
+            "a HEAD keeps its strong ETag"
+        );
+        assert_eq!(r.header("x-compressed").as_deref(), Some("false"));
+    }
+    // What a GET would not vary, a HEAD does not either.
+    for path in ["/tiny", "/png"] {
+        let get = get_with(addr, path, Some("gzip")).await;
+        let head = head_with(addr, path, Some("gzip")).await;
+        assert_eq!(accept_encoding_varies(&get), 0, "GET {path}");
+        assert_eq!(accept_encoding_varies(&head), 0, "HEAD {path}");
+    }
+
+    // The upstream's 304: its own Vary kept, accept-encoding appended once.
+    let r = get_with(addr, "/nm-text", Some("gzip")).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(values(&r, "vary"), ["Origin", "accept-encoding"]);
+    assert!(r.body.is_empty());
+    // A 304 for a type that does not compress does not vary.
+    let r = get_with(addr, "/nm-png", Some("gzip")).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(accept_encoding_varies(&r), 0, "{:?}", r.headers);
+
+    // The cache's 304 on a hit.
+    let fill = get_with(addr, "/cached", Some("gzip")).await;
+    assert_compressed(&fill, "gzip", &body).await;
+    let mut b = req("GET", "/cached").header("if-none-match", "\"c1\"");
+    b = b.header("accept-encoding", "gzip");
+    let hit = send(addr, empty(b)).await;
+    assert_eq!(hit.status, 304, "{:?}", hit.headers);
+    assert_eq!(hit.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(accept_encoding_varies(&hit), 1, "{:?}", hit.headers);
+    assert_eq!(ups[5].requests(), 1, "the 304 came from the cache");
+}

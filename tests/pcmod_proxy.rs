@@ -1023,18 +1023,20 @@ async fn a_runtime_fault_is_logged_with_module_file_and_line() {
             }
         }
     });
-    let wait_for = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+    // The line `pred` picks, and the lines before it since the last call.
+    let wait_for_after = |what: &str, pred: &dyn Fn(&str) -> bool| -> (String, Vec<String>) {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match rx.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
+                Ok(line) if pred(&line) => return (line, seen),
                 Ok(line) => seen.push(line),
                 Err(_) => break,
             }
         }
         panic!("no log line with {what}; saw:\n{}", seen.join("\n"));
     };
+    let wait_for = |what: &str, pred: &dyn Fn(&str) -> bool| wait_for_after(what, pred).0;
 
     let serving = wait_for("`proxycache serving`", &|l| {
         l.contains("proxycache serving")
@@ -1067,6 +1069,18 @@ async fn a_runtime_fault_is_logged_with_module_file_and_line() {
 
     let resp = get_with(addr, "/arith", &[("x-n", "1")]).await;
     assert_eq!(resp.status, 200, "the next request is served");
+
+    // One fault, one line: the proxy's `request failed` WARN repeated the ERROR above
+    // for every fault. A second fault's line ends the first one's lines.
+    let resp = get_with(addr, "/arith", &[("x-n", "zzz")]).await;
+    assert_eq!(resp.status, 500);
+    let (_, between) = wait_for_after("a second `module failed`", &|l| l.contains("module failed"));
+    assert!(
+        !between
+            .iter()
+            .any(|l| l.contains(&id) || l.contains("request failed")),
+        "no second line for the first fault: {between:?}"
+    );
 }
 
 /// A child process killed (and reaped) when the test ends, even by a panic.

@@ -370,3 +370,103 @@ async fn load_balance_with_another_strategy_keeps_that_strategys_state() {
     }
     assert_eq!(seen.len(), 2, "idle servers take turns: {seen:?}");
 }
+
+// ---- header bytes that are not UTF-8 ------------------------------------------------------
+
+/// pcmod: a bucket per `x-key` (as the review's `std.rate_limit(key: $req.header[...])`),
+/// answering with the text the header reads as and what Lua stored under it.
+const BYTES_PC: &str = r#"mod bytes_pc {
+  on request {
+    if $path == "/pc" {
+      let key = $req.header["x-key"]
+      let rl = std.rate_limit(key: key, rate: 1, burst: 1, per: 1m)
+      if not rl.allowed {
+        respond 429 "limited\n"
+      }
+      let seen = std.shared.get(key: "lua:${key}")
+      respond 200 "${key} ${seen}\n"
+    }
+  }
+}
+"#;
+
+/// Lua: docs/stdlib.md's `"key:" .. req:header(...)`, and a shared key made the same
+/// way for pcmod to find, holding the header's bytes (kept as they are).
+const BYTES_LUA: &str = r#"mod bytes_lua {
+  lua """
+function on_request(req, ctx)
+  if req.path == "/lua" then
+    local rl = std.rate_limit{ key = "key:" .. req:header("x-key"), rate = 1, burst = 1, per = "1m" }
+    std.shared.set("lua:" .. req:header("x-key"), req:header("x-key"))
+    if not rl.allowed then
+      return std.respond(429, "limited\n")
+    end
+    return std.respond(200, "ok\n")
+  end
+end
+"""
+}
+"#;
+
+/// `GET path` on a raw socket with `x-key` set to `value`'s bytes, as sent.
+async fn with_key(addr: std::net::SocketAddr, path: &str, value: &[u8]) -> String {
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {TEST_HOST}\r\nx-key: ").into_bytes();
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    raw_request(addr, &head).await
+}
+
+/// Header bytes that are not UTF-8 were read as U+FFFD by pcmod (`\xff`, `\xfe` and
+/// `\xe9` shared one bucket: the first client 200, the others 429) and refused by
+/// Lua's text arguments (the docs' `"key:" .. req:header(...)` answered 500 with an
+/// ERROR line, for any client that sent such a byte). Now one rule in both: distinct
+/// bytes, distinct buckets, the same text in pcmod and Lua.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_bytes_that_are_not_utf8_give_distinct_keys_in_pcmod_and_lua() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("bytes");
+    site.write_mod("bytes_pc", BYTES_PC);
+    site.write_mod("bytes_lua", BYTES_LUA);
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n{}",
+        app(&[&up], "")
+    ));
+    let run = Running::start(&site);
+    let addr = run.addr;
+    // (bytes sent, the text pcmod reads)
+    let keys: [(&[u8], &str); 5] = [
+        (b"\xff", r"\xff"),
+        (b"\xfe", r"\xfe"),
+        (b"caf\xe9", r"caf\xe9"),
+        (b"ab\xffc", r"ab\xffc"),
+        ("caf\u{e9}".as_bytes(), "caf\u{e9}"),
+    ];
+
+    for (bytes, _) in keys {
+        let first = with_key(addr, "/lua", bytes).await;
+        assert_eq!(raw_status(&first), 200, "Lua, {bytes:?}, first: {first}");
+        let second = with_key(addr, "/lua", bytes).await;
+        assert_eq!(raw_status(&second), 429, "Lua, {bytes:?}, again: {second}");
+    }
+
+    for (bytes, text) in keys {
+        let first = with_key(addr, "/pc", bytes).await;
+        assert_eq!(raw_status(&first), 200, "pcmod, {bytes:?}, first: {first}");
+        assert_eq!(
+            raw_body(&first),
+            format!("{text} {text}\n"),
+            "pcmod reads {bytes:?} as Lua's text argument did, and the stored bytes alike"
+        );
+        let second = with_key(addr, "/pc", bytes).await;
+        assert_eq!(
+            raw_status(&second),
+            429,
+            "pcmod, {bytes:?}, again: {second}"
+        );
+    }
+
+    // A key Lua never stored reads as nothing: the texts are not all one.
+    let other = with_key(addr, "/pc", b"\xfd").await;
+    assert_eq!(raw_body(&other), "\\xfd \n", "{other}");
+}

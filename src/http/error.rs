@@ -95,6 +95,9 @@ pub enum ProxyError {
         module: String,
         location: String,
         message: String,
+        /// Already logged where it arose (the pipeline's `module failed` line, at
+        /// ERROR with the module, file and line): the proxy does not log it again.
+        logged: bool,
     },
     /// A bug or an impossible state inside the proxy.
     #[error("internal error: {0}")]
@@ -129,6 +132,12 @@ impl ProxyError {
     /// Whether the error is the client's doing (logged at a lower level).
     pub fn is_client_error(&self) -> bool {
         self.status().is_client_error()
+    }
+
+    /// Whether the error has been logged where it arose, so that logging it again
+    /// would give one fault two lines.
+    pub fn logged(&self) -> bool {
+        matches!(self, ProxyError::Module { logged: true, .. })
     }
 
     /// The server the failed exchange was with, if it was with one.

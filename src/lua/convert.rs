@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mlua::{Lua, Table};
 
-use crate::script::value::Value;
+use crate::script::value::{text_from_bytes, Value};
 use crate::stdlib::{ArgType, RecordSig};
 
 /// A value as Lua sees it: durations are seconds (a float), sizes are bytes, lists and
@@ -49,15 +49,13 @@ pub fn record_to_lua(lua: &Lua, fields: &[Value], sig: &RecordSig) -> mlua::Resu
 }
 
 /// A Lua string as text. Lua strings are bytes; a script value's string is text, so a
-/// string that is not UTF-8 is refused rather than changed (`what` names the place).
-/// Bodies, which may be binary, do not come through here.
-pub fn text(s: &mlua::LuaString, what: &str) -> Result<String, String> {
-    match s.to_str() {
-        Ok(t) => Ok(t.to_owned()),
-        Err(_) => Err(format!(
-            "{what}: the string is not UTF-8 text (binary data is allowed only in bodies)"
-        )),
-    }
+/// string that is not UTF-8 is written by [`text_from_bytes`]'s rule, the one pcmod
+/// reads header values by: `"key:" .. req:header("x-key")` in Lua and
+/// `"key:${$req.header["x-key"]}"` in pcmod name the same key, whatever bytes the
+/// client sent, and a client's bytes never make a call fail. Bodies, which keep their
+/// bytes, do not come through here.
+pub fn text(s: &mlua::LuaString) -> String {
+    text_from_bytes(&s.as_bytes()).into_owned()
 }
 
 /// Nesting beyond which a table is refused (it is probably cyclic).
@@ -76,7 +74,7 @@ fn from_lua_at(v: &mlua::Value, what: &str, depth: usize) -> Result<Value, Strin
         mlua::Value::Boolean(b) => Value::Bool(*b),
         mlua::Value::Integer(i) => Value::Int(*i),
         mlua::Value::Number(f) => Value::Float(*f),
-        mlua::Value::String(s) => Value::Str(Arc::from(text(s, what)?)),
+        mlua::Value::String(s) => Value::Str(Arc::from(text(s))),
         mlua::Value::Table(t) => {
             if depth >= MAX_DEPTH {
                 return Err(format!(
@@ -104,7 +102,7 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
         count += 1;
         match &k {
             mlua::Value::String(s) => {
-                map.insert(text(s, what)?, from_lua_at(&v, what, depth + 1)?);
+                map.insert(text(s), from_lua_at(&v, what, depth + 1)?);
             }
             _ => all_string_keys = false,
         }
@@ -188,11 +186,8 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             _ => return Err(wrong("a number")),
         },
         ArgType::Str => match v {
-            // Borrowed (one allocation, for the Arc); not UTF-8, refused, not changed.
-            mlua::Value::String(s) => match s.to_str() {
-                Ok(text) => Value::Str(Arc::from(&*text)),
-                Err(_) => return Err(format!("{} must be UTF-8 text, not binary data", what())),
-            },
+            // Borrowed when UTF-8 (one allocation, for the Arc).
+            mlua::Value::String(s) => Value::Str(Arc::from(text_from_bytes(&s.as_bytes()))),
             _ => return Err(wrong("a string")),
         },
         ArgType::Duration => Value::Duration(duration_from_lua(v, &what)?),
@@ -202,7 +197,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                 for pair in t.pairs::<mlua::Value, mlua::Value>() {
                     let (k, item) = pair.map_err(|e| format!("{}: {e}", what()))?;
                     let key = match k {
-                        mlua::Value::String(s) => text(&s, &format!("{} (a key)", what()))?,
+                        mlua::Value::String(s) => text(&s),
                         other => {
                             return Err(format!(
                                 "{}: keys must be strings, not {}",
@@ -212,7 +207,7 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
                         }
                     };
                     let value = match item {
-                        mlua::Value::String(s) => text(&s, &format!("{}[{key:?}]", what()))?,
+                        mlua::Value::String(s) => text(&s),
                         mlua::Value::Integer(i) => i.to_string(),
                         mlua::Value::Number(f) => f.to_string(),
                         mlua::Value::Boolean(b) => b.to_string(),

@@ -60,8 +60,10 @@ pub enum ScriptMetricError {
         was: &'static str,
         now: &'static str,
     },
-    #[error("{0} must be a finite number, and not negative")]
-    Value(&'static str),
+    #[error("by must be a finite number, and not negative (a counter only goes up)")]
+    By,
+    #[error("value must be a finite number (not NaN or infinite)")]
+    Value,
     #[error("metric {name:?} would be exposed under a name that {other:?} already uses (a counter `x` is exposed as `x` and `x_total`, a histogram `h` as `h`, `h_bucket`, `h_sum` and `h_count`)")]
     Clash { name: String, other: String },
 }
@@ -101,6 +103,18 @@ fn exposed_names(key: &str, histogram: bool) -> Vec<String> {
         &["", "_total"]
     };
     suffixes.iter().map(|s| format!("{key}{s}")).collect()
+}
+
+/// Adds `n` to `counter`, stopping at `u64::MAX`: a counter never goes down, and
+/// `Counter::inc_by` would wrap past the top (a `by` of 1e19 twice). A `by` over
+/// `u64::MAX` already arrives as `u64::MAX` (`as` saturates).
+fn add_saturating(counter: &Counter, n: u64) {
+    // `fetch_update` retries on a race; the closure never refuses, so it cannot fail.
+    let _ = counter
+        .inner()
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_add(n))
+        });
 }
 
 /// The built-in family among the script ones.
@@ -153,7 +167,7 @@ impl ScriptMetrics {
     /// Adds `by` to counter `name` with `labels`. `Ok(false)`: dropped (bound reached).
     pub fn inc(&self, name: &str, labels: Labels, by: f64) -> Result<bool, ScriptMetricError> {
         if !(by.is_finite() && by >= 0.0) {
-            return Err(ScriptMetricError::Value("by"));
+            return Err(ScriptMetricError::By);
         }
         let family = match self.family(name, "counter", &labels)? {
             Some(Series::Counter(f)) => f,
@@ -164,7 +178,7 @@ impl ScriptMetrics {
         // and prints as an integer, which is what dashboards expect of `_total`).
         Ok(self
             .series_of(&family, &labels)
-            .map(|c| c.inc_by(by.round() as u64))
+            .map(|c| add_saturating(&c, by.round() as u64))
             .is_some())
     }
 
@@ -176,7 +190,7 @@ impl ScriptMetrics {
         labels: Labels,
     ) -> Result<bool, ScriptMetricError> {
         if !value.is_finite() {
-            return Err(ScriptMetricError::Value("value"));
+            return Err(ScriptMetricError::Value);
         }
         let family = match self.family(name, "histogram", &labels)? {
             Some(Series::Histogram(f)) => f,
@@ -423,6 +437,48 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = types.iter().copied().collect();
         assert_eq!(types.len(), unique.len(), "{text}");
         assert!(text.contains("proxycache_script_hits_total 6"), "{text}");
+    }
+
+    fn exposition(m: ScriptMetrics) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(m));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("encode: {e}"));
+        text
+    }
+
+    /// `by.round() as u64` saturates at u64::MAX and `inc_by` wrapped past it: 1e19,
+    /// 1e30 then 9.3e18 left 853255926290448384.
+    #[test]
+    fn a_counter_never_goes_down_it_stops_at_the_top() {
+        let m = ScriptMetrics::new(10);
+        let mut last = 0u64;
+        for by in [1e19, 1e30, 9.3e18, 1.0, 0.0] {
+            assert_eq!(m.inc("bigc", Vec::new(), by), Ok(true));
+            let now = match m.by_name.read().families.get("bigc") {
+                Some(Series::Counter(f)) => f.get(&Vec::new()).map(|c| c.get()),
+                _ => None,
+            };
+            let now = now.unwrap_or_else(|| panic!("no counter bigc"));
+            assert!(now >= last, "after by = {by}: {now} < {last}");
+            last = now;
+        }
+        assert_eq!(last, u64::MAX);
+        assert!(exposition(m).contains(&format!("proxycache_script_bigc_total {}", u64::MAX)));
+    }
+
+    #[test]
+    fn observe_takes_negative_values_but_not_nan_or_infinity() {
+        let m = ScriptMetrics::new(10);
+        assert_eq!(m.observe("delta", -2.5, Vec::new()), Ok(true));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = m.observe("delta", bad, Vec::new());
+            assert_eq!(e, Err(ScriptMetricError::Value));
+            let message = ScriptMetricError::Value.to_string();
+            assert!(!message.contains("negative"), "{message}");
+        }
+        assert!(exposition(m).contains("proxycache_script_delta_sum -2.5"));
     }
 
     #[test]

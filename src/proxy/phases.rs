@@ -294,5 +294,6 @@ fn module_error(e: ScriptError) -> ProxyError {
         module: e.module,
         location: format!("{}:{}", e.file, e.line),
         message: e.message,
+        logged: true,
     }
 }

@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 
 use super::ast::{BinOp, LogLevel};
 use super::ir::*;
-use super::value::Value;
+use super::value::{text_from_bytes, Value};
 use crate::http::lookup;
 use crate::pipeline::{Exchange, ForwardTo, LocalResponse};
 use crate::stdlib;
@@ -447,9 +447,11 @@ fn variable(var: &VarRef, ex: &Exchange<'_>) -> Value {
     }
 }
 
+/// A header's value as text: bytes that are not UTF-8 by [`text_from_bytes`]'s rule,
+/// so that clients sending different bytes never share a key.
 fn header_text(v: Option<&HeaderValue>) -> Value {
     match v {
-        Some(v) => Value::str(String::from_utf8_lossy(v.as_bytes())),
+        Some(v) => Value::str(text_from_bytes(v.as_bytes())),
         None => Value::Nil,
     }
 }
@@ -503,7 +505,7 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
         }
         i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    Cow::Owned(text_from_bytes(&out).into_owned())
 }
 
 /// A value as a header value (strings as they are, others as they interpolate).

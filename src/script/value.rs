@@ -1,7 +1,11 @@
-//! Run-time values of the language.
+//! Run-time values of the language, and the one rule by which bytes that are not
+//! UTF-8 (a client's header value, a Lua string) become their text
+//! ([`text_from_bytes`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +116,35 @@ impl fmt::Display for Value {
     }
 }
 
+/// Bytes as script text: the one rule by which bytes that may not be UTF-8 become a
+/// string of pcmod or a text argument of `std` (a header value read in pcmod, a Lua
+/// string passed where text is wanted). UTF-8 is taken as it is. Otherwise each byte
+/// that is not part of a valid UTF-8 sequence is written `\xNN` (two lowercase hex
+/// digits) and each backslash `\\`, so the text can be read back to the exact bytes:
+/// distinct byte strings that are not UTF-8 give distinct texts (replacing invalid
+/// bytes with U+FFFD made every Latin-1 `é` the same key). Such a text can equal
+/// only a UTF-8 string spelled the same way, which whoever sends it could as well have
+/// sent as the bytes themselves.
+pub fn text_from_bytes(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        for b in chunk.invalid() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// A value as a TOML literal (for `/config/repair` and the admin API).
 pub fn toml_literal(v: &Value) -> String {
     match v {
@@ -136,5 +169,61 @@ pub fn toml_literal(v: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_from_bytes;
+
+    #[test]
+    fn utf8_is_taken_as_it_is() {
+        for s in ["", "plain", "caf\u{e9}", "a\\xffb", "\u{fffd}"] {
+            assert!(
+                matches!(text_from_bytes(s.as_bytes()), std::borrow::Cow::Borrowed(t) if t == s)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_bytes_are_escaped_and_backslashes_doubled() {
+        assert_eq!(text_from_bytes(b"\xff"), "\\xff");
+        assert_eq!(text_from_bytes(b"ab\xffc"), "ab\\xffc");
+        assert_eq!(text_from_bytes(b"caf\xe9"), "caf\\xe9");
+        // A truncated sequence: each of its bytes.
+        assert_eq!(text_from_bytes(b"\xe2\x82!"), "\\xe2\\x82!");
+        assert_eq!(text_from_bytes(b"a\\b\xfe"), "a\\\\b\\xfe");
+        assert_eq!(text_from_bytes(b"\xc3\xa9\xff"), "\u{e9}\\xff");
+    }
+
+    #[test]
+    fn distinct_byte_strings_that_are_not_utf8_give_distinct_texts() {
+        // Every string of up to four bytes over an alphabet that mixes escapes,
+        // backslashes, hex digits and bytes that are invalid alone or together.
+        let alphabet: &[u8] = &[b'\\', b'x', b'f', b'e', 0xff, 0xfe, 0xe9, 0xc3, 0xa9, b'a'];
+        let mut seen = std::collections::HashMap::new();
+        let mut all: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = all
+                .iter()
+                .flat_map(|s| {
+                    alphabet.iter().map(move |b| {
+                        let mut t = s.clone();
+                        t.push(*b);
+                        t
+                    })
+                })
+                .collect();
+            all.extend(longer);
+            all.sort();
+            all.dedup();
+        }
+        for bytes in all.iter().filter(|b| std::str::from_utf8(b).is_err()) {
+            let text = text_from_bytes(bytes).into_owned();
+            if let Some(other) = seen.insert(text.clone(), bytes.clone()) {
+                panic!("{other:?} and {bytes:?} both give {text:?}");
+            }
+        }
+        assert!(seen.len() > 1000, "{}", seen.len());
     }
 }

@@ -285,6 +285,11 @@ fn skip_reason(
     if *method == Method::HEAD {
         return Some("a HEAD response has no body");
     }
+    status_skip(status, h).or_else(|| header_skip(h, Some(min_size), false))
+}
+
+/// Why a response of this status has no body to compress.
+fn status_skip(status: StatusCode, h: &HeaderMap) -> Option<&'static str> {
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -293,11 +298,22 @@ fn skip_reason(
     {
         return Some("no body, or a range of one");
     }
+    None
+}
+
+/// Why the representation these headers describe is not to be compressed: already
+/// encoded, a type that does not compress (or, unless `type_optional`, no type),
+/// `no-transform`, or a `Content-Length` under `min_size` (not looked at when `None`).
+fn header_skip(h: &HeaderMap, min_size: Option<u64>, type_optional: bool) -> Option<&'static str> {
     if h.contains_key(header::CONTENT_ENCODING) {
         return Some("already encoded");
     }
     let text = |name| h.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if !text(header::CONTENT_TYPE).is_some_and(compressible_type) {
+    let type_ok = match text(header::CONTENT_TYPE) {
+        Some(t) => compressible_type(t),
+        None => type_optional && !h.contains_key(header::CONTENT_TYPE),
+    };
+    if !type_ok {
         return Some("a content type that does not compress");
     }
     let no_transform = h
@@ -310,10 +326,34 @@ fn skip_reason(
         return Some("Cache-Control: no-transform");
     }
     let length = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
-    if length.is_some_and(|n| n == 0 || n < min_size) {
-        return Some("smaller than min_size");
+    if let (Some(n), Some(min)) = (length, min_size) {
+        if n == 0 || n < min {
+            return Some("smaller than min_size");
+        }
     }
     None
+}
+
+/// Whether a response without a body stands for one `apply` would compress, and so
+/// must say `Vary: Accept-Encoding` as that one does: a 304 (RFC 9110 §15.4.5: it
+/// carries the `Vary` the 200 would) and the answer to a HEAD (its other headers stay
+/// as they are, as nginx's gzip filter leaves header-only responses). `None` for any
+/// other response. A 304 need not repeat `Content-Type` and may give no length, or
+/// an upstream's `Content-Length: 0`: only a type that does not compress, an
+/// encoding or `no-transform` count against it.
+fn bodiless_varies(
+    method: &Method,
+    status: StatusCode,
+    h: &HeaderMap,
+    min_size: u64,
+) -> Option<bool> {
+    if status == StatusCode::NOT_MODIFIED {
+        return Some(header_skip(h, None, true).is_none());
+    }
+    if *method != Method::HEAD {
+        return None;
+    }
+    Some(status_skip(status, h).is_none() && header_skip(h, Some(min_size), false).is_none())
 }
 
 // ---- the calls ----------------------------------------------------------------------------
@@ -341,6 +381,12 @@ pub fn apply(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let Some(resp) = ex.resp.as_mut() else {
         return Ok(Value::Bool(false));
     };
+    if let Some(vary) = bodiless_varies(ex.req.method, *resp.status, resp.headers, min_size) {
+        if vary {
+            add_vary(resp.headers);
+        }
+        return Ok(Value::Bool(false));
+    }
     if let Some(why) = skip_reason(ex.req.method, *resp.status, resp.headers, min_size) {
         tracing::trace!(target: "proxycache::stdlib", reason = why, "not compressed");
         return Ok(Value::Bool(false));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::shared::{SharedError, SharedValue};
 use super::{ArgDefault, ArgSig, ArgType, FnSig, Returns, StdError, StdFn, ALL_PHASES};
 use crate::pipeline::Exchange;
-use crate::script::value::Value;
+use crate::script::value::{text_from_bytes, Value};
 
 const KEY: ArgSig = ArgSig {
     name: "key",
@@ -170,13 +170,14 @@ pub fn to_shared(v: &Value) -> Result<SharedValue, String> {
 }
 
 /// A stored value as a script value. pcmod strings are text: a binary string (stored
-/// from Lua) reaches pcmod with its invalid bytes replaced by U+FFFD.
+/// from Lua) reaches pcmod as [`text_from_bytes`] writes it (`\xNN` for each invalid
+/// byte).
 pub fn from_shared(v: SharedValue) -> Value {
     match v {
         SharedValue::Bool(b) => Value::Bool(b),
         SharedValue::Int(i) => Value::Int(i),
         SharedValue::Float(f) => Value::Float(f),
         SharedValue::Str(s) => Value::Str(s),
-        SharedValue::Bytes(b) => Value::str(String::from_utf8_lossy(&b)),
+        SharedValue::Bytes(b) => Value::str(text_from_bytes(&b)),
     }
 }

@@ -40,7 +40,7 @@ pub static SIGS: &[FnSig] = &[
                 default: ArgDefault::Int(1),
                 literal: false,
                 check: None,
-                doc: "how much to add (not negative; rounded to a whole number)",
+                doc: "how much to add (not negative; rounded to a whole number; the counter stops at 2^64-1)",
             },
         ],
         returns: Returns::Nothing,

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode, Uri};
 
+use crate::script::value::text_from_bytes;
+
 /// The directives of one `Cache-Control` header set that matter here.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheControl {
@@ -245,7 +247,10 @@ pub fn default_key(scheme: &str, upstream: Option<&str>, uri: &Uri, headers: &He
 }
 
 /// The key of one variant: the primary key plus the request's values of the `Vary`
-/// headers (absent and empty differ).
+/// headers (absent and empty differ). A value that is not UTF-8 is written by the
+/// scripts' rule ([`text_from_bytes`]) after a control character, which no header
+/// value holds: distinct bytes never share a variant, not even with a UTF-8 value
+/// spelled like their escapes.
 pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> String {
     let mut key = String::from(primary);
     for name in names {
@@ -261,7 +266,13 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> Stri
             if i > 0 {
                 key.push(',');
             }
-            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            match std::str::from_utf8(v.as_bytes()) {
+                Ok(text) => key.push_str(text),
+                Err(_) => {
+                    key.push('\u{1}');
+                    key.push_str(&text_from_bytes(v.as_bytes()));
+                }
+            }
         }
     }
     key
@@ -417,5 +428,30 @@ mod tests {
         let c = variant_key("k", &names, &headers(&[]));
         let d = variant_key("k", &names, &headers(&[("accept-encoding", "")]));
         assert!(a != b && a != c && c != d, "{a:?} {b:?} {c:?} {d:?}");
+    }
+
+    #[test]
+    fn variants_differ_by_bytes_that_are_not_utf8() {
+        let names = vary_names(&headers(&[("vary", "X-Lang")])).unwrap_or_default();
+        let key = |value: &[u8]| {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                h.insert("x-lang", v);
+            }
+            variant_key("k", &names, &h)
+        };
+        // Replaced by U+FFFD, all three were one variant; spelled out, the escape.
+        let keys = [
+            key(b"\xff"),
+            key(b"\xfe"),
+            key(b"\xe9"),
+            key("\u{fffd}".as_bytes()),
+            key(b"\\xff"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

@@ -182,6 +182,62 @@ fn skip_reasons_from_the_head() {
     );
 }
 
+/// A 304 and a HEAD answer stand for the 200 a GET would get: they vary as it would.
+#[test]
+fn bodiless_responses_vary_as_the_full_one_would() {
+    let get = Method::GET;
+    let ok = StatusCode::OK;
+    let nm = StatusCode::NOT_MODIFIED;
+    let text = [("content-type", "text/plain"), ("content-length", "5000")];
+    assert_eq!(
+        bodiless_varies(&get, ok, &head(&text), 1024),
+        None,
+        "a GET 200"
+    );
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, ok, &head(&text), 1024),
+        Some(true)
+    );
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, ok, &head(&text), 5001),
+        Some(false)
+    );
+    let png = [("content-type", "image/png"), ("content-length", "5000")];
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, ok, &head(&png), 1),
+        Some(false)
+    );
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, ok, &head(&[]), 1),
+        Some(false)
+    );
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, StatusCode::NO_CONTENT, &head(&text), 1),
+        Some(false)
+    );
+    // A 304 usually repeats only the validators: no type, no length, or a length of 0.
+    assert_eq!(
+        bodiless_varies(&get, nm, &head(&[("etag", "\"a\"")]), 1024),
+        Some(true)
+    );
+    assert_eq!(
+        bodiless_varies(&get, nm, &head(&[("content-length", "0")]), 1024),
+        Some(true)
+    );
+    assert_eq!(
+        bodiless_varies(&Method::HEAD, nm, &head(&text), 1024),
+        Some(true)
+    );
+    assert_eq!(bodiless_varies(&get, nm, &head(&png), 1), Some(false));
+    let no_transform = [("cache-control", "no-transform")];
+    assert_eq!(
+        bodiless_varies(&get, nm, &head(&no_transform), 1),
+        Some(false)
+    );
+    let encoded = [("content-encoding", "br")];
+    assert_eq!(bodiless_varies(&get, nm, &head(&encoded), 1), Some(false));
+}
+
 #[test]
 fn vary_is_appended_once_and_etags_weakened() {
     let mut h = head(&[("vary", "Origin")]);
