@@ -162,8 +162,8 @@ pub(crate) fn lua_chunk_names(source: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `(path, bytes)` of every `.lua` file directly in `dir`, sorted (none when the
-/// folder does not exist).
+/// `(path, bytes)` of every `.lua` file directly in `dir` but hidden ones, sorted
+/// (none when the folder does not exist).
 fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -171,7 +171,7 @@ fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+        .filter(|p| p.extension().is_some_and(|x| x == "lua") && !crate::script::is_hidden(p))
         .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
         .collect();
     files.sort();

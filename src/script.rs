@@ -131,7 +131,8 @@ pub fn load(config: &Config) -> Result<Loaded, Vec<Diagnostic>> {
     load_sources(config, &sources)
 }
 
-/// Reads every `*.pcmod` in `dir`, sorted by file name (none when it does not exist).
+/// Reads every `*.pcmod` in `dir` but hidden ones ([`is_hidden`]), sorted by file name
+/// (none when the folder does not exist).
 pub fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostic> {
     let mut sources = Vec::new();
     for path in module_files(dir)? {
@@ -162,10 +163,17 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pcmod") && p.is_file())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcmod") && !is_hidden(p) && p.is_file())
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether a file's name starts with `.` (an editor's or macOS's `._NAME` side file):
+/// such files are never modules or libraries, as nginx's `include *.conf` skips them.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
 /// Loads modules from `(path, source)` pairs; the path's stem must be the module name.
