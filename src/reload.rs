@@ -33,6 +33,9 @@ pub struct ReloadError {
     pub message: String,
     /// The full rendered diagnostic (source line, caret, hint).
     pub rendered: String,
+    /// For an error in a library a module's Lua chunk `require`s: that module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 impl From<&Diagnostic> for ReloadError {
@@ -44,6 +47,7 @@ impl From<&Diagnostic> for ReloadError {
             key: None,
             message: d.message.clone(),
             rendered: d.render(),
+            module: d.module.as_deref().cloned(),
         }
     }
 }
@@ -57,6 +61,7 @@ impl ReloadError {
             col: 0,
             key: None,
             rendered: message.clone(),
+            module: None,
             message,
         }
     }
@@ -71,6 +76,7 @@ impl From<&crate::config::ConfigError> for ReloadError {
             key: (!e.key.is_empty()).then(|| e.key.clone()),
             message: e.message.clone(),
             rendered: e.to_string(),
+            module: None,
         }
     }
 }
@@ -236,6 +242,7 @@ fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
         col: 1,
         key: None,
         rendered: message.clone(),
+        module: None,
         message,
     }]
 }
@@ -305,6 +312,7 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
                     col: 0,
                     key: Some(format!("server.listen[{i}]")),
                     rendered: format!("server.listen[{i}]: {message}"),
+                    module: None,
                     message,
                 }]);
             }
