@@ -108,7 +108,7 @@ impl Generation {
 
 /// Hash of a generation's inputs: the config text, the module sources, every
 /// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries),
-/// the Lua files modules name wherever they are (`lua "sub/x.lua"`), and the TLS
+/// the Lua files modules name in subfolders (`lua "sub/x.lua"`), and the TLS
 /// listeners' certificate, key and CA files.
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -121,7 +121,9 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     }
     for (path, source) in sources {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        for chunk in lua_chunk_names(source) {
+        // Only what a module may name (a path inside the scripts folder): another
+        // path is a load error, and reading it here would read any file.
+        for chunk in lua_chunk_names(source).filter(|c| crate::script::chunk_path_allowed(c)) {
             let file = dir.join(chunk);
             std::fs::read(&file).ok().hash(&mut h);
             file.hash(&mut h);

@@ -170,6 +170,12 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
+/// Whether `lua "FILE"` may name `rel`: a relative path that stays inside the
+/// scripts folder (no `..`).
+pub fn chunk_path_allowed(rel: &str) -> bool {
+    luachunk::outside_scripts(rel).is_none()
+}
+
 /// Whether a file's name starts with `.` (an editor's or macOS's `._NAME` side file):
 /// such files are never modules or libraries, as nginx's `include *.conf` skips them.
 pub fn is_hidden(path: &Path) -> bool {

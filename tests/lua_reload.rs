@@ -2,8 +2,8 @@
 //! generation's workers load `require`d libraries from what its check read (never the
 //! disk again), a worker's VM build that fails is retried and answered with the
 //! request's id and the module's name, load errors name the file and line Lua named
-//! (a library, a chunk without `.lua`), and hidden files in the scripts folder are
-//! not modules or libraries.
+//! (a library, a chunk without `.lua`), hidden files in the scripts folder are not
+//! modules or libraries, and `lua "FILE"` stays inside the scripts folder.
 //!
 //! Each test writes a site (config.toml + mods/) to a temp folder and runs proxycache
 //! in-process, except the `check` test, which runs the binary.
@@ -349,6 +349,42 @@ async fn hidden_files_are_neither_modules_nor_libraries() {
     assert_eq!(names, ["gate"], "{mods:#}");
     let (code, out) = check(&s);
     assert_eq!(code, Some(0), "{out}");
+}
+
+/// `lua "FILE"` reads only inside the scripts folder: a module naming an absolute
+/// path or one with `..` is refused at its `lua` item, and the answer shows nothing
+/// of the file it named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lua_file_outside_the_scripts_folder_is_refused() {
+    let s = site(&[], &[], 1);
+    std::fs::write(s.dir.join("secret.lua"), "top secret(\n").expect("write");
+    let run = Running::start(&s);
+    for (path, why) in [
+        ("/etc/passwd", "is absolute"),
+        ("../secret.lua", "climbs out with `..`"),
+    ] {
+        let module = format!("mod evil {{\n  priority 1\n  lua \"{path}\"\n}}\n");
+        let resp = admin(run.admin, "PUT", "/mods/evil", &module).await;
+        assert_eq!(resp.status, 400, "{}", resp.text());
+        let body = resp.json();
+        let error = &body["errors"][0];
+        assert_eq!(
+            error["message"],
+            format!("the Lua file path `{path}` {why}"),
+            "{body:#}"
+        );
+        assert_eq!(
+            (&error["line"], &error["col"]),
+            (&3.into(), &3.into()),
+            "{body:#}"
+        );
+        let text = resp.text();
+        assert!(
+            !text.contains("root:") && !text.contains("secret("),
+            "{text}"
+        );
+    }
+    assert!(!s.mod_path("evil").exists());
 }
 
 /// Chunks that each load in a VM of their own but not all in one (together over

@@ -1,10 +1,11 @@
-//! A module's Lua chunk at load time: reading it, checking it by loading it into a VM of its own (with
+//! A module's Lua chunk at load time: where `lua "FILE"` may point (inside the
+//! scripts folder), reading it, checking it by loading it into a VM of its own (with
 //! the generation's snapshot of `mods/lib/`), and turning a Lua load error into a
 //! diagnostic at the file and line Lua named — the chunk's, or a library's.
 //!
 //! Must not touch: how VMs are built (`lua::vm`), what the pipeline runs.
 
-use std::path::Path;
+use std::path::{Component, Path};
 use std::sync::Arc;
 
 use super::ast;
@@ -20,6 +21,19 @@ pub(super) struct ChunkFacts {
     pub functions: Vec<String>,
 }
 
+/// Why `lua "FILE"` names a file outside the scripts folder, if it does: the path
+/// must be relative and must not climb out (`..`), so that a module — which the admin
+/// API can upload — reads no other file of the host.
+pub(super) fn outside_scripts(rel: &str) -> Option<&'static str> {
+    let path = Path::new(rel);
+    if path.has_root() {
+        return Some("is absolute");
+    }
+    path.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+        .then_some("climbs out with `..`")
+}
+
 /// Reads and checks a module's Lua chunk (by loading it into a VM of its own).
 pub(super) fn lua_chunk(
     module: &ast::Module,
@@ -32,6 +46,15 @@ pub(super) fn lua_chunk(
 ) -> Result<(LuaSpec, ChunkFacts), Diagnostic> {
     let (file, text) = match &item.node {
         ast::LuaSource::File(rel) => {
+            if let Some(why) = outside_scripts(rel) {
+                return Err(Diagnostic::new(
+                    &module.file,
+                    source,
+                    item.span,
+                    format!("the Lua file path `{rel}` {why}"),
+                )
+                .with_hint("name a file in the scripts folder or a folder under it, e.g. `lua \"gate.lua\"`"));
+            }
             let lua_path = path.parent().unwrap_or(Path::new(".")).join(rel);
             match std::fs::read_to_string(&lua_path) {
                 Ok(text) => (lua_path.display().to_string(), text),
@@ -158,4 +181,22 @@ pub(super) fn twice_defined(
             .with_hint("a phase is either a pcmod block or a Lua hook")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside_scripts;
+
+    #[test]
+    fn only_paths_inside_the_scripts_folder_are_chunks() {
+        assert_eq!(outside_scripts("gate.lua"), None);
+        assert_eq!(outside_scripts("sub/g.lua"), None);
+        assert_eq!(outside_scripts("./g.lua"), None);
+        assert_eq!(outside_scripts("/etc/passwd"), Some("is absolute"));
+        assert_eq!(
+            outside_scripts("../config.lua"),
+            Some("climbs out with `..`")
+        );
+        assert_eq!(outside_scripts("sub/../../x"), Some("climbs out with `..`"));
+    }
 }
