@@ -108,7 +108,7 @@ impl Generation {
 
 /// Hash of a generation's inputs: the config text, the module sources, every
 /// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries),
-/// the Lua files modules name wherever they are (`lua "sub/x.lua"`), and the TLS
+/// the Lua files modules name in subfolders (`lua "sub/x.lua"`), and the TLS
 /// listeners' certificate, key and CA files.
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -121,7 +121,9 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     }
     for (path, source) in sources {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        for chunk in lua_chunk_names(source) {
+        // Only what a module may name (a path inside the scripts folder): another
+        // path is a load error, and reading it here would read any file.
+        for chunk in lua_chunk_names(source).filter(|c| crate::script::chunk_path_allowed(c)) {
             let file = dir.join(chunk);
             std::fs::read(&file).ok().hash(&mut h);
             file.hash(&mut h);
@@ -162,8 +164,8 @@ pub(crate) fn lua_chunk_names(source: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `(path, bytes)` of every `.lua` file directly in `dir`, sorted (none when the
-/// folder does not exist).
+/// `(path, bytes)` of every `.lua` file directly in `dir` but hidden ones, sorted
+/// (none when the folder does not exist).
 fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -171,7 +173,7 @@ fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+        .filter(|p| p.extension().is_some_and(|x| x == "lua") && !crate::script::is_hidden(p))
         .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
         .collect();
     files.sort();

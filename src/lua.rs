@@ -5,6 +5,9 @@
 //!   `sandbox.lua`), per-module global tables, `require` from `mods/lib/`.
 //! - [`vm`]: one VM per worker and generation, built lazily on the worker's first
 //!   request; loading the modules' chunks into it.
+//! - [`libs`]: the generation's snapshot of `mods/lib/`, the only thing `require`
+//!   reads.
+//! - [`slot`]: a worker's VM once built, or its failed build and when to retry.
 //! - [`handles`]: `req`, `resp`, `ctx` and response objects, as narrow UserData over
 //!   the request in flight (the [`Turn`](handles::Turn)).
 //! - [`bind`]: `std` (from the one signature table), `log`, `print`.
@@ -19,21 +22,24 @@
 pub mod bind;
 pub mod convert;
 pub mod handles;
+pub mod libs;
 pub mod meta;
 pub mod ops;
 pub mod pattern;
 pub mod run;
 pub mod sandbox;
+pub mod slot;
 pub mod vm;
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::generation::Generation;
 use crate::script::value::Value;
 use crate::server::conn::ConnInfo;
 use crate::server::worker::WorkerCtx;
 
+pub use libs::Libraries;
 pub use run::run_hook;
 pub use vm::Vm;
 
@@ -63,15 +69,31 @@ pub struct Limits {
     pub max_body: u64,
 }
 
-/// A worker's VM once built (or why it could not be).
-type VmSlot = OnceLock<Result<Arc<Vm>, String>>;
+/// A worker's VM once built (or its last failed build).
+type VmSlot = slot::Slot<Arc<Vm>, VmError>;
 
-/// The Lua side of a pipeline: the chunks, and one VM per worker, built on first use.
+/// Why a worker has no VM for its generation: a module's chunk (or a library it
+/// requires) failed while the VM was built, though it passed when the generation was
+/// checked (the top level ran over its wall-clock limit on a busy host, memory).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{module} ({file}:{line}): {message}")]
+pub struct VmError {
+    /// The module whose chunk was loading (the first Lua module when the failure
+    /// came before any chunk).
+    pub module: Arc<str>,
+    pub file: String,
+    /// 0 when Lua gave no line.
+    pub line: u32,
+    pub message: String,
+}
+
+/// The Lua side of a pipeline: the chunks, the libraries they were checked with, and
+/// one VM per worker, built on first use.
 pub struct LuaRuntime {
     pub specs: Arc<[LuaSpec]>,
     pub limits: Limits,
-    /// `mods/lib/`, where `require` looks.
-    pub lib_dir: PathBuf,
+    /// `mods/lib/` as read when the generation was checked: what `require` loads.
+    pub libs: Arc<Libraries>,
     /// The pipeline's `$ctx` names, by slot.
     pub ctx_names: Arc<[Arc<str>]>,
     slots: Box<[VmSlot]>,
@@ -85,7 +107,7 @@ impl std::fmt::Debug for LuaRuntime {
     }
 }
 
-/// Worker VM slots made whatever the config says (16 bytes each).
+/// Worker VM slots made whatever the config says (about 32 bytes each).
 pub const MIN_SLOTS: usize = 256;
 
 impl LuaRuntime {
@@ -95,34 +117,67 @@ impl LuaRuntime {
     pub fn new(
         specs: Vec<LuaSpec>,
         limits: Limits,
-        lib_dir: PathBuf,
+        libs: Arc<Libraries>,
         ctx_names: Arc<[Arc<str>]>,
         workers: usize,
     ) -> Self {
         LuaRuntime {
             specs: specs.into(),
             limits,
-            lib_dir,
+            libs,
             ctx_names,
             slots: (0..workers.max(MIN_SLOTS))
-                .map(|_| OnceLock::new())
+                .map(|_| VmSlot::default())
                 .collect(),
         }
     }
 
-    /// Worker `worker`'s VM, built on its first call. A worker beyond the count this
-    /// runtime was made for (the worker count changed without a restart) gets a VM of
-    /// its own per call, which is slow but correct.
-    pub fn vm(&self, worker: usize) -> Result<Arc<Vm>, String> {
-        match self.slots.get(worker) {
-            Some(slot) => slot.get_or_init(|| self.build().map(Arc::new)).clone(),
-            None => self.build().map(Arc::new),
-        }
+    /// Worker `worker`'s VM, built on its first call. A build that fails is logged
+    /// and tried again on a later call, once its backoff ([`slot`]) is over; calls
+    /// meanwhile get its error. A worker beyond the count this runtime was made for
+    /// (the worker count changed without a restart) gets a VM of its own per call,
+    /// which is slow but correct.
+    pub fn vm(&self, worker: usize) -> Result<Arc<Vm>, VmError> {
+        let Some(slot) = self.slots.get(worker) else {
+            return self
+                .build()
+                .inspect_err(|e| log_failed_build(e, worker, None));
+        };
+        slot.get(Instant::now, || self.build()).map_err(|refused| {
+            if refused.fresh {
+                log_failed_build(&refused.error, worker, Some(refused.retry_in));
+            }
+            refused.error
+        })
     }
 
-    fn build(&self) -> Result<Vm, String> {
-        Vm::build(self).map_err(|e| e.to_string())
+    /// Builds a VM with every module loaded, as a worker would: `check` and reloads
+    /// call it once, so a generation whose chunks cannot share one VM (together over
+    /// the memory limit) never serves.
+    pub fn build(&self) -> Result<Arc<Vm>, VmError> {
+        Vm::build(self).map(Arc::new).map_err(|e| VmError {
+            module: self
+                .specs
+                .get(e.module)
+                .map_or_else(|| Arc::from("<lua>"), |s| Arc::clone(&s.module)),
+            file: e.file,
+            line: e.line,
+            message: e.message,
+        })
     }
+}
+
+fn log_failed_build(e: &VmError, worker: usize, retry_in: Option<std::time::Duration>) {
+    tracing::error!(
+        target: "proxycache::lua",
+        module = %e.module,
+        file = %e.file,
+        line = e.line,
+        worker,
+        retry_in = ?retry_in,
+        error = %e.message,
+        "cannot build the worker's Lua VM; its requests fail (500) until a build succeeds"
+    );
 }
 
 /// What a request's Lua hooks need besides the request: the worker's VM, the

@@ -280,6 +280,22 @@ impl Pipeline {
         }
     }
 
+    /// A request found its worker without a Lua VM (the build failed): counted as a
+    /// request-phase error of the module whose chunk failed to load, and that
+    /// module's fault.
+    pub fn lua_unavailable(&self, e: crate::lua::VmError) -> ScriptError {
+        if let Some(i) = self.modules.iter().position(|m| m.name() == &*e.module) {
+            self.meter(i, PhaseKind::Request, Instant::now(), true);
+        }
+        ScriptError {
+            module: e.module.to_string(),
+            file: e.file,
+            line: e.line,
+            message: format!("cannot build the worker's Lua VM: {}", e.message),
+            client: None,
+        }
+    }
+
     /// Whether there is nothing to run.
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()

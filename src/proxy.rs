@@ -224,6 +224,19 @@ async fn proxy(
     let mut response_timeout = None;
     let mut retries = DEFAULT_CONNECT_RETRIES;
     if !generation.pipeline.is_empty() {
+        // Before the id is lent below: a VM that cannot be built fails the request
+        // with the id still here, for the error response.
+        let lua = match &generation.pipeline.lua {
+            Some(rt) => Some(Arc::new(crate::lua::LuaCall {
+                vm: rt
+                    .vm(ctx.id)
+                    .map_err(|e| phases::module_error(generation.pipeline.lua_unavailable(e)))?,
+                generation: Arc::clone(generation),
+                worker: Arc::clone(ctx),
+                conn: Arc::clone(conn),
+            })),
+            None => None,
+        };
         let info = RequestInfo {
             // Lent, not cloned (a clone makes the id): a pipeline that never reads it
             // does not make one. It comes back with the state, or below on a fault.
@@ -232,20 +245,6 @@ async fn proxy(
             scheme: conn.scheme,
         };
         let upstream_name = routed.map(|i| generation.upstreams.sets[i].shared_name());
-        let lua = match &generation.pipeline.lua {
-            Some(rt) => Some(Arc::new(crate::lua::LuaCall {
-                vm: rt.vm(ctx.id).map_err(|message| ProxyError::Module {
-                    module: "<lua>".into(),
-                    location: String::new(),
-                    message,
-                    logged: false,
-                })?,
-                generation: Arc::clone(generation),
-                worker: Arc::clone(ctx),
-                conn: Arc::clone(conn),
-            })),
-            None => None,
-        };
         let (flow, mut state) =
             phases::request_phase(generation, &mut parts, &mut body, info, upstream_name, lua)
                 .await;

@@ -34,6 +34,9 @@ pub struct ReloadError {
     pub message: String,
     /// The full rendered diagnostic (source line, caret, hint).
     pub rendered: String,
+    /// For an error in a library a module's Lua chunk `require`s: that module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 impl From<&Diagnostic> for ReloadError {
@@ -45,6 +48,7 @@ impl From<&Diagnostic> for ReloadError {
             key: None,
             message: d.message.clone(),
             rendered: d.render(),
+            module: d.module.as_deref().cloned(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl ReloadError {
             col: 0,
             key: None,
             rendered: message.clone(),
+            module: None,
             message,
         }
     }
@@ -72,6 +77,7 @@ impl From<&crate::config::ConfigError> for ReloadError {
             key: (!e.key.is_empty()).then(|| e.key.clone()),
             message: e.message.clone(),
             rendered: e.to_string(),
+            module: None,
         }
     }
 }
@@ -242,6 +248,7 @@ fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
         col: 1,
         key: None,
         rendered: message.clone(),
+        module: None,
         message,
     }]
 }
@@ -311,6 +318,7 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
                     col: 0,
                     key: Some(format!("server.listen[{i}]")),
                     rendered: format!("server.listen[{i}]: {message}"),
+                    module: None,
                     message,
                 }]);
             }

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod diag;
 pub mod exec;
 pub mod ir;
+mod luachunk;
 pub mod modconfig;
 pub mod parse;
 pub mod regexes;
@@ -131,7 +132,8 @@ pub fn load(config: &Config) -> Result<Loaded, Vec<Diagnostic>> {
     load_sources(config, &sources)
 }
 
-/// Reads every `*.pcmod` in `dir`, sorted by file name (none when it does not exist).
+/// Reads every `*.pcmod` in `dir` but hidden ones ([`is_hidden`]), sorted by file name
+/// (none when the folder does not exist).
 pub fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostic> {
     let mut sources = Vec::new();
     for path in module_files(dir)? {
@@ -162,10 +164,23 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pcmod") && p.is_file())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcmod") && !is_hidden(p) && p.is_file())
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether `lua "FILE"` may name `rel`: a relative path that stays inside the
+/// scripts folder (no `..`).
+pub fn chunk_path_allowed(rel: &str) -> bool {
+    luachunk::outside_scripts(rel).is_none()
+}
+
+/// Whether a file's name starts with `.` (an editor's or macOS's `._NAME` side file):
+/// such files are never modules or libraries, as nginx's `include *.conf` skips them.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
 /// Loads modules from `(path, source)` pairs; the path's stem must be the module name.
@@ -223,7 +238,9 @@ fn load_sources_here(
         budget: config.scripts.lua_instruction_budget,
         max_body: config.server.limits.max_body,
     };
-    let lib_dir = config.scripts.dir.join("lib");
+    // Read once, here: the checks below and every worker's VM of this generation load
+    // libraries from this snapshot only.
+    let libs = Arc::new(crate::lua::Libraries::read(&config.scripts.dir.join("lib")));
     for (path, source) in sources {
         let file = path.display().to_string();
         let module = match parse::parse(&file, source) {
@@ -268,9 +285,9 @@ fn load_sources_here(
                     .iter()
                     .map(|(k, (_, v))| (k.clone(), v.clone()))
                     .collect();
-                match lua_chunk(&module, item, path, source, config, &lib_dir, limits) {
+                match luachunk::lua_chunk(&module, item, path, source, config, &libs, limits) {
                     Ok(chunk) => {
-                        errors.extend(twice_defined(&module, source, chunk.1.hooks));
+                        errors.extend(luachunk::twice_defined(&module, source, chunk.1.hooks));
                         Some(chunk)
                     }
                     Err(d) => {
@@ -373,13 +390,18 @@ fn load_sources_here(
     let mut pipeline = Pipeline::new(modules, ctx_names, keeps_request_headers);
     pipeline.response_head_unread = response_head_unread;
     if !lua_specs.is_empty() {
-        pipeline.lua = Some(Arc::new(crate::lua::LuaRuntime::new(
+        let rt = crate::lua::LuaRuntime::new(
             lua_specs,
             limits,
-            lib_dir,
+            Arc::clone(&libs),
             ctx_shared,
             config.server.workers,
-        )));
+        );
+        // Every chunk loaded in a VM of its own above; a worker loads them all in one.
+        if let Err(e) = rt.build() {
+            return Err(vec![luachunk::vm_diagnostic(&e, &rt.specs, &libs)]);
+        }
+        pipeline.lua = Some(Arc::new(rt));
     }
     Ok(Loaded {
         pipeline,
@@ -396,117 +418,6 @@ fn module_phases(module: &ast::Module, hooks: Option<[bool; 3]>) -> Vec<&'static
                 || hooks.is_some_and(|h| h[crate::lua::vm::phase_index(*k)])
         })
         .map(|k| k.as_str())
-        .collect()
-}
-
-/// What loading a chunk found out.
-struct ChunkFacts {
-    /// Which hooks it defines (request, response, log).
-    hooks: [bool; 3],
-    /// Its other global functions (callable from pcmod as `lua.NAME(...)`).
-    functions: Vec<String>,
-}
-
-/// Reads and checks a module's Lua chunk (by loading it into a VM of its own).
-fn lua_chunk(
-    module: &ast::Module,
-    item: &ast::Spanned<ast::LuaSource>,
-    path: &Path,
-    source: &str,
-    config: Vec<(String, value::Value)>,
-    lib_dir: &Path,
-    limits: crate::lua::Limits,
-) -> Result<(crate::lua::LuaSpec, ChunkFacts), Diagnostic> {
-    let (file, text) = match &item.node {
-        ast::LuaSource::File(rel) => {
-            let lua_path = path.parent().unwrap_or(Path::new(".")).join(rel);
-            match std::fs::read_to_string(&lua_path) {
-                Ok(text) => (lua_path.display().to_string(), text),
-                Err(e) => {
-                    return Err(Diagnostic::new(
-                        &module.file,
-                        source,
-                        item.span,
-                        format!("cannot read the Lua file {}: {e}", lua_path.display()),
-                    )
-                    .with_hint("the path is relative to the .pcmod file"))
-                }
-            }
-        }
-        ast::LuaSource::Inline(text) => {
-            // Pad so Lua's line numbers are the .pcmod file's.
-            let pad = "\n".repeat(item.span.line.saturating_sub(1) as usize);
-            (module.file.to_string(), format!("{pad}{text}"))
-        }
-    };
-    let spec = crate::lua::LuaSpec {
-        module: Arc::from(module.name.node.as_str()),
-        file: Arc::from(file.as_str()),
-        source: Arc::from(text.as_str()),
-        config,
-    };
-    let vm = crate::lua::Vm::build_with(
-        Arc::from(vec![spec.clone()]),
-        limits.memory,
-        limits.budget,
-        lib_dir,
-        Arc::new(std::collections::HashMap::new()),
-    );
-    match vm {
-        Ok(vm) => {
-            let hooks = vm
-                .hooks
-                .first()
-                .map_or([false; 3], |h| h.each_ref().map(Option::is_some));
-            let mut functions: Vec<String> = vm
-                .functions
-                .first()
-                .map(|f| f.keys().cloned().collect())
-                .unwrap_or_default();
-            functions.sort();
-            Ok((spec, ChunkFacts { hooks, functions }))
-        }
-        Err(e) => {
-            let line_text = text
-                .lines()
-                .nth(e.line.saturating_sub(1) as usize)
-                .unwrap_or("");
-            Err(Diagnostic {
-                file: e.file.clone(),
-                line: e.line.max(1),
-                col: 1,
-                message: format!("Lua: {}", e.message.lines().next().unwrap_or("")),
-                hint: None,
-                source_line: if e.line == 0 {
-                    String::new()
-                } else {
-                    line_text.to_owned()
-                },
-                width: line_text.chars().count().max(1),
-            })
-        }
-    }
-}
-
-/// A phase both as a pcmod block and as a Lua hook is an error.
-fn twice_defined(module: &ast::Module, source: &str, hooks: [bool; 3]) -> Vec<Diagnostic> {
-    module
-        .phases
-        .iter()
-        .filter(|p| hooks[crate::lua::vm::phase_index(p.kind)])
-        .map(|p| {
-            Diagnostic::new(
-                &module.file,
-                source,
-                p.span,
-                format!(
-                    "phase `on {}` is defined here and as `{}` in the module's Lua chunk",
-                    p.kind.as_str(),
-                    crate::lua::vm::HOOK_NAMES[crate::lua::vm::phase_index(p.kind)]
-                ),
-            )
-            .with_hint("a phase is either a pcmod block or a Lua hook")
-        })
         .collect()
 }
 

@@ -626,6 +626,35 @@ async fn adding_and_deleting_module_files_change_behaviour() {
     assert_eq!(names, ["more"], "{mods:#}");
 }
 
+/// Files whose name starts with `.` — a copy such as `.gate.pcmod`, macOS's
+/// AppleDouble `._gate.pcmod` — are not modules: the proxy starts and reloads with
+/// them there, and lists only the real module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_files_in_the_scripts_folder_are_not_modules() {
+    let site = Site::new("hidden");
+    site.write_mod("gate", &responder("gate", "v1"));
+    let mods = site.mods_dir();
+    std::fs::copy(site.mod_path("gate"), mods.join(".gate.pcmod")).expect("cp");
+    let apple_double: &[u8] = &[0, 5, 22, 7, 0, 2, 0, 0, b'M', b'a', b'c', 0xff, 0xfe];
+    std::fs::write(mods.join("._gate.pcmod"), apple_double).expect("write");
+    site.write_config(&Conf::new(false, ECHO).text());
+    let px = Running::start(&site);
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v1\n"));
+
+    site.write_mod("gate", &responder("gate", "v2"));
+    let (status, report) = post_reload(px.admin).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v2\n"));
+    let mods = admin_get(px.admin, "/mods").await;
+    let names: Vec<&str> = mods["mods"]
+        .as_array()
+        .expect("mods is a list")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["gate"], "{mods:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_config_toml_reroutes() {
     let _heavy = HEAVY.lock().await;

@@ -187,8 +187,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Whether error `e` belongs to the module in file `path` with `source`: it is about
-/// that file, or about a Lua chunk the module names (`lua "sub/x.lua"`).
+/// that file, about a Lua chunk the module names (`lua "sub/x.lua"`), or about a
+/// library the module's chunk `require`s.
 fn owned_by(e: &ReloadError, path: &Path, source: &str) -> bool {
+    if let Some(module) = &e.module {
+        return path.file_stem().is_some_and(|s| *s == **module);
+    }
     let file = Path::new(&e.file);
     if file.as_os_str().is_empty() {
         return false;
@@ -197,8 +201,7 @@ fn owned_by(e: &ReloadError, path: &Path, source: &str) -> bool {
         return true;
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    file.extension().is_some_and(|x| x == "lua")
-        && crate::generation::lua_chunk_names(source).any(|chunk| same_file(file, &dir.join(chunk)))
+    crate::generation::lua_chunk_names(source).any(|chunk| same_file(file, &dir.join(chunk)))
 }
 
 fn module_list(shared: &Shared, disk: &OnDisk, with_source: bool) -> Vec<Value> {

@@ -14,7 +14,7 @@ use mlua::{AnyUserData, Function, MultiValue};
 use super::handles::{LuaResponse, Turn};
 use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
-use super::vm::{error_text, phase_index, split_location, Runner, Vm};
+use super::vm::{error_text, phase_index, script_files, split_location, Runner, Vm};
 use crate::http::ProxyBody;
 use crate::pipeline::{ClientFault, Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
 use crate::script::ast::PhaseKind;
@@ -320,6 +320,7 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         HookError::Body(fault) => Some(*fault),
         _ => None,
     };
+    let mut file = spec.file.to_string();
     let (line, message) = match e {
         HookError::Budget => (
             defined,
@@ -345,13 +346,17 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         ),
         HookError::Lua(e) => {
             let text = error_text(&e);
-            let (line, message) = split_location(&text, &spec.file);
+            let files = script_files(spec, &vm.libs);
+            let (at, line, message) = split_location(&text, &files);
+            if let Some(i) = at {
+                file = files[i].to_owned();
+            }
             (if line == 0 { defined } else { line }, message)
         }
     };
     ScriptError {
         module: spec.module.to_string(),
-        file: spec.file.to_string(),
+        file,
         line,
         message,
         client,

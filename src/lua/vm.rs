@@ -3,8 +3,8 @@
 //! hooks. Built by [`LuaRuntime::vm`](super::LuaRuntime::vm) on the worker's first
 //! request that needs it; never shared between threads at the same time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use mlua::{AnyUserData, Function, Table, Thread};
 use parking_lot::Mutex;
 
 use super::handles::{req_handle, resp_handle, CtxHandle, TurnCell};
+use super::libs::Libraries;
 use super::sandbox::{self, Meter, Sandbox};
 use super::{LuaRuntime, LuaSpec};
 use crate::script::ast::PhaseKind;
@@ -23,6 +24,7 @@ use crate::script::ast::PhaseKind;
 pub struct LoadError {
     /// Index of the module in the specs.
     pub module: usize,
+    /// The file the error is in: the module's chunk, or a library it requires.
     pub file: String,
     /// 0 when Lua gave no line.
     pub line: u32,
@@ -51,6 +53,8 @@ pub struct Vm {
     /// Per module: its other global functions (`lua.NAME(...)` from pcmod).
     pub(crate) functions: Vec<HashMap<String, Function>>,
     pub(crate) specs: Arc<[LuaSpec]>,
+    /// What `require` loads (also how errors in a library are placed).
+    pub(crate) libs: Arc<Libraries>,
     pub(crate) budget: i64,
     runners: Mutex<Vec<Runner>>,
     next_runner: AtomicU32,
@@ -81,17 +85,17 @@ impl Vm {
             Arc::clone(&rt.specs),
             rt.limits.memory,
             rt.limits.budget,
-            &rt.lib_dir,
+            Arc::clone(&rt.libs),
             Arc::new(ctx_slots),
         )
     }
 
-    /// Builds a VM for `specs`.
+    /// Builds a VM for `specs`, whose `require` loads from `libs`.
     pub fn build_with(
         specs: Arc<[LuaSpec]>,
         memory: usize,
         budget: u64,
-        lib_dir: &Path,
+        libs: Arc<Libraries>,
         ctx_slots: Arc<HashMap<Arc<str>, usize>>,
     ) -> Result<Vm, LoadError> {
         let vm_error = |e: mlua::Error| LoadError {
@@ -100,24 +104,8 @@ impl Vm {
             line: 0,
             message: format!("cannot build the Lua VM: {e}"),
         };
-        let lib_dir = lib_dir.to_path_buf();
-        let reader: sandbox::LibReader = Box::new(move |name: &str| {
-            // The prelude checks the name too; this check is the one a script cannot
-            // reach: a name is letters, digits and `_`, so the path stays in `lib_dir`.
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!(
-                    "require {name:?}: a library name is letters, digits and _ (mods/lib/NAME.lua)"
-                ));
-            }
-            let path = lib_dir.join(format!("{name}.lua"));
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok((text, path.display().to_string())),
-                Err(e) => Err(format!(
-                    "require {name:?}: cannot read {}: {e}",
-                    path.display()
-                )),
-            }
-        });
+        let reader_libs = Arc::clone(&libs);
+        let reader: sandbox::LibReader = Box::new(move |name: &str| reader_libs.require(name));
         let sb = sandbox::build(memory, reader).map_err(vm_error)?;
         let cell: Arc<TurnCell> = Arc::new(Mutex::new(None));
         let bodies = super::bind::install(&sb, &cell).map_err(vm_error)?;
@@ -135,7 +123,7 @@ impl Vm {
         let mut hooks = Vec::with_capacity(specs.len());
         let mut functions = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let (h, f) = load_chunk(&sb, spec, budget).map_err(|mut e| {
+            let (h, f) = load_chunk(&sb, spec, &libs, budget).map_err(|mut e| {
                 e.module = i;
                 e
             })?;
@@ -154,6 +142,7 @@ impl Vm {
             hooks,
             functions,
             specs,
+            libs,
             budget,
             runners: Mutex::new(Vec::new()),
             next_runner: AtomicU32::new(1),
@@ -218,7 +207,12 @@ type ChunkFunctions = ([Option<Function>; 3], HashMap<String, Function>);
 /// Loads one module's chunk into its own environment and runs it (with the hook
 /// budget), then freezes the environment. Returns the hooks it defined and its other
 /// global functions.
-fn load_chunk(sb: &Sandbox, spec: &LuaSpec, budget: i64) -> Result<ChunkFunctions, LoadError> {
+fn load_chunk(
+    sb: &Sandbox,
+    spec: &LuaSpec,
+    libs: &Libraries,
+    budget: i64,
+) -> Result<ChunkFunctions, LoadError> {
     let fail = |line: u32, message: String| LoadError {
         module: 0,
         file: spec.file.to_string(),
@@ -226,8 +220,14 @@ fn load_chunk(sb: &Sandbox, spec: &LuaSpec, budget: i64) -> Result<ChunkFunction
         message,
     };
     let lua_fail = |e: mlua::Error| {
-        let (line, message) = split_location(&error_text(&e), &spec.file);
-        fail(line, message)
+        let files = script_files(spec, libs);
+        let (at, line, message) = split_location(&error_text(&e), &files);
+        LoadError {
+            module: 0,
+            file: at.map_or(&*spec.file, |i| files[i]).to_owned(),
+            line,
+            message,
+        }
     };
     let config = super::bind::config_table(sb, &spec.config).map_err(lua_fail)?;
     let record: Table = sb.new_env.call(config).map_err(lua_fail)?;
@@ -300,13 +300,20 @@ pub fn error_text(e: &mlua::Error) -> String {
     }
 }
 
-/// Splits `file:LINE: message` (Lua shortens long file names to `...tail`) into the
-/// line and the message without the prefix; without one, the line of the first
-/// traceback entry in a script file. `file` is the module's chunk, preferred when
-/// the traceback names several.
-pub fn split_location(text: &str, file: &str) -> (u32, String) {
+/// The files a module's Lua errors can be in: its chunk's first, then the libraries
+/// `require` may load.
+pub fn script_files<'a>(spec: &'a LuaSpec, libs: &'a Libraries) -> Vec<&'a str> {
+    std::iter::once(&*spec.file).chain(libs.paths()).collect()
+}
+
+/// Splits `FILE:LINE: message`, where FILE is one of `files` as Lua names it (long
+/// names shortened to `...tail`), into the index of the file, the line and the
+/// message without the prefix. Without one on the first line: the first traceback
+/// entry in one of `files` (the first file, the module's chunk, preferred) and the
+/// whole text. `None` and 0 when no line of the text names one of `files`.
+pub fn split_location(text: &str, files: &[&str]) -> (Option<usize>, u32, String) {
     let first_line = text.lines().next().unwrap_or("");
-    if let Some((line, at)) = script_position(first_line) {
+    if let Some((file, line, at)) = script_position(first_line, files) {
         let message = &first_line[at..];
         let tail: Vec<&str> = text.lines().skip(1).collect();
         let message = if tail.is_empty() {
@@ -314,38 +321,109 @@ pub fn split_location(text: &str, file: &str) -> (u32, String) {
         } else {
             format!("{message}\n{}", tail.join("\n"))
         };
-        return (line, message);
+        return (Some(file), line, message);
     }
-    let tail_of_file = file.rsplit('/').next().unwrap_or(file);
     let mut fallback = None;
     for l in text.lines() {
-        if let Some((line, _)) = script_position(l.trim_start()) {
-            if l.contains(tail_of_file) {
-                return (line, text.to_owned());
+        if let Some((file, line, _)) = script_position(l, files) {
+            if file == 0 {
+                return (Some(0), line, text.to_owned());
             }
-            fallback.get_or_insert(line);
+            fallback.get_or_insert((file, line));
         }
     }
-    (fallback.unwrap_or(0), text.to_owned())
+    match fallback {
+        Some((file, line)) => (Some(file), line, text.to_owned()),
+        None => (None, 0, text.to_owned()),
+    }
 }
 
-/// In `path.lua:12: rest`, the line and where `rest` starts.
-fn script_position(l: &str) -> Option<(u32, usize)> {
-    for ext in [".lua:", ".pcmod:"] {
-        let Some(pos) = l.find(ext) else { continue };
-        let after = pos + ext.len();
-        let digits: String = l[after..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let Ok(line) = digits.parse() else { continue };
-        let mut at = after + digits.len();
-        if l[at..].starts_with(": ") {
-            at += 2;
-        } else if l[at..].starts_with(':') {
-            at += 1;
+/// In a line with `FILE:12: rest` (FILE one of `files`, as Lua names it), the first
+/// such place: the index of the file, the line, and where `rest` starts.
+fn script_position(l: &str, files: &[&str]) -> Option<(usize, u32, usize)> {
+    let mut best: Option<(usize, usize, u32, usize)> = None;
+    for (i, file) in files.iter().enumerate() {
+        let id = chunk_id(file);
+        let mut from = 0;
+        while let Some(found) = l[from..].find(&*id) {
+            let start = from + found;
+            let after = start + id.len();
+            if let Some((line, rest)) = line_number(&l[after..]) {
+                // The earliest place wins; at the same place, the longest name.
+                if best.is_none_or(|(s, b, _, _)| {
+                    start < s || (start == s && id.len() > chunk_id(files[b]).len())
+                }) {
+                    best = Some((start, i, line, after + rest));
+                }
+                break;
+            }
+            from = after;
         }
-        return Some((line, at));
     }
-    None
+    best.map(|(_, i, line, at)| (i, line, at))
+}
+
+/// `:12: rest` -> 12 and where `rest` starts.
+fn line_number(s: &str) -> Option<(u32, usize)> {
+    let digits = s.strip_prefix(':')?;
+    let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+    let line = digits[..n].parse().ok()?;
+    let mut at = 1 + n;
+    if s[at..].starts_with(": ") {
+        at += 2;
+    } else if s[at..].starts_with(':') {
+        at += 1;
+    }
+    Some((line, at))
+}
+
+/// How Lua names a chunk loaded as `@file` in messages (`luaO_chunkid`, with
+/// `LUA_IDSIZE` 60): the name, or `...` and its last 56 bytes when longer than 59.
+fn chunk_id(file: &str) -> Cow<'_, str> {
+    const WHOLE: usize = 59;
+    const TAIL: usize = 56;
+    if file.len() <= WHOLE {
+        Cow::Borrowed(file)
+    } else {
+        let bytes = file.as_bytes();
+        Cow::Owned(format!(
+            "...{}",
+            String::from_utf8_lossy(&bytes[bytes.len() - TAIL..])
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chunk_id, split_location};
+
+    #[test]
+    fn a_location_names_the_file_lua_named_whatever_its_extension() {
+        let files = ["mods/gate.lua", "mods/lib/util.lua"];
+        let (file, line, message) =
+            split_location("mods/lib/util.lua:7: unexpected symbol near '='", &files);
+        assert_eq!(
+            (file, line, message.as_str()),
+            (Some(1), 7, "unexpected symbol near '='")
+        );
+        let files = ["mods/hooks", "mods/lib/util.lua"];
+        let (file, line, _) = split_location("mods/hooks:2: 'end' expected near <eof>", &files);
+        assert_eq!((file, line), (Some(0), 2));
+        // Not a file of the module's: the traceback's entry in the chunk.
+        let text = "[string \"x\"]:1: boom\nstack traceback:\n\tmods/lib/util.lua:3: in function 'f'\n\tmods/hooks:9: in main chunk";
+        let (file, line, _) = split_location(text, &files);
+        assert_eq!((file, line), (Some(0), 9));
+        assert_eq!(split_location("no place", &files).0, None);
+    }
+
+    #[test]
+    fn long_file_names_are_found_as_lua_shortens_them() {
+        let long = format!("/srv/{}/mods/lib/util.lua", "x".repeat(80));
+        let id = chunk_id(&long);
+        assert_eq!(id.len(), 59);
+        assert!(id.starts_with("...") && long.ends_with(&id[3..]));
+        let files = ["mods/gate.lua", long.as_str()];
+        let (file, line, _) = split_location(&format!("{id}:4: boom"), &files);
+        assert_eq!((file, line), (Some(1), 4));
+    }
 }

@@ -282,7 +282,7 @@ pub fn local_response(local: LocalResponse, id: &crate::http::RequestId) -> Resp
     resp
 }
 
-fn module_error(e: ScriptError) -> ProxyError {
+pub(crate) fn module_error(e: ScriptError) -> ProxyError {
     // The client's fault, found by a module: answered as if the proxy had found it.
     match e.client {
         Some(ClientFault::BodyTooLarge { limit }) => return ProxyError::BodyTooLarge { limit },

@@ -151,7 +151,8 @@ fn identity(path: &Path) -> Option<(PathBuf, u64, u64, i128)> {
 }
 
 /// A hash of the identity of everything a reload reads: the config file, the scripts
-/// folder and its `.pcmod`/`.lua` files (recursively), the TLS files.
+/// folder and its `.pcmod`/`.lua` files (recursively, hidden ones left out), the TLS
+/// files.
 fn files_signature(config: Option<&Path>, scripts: &Path, tls: &[PathBuf]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -181,7 +182,7 @@ fn files_signature(config: Option<&Path>, scripts: &Path, tls: &[PathBuf]) -> u6
             };
             if kind.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "pcmod" || e == "lua") {
+            } else if script_file(&path) {
                 files.push(path);
             }
         }
@@ -288,8 +289,13 @@ fn relevant(path: &Path, scripts_dir: &Path, config: Option<&Path>) -> bool {
             return true;
         }
     }
-    let ext_ok = path.extension().is_some_and(|e| e == "pcmod" || e == "lua");
-    ext_ok && (path.starts_with(canonical(scripts_dir)) || path.starts_with(scripts_dir))
+    script_file(path) && (path.starts_with(canonical(scripts_dir)) || path.starts_with(scripts_dir))
+}
+
+/// A `.pcmod` or `.lua` file that is not hidden (`.gate.pcmod`, macOS's `._gate.pcmod`
+/// are never loaded, so changing one is no reason to reload).
+fn script_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "pcmod" || e == "lua") && !crate::script::is_hidden(path)
 }
 
 /// Watches the folder of each TLS file not watched yet (non-recursively: only the
@@ -329,4 +335,25 @@ fn parent(path: &Path) -> &Path {
 
 fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::relevant;
+
+    /// Hidden files are never loaded (`.gate.pcmod`, macOS's `._gate.pcmod`), so a
+    /// change to one does not reload.
+    #[test]
+    fn hidden_files_in_the_scripts_folder_are_not_relevant() {
+        let dir = Path::new("/nowhere/mods");
+        let yes = |p: &str| relevant(Path::new(p), dir, None);
+        assert!(yes("/nowhere/mods/gate.pcmod"));
+        assert!(yes("/nowhere/mods/lib/util.lua"));
+        assert!(!yes("/nowhere/mods/.gate.pcmod"));
+        assert!(!yes("/nowhere/mods/._gate.pcmod"));
+        assert!(!yes("/nowhere/mods/lib/.util.lua"));
+        assert!(!yes("/nowhere/mods/notes.txt"));
+    }
 }

@@ -21,6 +21,12 @@ pub struct Diagnostic {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// For an error in a file that is not a module's own (a library its Lua chunk
+    /// `require`s): the module whose loading found it.
+    /// (Behind one thin pointer: the diagnostic is the error type of many functions
+    /// and stays within 128 bytes.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<Box<String>>,
     /// The text of the line the error is on.
     #[serde(skip)]
     pub source_line: String,
@@ -48,6 +54,7 @@ impl Diagnostic {
             col: span.col.max(1),
             message: message.into(),
             hint: None,
+            module: None,
             source_line: line_text.to_owned(),
             width,
         }
@@ -61,6 +68,7 @@ impl Diagnostic {
             col: 1,
             message: message.into(),
             hint: None,
+            module: None,
             source_line: String::new(),
             width: 1,
         }

@@ -75,6 +75,7 @@ pub fn resolve(
                 col,
                 message: format!("{toml_key}: {msg}"),
                 hint: None,
+                module: None,
                 source_line: ov
                     .text
                     .lines()
