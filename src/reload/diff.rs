@@ -29,6 +29,12 @@ pub fn diff(old: &Generation, new: &Generation) -> Changes {
             a.server.workers, b.server.workers
         ));
     }
+    if a.server.merge_slashes != b.server.merge_slashes {
+        c.applied.push(format!(
+            "server.merge_slashes: {} -> {}",
+            a.server.merge_slashes, b.server.merge_slashes
+        ));
+    }
     if a.log.level != b.log.level || a.log.format != b.log.format {
         c.requires_restart.push("log.level / log.format".into());
     }
