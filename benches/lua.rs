@@ -117,6 +117,9 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
         id: RequestId::generate(),
         client_ip: [127, 0, 0, 1].into(),
         scheme: "http",
+        path_rules: proxycache::http::path::PathRules {
+            merge_slashes: true,
+        },
     };
     let p = &generation.pipeline;
     let mut ctx = p.new_ctx();

@@ -1,5 +1,6 @@
 //! pcmod hot paths: loading a large module, running a typical module per request, a
-//! five-module pipeline, and `std.rate_limit`.
+//! five-module pipeline, and `std.rate_limit`. Also the request path's normal form,
+//! which every request pays for before the modules see `$path`.
 //!
 //! Run with: cargo bench --bench pcmod
 
@@ -113,6 +114,9 @@ fn fresh(p: &Pipeline) -> Fresh {
             id: RequestId::generate(),
             client_ip: [127, 0, 0, 1].into(),
             scheme: "http",
+            path_rules: proxycache::http::path::PathRules {
+                merge_slashes: true,
+            },
         },
         ctx: p.new_ctx(),
         response_headers: Default::default(),
@@ -245,5 +249,24 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(pcmod, benches);
+/// `http::path::normalize`: a path already normal (the fast path: one scan, no
+/// allocation) and one with every rule to apply.
+fn paths(c: &mut Criterion) {
+    use proxycache::http::path::{normalize, PathRules};
+    let rules = PathRules {
+        merge_slashes: true,
+    };
+    let normal = "/api/v1/users/42/orders/.well-known";
+    c.bench_function("request path, already normal", |b| {
+        b.iter(|| {
+            let p = normalize(black_box(normal), rules);
+            black_box(matches!(p, Ok(std::borrow::Cow::Borrowed(_))))
+        })
+    });
+    c.bench_function("request path, /n/%2e%2e//api/./v1/%61", |b| {
+        b.iter(|| black_box(normalize(black_box("/n/%2e%2e//api/./v1/%61"), rules).is_ok()))
+    });
+}
+
+criterion_group!(pcmod, benches, paths);
 criterion_main!(pcmod);

@@ -1,7 +1,7 @@
 //! HTTP-level pieces of the request path that know nothing of upstreams or scripts:
 //! the body type, proxy errors and their status mapping, header hygiene, framing
 //! checks, request ids, header names off the wire and lookups in small header maps,
-//! upstream response heads passed through as received,
+//! upstream response heads passed through as received, request path normalisation,
 //! and the built-in echo upstream.
 //!
 //! Must not touch: sockets, pools, the pipeline. Everything here is a pure function of
@@ -15,6 +15,7 @@ pub mod framing;
 pub mod hygiene;
 pub mod lookup;
 pub mod names;
+pub mod path;
 pub mod raw_head;
 pub mod request_id;
 

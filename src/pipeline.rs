@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+use crate::http::path::PathRules;
 use crate::http::{ProxyBody, RequestId};
 use crate::lua::LuaCall;
 use crate::metrics::{Metrics, ModuleMeter};
@@ -75,6 +76,9 @@ pub struct RequestInfo {
     pub id: RequestId,
     pub client_ip: IpAddr,
     pub scheme: &'static str,
+    /// How a path a module sets is normalised: as the request's own was, by the
+    /// generation it runs in (`server.merge_slashes`).
+    pub path_rules: PathRules,
 }
 
 /// The request as a phase sees it: the live request in the request phase, a snapshot
@@ -438,6 +442,19 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A path a module sets (pcmod `set req.path`, Lua `req:set_path`, `std.url_rewrite`)
+/// in normal form: later modules, routing of a `forward` and the upstream see what a
+/// request arriving with it would have been, never `/pub/../admin`. (A path that
+/// climbs above the root is the module's fault, not rewritten to something else.)
+pub fn normal_script_path(path: &str, rules: PathRules) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} must start with /"));
+    }
+    crate::http::path::normalize(path, rules)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| format!("path {path:?}: {e}"))
 }
 
 /// Replaces a URI's path and query, keeping scheme and authority.

@@ -1,5 +1,5 @@
 //! The request path, top to bottom (STYLE rule 5):
-//! checks -> route -> request phase (modules may respond or forward) -> upstream
+//! checks (framing, then the path put in normal form) -> route -> request phase (modules may respond or forward) -> upstream
 //! request -> pick + send (+ retries on connect failure) -> response hygiene ->
 //! response phase -> respond, with the log phase running when the response body is
 //! finished (`completion`).
@@ -25,6 +25,7 @@ use crate::config::{HashKey, ServerTarget};
 use crate::generation::Generation;
 use crate::http::body::{body_too_large, client_body_error, RequestBody};
 use crate::http::hygiene::{self, Forwarded, Forwarding};
+use crate::http::path::{self, PathRules};
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
 use crate::pipeline::{Flow, RequestInfo};
 use crate::server::conn::ConnInfo;
@@ -177,7 +178,7 @@ async fn proxy(
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Arrived {
-        req,
+        mut req,
         client_ip,
         ambiguous_framing,
         client_upgrade,
@@ -197,6 +198,14 @@ async fn proxy(
         // nginx: 405). Forwarded, it reached the upstream as `CONNECT /`.
         return Err(ProxyError::MethodNotAllowed("CONNECT"));
     }
+    // The path in normal form before anything decides on it: routes, modules and the
+    // upstream then see one path, and `/x/../admin` or `/%61dmin` is `/admin` to all
+    // of them (nginx matches its locations on the normalised `$uri` the same way).
+    let path_rules = PathRules {
+        merge_slashes: generation.config.server.merge_slashes,
+    };
+    path::normalize_uri(req.uri_mut(), path_rules)
+        .map_err(|e| ProxyError::BadRequest(e.reason()))?;
     if head_size(&req) > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge {
             limit: limits.max_header_bytes,
@@ -243,6 +252,7 @@ async fn proxy(
             id: std::mem::replace(id, RequestId::stand_in()),
             client_ip,
             scheme: conn.scheme,
+            path_rules,
         };
         let upstream_name = routed.map(|i| generation.upstreams.sets[i].shared_name());
         let (flow, mut state) =

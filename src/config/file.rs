@@ -46,6 +46,7 @@ pub struct ServerFile {
     pub listen: Option<Spanned<Vec<Text>>>,
     pub workers: Option<Int>,
     pub trusted_proxies: Vec<Text>,
+    pub merge_slashes: Option<bool>,
     pub limits: LimitsFile,
     pub timeouts: TimeoutsFile,
     pub tls: Vec<Spanned<TlsFile>>,

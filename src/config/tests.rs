@@ -112,6 +112,7 @@ fn shipped_config_behaves_like_the_embedded_default() {
     assert_eq!(shipped.log.format, default.log.format);
     assert_eq!(shipped.scripts.dir, default.scripts.dir);
     assert_eq!(shipped.scripts.watch, default.scripts.watch);
+    assert_eq!(shipped.server.merge_slashes, default.server.merge_slashes);
     let names = |c: &Config| {
         c.upstreams
             .iter()
@@ -146,6 +147,7 @@ fn empty_file_gets_every_default() {
     assert_eq!(config.log.level, "info");
     assert_eq!(config.log.format, LogFormat::Text);
     assert!(config.log.access);
+    assert!(config.server.merge_slashes);
     assert!(config.scripts.watch);
     assert_eq!(config.scripts.lua_memory_limit, 64 * 1024 * 1024);
     assert_eq!(config.scripts.lua_instruction_budget, 1_000_000);
@@ -226,6 +228,11 @@ fn workers_zero_means_one_per_core() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(ok("[server]\nworkers = 0").server.workers, cores);
     assert_eq!(ok("[server]\nworkers = 3").server.workers, 3);
+}
+
+#[test]
+fn merge_slashes_can_be_turned_off() {
+    assert!(!ok("[server]\nmerge_slashes = false").server.merge_slashes);
 }
 
 #[test]
@@ -389,6 +396,12 @@ fn wrong_types() {
     assert_error(
         "[log]\naccess = \"yes\"\n",
         "log.access",
+        2,
+        "expected a boolean",
+    );
+    assert_error(
+        "[server]\nmerge_slashes = \"off\"\n",
+        "server.merge_slashes",
         2,
         "expected a boolean",
     );

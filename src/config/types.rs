@@ -45,6 +45,8 @@ pub struct ServerConfig {
     /// Resolved worker count (never 0: `workers = 0` becomes the number of cores).
     pub workers: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.merge_slashes`: runs of `/` in request paths become one.
+    pub merge_slashes: bool,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub tls: Vec<TlsListenerConfig>,

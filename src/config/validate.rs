@@ -39,6 +39,9 @@ pub mod defaults {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
     /// `server.workers`: 0 means one worker per core.
     pub const DEFAULT_WORKERS: usize = 0;
+    /// `server.merge_slashes`: `//a///b` is `/a/b` to routing, modules and upstreams,
+    /// as with nginx's `merge_slashes on`.
+    pub const DEFAULT_MERGE_SLASHES: bool = true;
     /// `server.limits.max_header_bytes` (64 KiB); larger request heads get 431.
     pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
     /// `server.limits.max_body` (16 MiB); larger request bodies get 413.

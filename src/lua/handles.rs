@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::convert;
 use super::LuaCall;
+use crate::http::path::PathRules;
 use crate::http::ProxyBody;
 use crate::pipeline::{ClientFault, Ctx, Exchange, RequestInfo};
 use crate::script::ast::PhaseKind;
@@ -92,6 +93,7 @@ impl Turn {
                     id: crate::http::RequestId::stand_in(),
                     client_ip: ex.info.client_ip,
                     scheme: ex.info.scheme,
+                    path_rules: ex.info.path_rules,
                 },
             ),
             ctx: std::mem::take(ex.ctx),
@@ -206,13 +208,16 @@ fn headers_table(lua: &Lua, headers: &HeaderMap) -> mlua::Result<mlua::Table> {
     Ok(t)
 }
 
-fn set_uri(uri: &mut Uri, path: Option<&str>, query: Option<&str>) -> mlua::Result<()> {
-    let path = path.unwrap_or_else(|| uri.path()).to_owned();
-    if !path.starts_with('/') {
-        return Err(mlua::Error::runtime(format!(
-            "path {path:?} must start with /"
-        )));
-    }
+fn set_uri(
+    uri: &mut Uri,
+    path: Option<&str>,
+    query: Option<&str>,
+    rules: PathRules,
+) -> mlua::Result<()> {
+    let path = match path {
+        Some(p) => crate::pipeline::normal_script_path(p, rules).map_err(mlua::Error::runtime)?,
+        None => uri.path().to_owned(),
+    };
     let query = query
         .map(str::to_owned)
         .or_else(|| uri.query().map(str::to_owned));
@@ -355,7 +360,7 @@ impl UserData for ReqHandle {
         methods.add_method("set_path", |_, this, path: String| {
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
-                set_uri(&mut t.uri, Some(&path), None)
+                set_uri(&mut t.uri, Some(&path), None, t.info.path_rules)
             })
         });
         methods.add_method("set_query", |_, this, query: String| {

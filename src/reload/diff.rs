@@ -18,6 +18,12 @@ pub fn applied(running: &Config, old: &Generation, new: &Generation) -> Vec<Stri
     if a.admin.api_key != b.admin.api_key {
         c.push("admin.api_key".into());
     }
+    if a.server.merge_slashes != b.server.merge_slashes {
+        c.push(format!(
+            "server.merge_slashes: {} -> {}",
+            a.server.merge_slashes, b.server.merge_slashes
+        ));
+    }
     if a.scripts.dir != b.scripts.dir {
         // The watcher moves to the new folder after the reload (reload::watch).
         c.push("scripts.dir: the modules of the new folder are loaded and watched".into());

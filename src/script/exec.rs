@@ -540,7 +540,11 @@ fn set_uri(ex: &mut Exchange<'_>, path: Option<&str>, query: Option<&str>) -> Ev
             "req.path {p:?} contains '?' or '#': set req.query for the query"
         ));
     }
-    let path = path.unwrap_or_else(|| ex.req.uri.path()).to_owned();
+    let path = match path {
+        Some(p) => crate::pipeline::normal_script_path(p, ex.info.path_rules)
+            .map_err(|e| format!("req.{e}"))?,
+        None => ex.req.uri.path().to_owned(),
+    };
     let query = query
         .map(str::to_owned)
         .or_else(|| ex.req.uri.query().map(str::to_owned));

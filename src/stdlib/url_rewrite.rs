@@ -1,11 +1,13 @@
 //! `std.url_rewrite(pattern, replacement)`: a regex over the request path, compiled
 //! once at load; on a match the path becomes the replacement (`$1`, `${name}` refer to
 //! captures) and the query string is kept — after the replacement's own arguments,
-//! as nginx's `rewrite` does.
+//! as nginx's `rewrite` does. The new path is put in normal form (`http::path`), as
+//! an arriving request's is.
 
 use http::uri::PathAndQuery;
 
 use super::{ArgDefault, ArgSig, ArgType, FnSig, Returns, StdError, StdFn};
+use crate::http::path::PathRules;
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
 
@@ -57,6 +59,9 @@ pub fn call(
     }
     let new_path = regex.replace(path, replacement);
     let pq = join(&new_path, ex.req.uri.query()).map_err(err)?;
+    // The rewritten path in normal form, as an arriving one: a capture cannot carry
+    // `..` out of the replacement's prefix (`/api/public/../../admin`).
+    let pq = normal_target(&pq, ex.info.path_rules).map_err(err)?;
     let pq: PathAndQuery = pq
         .parse()
         .map_err(|_| err(format!("rewritten path is not a valid URI path: {pq:?}")))?;
@@ -88,9 +93,24 @@ fn join(new_path: &str, query: Option<&str>) -> Result<String, String> {
     })
 }
 
+/// `target` (a path and perhaps a query) with its path in normal form.
+fn normal_target(target: &str, rules: PathRules) -> Result<String, String> {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let path =
+        crate::pipeline::normal_script_path(path, rules).map_err(|e| format!("rewritten {e}"))?;
+    Ok(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::join;
+    use super::{join, normal_target};
+    use crate::http::path::PathRules;
 
     #[test]
     fn targets_join_as_nginx_does() {
@@ -106,5 +126,18 @@ mod tests {
         assert_eq!(join("", Some("x=1")), Ok("/?x=1".into()));
         assert!(join("users", Some("x=1")).is_err());
         assert!(join("/x#frag", None).is_err());
+    }
+
+    #[test]
+    fn rewritten_paths_are_normal() {
+        let rules = PathRules {
+            merge_slashes: true,
+        };
+        assert_eq!(
+            normal_target("/api/public/../x//y?q=/../", rules),
+            Ok("/api/x/y?q=/../".into())
+        );
+        assert!(normal_target("/api/public/../../../admin", rules)
+            .is_err_and(|e| e.contains("climbs above the root")));
     }
 }

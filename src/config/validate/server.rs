@@ -23,6 +23,7 @@ impl Checker<'_> {
             listen,
             workers: self.workers(&file.workers),
             trusted_proxies: self.trusted_proxies(&file.trusted_proxies),
+            merge_slashes: file.merge_slashes.unwrap_or(DEFAULT_MERGE_SLASHES),
             limits: Limits {
                 max_header_bytes: self.size_usize(
                     "server.limits.max_header_bytes",

@@ -1,0 +1,133 @@
+use std::borrow::Cow;
+
+use http::Uri;
+
+use super::{normalize, normalize_uri, PathError, PathRules};
+
+const MERGE: PathRules = PathRules {
+    merge_slashes: true,
+};
+const KEEP: PathRules = PathRules {
+    merge_slashes: false,
+};
+
+fn norm(path: &str) -> Result<String, PathError> {
+    normalize(path, MERGE).map(Cow::into_owned)
+}
+
+#[test]
+fn a_normal_path_comes_back_borrowed() {
+    for path in [
+        "/",
+        "/a",
+        "/a/b/",
+        "/api/v1/users/42",
+        "/.well-known/acme-challenge/x",
+        "/a/..b/.c/b..",
+        "/a%20b/c%2Fd/%25",
+        "/files/%2F/x",
+        "/a.b/c.d",
+        "*",
+        "",
+    ] {
+        assert!(
+            matches!(normalize(path, MERGE), Ok(Cow::Borrowed(p)) if p == path),
+            "{path}"
+        );
+    }
+    assert!(matches!(
+        normalize("/a//b", KEEP),
+        Ok(Cow::Borrowed("/a//b"))
+    ));
+}
+
+#[test]
+fn escapes_of_unreserved_characters_are_decoded_and_others_kept() {
+    assert_eq!(norm("/%61dmin"), Ok("/admin".into()));
+    assert_eq!(norm("/%41%7a%30%2D%5f%7E"), Ok("/Az0-_~".into()));
+    assert_eq!(
+        norm("/a%2fb/%20/%25/%zz/%4"),
+        Ok("/a%2fb/%20/%25/%zz/%4".into())
+    );
+    assert_eq!(norm("/caf%C3%A9/%61"), Ok("/caf%C3%A9/a".into()));
+}
+
+#[test]
+fn dot_segments_are_removed() {
+    assert_eq!(norm("/a/./b/../c"), Ok("/a/c".into()));
+    assert_eq!(norm("/n/../admin/x"), Ok("/admin/x".into()));
+    assert_eq!(norm("/n/%2e%2e/admin/x"), Ok("/admin/x".into()));
+    assert_eq!(norm("/n/.%2E/admin"), Ok("/admin".into()));
+    assert_eq!(norm("/a/b/.."), Ok("/a/".into()));
+    assert_eq!(norm("/a/b/."), Ok("/a/b/".into()));
+    assert_eq!(norm("/a/.."), Ok("/".into()));
+    assert_eq!(norm("/."), Ok("/".into()));
+    assert_eq!(norm("/./a"), Ok("/a".into()));
+}
+
+#[test]
+fn a_path_above_the_root_is_refused() {
+    for path in ["/..", "/../x", "/a/../../x", "/%2e%2e/x", "/a/./../.."] {
+        assert_eq!(norm(path), Err(PathError::AboveRoot), "{path}");
+    }
+}
+
+#[test]
+fn dots_beside_an_encoded_slash_are_refused() {
+    for path in [
+        "/n/..%2Fadmin/x",
+        "/n/..%2fadmin",
+        "/n/%2e%2e%2fadmin",
+        "/n%2F..%2Fadmin",
+        "/n/x%2F..",
+        "/n/.%2Fx",
+    ] {
+        assert_eq!(norm(path), Err(PathError::DotBesideEncodedSlash), "{path}");
+    }
+    // Dots elsewhere in a segment with an encoded slash are just characters.
+    assert!(matches!(
+        normalize("/a.%2Fb/x%2F.y", MERGE),
+        Ok(Cow::Borrowed("/a.%2Fb/x%2F.y"))
+    ));
+}
+
+#[test]
+fn slashes_merge_unless_the_rules_say_not() {
+    assert_eq!(norm("//admin///x"), Ok("/admin/x".into()));
+    assert_eq!(norm("/a//"), Ok("/a/".into()));
+    assert_eq!(norm("//"), Ok("/".into()));
+    // Merged before `..` applies, as nginx does.
+    assert_eq!(norm("/a//../b"), Ok("/b".into()));
+    let keep = |p| normalize(p, KEEP).map(Cow::into_owned);
+    assert_eq!(keep("//admin///x"), Ok("//admin///x".into()));
+    assert_eq!(keep("/a//../b"), Ok("/a/b".into()));
+    assert_eq!(keep("/a//./b"), Ok("/a//b".into()));
+}
+
+/// `target` parsed, normalised in place, and written back.
+fn normalized(target: &str) -> String {
+    let mut uri: Uri = target.parse().expect("a valid target");
+    normalize_uri(&mut uri, MERGE).expect("a normal form");
+    uri.to_string()
+}
+
+#[test]
+fn the_query_is_kept_byte_for_byte() {
+    assert_eq!(
+        normalized("/a/../b?x=/../&y=%2e%2e//"),
+        "/b?x=/../&y=%2e%2e//"
+    );
+    assert_eq!(normalized("/a/./b?"), "/a/b?");
+    assert_eq!(normalized("/a?x=/../"), "/a?x=/../");
+}
+
+#[test]
+fn absolute_form_normalises_its_path_and_other_targets_are_left_alone() {
+    assert_eq!(
+        normalized("http://host:8080/a/../b?q"),
+        "http://host:8080/b?q"
+    );
+    for target in ["*", "example.com:443"] {
+        assert_eq!(normalized(target), target);
+    }
+}
