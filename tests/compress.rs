@@ -464,9 +464,6 @@ async fn not_modified_and_head_answers_vary_as_the_200_does() {
     let body = text_body();
     let tiny = b"under a hundred bytes".to_vec();
     let png = payload(8 * 1024);
-    let site = Site::new("compress-vary");
-    site.write_mod("gz", GZ);
-    site.write_mod("cache_above", CACHE_ABOVE);
     let cached = text(body.clone(), false)
         .with_header("cache-control", "public, max-age=60")
         .with_header("etag", "\"c1\"");
@@ -494,21 +491,14 @@ async fn not_modified_and_head_answers_vary_as_the_200_does() {
         ),
         ("/cached", cached),
     ];
-    let mut ups = Vec::new();
-    let mut rest = String::new();
-    for (i, (prefix, behavior)) in routes.into_iter().enumerate() {
-        let up = Upstream::start(&format!("u{i}"), behavior).await;
-        rest.push_str(&format!(
-            "[upstreams.u{i}]\nservers = {}\n\n[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u{i}\"\n\n",
-            servers(&[&up])
-        ));
-        ups.push(up);
-    }
-    site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
-    ));
-    let run = Running::start(&site);
+    let RouteSite { ups, run, .. } = route_site_with(
+        "compress-vary",
+        1,
+        &[("gz", GZ), ("cache_above", CACHE_ABOVE)],
+        routes.into(),
+        "",
+    )
+    .await;
     let addr = run.addr;
 
     // The GET 200 varies; so do the HEAD answers for the same URL, with or without

@@ -616,14 +616,20 @@ async fn adding_and_deleting_module_files_change_behaviour() {
         Some("also"),
         "the other module stays"
     );
-    let mods = admin_get(px.admin, "/mods").await;
-    let names: Vec<&str> = mods["mods"]
+    let (names, mods) = mod_names(px.admin).await;
+    assert_eq!(names, ["more"], "{mods:#}");
+}
+
+/// The module names admin `/mods` lists, and the whole answer (for messages).
+async fn mod_names(admin: std::net::SocketAddr) -> (Vec<String>, serde_json::Value) {
+    let mods = admin_get(admin, "/mods").await;
+    let names = mods["mods"]
         .as_array()
         .expect("mods is a list")
         .iter()
-        .filter_map(|m| m["name"].as_str())
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(names, ["more"], "{mods:#}");
+    (names, mods)
 }
 
 /// Files whose name starts with `.` — a copy such as `.gate.pcmod`, macOS's
@@ -645,13 +651,7 @@ async fn hidden_files_in_the_scripts_folder_are_not_modules() {
     let (status, report) = post_reload(px.admin).await;
     assert_eq!(status, 200, "{report:#}");
     assert_eq!(body_of(px.addr, "/").await.as_deref(), Ok("v2\n"));
-    let mods = admin_get(px.admin, "/mods").await;
-    let names: Vec<&str> = mods["mods"]
-        .as_array()
-        .expect("mods is a list")
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
+    let (names, mods) = mod_names(px.admin).await;
     assert_eq!(names, ["gate"], "{mods:#}");
 }
 

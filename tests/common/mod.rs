@@ -1086,8 +1086,21 @@ pub async fn route_site(
     routes: Vec<(&str, Behavior)>,
     extra: &str,
 ) -> RouteSite {
+    route_site_with(tag, workers, &[module], routes, extra).await
+}
+
+/// [`route_site`] with several modules.
+pub async fn route_site_with(
+    tag: &str,
+    workers: usize,
+    modules: &[(&str, &str)],
+    routes: Vec<(&str, Behavior)>,
+    extra: &str,
+) -> RouteSite {
     let site = Site::new(tag);
-    site.write_mod(module.0, module.1);
+    for (name, source) in modules {
+        site.write_mod(name, source);
+    }
     let mut ups = Vec::new();
     let mut rest = String::new();
     for (i, (prefix, behavior)) in routes.into_iter().enumerate() {
