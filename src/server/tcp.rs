@@ -1,9 +1,10 @@
 //! L4 `[[tcp]]` frontends: every worker accepts on its own `SO_REUSEPORT` socket for
 //! the frontend's address; each connection picks a server of the named upstream set
 //! (balancing, health and breaker as for HTTP, keyed by the client IP), connects
-//! within the set's `connect_timeout` (a failed connect is tried once more on another
-//! server, and every outcome feeds the server's breaker), optionally sends a PROXY
-//! protocol header, then relays bytes both ways (see `relay`).
+//! within the set's `connect_timeout` (a failed connect is tried on the set's other
+//! available servers in turn until one answers, and every outcome feeds the server's
+//! breaker), optionally sends a PROXY protocol header, then relays bytes both ways
+//! (see `relay`).
 //!
 //! Reload: the listeners themselves are fixed until a restart (an added, removed or
 //! moved `[[tcp]]` listener is reported as `requires_restart`), but each connection
