@@ -784,6 +784,31 @@ fn tcp_checks() {
 }
 
 #[test]
+fn a_tcp_frontend_over_builtin_echo_is_an_error() {
+    // It passed `check`, then every connection was refused at run time.
+    assert_error(
+        &format!("{UPSTREAMS}[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"echo\"\n"),
+        "tcp[0].upstream",
+        9,
+        "upstream \"echo\" has only builtin:echo servers: builtin:echo cannot serve raw TCP",
+    );
+    // Mixed with network servers, the echo's share of connections was skipped.
+    assert_error(
+        "[upstreams.mix]\nservers = [\"127.0.0.1:3000\", \"builtin:echo\"]\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"mix\"\n",
+        "tcp[0].upstream",
+        6,
+        "upstream \"mix\" lists builtin:echo (servers[1]): builtin:echo cannot serve raw TCP",
+    );
+    // Routes may still use an echo set next to a [[tcp]] frontend over real servers.
+    let config = ok(&format!(
+        "{UPSTREAMS}[[routes]]\nupstream = \"echo\"\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n"
+    ));
+    assert_eq!(config.tcp.len(), 1);
+}
+
+#[test]
 fn tls_checks() {
     assert_error(
         "[[server.tls]]\nlisten = \"127.0.0.1:8443\"\n",

@@ -226,7 +226,7 @@ impl<'a> Checker<'a> {
         let mut upstreams = self.upstreams(&file.upstreams);
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let routes = self.routes(&file.routes, &names);
-        let tcp = self.tcp(&file.tcp, &names);
+        let tcp = self.tcp(&file.tcp, &names, &upstreams);
         // A set that only `[[tcp]]` frontends use is checked by connecting, unless
         // its `health` says otherwise: its servers need not speak HTTP.
         for (i, u) in upstreams.iter_mut().enumerate() {

@@ -253,7 +253,8 @@ async fn connect(
         tried.insert(index);
         let server = Arc::clone(guard.server());
         let ServerTarget::Addr { addr, .. } = server.target else {
-            // builtin:echo speaks HTTP only; it is no failure of the server's.
+            // builtin:echo speaks HTTP only (validation refuses it in a set a [[tcp]]
+            // frontend uses); it is no failure of the server's.
             continue;
         };
         let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
