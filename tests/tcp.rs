@@ -235,15 +235,32 @@ async fn proxy_protocol_v2_carries_the_real_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_closed_after_idle() {
+async fn a_silent_tunnel_outlives_server_idle_and_closes_after_its_idle_timeout() {
+    // Tunnels went by `server.timeouts.idle` (HTTP keep-alive's, 60 s by default),
+    // which cut idle pooled database connections; the frontend has its own now.
     let echo = EchoServer::start().await;
-    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[server.timeouts]\nidle = \"300ms\"\n");
+    let (proxy, tcp) = l4_proxy(
+        &[echo.addr],
+        "idle_timeout = \"1s\"",
+        "[server.timeouts]\nidle = \"300ms\"\n",
+    );
+    let started = std::time::Instant::now();
     let mut s = TcpStream::connect(tcp).await.expect("connect");
-    let mut buf = Vec::new();
-    let read = timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let mut one = [0u8; 1];
+    let early = timeout(Duration::from_millis(700), s.read(&mut one)).await;
+    assert!(
+        early.is_err(),
+        "closed at server.timeouts.idle, not the frontend's idle_timeout: {early:?}"
+    );
+    let read = timeout(Duration::from_secs(5), s.read(&mut one)).await;
     assert!(
         matches!(read, Ok(Ok(0))),
         "closed by the idle timeout: {read:?}"
+    );
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(900),
+        "closed after {lived:?}, before idle_timeout"
     );
     proxy.shutdown().await;
 }

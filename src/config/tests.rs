@@ -303,6 +303,8 @@ proxy_protocol = 2
     assert_eq!(tls.listen, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
     assert_eq!(tls.alpn, ["h2", "http/1.1"]);
     assert_eq!(config.tcp[0].proxy_protocol, Some(2));
+    assert_eq!(config.tcp[0].idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT);
+    assert_eq!(DEFAULT_TCP_IDLE_TIMEOUT, Duration::from_secs(600));
     assert_eq!(config.upstreams[config.tcp[0].upstream].name, "app");
     assert_eq!(tls.certs[0].key, PathBuf::from("/abs/site.key"));
 }
@@ -780,6 +782,27 @@ fn tcp_checks() {
         "tcp[0].listen",
         7,
         "needs `listen`",
+    );
+}
+
+#[test]
+fn tcp_idle_timeout() {
+    let frontend = "[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n";
+    let config = ok(&format!("{UPSTREAMS}{frontend}idle_timeout = \"30m\"\n"));
+    assert_eq!(config.tcp[0].idle_timeout, Duration::from_secs(1800));
+    let config = ok(&format!("{UPSTREAMS}{frontend}idle_timeout = 5\n"));
+    assert_eq!(config.tcp[0].idle_timeout, Duration::from_secs(5));
+    assert_error(
+        &format!("{UPSTREAMS}{frontend}idle_timeout = \"0s\"\n"),
+        "tcp[0].idle_timeout",
+        10,
+        "must be longer than zero",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}{frontend}idle_timeout = \"ten minutes\"\n"),
+        "tcp[0].idle_timeout",
+        10,
+        "invalid duration \"ten minutes\"",
     );
 }
 

@@ -103,6 +103,10 @@ pub mod defaults {
     pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
     /// `upstreams.NAME.circuit_breaker.open_for`.
     pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
+    /// `tcp[].idle_timeout`: a `[[tcp]]` connection with no byte moving either way
+    /// this long is closed. Ten minutes, as nginx's `proxy_timeout`: pooled database
+    /// and Redis connections sit idle far longer than an HTTP keep-alive.
+    pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 }
 
 /// Bounds on values of `config.toml`, re-exported as `config::MAX_*`.

@@ -1,8 +1,10 @@
 //! Byte relays: what an upgraded HTTP connection (WebSocket and other `Upgrade`s) and
 //! an L4 `[[tcp]]` connection become once the proxy stops reading the bytes. Both
 //! directions are copied at once with half-close (when one side reaches EOF the other
-//! side's write half is shut down and the other direction keeps flowing), and
-//! `server.timeouts.idle` of silence in both directions closes the relay.
+//! side's write half is shut down and the other direction keeps flowing), and silence
+//! in both directions for the caller's idle timeout closes the relay
+//! (`server.timeouts.idle` for an upgrade, the frontend's `idle_timeout` for
+//! `[[tcp]]`).
 //!
 //! A relay counts as an open connection (`Shared::connections`) for its whole life,
 //! so graceful shutdown waits for it up to `timeouts.shutdown_drain`; when the drain

@@ -4,12 +4,15 @@
 //! within the set's `connect_timeout` (a failed connect is tried on the set's other
 //! available servers in turn until one answers, and every outcome feeds the server's
 //! breaker), optionally sends a PROXY protocol header, then relays bytes both ways
-//! (see `relay`).
+//! (see `relay`) until both sides close or nothing moves for the frontend's own
+//! `idle_timeout` (not `server.timeouts.idle`, which is HTTP keep-alive's: pooled
+//! database connections sit idle far longer).
 //!
 //! Reload: the listeners themselves are fixed until a restart (an added, removed or
 //! moved `[[tcp]]` listener is reported as `requires_restart`), but each connection
 //! reads the current generation, finding its frontend by address (`serving_entry`),
-//! so a changed upstream set or `proxy_protocol` applies to the next connection.
+//! so a changed upstream set, `proxy_protocol` or `idle_timeout` applies to the next
+//! connection.
 //!
 //! Owns: the L4 accept loop and connection setup. Must not touch: HTTP.
 
@@ -41,6 +44,7 @@ pub struct Frontend {
     /// The upstream set's name at startup.
     pub upstream: String,
     pub proxy_protocol: Option<u8>,
+    pub idle_timeout: Duration,
     pub listener: StdListener,
 }
 
@@ -97,6 +101,7 @@ pub fn bind_all(
                 listen: addr,
                 upstream: upstream.clone(),
                 proxy_protocol: tcp.proxy_protocol,
+                idle_timeout: tcp.idle_timeout,
                 listener,
             });
         }
@@ -117,7 +122,11 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
     let frontend = Arc::new(Resolver {
         index: frontend.index,
         listen: frontend.listen,
-        last: parking_lot::Mutex::new((frontend.upstream, frontend.proxy_protocol)),
+        last: parking_lot::Mutex::new(Settings {
+            upstream: frontend.upstream,
+            proxy_protocol: frontend.proxy_protocol,
+            idle_timeout: frontend.idle_timeout,
+        }),
     });
     let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
@@ -151,36 +160,61 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
 struct Resolver {
     index: usize,
     listen: SocketAddr,
-    /// The upstream name and PROXY version it last resolved to (at first, the
-    /// startup settings).
-    last: parking_lot::Mutex<(String, Option<u8>)>,
+    /// The settings it last resolved to (at first, the startup settings).
+    last: parking_lot::Mutex<Settings>,
+}
+
+/// A frontend's settings, its upstream set by name.
+#[derive(Debug)]
+struct Settings {
+    upstream: String,
+    proxy_protocol: Option<u8>,
+    idle_timeout: Duration,
+}
+
+/// What a new connection goes by.
+struct Resolved {
+    set: Arc<UpstreamSet>,
+    proxy_protocol: Option<u8>,
+    idle_timeout: Duration,
 }
 
 impl Resolver {
-    /// The upstream set and PROXY version for a new connection: the current
-    /// generation's entry for this listener, or (when a reload removed or moved it:
-    /// the listener serves on until a restart) the settings it last had, looked up
-    /// by upstream name.
-    fn resolve(&self, g: &Generation) -> Result<(Arc<UpstreamSet>, Option<u8>), TcpError> {
+    /// The settings for a new connection: the current generation's entry for this
+    /// listener, or (when a reload removed or moved it: the listener serves on until
+    /// a restart) the settings it last had, its upstream set looked up by name.
+    fn resolve(&self, g: &Generation) -> Result<Resolved, TcpError> {
         let tcp = &g.config.tcp;
         let entry = listener::serving_entry(tcp, |t| t.listen, self.index, self.listen)
             .and_then(|i| tcp.get(i));
         let mut last = self.last.lock();
         let found = match entry {
             Some(t) => g.upstreams.sets.get(t.upstream).map(|s| {
-                if last.0 != s.name() || last.1 != t.proxy_protocol {
-                    *last = (s.name().to_owned(), t.proxy_protocol);
+                if last.upstream != s.name()
+                    || last.proxy_protocol != t.proxy_protocol
+                    || last.idle_timeout != t.idle_timeout
+                {
+                    *last = Settings {
+                        upstream: s.name().to_owned(),
+                        proxy_protocol: t.proxy_protocol,
+                        idle_timeout: t.idle_timeout,
+                    };
                 }
-                (Arc::clone(s), t.proxy_protocol)
+                Resolved {
+                    set: Arc::clone(s),
+                    proxy_protocol: t.proxy_protocol,
+                    idle_timeout: t.idle_timeout,
+                }
             }),
-            None => g
-                .upstreams
-                .by_name(&last.0)
-                .map(|s| (Arc::clone(s), last.1)),
+            None => g.upstreams.by_name(&last.upstream).map(|s| Resolved {
+                set: Arc::clone(s),
+                proxy_protocol: last.proxy_protocol,
+                idle_timeout: last.idle_timeout,
+            }),
         };
         found.ok_or_else(|| TcpError::NoUpstream {
             listen: self.listen,
-            upstream: last.0.clone(),
+            upstream: last.upstream.clone(),
         })
     }
 }
@@ -188,10 +222,13 @@ impl Resolver {
 /// One L4 connection: set up, then relay until either side is done.
 async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &WorkerCtx) {
     let generation = ctx.shared.generation();
-    let idle = generation.config.server.timeouts.idle;
     let local = client.local_addr().unwrap_or(frontend.listen);
     let setup = async {
-        let (set, proxy_protocol) = frontend.resolve(&generation)?;
+        let Resolved {
+            set,
+            proxy_protocol,
+            idle_timeout,
+        } = frontend.resolve(&generation)?;
         let (mut upstream, guard) = connect(&set, peer).await?;
         if let Some(version) = proxy_protocol {
             let header = super::proxy_protocol::header(version, peer, local);
@@ -203,9 +240,9 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
                     source,
                 })?;
         }
-        Ok::<_, TcpError>((upstream, guard))
+        Ok::<_, TcpError>((upstream, guard, idle_timeout))
     };
-    let (upstream, guard) = match setup.await {
+    let (upstream, guard, idle) = match setup.await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.listen, error = %e, "tcp connection refused");

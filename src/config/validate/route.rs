@@ -189,10 +189,17 @@ impl Checker<'_> {
                 self.tcp_servers(&format!("{key}.upstream"), name, set);
             }
         }
+        // Zero would close every connection at once.
+        let idle_timeout = self.nonzero_duration(
+            &format!("{key}.idle_timeout"),
+            &tcp.idle_timeout,
+            DEFAULT_TCP_IDLE_TIMEOUT,
+        );
         Some(TcpConfig {
             listen: listen?,
             upstream: upstream?,
             proxy_protocol,
+            idle_timeout,
         })
     }
 
