@@ -525,3 +525,47 @@ async fn a_connect_tries_every_server_until_one_answers() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_is_not_called_an_unhealthy_server() {
+    // With health checks passing (or none), an open breaker refused connections as
+    // "no healthy server", which sent people to the health checks.
+    common::log::capture();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
+         [upstreams.db]\nservers = [\"{}\"]\nconnect_timeout = \"500ms\"\n\
+         circuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n",
+        dead_addr()
+    );
+    let proxy = proxy_toml(&toml);
+    let tcp = proxy.handle().tcp_addrs()[0];
+    // The first connection fails to connect and opens the breaker; the second finds
+    // no server to try.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(tcp).await.expect("connect");
+        clients.push(s.local_addr().expect("client addr"));
+        let mut back = Vec::new();
+        let _ = timeout(CLIENT_TIMEOUT, s.read_to_end(&mut back)).await;
+    }
+    let peer = format!("peer={}", clients[1]);
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        !common::log::lines_with(&peer).is_empty()
+    })
+    .await;
+    assert!(logged, "the refusal is logged");
+    let lines = common::log::lines_with(&peer);
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "upstream db: no server available: every server's circuit breaker is open \
+             (upstreams.db.circuit_breaker)"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("no healthy server")),
+        "{lines:#?}"
+    );
+    proxy.shutdown().await;
+}

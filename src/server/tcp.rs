@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Config, ServerTarget};
 use crate::generation::Generation;
 use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::{InflightGuard, Tried, UpstreamSet};
+use crate::upstream::{InflightGuard, NoServer, Tried, UpstreamSet};
 
 use super::listener::{self, Throttle};
 use super::relay::{self, ConnSlot};
@@ -56,8 +56,8 @@ pub enum TcpError {
         listen: SocketAddr,
         upstream: String,
     },
-    #[error("upstream {upstream}: no healthy server")]
-    NoHealthyServer { upstream: String },
+    #[error(transparent)]
+    NoServer(#[from] NoServer),
     #[error("upstream {upstream}: connect to {server} failed: {source}")]
     Connect {
         upstream: String,
@@ -324,7 +324,5 @@ async fn connect(
         tracing::warn!(target: "proxycache::server", error = %error, "tcp connect failed; retrying on another server");
         last_error = Some(error);
     }
-    Err(last_error.unwrap_or_else(|| TcpError::NoHealthyServer {
-        upstream: upstream(),
-    }))
+    Err(last_error.unwrap_or_else(|| TcpError::NoServer(set.no_server())))
 }
