@@ -569,3 +569,58 @@ async fn an_open_breaker_is_not_called_an_unhealthy_server() {
     );
     proxy.shutdown().await;
 }
+
+/// Sends `msg` and reads everything back; returns the client's own address.
+async fn exchange_from(addr: SocketAddr, msg: &[u8]) -> SocketAddr {
+    let run = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let me = s.local_addr().expect("client addr");
+        s.write_all(msg).await.expect("write");
+        s.shutdown().await.expect("shutdown write");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("read back");
+        me
+    };
+    timeout(CLIENT_TIMEOUT, run)
+        .await
+        .expect("exchange in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_line_follows_log_access() {
+    // In the text format too, and none at all with `log.access = false`.
+    common::log::capture();
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "");
+    let me = exchange_from(tcp, b"ping").await;
+    let port = format!("client_port={}", me.port());
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        !common::log::lines_with(&port).is_empty()
+    })
+    .await;
+    let lines = common::log::lines_with(&port);
+    assert!(logged, "a session line");
+    let line = &lines[0];
+    for part in [
+        "proxycache::access: tcp session",
+        &format!("listen={tcp}"),
+        "upstream=\"db\"",
+        &format!("server=\"{}\"", echo.addr),
+        "bytes_received=4",
+        "bytes_sent=7",
+        "end=\"closed\"",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    proxy.shutdown().await;
+
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[log]\naccess = false\n");
+    let me = exchange_from(tcp, b"ping").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = format!("client_port={}", me.port());
+    assert!(
+        common::log::lines_with(&port).is_empty(),
+        "log.access = false"
+    );
+    proxy.shutdown().await;
+}

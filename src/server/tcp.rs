@@ -14,7 +14,9 @@
 //! so a changed upstream set, `proxy_protocol` or `idle_timeout` applies to the next
 //! connection.
 //!
-//! Owns: the L4 accept loop and connection setup. Must not touch: HTTP.
+//! With `log.access`, every session writes one access line when it ends (`session`).
+//!
+//! Owns: the L4 accept loop and each session's course. Must not touch: HTTP.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
@@ -23,15 +25,20 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, ServerTarget};
+use crate::config::Config;
 use crate::generation::Generation;
-use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::{InflightGuard, NoServer, Tried, UpstreamSet};
+use crate::upstream::UpstreamSet;
 
 use super::listener::{self, Throttle};
 use super::relay::{self, ConnSlot};
 use super::worker::WorkerCtx;
 use super::ServerError;
+
+mod connect;
+mod session;
+
+use connect::{connect, TcpError};
+use session::{End, Session};
 
 /// One worker's socket for one `[[tcp]]` frontend, with the frontend as configured at
 /// startup (used when a reload removed it: the listener stays until a restart).
@@ -46,36 +53,6 @@ pub struct Frontend {
     pub proxy_protocol: Option<u8>,
     pub idle_timeout: Duration,
     pub listener: StdListener,
-}
-
-/// Why an L4 connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TcpError {
-    #[error("tcp frontend {listen}: upstream {upstream:?} no longer exists")]
-    NoUpstream {
-        listen: SocketAddr,
-        upstream: String,
-    },
-    #[error(transparent)]
-    NoServer(#[from] NoServer),
-    #[error("upstream {upstream}: connect to {server} failed: {source}")]
-    Connect {
-        upstream: String,
-        server: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("upstream {upstream}: connect to {server} timed out")]
-    ConnectTimeout {
-        upstream: String,
-        server: SocketAddr,
-    },
-    #[error("upstream {upstream}: sending the PROXY header: {source}")]
-    ProxyHeader {
-        upstream: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Binds every `[[tcp]]` frontend once per worker. Returns each worker's frontends
@@ -122,6 +99,7 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
     let frontend = Arc::new(Resolver {
         index: frontend.index,
         listen: frontend.listen,
+        bound: listener.local_addr().unwrap_or(frontend.listen),
         last: parking_lot::Mutex::new(Settings {
             upstream: frontend.upstream,
             proxy_protocol: frontend.proxy_protocol,
@@ -159,7 +137,10 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
 /// Finds a frontend's settings in whichever generation is current.
 struct Resolver {
     index: usize,
+    /// The configured address (may have port 0).
     listen: SocketAddr,
+    /// The address bound, as the access log names the frontend.
+    bound: SocketAddr,
     /// The settings it last resolved to (at first, the startup settings).
     last: parking_lot::Mutex<Settings>,
 }
@@ -219,9 +200,13 @@ impl Resolver {
     }
 }
 
-/// One L4 connection: set up, then relay until either side is done.
+/// One L4 connection: set up, then relay until either side is done; its access line
+/// is written when `session` drops, however this ends.
 async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &WorkerCtx) {
     let generation = ctx.shared.generation();
+    let log = generation.config.log.access
+        && tracing::enabled!(target: "proxycache::access", tracing::Level::INFO);
+    let mut session = Session::new(log, frontend.bound, peer);
     let local = client.local_addr().unwrap_or(frontend.listen);
     let setup = async {
         let Resolved {
@@ -229,7 +214,13 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
             proxy_protocol,
             idle_timeout,
         } = frontend.resolve(&generation)?;
-        let (mut upstream, guard) = connect(&set, peer).await?;
+        session.upstream = Some(set.name().to_owned());
+        let connected = connect(&set, peer).await;
+        session.server = match &connected {
+            Ok((_, guard)) => Some(guard.server().label().to_owned()),
+            Err(e) => e.server().map(|s| s.to_string()),
+        };
+        let (mut upstream, guard) = connected?;
         if let Some(version) = proxy_protocol {
             let header = super::proxy_protocol::header(version, peer, local);
             upstream
@@ -245,84 +236,16 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
     let (upstream, guard, idle) = match setup.await {
         Ok(ok) => ok,
         Err(e) => {
-            tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.listen, error = %e, "tcp connection refused");
+            tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.bound, error = %e, "tcp connection refused");
+            session.end = Some(End::setup_failed(&e));
             return;
         }
     };
     // The generation is not pinned for the relay's life: a long tunnel must not keep
     // an old pipeline alive.
     drop(generation);
-    let server = guard.server().label().to_owned();
-    match relay::relay(client, upstream, idle).await {
-        Ok((up, down)) => {
-            tracing::debug!(target: "proxycache::server", %peer, %server, up, down, "tcp connection closed")
-        }
-        Err(e) => {
-            tracing::debug!(target: "proxycache::server", %peer, %server, error = %e, "tcp connection ended")
-        }
-    }
+    let relayed = relay::relay(client, upstream, idle, &session.traffic).await;
+    session.end = Some(End::relayed(&relayed));
     // In flight on its server until the relay ends (least_conn counts tunnels).
     drop(guard);
-}
-
-/// Picks a server and connects to it; while connects fail, tries the set's other
-/// servers in turn (nothing has been sent yet: as nginx's stream module does), each
-/// within `connect_timeout`.
-async fn connect(
-    set: &UpstreamSet,
-    peer: SocketAddr,
-) -> Result<(TcpStream, InflightGuard), TcpError> {
-    let key = PickKey {
-        client_ip: peer.ip(),
-        hash: match peer.ip() {
-            std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-            std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-        },
-    };
-    let upstream = || set.name().to_owned();
-    let mut tried = Tried::new();
-    let mut last_error = None;
-    // Bounded: every turn either returns or marks one more server as tried.
-    for _ in 0..set.servers.len() {
-        let Some((index, guard)) = set.pick(&key, &tried) else {
-            break;
-        };
-        tried.insert(index);
-        let server = Arc::clone(guard.server());
-        let ServerTarget::Addr { addr, .. } = server.target else {
-            // builtin:echo speaks HTTP only (validation refuses it in a set a [[tcp]]
-            // frontend uses); it is no failure of the server's.
-            continue;
-        };
-        let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
-        let error = match attempt.await {
-            Ok(Ok(stream)) => {
-                guard.record_outcome(true);
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, guard));
-            }
-            Ok(Err(source)) if crate::upstream::connect::is_local_failure(&source) => {
-                // Out of file descriptors (or the like) here: not the server's fault,
-                // and no other server would do better.
-                return Err(TcpError::Connect {
-                    upstream: upstream(),
-                    server: addr,
-                    source,
-                });
-            }
-            Ok(Err(source)) => TcpError::Connect {
-                upstream: upstream(),
-                server: addr,
-                source,
-            },
-            Err(_) => TcpError::ConnectTimeout {
-                upstream: upstream(),
-                server: addr,
-            },
-        };
-        guard.record_outcome(false);
-        tracing::warn!(target: "proxycache::server", error = %error, "tcp connect failed; retrying on another server");
-        last_error = Some(error);
-    }
-    Err(last_error.unwrap_or_else(|| TcpError::NoServer(set.no_server())))
 }
