@@ -649,7 +649,7 @@ async fn send_to<T: Transport>(
         _ => server_did_well(&result),
     };
     if let Some(ok) = verdict {
-        guard.record_outcome(ok);
+        guard.record_outcome(ok, set.name());
     }
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),

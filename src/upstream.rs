@@ -338,7 +338,7 @@ mod tests {
 
     fn open_breaker(set: &UpstreamSet, i: usize) {
         match set.servers[i].try_begin() {
-            Some(guard) => guard.record_outcome(false),
+            Some(guard) => guard.record_outcome(false, "db"),
             None => panic!("the breaker was open already"),
         }
     }

@@ -100,6 +100,8 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
         index: frontend.index,
         listen: frontend.listen,
         bound: listener.local_addr().unwrap_or(frontend.listen),
+        refused: Default::default(),
+        retries: Default::default(),
         last: parking_lot::Mutex::new(Settings {
             upstream: frontend.upstream,
             proxy_protocol: frontend.proxy_protocol,
@@ -141,6 +143,11 @@ struct Resolver {
     listen: SocketAddr,
     /// The address bound, as the access log names the frontend.
     bound: SocketAddr,
+    /// The per-connection warnings (a refused connection, a connect retried), at
+    /// most one line a second each: a dead backend under load would fail every
+    /// connection. (The access log still has every session.)
+    refused: parking_lot::Mutex<Throttle>,
+    retries: parking_lot::Mutex<Throttle>,
     /// The settings it last resolved to (at first, the startup settings).
     last: parking_lot::Mutex<Settings>,
 }
@@ -215,7 +222,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
             idle_timeout,
         } = frontend.resolve(&generation)?;
         session.upstream = Some(set.name().to_owned());
-        let connected = connect(&set, peer).await;
+        let connected = connect(&set, peer, &frontend.retries).await;
         session.server = match &connected {
             Ok((_, guard)) => Some(guard.server().label().to_owned()),
             Err(e) => e.server().map(|s| s.to_string()),
@@ -236,7 +243,10 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
     let (upstream, guard, idle) = match setup.await {
         Ok(ok) => ok,
         Err(e) => {
-            tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.bound, error = %e, "tcp connection refused");
+            let admitted = frontend.refused.lock().admit();
+            if let Some(left_out) = admitted {
+                tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.bound, error = %e, left_out, "tcp connection refused");
+            }
             session.end = Some(End::setup_failed(&e));
             return;
         }

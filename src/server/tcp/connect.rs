@@ -7,9 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::config::ServerTarget;
+use crate::server::listener::Throttle;
 use crate::upstream::balance::{hash_bytes, PickKey};
 use crate::upstream::{InflightGuard, NoServer, Tried, UpstreamSet};
 
@@ -57,10 +59,12 @@ impl TcpError {
 
 /// Picks a server and connects to it; while connects fail, tries the set's other
 /// servers in turn (nothing has been sent yet: as nginx's stream module does), each
-/// within `connect_timeout`.
+/// within `connect_timeout`. `retries` throttles the warning each retry logs (a dead
+/// server under load would fail every connection that picks it).
 pub(super) async fn connect(
     set: &UpstreamSet,
     peer: SocketAddr,
+    retries: &Mutex<Throttle>,
 ) -> Result<(TcpStream, InflightGuard), TcpError> {
     let key = PickKey {
         client_ip: peer.ip(),
@@ -79,6 +83,13 @@ pub(super) async fn connect(
         };
         tried.insert(index);
         let server = Arc::clone(guard.server());
+        if let Some(failed) = &last_error {
+            // Only now, with another server picked, is the failure a retry.
+            let admitted = retries.lock().admit();
+            if let Some(left_out) = admitted {
+                tracing::warn!(target: "proxycache::server", error = %failed, next = server.label(), left_out, "tcp connect failed; trying another server");
+            }
+        }
         let ServerTarget::Addr { addr, .. } = server.target else {
             // builtin:echo speaks HTTP only (validation refuses it in a set a [[tcp]]
             // frontend uses); it is no failure of the server's.
@@ -87,7 +98,7 @@ pub(super) async fn connect(
         let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
         let error = match attempt.await {
             Ok(Ok(stream)) => {
-                guard.record_outcome(true);
+                guard.record_outcome(true, set.name());
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, guard));
             }
@@ -110,8 +121,7 @@ pub(super) async fn connect(
                 server: addr,
             },
         };
-        guard.record_outcome(false);
-        tracing::warn!(target: "proxycache::server", error = %error, "tcp connect failed; retrying on another server");
+        guard.record_outcome(false, set.name());
         last_error = Some(error);
     }
     Err(last_error.unwrap_or_else(|| TcpError::NoServer(set.no_server())))
