@@ -552,9 +552,7 @@ async fn forward<T: Transport>(
     mut waiting: Option<&mut Option<Arc<ServerState>>>,
 ) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
     let retries = sending.retries;
-    let no_server = || ProxyError::NoHealthyServer {
-        upstream: set.name().to_owned(),
-    };
+    let no_server = || ProxyError::NoServer(set.no_server());
     let mut tried = Tried::new();
     let mut attempt = 0;
     // The connect error of the last server tried: what to answer when retries are left
@@ -651,7 +649,7 @@ async fn send_to<T: Transport>(
         _ => server_did_well(&result),
     };
     if let Some(ok) = verdict {
-        guard.record_outcome(ok);
+        guard.record_outcome(ok, set.name());
     }
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),

@@ -36,6 +36,46 @@ pub struct UpstreamError {
     pub source: tls::TlsError,
 }
 
+/// A set had no server to offer (HTTP answers `503`, a `[[tcp]]` connection is
+/// closed): the one wording of why, for both, naming the key that explains it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {upstream}: {}", .why.describe(.upstream))]
+pub struct NoServer {
+    pub upstream: String,
+    pub why: Unavailable,
+}
+
+/// Why no server of a set was available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every server fails its active health checks.
+    Unhealthy,
+    /// Health checks pass (or there are none), but every server's circuit breaker
+    /// holds it off: open, or half-open with its one probe in flight.
+    BreakersOpen,
+    /// Each server is one or the other.
+    UnhealthyOrBreakerOpen,
+}
+
+impl Unavailable {
+    fn describe(self, upstream: &str) -> String {
+        match self {
+            Unavailable::Unhealthy => format!(
+                "no healthy server: every server fails its health checks (upstreams.{upstream}.health)"
+            ),
+            Unavailable::BreakersOpen => format!(
+                "no server available: every server's circuit breaker is open \
+                 (upstreams.{upstream}.circuit_breaker)"
+            ),
+            Unavailable::UnhealthyOrBreakerOpen => format!(
+                "no server available: each server fails its health checks \
+                 (upstreams.{upstream}.health) or has its circuit breaker open \
+                 (upstreams.{upstream}.circuit_breaker)"
+            ),
+        }
+    }
+}
+
 /// One `[upstreams.NAME]` set at run time.
 #[derive(Debug)]
 pub struct UpstreamSet {
@@ -141,6 +181,24 @@ impl UpstreamSet {
             refused.get_or_insert_with(|| tried.clone()).insert(i);
         }
         None
+    }
+
+    /// Why [`pick`](Self::pick) found nothing, read after the fact. A pick that
+    /// failed with every server healthy lost to its breakers (a probe taken by
+    /// another request in between counts as that).
+    pub fn no_server(&self) -> NoServer {
+        let unhealthy = self.servers.iter().filter(|s| !s.is_healthy()).count();
+        let why = if unhealthy == 0 {
+            Unavailable::BreakersOpen
+        } else if unhealthy == self.servers.len() {
+            Unavailable::Unhealthy
+        } else {
+            Unavailable::UnhealthyOrBreakerOpen
+        };
+        NoServer {
+            upstream: self.name().to_owned(),
+            why,
+        }
     }
 }
 
@@ -260,7 +318,72 @@ pub fn check_tls(configs: &[UpstreamConfig]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::Tried;
+    use super::{Tried, Unavailable, UpstreamSet};
+    use crate::config::Config;
+    use crate::upstream::balance::PickKey;
+
+    fn set(servers: &str) -> UpstreamSet {
+        let text = format!(
+            "[upstreams.db]\nservers = [{servers}]\ncircuit_breaker = {{ failures = 1 }}\n"
+        );
+        let config = match Config::from_toml_str(&text, None, std::path::Path::new(".")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        match UpstreamSet::new(config.upstreams[0].clone(), None) {
+            Ok(set) => set,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn open_breaker(set: &UpstreamSet, i: usize) {
+        match set.servers[i].try_begin() {
+            Some(guard) => guard.record_outcome(false, "db"),
+            None => panic!("the breaker was open already"),
+        }
+    }
+
+    #[test]
+    fn no_server_tells_open_breakers_from_failed_health_checks() {
+        let key = PickKey {
+            client_ip: [127, 0, 0, 1].into(),
+            hash: 0,
+        };
+        let s = set("\"127.0.0.1:1\", \"127.0.0.1:2\"");
+        open_breaker(&s, 0);
+        open_breaker(&s, 1);
+        assert!(s.pick(&key, &Tried::new()).is_none());
+        let e = s.no_server();
+        assert_eq!(e.why, Unavailable::BreakersOpen);
+        assert_eq!(
+            e.to_string(),
+            "upstream db: no server available: every server's circuit breaker is open \
+             (upstreams.db.circuit_breaker)"
+        );
+
+        let s = set("\"127.0.0.1:1\", \"127.0.0.1:2\"");
+        for server in &s.servers {
+            server.record_check(false, 1, 1);
+        }
+        assert!(s.pick(&key, &Tried::new()).is_none());
+        let e = s.no_server();
+        assert_eq!(e.why, Unavailable::Unhealthy);
+        assert_eq!(
+            e.to_string(),
+            "upstream db: no healthy server: every server fails its health checks \
+             (upstreams.db.health)"
+        );
+
+        let s = set("\"127.0.0.1:1\", \"127.0.0.1:2\"");
+        s.servers[0].record_check(false, 1, 1);
+        open_breaker(&s, 1);
+        assert!(s.pick(&key, &Tried::new()).is_none());
+        assert_eq!(s.no_server().why, Unavailable::UnhealthyOrBreakerOpen);
+        assert!(s
+            .no_server()
+            .to_string()
+            .contains("upstreams.db.circuit_breaker"));
+    }
 
     #[test]
     fn tried_holds_any_index() {

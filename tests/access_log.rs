@@ -191,3 +191,233 @@ async fn a_request_the_drain_cuts_is_a_503_for_shutdown_not_a_499() {
     assert_eq!(lines[0]["server"], up.addr.to_string(), "{lines:#?}");
     drop(stream);
 }
+
+// ---- [[tcp]] sessions ---------------------------------------------------------------
+
+/// A TCP server on 127.0.0.1:0 that echoes, and after the client's EOF sends `bye`
+/// and closes.
+async fn tcp_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The TCP session lines of the log so far.
+fn tcp_lines(log: &std::path::Path) -> Vec<Value> {
+    access_lines(log)
+        .into_iter()
+        .filter(|l| l["message"] == "tcp session")
+        .collect()
+}
+
+/// Waits for the TCP session line of the client at `client`.
+async fn tcp_line(log: &std::path::Path, client: SocketAddr) -> Value {
+    let find = || {
+        tcp_lines(log)
+            .into_iter()
+            .find(|l| l["client_port"] == client.port())
+    };
+    let found = wait_until(Duration::from_secs(5), || find().is_some()).await;
+    assert!(
+        found,
+        "a tcp session line for {client}: {:?}",
+        std::fs::read_to_string(log)
+    );
+    find().unwrap_or_default()
+}
+
+/// Starts the binary with `[[tcp]]` frontends on fixed free ports (`frontends`: the
+/// rest of each table after `listen`); returns their addresses too.
+async fn run_tcp_logging(
+    tag: &str,
+    sets: &str,
+    frontends: &[&str],
+) -> (Killed, std::path::PathBuf, Site, Vec<SocketAddr>) {
+    let addrs: Vec<SocketAddr> = frontends
+        .iter()
+        .map(|_| ([127, 0, 0, 1], free_port()).into())
+        .collect();
+    let tables: String = addrs
+        .iter()
+        .zip(frontends)
+        .map(|(a, rest)| format!("[[tcp]]\nlisten = \"{a}\"\n{rest}\n\n"))
+        .collect();
+    let (child, _http, log, site) = run_logging(tag, &format!("{sets}\n{tables}")).await;
+    for a in &addrs {
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(a).is_ok()
+        })
+        .await;
+        assert!(up, "the frontend {a} listens");
+    }
+    (child, log, site, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tcp_session_is_one_access_line_however_it_ends() {
+    // Sessions were only a debug line, without frontend, upstream or duration, and
+    // the byte counts were lost when one ended idle or on an error.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let dead = dead_addr();
+    let (_child, log, _site, fronts) = run_tcp_logging(
+        "access-log-tcp",
+        &format!(
+            "[upstreams.db]\nservers = [\"{echo}\"]\n\n\
+             [upstreams.dead]\nservers = [\"{dead}\"]\n\
+             circuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n"
+        ),
+        &[
+            "upstream = \"db\"",
+            "upstream = \"db\"\nidle_timeout = \"300ms\"",
+            "upstream = \"dead\"",
+        ],
+    )
+    .await;
+    // Closed by both sides. (The probes above made lines with no client bytes.)
+    let mut s = tokio::net::TcpStream::connect(fronts[0])
+        .await
+        .expect("connect");
+    let closed = s.local_addr().expect("client addr");
+    s.write_all(b"hello").await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.expect("read");
+    assert_eq!(back, b"hellobye");
+    let l = tcp_line(&log, closed).await;
+    assert_eq!(l["end"], "closed", "{l:#}");
+    assert_eq!(l["listen"], fronts[0].to_string(), "{l:#}");
+    assert_eq!(l["client"], "127.0.0.1", "{l:#}");
+    assert_eq!(l["upstream"], "db", "{l:#}");
+    assert_eq!(l["server"], echo.to_string(), "{l:#}");
+    assert_eq!(l["bytes_received"], 5, "{l:#}");
+    assert_eq!(l["bytes_sent"], 8, "{l:#}");
+    assert!(l["duration_ms"].as_f64().is_some(), "{l:#}");
+    assert!(l.get("error").is_none(), "{l:#}");
+
+    // Idle: the bytes moved before the silence are still counted.
+    let mut s = tokio::net::TcpStream::connect(fronts[1])
+        .await
+        .expect("connect");
+    let idle = s.local_addr().expect("client addr");
+    s.write_all(b"abc").await.expect("write");
+    let mut three = [0u8; 3];
+    s.read_exact(&mut three).await.expect("echo");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    let l = tcp_line(&log, idle).await;
+    assert_eq!(l["end"], "idle_timeout", "{l:#}");
+    assert_eq!(l["bytes_received"], 3, "{l:#}");
+    assert_eq!(l["bytes_sent"], 3, "{l:#}");
+    assert!(
+        l["duration_ms"].as_f64().is_some_and(|ms| ms >= 300.0),
+        "{l:#}"
+    );
+
+    // Reset by the client: an error, with what moved before it.
+    let s = tokio::net::TcpStream::connect(fronts[0])
+        .await
+        .expect("connect");
+    let reset = s.local_addr().expect("client addr");
+    let mut s = s;
+    s.write_all(b"xy").await.expect("write");
+    let mut two = [0u8; 2];
+    s.read_exact(&mut two).await.expect("echo");
+    // A reset, not a FIN, on close.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(s);
+    let l = tcp_line(&log, reset).await;
+    assert_eq!(l["end"], "error", "{l:#}");
+    assert!(l["error"].as_str().is_some_and(|e| !e.is_empty()), "{l:#}");
+    assert_eq!(l["bytes_received"], 2, "{l:#}");
+
+    // The dead set: the readiness probe's session failed to connect and opened the
+    // breaker; this one finds no server.
+    let mut s = tokio::net::TcpStream::connect(fronts[2])
+        .await
+        .expect("connect");
+    let none = s.local_addr().expect("client addr");
+    let _ = s.read_to_end(&mut Vec::new()).await;
+    let l = tcp_line(&log, none).await;
+    assert_eq!(l["end"], "no_server", "{l:#}");
+    assert_eq!(l["upstream"], "dead", "{l:#}");
+    assert_eq!(l["server"], "-", "{l:#}");
+    assert!(
+        l["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("circuit breaker is open")),
+        "{l:#}"
+    );
+    let failed = tcp_lines(&log)
+        .into_iter()
+        .find(|l| l["end"] == "connect_failed");
+    let failed = failed.unwrap_or_default();
+    assert_eq!(failed["upstream"], "dead", "{failed:#}");
+    assert_eq!(failed["server"], dead.to_string(), "{failed:#}");
+    assert_eq!(failed["listen"], fronts[2].to_string(), "{failed:#}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("connect to {dead}"))),
+        "{failed:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_session_the_drain_cuts_is_logged_as_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let (mut child, log, _site, fronts) = run_tcp_logging(
+        "access-log-tcp-cut",
+        &format!(
+            "[server.timeouts]\nshutdown_drain = \"300ms\"\n\n[upstreams.db]\nservers = [\"{echo}\"]\n"
+        ),
+        &["upstream = \"db\""],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(fronts[0])
+        .await
+        .expect("connect");
+    let open = s.local_addr().expect("client addr");
+    s.write_all(b"1234").await.expect("write");
+    let mut four = [0u8; 4];
+    s.read_exact(&mut four).await.expect("echo");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let exited = wait_until(Duration::from_secs(8), || {
+        matches!(child.0.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    assert!(
+        exited,
+        "the drain ended: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let l = tcp_line(&log, open).await;
+    assert_eq!(l["end"], "shutdown", "{l:#}");
+    assert_eq!(l["bytes_received"], 4, "{l:#}");
+    assert_eq!(l["bytes_sent"], 4, "{l:#}");
+    drop(s);
+}

@@ -235,15 +235,32 @@ async fn proxy_protocol_v2_carries_the_real_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_closed_after_idle() {
+async fn a_silent_tunnel_outlives_server_idle_and_closes_after_its_idle_timeout() {
+    // Tunnels went by `server.timeouts.idle` (HTTP keep-alive's, 60 s by default),
+    // which cut idle pooled database connections; the frontend has its own now.
     let echo = EchoServer::start().await;
-    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[server.timeouts]\nidle = \"300ms\"\n");
+    let (proxy, tcp) = l4_proxy(
+        &[echo.addr],
+        "idle_timeout = \"1s\"",
+        "[server.timeouts]\nidle = \"300ms\"\n",
+    );
+    let started = std::time::Instant::now();
     let mut s = TcpStream::connect(tcp).await.expect("connect");
-    let mut buf = Vec::new();
-    let read = timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let mut one = [0u8; 1];
+    let early = timeout(Duration::from_millis(700), s.read(&mut one)).await;
+    assert!(
+        early.is_err(),
+        "closed at server.timeouts.idle, not the frontend's idle_timeout: {early:?}"
+    );
+    let read = timeout(Duration::from_secs(5), s.read(&mut one)).await;
     assert!(
         matches!(read, Ok(Ok(0))),
         "closed by the idle timeout: {read:?}"
+    );
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(900),
+        "closed after {lived:?}, before idle_timeout"
     );
     proxy.shutdown().await;
 }
@@ -506,5 +523,226 @@ async fn a_connect_tries_every_server_until_one_answers() {
             format!("{msg}bye").into_bytes()
         );
     }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_is_not_called_an_unhealthy_server() {
+    // With health checks passing (or none), an open breaker refused connections as
+    // "no healthy server", which sent people to the health checks.
+    common::log::capture();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
+         [upstreams.db]\nservers = [\"{}\"]\nconnect_timeout = \"500ms\"\n\
+         circuit_breaker = {{ failures = 1, open_for = \"60s\" }}\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n",
+        dead_addr()
+    );
+    let proxy = proxy_toml(&toml);
+    let tcp = proxy.handle().tcp_addrs()[0];
+    // The first connection fails to connect and opens the breaker; the second finds
+    // no server to try.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(tcp).await.expect("connect");
+        clients.push(s.local_addr().expect("client addr"));
+        let mut back = Vec::new();
+        let _ = timeout(CLIENT_TIMEOUT, s.read_to_end(&mut back)).await;
+    }
+    // Its access line (the refusal's warning may be throttled: the first one's came
+    // less than a second before).
+    let peer = format!("client_port={}", clients[1].port());
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        !common::log::lines_with(&peer).is_empty()
+    })
+    .await;
+    assert!(logged, "the refusal is logged");
+    let lines = common::log::lines_with(&peer);
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "upstream db: no server available: every server's circuit breaker is open \
+             (upstreams.db.circuit_breaker)"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("no healthy server")),
+        "{lines:#?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// Sends `msg` and reads everything back; returns the client's own address.
+async fn exchange_from(addr: SocketAddr, msg: &[u8]) -> SocketAddr {
+    let run = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let me = s.local_addr().expect("client addr");
+        s.write_all(msg).await.expect("write");
+        s.shutdown().await.expect("shutdown write");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("read back");
+        me
+    };
+    timeout(CLIENT_TIMEOUT, run)
+        .await
+        .expect("exchange in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_line_follows_log_access() {
+    // In the text format too, and none at all with `log.access = false`.
+    common::log::capture();
+    let echo = EchoServer::start().await;
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "");
+    let me = exchange_from(tcp, b"ping").await;
+    let port = format!("client_port={}", me.port());
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        !common::log::lines_with(&port).is_empty()
+    })
+    .await;
+    let lines = common::log::lines_with(&port);
+    assert!(logged, "a session line");
+    let line = &lines[0];
+    for part in [
+        "proxycache::access: tcp session",
+        &format!("listen={tcp}"),
+        "upstream=\"db\"",
+        &format!("server=\"{}\"", echo.addr),
+        "bytes_received=4",
+        "bytes_sent=7",
+        "end=\"closed\"",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    proxy.shutdown().await;
+
+    let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[log]\naccess = false\n");
+    let me = exchange_from(tcp, b"ping").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = format!("client_port={}", me.port());
+    assert!(
+        common::log::lines_with(&port).is_empty(),
+        "log.access = false"
+    );
+    proxy.shutdown().await;
+}
+
+/// proxycache with one worker and one `[[tcp]]` frontend over `servers`, with
+/// `upstream_extra` in the set's table; the capturing log is on.
+fn logged_l4_proxy(servers: &[SocketAddr], upstream_extra: &str) -> (Proxy, SocketAddr) {
+    common::log::capture();
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
+         [upstreams.db]\nservers = [{}]\nconnect_timeout = \"500ms\"\n{upstream_extra}\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n",
+        list.join(", ")
+    );
+    let proxy = proxy_toml(&toml);
+    let tcp = proxy.handle().tcp_addrs()[0];
+    (proxy, tcp)
+}
+
+/// Connects and waits for the proxy to close (nothing is sent).
+async fn refused(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let _ = timeout(CLIENT_TIMEOUT, s.read_to_end(&mut Vec::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opening_names_its_upstream_and_server() {
+    // "circuit breaker opened" named neither.
+    let dead = dead_addr();
+    let (proxy, tcp) = logged_l4_proxy(&[dead], "circuit_breaker = { failures = 1 }");
+    refused(tcp).await;
+    let needle = format!("server=\"{dead}\"");
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        common::log::lines_with(&needle)
+            .iter()
+            .any(|l| l.contains("circuit breaker opened"))
+    })
+    .await;
+    let lines = common::log::lines_with("circuit breaker opened");
+    assert!(logged, "{lines:#?}");
+    let line = lines.iter().find(|l| l.contains(&needle));
+    assert!(
+        line.is_some_and(|l| l.contains("upstream=\"db\"") && l.contains("failures=1")),
+        "{lines:#?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_logged_only_when_another_server_is_tried() {
+    // "retrying on another server" was logged with no other server to try.
+    let alone = dead_addr();
+    let (proxy, tcp) = logged_l4_proxy(&[alone], "");
+    refused(tcp).await;
+    let refusal = format!("listen={tcp}");
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        !common::log::lines_with(&refusal).is_empty()
+    })
+    .await;
+    assert!(logged, "the refusal is logged");
+    let retries: Vec<String> = common::log::lines_with(&alone.to_string())
+        .into_iter()
+        .filter(|l| l.contains("trying") || l.contains("retrying"))
+        .collect();
+    assert!(retries.is_empty(), "{retries:#?}");
+    proxy.shutdown().await;
+
+    // With a live server next to it, the retry is logged, naming the next server.
+    let (dead, echo) = (dead_addr(), EchoServer::start().await);
+    let (proxy, tcp) = logged_l4_proxy(&[dead, echo.addr], "");
+    assert_eq!(exchange(tcp, b"x").await, b"xbye");
+    let retries: Vec<String> = common::log::lines_with(&dead.to_string())
+        .into_iter()
+        .filter(|l| l.contains("tcp connect failed; trying another server"))
+        .collect();
+    assert_eq!(retries.len(), 1, "{retries:#?}");
+    assert!(
+        retries[0].contains(&format!("next=\"{}\"", echo.addr)),
+        "{retries:#?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_for_a_dead_backend_are_one_line_a_second() {
+    // Every connection logged its own WARN lines; under load that flooded the log.
+    // (The access log keeps one line per session.)
+    let (dead, other) = (dead_addr(), dead_addr());
+    let (proxy, tcp) = logged_l4_proxy(&[dead, other], "circuit_breaker = { failures = 1000 }");
+    for _ in 0..20 {
+        refused(tcp).await;
+    }
+    let refusal = format!("listen={tcp}");
+    let count = |what: &str| {
+        common::log::lines_with(&refusal)
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let sessions = common::wait_until(CLIENT_TIMEOUT, || count("tcp session") >= 20).await;
+    assert!(sessions, "every session has its access line");
+    let refusals = count("tcp connection refused");
+    assert!((1..=3).contains(&refusals), "{refusals} refusal warnings");
+    let retried = |l: &&String| l.contains("tcp connect failed; trying another server");
+    let retries = common::log::lines_with(&dead.to_string())
+        .iter()
+        .chain(&common::log::lines_with(&other.to_string()))
+        .filter(retried)
+        .count();
+    assert!((1..=3).contains(&retries), "{retries} retry warnings");
+    // A second on, the next warning says how many were left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refused(tcp).await;
+    let logged = common::wait_until(CLIENT_TIMEOUT, || {
+        common::log::lines_with(&refusal)
+            .iter()
+            .any(|l| l.contains("tcp connection refused") && !l.contains("left_out=0"))
+    })
+    .await;
+    assert!(logged, "{:#?}", common::log::lines_with(&refusal));
     proxy.shutdown().await;
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -87,50 +87,6 @@ fn write_pem(tag: &str, pem: &str) -> PathBuf {
     let path = dir.join(format!("{tag}-{}.pem", N.fetch_add(1, Ordering::SeqCst)));
     std::fs::write(&path, pem).expect("write PEM");
     path
-}
-
-// ---- the log ------------------------------------------------------------------------
-
-/// Everything proxycache logs at info and above in this test binary (info: the
-/// request span carries the request id).
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = LogWriter(Arc::clone(&buf));
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        buf
-    })
-}
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut buf) = self.0.lock() {
-            buf.extend_from_slice(bytes);
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The log lines that mention `needle`.
-fn log_lines_with(needle: &str) -> Vec<String> {
-    let buf = log_buffer().lock().map(|b| b.clone()).unwrap_or_default();
-    String::from_utf8_lossy(&buf)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
 }
 
 // ---- test upstreams -----------------------------------------------------------------
@@ -319,7 +275,7 @@ async fn plain_upstream() -> (SocketAddr, Arc<Seen>) {
 
 /// A proxy with one upstream set `app` (`keys` in its table) and a catch-all route.
 fn proxy_to(server: &str, keys: &str) -> Proxy {
-    log_buffer();
+    common::log::capture();
     proxy(&format!(
         "[upstreams.app]\nservers = [\"{server}\"]\n{keys}\n\n[[routes]]\nupstream = \"app\"\n"
     ))
@@ -395,7 +351,7 @@ async fn a_ca_that_did_not_sign_the_certificate_is_a_502_naming_the_upstream_and
         "nothing is sent over an unverified connection"
     );
     let id = resp.request_id().unwrap_or_default();
-    let lines = log_lines_with(&id);
+    let lines = common::log::lines_with(&id);
     assert!(
         lines.iter().any(|l| l.contains("upstream app")
             && l.contains(&addr.to_string())
@@ -422,7 +378,7 @@ async fn an_sni_the_certificate_does_not_have_is_a_502() {
     let resp = get(px.addr, "/never").await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(seen.requests(), 0);
-    let lines = log_lines_with(&resp.request_id().unwrap_or_default());
+    let lines = common::log::lines_with(&resp.request_id().unwrap_or_default());
     assert!(
         lines.iter().any(|l| l.contains("upstream app")
             && l.contains("other.test")
@@ -665,7 +621,7 @@ async fn a_tls_ca_that_does_not_load_refuses_the_start_naming_the_key() {
 /// One worker (one pool) to an h2c upstream at `addr`, `response_timeout` 500ms and a
 /// breaker that opens at the first failure.
 fn h2_proxy_with_breaker(addr: SocketAddr) -> Proxy {
-    log_buffer();
+    common::log::capture();
     proxy_with(
         "workers = 1",
         &format!(
@@ -750,7 +706,7 @@ async fn an_h2_upstream_that_stops_reading_an_upload_gets_504_and_the_blame() {
         upload_and_read_head(px.addr, "/ignore", 8 * 1024 * 1024, Duration::from_secs(10)).await;
     assert_eq!(raw_status(&answer), 504, "{answer}");
     // Logged as what it was, with the server's address.
-    let logged = log_lines_with(&addr.to_string());
+    let logged = common::log::lines_with(&addr.to_string());
     assert!(
         logged
             .iter()

@@ -215,6 +215,7 @@ pub struct TcpFile {
     pub listen: Option<Text>,
     pub upstream: Option<Text>,
     pub proxy_protocol: Option<Int>,
+    pub idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 /// A value written either as a TOML integer or as a string with a unit.

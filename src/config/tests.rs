@@ -303,6 +303,8 @@ proxy_protocol = 2
     assert_eq!(tls.listen, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
     assert_eq!(tls.alpn, ["h2", "http/1.1"]);
     assert_eq!(config.tcp[0].proxy_protocol, Some(2));
+    assert_eq!(config.tcp[0].idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT);
+    assert_eq!(DEFAULT_TCP_IDLE_TIMEOUT, Duration::from_secs(600));
     assert_eq!(config.upstreams[config.tcp[0].upstream].name, "app");
     assert_eq!(tls.certs[0].key, PathBuf::from("/abs/site.key"));
 }
@@ -781,6 +783,52 @@ fn tcp_checks() {
         7,
         "needs `listen`",
     );
+}
+
+#[test]
+fn tcp_idle_timeout() {
+    let frontend = "[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n";
+    let config = ok(&format!("{UPSTREAMS}{frontend}idle_timeout = \"30m\"\n"));
+    assert_eq!(config.tcp[0].idle_timeout, Duration::from_secs(1800));
+    let config = ok(&format!("{UPSTREAMS}{frontend}idle_timeout = 5\n"));
+    assert_eq!(config.tcp[0].idle_timeout, Duration::from_secs(5));
+    assert_error(
+        &format!("{UPSTREAMS}{frontend}idle_timeout = \"0s\"\n"),
+        "tcp[0].idle_timeout",
+        10,
+        "must be longer than zero",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}{frontend}idle_timeout = \"ten minutes\"\n"),
+        "tcp[0].idle_timeout",
+        10,
+        "invalid duration \"ten minutes\"",
+    );
+}
+
+#[test]
+fn a_tcp_frontend_over_builtin_echo_is_an_error() {
+    // It passed `check`, then every connection was refused at run time.
+    assert_error(
+        &format!("{UPSTREAMS}[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"echo\"\n"),
+        "tcp[0].upstream",
+        9,
+        "upstream \"echo\" has only builtin:echo servers: builtin:echo cannot serve raw TCP",
+    );
+    // Mixed with network servers, the echo's share of connections was skipped.
+    assert_error(
+        "[upstreams.mix]\nservers = [\"127.0.0.1:3000\", \"builtin:echo\"]\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"mix\"\n",
+        "tcp[0].upstream",
+        6,
+        "upstream \"mix\" lists builtin:echo (servers[1]): builtin:echo cannot serve raw TCP",
+    );
+    // Routes may still use an echo set next to a [[tcp]] frontend over real servers.
+    let config = ok(&format!(
+        "{UPSTREAMS}[[routes]]\nupstream = \"echo\"\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n"
+    ));
+    assert_eq!(config.tcp.len(), 1);
 }
 
 #[test]

@@ -248,4 +248,6 @@ pub struct TcpConfig {
     /// Index into `Config::upstreams`.
     pub upstream: usize,
     pub proxy_protocol: Option<u8>,
+    /// No byte moving either way for this long closes a connection.
+    pub idle_timeout: Duration,
 }

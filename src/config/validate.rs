@@ -103,6 +103,10 @@ pub mod defaults {
     pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
     /// `upstreams.NAME.circuit_breaker.open_for`.
     pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
+    /// `tcp[].idle_timeout`: a `[[tcp]]` connection with no byte moving either way
+    /// this long is closed. Ten minutes, as nginx's `proxy_timeout`: pooled database
+    /// and Redis connections sit idle far longer than an HTTP keep-alive.
+    pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 }
 
 /// Bounds on values of `config.toml`, re-exported as `config::MAX_*`.
@@ -226,7 +230,7 @@ impl<'a> Checker<'a> {
         let mut upstreams = self.upstreams(&file.upstreams);
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let routes = self.routes(&file.routes, &names);
-        let tcp = self.tcp(&file.tcp, &names);
+        let tcp = self.tcp(&file.tcp, &names, &upstreams);
         // A set that only `[[tcp]]` frontends use is checked by connecting, unless
         // its `health` says otherwise: its servers need not speak HTTP.
         for (i, u) in upstreams.iter_mut().enumerate() {

@@ -34,8 +34,8 @@ pub enum ProxyError {
     #[error("no route matches")]
     NoRoute,
     /// Every server of the upstream is unhealthy or has its breaker open.
-    #[error("upstream {upstream}: no healthy server")]
-    NoHealthyServer { upstream: String },
+    #[error(transparent)]
+    NoServer(#[from] crate::upstream::NoServer),
     /// Could not connect to a server.
     #[error("upstream {upstream}: connect to {server}: {source}")]
     Connect {
@@ -115,7 +115,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -215,9 +215,10 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), 404);
         let upstream = "app".to_string();
         assert_eq!(
-            ProxyError::NoHealthyServer {
-                upstream: upstream.clone()
-            }
+            ProxyError::NoServer(crate::upstream::NoServer {
+                upstream: upstream.clone(),
+                why: crate::upstream::Unavailable::BreakersOpen,
+            })
             .status(),
             503
         );

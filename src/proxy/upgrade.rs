@@ -282,7 +282,7 @@ pub fn start_tunnel(
                 return;
             }
         };
-        match relay::relay(TokioIo::new(c), TokioIo::new(u), idle).await {
+        match relay::relay(TokioIo::new(c), TokioIo::new(u), idle, &Default::default()).await {
             Ok((up, down)) => {
                 tracing::debug!(target: "proxycache::proxy", up, down, "tunnel closed")
             }

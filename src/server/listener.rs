@@ -86,7 +86,8 @@ pub fn serving_entry<T>(
 
 /// Accept failures (`EMFILE` and friends) and refusals at the connection limit come
 /// in bursts of thousands a second: an accept loop logs them through this, at most
-/// one line a second, saying how many it left out.
+/// one line a second, saying how many it left out. So do a `[[tcp]]` frontend's
+/// per-connection warnings (a dead backend fails every connection that picks it).
 #[derive(Debug, Default)]
 pub struct Throttle {
     last: Option<std::time::Instant>,

@@ -1,8 +1,10 @@
 //! Byte relays: what an upgraded HTTP connection (WebSocket and other `Upgrade`s) and
 //! an L4 `[[tcp]]` connection become once the proxy stops reading the bytes. Both
 //! directions are copied at once with half-close (when one side reaches EOF the other
-//! side's write half is shut down and the other direction keeps flowing), and
-//! `server.timeouts.idle` of silence in both directions closes the relay.
+//! side's write half is shut down and the other direction keeps flowing), and silence
+//! in both directions for the caller's idle timeout closes the relay
+//! (`server.timeouts.idle` for an upgrade, the frontend's `idle_timeout` for
+//! `[[tcp]]`).
 //!
 //! A relay counts as an open connection (`Shared::connections`) for its whole life,
 //! so graceful shutdown waits for it up to `timeouts.shutdown_drain`; when the drain
@@ -37,9 +39,30 @@ pub enum RelayError {
 /// Bytes moved by a relay that ended cleanly: `(a -> b, b -> a)`.
 pub type Moved = (u64, u64);
 
+/// What a relay has moved so far, counted on `a`'s side as it goes: readable while
+/// it runs and however it ended (an idle timeout, an error, or its task dropped),
+/// which [`Moved`] is not.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    from_a: AtomicU64,
+    to_a: AtomicU64,
+}
+
+impl Traffic {
+    /// Bytes read from `a` (for a `[[tcp]]` relay: received from the client).
+    pub fn from_a(&self) -> u64 {
+        self.from_a.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to `a` (sent to the client).
+    pub fn to_a(&self) -> u64 {
+        self.to_a.load(Ordering::Relaxed)
+    }
+}
+
 /// Copies between `a` and `b` until both directions have reached EOF, either side
-/// fails, or nothing moved for `idle`.
-pub async fn relay<A, B>(a: A, b: B, idle: Duration) -> Result<Moved, RelayError>
+/// fails, or nothing moved for `idle`; counts into `traffic` as it goes.
+pub async fn relay<A, B>(a: A, b: B, idle: Duration, traffic: &Traffic) -> Result<Moved, RelayError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -48,10 +71,12 @@ where
     let mut a = Clocked {
         io: a,
         clock: &clock,
+        counts: Some(traffic),
     };
     let mut b = Clocked {
         io: b,
         clock: &clock,
+        counts: None,
     };
     tokio::select! {
         moved = tokio::io::copy_bidirectional(&mut a, &mut b) => Ok(moved?),
@@ -92,10 +117,12 @@ impl IdleClock {
     }
 }
 
-/// One end of a relay, touching the idle clock whenever bytes move.
+/// One end of a relay, touching the idle clock whenever bytes move (and counting
+/// them, on the end that has `counts`).
 struct Clocked<'a, T> {
     io: T,
     clock: &'a IdleClock,
+    counts: Option<&'a Traffic>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Clocked<'_, T> {
@@ -107,8 +134,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Clocked<'_, T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
             this.clock.touch();
+            if let Some(counts) = this.counts {
+                counts.from_a.fetch_add(read as u64, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -122,8 +153,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Clocked<'_, T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.touch();
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                this.clock.touch();
+                if let Some(counts) = this.counts {
+                    counts.to_a.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
         }
         polled
     }
@@ -177,21 +213,43 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::{relay, RelayError};
+    use super::{relay, RelayError, Traffic};
 
     #[tokio::test]
     async fn a_silent_relay_times_out() {
         let (a, _a_peer) = tokio::io::duplex(64);
         let (b, _b_peer) = tokio::io::duplex(64);
-        let ended = relay(a, b, Duration::from_millis(50)).await;
+        let ended = relay(a, b, Duration::from_millis(50), &Traffic::default()).await;
         assert!(matches!(ended, Err(RelayError::Idle(_))), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_still_tells_what_it_moved() -> std::io::Result<()> {
+        let (a, mut client) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let counted = std::sync::Arc::clone(&traffic);
+        let task =
+            tokio::spawn(async move { relay(a, b, Duration::from_millis(50), &counted).await });
+        client.write_all(b"abc").await?;
+        let mut three = [0u8; 3];
+        server.read_exact(&mut three).await?;
+        server.write_all(b"hello").await?;
+        let mut five = [0u8; 5];
+        client.read_exact(&mut five).await?;
+        let ended = task.await.map_err(std::io::Error::other)?;
+        assert!(matches!(ended, Err(RelayError::Idle(_))), "{ended:?}");
+        assert_eq!((traffic.from_a(), traffic.to_a()), (3, 5));
+        Ok(())
     }
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction() -> std::io::Result<()> {
         let (a, mut client) = tokio::io::duplex(64);
         let (b, mut server) = tokio::io::duplex(64);
-        let task = tokio::spawn(relay(a, b, Duration::from_secs(5)));
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let counted = std::sync::Arc::clone(&traffic);
+        let task = tokio::spawn(async move { relay(a, b, Duration::from_secs(5), &counted).await });
         client.write_all(b"ping").await?;
         client.shutdown().await?;
         let mut got = Vec::new();
@@ -204,6 +262,7 @@ mod tests {
         assert_eq!(back, b"pong");
         let moved = task.await.map_err(std::io::Error::other)?;
         assert!(matches!(moved, Ok((4, 4))), "{moved:?}");
+        assert_eq!((traffic.from_a(), traffic.to_a()), (4, 4));
         Ok(())
     }
 }

@@ -1,16 +1,22 @@
 //! L4 `[[tcp]]` frontends: every worker accepts on its own `SO_REUSEPORT` socket for
 //! the frontend's address; each connection picks a server of the named upstream set
 //! (balancing, health and breaker as for HTTP, keyed by the client IP), connects
-//! within the set's `connect_timeout` (a failed connect is tried once more on another
-//! server, and every outcome feeds the server's breaker), optionally sends a PROXY
-//! protocol header, then relays bytes both ways (see `relay`).
+//! within the set's `connect_timeout` (a failed connect is tried on the set's other
+//! available servers in turn until one answers, and every outcome feeds the server's
+//! breaker), optionally sends a PROXY protocol header, then relays bytes both ways
+//! (see `relay`) until both sides close or nothing moves for the frontend's own
+//! `idle_timeout` (not `server.timeouts.idle`, which is HTTP keep-alive's: pooled
+//! database connections sit idle far longer).
 //!
 //! Reload: the listeners themselves are fixed until a restart (an added, removed or
 //! moved `[[tcp]]` listener is reported as `requires_restart`), but each connection
 //! reads the current generation, finding its frontend by address (`serving_entry`),
-//! so a changed upstream set or `proxy_protocol` applies to the next connection.
+//! so a changed upstream set, `proxy_protocol` or `idle_timeout` applies to the next
+//! connection.
 //!
-//! Owns: the L4 accept loop and connection setup. Must not touch: HTTP.
+//! With `log.access`, every session writes one access line when it ends (`session`).
+//!
+//! Owns: the L4 accept loop and each session's course. Must not touch: HTTP.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
@@ -19,15 +25,20 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, ServerTarget};
+use crate::config::Config;
 use crate::generation::Generation;
-use crate::upstream::balance::{hash_bytes, PickKey};
-use crate::upstream::{InflightGuard, Tried, UpstreamSet};
+use crate::upstream::UpstreamSet;
 
 use super::listener::{self, Throttle};
 use super::relay::{self, ConnSlot};
 use super::worker::WorkerCtx;
 use super::ServerError;
+
+mod connect;
+mod session;
+
+use connect::{connect, TcpError};
+use session::{End, Session};
 
 /// One worker's socket for one `[[tcp]]` frontend, with the frontend as configured at
 /// startup (used when a reload removed it: the listener stays until a restart).
@@ -40,37 +51,8 @@ pub struct Frontend {
     /// The upstream set's name at startup.
     pub upstream: String,
     pub proxy_protocol: Option<u8>,
+    pub idle_timeout: Duration,
     pub listener: StdListener,
-}
-
-/// Why an L4 connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TcpError {
-    #[error("tcp frontend {listen}: upstream {upstream:?} no longer exists")]
-    NoUpstream {
-        listen: SocketAddr,
-        upstream: String,
-    },
-    #[error("upstream {upstream}: no healthy server")]
-    NoHealthyServer { upstream: String },
-    #[error("upstream {upstream}: connect to {server} failed: {source}")]
-    Connect {
-        upstream: String,
-        server: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("upstream {upstream}: connect to {server} timed out")]
-    ConnectTimeout {
-        upstream: String,
-        server: SocketAddr,
-    },
-    #[error("upstream {upstream}: sending the PROXY header: {source}")]
-    ProxyHeader {
-        upstream: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Binds every `[[tcp]]` frontend once per worker. Returns each worker's frontends
@@ -96,6 +78,7 @@ pub fn bind_all(
                 listen: addr,
                 upstream: upstream.clone(),
                 proxy_protocol: tcp.proxy_protocol,
+                idle_timeout: tcp.idle_timeout,
                 listener,
             });
         }
@@ -116,7 +99,14 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
     let frontend = Arc::new(Resolver {
         index: frontend.index,
         listen: frontend.listen,
-        last: parking_lot::Mutex::new((frontend.upstream, frontend.proxy_protocol)),
+        bound: listener.local_addr().unwrap_or(frontend.listen),
+        refused: Default::default(),
+        retries: Default::default(),
+        last: parking_lot::Mutex::new(Settings {
+            upstream: frontend.upstream,
+            proxy_protocol: frontend.proxy_protocol,
+            idle_timeout: frontend.idle_timeout,
+        }),
     });
     let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
@@ -149,49 +139,95 @@ pub async fn accept_loop(frontend: Frontend, ctx: Arc<WorkerCtx>) {
 /// Finds a frontend's settings in whichever generation is current.
 struct Resolver {
     index: usize,
+    /// The configured address (may have port 0).
     listen: SocketAddr,
-    /// The upstream name and PROXY version it last resolved to (at first, the
-    /// startup settings).
-    last: parking_lot::Mutex<(String, Option<u8>)>,
+    /// The address bound, as the access log names the frontend.
+    bound: SocketAddr,
+    /// The per-connection warnings (a refused connection, a connect retried), at
+    /// most one line a second each: a dead backend under load would fail every
+    /// connection. (The access log still has every session.)
+    refused: parking_lot::Mutex<Throttle>,
+    retries: parking_lot::Mutex<Throttle>,
+    /// The settings it last resolved to (at first, the startup settings).
+    last: parking_lot::Mutex<Settings>,
+}
+
+/// A frontend's settings, its upstream set by name.
+#[derive(Debug)]
+struct Settings {
+    upstream: String,
+    proxy_protocol: Option<u8>,
+    idle_timeout: Duration,
+}
+
+/// What a new connection goes by.
+struct Resolved {
+    set: Arc<UpstreamSet>,
+    proxy_protocol: Option<u8>,
+    idle_timeout: Duration,
 }
 
 impl Resolver {
-    /// The upstream set and PROXY version for a new connection: the current
-    /// generation's entry for this listener, or (when a reload removed or moved it:
-    /// the listener serves on until a restart) the settings it last had, looked up
-    /// by upstream name.
-    fn resolve(&self, g: &Generation) -> Result<(Arc<UpstreamSet>, Option<u8>), TcpError> {
+    /// The settings for a new connection: the current generation's entry for this
+    /// listener, or (when a reload removed or moved it: the listener serves on until
+    /// a restart) the settings it last had, its upstream set looked up by name.
+    fn resolve(&self, g: &Generation) -> Result<Resolved, TcpError> {
         let tcp = &g.config.tcp;
         let entry = listener::serving_entry(tcp, |t| t.listen, self.index, self.listen)
             .and_then(|i| tcp.get(i));
         let mut last = self.last.lock();
         let found = match entry {
             Some(t) => g.upstreams.sets.get(t.upstream).map(|s| {
-                if last.0 != s.name() || last.1 != t.proxy_protocol {
-                    *last = (s.name().to_owned(), t.proxy_protocol);
+                if last.upstream != s.name()
+                    || last.proxy_protocol != t.proxy_protocol
+                    || last.idle_timeout != t.idle_timeout
+                {
+                    *last = Settings {
+                        upstream: s.name().to_owned(),
+                        proxy_protocol: t.proxy_protocol,
+                        idle_timeout: t.idle_timeout,
+                    };
                 }
-                (Arc::clone(s), t.proxy_protocol)
+                Resolved {
+                    set: Arc::clone(s),
+                    proxy_protocol: t.proxy_protocol,
+                    idle_timeout: t.idle_timeout,
+                }
             }),
-            None => g
-                .upstreams
-                .by_name(&last.0)
-                .map(|s| (Arc::clone(s), last.1)),
+            None => g.upstreams.by_name(&last.upstream).map(|s| Resolved {
+                set: Arc::clone(s),
+                proxy_protocol: last.proxy_protocol,
+                idle_timeout: last.idle_timeout,
+            }),
         };
         found.ok_or_else(|| TcpError::NoUpstream {
             listen: self.listen,
-            upstream: last.0.clone(),
+            upstream: last.upstream.clone(),
         })
     }
 }
 
-/// One L4 connection: set up, then relay until either side is done.
+/// One L4 connection: set up, then relay until either side is done; its access line
+/// is written when `session` drops, however this ends.
 async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &WorkerCtx) {
     let generation = ctx.shared.generation();
-    let idle = generation.config.server.timeouts.idle;
+    let log = generation.config.log.access
+        && tracing::enabled!(target: "proxycache::access", tracing::Level::INFO);
+    let mut session = Session::new(log, frontend.bound, peer);
     let local = client.local_addr().unwrap_or(frontend.listen);
     let setup = async {
-        let (set, proxy_protocol) = frontend.resolve(&generation)?;
-        let (mut upstream, guard) = connect(&set, peer).await?;
+        let Resolved {
+            set,
+            proxy_protocol,
+            idle_timeout,
+        } = frontend.resolve(&generation)?;
+        session.upstream = Some(set.name().to_owned());
+        let connected = connect(&set, peer, &frontend.retries).await;
+        session.server = match &connected {
+            Ok((_, guard)) => Some(guard.server().label().to_owned()),
+            Err(e) => e.server().map(|s| s.to_string()),
+        };
+        let (mut upstream, guard) = connected?;
         if let Some(version) = proxy_protocol {
             let header = super::proxy_protocol::header(version, peer, local);
             upstream
@@ -202,90 +238,24 @@ async fn serve(client: TcpStream, peer: SocketAddr, frontend: &Resolver, ctx: &W
                     source,
                 })?;
         }
-        Ok::<_, TcpError>((upstream, guard))
+        Ok::<_, TcpError>((upstream, guard, idle_timeout))
     };
-    let (upstream, guard) = match setup.await {
+    let (upstream, guard, idle) = match setup.await {
         Ok(ok) => ok,
         Err(e) => {
-            tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.listen, error = %e, "tcp connection refused");
+            let admitted = frontend.refused.lock().admit();
+            if let Some(left_out) = admitted {
+                tracing::warn!(target: "proxycache::server", %peer, listen = %frontend.bound, error = %e, left_out, "tcp connection refused");
+            }
+            session.end = Some(End::setup_failed(&e));
             return;
         }
     };
     // The generation is not pinned for the relay's life: a long tunnel must not keep
     // an old pipeline alive.
     drop(generation);
-    let server = guard.server().label().to_owned();
-    match relay::relay(client, upstream, idle).await {
-        Ok((up, down)) => {
-            tracing::debug!(target: "proxycache::server", %peer, %server, up, down, "tcp connection closed")
-        }
-        Err(e) => {
-            tracing::debug!(target: "proxycache::server", %peer, %server, error = %e, "tcp connection ended")
-        }
-    }
+    let relayed = relay::relay(client, upstream, idle, &session.traffic).await;
+    session.end = Some(End::relayed(&relayed));
     // In flight on its server until the relay ends (least_conn counts tunnels).
     drop(guard);
-}
-
-/// Picks a server and connects to it; while connects fail, tries the set's other
-/// servers in turn (nothing has been sent yet: as nginx's stream module does), each
-/// within `connect_timeout`.
-async fn connect(
-    set: &UpstreamSet,
-    peer: SocketAddr,
-) -> Result<(TcpStream, InflightGuard), TcpError> {
-    let key = PickKey {
-        client_ip: peer.ip(),
-        hash: match peer.ip() {
-            std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-            std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-        },
-    };
-    let upstream = || set.name().to_owned();
-    let mut tried = Tried::new();
-    let mut last_error = None;
-    // Bounded: every turn either returns or marks one more server as tried.
-    for _ in 0..set.servers.len() {
-        let Some((index, guard)) = set.pick(&key, &tried) else {
-            break;
-        };
-        tried.insert(index);
-        let server = Arc::clone(guard.server());
-        let ServerTarget::Addr { addr, .. } = server.target else {
-            // builtin:echo speaks HTTP only; it is no failure of the server's.
-            continue;
-        };
-        let attempt = tokio::time::timeout(set.config.connect_timeout, TcpStream::connect(addr));
-        let error = match attempt.await {
-            Ok(Ok(stream)) => {
-                guard.record_outcome(true);
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, guard));
-            }
-            Ok(Err(source)) if crate::upstream::connect::is_local_failure(&source) => {
-                // Out of file descriptors (or the like) here: not the server's fault,
-                // and no other server would do better.
-                return Err(TcpError::Connect {
-                    upstream: upstream(),
-                    server: addr,
-                    source,
-                });
-            }
-            Ok(Err(source)) => TcpError::Connect {
-                upstream: upstream(),
-                server: addr,
-                source,
-            },
-            Err(_) => TcpError::ConnectTimeout {
-                upstream: upstream(),
-                server: addr,
-            },
-        };
-        guard.record_outcome(false);
-        tracing::warn!(target: "proxycache::server", error = %error, "tcp connect failed; retrying on another server");
-        last_error = Some(error);
-    }
-    Err(last_error.unwrap_or_else(|| TcpError::NoHealthyServer {
-        upstream: upstream(),
-    }))
 }

@@ -129,6 +129,14 @@ pub fn run(
             task.abort();
             let _ = task.await;
         }
+        // Listeners still queued (the `[[tcp]]` ones of a worker whose loop had not
+        // run yet when shutdown began, a reload's `Listen`) would otherwise stay
+        // open, taking connections into their backlog that nobody accepts, until
+        // the drain ends.
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            drop(cmd);
+        }
         drain(&ctx).await;
     });
 }
@@ -257,5 +265,56 @@ async fn sweep_loop(ctx: Arc<WorkerCtx>) {
                 .find(|s| s.servers.iter().any(|srv| matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)))
                 .map_or(Duration::ZERO, |s| s.config.pool.idle_timeout)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::{run, WorkerCmd};
+    use crate::config::Config;
+    use crate::generation::Generation;
+    use crate::pipeline::StdState;
+    use crate::server::{tcp, Shared};
+
+    #[test]
+    fn a_listener_still_queued_at_shutdown_is_closed_at_once() {
+        // A worker whose loop had not run when shutdown began kept its [[tcp]]
+        // socket in the command queue, open and accepting into its backlog, for the
+        // whole drain.
+        let text = "[server.timeouts]\nshutdown_drain = \"5s\"\n\n\
+                    [upstreams.db]\nservers = [\"127.0.0.1:1\"]\n\n\
+                    [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n";
+        let config = Config::from_toml_str(text, None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (mut frontends, addrs) = tcp::bind_all(&config, 1).unwrap_or_else(|e| panic!("{e}"));
+        let std_state = Arc::new(StdState::new(config.cache, None));
+        let generation = Generation::build_from(1, config, &[], None, std_state)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let shared = Arc::new(Shared::detached(Arc::new(generation)));
+        shared.shutdown.send_replace(true);
+        // A connection still open elsewhere: the drain waits for it.
+        shared.connections.store(1, Ordering::Release);
+        let (tx, rx) = mpsc::unbounded_channel();
+        for frontend in frontends.remove(0) {
+            let _ = tx.send(WorkerCmd::ListenTcp(frontend));
+        }
+        let worker_shared = Arc::clone(&shared);
+        let worker = std::thread::spawn(move || run(0, Vec::new(), Vec::new(), worker_shared, rx));
+        std::thread::sleep(Duration::from_millis(300));
+        let connected = std::net::TcpStream::connect_timeout(&addrs[0], Duration::from_millis(500));
+        shared.connections.store(0, Ordering::Release);
+        shared.conn_closed.notify_waiters();
+        let _ = worker.join();
+        drop(tx);
+        assert!(
+            connected.is_err(),
+            "the queued listener still took connections during the drain"
+        );
     }
 }

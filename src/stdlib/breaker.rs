@@ -197,11 +197,14 @@ pub fn record_outcome(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Va
     }
     match ex.state.breakers.find(&name) {
         Some(b) => {
-            match ex.ctx.breakers.iter().find(|(n, _)| *n == name) {
+            let opened = match ex.ctx.breakers.iter().find(|(n, _)| *n == name) {
                 Some((_, Some(permit))) => b.record(*permit, ok),
                 // Its check was refused: the work did not go ahead on its word.
-                Some((_, None)) => {}
+                Some((_, None)) => false,
                 None => b.record_unchecked(ok),
+            };
+            if opened {
+                tracing::warn!(target: "proxycache::stdlib", breaker = %name, "circuit breaker opened");
             }
             Ok(Value::Nil)
         }

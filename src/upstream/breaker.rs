@@ -8,6 +8,10 @@
 //! again) when it ends; only the probe decides a half-open breaker.
 //!
 //! The closed state is read with one atomic load, so the common case takes no lock.
+//!
+//! A breaker does not know its name: [`Breaker::record`] says when an outcome opened
+//! it, and the caller, which knows the upstream and server (or the named breaker),
+//! logs it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -155,28 +159,28 @@ impl Breaker {
 
     /// Records the outcome of a request that `try_acquire` let through with `permit`.
     /// Ignored when the breaker has changed state since (the request was in flight
-    /// when it opened, or it is not the probe now deciding).
-    pub fn record(&self, permit: Permit, ok: bool) {
+    /// when it opened, or it is not the probe now deciding). `true`: this failure
+    /// opened a closed breaker (for the caller to log; a failed probe opening it
+    /// again is not news).
+    #[must_use = "log when it opened the breaker"]
+    pub fn record(&self, permit: Permit, ok: bool) -> bool {
         let word = self.word.load(Ordering::Acquire);
         if word != permit.0 {
-            return;
+            return false;
         }
         if word & STATE == CLOSED {
             if ok {
                 if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
                     self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
-                return;
+                return false;
             }
             let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-            if n >= self.failures_to_open {
-                self.open(word);
-            }
-            return;
+            return n >= self.failures_to_open && self.open(word);
         }
         let mut slow = self.slow.lock();
         if self.word.load(Ordering::Acquire) != permit.0 {
-            return;
+            return false;
         }
         slow.probe_since = None;
         if ok {
@@ -187,28 +191,30 @@ impl Breaker {
             slow.opened_at = Some(Instant::now());
             self.advance(word, OPEN);
         }
+        false
     }
 
     /// Records the outcome of work no `try_acquire` of this caller let through: it
     /// counts while the breaker is closed, and is ignored otherwise (it is not the probe).
-    pub fn record_unchecked(&self, ok: bool) {
+    /// `true`: as for [`record`](Self::record).
+    #[must_use = "log when it opened the breaker"]
+    pub fn record_unchecked(&self, ok: bool) -> bool {
         let word = self.word.load(Ordering::Acquire);
-        if word & STATE == CLOSED {
-            self.record(Permit(word), ok);
-        }
+        word & STATE == CLOSED && self.record(Permit(word), ok)
     }
 
     /// Opens a breaker still in the closed state `word` (not one another failure
-    /// opened meanwhile, which would push its `opened_at` later).
-    fn open(&self, word: u64) {
+    /// opened meanwhile, which would push its `opened_at` later). `true`: this call
+    /// opened it.
+    fn open(&self, word: u64) -> bool {
         let mut slow = self.slow.lock();
         if self.word.load(Ordering::Acquire) != word {
-            return;
+            return false;
         }
         slow.opened_at = Some(Instant::now());
         slow.probe_since = None;
         self.advance(word, OPEN);
-        tracing::warn!(target: "proxycache::upstream", "circuit breaker opened");
+        true
     }
 
     /// Moves from `word` to `state`, counting the change; called under the `slow` lock.
@@ -223,8 +229,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    /// Lets one request through and records its outcome.
-    fn run(b: &Breaker, ok: bool) {
+    /// Lets one request through and records its outcome; `true`: it opened the breaker.
+    fn run(b: &Breaker, ok: bool) -> bool {
         match b.try_acquire() {
             Some(permit) => b.record(permit, ok),
             None => panic!("the breaker refused the request"),
@@ -235,10 +241,13 @@ mod tests {
     fn opens_after_n_failures_then_half_opens_and_closes() {
         let b = Breaker::new(3, Duration::from_millis(30));
         for _ in 0..2 {
-            run(&b, false);
+            assert!(!run(&b, false));
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        run(&b, false);
+        assert!(
+            run(&b, false),
+            "the third failure opened it (for the caller to log)"
+        );
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
         std::thread::sleep(Duration::from_millis(40));
@@ -246,7 +255,7 @@ mod tests {
         let probe = b.try_acquire().expect("one probe is let through");
         assert!(probe.is_probe());
         assert!(b.try_acquire().is_none(), "only one probe at a time");
-        b.record(probe, true);
+        assert!(!b.record(probe, true));
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
@@ -262,18 +271,18 @@ mod tests {
             .try_acquire()
             .expect("the first probe was lost: another may go");
         // The lost probe reporting late decides nothing; the new one does.
-        b.record(lost, true);
+        let _ = b.record(lost, true);
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        b.record(probe, true);
+        let _ = b.record(probe, true);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
     fn a_failed_probe_opens_again() {
         let b = Breaker::new(1, Duration::from_millis(10));
-        run(&b, false);
+        assert!(run(&b, false));
         std::thread::sleep(Duration::from_millis(15));
-        run(&b, false);
+        assert!(!run(&b, false), "opened again, which is not news");
         assert_eq!(b.state(), BreakerState::Open);
     }
 
@@ -294,12 +303,12 @@ mod tests {
         run(&b, false);
         assert_eq!(b.state(), BreakerState::Open);
         // The request in flight when it opened ends well: it stays open.
-        b.record(slow, true);
+        let _ = b.record(slow, true);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
         // A late failure does not push the end of `open_for` later either.
         let opened_at = b.slow.lock().opened_at;
-        b.record(other, false);
+        let _ = b.record(other, false);
         assert_eq!(b.slow.lock().opened_at, opened_at);
     }
 
@@ -311,7 +320,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(15));
         run(&b, true);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record(old, false);
+        let _ = b.record(old, false);
         assert_eq!(
             b.state(),
             BreakerState::Closed,

@@ -167,15 +167,26 @@ impl InflightGuard {
         &self.server
     }
 
-    /// Records the request's transport outcome for the breaker (passive health).
-    pub fn record_outcome(&self, ok: bool) {
+    /// Records the request's transport outcome for the breaker (passive health);
+    /// `upstream`: the set's name, for the line that says the breaker opened.
+    pub fn record_outcome(&self, ok: bool, upstream: &str) {
         if !ok {
             self.server
                 .standing
                 .failures
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.server.breaker.record(self.permit, ok);
+        if self.server.breaker.record(self.permit, ok) {
+            let (failures, open_for) = self.server.breaker.settings();
+            tracing::warn!(
+                target: "proxycache::upstream",
+                upstream,
+                server = self.server.label(),
+                failures,
+                open_for = ?open_for,
+                "circuit breaker opened"
+            );
+        }
     }
 }
 

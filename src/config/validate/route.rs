@@ -135,14 +135,16 @@ impl Checker<'_> {
         found
     }
 
+    /// `sets`: the upstream sets, indexed like `names`.
     pub(super) fn tcp(
         &mut self,
         files: &[Spanned<file::TcpFile>],
         names: &[&str],
+        sets: &[UpstreamConfig],
     ) -> Vec<TcpConfig> {
         let mut frontends = Vec::new();
         for (i, file) in files.iter().enumerate() {
-            frontends.extend(self.tcp_frontend(&format!("tcp[{i}]"), file, names));
+            frontends.extend(self.tcp_frontend(&format!("tcp[{i}]"), file, names, sets));
         }
         frontends
     }
@@ -152,6 +154,7 @@ impl Checker<'_> {
         key: &str,
         file: &Spanned<file::TcpFile>,
         names: &[&str],
+        sets: &[UpstreamConfig],
     ) -> Option<TcpConfig> {
         let tcp = file.get_ref();
         let listen = match &tcp.listen {
@@ -181,10 +184,53 @@ impl Checker<'_> {
                     }
                 });
         let upstream = self.upstream_ref(key, tcp.upstream.as_ref(), file.span(), names);
+        if let (Some(i), Some(name)) = (upstream, tcp.upstream.as_ref()) {
+            if let Some(set) = sets.get(i) {
+                self.tcp_servers(&format!("{key}.upstream"), name, set);
+            }
+        }
+        // Zero would close every connection at once.
+        let idle_timeout = self.nonzero_duration(
+            &format!("{key}.idle_timeout"),
+            &tcp.idle_timeout,
+            DEFAULT_TCP_IDLE_TIMEOUT,
+        );
         Some(TcpConfig {
             listen: listen?,
             upstream: upstream?,
             proxy_protocol,
+            idle_timeout,
         })
+    }
+
+    /// A `[[tcp]]` frontend relays raw bytes: `builtin:echo` answers HTTP in-process
+    /// and has no socket to relay to, so a set listing it would refuse (or, mixed
+    /// with network servers, silently skip) the connections picked for it.
+    fn tcp_servers(&mut self, key: &str, name: &file::Text, set: &UpstreamConfig) {
+        let echo: Vec<String> = set
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.target == ServerTarget::Echo)
+            .map(|(i, _)| format!("servers[{i}]"))
+            .collect();
+        if echo.is_empty() {
+            return;
+        }
+        let message = if echo.len() == set.servers.len() {
+            format!(
+                "upstream {:?} has only builtin:echo servers: builtin:echo cannot serve raw TCP \
+                 (it answers HTTP in-process); name a set of network servers",
+                set.name
+            )
+        } else {
+            format!(
+                "upstream {:?} lists builtin:echo ({}): builtin:echo cannot serve raw TCP \
+                 (it answers HTTP in-process); take it out of the set or use another set",
+                set.name,
+                echo.join(", ")
+            )
+        };
+        self.error(key, name.span(), message);
     }
 }
