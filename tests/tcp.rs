@@ -370,6 +370,18 @@ async fn a_listener_moved_by_a_reload_keeps_the_upstream_it_last_had() {
         "the report names the change: {report:?}"
     );
     assert_eq!(exchange(tcp, b"two").await, b"twobye");
+    // Only its idle timeout changes: applied to new connections, and reported.
+    let report = reload(config(&set_b, "127.0.0.1:0", "b") + "idle_timeout = \"2m\"\n")
+        .await
+        .expect("reload");
+    assert!(report.ok, "{report:?}");
+    assert!(
+        report
+            .applied
+            .iter()
+            .any(|a| a.starts_with("tcp frontends") && a.contains("idle_timeout 120s")),
+        "the report names the new idle timeout: {report:?}"
+    );
     // The frontend moves to another address: a restart is needed for that, and the
     // listener still open keeps serving set b.
     let report = reload(config(&set_b, "127.0.0.2:0", "b"))

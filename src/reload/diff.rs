@@ -121,24 +121,29 @@ fn tls_paths(t: &TlsListenerConfig) -> (Vec<(&Path, &Path)>, Option<&Path>) {
 /// version each resolves to (as `server::tcp` does per connection) in `old` and `new`.
 fn tcp(running: &Config, old: &Generation, new: &Generation, c: &mut Vec<String>) {
     for (index, socket) in running.tcp.iter().enumerate() {
-        let Some((upstream, proxy)) = tcp_settings(new, index, socket.listen) else {
+        let Some(now) = tcp_settings(new, index, socket.listen) else {
             continue;
         };
-        if tcp_settings(old, index, socket.listen) != Some((upstream, proxy)) {
+        if tcp_settings(old, index, socket.listen) != Some(now) {
+            let (upstream, proxy, idle) = now;
             let proxy = proxy.map_or_else(|| "off".to_owned(), |v| format!("v{v}"));
             c.push(format!(
-                "tcp frontends: {}: upstream {upstream}, proxy_protocol {proxy} (new connections)",
+                "tcp frontends: {}: upstream {upstream}, proxy_protocol {proxy}, idle_timeout {idle:?} (new connections)",
                 socket.listen
             ));
         }
     }
 }
 
-/// The upstream name and PROXY version the start-up `[[tcp]]` socket `index` on
-/// `listen` uses in `g`.
-fn tcp_settings(g: &Generation, index: usize, listen: SocketAddr) -> Option<(&str, Option<u8>)> {
+/// The upstream name, PROXY version and idle timeout the start-up `[[tcp]]` socket
+/// `index` on `listen` uses in `g`.
+fn tcp_settings(
+    g: &Generation,
+    index: usize,
+    listen: SocketAddr,
+) -> Option<(&str, Option<u8>, std::time::Duration)> {
     let list = &g.config.tcp;
     let t = serving_entry(list, |t| t.listen, index, listen).and_then(|i| list.get(i))?;
     let upstream = g.config.upstreams.get(t.upstream)?;
-    Some((upstream.name.as_str(), t.proxy_protocol))
+    Some((upstream.name.as_str(), t.proxy_protocol, t.idle_timeout))
 }
