@@ -1717,6 +1717,8 @@ async fn a_restart_only_change_is_reported_until_it_is_put_back() {
         "{second:#}"
     );
     assert_eq!(pending(&second), listed, "still pending: {second:#}");
+    let status = get(px.admin, "/status").await.json();
+    assert_eq!(pending(&status), listed, "/status says so too: {status:#}");
     // A failed reload changes nothing that runs, and still says what waits.
     site.write_config(&format!("{}\n[server\n", changed.text()));
     let (status, failed) = post_reload(px.admin).await;
@@ -1733,6 +1735,11 @@ async fn a_restart_only_change_is_reported_until_it_is_put_back() {
     assert_eq!(back["requires_restart"], serde_json::json!([]), "{back:#}");
     let status = get(px.admin, "/status").await.json();
     assert_eq!(status["workers"], 2, "{status:#}");
+    assert_eq!(
+        status["requires_restart"],
+        serde_json::json!([]),
+        "{status:#}"
+    );
 }
 
 // ---- known bugs -----------------------------------------------------------------------------

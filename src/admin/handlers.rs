@@ -44,6 +44,8 @@ pub fn status(c: &Call<'_>) -> Response<AdminBody> {
             // The workers running (a changed `server.workers` needs a restart).
             "workers": c.shared.workers.lock().len(),
             "connections": c.shared.connections.load(Ordering::Relaxed),
+            // What the serving config changed that only a restart applies.
+            "requires_restart": crate::reload::restart::pending(&c.shared.startup_config, &g.config),
             "last_reload": last.map(|r| json!({
                 "at": r.at, "ok": r.ok, "trigger": r.trigger, "generation": r.generation, "errors": r.errors,
             })),
