@@ -167,6 +167,7 @@ async fn status_has_the_documented_shape() {
             "connections",
             "generation",
             "last_reload",
+            "requires_restart",
             "status",
             "uptime_s",
             "version",
@@ -180,6 +181,11 @@ async fn status_has_the_documented_shape() {
     assert_eq!(status["generation"], 1);
     assert_eq!(status["workers"], 2);
     assert_eq!(status["last_reload"], Value::Null, "no reload yet");
+    assert_eq!(
+        status["requires_restart"],
+        serde_json::json!([]),
+        "nothing waits"
+    );
 
     site.write_mod("tag", &tagger("tag", "1"));
     let resp = admin(px.admin, "POST", "/reload", "").await;
