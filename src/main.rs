@@ -93,9 +93,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     let tls_ok = match proxycache::server::tls::TlsListeners::build(&config, None) {
         Ok(_) => true,
         Err(errors) => {
-            for e in &errors {
-                eprintln!("{source}: {e}");
-            }
+            let diags = proxycache::server::tls::diagnostics(&config, &errors);
+            eprint!("{}", proxycache::script::diag::render_all(&diags));
             false
         }
     };
@@ -112,9 +111,10 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                     config.scripts.dir.display()
                 );
             }
+            let count = loaded.modules.len();
             let mut out = format!(
-                "{source}: ok ({} modules from {})\n",
-                loaded.modules.len(),
+                "{source}: ok ({count} module{} from {})\n",
+                if count == 1 { "" } else { "s" },
                 config.scripts.dir.display()
             );
             for m in &loaded.modules {

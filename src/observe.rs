@@ -7,6 +7,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// A duration in milliseconds rounded to the microsecond, for log fields: `1.247`, not
+/// the `1.2472130000000001` an `f64` prints (an integer count of microseconds divided
+/// by 1000 is the double nearest that decimal, which prints as written).
+pub fn to_microseconds(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
 /// Installs the global subscriber (once; later calls are ignored, which lets tests
 /// start several servers in one process). `RUST_LOG`, when set, overrides `level`.
 pub fn init(log: &LogConfig) {

@@ -289,7 +289,9 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     threads.push(spawn_thread("pc-control".into(), move || {
         crate::control::run(control, control_shared, admin, watching)
     })?);
-    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = ?admin_addr, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
+    // The admin address as a person writes it (`off`, not Rust's `None`).
+    let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = %admin_shown, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
     Ok(ServerHandle {
         shared,
         addrs,

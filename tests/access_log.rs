@@ -37,11 +37,21 @@ fn access_lines(log: &std::path::Path) -> Vec<Value> {
 /// routes) after `[scripts]`; waits until it listens. Returns it (killed on drop),
 /// its address and the file its stderr goes to.
 async fn run_logging(tag: &str, rest: &str) -> (Killed, SocketAddr, std::path::PathBuf, Site) {
+    run_logging_as(tag, "json", "", rest).await
+}
+
+/// [`run_logging`] with `log.format = FORMAT` and `admin.listen = ADMIN`.
+async fn run_logging_as(
+    tag: &str,
+    format: &str,
+    admin: &str,
+    rest: &str,
+) -> (Killed, SocketAddr, std::path::PathBuf, Site) {
     let port = free_port();
     let site = Site::new(tag);
     site.write_config(&format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"\"\n\n\
-         [log]\nformat = \"json\"\naccess = true\nlevel = \"info\"\n\n\
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [log]\nformat = \"{format}\"\naccess = true\nlevel = \"info\"\n\n\
          [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
     ));
     let log = site.dir.join("stderr.log");
@@ -120,6 +130,73 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
         assert_eq!(f["status"], 200);
         assert_eq!(f["upstream"], "app");
         assert!(f["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+}
+
+/// The value written after `field` in a log line (`field=V` in text, `"field":V` in
+/// JSON), up to the next separator.
+fn field_value<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let text = format!("{field}=");
+    let json = format!("\"{field}\":");
+    let start = line
+        .find(&text)
+        .map(|i| i + text.len())
+        .or_else(|| line.find(&json).map(|i| i + json.len()))?;
+    let rest = &line[start..];
+    let end = rest.find([' ', ',', '}']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Log lines say what a person would write: the start-up line's admin address or
+/// `off` (it said `admin=Some(127.0.0.1:9901)` / `admin=None`), and `duration_ms` to
+/// the microsecond (it said `duration_ms=1.2472130000000001`), in text and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_show_the_admin_address_and_durations_to_the_microsecond() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    for (format, admin) in [("json", ""), ("text", "127.0.0.1:0")] {
+        let (_child, addr, log, _site) =
+            run_logging_as(&format!("log-{format}"), format, admin, &app(&[&up], "")).await;
+        for _ in 0..5 {
+            assert_eq!(get(addr, "/d").await.status, 200);
+        }
+        let access = |text: &str| {
+            text.lines()
+                .filter(|l| l.contains("proxycache::access"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let found = wait_until(Duration::from_secs(5), || {
+            access(&std::fs::read_to_string(&log).unwrap_or_default()).len() >= 5
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(found, "{format}: five access lines:\n{text}");
+        for line in access(&text) {
+            let ms = field_value(&line, "duration_ms")
+                .unwrap_or_else(|| panic!("{format}: no duration_ms in {line}"));
+            assert!(ms.parse::<f64>().is_ok_and(|v| v >= 0.0), "{line}");
+            let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(
+                decimals <= 3,
+                "{format}: {ms} is not to the microsecond: {line}"
+            );
+        }
+        let serving = text
+            .lines()
+            .find(|l| l.contains("proxycache serving"))
+            .unwrap_or_else(|| panic!("{format}: no start-up line:\n{text}"));
+        let admin_shown = field_value(serving, "admin")
+            .unwrap_or_else(|| panic!("{format}: no admin field: {serving}"));
+        assert!(
+            !serving.contains("Some(") && !serving.contains("None"),
+            "{serving}"
+        );
+        if admin.is_empty() {
+            assert_eq!(admin_shown, "\"off\"", "{serving}");
+        } else {
+            let addr: Result<SocketAddr, _> = admin_shown.parse();
+            assert!(addr.is_ok_and(|a| a.port() != 0), "{serving}");
+        }
     }
 }
 

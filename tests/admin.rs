@@ -1082,6 +1082,87 @@ async fn config_repair_twice_without_a_reload_keeps_the_file_valid() {
     );
 }
 
+/// The shipped modules, as `(name, source)`.
+fn shipped_mods() -> Vec<(String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mods");
+    let mut mods: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("list the shipped mods/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcmod"))
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            (
+                name,
+                std::fs::read_to_string(&p).expect("read a shipped module"),
+            )
+        })
+        .collect();
+    mods.sort();
+    mods
+}
+
+/// With the shipped `mods/`, a repair used to write `enabled` twice for `rate_limit`
+/// (the reserved key, then its own `enabled` field: "duplicate key", nothing written);
+/// and the reserved `enabled = true` would have switched the limit on. Now the file
+/// is written, loads, and serves as before: the limit stays off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_repair_with_the_shipped_mods_keeps_the_rate_limit_off() {
+    let shipped = shipped_mods();
+    let names: Vec<&str> = shipped.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"rate_limit"), "{names:?}");
+    let mods: Vec<(&str, &str)> = shipped
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let (site, px) = start("repair-shipped", &mods, "", ECHO);
+    let before = get(px.addr, "/").await;
+    assert_eq!(before.status, 200);
+    assert_eq!(before.header("x-ratelimit-limit"), None, "off as shipped");
+
+    let resp = admin(px.admin, "POST", "/config/repair", "").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let mut added: Vec<String> = serde_json::from_value(resp.json()["added"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", resp.text()));
+    added.sort();
+    assert_eq!(added, names, "{}", resp.text());
+    let repaired = std::fs::read_to_string(site.config_path()).expect("config.toml");
+    let table: toml::Table = repaired.parse().expect("the repaired file parses");
+    let rate_limit = &table["mods"]["rate_limit"];
+    assert_eq!(
+        rate_limit["enabled"],
+        toml::Value::Boolean(false),
+        "{repaired}"
+    );
+    assert_eq!(
+        repaired.matches("\nenabled ").count(),
+        names.len(),
+        "one `enabled` per module:\n{repaired}"
+    );
+    Config::load(Some(&site.config_path()))
+        .unwrap_or_else(|e| panic!("the repaired file loads:\n{e}\n{repaired}"));
+
+    let resp = admin(px.admin, "POST", "/reload", "").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(px.generation(), 2, "{}", resp.text());
+    // The limit is still off however many requests come (burst 40), and the other
+    // shipped modules still run.
+    for _ in 0..50 {
+        let r = get(px.addr, "/").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit"), None);
+        assert_eq!(
+            r.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+        assert!(r.request_id().is_some());
+    }
+}
+
 // ---- security -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

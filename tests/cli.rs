@@ -222,6 +222,82 @@ fn whole_file_errors_print_no_empty_key_or_position() {
     }
 }
 
+/// A certificate file that cannot be read is found after the config validates, but
+/// it is still said as every other error is, `file:line:col: key: message`, pointing at
+/// the value that names the file (it was `missing.toml: server.tls...`, no position).
+#[test]
+fn check_puts_a_missing_certificate_at_its_key_in_the_config() {
+    let dir = TempDir::new("missing-cert");
+    let text = "[server]\nlisten = []\n\n[admin]\nlisten = \"\"\n\n\
+                [[server.tls]]\nlisten = \"127.0.0.1:0\"\n\
+                certs = [{ cert = \"nothere.pem\", key = \"nothere.key\" }]\n\
+                client_ca = \"noca.pem\"\n\n\
+                [upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"e\"\n";
+    let path = dir.write("missing.toml", text);
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:9:19: server.tls[0].certs[0].cert: cannot read "),
+        format!("{file}:10:13: server.tls[0].client_ca: cannot read "),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} in:\n{stderr}");
+    }
+    // With the line and a caret under the value, as other errors are shown.
+    assert!(
+        stderr.contains("9 | certs = [{ cert = \"nothere.pem\""),
+        "{stderr}"
+    );
+}
+
+/// `check` counts its modules in English: `1 module`, `2 modules` (it said `1 modules`).
+#[test]
+fn check_says_1_module_not_1_modules() {
+    let dir = TempDir::new("one-module");
+    let path = dir.write("config.toml", &good_config(0));
+    std::fs::create_dir_all(dir.path().join("mods")).expect("mods/");
+    let tag = |name: &str| {
+        format!("mod {name} {{\n  on response {{\n    set resp.header[\"x-{name}\"] = \"1\"\n  }}\n}}\n")
+    };
+    for (name, expected) in [("one", "(1 module from "), ("two", "(2 modules from ")] {
+        dir.write(&format!("mods/{name}.pcmod"), &tag(name));
+        let out = run_to_end(
+            dir.path(),
+            &["check", "--config", path.to_str().expect("utf-8 path")],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(expected), "{expected:?} in {stdout}");
+    }
+}
+
+/// A `[mods.NAME]` naming no module is not an error, but `check` says so (docs/config.md).
+#[test]
+fn check_warns_about_a_mods_table_that_names_no_module() {
+    let text = format!("{}\n[mods.nothere]\nrate = 1\n", good_config(0));
+    let dir = TempDir::new("mods-nothere");
+    let path = dir.write("config.toml", &text);
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("[mods.nothere] names no module in "),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_on_a_good_config_exits_0() {
     let dir = TempDir::new("good");

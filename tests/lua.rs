@@ -1129,6 +1129,10 @@ function on_request(req, ctx)
     end)
     return std.respond(200, tostring(ok) .. "|" .. tostring(err))
   end
+  if req.path == "/unknown-respond-arg" then
+    local ok, err = pcall(std.respond, { status = 200, bogus = 2 })
+    return std.respond(200, tostring(ok) .. "|" .. tostring(err))
+  end
   if req.path == "/named-and-positional" then
     local a = std.rate_limit{ key = "np", rate = 2, burst = 2 }
     local b = std.rate_limit("np", 2, 2)
@@ -1197,9 +1201,18 @@ end
         r.starts_with("false|")
             && r.contains("victim.lua:")
             && r.contains(
-                "std.rate_limit: unknown argument bogus (arguments: key, rate, burst, per, scope)"
+                "std.rate_limit: unknown argument `bogus` (arguments: key, rate, burst, per, scope)"
             ),
         "an unknown named argument is refused at the caller's line: {r}"
+    );
+    // std.respond binds its arguments apart from the other functions: the same words.
+    let r = get(run.addr, "/unknown-respond-arg").await.text();
+    assert!(
+        r.starts_with("false|")
+            && r.contains(
+                "std.respond: unknown argument `bogus` (arguments: status, body, headers)"
+            ),
+        "{r}"
     );
     assert_eq!(
         get(run.addr, "/named-and-positional").await.text(),

@@ -764,6 +764,16 @@ fn docs_examples_are_fixtures() {
     );
 }
 
+/// docs/pcmod.md's maintenance page is the module of examples/maintenance, whose
+/// config.toml is what the page tells the reader to look at (it described a shipped
+/// config with `enabled = false` that does not exist, and another module).
+#[test]
+fn docs_maintenance_example_is_the_runnable_example() {
+    let shown = read(&fixtures_dir().join("ok/maintenance.pcmod"));
+    let example = read(&manifest_dir().join("examples/maintenance/mods/maintenance.pcmod"));
+    assert_eq!(shown, example);
+}
+
 /// Every example message in docs/pcmod.md's error table (written `` like this ``) is
 /// what the checker prints: it occurs in an `err/` snapshot (a message ending in `…` is
 /// a prefix), or is one of the few checked by the limit tests above.

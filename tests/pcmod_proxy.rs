@@ -1360,25 +1360,49 @@ async fn example_api_key_gate() {
     let resp = get_with(px.addr, "/api/items", &[("x-api-key", "wrong")]).await;
     assert_eq!(resp.status, 401);
 
-    for _ in 0..5 {
-        let resp = get_with(px.addr, "/api/items", &[("x-api-key", "demo-key-1")]).await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        assert_eq!(echoed(&resp, "x-api-client").as_deref(), Some("demo-key-1"));
-        assert!(resp.header("x-ratelimit-remaining").is_some());
-    }
+    // The commands of the example's comment, in its order: one request with the first
+    // key, then the loop of eight with the second (200 x5, then 429 x3).
     let resp = get_with(px.addr, "/api/items", &[("x-api-key", "demo-key-1")]).await;
-    assert_eq!(resp.status, 429, "{}", resp.text());
-    assert!(resp
-        .header("retry-after")
-        .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(echoed(&resp, "x-api-client").as_deref(), Some("demo-key-1"));
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let resp = get_with(px.addr, "/api/items", &[("x-api-key", "demo-key-2")]).await;
+        statuses.push(resp.status);
+        if resp.status == 200 {
+            assert_eq!(echoed(&resp, "x-api-client").as_deref(), Some("demo-key-2"));
+            assert!(resp.header("x-ratelimit-remaining").is_some());
+        } else {
+            assert!(resp
+                .header("retry-after")
+                .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)));
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
 
-    let resp = get_with(px.addr, "/api/items", &[("x-api-key", "demo-key-2")]).await;
+    let resp = get_with(px.addr, "/api/items", &[("x-api-key", "demo-key-1")]).await;
     assert_eq!(resp.status, 200, "each key has its own bucket");
     assert_eq!(
         get(px.addr, "/public").await.status,
         200,
         "outside /api/ is not gated"
     );
+}
+
+/// What examples/cache_and_metrics/config.toml's comment shows, in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_cache_and_metrics() {
+    let px = example("cache_and_metrics", "");
+    let resp = get(px.addr, "/static/app.js").await;
+    assert_eq!(resp.header("x-cache").as_deref(), Some("MISS"));
+    let resp = get(px.addr, "/static/app.js").await;
+    assert_eq!(resp.header("x-cache").as_deref(), Some("HIT"));
+    assert!(resp.header("age").is_some_and(|a| a.parse::<u64>().is_ok()));
+    let resp = get_with(px.addr, "/static/app.js", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(resp.header("content-encoding").as_deref(), Some("gzip"));
+    let metrics = get(px.addr, "/metrics").await.text();
+    assert!(metrics.contains("proxycache_cache_hits_total"), "{metrics}");
+    assert!(metrics.contains("proxycache_script_"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -531,11 +531,18 @@ fn a_bad_certificate_file_refuses_to_start() {
         err.contains("missing.pem") && err.contains("cannot read"),
         "{err}"
     );
-    // Said as `check` says it: on the config file, with no made-up position.
+    // Said as `check` says it: on the config file, at the value naming the file
+    // (it was said with no position at all; a made-up `:1:1:` would be no better).
     let config_file = site.config_path().display().to_string();
+    let text = std::fs::read_to_string(site.config_path()).expect("config.toml");
+    let (line, col) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("\"missing.pem\"").map(|c| (i + 1, c + 1)))
+        .expect("the config names missing.pem");
     assert!(
         err.contains(&format!(
-            "{config_file}: server.tls[1].certs[0].cert: cannot read"
+            "{config_file}:{line}:{col}: server.tls[1].certs[0].cert: cannot read"
         )),
         "{err}"
     );

@@ -456,13 +456,7 @@ pub async fn config_repair(c: &Call<'_>) -> Response<AdminBody> {
         if present.contains(&m.name) {
             continue;
         }
-        extra.push_str(&format!(
-            "\n[mods.{}]\nenabled  = {}\npriority = {}\n",
-            m.name, m.enabled, m.priority
-        ));
-        for (k, v) in &m.config {
-            extra.push_str(&format!("{k} = {v}\n"));
-        }
+        extra.push_str(&repair_section(m));
         added.push(m.name.clone());
     }
     if added.is_empty() {
@@ -500,6 +494,34 @@ pub async fn config_repair(c: &Call<'_>) -> Response<AdminBody> {
     }
     c.audit("config_repair", "config.toml", "ok");
     json_resp(StatusCode::OK, &json!({"added": added, "file": path}))
+}
+
+/// The `[mods.NAME]` section that pins a module's current settings without changing
+/// what it does.
+///
+/// `enabled` and `priority` are reserved keys, so a config field of either name is
+/// not written again (a second `enabled = ...` would be a duplicate key). The reserved
+/// `enabled` also sets a module's own `bool` field of that name, so for such a module
+/// (the shipped `rate_limit`) it is written with the field's value: `enabled = true`
+/// would switch the module's behaviour on, while `false` keeps it off (and unloads it,
+/// which is what that field means).
+fn repair_section(m: &crate::script::ModuleInfo) -> String {
+    let own_switch = m.config.get("enabled").and_then(|v| v.parse::<bool>().ok());
+    let mut s = format!("\n[mods.{}]\n", m.name);
+    match own_switch {
+        Some(field) => s.push_str(&format!(
+            "enabled  = {}  # also the module's own `enabled` field\n",
+            m.enabled && field
+        )),
+        None => s.push_str(&format!("enabled  = {}\n", m.enabled)),
+    }
+    s.push_str(&format!("priority = {}\n", m.priority));
+    for (k, v) in &m.config {
+        if !matches!(k.as_str(), "enabled" | "priority") {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    s
 }
 
 fn disk_config(shared: &Shared) -> Result<Config, Vec<ReloadError>> {

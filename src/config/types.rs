@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,6 +77,11 @@ pub struct TlsListenerConfig {
     pub alpn: Vec<String>,
     /// CA bundle for client-certificate verification (mTLS), if any.
     pub client_ca: Option<PathBuf>,
+    /// Where the listener's table and its `client_ca` value are in the config text
+    /// (byte ranges): the files are read after validation, and their errors point
+    /// here.
+    pub at: Range<usize>,
+    pub client_ca_at: Option<Range<usize>>,
 }
 
 /// A certificate chain and its key, both resolved paths.
@@ -83,6 +89,9 @@ pub struct TlsListenerConfig {
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where the `cert` and `key` values are in the config text (byte ranges).
+    pub cert_at: Range<usize>,
+    pub key_at: Range<usize>,
 }
 
 /// `[admin]`.

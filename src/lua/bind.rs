@@ -194,7 +194,7 @@ pub fn bind_args_with_bytes(
                     _ => {
                         let names: Vec<&str> = sig.args.iter().map(|a| a.name).collect();
                         Err(fail(format!(
-                            "unknown argument {} (arguments: {})",
+                            "unknown argument `{}` (arguments: {})",
                             k.to_string().unwrap_or_else(|_| k.type_name().to_owned()),
                             names.join(", ")
                         )))

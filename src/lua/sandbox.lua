@@ -593,7 +593,7 @@ local function fast(f, fname, args, fields)
     .. "end\n"
   local chunk = assert(load(src, "=" .. fname, "t"))
   local function unknown(k)
-    return fname .. ": unknown argument " .. tostring(k) .. " (arguments: " .. list .. ")"
+    return fname .. ": unknown argument `" .. tostring(k) .. "` (arguments: " .. list .. ")"
   end
   return chunk(f, known, unknown, pcall, select, type, next, error, spent, message_of)
 end

@@ -179,7 +179,7 @@ pub fn access_line(l: &AccessLine<'_>) {
         path = l.path,
         status = l.status.as_u16(),
         bytes = l.bytes,
-        duration_ms = l.duration_ms,
+        duration_ms = crate::observe::to_microseconds(l.duration_ms),
         upstream = l.upstream,
         server = l.server,
         client = %l.client,

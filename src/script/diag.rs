@@ -60,6 +60,27 @@ impl Diagnostic {
         }
     }
 
+    /// An error at the byte range `at` of `source` (a value in config.toml, say).
+    pub fn at_range(
+        file: &str,
+        source: &str,
+        at: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut start = at.start.min(source.len());
+        while !source.is_char_boundary(start) {
+            start -= 1;
+        }
+        let before = &source[..start];
+        let span = Span {
+            start,
+            end: at.end.max(start),
+            line: before.matches('\n').count() as u32 + 1,
+            col: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1,
+        };
+        Diagnostic::new(file, source, span, message)
+    }
+
     /// An error about the whole file (no position in it).
     pub fn file_level(file: &str, message: impl Into<String>) -> Self {
         Diagnostic {

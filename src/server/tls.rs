@@ -275,8 +275,9 @@ pub fn files(config: &Config) -> Vec<PathBuf> {
 }
 
 /// TLS errors as diagnostics of the config file, as `proxycache check` prints them:
-/// `config.toml: server.tls[0].certs[0].cert: cannot read /etc/...`. The message names
-/// the key and the certificate file; there is no line in either to point at.
+/// `config.toml:12:23: server.tls[0].certs[0].cert: cannot read /etc/...`, at the value
+/// of the key that names the file (the files are read after validation, so the config
+/// keeps where each value was).
 pub fn diagnostics(config: &Config, errors: &[TlsError]) -> Vec<Diagnostic> {
     let config_file = config.source.as_ref().map_or_else(
         || crate::config::EMBEDDED_NAME.to_owned(),
@@ -284,8 +285,32 @@ pub fn diagnostics(config: &Config, errors: &[TlsError]) -> Vec<Diagnostic> {
     );
     errors
         .iter()
-        .map(|e| Diagnostic::unpositioned(&config_file, e.to_string()))
+        .map(|e| match key_at(config, e.key()) {
+            Some(at) => Diagnostic::at_range(&config_file, &config.source_text, at, e.to_string()),
+            None => Diagnostic::unpositioned(&config_file, e.to_string()),
+        })
         .collect()
+}
+
+/// Where the value of a `server.tls[..]` key is in the config text.
+fn key_at(config: &Config, key: &str) -> Option<std::ops::Range<usize>> {
+    config.server.tls.iter().enumerate().find_map(|(i, t)| {
+        let listener = format!("server.tls[{i}]");
+        let rest = key.strip_prefix(&listener)?;
+        if rest.is_empty() {
+            return Some(t.at.clone());
+        }
+        if rest == ".client_ca" {
+            return t.client_ca_at.clone();
+        }
+        t.certs.iter().enumerate().find_map(|(j, p)| {
+            match rest.strip_prefix(&format!(".certs[{j}]"))? {
+                ".cert" => Some(p.cert_at.clone()),
+                ".key" => Some(p.key_at.clone()),
+                _ => None,
+            }
+        })
+    })
 }
 
 /// Handshakes a connection accepted on a TLS listener (within `timeouts.header`), then

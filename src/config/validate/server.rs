@@ -129,6 +129,8 @@ impl Checker<'_> {
             certs: self.certs(&key, tls),
             alpn: self.alpn(&key, file.alpn.as_deref()),
             client_ca: self.optional_path(file.client_ca.as_ref()),
+            at: tls.span(),
+            client_ca_at: file.client_ca.as_ref().map(|t| t.span()),
         }
     }
 
@@ -162,7 +164,14 @@ impl Checker<'_> {
                 pair.span(),
             );
             if let (Some(cert), Some(key)) = (cert, private) {
-                pairs.push(CertPair { cert, key });
+                let file = pair.get_ref();
+                let at = |t: Option<&file::Text>| t.map_or_else(|| pair.span(), |t| t.span());
+                pairs.push(CertPair {
+                    cert,
+                    key,
+                    cert_at: at(file.cert.as_ref()),
+                    key_at: at(file.key.as_ref()),
+                });
             }
         }
         pairs

@@ -78,6 +78,22 @@ pub enum TlsError {
 }
 
 impl TlsError {
+    /// The config key the error is about (`server.tls[0].certs[1].key`).
+    pub fn key(&self) -> &str {
+        match self {
+            TlsError::Read { key, .. }
+            | TlsError::Pem { key, .. }
+            | TlsError::NoCertificate { key, .. }
+            | TlsError::NoKey { key, .. }
+            | TlsError::EncryptedKey { key, .. }
+            | TlsError::UnsupportedKey { key, .. }
+            | TlsError::BadCertificate { key, .. }
+            | TlsError::Key { key, .. }
+            | TlsError::ClientCa { key, .. }
+            | TlsError::Setup { key, .. } => key,
+        }
+    }
+
     /// The file the error is about, if it is about one.
     pub fn path(&self) -> Option<&Path> {
         match self {
