@@ -217,6 +217,14 @@ impl ResponseBody {
     pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
         self.inner.take_raw_head()
     }
+
+    /// Drops the body now, unread, and leaves an empty one (the answer to a HEAD
+    /// request); the completion still runs when this body is dropped. As when
+    /// `server::h1` drops a HEAD answer's body: an upstream body that had ended gives
+    /// its connection back to the pool, one that had not closes it.
+    pub fn discard(&mut self) {
+        self.inner = ProxyBody::Empty;
+    }
 }
 
 impl Body for ResponseBody {
