@@ -142,7 +142,7 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
         body: None,
         lua: call,
     };
-    let (flow, _) = ready(p.run_request(&mut ex));
+    let flow = ready(p.run_request(&mut ex, &mut 0));
     black_box(&flow);
     black_box(&parts.headers);
 }

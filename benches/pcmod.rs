@@ -158,7 +158,8 @@ fn run_phases(p: &Pipeline, state: &StdState, f: &mut Fresh) {
         body: None,
         lua: None,
     };
-    let (flow, ran) = ready(p.run_request(&mut ex));
+    let mut ran = 0;
+    let flow = ready(p.run_request(&mut ex, &mut ran));
     black_box(&flow);
     let mut status = http::StatusCode::OK;
     ex.resp = Some(RespParts {

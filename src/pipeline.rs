@@ -2,7 +2,8 @@
 //!
 //! - request phase: module by module until one responds or forwards;
 //! - response phase: in reverse, over the modules whose request phase ran;
-//! - log phase: over the same modules, once the response is finished.
+//! - log phase: over the same modules, once the response is finished, or once the
+//!   request is given up (the client left, status 499) or fails.
 //!
 //! Every module implements [`Module`]; a phase is either a pcmod block (run inline,
 //! synchronously) or a Lua hook (run by [`crate::lua`], which may wait on the network).
@@ -336,17 +337,21 @@ impl Pipeline {
     }
 
     /// Runs request phases in order until one responds or forwards. Returns how the
-    /// phase ended and how many modules ran (the response and log phases run over
-    /// those).
+    /// phase ended; `ran` counts the modules it reached, the one running included
+    /// (the response and log phases run over those), and is kept up to date as it
+    /// goes: a request given up while a hook waits runs its log phase over the modules
+    /// up to that one.
     pub async fn run_request<'a>(
         &'a self,
         ex: &mut Exchange<'a>,
-    ) -> (Result<Flow, ScriptError>, usize) {
+        ran: &mut usize,
+    ) -> Result<Flow, ScriptError> {
         ex.phase = PhaseKind::Request;
         for (i, m) in self.modules.iter().enumerate() {
             if !m.has_phase(PhaseKind::Request) {
                 continue;
             }
+            *ran = i + 1;
             ex.module = m.name();
             let start = Instant::now();
             let flow = match m.lua_hook(PhaseKind::Request) {
@@ -368,14 +373,15 @@ impl Pipeline {
                             guard: None,
                             upstream: None,
                         };
-                        return (Ok(Flow::Response(Box::new(answer))), i + 1);
+                        return Ok(Flow::Response(Box::new(answer)));
                     }
                 }
-                Ok(flow) => return (Ok(flow), i + 1),
-                Err(e) => return (Err(e), i + 1),
+                Ok(flow) => return Ok(flow),
+                Err(e) => return Err(e),
             }
         }
-        (Ok(Flow::Continue), self.modules.len())
+        *ran = self.modules.len();
+        Ok(Flow::Continue)
     }
 
     /// Runs response phases in reverse over the first `ran` modules.

@@ -2,7 +2,7 @@
 //! checks (framing, then the path put in normal form) -> route -> request phase (modules may respond or forward) -> upstream
 //! request -> pick + send (+ retries on connect failure) -> response hygiene ->
 //! response phase -> respond, with the log phase running when the response body is
-//! finished (`completion`).
+//! finished, or when the request is dropped unanswered (`completion`).
 //!
 //! Owns: what happens to one parsed request. Must not touch: sockets and connection
 //! lifecycle (`server`), how servers are reached (`upstream`).
@@ -248,31 +248,30 @@ async fn proxy(
         };
         let info = RequestInfo {
             // Lent, not cloned (a clone makes the id): a pipeline that never reads it
-            // does not make one. It comes back with the state, or below on a fault.
+            // does not make one. The state holds it from now on (an error response
+            // takes it from there).
             id: std::mem::replace(id, RequestId::stand_in()),
             client_ip,
             scheme: conn.scheme,
             path_rules,
         };
         let upstream_name = routed.map(|i| generation.upstreams.sets[i].shared_name());
-        let (flow, mut state) =
-            phases::request_phase(generation, &mut parts, &mut body, info, upstream_name, lua)
-                .await;
-        let flow = match flow {
-            Ok(flow) => flow,
-            Err(e) => {
-                *id = std::mem::replace(&mut state.info.id, RequestId::stand_in());
-                return Err(e);
-            }
-        };
+        // In the completion from the start: a request that fails, or that its client
+        // gives up in the middle of a phase (499), still runs the log phase over the
+        // modules it reached.
+        let state = done.script.insert(phases::ScriptState::new(
+            &generation.pipeline,
+            &mut parts,
+            info,
+            upstream_name,
+            lua,
+        ));
+        let flow = phases::request_phase(generation, &mut parts, &mut body, state).await?;
         match flow {
             Flow::Continue => {}
             Flow::Respond(local) => {
                 let mut resp = phases::local_response(local, &state.info.id);
-                let ran = phases::response_phase(generation, &mut state, &mut resp).await;
-                // Kept before a fault is returned: the state holds the request's id.
-                done.script = Some(state);
-                ran?;
+                phases::response_phase(generation, state, &mut resp).await?;
                 return Ok(resp);
             }
             Flow::Response(answer) => {
@@ -296,9 +295,7 @@ async fn proxy(
                     }
                     state.upstream = Some(u);
                 }
-                let ran = phases::response_phase(generation, &mut state, &mut answer_resp).await;
-                done.script = Some(state);
-                ran?;
+                phases::response_phase(generation, state, &mut answer_resp).await?;
                 return Ok(answer_resp);
             }
             Flow::Forward(to) => {
@@ -310,7 +307,6 @@ async fn proxy(
                 ));
             }
         }
-        done.script = Some(state);
     }
     let target = target.ok_or(ProxyError::NoRoute)?;
     done.meter.upstream = Some(index32(target));

@@ -280,6 +280,68 @@ async fn sni_chooses_the_certificate_and_the_first_is_the_default() {
     );
 }
 
+/// docs/tls.md's first check (`curl --http2 -sI`): a HEAD over HTTP/2 chosen by ALPN
+/// gets the echo's head and no body, and the connection serves a GET after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http2_by_alpn_gets_a_head_and_no_body() {
+    let ca = Ca::new();
+    let site = Site::new("tls-head");
+    ca.write_server(&site.dir, "site", &["default.test"]);
+    let keys = cert_entries(&site.dir, &["site"]);
+    site.write_config(&tls_config("builtin:echo", &keys, false));
+    let run = Running::start(&site);
+    let opts = ClientOpts {
+        alpn: vec!["h2"],
+        sni: Some("default.test"),
+        identity: None,
+    };
+    let stream = connect(tls_addr(&run), client_config(&ca, &opts), &opts)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let exchange = async move {
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut answers = Vec::new();
+        for method in ["HEAD", "GET"] {
+            let req = empty(req(method, &format!("https://{TEST_HOST}/")));
+            sender.ready().await.map_err(|e| format!("{method}: {e}"))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{method}: {e}"))?;
+            answers.push(
+                read_resp(resp)
+                    .await
+                    .map_err(|e| format!("{method}: {e}"))?,
+            );
+        }
+        Ok::<_, String>(answers)
+    };
+    let answers = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .expect("answers in time")
+        .unwrap_or_else(|e| panic!("HEAD then GET over TLS h2: {e}"));
+    let (head, get) = (&answers[0], &answers[1]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.version, Version::HTTP_2);
+    assert!(
+        head.body.is_empty(),
+        "no DATA for a HEAD: {:?}",
+        head.text()
+    );
+    assert!(
+        head.header("content-length").is_some(),
+        "{:?}",
+        head.headers
+    );
+    assert_eq!(get.status, 200);
+    assert_eq!(get.json()["method"], "GET");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_chooses_http2_or_http11_and_upstream_sees_https() {
     let ca = Ca::new();

@@ -65,7 +65,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         });
     };
     let turn = Box::new(Turn::take(ex, call, Arc::clone(&spec.module)));
-    let (turn, result) = drive(&vm, &func, turn).await;
+    let (turn, result) = drive(&vm, &func, turn, ex).await;
     let Some(mut turn) = turn else {
         return Err(script_error(&vm, index, &func, HookError::Lost));
     };
@@ -93,9 +93,12 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
 /// client left) while the hook waited — it still checks the coroutine in: closed,
 /// with its request-time globals dropped, as for a hook that ended in an error.
 /// Otherwise the suspended coroutine and the globals it set would live as long as
-/// the VM.
-struct Driving<'a> {
+/// the VM. The turn then goes back to `home`: the abandoned request's log phase
+/// still runs, on the request, its id and `ctx` as the hook left them.
+struct Driving<'a, 'x> {
     vm: &'a Vm,
+    /// Where the turn was taken from.
+    home: &'a mut Exchange<'x>,
     runner: Option<Runner>,
     slot: Option<Box<Turn>>,
     /// The hook set a global (or ran out of budget).
@@ -104,7 +107,7 @@ struct Driving<'a> {
     finished: bool,
 }
 
-impl Driving<'_> {
+impl Driving<'_, '_> {
     /// Checks the coroutine in and hands the turn back.
     fn finish(mut self) -> Option<Box<Turn>> {
         self.check_in();
@@ -118,7 +121,7 @@ impl Driving<'_> {
     }
 }
 
-impl Drop for Driving<'_> {
+impl Drop for Driving<'_, '_> {
     fn drop(&mut self) {
         // Only when abandoned: `finish` took the runner.
         if self.runner.is_some() {
@@ -127,6 +130,11 @@ impl Drop for Driving<'_> {
             }
             self.dirty = true;
             self.check_in();
+            if let Some(mut turn) = self.slot.take() {
+                turn.thread = None;
+                turn.answer = None;
+                turn.put_back(self.home);
+            }
         }
     }
 }
@@ -137,6 +145,7 @@ async fn drive(
     vm: &Vm,
     func: &Function,
     turn: Box<Turn>,
+    home: &mut Exchange<'_>,
 ) -> (Option<Box<Turn>>, Result<mlua::Value, HookError>) {
     let runner = match vm.checkout(func) {
         Ok(r) => r,
@@ -145,6 +154,7 @@ async fn drive(
     let phase = turn.phase;
     let mut d = Driving {
         vm,
+        home,
         runner: Some(runner),
         slot: Some(turn),
         dirty: false,

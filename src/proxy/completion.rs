@@ -2,9 +2,10 @@
 //! sent (on HTTP/2 also telling the stream's send timeout, `server::stall`), and when
 //! the response is finished (or the client goes away) its drop runs the request's
 //! epilogue: the in-flight count of the upstream server and of the connection go
-//! down, and the access log line is written. A request still unanswered when it is
-//! dropped was given up by its client (`499`), unless the shutdown drain ran out of
-//! time and the proxy cut it (`503`, with reason `shutdown` in the access log).
+//! down, the log phase runs, and the access log line is written. A request still
+//! unanswered when it is dropped was given up by its client (`499`), unless the
+//! shutdown drain ran out of time and the proxy cut it (`503`, with reason `shutdown`
+//! in the access log); its log phase runs too, with that status and no response.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -115,13 +116,31 @@ impl Drop for Completion {
         self.conn.activity.request_finished();
         self.conn.stats.record(self.status);
         self.meter.record(self.status);
-        if let Some(job) = self.log.take() {
+        if let Some(job) = self.log.take().or_else(|| self.unanswered_log()) {
             job.run();
         }
         if let Some(entry) = self.access.take() {
             let end = (self.status, self.bytes, reason);
             write_access_log(&entry, end, self.inflight.as_ref());
         }
+    }
+}
+
+impl Completion {
+    /// The log phase of a request that ended with no response (the client left: 499;
+    /// the shutdown drain cut it: 503), for the modules it reached, whichever phase
+    /// it was in. It sees that status and no response headers.
+    fn unanswered_log(&mut self) -> Option<Box<super::phases::LogJob>> {
+        if self.answered || !self.meter.generation.pipeline.has_log_phase() {
+            return None;
+        }
+        let state = self.script.take()?;
+        Some(Box::new(super::phases::LogJob {
+            generation: Arc::clone(&self.meter.generation),
+            state,
+            status: self.status,
+            response_headers: http::HeaderMap::new(),
+        }))
     }
 }
 
@@ -216,6 +235,14 @@ impl ResponseBody {
     /// See [`ProxyBody::take_raw_head`].
     pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
         self.inner.take_raw_head()
+    }
+
+    /// Drops the body now, unread, and leaves an empty one (the answer to a HEAD
+    /// request); the completion still runs when this body is dropped. As when
+    /// `server::h1` drops a HEAD answer's body: an upstream body that had ended gives
+    /// its connection back to the pool, one that had not closes it.
+    pub fn discard(&mut self) {
+        self.inner = ProxyBody::Empty;
     }
 }
 

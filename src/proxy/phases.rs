@@ -1,6 +1,6 @@
 //! The glue between the request path and the pipeline: building the `Exchange` each
 //! phase sees, turning a module's local response into an HTTP response, and the log
-//! phase that runs when the response is finished.
+//! phase that runs when the response is finished (or the request ended without one).
 
 use std::sync::Arc;
 
@@ -37,49 +37,73 @@ pub struct ScriptState {
     pub lua: Option<Arc<LuaCall>>,
 }
 
-/// Runs the request phase on `parts` and `body`. Returns the flow and the state for
-/// later phases.
+impl ScriptState {
+    /// The state of a request about to enter the request phase. Its URI and headers
+    /// move in from `parts` (and go back after the phase, see [`request_phase`]):
+    /// the modules change them here, so a request given up in the middle of a phase
+    /// still has them, as the modules left them, for its log phase.
+    pub fn new(
+        pipeline: &crate::pipeline::Pipeline,
+        parts: &mut Parts,
+        info: RequestInfo,
+        upstream: Option<&Arc<str>>,
+        lua: Option<Arc<LuaCall>>,
+    ) -> Box<Self> {
+        // Boxed here: it is kept (in the request's completion) until the response ends.
+        Box::new(ScriptState {
+            info,
+            ctx: pipeline.new_ctx(),
+            ran: 0,
+            response_headers: ResponseHeaders::new(),
+            method: parts.method.clone(),
+            uri: std::mem::take(&mut parts.uri),
+            headers: std::mem::take(&mut parts.headers),
+            upstream: upstream.cloned(),
+            lua,
+        })
+    }
+}
+
+/// Runs the request phase over `state` (made by [`ScriptState::new`] from `parts`)
+/// and `body`; returns the flow. `state` is the request's for its later phases, and
+/// `parts` gets the request as the phase left it.
 pub async fn request_phase(
     generation: &Generation,
     parts: &mut Parts,
     body: &mut ProxyBody,
-    mut info: RequestInfo,
-    upstream: Option<&Arc<str>>,
-    lua: Option<Arc<LuaCall>>,
-) -> (Result<Flow, ProxyError>, Box<ScriptState>) {
+    state: &mut ScriptState,
+) -> Result<Flow, ProxyError> {
     let pipeline = &generation.pipeline;
-    let mut ctx = pipeline.new_ctx();
-    let mut response_headers = ResponseHeaders::new();
-    let (flow, ran) = {
+    let flow = {
         let mut ex = Exchange {
             module: "",
             phase: PhaseKind::Request,
             req: ReqParts {
-                method: &parts.method,
-                uri: &mut parts.uri,
-                headers: &mut parts.headers,
+                method: &state.method,
+                uri: &mut state.uri,
+                headers: &mut state.headers,
             },
             resp: None,
-            info: &mut info,
-            ctx: &mut ctx,
+            info: &mut state.info,
+            ctx: &mut state.ctx,
             state: &generation.std_state,
             upstreams: &generation.upstreams,
-            upstream,
-            response_headers: &mut response_headers,
+            upstream: state.upstream.as_ref(),
+            response_headers: &mut state.response_headers,
             body: Some(body),
-            lua: lua.as_ref(),
+            lua: state.lua.as_ref(),
         };
-        pipeline.run_request(&mut ex).await
+        pipeline.run_request(&mut ex, &mut state.ran).await
     };
     // A cache miss while another request fetches the same key: wait for it, then
     // serve what it stored.
-    let flow = match (flow, ctx.cache.as_deref_mut()) {
+    let flow = match (flow, state.ctx.cache.as_deref_mut()) {
         (Ok(Flow::Continue), Some(cache)) if cache.must_wait() => {
             match crate::stdlib::cache::after_wait(
                 cache,
                 &generation.std_state.cache,
-                &parts.headers,
-                &info.id,
+                &state.headers,
+                &state.info.id,
             )
             .await
             {
@@ -93,24 +117,13 @@ pub async fn request_phase(
         }
         (flow, _) => flow,
     };
-    let headers = if pipeline.keeps_request_headers {
-        parts.headers.clone()
+    parts.uri = state.uri.clone();
+    parts.headers = if pipeline.keeps_request_headers {
+        state.headers.clone()
     } else {
-        HeaderMap::new()
+        std::mem::take(&mut state.headers)
     };
-    // Boxed here: it is kept (in the request's completion) until the response ends.
-    let state = Box::new(ScriptState {
-        info,
-        ctx,
-        ran,
-        response_headers,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers,
-        upstream: upstream.cloned(),
-        lua,
-    });
-    (flow.map_err(module_error), state)
+    flow.map_err(module_error)
 }
 
 /// Adds the headers modules asked for, then runs the response phase in reverse.

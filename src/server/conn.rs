@@ -5,7 +5,7 @@
 //! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
 //! shutdown (a connection with nothing in flight is closed `SHUTDOWN_GRACE` after it
 //! began, whether or not an HTTP/2 client acknowledged the `GOAWAY`). HTTP/2 streams
-//! run under `stall`'s send timeout.
+//! run under `stall`'s send timeout, and answer HEAD with the response's head alone.
 
 use std::io;
 use std::net::SocketAddr;
@@ -402,6 +402,23 @@ pub fn http_builder(config: &Config, peer: SocketAddr) -> auto::Builder<StreamEx
     builder
 }
 
+/// The answer to a HEAD request on an HTTP/2 stream: its head as a GET's would be,
+/// and no body. hyper sends whatever body it is handed, and a client refuses DATA on
+/// a HEAD stream (curl resets it with `PROTOCOL_ERROR`). hyper gives a body of known
+/// size that has not ended a `Content-Length` when the head has none: so it is given
+/// here, before the body goes (as nginx, which sends a HEAD the GET's length).
+fn head_only_answer(resp: &mut http::Response<crate::proxy::completion::ResponseBody>) {
+    use http_body::Body;
+    let body = resp.body();
+    if !body.is_end_stream() && !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
+        if let Some(len) = body.size_hint().exact() {
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        }
+    }
+    resp.body_mut().discard();
+}
+
 /// Which HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -496,7 +513,10 @@ async fn serve_hyper<S>(
     // behind it would otherwise be parsed by hyper alone, past the checks `h1` makes
     // on every head (hyper drops a `Content-Length` sent with `Transfer-Encoding`).
     let close_unless_upgraded = protocol == Protocol::Http1;
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // hyper's HTTP/1.1 leaves out a HEAD answer's body itself; its HTTP/2 does not.
+        let head_only =
+            req.method() == http::Method::HEAD && req.version() == http::Version::HTTP_2;
         let answer = crate::proxy::handle(
             req.map(crate::http::body::RequestBody::Hyper),
             Arc::clone(&svc_conn),
@@ -505,6 +525,9 @@ async fn serve_hyper<S>(
         );
         async move {
             let mut resp = answer.await?;
+            if head_only {
+                head_only_answer(&mut resp);
+            }
             // On an HTTP/2 stream: the body tells the stream's send timeout how far
             // the client has taken it.
             if let Some(clock) = StallClock::current() {
