@@ -1,8 +1,8 @@
 //! Request framing checks run before routing: hyper accepts some ambiguous shapes that
 //! let a front end and a back end disagree on where a request ends (request smuggling).
 //! Anything ambiguous is rejected with 400, and no request leaves with two framings.
-//! Also the framing pieces both HTTP/1.1 sides read the same way: `Content-Length`
-//! values and the trailer block of a chunked body.
+//! Also the framing piece both HTTP/1.1 sides read the same way: `Content-Length`
+//! values.
 
 use http::{header, HeaderMap, Version};
 
@@ -95,37 +95,6 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
         }
     }
     Ok(value)
-}
-
-/// The trailer block that ends a chunked body, from the front of `buf`: how many
-/// bytes it took and the fields (lines that are not valid fields are dropped).
-/// `Ok(None)`: not complete yet; `Err`: not a trailer block — also when a line ends in
-/// a bare LF, which httparse accepts and other parsers may not (as in heads).
-pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse::Error> {
-    let mut storage = [httparse::EMPTY_HEADER; 32];
-    match httparse::parse_headers(buf, &mut storage)? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete((used, fields)) => {
-            let block = &buf[..used];
-            let bare_lf = block
-                .iter()
-                .enumerate()
-                .any(|(i, &b)| b == b'\n' && (i == 0 || block[i - 1] != b'\r'));
-            if bare_lf {
-                return Err(httparse::Error::NewLine);
-            }
-            let mut trailers = HeaderMap::new();
-            for f in fields {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(f.name.as_bytes()),
-                    http::HeaderValue::from_bytes(f.value),
-                ) {
-                    trailers.append(n, v);
-                }
-            }
-            Ok(Some((used, trailers)))
-        }
-    }
 }
 
 /// A `Content-Length` value as framing needs it on either side of the proxy (request
