@@ -23,7 +23,8 @@ use http::{Request, Response, Uri, Version};
 
 use crate::config::{HashKey, ServerTarget};
 use crate::generation::Generation;
-use crate::http::body::{body_too_large, client_body_error, RequestBody};
+use crate::http::body::{body_too_large, client_body_error, BodyFault, RequestBody};
+use crate::http::error::CLIENT_CLOSED_REQUEST;
 use crate::http::hygiene::{self, Forwarded, Forwarding};
 use crate::http::path::{self, PathRules};
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
@@ -436,12 +437,6 @@ fn index32(i: usize) -> u32 {
 /// Connect failures retried on another server when `forward` does not say.
 const DEFAULT_CONNECT_RETRIES: u32 = 1;
 
-/// nginx's status for a request whose client went away before the answer.
-const CLIENT_CLOSED_REQUEST: http::StatusCode = match http::StatusCode::from_u16(499) {
-    Ok(status) => status,
-    Err(_) => http::StatusCode::BAD_REQUEST,
-};
-
 /// Bytes in the request head as sent: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len()
@@ -704,7 +699,8 @@ async fn send_to<T: Transport>(
         Err(SendError::Upstream(e)) => Err(Failed::Sent(
             match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
                 (Some(limit), _) => ProxyError::BodyTooLarge { limit },
-                (None, Some(reason)) => ProxyError::BadRequest(reason),
+                (None, Some(BodyFault::Malformed(reason))) => ProxyError::BadRequest(reason),
+                (None, Some(BodyFault::Gone(reason))) => ProxyError::ClientGone(reason),
                 (None, None) => ProxyError::Upstream {
                     upstream: upstream(),
                     server: addr,

@@ -1,0 +1,181 @@
+//! HTTP/2 clients toward HTTP/1.1 upstreams, over real sockets: a request body the
+//! client resets or cuts short is the client's fault (499 / 400, never counted against
+//! the server, so no client can open a healthy server's breaker).
+//!
+//! The client writes raw frames where hyper's would not send what is tested (a body
+//! shorter than its `Content-Length`), with every header a literal HPACK field.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with a 7-bit prefix (string lengths, no Huffman).
+fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A header block of literal fields without indexing, new names.
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        hpack_len(&mut out, name.len());
+        out.extend_from_slice(name.as_bytes());
+        hpack_len(&mut out, value.len());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// An HTTP/2 connection with the preface and SETTINGS written; what the server sends
+/// is read and dropped in the background (these tests read the access log).
+async fn raw_h2(addr: SocketAddr) -> OwnedWriteHalf {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    tokio::spawn(async move {
+        let mut sink = [0u8; 16 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    wr.write_all(&hello).await.expect("preface");
+    wr
+}
+
+/// The access-log line of the request to `path` (which each test makes unique), once
+/// it is written.
+async fn access_line_for(path: &str) -> String {
+    let needle = format!("path={path} ");
+    let quoted = format!("path=\"{path}\"");
+    let found = || {
+        log::lines_with("proxycache::access")
+            .into_iter()
+            .find(|l| l.contains(&needle) || l.contains(&quoted))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || found().is_some()).await,
+        "no access line for {path}"
+    );
+    found().unwrap_or_default()
+}
+
+fn logging_proxy(up: &Upstream) -> Proxy {
+    log::capture();
+    proxy_with(
+        "workers = 1",
+        &format!("[log]\naccess = true\n\n{}", app(&[up], "")),
+    )
+}
+
+/// Transport failures counted against the proxy's only server.
+fn failures(px: &Proxy) -> u64 {
+    px.handle().shared().generation().upstreams.sets[0].servers[0].failures()
+}
+
+/// How an upload of 16 KiB out of a declared 200,000 bytes ends, a moment after the
+/// 16 KiB (the request has reached the server by then).
+#[derive(Clone, Copy)]
+enum Ending {
+    /// RST_STREAM(CANCEL): the client gave the request up.
+    Reset,
+    /// An empty DATA with END_STREAM: the body is shorter than its `Content-Length`.
+    Short,
+}
+
+async fn upload(addr: SocketAddr, path: &str, ending: Ending) {
+    let mut wr = raw_h2(addr).await;
+    let mut out = Vec::new();
+    let head = block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", TEST_HOST),
+        (":path", path),
+        ("content-length", "200000"),
+    ]);
+    frame(&mut out, HEADERS, END_HEADERS, 1, &head);
+    frame(&mut out, DATA, 0, 1, &[b'x'; 16 * 1024]);
+    wr.write_all(&out).await.expect("request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut end = Vec::new();
+    match ending {
+        Ending::Reset => frame(&mut end, RST_STREAM, 0, 1, &CANCEL.to_be_bytes()),
+        Ending::Short => frame(&mut end, DATA, END_STREAM, 1, &[]),
+    }
+    wr.write_all(&end).await.expect("the end");
+    // The connection stays open until the request is logged.
+    access_line_for(path).await;
+}
+
+/// More uploads than the default breaker's 5 failures, each ended by the client: the
+/// server is not charged, its breaker stays closed, and each is logged with the
+/// client's status.
+async fn client_endings_are_not_the_servers(ending: Ending, tag: &str, status: &str) {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+    for i in 0..7 {
+        let path = format!("/{tag}/{i}");
+        upload(px.addr, &path, ending).await;
+        let line = access_line_for(&path).await;
+        assert!(line.contains(&format!("status={status}")), "{line}");
+    }
+    assert_eq!(failures(&px), 0, "the server is not charged");
+    let after = get(px.addr, &format!("/{tag}/after")).await;
+    assert_eq!(
+        after.status,
+        200,
+        "the breaker stayed closed: {}",
+        after.text()
+    );
+    let warned: Vec<String> = log::lines_with("request body")
+        .into_iter()
+        .filter(|l| l.contains(" WARN "))
+        .collect();
+    assert!(
+        warned.is_empty(),
+        "no WARN for the client's doing: {warned:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_upload_is_499_and_not_the_servers_failure() {
+    client_endings_are_not_the_servers(Ending::Reset, "reset", "499").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length_is_400_and_not_the_servers_failure() {
+    client_endings_are_not_the_servers(Ending::Short, "short", "400").await;
+}
