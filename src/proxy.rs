@@ -512,6 +512,11 @@ fn upstream_request(
             req.headers_mut().insert(header::HOST, host);
         }
     }
+    if req.version() == Version::HTTP_2 && !set.config.http2 {
+        // RFC 9113 8.2.3: an HTTP/2 client's cookies, one field each, become the one
+        // line an HTTP/1.1 server reads. (An HTTP/2 upstream gets them as they came.)
+        hygiene::join_cookies(req.headers_mut());
+    }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         *req.uri_mut() = origin_form(req.uri());
     }

@@ -1,6 +1,7 @@
 //! HTTP/2 clients toward HTTP/1.1 upstreams, over real sockets: a request body the
 //! client resets or cuts short is the client's fault (499 / 400, never counted against
-//! the server, so no client can open a healthy server's breaker).
+//! the server, so no client can open a healthy server's breaker), and cookies split
+//! into several fields reach the server as one line.
 //!
 //! The client writes raw frames where hyper's would not send what is tested (a body
 //! shorter than its `Content-Length`), with every header a literal HPACK field.
@@ -178,4 +179,26 @@ async fn a_client_resetting_its_upload_is_499_and_not_the_servers_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_shorter_than_its_content_length_is_400_and_not_the_servers_failure() {
     client_endings_are_not_the_servers(Ending::Short, "short", "400").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_fields_are_joined_for_an_http11_upstream() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let resp = send_h2(
+        px.addr,
+        empty(
+            http::Request::builder()
+                .method("GET")
+                .uri(format!("http://{TEST_HOST}/cookies"))
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .header("cookie", "c=3"),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let seen = up.last().expect("the upstream got the request");
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"], "one line, joined with \"; \"");
 }
