@@ -194,6 +194,14 @@ async fn proxy(
         ));
     }
     framing::check_request(req.version(), req.headers())?;
+    framing::check_target(req.method(), req.version(), req.uri(), req.headers())?;
+    if req.version() == Version::HTTP_2 && crate::http::lookup::has(req.headers(), &header::HOST) {
+        // The same host, perhaps spelled in other case: modules and the upstream see
+        // `:authority` as sent (an HTTP/2 request without `Host` gets it upstream).
+        if let Some(authority) = request_host(&req) {
+            req.headers_mut().insert(header::HOST, authority);
+        }
+    }
     if req.method() == http::Method::CONNECT {
         // A reverse proxy has no tunnel to open to an authority the client names (as
         // nginx: 405). Forwarded, it reached the upstream as `CONNECT /`.
@@ -447,14 +455,24 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// The request's host: the `Host` header, or the URI authority (HTTP/2).
+/// The request's host: HTTP/2's `:authority` (RFC 9113 8.3.1: a `Host` beside it
+/// names the same, `framing::check_target` saw to that), else the `Host` header (an
+/// HTTP/1.1 absolute-form target's authority is in it already, see `server::h1`).
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let authority = || {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if req.version() == Version::HTTP_2 {
+        if let Some(a) = authority() {
+            return Some(a);
+        }
+    }
     if let Some(h) = crate::http::lookup::get(req.headers(), &header::HOST) {
         return Some(h.clone());
     }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    authority()
 }
 
 fn pick_key<B>(set: &UpstreamSet, req: &Request<B>, client_ip: std::net::IpAddr) -> PickKey {

@@ -1,10 +1,12 @@
 //! HTTP/2 clients toward HTTP/1.1 upstreams, over real sockets: a request body the
 //! client resets or cuts short is the client's fault (499 / 400, never counted against
-//! the server, so no client can open a healthy server's breaker), and cookies split
-//! into several fields reach the server as one line.
+//! the server, so no client can open a healthy server's breaker), cookies split into
+//! several fields reach the server as one line, `:authority` is the host (a `Host`
+//! that differs, or userinfo, is a 400), and the target `*` is for `OPTIONS` only.
 //!
 //! The client writes raw frames where hyper's would not send what is tested (a body
-//! shorter than its `Content-Length`), with every header a literal HPACK field.
+//! shorter than its `Content-Length`, a `:path` of `*`), with every header a literal
+//! HPACK field.
 
 mod common;
 
@@ -201,4 +203,110 @@ async fn cookie_fields_are_joined_for_an_http11_upstream() {
     let seen = up.last().expect("the upstream got the request");
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2; c=3"], "one line, joined with \"; \"");
+}
+
+/// Two sites, by host: which one a request reaches, and the `Host` it is sent with.
+async fn two_sites() -> (Upstream, Upstream, Proxy) {
+    let auth = Upstream::start("auth", Behavior::echo()).await;
+    let host = Upstream::start("host", Behavior::echo()).await;
+    let px = proxy(&format!(
+        "[upstreams.auth]\nservers = {}\n\n[upstreams.host]\nservers = {}\n\n\
+         [[routes]]\nhost = \"auth.example\"\nupstream = \"auth\"\n\n\
+         [[routes]]\nhost = \"host.example\"\nupstream = \"host\"\n",
+        servers(&[&auth]),
+        servers(&[&host])
+    ));
+    (auth, host, px)
+}
+
+fn h2_get(uri: &str, host: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::builder().method("GET").uri(uri);
+    if let Some(h) = host {
+        b = b.header("host", h);
+    }
+    empty(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authority_is_the_host_and_a_host_that_differs_is_refused() {
+    let (auth, host, px) = two_sites().await;
+
+    // `:authority` alone, or with a `Host` that says the same in other case: routed
+    // by it and sent with it.
+    for h in [None, Some("AUTH.example")] {
+        let resp = send_h2(px.addr, h2_get("http://auth.example/same", h)).await;
+        assert_eq!(resp.status, 200, "{h:?}: {}", resp.text());
+        assert_eq!(resp.server(), "auth");
+        let seen = auth.last().expect("request");
+        assert_eq!(
+            seen.header("host").as_deref(),
+            Some("auth.example"),
+            "{h:?}"
+        );
+    }
+
+    // A `Host` that names another site (or nothing) beside `:authority`: malformed.
+    for h in ["host.example", ""] {
+        let resp = send_h2(px.addr, h2_get("http://auth.example/differs", Some(h))).await;
+        assert_eq!(resp.status, 400, "host {h:?}: {}", resp.text());
+        assert!(resp.request_id().is_some(), "a 400 made here has an id");
+    }
+    assert_eq!(host.requests(), 0, "nothing reached the site `Host` named");
+    assert_eq!(auth.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_with_userinfo_is_refused() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+    let mut wr = raw_h2(px.addr).await;
+    let mut out = Vec::new();
+    let head = block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "user:secret@test.local"),
+        (":path", "/userinfo"),
+    ]);
+    frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &head);
+    wr.write_all(&out).await.expect("request");
+    let line = access_line_for("/userinfo").await;
+    assert!(line.contains("status=400"), "{line}");
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asterisk_target_is_for_options_only() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+
+    // HTTP/2: `GET *` is refused; there is no resource `*` to look for.
+    let mut wr = raw_h2(px.addr).await;
+    let mut out = Vec::new();
+    for (stream, method) in [(1, "GET"), (3, "POST")] {
+        let head = block(&[
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "star.example"),
+            (":path", "*"),
+        ]);
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, &head);
+    }
+    wr.write_all(&out).await.expect("request");
+    wait_until(Duration::from_secs(10), || {
+        log::lines_with("path=*").len() + log::lines_with("path=\"*\"").len() >= 2
+    })
+    .await;
+    let lines: Vec<String> = log::lines_with("proxycache::access")
+        .into_iter()
+        .filter(|l| l.contains("path=*") || l.contains("path=\"*\""))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("status=400")), "{lines:?}");
+
+    // HTTP/1.1 the same; `OPTIONS *` goes on.
+    let raw = raw_request(px.addr, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 400, "{raw}");
+    let raw = raw_request(px.addr, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(up.requests(), 1, "only OPTIONS reached the server");
 }

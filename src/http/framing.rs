@@ -1,10 +1,12 @@
 //! Request framing checks run before routing: hyper accepts some ambiguous shapes that
 //! let a front end and a back end disagree on where a request ends (request smuggling).
 //! Anything ambiguous is rejected with 400, and no request leaves with two framings.
+//! So is a request target two hops could read differently: a `Host` other than
+//! HTTP/2's `:authority`, or `*` for a method other than `OPTIONS`.
 //! Also the framing piece both HTTP/1.1 sides read the same way: `Content-Length`
 //! values.
 
-use http::{header, HeaderMap, Version};
+use http::{header, HeaderMap, Method, Uri, Version};
 
 use super::error::ProxyError;
 
@@ -95,6 +97,44 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
         }
     }
     Ok(value)
+}
+
+/// Rejects request targets that hops could read differently.
+///
+/// - `*` (asterisk-form) is for `OPTIONS` only (RFC 9112 3.2.4).
+/// - HTTP/2: `:authority` is the host (RFC 9113 8.3.1). It may not carry userinfo,
+///   and a `Host` header beside it must name the same (case aside): a request whose
+///   `Host` differs is malformed, lest routing and the upstream pick different sites.
+///   With this passed, the request's host is its `:authority` (see `proxy`).
+pub fn check_target(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if uri.path() == "*" && method != Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "the target `*` is for OPTIONS requests only",
+        ));
+    }
+    if version != Version::HTTP_2 {
+        return Ok(());
+    }
+    let Some(authority) = uri.authority() else {
+        return Ok(());
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest(":authority with userinfo"));
+    }
+    for host in headers.get_all(header::HOST) {
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest("Host differs from :authority"));
+        }
+    }
+    Ok(())
 }
 
 /// A `Content-Length` value as framing needs it on either side of the proxy (request
@@ -196,6 +236,60 @@ mod tests {
         assert!(!ok(&[("host", "a"), ("host", "b")]));
         assert!(check_request(Version::HTTP_10, &HeaderMap::new()).is_ok());
         assert!(check_request(Version::HTTP_2, &HeaderMap::new()).is_ok());
+    }
+
+    fn target(method: Method, version: Version, uri: &str, host: Option<&'static str>) -> bool {
+        let uri: Uri = uri.parse().expect("uri");
+        let h = headers(host.map(|h| ("host", h)).as_slice());
+        check_target(&method, version, &uri, &h).is_ok()
+    }
+
+    #[test]
+    fn asterisk_is_for_options_only() {
+        assert!(target(Method::OPTIONS, Version::HTTP_11, "*", Some("a")));
+        assert!(!target(Method::GET, Version::HTTP_11, "*", Some("a")));
+        assert!(!target(Method::POST, Version::HTTP_2, "*", None));
+        assert!(target(Method::GET, Version::HTTP_11, "/*", Some("a")));
+    }
+
+    #[test]
+    fn http2_host_must_be_its_authority() {
+        let h2 = Version::HTTP_2;
+        assert!(target(Method::GET, h2, "http://a.example/", None));
+        assert!(target(
+            Method::GET,
+            h2,
+            "http://a.example/",
+            Some("A.Example")
+        ));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://a.example/",
+            Some("b.example")
+        ));
+        assert!(!target(Method::GET, h2, "http://a.example/", Some("")));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://a.example:81/",
+            Some("a.example")
+        ));
+        assert!(!target(Method::GET, h2, "http://u@a.example/", None));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://u:p@a.example/",
+            Some("u:p@a.example")
+        ));
+        // Without `:authority`, `Host` is the host; HTTP/1.1 is settled in `server::h1`.
+        assert!(target(Method::GET, h2, "/", Some("b.example")));
+        assert!(target(
+            Method::GET,
+            Version::HTTP_11,
+            "/",
+            Some("b.example")
+        ));
     }
 
     #[test]
