@@ -1,6 +1,6 @@
 //! HTTP-level pieces of the request path that know nothing of upstreams or scripts:
 //! the body type, proxy errors and their status mapping, header hygiene, framing
-//! checks, request ids, header names off the wire and lookups in small header maps,
+//! checks, chunked bodies and their trailers, request ids, header names off the wire and lookups in small header maps,
 //! upstream response heads passed through as received, request path normalisation,
 //! and the built-in echo upstream.
 //!
@@ -18,6 +18,7 @@ pub mod names;
 pub mod path;
 pub mod raw_head;
 pub mod request_id;
+pub mod trailers;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;

@@ -200,6 +200,8 @@ pub enum ClientFault {
     BodyTooLarge { limit: u64 },
     /// The request body could not be read (cut short, broken chunked framing).
     BadBody(&'static str),
+    /// The client gave the request up while its body was read (499).
+    Gone(&'static str),
 }
 
 /// A pipeline module. Each phase has an empty default, so a module implements only

@@ -23,7 +23,8 @@ use http::{Request, Response, Uri, Version};
 
 use crate::config::{HashKey, ServerTarget};
 use crate::generation::Generation;
-use crate::http::body::{body_too_large, client_body_error, RequestBody};
+use crate::http::body::{body_too_large, client_body_error, BodyFault, RequestBody};
+use crate::http::error::CLIENT_CLOSED_REQUEST;
 use crate::http::hygiene::{self, Forwarded, Forwarding};
 use crate::http::path::{self, PathRules};
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
@@ -193,6 +194,14 @@ async fn proxy(
         ));
     }
     framing::check_request(req.version(), req.headers())?;
+    framing::check_target(req.method(), req.version(), req.uri(), req.headers())?;
+    if req.version() == Version::HTTP_2 && crate::http::lookup::has(req.headers(), &header::HOST) {
+        // The same host, perhaps spelled in other case: modules and the upstream see
+        // `:authority` as sent (an HTTP/2 request without `Host` gets it upstream).
+        if let Some(authority) = request_host(&req) {
+            req.headers_mut().insert(header::HOST, authority);
+        }
+    }
     if req.method() == http::Method::CONNECT {
         // A reverse proxy has no tunnel to open to an authority the client names (as
         // nginx: 405). Forwarded, it reached the upstream as `CONNECT /`.
@@ -432,12 +441,6 @@ fn index32(i: usize) -> u32 {
 /// Connect failures retried on another server when `forward` does not say.
 const DEFAULT_CONNECT_RETRIES: u32 = 1;
 
-/// nginx's status for a request whose client went away before the answer.
-const CLIENT_CLOSED_REQUEST: http::StatusCode = match http::StatusCode::from_u16(499) {
-    Ok(status) => status,
-    Err(_) => http::StatusCode::BAD_REQUEST,
-};
-
 /// Bytes in the request head as sent: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len()
@@ -448,14 +451,24 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// The request's host: the `Host` header, or the URI authority (HTTP/2).
+/// The request's host: HTTP/2's `:authority` (RFC 9113 8.3.1: a `Host` beside it
+/// names the same, `framing::check_target` saw to that), else the `Host` header (an
+/// HTTP/1.1 absolute-form target's authority is in it already, see `server::h1`).
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let authority = || {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if req.version() == Version::HTTP_2 {
+        if let Some(a) = authority() {
+            return Some(a);
+        }
+    }
     if let Some(h) = crate::http::lookup::get(req.headers(), &header::HOST) {
         return Some(h.clone());
     }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    authority()
 }
 
 fn pick_key<B>(set: &UpstreamSet, req: &Request<B>, client_ip: std::net::IpAddr) -> PickKey {
@@ -512,6 +525,11 @@ fn upstream_request(
         if !crate::http::lookup::has(req.headers(), &header::HOST) {
             req.headers_mut().insert(header::HOST, host);
         }
+    }
+    if req.version() == Version::HTTP_2 && !set.config.http2 {
+        // RFC 9113 8.2.3: an HTTP/2 client's cookies, one field each, become the one
+        // line an HTTP/1.1 server reads. (An HTTP/2 upstream gets them as they came.)
+        hygiene::join_cookies(req.headers_mut());
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         *req.uri_mut() = origin_form(req.uri());
@@ -700,7 +718,8 @@ async fn send_to<T: Transport>(
         Err(SendError::Upstream(e)) => Err(Failed::Sent(
             match (body_too_large(e.as_ref()), client_body_error(e.as_ref())) {
                 (Some(limit), _) => ProxyError::BodyTooLarge { limit },
-                (None, Some(reason)) => ProxyError::BadRequest(reason),
+                (None, Some(BodyFault::Malformed(reason))) => ProxyError::BadRequest(reason),
+                (None, Some(BodyFault::Gone(reason))) => ProxyError::ClientGone(reason),
                 (None, None) => ProxyError::Upstream {
                     upstream: upstream(),
                     server: addr,

@@ -4,6 +4,11 @@
 //! a small local response) cost no allocation. Streamed bodies can carry a byte limit
 //! (`server.limits.max_body`); crossing it fails the stream with [`BodyTooLarge`],
 //! which the request path turns into 413.
+//!
+//! A client's request body that fails, whichever protocol it came over, fails with a
+//! [`ClientBodyError`] (made in [`RequestBody`]): whoever reads it later (an upstream
+//! client, a Lua hook) can tell the client's fault from the server's by that type
+//! alone ([`client_body_error`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -64,13 +69,11 @@ impl ProxyBody {
         }
     }
 
-    /// A streamed body with no limit.
+    /// A body streamed from an upstream by hyper (an upgrade's answer that did not
+    /// switch). Not a [`RequestBody`]: its errors are the server's, not the client's.
     pub fn streamed(inner: Incoming) -> Self {
-        ProxyBody::Streamed {
-            inner: RequestBody::Hyper(inner),
-            seen: 0,
-            limit: None,
-        }
+        use http_body_util::BodyExt;
+        ProxyBody::Boxed(inner.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 
     /// A request body that fails with [`BodyTooLarge`] past `limit` bytes.
@@ -87,7 +90,8 @@ impl ProxyBody {
 }
 
 /// A request body as the server hands it to the request path: read by hyper (HTTP/2,
-/// upgrades) or by the server's own HTTP/1.1 connection (`server::h1`).
+/// upgrades) or by the server's own HTTP/1.1 connection (`server::h1`). Its errors
+/// are [`ClientBodyError`]s.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The request has no body.
@@ -108,10 +112,10 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Hyper(inner) => Pin::new(inner)
                 .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+                .map(|f| f.map(|r| r.map_err(ClientBodyError::from_hyper))),
             RequestBody::Client(inner) => Pin::new(inner)
                 .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+                .map(|f| f.map(|r| r.map_err(ClientBodyError::from_h1))),
         }
     }
 
@@ -185,19 +189,100 @@ impl Body for ProxyBody {
     }
 }
 
-/// What was wrong with the client's request body, if `err` (or anything in its
-/// source chain) is a failure to read it (a broken chunked body, a client that went
-/// away mid-body): the client's fault, not the upstream's.
-pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    use crate::server::h1::BodyError;
+/// What was wrong with a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The body broke the rules of its framing (invalid chunked coding, a length
+    /// other than its `Content-Length`, an HTTP/2 protocol error) or was cut short on
+    /// an HTTP/1.1 connection, whose client may still read the answer: 400.
+    Malformed(&'static str),
+    /// The client gave the request up: it reset the HTTP/2 stream or its connection
+    /// went away. Nobody reads an answer; logged as nginx's 499.
+    Gone(&'static str),
+}
+
+impl BodyFault {
+    /// The fault in words, for the log and the error response.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyFault::Malformed(reason) | BodyFault::Gone(reason) => reason,
+        }
+    }
+}
+
+/// A client's request body failed to arrive: the client's fault, never the server's
+/// it was being sent to.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", fault.reason())]
+pub struct ClientBodyError {
+    pub fault: BodyFault,
+    #[source]
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    /// A body error of the server's own HTTP/1.1 connection.
+    fn from_h1(e: crate::server::h1::BodyError) -> BoxError {
+        use crate::server::h1::BodyError;
+        let fault = BodyFault::Malformed(match e {
+            BodyError::Chunk => "invalid chunked request body",
+            BodyError::Framing => "request body framing not accepted",
+            BodyError::Closed | BodyError::Io(_) => "request body cut short",
+        });
+        Box::new(ClientBodyError {
+            fault,
+            source: Box::new(e),
+        })
+    }
+
+    /// A body error of hyper's (an HTTP/2 stream, or an HTTP/1.1 upgrade request).
+    fn from_hyper(e: hyper::Error) -> BoxError {
+        let fault = hyper_fault(&e);
+        Box::new(ClientBodyError {
+            fault,
+            source: Box::new(e),
+        })
+    }
+}
+
+/// Whose doing a hyper request-body error was: an HTTP/2 reset or GOAWAY the client
+/// sent, or its connection lost, is a client gone; one the h2 library sent because
+/// the client broke the protocol (DATA longer or shorter than `Content-Length`, flow
+/// control) is a malformed body.
+fn hyper_fault(e: &hyper::Error) -> BodyFault {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return if h2.is_remote() && h2.is_go_away() {
+                BodyFault::Gone("the client closed its HTTP/2 connection mid-body")
+            } else if h2.is_remote() {
+                BodyFault::Gone("the client reset the HTTP/2 stream mid-body")
+            } else if h2.is_io() {
+                BodyFault::Gone("the client's connection failed mid-body")
+            } else if h2.reason() == Some(h2::Reason::PROTOCOL_ERROR) {
+                BodyFault::Malformed(
+                    "malformed HTTP/2 request body (its length is not its Content-Length, or a frame broke the protocol)",
+                )
+            } else {
+                BodyFault::Malformed("HTTP/2 request body refused (the client broke the protocol)")
+            };
+        }
+        cur = err.source();
+    }
+    if e.is_incomplete_message() {
+        return BodyFault::Malformed("request body cut short");
+    }
+    BodyFault::Malformed("request body could not be read")
+}
+
+/// What was wrong with the client's request body, if `err` (or anything in its source
+/// chain) is a failure to read it ([`ClientBodyError`]): the client's fault, not the
+/// upstream's.
+pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<BodyFault> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(b) = e.downcast_ref::<BodyError>() {
-            return Some(match b {
-                BodyError::Chunk => "invalid chunked request body",
-                BodyError::Framing => "request body framing not accepted",
-                BodyError::Closed | BodyError::Io(_) => "request body cut short",
-            });
+        if let Some(b) = e.downcast_ref::<ClientBodyError>() {
+            return Some(b.fault);
         }
         cur = e.source();
     }

@@ -9,7 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 
-use super::framing::parse_trailers;
+use super::trailers::{self, Block};
 
 /// Where a chunked body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum Step {
     Trailers(HeaderMap),
     /// The body has ended, without trailers.
     End,
+    /// The body has ended with a trailer block that is not valid (see
+    /// [`trailers::Block::Malformed`]), consumed: the caller decides what it costs.
+    BadTrailers,
     /// `buf` holds no complete next piece: read more and call again.
     More,
 }
@@ -128,17 +131,16 @@ pub fn step(at: &mut Chunk, buf: &mut BytesMut, max_line: usize) -> Result<Step,
                 buf.advance(2);
                 *at = Chunk::Size;
             }
-            Chunk::Trailers => match parse_trailers(buf) {
-                Ok(Some((used, trailers))) => {
+            Chunk::Trailers => match trailers::parse(buf, max_line) {
+                Some((used, block)) => {
                     buf.advance(used);
-                    return Ok(if trailers.is_empty() {
-                        Step::End
-                    } else {
-                        Step::Trailers(trailers)
+                    return Ok(match block {
+                        Block::Fields(fields) if fields.is_empty() => Step::End,
+                        Block::Fields(fields) => Step::Trailers(fields),
+                        Block::Malformed => Step::BadTrailers,
                     });
                 }
-                Ok(None) => return more(buf, max_line),
-                Err(_) => return Err(ChunkError),
+                None => return more(buf, max_line),
             },
         }
     }
@@ -167,6 +169,7 @@ mod tests {
                 Step::Data(d) => body.extend_from_slice(&d),
                 Step::Trailers(t) => return Ok((body, Some(t))),
                 Step::End => return Ok((body, None)),
+                Step::BadTrailers => return Err(ChunkError),
                 Step::More => {
                     if rest.is_empty() {
                         return Err(ChunkError);

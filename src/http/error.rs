@@ -18,6 +18,10 @@ pub enum ProxyError {
     /// Malformed or ambiguous request (framing, Host, ...).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client gave the request up while its body was being read (it reset the
+    /// HTTP/2 stream, or its connection went away): nginx's 499, answered to nobody.
+    #[error("the client went away: {0}")]
+    ClientGone(&'static str),
     /// The request head did not arrive within `server.timeouts.header`.
     #[error("the request head did not arrive within server.timeouts.header")]
     HeaderTimeout,
@@ -109,6 +113,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientGone(_) => CLIENT_CLOSED_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -184,6 +189,12 @@ impl ProxyError {
     }
 }
 
+/// nginx's status for a request whose client went away before the answer.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// The methods a `405` names in `Allow`: all the proxy forwards that clients commonly
 /// send (everything but `CONNECT`, which is the one refused).
 pub const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
@@ -210,6 +221,7 @@ mod tests {
     #[test]
     fn statuses_follow_the_error_mapping() {
         assert_eq!(ProxyError::BadRequest("x").status(), 400);
+        assert_eq!(ProxyError::ClientGone("x").status(), 499);
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(ProxyError::HeadersTooLarge { limit: 1 }.status(), 431);
         assert_eq!(ProxyError::NoRoute.status(), 404);

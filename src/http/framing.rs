@@ -1,10 +1,12 @@
 //! Request framing checks run before routing: hyper accepts some ambiguous shapes that
 //! let a front end and a back end disagree on where a request ends (request smuggling).
 //! Anything ambiguous is rejected with 400, and no request leaves with two framings.
-//! Also the framing pieces both HTTP/1.1 sides read the same way: `Content-Length`
-//! values and the trailer block of a chunked body.
+//! So is a request target two hops could read differently: a `Host` other than
+//! HTTP/2's `:authority`, or `*` for a method other than `OPTIONS`.
+//! Also the framing piece both HTTP/1.1 sides read the same way: `Content-Length`
+//! values.
 
-use http::{header, HeaderMap, Version};
+use http::{header, HeaderMap, Method, Uri, Version};
 
 use super::error::ProxyError;
 
@@ -97,35 +99,42 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
     Ok(value)
 }
 
-/// The trailer block that ends a chunked body, from the front of `buf`: how many
-/// bytes it took and the fields (lines that are not valid fields are dropped).
-/// `Ok(None)`: not complete yet; `Err`: not a trailer block — also when a line ends in
-/// a bare LF, which httparse accepts and other parsers may not (as in heads).
-pub fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, httparse::Error> {
-    let mut storage = [httparse::EMPTY_HEADER; 32];
-    match httparse::parse_headers(buf, &mut storage)? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete((used, fields)) => {
-            let block = &buf[..used];
-            let bare_lf = block
-                .iter()
-                .enumerate()
-                .any(|(i, &b)| b == b'\n' && (i == 0 || block[i - 1] != b'\r'));
-            if bare_lf {
-                return Err(httparse::Error::NewLine);
-            }
-            let mut trailers = HeaderMap::new();
-            for f in fields {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(f.name.as_bytes()),
-                    http::HeaderValue::from_bytes(f.value),
-                ) {
-                    trailers.append(n, v);
-                }
-            }
-            Ok(Some((used, trailers)))
+/// Rejects request targets that hops could read differently.
+///
+/// - `*` (asterisk-form) is for `OPTIONS` only (RFC 9112 3.2.4).
+/// - HTTP/2: `:authority` is the host (RFC 9113 8.3.1). It may not carry userinfo,
+///   and a `Host` header beside it must name the same (case aside): a request whose
+///   `Host` differs is malformed, lest routing and the upstream pick different sites.
+///   With this passed, the request's host is its `:authority` (see `proxy`).
+pub fn check_target(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if uri.path() == "*" && method != Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "the target `*` is for OPTIONS requests only",
+        ));
+    }
+    if version != Version::HTTP_2 {
+        return Ok(());
+    }
+    let Some(authority) = uri.authority() else {
+        return Ok(());
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest(":authority with userinfo"));
+    }
+    for host in headers.get_all(header::HOST) {
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest("Host differs from :authority"));
         }
     }
+    Ok(())
 }
 
 /// A `Content-Length` value as framing needs it on either side of the proxy (request
@@ -227,6 +236,60 @@ mod tests {
         assert!(!ok(&[("host", "a"), ("host", "b")]));
         assert!(check_request(Version::HTTP_10, &HeaderMap::new()).is_ok());
         assert!(check_request(Version::HTTP_2, &HeaderMap::new()).is_ok());
+    }
+
+    fn target(method: Method, version: Version, uri: &str, host: Option<&'static str>) -> bool {
+        let uri: Uri = uri.parse().expect("uri");
+        let h = headers(host.map(|h| ("host", h)).as_slice());
+        check_target(&method, version, &uri, &h).is_ok()
+    }
+
+    #[test]
+    fn asterisk_is_for_options_only() {
+        assert!(target(Method::OPTIONS, Version::HTTP_11, "*", Some("a")));
+        assert!(!target(Method::GET, Version::HTTP_11, "*", Some("a")));
+        assert!(!target(Method::POST, Version::HTTP_2, "*", None));
+        assert!(target(Method::GET, Version::HTTP_11, "/*", Some("a")));
+    }
+
+    #[test]
+    fn http2_host_must_be_its_authority() {
+        let h2 = Version::HTTP_2;
+        assert!(target(Method::GET, h2, "http://a.example/", None));
+        assert!(target(
+            Method::GET,
+            h2,
+            "http://a.example/",
+            Some("A.Example")
+        ));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://a.example/",
+            Some("b.example")
+        ));
+        assert!(!target(Method::GET, h2, "http://a.example/", Some("")));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://a.example:81/",
+            Some("a.example")
+        ));
+        assert!(!target(Method::GET, h2, "http://u@a.example/", None));
+        assert!(!target(
+            Method::GET,
+            h2,
+            "http://u:p@a.example/",
+            Some("u:p@a.example")
+        ));
+        // Without `:authority`, `Host` is the host; HTTP/1.1 is settled in `server::h1`.
+        assert!(target(Method::GET, h2, "/", Some("b.example")));
+        assert!(target(
+            Method::GET,
+            Version::HTTP_11,
+            "/",
+            Some("b.example")
+        ));
     }
 
     #[test]

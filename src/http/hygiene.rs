@@ -72,6 +72,28 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Joins several `Cookie` fields into one with `"; "`, for an HTTP/1.1 hop: an HTTP/2
+/// client may send each cookie as a field of its own, and an intermediary must join
+/// them before HTTP/1.1 (RFC 9113 8.2.3; servers read one line). One field or none:
+/// left alone, at the cost of one lookup.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = bytes::BytesMut::new();
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid field values joined with "; " are a valid field value.
+    if let Ok(v) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Whether `TE` lists `trailers` (the client accepts trailer fields).
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers

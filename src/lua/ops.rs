@@ -196,7 +196,7 @@ pub enum ReadError {
     #[error("reading the body failed: {reason}")]
     Failed {
         reason: String,
-        client: Option<&'static str>,
+        client: Option<crate::http::body::BodyFault>,
     },
 }
 
@@ -206,9 +206,13 @@ impl ReadError {
         match self {
             ReadError::TooLarge(limit) => ClientFault::BodyTooLarge { limit: *limit },
             ReadError::TimedOut(_) => ClientFault::BadBody("request body timed out"),
-            ReadError::Failed { client, .. } => {
-                ClientFault::BadBody(client.unwrap_or("request body could not be read"))
-            }
+            ReadError::Failed { client, .. } => match client {
+                Some(crate::http::body::BodyFault::Gone(reason)) => ClientFault::Gone(reason),
+                Some(crate::http::body::BodyFault::Malformed(reason)) => {
+                    ClientFault::BadBody(reason)
+                }
+                None => ClientFault::BadBody("request body could not be read"),
+            },
         }
     }
 }

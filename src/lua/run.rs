@@ -349,7 +349,9 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
             defined,
             format!("req:body(): the request body is over server.limits.max_body ({limit} bytes)"),
         ),
-        HookError::Body(ClientFault::BadBody(reason)) => (defined, format!("req:body(): {reason}")),
+        HookError::Body(ClientFault::BadBody(reason) | ClientFault::Gone(reason)) => {
+            (defined, format!("req:body(): {reason}"))
+        }
         HookError::Lua(mlua::Error::MemoryError(m)) => (
             defined,
             format!("out of memory (scripts.lua_memory_limit): {m}"),

@@ -176,6 +176,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                             self.body = BodyState::Done;
                             return Poll::Ready(None);
                         }
+                        // A client's request is refused for it, as for any broken
+                        // chunked body (what it meant is anybody's guess).
+                        Step::BadTrailers => return Poll::Ready(Some(Err(BodyError::Chunk))),
                         Step::More => ready!(self.poll_more_bytes(cx))?,
                     }
                 }

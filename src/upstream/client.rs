@@ -523,9 +523,22 @@ impl http_body::Body for UpstreamBody {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Hyper(b) => b.poll_frame(cx),
-            Inner::Own(b) => Pin::new(b.as_mut())
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+            Inner::Own(b) => {
+                let polled = Pin::new(b.as_mut())
+                    .poll_frame(cx)
+                    .map_err(|e| Box::new(e) as BoxError);
+                if b.take_dropped_trailers() {
+                    if let Some(back) = &this.back {
+                        tracing::warn!(
+                            target: "proxycache::upstream",
+                            upstream = %back.ep.upstream,
+                            server = %back.ep.addr,
+                            "upstream sent an invalid trailer section; the response goes on without its trailers"
+                        );
+                    }
+                }
+                polled
+            }
         };
         match &polled {
             Poll::Ready(None) => this.give_back(),

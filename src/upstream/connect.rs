@@ -22,6 +22,9 @@ use crate::config::{PoolConfig, UpstreamConfig};
 /// How to reach one server, resolved when a generation is built.
 #[derive(Debug)]
 pub struct Endpoint {
+    /// The upstream set it is a server of (`std.http` for a script's outbound call),
+    /// for the log lines a response body writes.
+    pub upstream: String,
     pub addr: SocketAddr,
     /// The address as written (`host:port`): the `:authority` of HTTP/2 requests that
     /// arrive without a host.
@@ -46,6 +49,7 @@ impl Endpoint {
             None => None,
         };
         Ok(Endpoint {
+            upstream: cfg.name.clone(),
             addr,
             authority: authority.to_owned(),
             key: PoolKey {
@@ -62,6 +66,7 @@ impl Endpoint {
     /// A plain HTTP/1.1 endpoint (outbound calls from scripts).
     pub fn plain(addr: SocketAddr, connect_timeout: Duration, pool: PoolConfig) -> Endpoint {
         Endpoint {
+            upstream: "std.http".to_owned(),
             addr,
             authority: addr.to_string(),
             key: PoolKey::plain(addr),

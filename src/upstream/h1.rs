@@ -300,6 +300,7 @@ pub async fn send(
         raw: head.raw,
         read_timeout: response_timeout,
         rearm: true,
+        dropped_trailers: false,
     });
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -870,6 +871,9 @@ pub struct RespBody {
     read_timeout: Duration,
     /// Bytes came since the deadline was last set: set it afresh at the next wait.
     rearm: bool,
+    /// The body ended with a trailer block that was not valid, dropped (see
+    /// [`RespBody::take_dropped_trailers`]).
+    dropped_trailers: bool,
 }
 
 impl std::fmt::Debug for RespBody {
@@ -885,6 +889,13 @@ impl RespBody {
     /// The response head as received, when it was kept so (once).
     pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
         self.raw.take()
+    }
+
+    /// Whether the body ended with a trailer block that was not valid (once): the
+    /// response kept its body, whole, and lost its trailers; the caller, who knows the
+    /// server, says so.
+    pub fn take_dropped_trailers(&mut self) -> bool {
+        std::mem::take(&mut self.dropped_trailers)
     }
 
     pub fn take_reusable(&mut self) -> Option<Conn> {
@@ -964,6 +975,16 @@ impl RespBody {
                         }
                         Step::End => {
                             self.framing = Framing::Done;
+                            return Poll::Ready(None);
+                        }
+                        // The body is framed and whole; only its trailer section is
+                        // bad. The response ends without it (resetting it would cost
+                        // the client the whole answer), on a connection not trusted
+                        // again.
+                        Step::BadTrailers => {
+                            self.framing = Framing::Done;
+                            self.reusable = false;
+                            self.dropped_trailers = true;
                             return Poll::Ready(None);
                         }
                         Step::More => {

@@ -1,0 +1,312 @@
+//! HTTP/2 clients toward HTTP/1.1 upstreams, over real sockets: a request body the
+//! client resets or cuts short is the client's fault (499 / 400, never counted against
+//! the server, so no client can open a healthy server's breaker), cookies split into
+//! several fields reach the server as one line, `:authority` is the host (a `Host`
+//! that differs, or userinfo, is a 400), and the target `*` is for `OPTIONS` only.
+//!
+//! The client writes raw frames where hyper's would not send what is tested (a body
+//! shorter than its `Content-Length`, a `:path` of `*`), with every header a literal
+//! HPACK field.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with a 7-bit prefix (string lengths, no Huffman).
+fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A header block of literal fields without indexing, new names.
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        hpack_len(&mut out, name.len());
+        out.extend_from_slice(name.as_bytes());
+        hpack_len(&mut out, value.len());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// An HTTP/2 connection with the preface and SETTINGS written; what the server sends
+/// is read and dropped in the background (these tests read the access log).
+async fn raw_h2(addr: SocketAddr) -> OwnedWriteHalf {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    tokio::spawn(async move {
+        let mut sink = [0u8; 16 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    wr.write_all(&hello).await.expect("preface");
+    wr
+}
+
+/// The access-log line of the request to `path` (which each test makes unique), once
+/// it is written.
+async fn access_line_for(path: &str) -> String {
+    let needle = format!("path={path} ");
+    let quoted = format!("path=\"{path}\"");
+    let found = || {
+        log::lines_with("proxycache::access")
+            .into_iter()
+            .find(|l| l.contains(&needle) || l.contains(&quoted))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || found().is_some()).await,
+        "no access line for {path}"
+    );
+    found().unwrap_or_default()
+}
+
+fn logging_proxy(up: &Upstream) -> Proxy {
+    log::capture();
+    proxy_with(
+        "workers = 1",
+        &format!("[log]\naccess = true\n\n{}", app(&[up], "")),
+    )
+}
+
+/// Transport failures counted against the proxy's only server.
+fn failures(px: &Proxy) -> u64 {
+    px.handle().shared().generation().upstreams.sets[0].servers[0].failures()
+}
+
+/// How an upload of 16 KiB out of a declared 200,000 bytes ends, a moment after the
+/// 16 KiB (the request has reached the server by then).
+#[derive(Clone, Copy)]
+enum Ending {
+    /// RST_STREAM(CANCEL): the client gave the request up.
+    Reset,
+    /// An empty DATA with END_STREAM: the body is shorter than its `Content-Length`.
+    Short,
+}
+
+async fn upload(addr: SocketAddr, path: &str, ending: Ending) {
+    let mut wr = raw_h2(addr).await;
+    let mut out = Vec::new();
+    let head = block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", TEST_HOST),
+        (":path", path),
+        ("content-length", "200000"),
+    ]);
+    frame(&mut out, HEADERS, END_HEADERS, 1, &head);
+    frame(&mut out, DATA, 0, 1, &[b'x'; 16 * 1024]);
+    wr.write_all(&out).await.expect("request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut end = Vec::new();
+    match ending {
+        Ending::Reset => frame(&mut end, RST_STREAM, 0, 1, &CANCEL.to_be_bytes()),
+        Ending::Short => frame(&mut end, DATA, END_STREAM, 1, &[]),
+    }
+    wr.write_all(&end).await.expect("the end");
+    // The connection stays open until the request is logged.
+    access_line_for(path).await;
+}
+
+/// More uploads than the default breaker's 5 failures, each ended by the client: the
+/// server is not charged, its breaker stays closed, and each is logged with the
+/// client's status.
+async fn client_endings_are_not_the_servers(ending: Ending, tag: &str, status: &str) {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+    for i in 0..7 {
+        let path = format!("/{tag}/{i}");
+        upload(px.addr, &path, ending).await;
+        let line = access_line_for(&path).await;
+        assert!(line.contains(&format!("status={status}")), "{line}");
+    }
+    assert_eq!(failures(&px), 0, "the server is not charged");
+    let after = get(px.addr, &format!("/{tag}/after")).await;
+    assert_eq!(
+        after.status,
+        200,
+        "the breaker stayed closed: {}",
+        after.text()
+    );
+    let warned: Vec<String> = log::lines_with("request body")
+        .into_iter()
+        .filter(|l| l.contains(" WARN "))
+        .collect();
+    assert!(
+        warned.is_empty(),
+        "no WARN for the client's doing: {warned:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_upload_is_499_and_not_the_servers_failure() {
+    client_endings_are_not_the_servers(Ending::Reset, "reset", "499").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length_is_400_and_not_the_servers_failure() {
+    client_endings_are_not_the_servers(Ending::Short, "short", "400").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_fields_are_joined_for_an_http11_upstream() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&app(&[&up], ""));
+    let resp = send_h2(
+        px.addr,
+        empty(
+            http::Request::builder()
+                .method("GET")
+                .uri(format!("http://{TEST_HOST}/cookies"))
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .header("cookie", "c=3"),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let seen = up.last().expect("the upstream got the request");
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"], "one line, joined with \"; \"");
+}
+
+/// Two sites, by host: which one a request reaches, and the `Host` it is sent with.
+async fn two_sites() -> (Upstream, Upstream, Proxy) {
+    let auth = Upstream::start("auth", Behavior::echo()).await;
+    let host = Upstream::start("host", Behavior::echo()).await;
+    let px = proxy(&format!(
+        "[upstreams.auth]\nservers = {}\n\n[upstreams.host]\nservers = {}\n\n\
+         [[routes]]\nhost = \"auth.example\"\nupstream = \"auth\"\n\n\
+         [[routes]]\nhost = \"host.example\"\nupstream = \"host\"\n",
+        servers(&[&auth]),
+        servers(&[&host])
+    ));
+    (auth, host, px)
+}
+
+fn h2_get(uri: &str, host: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::builder().method("GET").uri(uri);
+    if let Some(h) = host {
+        b = b.header("host", h);
+    }
+    empty(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authority_is_the_host_and_a_host_that_differs_is_refused() {
+    let (auth, host, px) = two_sites().await;
+
+    // `:authority` alone, or with a `Host` that says the same in other case: routed
+    // by it and sent with it.
+    for h in [None, Some("AUTH.example")] {
+        let resp = send_h2(px.addr, h2_get("http://auth.example/same", h)).await;
+        assert_eq!(resp.status, 200, "{h:?}: {}", resp.text());
+        assert_eq!(resp.server(), "auth");
+        let seen = auth.last().expect("request");
+        assert_eq!(
+            seen.header("host").as_deref(),
+            Some("auth.example"),
+            "{h:?}"
+        );
+    }
+
+    // A `Host` that names another site (or nothing) beside `:authority`: malformed.
+    for h in ["host.example", ""] {
+        let resp = send_h2(px.addr, h2_get("http://auth.example/differs", Some(h))).await;
+        assert_eq!(resp.status, 400, "host {h:?}: {}", resp.text());
+        assert!(resp.request_id().is_some(), "a 400 made here has an id");
+    }
+    assert_eq!(host.requests(), 0, "nothing reached the site `Host` named");
+    assert_eq!(auth.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_with_userinfo_is_refused() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+    let mut wr = raw_h2(px.addr).await;
+    let mut out = Vec::new();
+    let head = block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "user:secret@test.local"),
+        (":path", "/userinfo"),
+    ]);
+    frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &head);
+    wr.write_all(&out).await.expect("request");
+    let line = access_line_for("/userinfo").await;
+    assert!(line.contains("status=400"), "{line}");
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asterisk_target_is_for_options_only() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+
+    // HTTP/2: `GET *` is refused; there is no resource `*` to look for.
+    let mut wr = raw_h2(px.addr).await;
+    let mut out = Vec::new();
+    for (stream, method) in [(1, "GET"), (3, "POST")] {
+        let head = block(&[
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "star.example"),
+            (":path", "*"),
+        ]);
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, &head);
+    }
+    wr.write_all(&out).await.expect("request");
+    wait_until(Duration::from_secs(10), || {
+        log::lines_with("path=*").len() + log::lines_with("path=\"*\"").len() >= 2
+    })
+    .await;
+    let lines: Vec<String> = log::lines_with("proxycache::access")
+        .into_iter()
+        .filter(|l| l.contains("path=*") || l.contains("path=\"*\""))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("status=400")), "{lines:?}");
+
+    // HTTP/1.1 the same; `OPTIONS *` goes on.
+    let raw = raw_request(px.addr, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 400, "{raw}");
+    let raw = raw_request(px.addr, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(up.requests(), 1, "only OPTIONS reached the server");
+}
