@@ -34,6 +34,11 @@ pub enum PathError {
     /// A `.` or `..` next to an encoded slash (`/x/..%2Fadmin`).
     #[error("the path has a dot-segment beside an encoded slash")]
     DotBesideEncodedSlash,
+    /// A `%` not followed by two hex digits (`/%%36%31dmin`: decoding what follows it
+    /// would make a new escape, `%61`, that the upstream decodes once more; nginx
+    /// refuses these too).
+    #[error("the path has a `%` that is not followed by two hex digits")]
+    BadEscape,
     /// The normalised path is not a valid request target (cannot happen: the rules
     /// only drop characters and decode unreserved ones).
     #[error("malformed request target")]
@@ -48,6 +53,7 @@ impl PathError {
             PathError::DotBesideEncodedSlash => {
                 "the path has a dot-segment beside an encoded slash"
             }
+            PathError::BadEscape => "the path has a `%` that is not followed by two hex digits",
             PathError::Malformed => "malformed request target",
         }
     }
@@ -59,7 +65,7 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
     if !path.starts_with('/') || !needs_work(path.as_bytes(), rules) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path);
+    let decoded = decode_unreserved(path)?;
     let normal = remove_dot_segments(&decoded, rules)?;
     Ok(if normal == path {
         Cow::Borrowed(path)
@@ -103,14 +109,16 @@ fn needs_work(p: &[u8], rules: PathRules) -> bool {
                 }
                 _ => {}
             },
-            b'%' => {
-                if let Some(c) = escaped(at(i + 1), at(i + 2)) {
+            b'%' => match escaped(at(i + 1), at(i + 2)) {
+                Some(c) => {
                     let dot_beside = (i > 0 && p[i - 1] == b'.') || at(i + 3) == Some(b'.');
                     if is_unreserved(c) || (c == b'/' && dot_beside) {
                         return true;
                     }
                 }
-            }
+                // A bad escape: the slow path refuses it.
+                None => return true,
+            },
             _ => {}
         }
     }
@@ -130,18 +138,20 @@ fn is_unreserved(c: u8) -> bool {
 }
 
 /// `path` with escapes of unreserved characters decoded, other escapes as they were.
-fn decode_unreserved(path: &str) -> String {
+/// A `%` without two hex digits after it is refused: decoding what follows it could
+/// make a new escape (`%%36%31` -> `%61`), and the result would not be normal.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let p = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < p.len() {
         if p[i] == b'%' {
-            if let Some(c) = escaped(p.get(i + 1).copied(), p.get(i + 2).copied()) {
-                if is_unreserved(c) {
-                    out.push(char::from(c));
-                    i += 3;
-                    continue;
-                }
+            let c = escaped(p.get(i + 1).copied(), p.get(i + 2).copied())
+                .ok_or(PathError::BadEscape)?;
+            if is_unreserved(c) {
+                out.push(char::from(c));
+                i += 3;
+                continue;
             }
         }
         // Up to the next `%` in one piece (`%` is ASCII: the cut is a char boundary).
@@ -152,7 +162,7 @@ fn decode_unreserved(path: &str) -> String {
         out.push_str(&path[i..end]);
         i = end;
     }
-    out
+    Ok(out)
 }
 
 /// RFC 3986 5.2.4 over a path that starts with `/`, refusing what climbs above the

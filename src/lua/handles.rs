@@ -214,6 +214,11 @@ fn set_uri(
     query: Option<&str>,
     rules: PathRules,
 ) -> mlua::Result<()> {
+    if let Some(p) = path.filter(|p| p.contains(['?', '#'])) {
+        return Err(mlua::Error::runtime(format!(
+            "req:set_path({p:?}): a path has no '?' or '#': use req:set_query for the query"
+        )));
+    }
     let path = match path {
         Some(p) => crate::pipeline::normal_script_path(p, rules).map_err(mlua::Error::runtime)?,
         None => uri.path().to_owned(),
