@@ -23,6 +23,24 @@ impl Drop for Killed {
     }
 }
 
+/// SIGTERM to the process, then waits (up to 8 s) for the drain to end and it to exit.
+async fn terminate_and_wait(child: &mut Killed, log: &std::path::Path) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let exited = wait_until(Duration::from_secs(8), || {
+        matches!(child.0.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    assert!(
+        exited,
+        "the drain ended: {:?}",
+        std::fs::read_to_string(log)
+    );
+}
+
 /// The access lines of the log written so far, parsed.
 fn access_lines(log: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(log)
@@ -246,20 +264,7 @@ async fn a_request_the_drain_cuts_is_a_503_for_shutdown_not_a_499() {
     .expect("write");
     let asked = wait_until(Duration::from_secs(5), || up.requests() >= 1).await;
     assert!(asked, "the request reached the server");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let exited = wait_until(Duration::from_secs(8), || {
-        matches!(child.0.try_wait(), Ok(Some(_)))
-    })
-    .await;
-    assert!(
-        exited,
-        "the drain ended: {:?}",
-        std::fs::read_to_string(&log)
-    );
+    terminate_and_wait(&mut child, &log).await;
     let lines = access_lines(&log);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["path"], "/cut", "{lines:#?}");
@@ -478,20 +483,7 @@ async fn a_tcp_session_the_drain_cuts_is_logged_as_shutdown() {
     s.write_all(b"1234").await.expect("write");
     let mut four = [0u8; 4];
     s.read_exact(&mut four).await.expect("echo");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let exited = wait_until(Duration::from_secs(8), || {
-        matches!(child.0.try_wait(), Ok(Some(_)))
-    })
-    .await;
-    assert!(
-        exited,
-        "the drain ended: {:?}",
-        std::fs::read_to_string(&log)
-    );
+    terminate_and_wait(&mut child, &log).await;
     let l = tcp_line(&log, open).await;
     assert_eq!(l["end"], "shutdown", "{l:#}");
     assert_eq!(l["bytes_received"], 4, "{l:#}");

@@ -11,6 +11,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::h2raw::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -22,23 +23,7 @@ const STREAMS: u32 = 5_000;
 /// HEADERS + RST_STREAM pairs per write.
 const BATCH: u32 = 100;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
 const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
-const CANCEL: u32 = 0x8;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
 
 /// `GET http://test.local/` in HPACK: static-table indexes for :method GET, :scheme
 /// http and :path /, and :authority as a literal without indexing.

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2raw;
 pub mod log;
 pub mod prometheus;
 pub mod redis;
