@@ -596,10 +596,12 @@ async fn forward<T: Transport>(
     }
 }
 
-/// What an exchange says about its server, for the breaker: working for a response
-/// or a failure of the client's doing (its body over the limit, broken, cut short or
-/// stalled); `None` when nothing (a connect that failed for a reason of this
-/// machine's, such as no file descriptors).
+/// What an exchange says about its server, for the breaker: working for a response,
+/// failing for a transport failure; `None` when nothing — a failure of the client's
+/// doing (its body over the limit, broken, cut short or stalled: the server proved
+/// nothing either way, so it neither counts against it nor closes a half-open
+/// breaker as a probe's success would), or a connect that failed for a reason of this
+/// machine's, such as no file descriptors.
 fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
     match result {
         Ok(_) => Some(true),
@@ -609,8 +611,10 @@ fn server_did_well<T>(result: &Result<T, SendError>) -> Option<bool> {
         // A protocol the set cannot speak (an upgrade to an HTTP/2-only server): the
         // configuration's doing; the server may well serve its own traffic.
         Err(SendError::Unsupported(_)) => None,
-        Err(SendError::Upstream(e)) => {
-            Some(body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some())
+        Err(SendError::Upstream(e))
+            if body_too_large(e.as_ref()).is_some() || client_body_error(e.as_ref()).is_some() =>
+        {
+            None
         }
         Err(_) => Some(false),
     }
@@ -740,6 +744,20 @@ mod tests {
 
     use crate::server::conn::ConnInfo;
     use crate::server::worker::WorkerCtx;
+
+    /// A client's failure says nothing about the server: it neither counts against it
+    /// nor, as a half-open breaker's probe, closes the breaker as a success would.
+    #[test]
+    fn a_client_fault_says_nothing_about_the_server() {
+        use crate::upstream::client::SendError;
+        let too_large: Result<(), SendError> = Err(SendError::Upstream(Box::new(
+            crate::http::body::BodyTooLarge { limit: 1 },
+        )));
+        assert_eq!(super::server_did_well(&too_large), None);
+        let broken: Result<(), SendError> = Err(SendError::Upstream("reset".into()));
+        assert_eq!(super::server_did_well(&broken), Some(false));
+        assert_eq!(super::server_did_well::<()>(&Ok(())), Some(true));
+    }
 
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: F) -> usize
