@@ -1063,11 +1063,7 @@ fn check_reports_a_lua_syntax_error_with_the_lua_file_and_line() {
         "",
         ECHO_APP,
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
-        .args(["check", "--config"])
-        .arg(s.config_path())
-        .output()
-        .expect("run proxycache check");
+    let out = s.run_check();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");

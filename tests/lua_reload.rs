@@ -263,11 +263,7 @@ async fn a_failed_vm_build_is_retried_and_its_500_carries_the_request_id() {
 
 /// `proxycache check` on the site: its exit code and everything it printed.
 fn check(site: &Site) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
-        .args(["check", "--config"])
-        .arg(site.config_path())
-        .output()
-        .expect("run proxycache check");
+    let out = site.run_check();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -1771,18 +1771,7 @@ impl Binary {
     /// `proxycache run ARGS` in the site folder (the caller has written, or will
     /// write, the config they name), serving `addrs` from [`Binary::pick_ports`].
     fn launch_with(site: &Site, addrs: (SocketAddr, SocketAddr), args: &[&str]) -> Binary {
-        let stderr_path = site.dir.join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_proxycache"))
-            .arg("run")
-            .args(args)
-            .current_dir(&site.dir)
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn proxycache run");
+        let (child, stderr_path) = site.spawn_run_with(args);
         Binary {
             child,
             stderr_path,

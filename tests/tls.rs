@@ -619,11 +619,7 @@ fn check_reports_a_missing_key_file() {
     std::fs::remove_file(site.dir.join("site.key")).expect("remove the key");
     let keys = cert_entries(&site.dir, &["site"]);
     site.write_config(&tls_config("127.0.0.1:9", &keys, false));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
-        .args(["check", "--config"])
-        .arg(site.config_path())
-        .output()
-        .expect("run proxycache check");
+    let out = site.run_check();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check passed without a key file");
     assert!(
@@ -828,11 +824,7 @@ fn check_names_an_encrypted_key_and_an_unsupported_key_type() {
         std::fs::copy(fixtures.join(file), site.dir.join("site.key")).expect("copy the key");
         let keys = cert_entries(&site.dir, &["site"]);
         site.write_config(&tls_config("127.0.0.1:9", &keys, false));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
-            .args(["check", "--config"])
-            .arg(site.config_path())
-            .output()
-            .expect("run proxycache check");
+        let out = site.run_check();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file}: check passed");
         assert!(

@@ -972,14 +972,30 @@ impl Site {
         files
     }
 
+    /// `proxycache check --config` on this site's config.toml, run to its end.
+    pub fn run_check(&self) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
+            .args(["check", "--config"])
+            .arg(self.config_path())
+            .output()
+            .expect("run proxycache check")
+    }
+
     /// Starts the real binary on this site's config.toml (cwd = the site), its stderr
     /// going to `stderr.log` in the site; returns the child and that path.
     pub fn spawn_run(&self) -> (std::process::Child, PathBuf) {
+        let config = self.config_path();
+        let config = config.to_str().expect("the test folder's path is UTF-8");
+        self.spawn_run_with(&["--config", config])
+    }
+
+    /// `proxycache run ARGS` in this site (cwd = the site), stderr to `stderr.log`.
+    pub fn spawn_run_with(&self, args: &[&str]) -> (std::process::Child, PathBuf) {
         let stderr_path = self.dir.join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr.log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
-            .args(["run", "--config"])
-            .arg(self.config_path())
+            .arg("run")
+            .args(args)
             .current_dir(&self.dir)
             .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
