@@ -161,6 +161,7 @@ fn access_entry(
     Some(Box::new(AccessEntry {
         method: req.method().clone(),
         uri: req.uri().clone(),
+        version: req.version(),
         client_ip,
         id: id.clone(),
         upstream: None,

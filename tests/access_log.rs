@@ -133,12 +133,16 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
     // as an HTTP/1.1 request line has it.
     assert_eq!(fields[0]["path"], "/h1path?q=1", "{lines:#?}");
     assert_eq!(fields[1]["path"], "/h2path?q=2", "{lines:#?}");
+    // The version as the request line spells it (nginx's `$server_protocol`).
+    assert_eq!(fields[0]["protocol"], "HTTP/1.1", "{lines:#?}");
+    assert_eq!(fields[1]["protocol"], "HTTP/2.0", "{lines:#?}");
     // A failed exchange names the server it failed with (it said "-").
     assert_eq!(fields[2]["status"], 502, "{lines:#?}");
     assert_eq!(fields[2]["upstream"], "dead");
     assert_eq!(fields[2]["server"], dead.to_string(), "{lines:#?}");
     assert_eq!(fields[3]["status"], 400, "{lines:#?}");
     assert_eq!(fields[3]["method"], "-");
+    assert_eq!(fields[3]["protocol"], "-");
     assert!(fields[3]["request_id"]
         .as_str()
         .is_some_and(|id| !id.is_empty()));

@@ -626,6 +626,15 @@ async fn the_session_line_follows_log_access() {
     ] {
         assert!(line.contains(part), "{part} in {line}");
     }
+    // In milliseconds to the microsecond, as the HTTP access line has it (it said
+    // `duration_ms=0.41205400000000003`).
+    let duration = line
+        .split("duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default();
+    let decimals = duration.split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "duration_ms={duration} in {line}");
     proxy.shutdown().await;
 
     let (proxy, tcp) = l4_proxy(&[echo.addr], "", "[log]\naccess = false\n");

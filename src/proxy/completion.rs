@@ -30,6 +30,7 @@ use crate::upstream::{InflightGuard, ServerState};
 pub struct AccessEntry {
     pub method: Method,
     pub uri: Uri,
+    pub version: http::Version,
     pub client_ip: IpAddr,
     pub id: RequestId,
     pub upstream: Option<Arc<str>>,
@@ -159,6 +160,7 @@ fn write_access_log(
         // The target as in an HTTP/1.1 request line (an HTTP/2 request's URI is
         // absolute: scheme and authority are not the path).
         path: e.uri.path_and_query().map_or("/", |p| p.as_str()),
+        protocol: protocol_name(e.version),
         status,
         bytes,
         duration_ms: e.start.elapsed().as_secs_f64() * 1000.0,
@@ -174,10 +176,24 @@ fn write_access_log(
     });
 }
 
+/// `version` as a request line spells it; HTTP/2 as nginx logs it (`HTTP/2.0`).
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// One access-log line's fields.
 pub struct AccessLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// The request's HTTP version as its request line spells it (nginx's
+    /// `$server_protocol`); `-` for a head that could not be read.
+    pub protocol: &'a str,
     pub status: StatusCode,
     pub bytes: u64,
     pub duration_ms: f64,
@@ -196,6 +212,7 @@ pub fn access_line(l: &AccessLine<'_>) {
         target: "proxycache::access",
         method = l.method,
         path = l.path,
+        protocol = l.protocol,
         status = l.status.as_u16(),
         bytes = l.bytes,
         duration_ms = crate::observe::to_microseconds(l.duration_ms),

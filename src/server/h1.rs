@@ -813,6 +813,7 @@ async fn refuse<S>(
         crate::proxy::completion::access_line(&crate::proxy::completion::AccessLine {
             method: "-",
             path: "-",
+            protocol: "-",
             status: err.status(),
             bytes: 0,
             duration_ms: 0.0,

@@ -114,7 +114,7 @@ impl Drop for Session {
             server = self.server.as_deref().unwrap_or("-"),
             bytes_received = self.traffic.from_a(),
             bytes_sent = self.traffic.to_a(),
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = crate::observe::to_microseconds(self.start.elapsed().as_secs_f64() * 1000.0),
             end,
             error,
             "tcp session"
