@@ -26,7 +26,7 @@ use crate::generation::Generation;
 use crate::http::body::{body_too_large, client_body_error, BodyFault, RequestBody};
 use crate::http::error::CLIENT_CLOSED_REQUEST;
 use crate::http::hygiene::{self, Forwarded, Forwarding};
-use crate::http::path::{self, PathRules};
+use crate::http::path;
 use crate::http::{echo, framing, ProxyBody, ProxyError, RequestId};
 use crate::pipeline::{Flow, RequestInfo};
 use crate::server::conn::ConnInfo;
@@ -211,9 +211,7 @@ async fn proxy(
     // The path in normal form before anything decides on it: routes, modules and the
     // upstream then see one path, and `/x/../admin` or `/%61dmin` is `/admin` to all
     // of them (nginx matches its locations on the normalised `$uri` the same way).
-    let path_rules = PathRules {
-        merge_slashes: generation.config.server.merge_slashes,
-    };
+    let path_rules = generation.config.server.path_rules();
     path::normalize_uri(req.uri_mut(), path_rules)
         .map_err(|e| ProxyError::BadRequest(e.reason()))?;
     if head_size(&req) > limits.max_header_bytes {

@@ -195,6 +195,50 @@ async fn runs_of_slashes_merge_unless_merge_slashes_is_false() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slashes_follow_escaped_slashes() {
+    // Kept by default: to many APIs `%2F` is data (`/projects/group%2Fname`).
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let (_site, run) = site(&[("guard", GUARD)], &[], "", &[("", &up)]);
+    assert_eq!(
+        upstream_saw(run.addr, &up, "/projects/a%2Fb").await,
+        "/projects/a%2Fb"
+    );
+
+    // `reject`: 400 with an id, nothing forwarded.
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let (_site, run) = site(
+        &[("guard", GUARD)],
+        &[],
+        "escaped_slashes = \"reject\"",
+        &[("", &up)],
+    );
+    for target in ["/%2Fadmin/x", "/x%5c..%5cadmin", "/a%2fb"] {
+        let (status, id, body) = get_raw(run.addr, target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(id.is_some(), "{target}");
+    }
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+    assert_eq!(upstream_saw(run.addr, &up, "/a%20b").await, "/a%20b");
+
+    // `decode`: the guard sees the separator an upstream that decodes `%2F` sees.
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let (_site, run) = site(
+        &[("guard", GUARD)],
+        &[],
+        "escaped_slashes = \"decode\"",
+        &[("", &up)],
+    );
+    for target in ["/%2Fadmin/x", "/n/..%2Fadmin"] {
+        let (status, _, body) = get_raw(run.addr, target).await;
+        assert_eq!(status, 403, "{target}: {body}");
+    }
+    let h2 = get_h2(run.addr, "/%2Fadmin/x").await;
+    assert_eq!(h2.status, 403);
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+    assert_eq!(upstream_saw(run.addr, &up, "/pub%2Fx").await, "/pub/x");
+}
+
 // ---- policies that decide on the path -----------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ pub struct ServerFile {
     pub workers: Option<Int>,
     pub trusted_proxies: Vec<Text>,
     pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<Text>,
     pub limits: LimitsFile,
     pub timeouts: TimeoutsFile,
     pub tls: Vec<Spanned<TlsFile>>,

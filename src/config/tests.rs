@@ -236,6 +236,25 @@ fn merge_slashes_can_be_turned_off() {
 }
 
 #[test]
+fn escaped_slashes_are_kept_unless_set() {
+    assert_eq!(ok("").server.escaped_slashes, EscapedSlashes::Keep);
+    for (text, want) in [
+        ("keep", EscapedSlashes::Keep),
+        ("reject", EscapedSlashes::Reject),
+        ("decode", EscapedSlashes::Decode),
+    ] {
+        let config = ok(&format!("[server]\nescaped_slashes = \"{text}\""));
+        assert_eq!(config.server.escaped_slashes, want);
+    }
+    assert_error(
+        "[server]\nescaped_slashes = \"unescape\"\n",
+        "server.escaped_slashes",
+        2,
+        "unknown value \"unescape\", expected one of keep, reject, decode",
+    );
+}
+
+#[test]
 fn trusted_proxies_accept_cidrs_and_bare_addresses() {
     let config = ok(r#"[server]
 trusted_proxies = ["10.0.0.0/8", "192.168.1.10", "::1"]"#);

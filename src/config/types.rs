@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::http::path::{EscapedSlashes, PathRules};
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 
@@ -48,9 +49,21 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// `server.merge_slashes`: runs of `/` in request paths become one.
     pub merge_slashes: bool,
+    /// `server.escaped_slashes`: what `%2F` and `%5C` in request paths become.
+    pub escaped_slashes: EscapedSlashes,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub tls: Vec<TlsListenerConfig>,
+}
+
+impl ServerConfig {
+    /// How request paths are normalised (`http::path`).
+    pub fn path_rules(&self) -> PathRules {
+        PathRules {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+        }
+    }
 }
 
 /// `[server.limits]`.

@@ -32,7 +32,7 @@ pub mod defaults {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
 
-    use super::{Balance, LogFormat};
+    use super::{Balance, EscapedSlashes, LogFormat};
 
     /// `server.listen`: loopback only, so a fresh checkout is not reachable from outside.
     pub const DEFAULT_LISTEN: SocketAddr =
@@ -61,6 +61,8 @@ pub mod defaults {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
     /// `log.level`.
     pub const DEFAULT_LOG_LEVEL: &str = "info";
+    /// `server.escaped_slashes`: `%2F` is data to many APIs.
+    pub const DEFAULT_ESCAPED_SLASHES: EscapedSlashes = EscapedSlashes::Keep;
     /// `log.format`.
     pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
     /// `log.access`: one line per request.
@@ -136,6 +138,11 @@ const BALANCES: &[(&str, Balance)] = &[
     ("ip_hash", Balance::IpHash),
     ("consistent_hash", Balance::ConsistentHash),
     ("p2c", Balance::P2c),
+];
+const ESCAPED_SLASHES: &[(&str, EscapedSlashes)] = &[
+    ("keep", EscapedSlashes::Keep),
+    ("reject", EscapedSlashes::Reject),
+    ("decode", EscapedSlashes::Decode),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 const ALPN_PROTOCOLS: &[&str] = &["h2", "http/1.1"];

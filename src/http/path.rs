@@ -4,7 +4,8 @@
 //!
 //! Rules, in order, on the path only (the query is never touched):
 //! 1. percent-encoded unreserved characters (RFC 3986 2.3: `A-Z a-z 0-9 - . _ ~`) are
-//!    decoded (RFC 3986 6.2.2.2); every other escape, `%2F` included, is kept as sent;
+//!    decoded (RFC 3986 6.2.2.2); encoded slashes (`%2F`, `%5C`) are kept, refused or
+//!    decoded as the rules say; every other escape is kept as sent;
 //! 2. dot-segments are removed (RFC 3986 5.2.4); a path that climbs above the root, or
 //!    a `.`/`..` beside an encoded slash (`..%2F`: servers that decode `%2F`, nginx
 //!    among them, resolve it as a dot-segment), is an error;
@@ -18,11 +19,26 @@ use std::borrow::Cow;
 
 use http::uri::{PathAndQuery, Uri};
 
-/// How paths are normalised (`server.merge_slashes`).
+/// How paths are normalised (`server.merge_slashes`, `server.escaped_slashes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathRules {
     /// Runs of `/` become one.
     pub merge_slashes: bool,
+    /// What an encoded slash (`%2F`, `%5C`, any case) becomes.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// `server.escaped_slashes` (Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// Kept as sent: to many APIs an encoded slash is data (`/projects/a%2Fb`).
+    Keep,
+    /// The request is answered 400.
+    Reject,
+    /// Decoded (`%2F` to `/`, `%5C` to `\`) before dot-segments are removed and
+    /// slashes merged: policy and upstream see the separator an upstream that
+    /// decodes `%2F` would see.
+    Decode,
 }
 
 /// A path that has no normal form.
@@ -39,6 +55,9 @@ pub enum PathError {
     /// refuses these too).
     #[error("the path has a `%` that is not followed by two hex digits")]
     BadEscape,
+    /// An encoded slash (`%2F` or `%5C`) with `escaped_slashes = "reject"`.
+    #[error("the path has an encoded slash (`%2F` or `%5C`)")]
+    EscapedSlash,
     /// The normalised path is not a valid request target (cannot happen: the rules
     /// only drop characters and decode unreserved ones).
     #[error("malformed request target")]
@@ -54,6 +73,7 @@ impl PathError {
                 "the path has a dot-segment beside an encoded slash"
             }
             PathError::BadEscape => "the path has a `%` that is not followed by two hex digits",
+            PathError::EscapedSlash => "the path has an encoded slash (`%2F` or `%5C`)",
             PathError::Malformed => "malformed request target",
         }
     }
@@ -65,7 +85,7 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
     if !path.starts_with('/') || !needs_work(path.as_bytes(), rules) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = decode_unreserved(path, rules)?;
     let normal = remove_dot_segments(&decoded, rules)?;
     Ok(if normal == path {
         Cow::Borrowed(path)
@@ -115,6 +135,9 @@ fn needs_work(p: &[u8], rules: PathRules) -> bool {
                     if is_unreserved(c) || (c == b'/' && dot_beside) {
                         return true;
                     }
+                    if is_slash(c) && rules.escaped_slashes != EscapedSlashes::Keep {
+                        return true;
+                    }
                 }
                 // A bad escape: the slow path refuses it.
                 None => return true,
@@ -132,15 +155,21 @@ fn escaped(h: Option<u8>, l: Option<u8>) -> Option<u8> {
     u8::try_from(h << 4 | l).ok()
 }
 
+/// The bytes `escaped_slashes` is about: `/` and `\` (a separator to IIS).
+fn is_slash(c: u8) -> bool {
+    matches!(c, b'/' | b'\\')
+}
+
 /// RFC 3986 2.3.
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 
-/// `path` with escapes of unreserved characters decoded, other escapes as they were.
-/// A `%` without two hex digits after it is refused: decoding what follows it could
-/// make a new escape (`%%36%31` -> `%61`), and the result would not be normal.
-fn decode_unreserved(path: &str) -> Result<String, PathError> {
+/// `path` with escapes of unreserved characters decoded, encoded slashes as the rules
+/// say, other escapes as they were. A `%` without two hex digits after it is
+/// refused: decoding what follows it could make a new escape (`%%36%31` -> `%61`),
+/// and the result would not be normal.
+fn decode_unreserved(path: &str, rules: PathRules) -> Result<String, PathError> {
     let p = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
@@ -148,7 +177,13 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         if p[i] == b'%' {
             let c = escaped(p.get(i + 1).copied(), p.get(i + 2).copied())
                 .ok_or(PathError::BadEscape)?;
-            if is_unreserved(c) {
+            let decode = match rules.escaped_slashes {
+                _ if is_unreserved(c) => true,
+                EscapedSlashes::Reject if is_slash(c) => return Err(PathError::EscapedSlash),
+                EscapedSlashes::Decode => is_slash(c),
+                _ => false,
+            };
+            if decode {
                 out.push(char::from(c));
                 i += 3;
                 continue;

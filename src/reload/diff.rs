@@ -24,6 +24,12 @@ pub fn applied(running: &Config, old: &Generation, new: &Generation) -> Vec<Stri
             a.server.merge_slashes, b.server.merge_slashes
         ));
     }
+    if a.server.escaped_slashes != b.server.escaped_slashes {
+        c.push(format!(
+            "server.escaped_slashes: {:?} -> {:?}",
+            a.server.escaped_slashes, b.server.escaped_slashes
+        ));
+    }
     if a.scripts.dir != b.scripts.dir {
         // The watcher moves to the new folder after the reload (reload::watch).
         c.push("scripts.dir: the modules of the new folder are loaded and watched".into());

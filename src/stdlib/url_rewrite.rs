@@ -132,6 +132,7 @@ mod tests {
     fn rewritten_paths_are_normal() {
         let rules = PathRules {
             merge_slashes: true,
+            escaped_slashes: crate::http::path::EscapedSlashes::Keep,
         };
         assert_eq!(
             normal_target("/api/public/../x//y?q=/../", rules),

@@ -24,6 +24,11 @@ impl Checker<'_> {
             workers: self.workers(&file.workers),
             trusted_proxies: self.trusted_proxies(&file.trusted_proxies),
             merge_slashes: file.merge_slashes.unwrap_or(DEFAULT_MERGE_SLASHES),
+            escaped_slashes: file
+                .escaped_slashes
+                .as_ref()
+                .and_then(|text| self.one_of("server.escaped_slashes", text, ESCAPED_SLASHES))
+                .unwrap_or(DEFAULT_ESCAPED_SLASHES),
             limits: Limits {
                 max_header_bytes: self.size_usize(
                     "server.limits.max_header_bytes",

@@ -2,14 +2,45 @@ use std::borrow::Cow;
 
 use http::Uri;
 
-use super::{normalize, normalize_uri, PathError, PathRules};
+use super::{normalize, normalize_uri, EscapedSlashes, PathError, PathRules};
 
 const MERGE: PathRules = PathRules {
     merge_slashes: true,
+    escaped_slashes: EscapedSlashes::Keep,
 };
 const KEEP: PathRules = PathRules {
     merge_slashes: false,
+    escaped_slashes: EscapedSlashes::Keep,
 };
+
+const REJECT: PathRules = PathRules {
+    merge_slashes: true,
+    escaped_slashes: EscapedSlashes::Reject,
+};
+const DECODE: PathRules = PathRules {
+    merge_slashes: true,
+    escaped_slashes: EscapedSlashes::Decode,
+};
+
+#[test]
+fn encoded_slashes_are_kept_refused_or_decoded_as_the_rules_say() {
+    let with = |path: &str, rules| normalize(path, rules).map(Cow::into_owned);
+    for path in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb", "/%2Fadmin"] {
+        assert_eq!(with(path, MERGE), Ok(path.to_owned()), "{path}");
+        assert_eq!(with(path, REJECT), Err(PathError::EscapedSlash), "{path}");
+    }
+    // Other escapes are no encoded slashes.
+    assert_eq!(with("/a%20b%3F", REJECT), Ok("/a%20b%3F".to_owned()));
+    assert_eq!(with("/%2Fadmin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(with("/a%2fb", DECODE), Ok("/a/b".to_owned()));
+    assert_eq!(with("/a%5Cb", DECODE), Ok("/a\\b".to_owned()));
+    // Decoded first, so dot-segments they make are resolved, and climbing is refused.
+    assert_eq!(with("/x/..%2Fadmin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(with("/..%2Fadmin", DECODE), Err(PathError::AboveRoot));
+    // Decoded once: `%252F` is an escaped `%`, then `2F`.
+    assert_eq!(with("/a%252Fb", DECODE), Ok("/a%252Fb".to_owned()));
+    assert_eq!(with("/a%252Fb", REJECT), Ok("/a%252Fb".to_owned()));
+}
 
 fn norm(path: &str) -> Result<String, PathError> {
     normalize(path, MERGE).map(Cow::into_owned)
