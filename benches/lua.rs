@@ -119,6 +119,7 @@ fn one_request(generation: &Generation, call: Option<&Arc<LuaCall>>) {
         scheme: "http",
         path_rules: proxycache::http::path::PathRules {
             merge_slashes: true,
+            escaped_slashes: proxycache::http::path::EscapedSlashes::Keep,
         },
     };
     let p = &generation.pipeline;

@@ -116,6 +116,7 @@ fn fresh(p: &Pipeline) -> Fresh {
             scheme: "http",
             path_rules: proxycache::http::path::PathRules {
                 merge_slashes: true,
+                escaped_slashes: proxycache::http::path::EscapedSlashes::Keep,
             },
         },
         ctx: p.new_ctx(),
@@ -256,6 +257,7 @@ fn paths(c: &mut Criterion) {
     use proxycache::http::path::{normalize, PathRules};
     let rules = PathRules {
         merge_slashes: true,
+        escaped_slashes: proxycache::http::path::EscapedSlashes::Keep,
     };
     let normal = "/api/v1/users/42/orders/.well-known";
     c.bench_function("request path, already normal", |b| {
