@@ -216,6 +216,9 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
     if let Err(message) = crate::server::refuse_unsupported(&config) {
         return Err(whole_file_error(&config, message));
     }
+    if let Err(message) = keeps_admin_closed(&shared.startup_config, &config) {
+        return Err(whole_file_error(&config, message));
+    }
     let sources = crate::script::read_sources(&config.scripts.dir)
         .map_err(|d| vec![ReloadError::from(&d)])?;
     if crate::generation::fingerprint(&config, &sources) == old.fingerprint {
@@ -230,6 +233,20 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
     )
     .map(Some)
     .map_err(|d| d.iter().map(ReloadError::from).collect())
+}
+
+/// The admin listener is bound at start-up (`admin.listen` needs a restart), but its
+/// API key is live: a reload that drops the key while the running listener is on a
+/// non-loopback address would open the admin API to the network until the restart
+/// (the config alone, which may move the listener to loopback, looks fine).
+fn keeps_admin_closed(running: &Config, next: &Config) -> Result<(), String> {
+    match running.admin.listen {
+        Some(addr) if !addr.ip().is_loopback() && next.admin.api_key.is_empty() => Err(format!(
+            "admin.api_key: the admin listener serving on {addr} needs an API key until a \
+             restart applies admin.listen; keep admin.api_key set until then"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The config file's name for messages (`<default>` for the embedded config).

@@ -1244,6 +1244,41 @@ async fn a_changed_api_key_applies_on_reload() {
     assert_eq!(resp.status, 200);
 }
 
+/// `admin.listen` needs a restart but `admin.api_key` is live: a reload that drops the
+/// key while the running listener is on a non-loopback address fails, even when the
+/// new file also moves the listener to loopback (it left the admin API open on the
+/// network with no key until the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_drop_the_key_of_a_non_loopback_admin_listener() {
+    let keyed = |key: &str| {
+        config_text(key, ECHO).replace("\"127.0.0.1:0\"\napi_key", "\"0.0.0.0:0\"\napi_key")
+    };
+    let site = Site::new("open-admin-reload");
+    site.write_config(&keyed("k"));
+    let px = Running::start(&site);
+    let with_key = |method, path| call(px.admin, method, path, b"", Some("Bearer k"));
+    assert_eq!(with_key("GET", "/status").await.status, 200);
+
+    for next in [config_text("", ECHO), keyed("")] {
+        site.write_config(&next);
+        let resp = with_key("POST", "/reload").await;
+        let report = resp.json();
+        assert_eq!(report["ok"], false, "{}", resp.text());
+        assert!(
+            report["errors"].to_string().contains("admin.api_key"),
+            "{report}"
+        );
+        assert_eq!(admin(px.admin, "GET", "/status", "").await.status, 401);
+        assert_eq!(with_key("GET", "/status").await.status, 200);
+    }
+    // A new key is fine.
+    site.write_config(&config_text("k2", ECHO));
+    let resp = with_key("POST", "/reload").await;
+    assert_eq!(resp.json()["ok"], true, "{}", resp.text());
+    let resp = call(px.admin, "GET", "/status", b"", Some("Bearer k2")).await;
+    assert_eq!(resp.status, 200);
+}
+
 #[test]
 fn a_non_loopback_admin_listener_needs_a_key() {
     let site = Site::new("non-loopback");
