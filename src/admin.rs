@@ -3,13 +3,15 @@
 //! and a small HTML dashboard.
 //!
 //! Security: with `admin.api_key` set every call needs `Authorization: Bearer KEY`
-//! (compared in constant time); request bodies are bounded; module names are
+//! (compared in constant time); calls from web pages on other sites are refused
+//! (`browser`); request bodies are bounded; module names are
 //! validated so no path can escape the scripts folder. Every mutating call writes an
 //! `admin_audit` log line. A connection gets `server.timeouts.header` to send a
 //! request head (and as keep-alive idle time), `server.timeouts.idle` for its body,
 //! and at most [`MAX_CONNECTIONS`] are open at once (more wait in the backlog). Must
 //! not touch: the request path.
 
+mod browser;
 mod dashboard;
 mod handlers;
 
@@ -80,7 +82,17 @@ async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<AdminBody>, Infallible> {
     let generation = shared.generation();
-    if !authorized(&req, &generation.config.admin.api_key) {
+    let api_key = &generation.config.admin.api_key;
+    if let Some(reason) = browser::refusal(req.headers(), !api_key.is_empty()) {
+        if req.method() != Method::GET {
+            tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), object = req.uri().path(), result = "rejected: from a web page", generation = generation.number, "admin call");
+        }
+        return Ok(json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({ "error": reason }),
+        ));
+    }
+    if !authorized(&req, api_key) {
         if req.method() != Method::GET {
             tracing::info!(target: "admin_audit", caller = %peer, action = %req.method(), object = req.uri().path(), result = "rejected: unauthorized", generation = generation.number, "admin call");
         }

@@ -538,7 +538,7 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     let mut conn = tokio::net::TcpStream::connect(px.admin)
         .await
         .expect("connect");
-    conn.write_all(b"PUT /mods/big HTTP/1.1\r\nhost: admin\r\ncontent-length: 5000000\r\n\r\n")
+    conn.write_all(b"PUT /mods/big HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5000000\r\n\r\n")
         .await
         .expect("write");
     // No body follows: the answer must come from the header alone.
@@ -940,7 +940,7 @@ async fn slow_admin_clients_are_timed_out() {
     );
 
     // A body that never completes: 408 after `idle` (the handler waited for good).
-    let put = b"PUT /mods/slow HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nmod";
+    let put = b"PUT /mods/slow HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nmod";
     let Some(text) = until_closed(put).await else {
         panic!("a stalled body kept its admin connection open");
     };
@@ -1242,6 +1242,49 @@ async fn a_changed_api_key_applies_on_reload() {
     assert_eq!(admin(px.admin, "GET", "/status", "").await.status, 401);
     let resp = call(px.admin, "GET", "/status", b"", Some("Bearer new-key")).await;
     assert_eq!(resp.status, 200);
+}
+
+/// A web page cannot drive a keyless admin API on loopback: a call with another
+/// site's `Origin` (a simple cross-site POST needs no preflight) or a rebinding DNS
+/// name in `Host` is refused, and nothing is written (it answered 200 and installed
+/// the module).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_web_pages_on_other_sites_are_refused() {
+    let (site, px) = start("admin-browser", &[], "", ECHO);
+    let port = px.admin.port();
+    let put = |host: String, origin: &str| {
+        let body = "mod evil {\n  on request {\n    respond 200 \"pwned\"\n  }\n}\n";
+        let origin = if origin.is_empty() {
+            String::new()
+        } else {
+            format!("Origin: {origin}\r\n")
+        };
+        format!(
+            "PUT /mods/evil HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for raw in [
+        put(format!("rebind.attacker.example:{port}"), ""),
+        put(format!("127.0.0.1:{port}"), "http://attacker.example"),
+        put(format!("127.0.0.1:{port}"), "null"),
+    ] {
+        let answer = raw_request(px.admin, raw.as_bytes()).await;
+        assert_eq!(raw_status(&answer), 403, "{raw}\n{answer}");
+    }
+    assert!(!site.mods_dir().join("evil.pcmod").exists());
+    assert_eq!(get(px.addr, "/").await.status, 200);
+    // The admin API's own origin, and tools that send no Origin, are served.
+    let same = put(
+        format!("localhost:{port}"),
+        &format!("http://localhost:{port}"),
+    );
+    assert_eq!(
+        raw_status(&raw_request(px.admin, same.as_bytes()).await),
+        200
+    );
+    assert!(site.mods_dir().join("evil.pcmod").exists());
 }
 
 /// `admin.listen` needs a restart but `admin.api_key` is live: a reload that drops the

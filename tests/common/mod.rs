@@ -33,8 +33,9 @@ use tokio::task::JoinHandle;
 /// How long any single client exchange may take before the test fails.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The Host header the helpers send unless told otherwise.
-pub const TEST_HOST: &str = "test.local";
+/// The Host header the helpers send unless told otherwise: a name the admin API
+/// answers without a key (it refuses other DNS names, as a rebinding web page sends).
+pub const TEST_HOST: &str = "localhost";
 
 // ---- upstream servers ---------------------------------------------------------------
 
@@ -640,7 +641,7 @@ impl Resp {
     }
 }
 
-/// A request builder for `method path` with `Host: test.local`.
+/// A request builder for `method path` with `Host: localhost` (`TEST_HOST`).
 pub fn req(method: &str, path: &str) -> http::request::Builder {
     Request::builder()
         .method(method)
@@ -701,7 +702,7 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
     }
 }
 
-/// `GET path` with `Host: test.local` on a new connection.
+/// `GET path` with `Host: localhost` (`TEST_HOST`) on a new connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
     send(addr, empty(req("GET", path))).await
 }
