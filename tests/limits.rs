@@ -188,6 +188,24 @@ async fn an_absolute_form_target_names_the_host() {
     assert_eq!(hosts, ["internal.example"], "{:?}", got.headers);
 }
 
+/// An absolute-form target with userinfo is 400 (as nginx): `good.example:80@evil.example`
+/// names evil.example to a URL parser but was routed as `good.example`, and a
+/// password went upstream in `Host` and `X-Forwarded-Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_with_userinfo_is_refused() {
+    let (up, px) = limited().await;
+    for target in [
+        "http://good.example:80@evil.example/x",
+        "http://user:pw@evil.example/x",
+        "http://@evil.example/x",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let raw = raw_request(px.addr, head.as_bytes()).await;
+        assert_eq!(raw_status(&raw), 400, "{target}: {raw}");
+    }
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+}
+
 /// `Expect: 100-continue` is answered at the client's hop and not passed on (as nginx
 /// does): the upstream gets the body and no Expect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

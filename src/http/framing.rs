@@ -102,6 +102,10 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
 /// Rejects request targets that hops could read differently.
 ///
 /// - `*` (asterisk-form) is for `OPTIONS` only (RFC 9112 3.2.4).
+/// - An absolute-form target (`GET http://a.example/p HTTP/1.1`) may not carry
+///   userinfo (RFC 9110 4.2.4): `http://good.example:80@evil.example/` names
+///   `evil.example` to a URL parser but was routed as `good.example`, and passwords
+///   went upstream in `Host`. nginx answers 400 too.
 /// - HTTP/2: `:authority` is the host (RFC 9113 8.3.1). It may not carry userinfo,
 ///   and a `Host` header beside it must name the same (case aside): a request whose
 ///   `Host` differs is malformed, lest routing and the upstream pick different sites.
@@ -117,12 +121,15 @@ pub fn check_target(
             "the target `*` is for OPTIONS requests only",
         ));
     }
-    if version != Version::HTTP_2 {
-        return Ok(());
-    }
     let Some(authority) = uri.authority() else {
         return Ok(());
     };
+    if version != Version::HTTP_2 {
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest("a request target with userinfo"));
+        }
+        return Ok(());
+    }
     if authority.as_str().contains('@') {
         return Err(ProxyError::BadRequest(":authority with userinfo"));
     }
