@@ -137,12 +137,26 @@ async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(resp);
         }
-        Ok(Err(_)) => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, object = parts.uri.path(), result = "rejected: body too large", "admin call");
             return Ok(json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &serde_json::json!({"error": format!("body over {MAX_BODY} bytes")}),
             ));
+        }
+        // A malformed body (a bad chunk size) or a client that left: not "too large".
+        Ok(Err(e)) => {
+            tracing::info!(target: "admin_audit", caller = %peer, action = %parts.method, object = parts.uri.path(), result = "rejected: malformed body", "admin call");
+            let mut resp = json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": format!("the request body could not be read: {e}")}),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
         }
     };
     let path = parts.uri.path().trim_end_matches('/').to_owned();

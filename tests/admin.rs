@@ -530,6 +530,20 @@ async fn reload_errors_are_listed_under_the_module_that_owns_the_file() {
     );
 }
 
+/// A malformed chunked body is 400 (it was 413 "body over 1048576 bytes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_bad_request_not_too_large() {
+    let (site, px) = start("bad-chunks", &[], "", ECHO);
+    let before = site.snapshot();
+    let raw = raw_request(
+        px.admin,
+        b"PUT /mods/tag HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\nmod\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 400, "{raw}");
+    assert_eq!(site.snapshot(), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
