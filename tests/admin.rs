@@ -1459,6 +1459,7 @@ async fn mutating_calls_are_audited_in_the_log() {
             400,
         ),
         ("DELETE", "/mods/audited", String::new(), 200),
+        ("DELETE", "/mods/audited", String::new(), 404),
         ("POST", "/reload", String::new(), 200),
         ("POST", "/config/repair", String::new(), 200),
         ("GET", "/status", String::new(), 200),
@@ -1473,6 +1474,7 @@ async fn mutating_calls_are_audited_in_the_log() {
         ("put_mod", "audited", "ok"),
         ("put_mod", "refused", "rejected: diagnostics"),
         ("delete_mod", "audited", "ok"),
+        ("delete_mod", "audited", "rejected: no such module"),
         ("reload", "-", "ok"),
         ("config_repair", "config.toml", "ok"),
     ];

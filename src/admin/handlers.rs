@@ -306,6 +306,7 @@ pub async fn mod_put(c: &Call<'_>, name: &str) -> Response<AdminBody> {
 /// `DELETE /mods/{name}`: remove the file and reload.
 pub async fn mod_delete(c: &Call<'_>, name: &str) -> Response<AdminBody> {
     if let Err(resp) = valid_name(name) {
+        c.audit("delete_mod", name, "rejected: invalid name");
         return *resp;
     }
     let path = c
@@ -316,6 +317,7 @@ pub async fn mod_delete(c: &Call<'_>, name: &str) -> Response<AdminBody> {
         .dir
         .join(format!("{name}.pcmod"));
     if !path.is_file() {
+        c.audit("delete_mod", name, "rejected: no such module");
         return not_found(name);
     }
     let previous = std::fs::read(&path).ok();
