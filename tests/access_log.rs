@@ -494,3 +494,56 @@ async fn a_tcp_session_the_drain_cuts_is_logged_as_shutdown() {
     assert_eq!(l["bytes_sent"], 4, "{l:#}");
     drop(s);
 }
+
+/// A head refused before it could be read (400) or that never finished (408) is logged
+/// with the bytes of its answer and the time since its head began (it said `bytes=0
+/// duration_ms=0.0`), and counted in the route counter and latency histogram as any
+/// other response (route and upstream `none`; they were missing there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_heads_are_logged_and_counted_as_answered_requests() {
+    let admin_port = free_port();
+    let (_child, addr, log, _site) = run_logging_as(
+        "refused-heads",
+        "json",
+        &format!("127.0.0.1:{admin_port}"),
+        "[server.timeouts]\nheader = \"300ms\"\n\n[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n",
+    )
+    .await;
+    let garbage = raw_request(addr, b"GARBAGE\r\n\r\n").await;
+    assert_eq!(raw_status(&garbage), 400, "{garbage}");
+    let stalled = raw_request(addr, b"GET / HTTP/1.1\r\nHost: a\r\n").await;
+    assert_eq!(raw_status(&stalled), 408, "{stalled}");
+
+    let found = wait_until(Duration::from_secs(5), || access_lines(&log).len() >= 2).await;
+    assert!(
+        found,
+        "two access lines: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let lines = access_lines(&log);
+    for (line, raw) in lines.iter().zip([&garbage, &stalled]) {
+        assert_eq!(
+            line["bytes"].as_u64(),
+            Some(raw_body(raw).len() as u64),
+            "{line}"
+        );
+    }
+    let waited = lines[1]["duration_ms"].as_f64().unwrap_or_default();
+    assert!(
+        waited >= 300.0,
+        "the 408 waited the header timeout: {}",
+        lines[1]
+    );
+
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let m = common::prometheus::parse(&get(admin, "/metrics").await.text());
+    let none = [("route", "none"), ("upstream", "none"), ("class", "4xx")];
+    assert_eq!(m.value("proxycache_route_requests_total", &none), 2.0);
+    assert_eq!(
+        m.value(
+            "proxycache_request_duration_seconds_count",
+            &[("upstream", "none")]
+        ),
+        2.0
+    );
+}

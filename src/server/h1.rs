@@ -617,7 +617,7 @@ where
                 Ok(Parsed::Http2) => return handoff(io, true),
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
-                    refuse(&io, &mut out, e, conn, ctx).await;
+                    refuse(&io, &mut out, e, head_since, conn, ctx).await;
                     return Served::Closed;
                 }
             }
@@ -651,7 +651,8 @@ where
                     if now >= deadline {
                         if head_since.is_some() {
                             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "request header timeout; closing");
-                            refuse(&io, &mut out, ProxyError::HeaderTimeout, conn, ctx).await;
+                            let err = ProxyError::HeaderTimeout;
+                            refuse(&io, &mut out, err, head_since, conn, ctx).await;
                         }
                         return Served::Closed;
                     }
@@ -797,26 +798,46 @@ fn handoff<S>(io: Arc<Mutex<Io<S>>>, http2: bool) -> Served<S> {
 /// Answers a head that could not be parsed (400, 431) or did not arrive in time (408)
 /// and closes. Counted in `/stats` and logged in the access log like any answer (no
 /// method or path: there was no request to name).
+/// `since`: when the head's first byte arrived, if before the read that ended it.
 async fn refuse<S>(
     io: &Arc<Mutex<Io<S>>>,
     out: &mut Out,
     err: ProxyError,
+    since: Option<Instant>,
     conn: &ConnInfo,
     ctx: &WorkerCtx,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let since = since.unwrap_or_else(Instant::now);
     let id = RequestId::generate();
+    let status = err.status();
     tracing::debug!(target: "proxycache::server", error = %err, request_id = %id, "request head refused");
-    conn.stats.record(err.status());
-    if ctx.shared.generation().config.log.access {
+    let plan = Plan {
+        head_request: false,
+        keep_alive: false,
+        http10: false,
+        send_timeout: LINGER_TIME,
+    };
+    let mut resp = err.to_response(&id);
+    let bytes = resp.body().size_hint().exact().unwrap_or(0);
+    let _ = write_response(io, out, &mut resp, None, plan).await;
+    // Counted and logged as any answered request: its status class, no route and no
+    // upstream, the time since its head began and the bytes of its body.
+    conn.stats.record(status);
+    let generation = ctx.shared.generation();
+    let took = since.elapsed();
+    generation
+        .meters
+        .record(&generation.std_state.metrics, None, None, status, took);
+    if generation.config.log.access {
         crate::proxy::completion::access_line(&crate::proxy::completion::AccessLine {
             method: "-",
             path: "-",
             protocol: "-",
-            status: err.status(),
-            bytes: 0,
-            duration_ms: 0.0,
+            status,
+            bytes,
+            duration_ms: took.as_secs_f64() * 1000.0,
             upstream: "-",
             server: "-",
             client: conn.peer.ip(),
@@ -824,13 +845,7 @@ async fn refuse<S>(
             reason: None,
         });
     }
-    let plan = Plan {
-        head_request: false,
-        keep_alive: false,
-        http10: false,
-        send_timeout: LINGER_TIME,
-    };
-    let _ = write_response(io, out, &mut err.to_response(&id), None, plan).await;
+    drop(generation);
     close(io, true).await;
 }
 
