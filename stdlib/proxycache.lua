@@ -81,11 +81,13 @@ function Request:add_header(name, value) end
 ---@param name string
 function Request:remove_header(name) end
 
----Sets the path (it must start with `/`); the query is kept.
+---Sets the path (it must start with `/`; no `?` or `#`); the query is kept. Bytes a path
+---cannot carry (a space, controls, non-ASCII) are percent-encoded.
 ---@param path string
 function Request:set_path(path) end
 
----Sets the query string (without `?`); `""` removes it.
+---Sets the query string (without `?`); `""` removes it. Bytes a query cannot carry (a
+---space, `#`, controls, non-ASCII) are percent-encoded; `&`, `=` and escapes are kept.
 ---@param query string
 function Request:set_query(query) end
 

@@ -540,23 +540,8 @@ fn set_uri(ex: &mut Exchange<'_>, path: Option<&str>, query: Option<&str>) -> Ev
             "req.path {p:?} contains '?' or '#': set req.query for the query"
         ));
     }
-    let path = match path {
-        Some(p) => crate::pipeline::normal_script_path(p, ex.info.path_rules)
-            .map_err(|e| format!("req.{e}"))?,
-        None => ex.req.uri.path().to_owned(),
-    };
-    let query = query
-        .map(str::to_owned)
-        .or_else(|| ex.req.uri.query().map(str::to_owned));
-    let pq = match query.as_deref() {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path,
-    };
-    let pq = pq
-        .parse()
-        .map_err(|_| format!("{pq:?} is not a valid path"))?;
-    crate::pipeline::set_path_and_query(ex.req.uri, pq);
-    Ok(())
+    crate::pipeline::set_script_target(ex.req.uri, path, query, ex.info.path_rules)
+        .map_err(|e| format!("req.{e}"))
 }
 
 fn binary(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
