@@ -169,3 +169,52 @@ async fn lua_set_query_and_set_path_encode_what_a_target_cannot_carry() {
     let resp = get(px.addr, "/p?p=a%23b").await;
     assert_eq!(resp.status, 500, "a `#` in a path is an error");
 }
+
+// ---- log lines --------------------------------------------------------------------
+
+const SAYS: &str = r#"
+mod says {
+  on request {
+    if $path == "/pcmod" {
+      log warn "pcmod user said ${$req.query["q"]}"
+    }
+  }
+}
+"#;
+
+const LUA_SAYS: &str = r#"
+mod lua_says {
+  lua """
+function on_request(req, ctx)
+  if req.path == "/lua" then
+    log.warn("lua user said " .. req:query_param("q"))
+  end
+end
+"""
+}
+"#;
+
+/// A newline the client sent (decoded from `%0A`) is `\n` in the module's log line,
+/// not the start of a line of the client's making; other controls likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_newline_cannot_forge_a_log_line() {
+    log::capture();
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("says");
+    let px = start(&site, &[("says", SAYS), ("lua_says", LUA_SAYS)], &up);
+    let forged = "x%0AWARN%20forged-by-client%0D%1B%5B31m";
+    for who in ["pcmod", "lua"] {
+        let resp = get(px.addr, &format!("/{who}?q={forged}")).await;
+        assert_eq!(resp.status, 200, "{who}: {}", resp.text());
+        let lines = log::lines_with("forged-by-client");
+        let said = format!("{who} user said x\\nWARN forged-by-client\\r\\x1b[31m");
+        assert!(
+            lines.iter().any(|l| l.contains(&said)),
+            "{who}: one line with the newline escaped: {lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| !l.starts_with("WARN forged")),
+            "{who}: no line of the client's: {lines:?}"
+        );
+    }
+}
