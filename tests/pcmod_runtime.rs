@@ -218,3 +218,46 @@ async fn a_clients_newline_cannot_forge_a_log_line() {
         );
     }
 }
+
+// ---- operators --------------------------------------------------------------------
+
+const CONTAINS: &str = r#"
+mod contains_gate {
+  on request {
+    if $path == "/int" {
+      if $req.header["x-s"] contains int($req.header["x-n"]) {
+        respond 403 "int"
+      }
+    } else if $path contains $req.header["x-needle"] {
+      respond 403 "needle"
+    }
+  }
+}
+"#;
+
+/// A missing right side is false, as for `starts_with`: it once became `""`, which
+/// every string contains, so the gate refused every request without the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contains_with_nil_on_the_right_is_false() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("contains");
+    let px = start(&site, &[("contains_gate", CONTAINS)], &up);
+    let resp = get(px.addr, "/admin").await;
+    assert_eq!(resp.status, 200, "no needle: {}", resp.text());
+    let resp = get_h(px.addr, "/admin", &[("x-needle", "adm")]).await;
+    assert_eq!(resp.status, 403, "a needle that is there");
+    let resp = get_h(px.addr, "/admin", &[("x-needle", "zzz")]).await;
+    assert_eq!(resp.status, 200, "a needle that is not");
+    // A number on the right of a string is a fault, not its text (`"a5" contains 5`
+    // was true).
+    let resp = get_h(px.addr, "/int", &[("x-s", "a5"), ("x-n", "5")]).await;
+    assert_eq!(resp.status, 500, "{}", resp.text());
+}
+
+async fn get_h(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut builder = req("GET", path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(addr, empty(builder)).await
+}

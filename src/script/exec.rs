@@ -582,14 +582,30 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
         BinOp::EndsWith => {
             Value::Bool(matches!((a, b), (Value::Str(x), Value::Str(y)) if x.ends_with(&**y)))
         }
-        BinOp::Contains => Value::Bool(match a {
-            Value::Str(x) => x.contains(&b.to_string()),
-            Value::List(items) => items.iter().any(|i| equal(i, b)),
-            Value::Map(m) => m.contains_key(&b.to_string()),
-            _ => false,
-        }),
+        BinOp::Contains => Value::Bool(contains(a, b)?),
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, a, b)?,
         BinOp::And | BinOp::Or | BinOp::Match => Value::Nil,
+    })
+}
+
+/// `a contains b`. A `nil` on the right is false, as for `starts_with`: made `""`, it
+/// was in every string, so `$path contains $req.header["x-absent"]` held for every
+/// request. Another type on the right of a string is a fault rather than its
+/// interpolation (`"a5" contains 5` was true); `""` is in every string, as in Rust.
+fn contains(a: &Value, b: &Value) -> Eval<bool> {
+    Ok(match (a, b) {
+        (Value::List(items), b) => items.iter().any(|i| equal(i, b)),
+        (_, Value::Nil) => false,
+        (Value::Str(x), Value::Str(y)) => x.contains(&**y),
+        (Value::Map(m), Value::Str(y)) => m.contains_key(&**y),
+        (Value::Str(_) | Value::Map(_), other) => {
+            return Err(format!(
+                "`contains` needs a string on the right of a {}, got {}",
+                a.type_name(),
+                other.type_name()
+            ))
+        }
+        _ => false,
     })
 }
 
