@@ -50,7 +50,7 @@ on_log = nil
 ---@field method string The method (`"GET"`, `"POST"`, ...).
 ---@field path string The path, without the query.
 ---@field query string? The query string without `?`, or nil when there is none.
----@field host string? The `Host` header (or the request target's host), or nil.
+---@field host string? The `Host` header as sent, with its port (HTTP/2: `:authority`), or nil.
 ---@field scheme string The scheme the client used (`"http"` or `"https"`).
 ---@field client_ip string The client's IP address.
 ---@field id string The request id (sent upstream and back as `x-request-id`).

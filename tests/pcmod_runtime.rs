@@ -219,6 +219,65 @@ async fn a_clients_newline_cannot_forge_a_log_line() {
     }
 }
 
+// ---- the host modules see -------------------------------------------------------------
+
+const HOSTS: &str = r#"
+mod hosts {
+  on request {
+    set req.header["x-pcmod-host"] = "$host"
+    set req.header["x-pcmod-host-header"] = "${$req.header["host"]}"
+  }
+}
+"#;
+
+const LUA_HOSTS: &str = r#"
+mod lua_hosts {
+  lua """
+function on_request(req, ctx)
+  req:set_header("x-lua-host", req.host or "nil")
+  req:set_header("x-lua-host-header", req:header("host") or "nil")
+end
+"""
+}
+"#;
+
+/// Over HTTP/2 modules see `:authority` with its port as `$host` and as the `Host`
+/// header, as they see `Host` over HTTP/1.1 (they saw the host without its port, and
+/// no `Host` header at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_see_the_same_host_over_http2_as_over_http1() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("hosts");
+    let px = start(&site, &[("hosts", HOSTS), ("lua_hosts", LUA_HOSTS)], &up);
+    let authority = format!("localhost:{}", px.addr.port());
+    let h1 = empty(
+        http::Request::builder()
+            .uri("/host")
+            .header("host", authority.as_str()),
+    );
+    let resp = send(px.addr, h1).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let h2 = empty(http::Request::builder().uri(format!("http://{authority}/host")));
+    let resp = send_h2(px.addr, h2).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for (version, got) in up.all().iter().enumerate() {
+        for name in [
+            "x-pcmod-host",
+            "x-pcmod-host-header",
+            "x-lua-host",
+            "x-lua-host-header",
+            "host",
+        ] {
+            assert_eq!(
+                got.header(name).as_deref(),
+                Some(authority.as_str()),
+                "{name} (request {version}: 0 is HTTP/1.1, 1 HTTP/2)"
+            );
+        }
+        assert_eq!(got.headers.get_all("host").iter().count(), 1);
+    }
+}
+
 // ---- operators --------------------------------------------------------------------
 
 const CONTAINS: &str = r#"
