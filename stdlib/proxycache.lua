@@ -72,7 +72,8 @@ function Request:headers() end
 ---@param value string|number|boolean|nil
 function Request:set_header(name, value) end
 
----Adds a value to header `name`, keeping the ones it has; nil adds nothing.
+---Adds a value to header `name`, keeping the ones it has; nil adds nothing. Of `host`:
+---replaces it (two `Host` fields are never sent).
 ---@param name string
 ---@param value string|number|boolean|nil
 function Request:add_header(name, value) end

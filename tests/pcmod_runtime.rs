@@ -278,6 +278,49 @@ async fn modules_see_the_same_host_over_http2_as_over_http1() {
     }
 }
 
+// ---- add of a Host --------------------------------------------------------------------
+
+/// `add` of `host` replaces it: two `Host` fields are a request an upstream may read
+/// either way (RFC 9112 3.2 answers 400 to one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_of_host_never_sends_two_hosts() {
+    let module = r#"
+mod add_host {
+  on request {
+    if $path == "/pcmod" {
+      add req.header["host"] = "pcmod.example"
+    }
+  }
+}
+"#;
+    let lua_module = r#"
+mod lua_add_host {
+  lua """
+function on_request(req, ctx)
+  if req.path == "/lua" then
+    req:add_header("Host", "lua.example")
+  end
+end
+"""
+}
+"#;
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("add-host");
+    let px = start(
+        &site,
+        &[("add_host", module), ("lua_add_host", lua_module)],
+        &up,
+    );
+    for who in ["pcmod", "lua"] {
+        let resp = get(px.addr, &format!("/{who}")).await;
+        assert_eq!(resp.status, 200, "{who}: {}", resp.text());
+        let got = up.last().expect("the upstream saw it");
+        let hosts: Vec<_> = got.headers.get_all("host").iter().collect();
+        assert_eq!(hosts.len(), 1, "{who}: one Host: {hosts:?}");
+        assert_eq!(hosts[0], format!("{who}.example").as_str(), "{who}");
+    }
+}
+
 // ---- operators --------------------------------------------------------------------
 
 const CONTAINS: &str = r#"

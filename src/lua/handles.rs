@@ -287,7 +287,9 @@ fn put_header(
         return Ok(());
     }
     let v = header_value(value)?;
-    if append {
+    // A second `Host` is one the upstream may read instead of the first (RFC 9112 3.2
+    // answers 400 to it): `add_header` of `host` replaces it.
+    if append && name != header::HOST {
         headers.append(name, v);
     } else {
         headers.insert(name, v);

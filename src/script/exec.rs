@@ -163,7 +163,9 @@ impl Machine<'_> {
                     Some(&mut *ex.req.headers)
                 };
                 if let Some(h) = headers {
-                    if *append {
+                    // A second `Host` is one the upstream may read instead of the first
+                    // (RFC 9112 3.2 answers 400 to it): `add` of `host` replaces it.
+                    if *append && name != header::HOST {
                         h.append(name.clone(), v);
                     } else {
                         h.insert(name.clone(), v);
