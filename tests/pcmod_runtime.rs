@@ -356,6 +356,40 @@ async fn contains_with_nil_on_the_right_is_false() {
     assert_eq!(resp.status, 500, "{}", resp.text());
 }
 
+/// `1.0 / 0` and `10 % 0.0` are faults, as for ints: they once made `inf` and `NaN`
+/// that went into a header as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn float_division_by_zero_is_a_fault() {
+    let module = r#"
+mod divide {
+  on request {
+    let d = int($req.header["x-d"])
+    if $path == "/div" {
+      set req.header["x-r"] = "${1.0 / d}"
+    } else if $path == "/rem" {
+      set req.header["x-r"] = "${10 % (d * 1.0)}"
+    }
+  }
+}
+"#;
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("divide");
+    let px = start(&site, &[("divide", module)], &up);
+    for path in ["/div", "/rem"] {
+        let resp = get_h(px.addr, path, &[("x-d", "0")]).await;
+        assert_eq!(resp.status, 500, "{path}: {}", resp.text());
+        let resp = get_h(px.addr, path, &[("x-d", "4")]).await;
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+    }
+    assert_eq!(
+        up.requests(),
+        2,
+        "only the requests without a fault went on"
+    );
+    let r: Vec<_> = up.all().iter().filter_map(|g| g.header("x-r")).collect();
+    assert_eq!(r, ["0.25", "2"]);
+}
+
 async fn get_h(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
     let mut builder = req("GET", path);
     for (name, value) in headers {

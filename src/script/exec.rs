@@ -664,13 +664,22 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
                     ))
                 }
             };
-            Ok(Value::Float(match op {
+            // As for ints: `1.0 / 0` is a fault, not an `inf` (or `NaN`) that reaches a
+            // header as the text "inf".
+            if matches!(op, BinOp::Div | BinOp::Rem) && y == 0.0 {
+                return Err(format!("division by zero in {a} {} {b}", op.as_str()));
+            }
+            let r = match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,
                 BinOp::Mul => x * y,
                 BinOp::Div => x / y,
                 _ => x % y,
-            }))
+            };
+            if !r.is_finite() {
+                return Err(format!("float overflow in {a} {} {b}", op.as_str()));
+            }
+            Ok(Value::Float(r))
         }
     }
 }
