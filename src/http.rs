@@ -2,6 +2,7 @@
 //! the body type, proxy errors and their status mapping, header hygiene, framing
 //! checks, chunked bodies and their trailers, request ids, header names off the wire and lookups in small header maps,
 //! upstream response heads passed through as received, request path normalisation,
+//! percent-encoding of what modules put into a request target,
 //! and the built-in echo upstream.
 //!
 //! Must not touch: sockets, pools, the pipeline. Everything here is a pure function of
@@ -16,6 +17,7 @@ pub mod hygiene;
 pub mod lookup;
 pub mod names;
 pub mod path;
+pub mod percent;
 pub mod raw_head;
 pub mod request_id;
 pub mod trailers;

@@ -7,7 +7,8 @@
 //!   its own HTTP/1.1 loop (`server::h1`), hyper for HTTP/2 and upgrades.
 //! - [`proxy`]      — the request path, top to bottom: checks, route, upstream, response.
 //! - [`http`]       — body type, proxy errors and their statuses, header hygiene,
-//!   framing checks, request path normalisation (`http::path`), request ids, upstream
+//!   framing checks, request path normalisation (`http::path`), percent-encoding of
+//!   what modules put into a request target (`http::percent`), request ids, upstream
 //!   response heads passed as received (`http::RawHead`), the built-in echo upstream.
 //! - [`upstream`]   — upstream sets, balancing, health checks, breakers, pools, client.
 //! - [`generation`] — the immutable snapshot a request pins (config, routes, upstreams,

@@ -426,7 +426,7 @@ impl Pipeline {
                 };
                 self.meter(i, PhaseKind::Log, start, result.is_err());
                 if let Err(e) = result {
-                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "log phase failed");
                 }
             }
         }
@@ -445,7 +445,7 @@ impl Pipeline {
                 let result = m.on_log(ex);
                 self.meter(i, PhaseKind::Log, start, result.is_err());
                 if let Err(e) = result {
-                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "log phase failed");
                 }
             }
         }
@@ -463,6 +463,41 @@ pub fn normal_script_path(path: &str, rules: PathRules) -> Result<String, String
     crate::http::path::normalize(path, rules)
         .map(std::borrow::Cow::into_owned)
         .map_err(|e| format!("path {path:?}: {e}"))
+}
+
+/// Sets the path, the query or both as a module asks (pcmod `set req.path` and `set
+/// req.query`, Lua `req:set_path` and `req:set_query`); `None` keeps what `uri` has.
+/// Bytes a request target cannot carry are percent-encoded ([`crate::http::percent`]):
+/// a space, a `#`, controls, non-ASCII. Without it a `#` cut the query short (the rest
+/// read as a fragment) and a space failed the request. The path is then put in normal
+/// form; the caller refuses a `?` or `#` in it first (a mistake, not data).
+pub fn set_script_target(
+    uri: &mut Uri,
+    path: Option<&str>,
+    query: Option<&str>,
+    rules: PathRules,
+) -> Result<(), String> {
+    let path = match path {
+        Some(p) => normal_script_path(&crate::http::percent::path(p), rules)?,
+        None => uri.path().to_owned(),
+    };
+    let query = match query {
+        Some(q) => Some(crate::http::percent::query(q)),
+        None => uri.query().map(std::borrow::Cow::Borrowed),
+    };
+    let pq = match query.as_deref() {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    };
+    // All that is left to fail is the length (the `http` crate's limit, 64 KiB).
+    let pq = PathAndQuery::try_from(pq.as_str()).map_err(|_| {
+        format!(
+            "path and query are not a valid request target ({} bytes)",
+            pq.len()
+        )
+    })?;
+    set_path_and_query(uri, pq);
+    Ok(())
 }
 
 /// Replaces a URI's path and query, keeping scheme and authority.

@@ -196,9 +196,11 @@ async fn proxy(
     }
     framing::check_request(req.version(), req.headers())?;
     framing::check_target(req.method(), req.version(), req.uri(), req.headers())?;
-    if req.version() == Version::HTTP_2 && crate::http::lookup::has(req.headers(), &header::HOST) {
-        // The same host, perhaps spelled in other case: modules and the upstream see
-        // `:authority` as sent (an HTTP/2 request without `Host` gets it upstream).
+    if req.version() == Version::HTTP_2 {
+        // `:authority` as sent is the `Host` modules and the upstream see, as over
+        // HTTP/1.1: with or without a `Host` of its own (the same host, perhaps spelled
+        // in other case), and with its port. (Without `Host`, modules read the URI's
+        // host, which has no port, and `$req.header["host"]` was nil.)
         if let Some(authority) = request_host(&req) {
             req.headers_mut().insert(header::HOST, authority);
         }

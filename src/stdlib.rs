@@ -141,6 +141,7 @@ pub enum StdFn {
     Trim,
     ToInt,
     ToStr,
+    UrlEncode,
     SharedGet,
     SharedSet,
     SharedIncr,
@@ -247,9 +248,13 @@ pub fn call(
         StdFn::ActiveHealth => upstreams::active_health(args, ex),
         StdFn::CompressCheck => compress::check(args, ex),
         StdFn::CompressApply => compress::apply(args, ex),
-        StdFn::Len | StdFn::Lower | StdFn::Upper | StdFn::Trim | StdFn::ToInt | StdFn::ToStr => {
-            helpers::call(id, args)
-        }
+        StdFn::Len
+        | StdFn::Lower
+        | StdFn::Upper
+        | StdFn::Trim
+        | StdFn::ToInt
+        | StdFn::ToStr
+        | StdFn::UrlEncode => helpers::call(id, args),
         StdFn::SharedGet | StdFn::SharedSet | StdFn::SharedIncr => dict::call(id, args, ex),
         StdFn::MetricsInc | StdFn::MetricsObserve | StdFn::MetricsPrometheus => {
             metrics::call(id, args, ex)

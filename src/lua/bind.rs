@@ -524,6 +524,8 @@ fn log_fn(lua: &Lua, cell: &Arc<TurnCell>, level: &'static str) -> mlua::Result<
                 Err(_) => text.push_str(v.type_name()),
             }
         }
+        // A client's text in the message is one line, never a forged one.
+        let text = crate::observe::log_text(&text);
         let (module, id) = {
             let guard = cell.lock();
             match guard.as_ref() {

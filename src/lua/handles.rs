@@ -219,22 +219,7 @@ fn set_uri(
             "req:set_path({p:?}): a path has no '?' or '#': use req:set_query for the query"
         )));
     }
-    let path = match path {
-        Some(p) => crate::pipeline::normal_script_path(p, rules).map_err(mlua::Error::runtime)?,
-        None => uri.path().to_owned(),
-    };
-    let query = query
-        .map(str::to_owned)
-        .or_else(|| uri.query().map(str::to_owned));
-    let pq = match query.as_deref() {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path,
-    };
-    let pq = pq
-        .parse()
-        .map_err(|_| mlua::Error::runtime(format!("{pq:?} is not a valid path")))?;
-    crate::pipeline::set_path_and_query(uri, pq);
-    Ok(())
+    crate::pipeline::set_script_target(uri, path, query, rules).map_err(mlua::Error::runtime)
 }
 
 /// Fields of `req` (the editor definitions are checked against these lists).
@@ -302,7 +287,9 @@ fn put_header(
         return Ok(());
     }
     let v = header_value(value)?;
-    if append {
+    // A second `Host` is one the upstream may read instead of the first (RFC 9112 3.2
+    // answers 400 to it): `add_header` of `host` replaces it.
+    if append && name != header::HOST {
         headers.append(name, v);
     } else {
         headers.insert(name, v);
@@ -371,17 +358,7 @@ impl UserData for ReqHandle {
         methods.add_method("set_query", |_, this, query: String| {
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
-                let path = t.uri.path().to_owned();
-                let pq = if query.is_empty() {
-                    path
-                } else {
-                    format!("{path}?{query}")
-                };
-                let pq = pq
-                    .parse()
-                    .map_err(|_| mlua::Error::runtime(format!("{query:?} is not a valid query")))?;
-                crate::pipeline::set_path_and_query(&mut t.uri, pq);
-                Ok(())
+                set_uri(&mut t.uri, None, Some(&query), t.info.path_rules)
             })
         });
         methods.add_method("query_param", |_, this, name: String| {

@@ -93,7 +93,7 @@ const HANDLES: &str = r#"---The request of the hook running now (`req`). Fields 
 ---@field method string The method (`"GET"`, `"POST"`, ...).
 ---@field path string The path, without the query.
 ---@field query string? The query string without `?`, or nil when there is none.
----@field host string? The `Host` header (or the request target's host), or nil.
+---@field host string? The `Host` header as sent, with its port (HTTP/2: `:authority`), or nil.
 ---@field scheme string The scheme the client used (`"http"` or `"https"`).
 ---@field client_ip string The client's IP address.
 ---@field id string The request id (sent upstream and back as `x-request-id`).
@@ -115,7 +115,8 @@ function Request:headers() end
 ---@param value string|number|boolean|nil
 function Request:set_header(name, value) end
 
----Adds a value to header `name`, keeping the ones it has; nil adds nothing.
+---Adds a value to header `name`, keeping the ones it has; nil adds nothing. Of `host`:
+---replaces it (two `Host` fields are never sent).
 ---@param name string
 ---@param value string|number|boolean|nil
 function Request:add_header(name, value) end
@@ -124,11 +125,13 @@ function Request:add_header(name, value) end
 ---@param name string
 function Request:remove_header(name) end
 
----Sets the path (it must start with `/`); the query is kept.
+---Sets the path (it must start with `/`; no `?` or `#`); the query is kept. Bytes a path
+---cannot carry (a space, controls, non-ASCII) are percent-encoded.
 ---@param path string
 function Request:set_path(path) end
 
----Sets the query string (without `?`); `""` removes it.
+---Sets the query string (without `?`); `""` removes it. Bytes a query cannot carry (a
+---space, `#`, controls, non-ASCII) are percent-encoded; `&`, `=` and escapes are kept.
 ---@param query string
 function Request:set_query(query) end
 

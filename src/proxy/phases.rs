@@ -303,7 +303,7 @@ pub(crate) fn module_error(e: ScriptError) -> ProxyError {
         Some(ClientFault::Gone(reason)) => return ProxyError::ClientGone(reason),
         None => {}
     }
-    tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "module failed");
+    tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "module failed");
     ProxyError::Module {
         module: e.module,
         location: format!("{}:{}", e.file, e.line),

@@ -163,7 +163,9 @@ impl Machine<'_> {
                     Some(&mut *ex.req.headers)
                 };
                 if let Some(h) = headers {
-                    if *append {
+                    // A second `Host` is one the upstream may read instead of the first
+                    // (RFC 9112 3.2 answers 400 to it): `add` of `host` replaces it.
+                    if *append && name != header::HOST {
                         h.append(name.clone(), v);
                     } else {
                         h.insert(name.clone(), v);
@@ -202,6 +204,12 @@ impl Machine<'_> {
             }
             CStmtKind::Log(level, e) => {
                 let msg = self.eval(e, ex)?;
+                let text: Cow<'_, str> = match &msg {
+                    Value::Str(s) => Cow::Borrowed(s),
+                    other => Cow::Owned(other.to_string()),
+                };
+                // A client's text in the message is one line, never a forged one.
+                let msg = crate::observe::log_text(&text);
                 let (module, id) = (ex.module, &ex.info.id);
                 match level {
                     LogLevel::Debug => {
@@ -540,23 +548,8 @@ fn set_uri(ex: &mut Exchange<'_>, path: Option<&str>, query: Option<&str>) -> Ev
             "req.path {p:?} contains '?' or '#': set req.query for the query"
         ));
     }
-    let path = match path {
-        Some(p) => crate::pipeline::normal_script_path(p, ex.info.path_rules)
-            .map_err(|e| format!("req.{e}"))?,
-        None => ex.req.uri.path().to_owned(),
-    };
-    let query = query
-        .map(str::to_owned)
-        .or_else(|| ex.req.uri.query().map(str::to_owned));
-    let pq = match query.as_deref() {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path,
-    };
-    let pq = pq
-        .parse()
-        .map_err(|_| format!("{pq:?} is not a valid path"))?;
-    crate::pipeline::set_path_and_query(ex.req.uri, pq);
-    Ok(())
+    crate::pipeline::set_script_target(ex.req.uri, path, query, ex.info.path_rules)
+        .map_err(|e| format!("req.{e}"))
 }
 
 fn binary(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
@@ -591,14 +584,30 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
         BinOp::EndsWith => {
             Value::Bool(matches!((a, b), (Value::Str(x), Value::Str(y)) if x.ends_with(&**y)))
         }
-        BinOp::Contains => Value::Bool(match a {
-            Value::Str(x) => x.contains(&b.to_string()),
-            Value::List(items) => items.iter().any(|i| equal(i, b)),
-            Value::Map(m) => m.contains_key(&b.to_string()),
-            _ => false,
-        }),
+        BinOp::Contains => Value::Bool(contains(a, b)?),
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, a, b)?,
         BinOp::And | BinOp::Or | BinOp::Match => Value::Nil,
+    })
+}
+
+/// `a contains b`. A `nil` on the right is false, as for `starts_with`: made `""`, it
+/// was in every string, so `$path contains $req.header["x-absent"]` held for every
+/// request. Another type on the right of a string is a fault rather than its
+/// interpolation (`"a5" contains 5` was true); `""` is in every string, as in Rust.
+fn contains(a: &Value, b: &Value) -> Eval<bool> {
+    Ok(match (a, b) {
+        (Value::List(items), b) => items.iter().any(|i| equal(i, b)),
+        (_, Value::Nil) => false,
+        (Value::Str(x), Value::Str(y)) => x.contains(&**y),
+        (Value::Map(m), Value::Str(y)) => m.contains_key(&**y),
+        (Value::Str(_) | Value::Map(_), other) => {
+            return Err(format!(
+                "`contains` needs a string on the right of a {}, got {}",
+                a.type_name(),
+                other.type_name()
+            ))
+        }
+        _ => false,
     })
 }
 
@@ -655,13 +664,22 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
                     ))
                 }
             };
-            Ok(Value::Float(match op {
+            // As for ints: `1.0 / 0` is a fault, not an `inf` (or `NaN`) that reaches a
+            // header as the text "inf".
+            if matches!(op, BinOp::Div | BinOp::Rem) && y == 0.0 {
+                return Err(format!("division by zero in {a} {} {b}", op.as_str()));
+            }
+            let r = match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,
                 BinOp::Mul => x * y,
                 BinOp::Div => x / y,
                 _ => x % y,
-            }))
+            };
+            if !r.is_finite() {
+                return Err(format!("float overflow in {a} {} {b}", op.as_str()));
+            }
+            Ok(Value::Float(r))
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The pure helpers: `len lower upper trim int str`.
+//! The pure helpers: `len lower upper trim int str url_encode`.
 
 use super::{ArgDefault, ArgSig, ArgType, FnSig, Returns, StdError, StdFn, ALL_PHASES};
 use crate::script::value::Value;
@@ -70,6 +70,14 @@ pub static SIGS: &[FnSig] = &[
         phases: ALL_PHASES,
         doc: "The value as it would interpolate.",
     },
+    FnSig {
+        name: "url_encode",
+        id: StdFn::UrlEncode,
+        args: ONE_ARG,
+        returns: Returns::Value(ArgType::Str),
+        phases: ALL_PHASES,
+        doc: "The value's string form with every byte but A-Z a-z 0-9 - . _ ~ percent-encoded.",
+    },
 ];
 
 /// Runs one helper.
@@ -100,6 +108,12 @@ pub fn call(id: StdFn, args: &[Value]) -> Result<Value, StdError> {
             _ => Value::Nil,
         },
         StdFn::ToStr => Value::str(v.to_string()),
+        // A value decoded from the client's query (`$req.query["q"]`) put back into a
+        // query or path: `&`, `=`, `#`, `/` in it stay data.
+        StdFn::UrlEncode => match &v {
+            Value::Str(s) => Value::str(crate::http::percent::component(s)),
+            other => Value::str(crate::http::percent::component(&other.to_string())),
+        },
         _ => {
             return Err(StdError {
                 function: "helpers",
