@@ -2,11 +2,13 @@
 //! runs here and all errors are collected (not just the first); when there are none,
 //! the same walk has produced the executable form ([`ir`](super::ir)).
 //!
-//! Statements are handled here, expressions and calls in `compile/expr.rs`.
+//! Statements are handled here, expressions in `compile/expr.rs`, calls in
+//! `compile/call.rs`.
 
+mod call;
 mod expr;
 
-pub(crate) use expr::with_article as with_article_pub;
+pub(crate) use call::with_article as with_article_pub;
 
 use std::collections::HashMap;
 use std::sync::Arc;
