@@ -901,6 +901,23 @@ mod faulty {
 }
 "##;
 
+/// A `float` field whose default is written as an int is a float at run time, as the
+/// same value from config.toml is: `2 / 4` was an int division giving 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_float_field_with_an_int_default_divides_as_a_float() {
+    let module = "mod half {\n  config {\n    f: float = 2\n    l: list<float> = [1]\n  }\n  on request {\n    respond 200 \"${$config.f / 4} ${$config.f / 4 == 0.5}\"\n  }\n}\n";
+    let px = start(&[("half", module)], ECHO);
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "0.5 true", "the default");
+    let px = start(
+        &[("half", module)],
+        &format!("{ECHO}\n[mods.half]\nf = 2\n"),
+    );
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.text(), "0.5 true", "the same value from config.toml");
+}
+
 /// Adding durations that overflow (`[mods.NAME]` allows a bare number of seconds, up
 /// to u64::MAX) is a fault like integer overflow: 500, not a panic that drops the
 /// connection without an answer.
