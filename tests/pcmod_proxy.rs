@@ -918,6 +918,30 @@ async fn a_float_field_with_an_int_default_divides_as_a_float() {
     assert_eq!(resp.text(), "0.5 true", "the same value from config.toml");
 }
 
+/// `==` agrees with `<` and `>`: numbers of any kind are equal when neither is less
+/// (sizes as bytes, durations as seconds), and lists item by item by the same rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equality_agrees_with_ordering() {
+    let module = r##"
+mod eq {
+  on request {
+    let size = "${1KiB == 1024} ${1KiB < 2000} ${1KiB != 1024} ${1KiB == 1KB}"
+    let time = "${1500ms == 1.5} ${2s == 2} ${1m == 60s}"
+    let lists = "${[1, 2] == [1, 2.0]} ${[1, 2] == [1, 2, 3]} ${[[1KiB]] == [[1024]]} ${[1] == ["1"]}"
+    let member = "${2.0 in [1, 2]} ${[1, 2.0] contains 1.0} ${1 == "1"}"
+    respond 200 "${size}|${time}|${lists}|${member}"
+  }
+}
+"##;
+    let px = start(&[("eq", module)], ECHO);
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.text(),
+        "true true false false|true true true|true false true false|true true false"
+    );
+}
+
 /// Adding durations that overflow (`[mods.NAME]` allows a bare number of seconds, up
 /// to u64::MAX) is a fault like integer overflow: 500, not a panic that drops the
 /// connection without an answer.
