@@ -214,6 +214,20 @@ impl Compiler<'_> {
                             ok = false;
                         }
                     }
+                    if let (Some(re), "replacement", CExpr::Const(Value::Str(r))) =
+                        (&regex, spec.name, &c)
+                    {
+                        if let Some((group, hint)) = regexes::missing_group(re, r) {
+                            self.hint(
+                                expr.span,
+                                format!(
+                                    "the replacement names group `{group}`, which the pattern does not have"
+                                ),
+                                hint,
+                            );
+                            ok = false;
+                        }
+                    }
                     if spec.name == "pattern" {
                         if let CExpr::Const(Value::Str(p)) = &c {
                             match regexes::compile(p, self.regex_budget) {

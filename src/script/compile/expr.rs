@@ -45,6 +45,7 @@ impl Compiler<'_> {
         match &e.kind {
             ExprKind::Lit(lit) => literal(lit),
             ExprKind::Interp(parts) => {
+                self.in_string += 1;
                 let parts = parts
                     .iter()
                     .map(|p| match p {
@@ -52,6 +53,7 @@ impl Compiler<'_> {
                         Part::Expr(x) => CPart::Expr(self.expr(x).0),
                     })
                     .collect();
+                self.in_string -= 1;
                 (CExpr::Interp(parts), Type::Str)
             }
             ExprKind::Var { path, index } => self.variable(e.span, path, index.as_deref()),
@@ -187,7 +189,9 @@ impl Compiler<'_> {
                         None => return (CExpr::Const(Value::Nil), Type::Any),
                     },
                 };
-                (CExpr::Var(var), Type::Any)
+                // A string or nil, like `$host`: comparing one with a number or doing
+                // arithmetic on it can never work, so the checker refuses it.
+                (CExpr::Var(var), Type::Str)
             }
             ([root, name], None) if root == "ctx" => (CExpr::Ctx(self.ctx_slot(name)), Type::Any),
             ([root, name], None) if root == "config" => match self.config.get(name.as_str()) {
@@ -211,9 +215,17 @@ impl Compiler<'_> {
                     path.join("."),
                     index.map_or(String::new(), |i| format!("[{i:?}]"))
                 );
-                let hint = match closest(&path.join("."), ALL_VARS.iter().copied()) {
-                    Some(c) => format!("did you mean `${c}`?"),
-                    None => "variables: $method $path $query $host $scheme $client_ip $request_id $upstream $status $req.header[\"..\"] $req.query[\"..\"] $req.cookie[\"..\"] $resp.header[\"..\"] $ctx.NAME $config.NAME".to_owned(),
+                let local = match (path, index) {
+                    ([name], None) => self.lookup_local(name).map(|_| name),
+                    _ => None,
+                };
+                let hint = match (local, closest(&path.join("."), ALL_VARS.iter().copied())) {
+                    (Some(name), _) if self.in_string > 0 => {
+                        format!("`{name}` is a local: write `${{{name}}}`")
+                    }
+                    (Some(name), _) => format!("`{name}` is a local: write `{name}`, without `$`"),
+                    (None, Some(c)) => format!("did you mean `${c}`?"),
+                    (None, None) => "variables: $method $path $query $host $scheme $client_ip $request_id $upstream $status $req.header[\"..\"] $req.query[\"..\"] $req.cookie[\"..\"] $resp.header[\"..\"] $ctx.NAME $config.NAME".to_owned(),
                 };
                 self.hint(span, format!("unknown variable `${written}`"), hint);
                 (CExpr::Const(Value::Nil), Type::Any)
@@ -256,6 +268,12 @@ impl Compiler<'_> {
                         span,
                         format!("cannot compare {lt} with {rt} using `{}`", op.as_str()),
                     );
+                } else if string_with_number(&lt, &rt) {
+                    self.hint(
+                        span,
+                        format!("cannot compare {lt} with {rt} using `{}`", op.as_str()),
+                        COMPARE_HINT,
+                    );
                 }
                 (CExpr::Bin(op, lb, rb), Type::Bool)
             }
@@ -286,6 +304,12 @@ impl Compiler<'_> {
                         l.span,
                         format!("`contains` works on strings, lists and maps, found {lt}"),
                     );
+                } else if lt == Type::Str && !matches!(rt, Type::Str | Type::Any) {
+                    self.hint(
+                        r.span,
+                        format!("`contains` on a string looks for a string, found {rt}"),
+                        "convert it with `str(...)`, or write it in quotes",
+                    );
                 }
                 (CExpr::Bin(op, lb, rb), Type::Bool)
             }
@@ -309,7 +333,9 @@ impl Compiler<'_> {
                         Type::Any
                     }
                     (a, b) => {
-                        let hint = if *a == Type::Str || *b == Type::Str {
+                        let hint = if string_with_number(a, b) {
+                            ARITHMETIC_HINT
+                        } else if *a == Type::Str || *b == Type::Str {
                             "join strings with interpolation: \"${a}${b}\""
                         } else {
                             "arithmetic works on numbers"
@@ -369,6 +395,17 @@ fn numeric(t: &Type) -> bool {
 fn comparable(t: &Type) -> bool {
     numeric(t) || matches!(t, Type::Str)
 }
+
+/// A string on one side and a number, duration or size on the other, both known at
+/// load: such a comparison or arithmetic fails on every request.
+fn string_with_number(a: &Type, b: &Type) -> bool {
+    let number = |t: &Type| matches!(t, Type::Int | Type::Float | Type::Duration | Type::Size);
+    (*a == Type::Str && number(b)) || (number(a) && *b == Type::Str)
+}
+
+/// The hints for a string where a number is needed.
+const COMPARE_HINT: &str = "a string compares only with a string: make a number of it with `int(...)`, e.g. `int($req.header[\"x-n\"]) > 3` (headers, query parameters and cookies are strings)";
+const ARITHMETIC_HINT: &str = "to compute, make a number of the string with `int(...)` (headers, query parameters and cookies are strings); to join text, interpolate: \"${a}${b}\"";
 
 pub(super) fn arg_type(t: ArgType) -> Type {
     match t {
