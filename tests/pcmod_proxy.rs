@@ -942,6 +942,41 @@ mod eq {
     );
 }
 
+/// An `or` chain longer than the old limit of 64 operands loads (it is built as a
+/// balanced tree) and still tests its operands left to right, stopping at the first
+/// true one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_or_chain_runs_left_to_right_and_stops_early() {
+    let mut conditions: Vec<String> = (0..200).map(|i| format!("$path == \"/p{i}\"")).collect();
+    // A fault after a true operand is never reached; one before it would be.
+    conditions.insert(150, "$ctx.n + 1 > 0".to_owned());
+    let module = format!(
+        "mod chain {{\n  on request {{\n    if {} {{\n      respond 200 \"listed\"\n    }}\n  }}\n}}\n",
+        conditions.join(" or ")
+    );
+    let all_and = format!(
+        "mod chain2 {{\n  priority 1\n  on request {{\n    if {} {{\n      respond 200 \"all\"\n    }}\n  }}\n}}\n",
+        (0..100).map(|_| "$method == \"PUT\"").collect::<Vec<_>>().join(" and ")
+    );
+    let px = start(&[("chain", &module), ("chain2", &all_and)], ECHO);
+    let resp = get_with(px.addr, "/p7", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "listed");
+    let resp = get_with(px.addr, "/p149", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "listed");
+    let resp = get_with(px.addr, "/p150", &[]).await;
+    assert_eq!(
+        resp.status,
+        500,
+        "`$ctx.n + 1` (nil + 1) ran: {}",
+        resp.text()
+    );
+    let resp = send(px.addr, empty(req("PUT", "/p1"))).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "all");
+}
+
 /// Adding durations that overflow (`[mods.NAME]` allows a bare number of seconds, up
 /// to u64::MAX) is a fault like integer overflow: 500, not a panic that drops the
 /// connection without an answer.

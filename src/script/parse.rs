@@ -19,8 +19,14 @@ use syntax_error::syntax_error;
 pub const MAX_LINES: usize = 10_000;
 /// Deepest nesting of brackets, braces and parentheses accepted.
 pub const MAX_NESTING: usize = 32;
-/// Most operands in one chain of binary operators (`a + b + ...`).
+/// Most operands in one chain of arithmetic or comparison operators (`a + b + ...`):
+/// such a chain is a tree as deep as it is long, which checking and running walk
+/// recursively.
 pub const MAX_CHAIN: usize = 64;
+/// Most operands in one chain of `and` or of `or` (`$path == "/a" or $path == "/b" or
+/// ...`): such a chain is built as a balanced tree (both are associative, and the
+/// operands still run left to right), so it is only `log2` of this deep.
+pub const MAX_LOGIC_CHAIN: usize = 1024;
 /// Most prefix operators (`not`, `-`) or `.field` accesses in a row.
 pub const MAX_PREFIX: usize = 8;
 /// Longest string literal accepted, in bytes.
@@ -553,10 +559,15 @@ impl<'s> Builder<'s> {
                 })
             }
             Rule::string => self.string(pair),
-            Rule::raw_string => Ok(Expr {
-                kind: ExprKind::Lit(Literal::Str(raw_text(&pair))),
-                span,
-            }),
+            Rule::raw_string => {
+                if pair.as_str().len() > MAX_STRING + 6 {
+                    return Err(self.err(&pair, format!("string longer than {MAX_STRING} bytes")));
+                }
+                Ok(Expr {
+                    kind: ExprKind::Lit(Literal::Str(raw_text(&pair))),
+                    span,
+                })
+            }
             _ => Ok(Expr {
                 kind: ExprKind::Lit(self.literal(&pair)?),
                 span,
@@ -565,18 +576,35 @@ impl<'s> Builder<'s> {
     }
 
     fn binary_chain(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
-        // Chains become left-deep trees that checking and running walk recursively:
-        // bound them so no input can exhaust a stack.
-        if pair.clone().into_inner().count() > 2 * MAX_CHAIN {
-            return Err(self
-                .err(
-                    &pair,
-                    format!("more than {MAX_CHAIN} operands in one expression"),
-                )
-                .with_hint("split it with `let`"));
+        let logic = matches!(pair.as_rule(), Rule::or_expr | Rule::and_expr);
+        // Arithmetic and comparison chains become left-deep trees that checking and
+        // running walk recursively: bound them so no input can exhaust a stack. `and`
+        // and `or` chains are balanced (below), so they may be much longer.
+        let limit = if logic { MAX_LOGIC_CHAIN } else { MAX_CHAIN };
+        if pair.clone().into_inner().count() > 2 * limit {
+            let message = if logic {
+                let op = if pair.as_rule() == Rule::or_expr {
+                    "or"
+                } else {
+                    "and"
+                };
+                format!("more than {limit} operands joined by `{op}`")
+            } else {
+                format!("more than {limit} operands in one expression")
+            };
+            return Err(self.err(&pair, message).with_hint("split it with `let`"));
         }
         let mut it = children(pair);
         let mut left = self.expr(next(&mut it)?)?;
+        if logic {
+            let mut operands = vec![left];
+            let mut op = BinOp::Or;
+            while let Some(o) = it.next() {
+                op = bin_op(o.as_str());
+                operands.push(self.expr(next(&mut it)?)?);
+            }
+            return Ok(balanced(op, operands));
+        }
         while let Some(op) = it.next() {
             let right = self.expr(next(&mut it)?)?;
             let op = bin_op(op.as_str());
@@ -672,6 +700,29 @@ impl<'s> Builder<'s> {
             }
             _ => return Err(self.err(pair, "unexpected expression")),
         })
+    }
+}
+
+/// `a op b op c ...` for an associative `op` (`and`, `or`) as a balanced tree: the
+/// operands keep their order (and so their left-to-right, stop-early evaluation), and
+/// the tree is `log2(n)` deep rather than `n`.
+fn balanced(op: BinOp, mut operands: Vec<Expr>) -> Expr {
+    if operands.len() <= 1 {
+        // Never empty: a chain has a first operand.
+        return operands.pop().unwrap_or(Expr {
+            kind: ExprKind::Lit(Literal::Nil),
+            span: Span::default(),
+        });
+    }
+    let right = operands.split_off(operands.len() / 2);
+    let (left, right) = (balanced(op, operands), balanced(op, right));
+    let span = Span {
+        end: right.span.end,
+        ..left.span
+    };
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+        span,
     }
 }
 

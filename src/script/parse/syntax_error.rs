@@ -1,6 +1,8 @@
 //! Syntax errors in words: what pest reports (a position and the rules it expected
 //! there) becomes one [`Diagnostic`] naming what was expected ("expected a string or
-//! `$variable`"), never grammar rule names.
+//! `$variable`"), never grammar rule names, with the cases that need more than that
+//! told apart (a file that ends too early, a string never closed, a chained
+//! comparison).
 
 use super::{span_at, Rule};
 use crate::script::diag::Diagnostic;
@@ -22,18 +24,23 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
         .map_or("end of file".to_owned(), |t| {
             format!("`{}`", truncate(t, 20))
         });
+    let positives: &[Rule] = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives,
+        pest::error::ErrorVariant::CustomError { .. } => &[],
+    };
     if pos >= source.len() {
-        // The file ended inside something: say what is likely missing, and point at
-        // the last line with text rather than at nothing.
-        let last = source.trim_end().len().saturating_sub(1);
-        let span = span_at(source, last, last + 1);
-        return Diagnostic::new(
-            file,
-            source,
-            span,
-            "unexpected end of file: a `}`, `)`, `]` or closing `\"` is missing",
-        )
-        .with_hint("every `{` needs a `}`; every string needs its closing quote");
+        return end_of_file(file, source, positives);
+    }
+    if let Some(op) = comparison_at(&source[pos..]) {
+        if positives.contains(&Rule::or_op) || positives.contains(&Rule::and_op) {
+            return Diagnostic::new(
+                file,
+                source,
+                span_at(source, pos, pos + op.len()),
+                format!("comparisons do not chain: `{op}` follows a comparison"),
+            )
+            .with_hint("join two comparisons with `and`: `a < b and b < c`");
+        }
     }
     let message = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
@@ -53,6 +60,123 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
         Some(h) => diag.with_hint(h),
         None => diag,
     }
+}
+
+/// The syntax error of a file that ends too early.
+fn end_of_file(file: &str, source: &str, positives: &[Rule]) -> Diagnostic {
+    // Nothing but comments and blanks (also an empty `PUT /mods/NAME` body).
+    if positives
+        .iter()
+        .any(|r| matches!(r, Rule::module | Rule::kw_mod))
+    {
+        return Diagnostic::file_level(file, "expected `mod NAME { ... }`, found end of file")
+            .with_hint("a module file holds one `mod NAME { ... }`, NAME being the file's name");
+    }
+    if let Some((start, raw)) = unclosed_string(source) {
+        let (quote, span) = if raw {
+            ("\"\"\"", span_at(source, start, start + 3))
+        } else {
+            ("\"", span_at(source, start, start + 1))
+        };
+        return Diagnostic::new(
+            file,
+            source,
+            span,
+            format!("this string has no closing `{quote}`"),
+        )
+        .with_hint("a string ends at the next `\"` (write `\\\"` for a quote inside); it may span lines, so it ran to the end of the file");
+    }
+    // Say what is likely missing, and point at the last line with text rather than
+    // at nothing.
+    let last = source.trim_end().len().saturating_sub(1);
+    let span = span_at(source, last, last + 1);
+    Diagnostic::new(
+        file,
+        source,
+        span,
+        "unexpected end of file: a `}`, `)` or `]` is missing",
+    )
+    .with_hint("every `{` needs a `}`, every `(` a `)` and every `[` a `]`")
+}
+
+/// Where the string that runs to the end of `source` starts, if one does, and whether
+/// it is a raw string. Follows strings into `${...}` interpolations (which may hold
+/// strings of their own) and skips comments.
+fn unclosed_string(source: &str) -> Option<(usize, bool)> {
+    /// What the scan is inside: code (at the top, or in an interpolation, with the
+    /// depth of `{` met in it) or a string (where it starts).
+    enum In {
+        Code { interpolation: bool, braces: usize },
+        Str(usize),
+    }
+    let bytes = source.as_bytes();
+    let mut stack = vec![In::Code {
+        interpolation: false,
+        braces: 0,
+    }];
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match stack.last_mut() {
+            Some(In::Str(_)) => match b {
+                b'\\' => i += 1,
+                b'"' => {
+                    stack.pop();
+                }
+                b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                    stack.push(In::Code {
+                        interpolation: true,
+                        braces: 0,
+                    });
+                    i += 1;
+                }
+                _ => {}
+            },
+            Some(In::Code {
+                interpolation,
+                braces,
+            }) => match b {
+                b'#' => {
+                    while i < bytes.len() && bytes[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'"' if source[i..].starts_with("\"\"\"") => match source[i + 3..].find("\"\"\"") {
+                    Some(len) => i += 3 + len + 2,
+                    None => return Some((i, true)),
+                },
+                b'"' => stack.push(In::Str(i)),
+                b'{' => *braces += 1,
+                b'}' if *interpolation && *braces == 0 => {
+                    stack.pop();
+                }
+                b'}' => *braces = braces.saturating_sub(1),
+                _ => {}
+            },
+            None => return None,
+        }
+        i += 1;
+    }
+    stack.into_iter().rev().find_map(|s| match s {
+        In::Str(start) => Some((start, false)),
+        In::Code { .. } => None,
+    })
+}
+
+/// The comparison operator `rest` starts with, if any.
+fn comparison_at(rest: &str) -> Option<&str> {
+    for op in ["==", "!=", "<=", ">=", "<", ">", "~"] {
+        if rest.starts_with(op) {
+            return Some(op);
+        }
+    }
+    ["in", "starts_with", "ends_with", "contains"]
+        .into_iter()
+        .find(|word| {
+            rest.strip_prefix(word).is_some_and(|after| {
+                !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
 }
 
 fn hint_for(source: &str, pos: usize) -> Option<&'static str> {
@@ -129,7 +253,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
             "an expression"
         }
         Rule::add_expr | Rule::mul_expr | Rule::neg_expr | Rule::postfix => "an expression",
-        Rule::or_op | Rule::and_op => "`and` or `or`",
+        Rule::or_op => "`or`",
+        Rule::and_op => "`and`",
         Rule::cmp_op => "a comparison",
         Rule::add_op | Rule::mul_op | Rule::neg_op => "an operator",
         Rule::not_op => "`not`",
