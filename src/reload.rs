@@ -32,6 +32,9 @@ pub struct ReloadError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub message: String,
+    /// What to do about it, for the module errors that have one (also in `rendered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// The full rendered diagnostic (source line, caret, hint).
     pub rendered: String,
     /// For an error in a library a module's Lua chunk `require`s: that module.
@@ -47,6 +50,7 @@ impl From<&Diagnostic> for ReloadError {
             col: d.col,
             key: None,
             message: d.message.clone(),
+            hint: d.hint.clone(),
             rendered: d.render(),
             module: d.module.as_deref().cloned(),
         }
@@ -63,6 +67,7 @@ impl ReloadError {
             key: None,
             rendered: message.clone(),
             module: None,
+            hint: None,
             message,
         }
     }
@@ -77,6 +82,7 @@ impl From<&crate::config::ConfigError> for ReloadError {
             key: (!e.key.is_empty()).then(|| e.key.clone()),
             message: e.message.clone(),
             rendered: e.to_string(),
+            hint: None,
             module: None,
         }
     }
@@ -266,6 +272,7 @@ fn whole_file_error(config: &Config, message: String) -> Vec<ReloadError> {
         key: None,
         rendered: message.clone(),
         module: None,
+        hint: None,
         message,
     }]
 }
@@ -336,6 +343,7 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
                     key: Some(format!("server.listen[{i}]")),
                     rendered: format!("server.listen[{i}]: {message}"),
                     module: None,
+                    hint: None,
                     message,
                 }]);
             }

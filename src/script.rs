@@ -243,6 +243,9 @@ fn load_sources_here(
     let libs = Arc::new(crate::lua::Libraries::read(&config.scripts.dir.join("lib")));
     for (path, source) in sources {
         let file = path.display().to_string();
+        // Editors on Windows may start a UTF-8 file with a byte-order mark: skipped
+        // here, once, so that parsing and every check see the same text.
+        let source = source.strip_prefix('\u{feff}').unwrap_or(source);
         let module = match parse::parse(&file, source) {
             Ok(m) => m,
             Err(d) => {

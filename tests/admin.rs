@@ -785,6 +785,19 @@ async fn put_of_an_invalid_module_answers_400_and_changes_nothing_on_disk() {
     assert_eq!(error["line"], 3, "{body:#}");
     assert_eq!(error["col"], 30, "{body:#}");
     assert!(error["message"].as_str().unwrap_or("").contains("nope"));
+    assert_eq!(
+        error["hint"], "declare it with `let` first",
+        "the hint as data, as docs/pcmod.md says: {body:#}"
+    );
+
+    // An empty body: what is missing is the module, not a closing bracket.
+    let resp = admin(px.admin, "PUT", "/mods/empty", "").await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!(
+        body["errors"][0]["message"], "expected `mod NAME { ... }`, found end of file",
+        "{body:#}"
+    );
 
     // A new module that does not compile.
     let resp = admin(px.admin, "PUT", "/mods/broken", BROKEN).await;

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, RngAlgorithm, TestRng, TestRunner};
 use proxycache::script::diag::render_all;
-use proxycache::script::parse::{parse, MAX_LINES, MAX_NESTING, MAX_STRING};
+use proxycache::script::parse::{
+    parse, MAX_CHAIN, MAX_LINES, MAX_LOGIC_CHAIN, MAX_NESTING, MAX_PREFIX, MAX_STRING,
+};
 use proxycache::script::{load_sources, Diagnostic, Loaded};
 use proxycache::Config;
 
@@ -300,6 +302,79 @@ fn the_string_limit_is_clear() {
     if let Err(d) = parse("long.pcmod", &ok) {
         panic!("{MAX_STRING} bytes must parse:\n{}", d.render());
     }
+}
+
+/// Raw strings are held to the same limit as other strings (they had none).
+#[test]
+fn the_string_limit_holds_for_raw_strings() {
+    let source = format!(
+        "mod long {{ on request {{ let s = \"\"\"{}\"\"\" }} }}",
+        "a".repeat(MAX_STRING + 1)
+    );
+    let d = parse("long.pcmod", &source).expect_err("raw string too long");
+    assert_eq!(d.message, format!("string longer than {MAX_STRING} bytes"));
+    assert_eq!((d.line, d.col), (1, 33));
+    let ok = format!(
+        "mod long {{ on request {{ let s = \"\"\"{}\"\"\" }} }}",
+        "a".repeat(MAX_STRING)
+    );
+    if let Err(d) = parse("long.pcmod", &ok) {
+        panic!("{MAX_STRING} bytes must parse:\n{}", d.render());
+    }
+}
+
+fn chain(op: &str, operand: &str, n: usize) -> String {
+    format!(
+        "mod chain {{ on request {{ let x = {} }} }}",
+        vec![operand; n].join(&format!(" {op} "))
+    )
+}
+
+/// The operand limits are exact and say which limit it is: `and`/`or` chains (built
+/// balanced) allow many more operands than arithmetic chains (built left-deep).
+#[test]
+fn the_chain_limits_are_exact() {
+    for (op, operand, limit, message) in [
+        (
+            "or",
+            "$path == \"/\"",
+            MAX_LOGIC_CHAIN,
+            format!("more than {MAX_LOGIC_CHAIN} operands joined by `or`"),
+        ),
+        (
+            "and",
+            "true",
+            MAX_LOGIC_CHAIN,
+            format!("more than {MAX_LOGIC_CHAIN} operands joined by `and`"),
+        ),
+        (
+            "+",
+            "1",
+            MAX_CHAIN,
+            format!("more than {MAX_CHAIN} operands in one expression"),
+        ),
+    ] {
+        let at_limit = chain(op, operand, limit);
+        if let Err(d) = load_sources(&base_config(), &[(PathBuf::from("chain.pcmod"), at_limit)]) {
+            panic!("{limit} operands of `{op}` must load:\n{}", render_all(&d));
+        }
+        let d = parse("chain.pcmod", &chain(op, operand, limit + 1)).expect_err("one too many");
+        assert_eq!(d.message, message);
+    }
+    let prefix = |n: usize| {
+        format!(
+            "mod p {{ on request {{ let x = {}true }} }}",
+            "not ".repeat(n)
+        )
+    };
+    if let Err(d) = parse("p.pcmod", &prefix(MAX_PREFIX)) {
+        panic!("{MAX_PREFIX} prefix operators must parse:\n{}", d.render());
+    }
+    let d = parse("p.pcmod", &prefix(MAX_PREFIX + 1)).expect_err("one too many");
+    assert_eq!(
+        d.message,
+        format!("more than {MAX_PREFIX} prefix operators in a row")
+    );
 }
 
 /// Runs `f` on a thread with `stack` bytes of stack; `None` if it panicked.

@@ -901,6 +901,82 @@ mod faulty {
 }
 "##;
 
+/// A `float` field whose default is written as an int is a float at run time, as the
+/// same value from config.toml is: `2 / 4` was an int division giving 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_float_field_with_an_int_default_divides_as_a_float() {
+    let module = "mod half {\n  config {\n    f: float = 2\n    l: list<float> = [1]\n  }\n  on request {\n    respond 200 \"${$config.f / 4} ${$config.f / 4 == 0.5}\"\n  }\n}\n";
+    let px = start(&[("half", module)], ECHO);
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "0.5 true", "the default");
+    let px = start(
+        &[("half", module)],
+        &format!("{ECHO}\n[mods.half]\nf = 2\n"),
+    );
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.text(), "0.5 true", "the same value from config.toml");
+}
+
+/// `==` agrees with `<` and `>`: numbers of any kind are equal when neither is less
+/// (sizes as bytes, durations as seconds), and lists item by item by the same rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equality_agrees_with_ordering() {
+    let module = r##"
+mod eq {
+  on request {
+    let size = "${1KiB == 1024} ${1KiB < 2000} ${1KiB != 1024} ${1KiB == 1KB}"
+    let time = "${1500ms == 1.5} ${2s == 2} ${1m == 60s}"
+    let lists = "${[1, 2] == [1, 2.0]} ${[1, 2] == [1, 2, 3]} ${[[1KiB]] == [[1024]]} ${[1] == ["1"]}"
+    let member = "${2.0 in [1, 2]} ${[1, 2.0] contains 1.0} ${1 == "1"}"
+    respond 200 "${size}|${time}|${lists}|${member}"
+  }
+}
+"##;
+    let px = start(&[("eq", module)], ECHO);
+    let resp = get_with(px.addr, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.text(),
+        "true true false false|true true true|true false true false|true true false"
+    );
+}
+
+/// An `or` chain longer than the old limit of 64 operands loads (it is built as a
+/// balanced tree) and still tests its operands left to right, stopping at the first
+/// true one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_or_chain_runs_left_to_right_and_stops_early() {
+    let mut conditions: Vec<String> = (0..200).map(|i| format!("$path == \"/p{i}\"")).collect();
+    // A fault after a true operand is never reached; one before it would be.
+    conditions.insert(150, "$ctx.n + 1 > 0".to_owned());
+    let module = format!(
+        "mod chain {{\n  on request {{\n    if {} {{\n      respond 200 \"listed\"\n    }}\n  }}\n}}\n",
+        conditions.join(" or ")
+    );
+    let all_and = format!(
+        "mod chain2 {{\n  priority 1\n  on request {{\n    if {} {{\n      respond 200 \"all\"\n    }}\n  }}\n}}\n",
+        (0..100).map(|_| "$method == \"PUT\"").collect::<Vec<_>>().join(" and ")
+    );
+    let px = start(&[("chain", &module), ("chain2", &all_and)], ECHO);
+    let resp = get_with(px.addr, "/p7", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "listed");
+    let resp = get_with(px.addr, "/p149", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "listed");
+    let resp = get_with(px.addr, "/p150", &[]).await;
+    assert_eq!(
+        resp.status,
+        500,
+        "`$ctx.n + 1` (nil + 1) ran: {}",
+        resp.text()
+    );
+    let resp = send(px.addr, empty(req("PUT", "/p1"))).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "all");
+}
+
 /// Adding durations that overflow (`[mods.NAME]` allows a bare number of seconds, up
 /// to u64::MAX) is a fault like integer overflow: 500, not a panic that drops the
 /// connection without an answer.

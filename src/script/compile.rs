@@ -2,11 +2,13 @@
 //! runs here and all errors are collected (not just the first); when there are none,
 //! the same walk has produced the executable form ([`ir`](super::ir)).
 //!
-//! Statements are handled here, expressions and calls in `compile/expr.rs`.
+//! Statements are handled here, expressions in `compile/expr.rs`, calls in
+//! `compile/call.rs`.
 
+mod call;
 mod expr;
 
-pub(crate) use expr::with_article as with_article_pub;
+pub(crate) use call::with_article as with_article_pub;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +79,7 @@ pub fn compile(
         next_slot: 0,
         max_slot: 0,
         reads_request: false,
+        in_string: 0,
     };
     let mut out = Compiled::default();
     for phase in &module.phases {
@@ -111,6 +114,8 @@ struct Compiler<'a> {
     max_slot: u16,
     /// A response or log phase reads `$req.header/query/cookie`.
     reads_request: bool,
+    /// How many interpolating strings the expression being checked is inside.
+    in_string: u32,
 }
 
 impl Compiler<'_> {
@@ -203,6 +208,23 @@ impl Compiler<'_> {
         }
     }
 
+    /// A header value known at load: built once here, and an invalid one (a line
+    /// break, say) is an error now rather than a fault on every request.
+    fn constant_header_value(&mut self, span: Span, value: &CExpr) -> Option<http::HeaderValue> {
+        let CExpr::Const(v) = value else { return None };
+        match super::exec::header_value(v) {
+            Ok(h) => Some(h),
+            Err(message) => {
+                self.hint(
+                    span,
+                    message,
+                    "a header value may not hold line breaks or other control characters (a tab is fine)",
+                );
+                None
+            }
+        }
+    }
+
     fn stmt(&mut self, stmt: &Stmt) -> Option<CStmt> {
         let line = stmt.span.line;
         let kind = match &stmt.kind {
@@ -254,9 +276,10 @@ impl Compiler<'_> {
         let body = body.map(|b| self.expr(b).0);
         let mut hs = Vec::new();
         for (name, value) in headers {
-            let value = self.expr(value).0;
+            let value_c = self.expr(value).0;
+            self.constant_header_value(value.span, &value_c);
             if let Some(h) = self.header_name(name.span, &name.node) {
-                hs.push((h, value));
+                hs.push((h, value_c));
             }
         }
         allowed.then_some(CStmtKind::Respond {
@@ -296,12 +319,13 @@ impl Compiler<'_> {
                 match self.upstreams.iter().position(|u| u == name) {
                     Some(i) => CForward::Index(i),
                     None => {
-                        let known = self.upstreams.join(", ");
-                        self.hint(
-                            upstream.span,
-                            format!("unknown upstream {name:?}"),
-                            format!("known upstreams: {known}"),
-                        );
+                        let hint = if self.upstreams.is_empty() {
+                            "config.toml declares no upstreams: add an `[upstreams.NAME]` table"
+                                .to_owned()
+                        } else {
+                            format!("known upstreams: {}", self.upstreams.join(", "))
+                        };
+                        self.hint(upstream.span, format!("unknown upstream {name:?}"), hint);
                         CForward::Index(0)
                     }
                 }
@@ -368,10 +392,7 @@ impl Compiler<'_> {
                 };
                 let ok = self.only_in(span, &what, phases);
                 let h = self.header_name(span, name)?;
-                let constant = match &value_c {
-                    CExpr::Const(v) => super::exec::header_value(v).ok(),
-                    _ => None,
-                };
+                let constant = self.constant_header_value(value.span, &value_c);
                 ok.then_some(CStmtKind::SetHeader {
                     resp,
                     name: h,

@@ -611,9 +611,22 @@ fn contains(a: &Value, b: &Value) -> Eval<bool> {
     })
 }
 
+/// `==`, consistent with ordering: two numbers (ints, floats, durations in seconds,
+/// sizes in bytes) are equal when [`compare`] finds them so (`1KiB == 1024`,
+/// `1 == 1.0`, `1500ms == 1.5`); lists and maps are equal item by item under this
+/// rule (`[1, 2] == [1, 2.0]`); any other values only when they are the same.
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => (*x as f64) == *y,
+        (Value::List(x), Value::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(x, y)| equal(x, y))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|((kx, x), (ky, y))| kx == ky && equal(x, y))
+        }
+        _ if a.as_f64().is_some() && b.as_f64().is_some() => compare(a, b) == Some(Ordering::Equal),
         _ => a == b,
     }
 }

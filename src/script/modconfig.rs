@@ -67,13 +67,13 @@ pub fn resolve(
     let name = &module.name.node;
     for (key, value) in ov.table.into_iter().flatten() {
         let toml_key = format!("mods.{name}.{key}");
-        let at = |msg: String| {
+        let at_inside = |inside: &str, msg: String| {
             let (line, col) = key_position(ov.text, name, key);
             Diagnostic {
                 file: ov.file.to_owned(),
                 line,
                 col,
-                message: format!("{toml_key}: {msg}"),
+                message: format!("{toml_key}{inside}: {msg}"),
                 hint: None,
                 module: None,
                 source_line: ov
@@ -85,6 +85,7 @@ pub fn resolve(
                 width: key.len().max(1),
             }
         };
+        let at = |msg: String| at_inside("", msg);
         match key.as_str() {
             "enabled" => match value.as_bool() {
                 Some(b) => {
@@ -102,7 +103,7 @@ pub fn resolve(
             _ => match fields.get_mut(key) {
                 Some((ty, slot)) => match from_toml(ty, value) {
                     Ok(v) => *slot = v,
-                    Err(msg) => diags.push(at(msg)),
+                    Err(misfit) => diags.push(at_inside(&misfit.at, misfit.message)),
                 },
                 None => {
                     let known: Vec<&str> = module
@@ -136,16 +137,14 @@ pub fn resolve(
 fn default_value(field: &ConfigField) -> Result<Value, String> {
     let v = literal_value(&field.default.kind)
         .ok_or_else(|| format!("default of `{}` is not a literal", field.name.node))?;
-    if fits(&field.ty.node, &v) {
-        Ok(v)
-    } else {
-        Err(format!(
+    coerce(&field.ty.node, &v).ok_or_else(|| {
+        format!(
             "default of `{}` is a {}, but its type is {}",
             field.name.node,
             v.type_name(),
             field.ty.node
-        ))
-    }
+        )
+    })
 }
 
 fn literal_value(e: &ExprKind) -> Option<Value> {
@@ -172,20 +171,59 @@ fn literal_value(e: &ExprKind) -> Option<Value> {
     })
 }
 
-fn fits(ty: &Type, v: &Value) -> bool {
-    match (ty, v) {
-        (Type::Bool, Value::Bool(_)) | (Type::Int, Value::Int(_)) | (Type::Str, Value::Str(_)) => {
-            true
+/// `v` as a value of type `ty`, if it is one. An int is a `float` too, and becomes one
+/// here: a `float` field must hold a float at run time (`$config.f / 4` is 0.5 for
+/// `f: float = 2`, as for `f = 2` in config.toml), also inside lists and maps.
+fn coerce(ty: &Type, v: &Value) -> Option<Value> {
+    Some(match (ty, v) {
+        (Type::Float, Value::Int(i)) => Value::Float(*i as f64),
+        (Type::Bool, Value::Bool(_))
+        | (Type::Int, Value::Int(_))
+        | (Type::Str, Value::Str(_))
+        | (Type::Float, Value::Float(_))
+        | (Type::Duration, Value::Duration(_))
+        | (Type::Size, Value::Size(_)) => v.clone(),
+        (Type::List(t), Value::List(items)) => Value::List(
+            items
+                .iter()
+                .map(|i| coerce(t, i))
+                .collect::<Option<Arc<[Value]>>>()?,
+        ),
+        (Type::Map(t), Value::Map(m)) => Value::Map(Arc::new(
+            m.iter()
+                .map(|(k, i)| Some((k.clone(), coerce(t, i)?)))
+                .collect::<Option<_>>()?,
+        )),
+        _ => return None,
+    })
+}
+
+/// A value of `[mods.NAME]` that does not fit its field: where inside the value
+/// (`[2]` for a list's third item, `.k` for a map's key `k`; empty for the value
+/// itself) and what is wrong.
+struct Misfit {
+    at: String,
+    message: String,
+}
+
+impl From<String> for Misfit {
+    fn from(message: String) -> Self {
+        Misfit {
+            at: String::new(),
+            message,
         }
-        (Type::Float, Value::Float(_) | Value::Int(_)) => true,
-        (Type::Duration, Value::Duration(_)) | (Type::Size, Value::Size(_)) => true,
-        (Type::List(t), Value::List(items)) => items.iter().all(|i| fits(t, i)),
-        (Type::Map(t), Value::Map(m)) => m.values().all(|i| fits(t, i)),
-        _ => false,
     }
 }
 
-fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, String> {
+impl Misfit {
+    /// The same misfit seen from the list or map holding it, under `step`.
+    fn inside(mut self, step: String) -> Self {
+        self.at.insert_str(0, &step);
+        self
+    }
+}
+
+fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, Misfit> {
     let wrong = || format!("expected {ty}, found {}", v.type_str());
     Ok(match (ty, v) {
         (Type::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),
@@ -201,29 +239,55 @@ fn from_toml(ty: &Type, v: &toml::Value) -> Result<Value, String> {
             Value::Size(crate::config::parse_size(s).map_err(|e| format!("expected a size: {e}"))?)
         }
         (Type::Size, toml::Value::Integer(i)) if *i >= 0 => Value::Size(*i as u64),
+        (Type::Size, toml::Value::Integer(i)) => {
+            return Err(
+                format!("expected a size: a number of bytes must not be negative, got {i}").into(),
+            )
+        }
         // As everywhere in config.toml, a bare integer duration is seconds.
         (Type::Duration, toml::Value::Integer(i)) if *i >= 0 => {
             Value::Duration(bounded(std::time::Duration::from_secs(*i as u64), || {
                 format!("{i} seconds")
             })?)
         }
+        (Type::Duration, toml::Value::Integer(i)) => {
+            return Err(format!(
+                "expected a duration: a number of seconds must not be negative, got {i}"
+            )
+            .into())
+        }
         (Type::List(t), toml::Value::Array(items)) => Value::List(
             items
                 .iter()
-                .map(|i| from_toml(t, i))
+                .enumerate()
+                .map(|(n, i)| from_toml(t, i).map_err(|e| e.inside(format!("[{n}]"))))
                 .collect::<Result<Arc<[Value]>, _>>()?,
         ),
         (Type::Map(t), toml::Value::Table(m)) => Value::Map(Arc::new(
             m.iter()
-                .map(|(k, i)| Ok((k.clone(), from_toml(t, i)?)))
-                .collect::<Result<_, String>>()?,
+                .map(|(k, i)| {
+                    let v = from_toml(t, i).map_err(|e| e.inside(format!(".{}", toml_key(k))))?;
+                    Ok((k.clone(), v))
+                })
+                .collect::<Result<_, Misfit>>()?,
         )),
-        _ => return Err(wrong()),
+        _ => return Err(wrong().into()),
     })
 }
 
-/// Line and column of `key` inside `[mods.NAME]` (1-based), or of the table header,
-/// found in the text: toml tables do not keep positions.
+/// `key` as written in a dotted TOML key: bare when it may be, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_owned()
+    } else {
+        toml::Value::String(key.to_owned()).to_string()
+    }
+}
+
 /// `d`, unless it is past the bound every duration of config.toml keeps to.
 fn bounded(
     d: std::time::Duration,
@@ -239,6 +303,8 @@ fn bounded(
     Ok(d)
 }
 
+/// Line and column of `key` inside `[mods.NAME]` (1-based), or of the table header,
+/// found in the text: toml tables do not keep positions.
 fn key_position(text: &str, module: &str, key: &str) -> (u32, u32) {
     let header = format!("[mods.{module}]");
     let mut in_table = false;
@@ -262,4 +328,40 @@ fn key_position(text: &str, module: &str, key: &str) -> (u32, u32) {
         }
     }
     (header_line, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An int default of a `float` field (or of a `list<float>` item) is stored as a
+    /// float, as the same value from config.toml is.
+    #[test]
+    fn int_defaults_of_float_fields_become_floats() {
+        let source = "mod m {\n  config {\n    f: float = 2\n    n: float = -3\n    l: list<float> = [1, 2.5]\n    i: int = 2\n  }\n}\n";
+        let module = match super::super::parse::parse("m.pcmod", source) {
+            Ok(m) => m,
+            Err(d) => panic!("{}", d.render()),
+        };
+        let none = Overrides {
+            file: "config.toml",
+            text: "",
+            table: None,
+        };
+        let settings = match resolve(&module, source, &none) {
+            Ok(s) => s,
+            Err(d) => panic!("{d:?}"),
+        };
+        let value = |name: &str| settings.fields.get(name).map(|(_, v)| v.clone());
+        assert_eq!(value("f"), Some(Value::Float(2.0)));
+        assert_eq!(value("n"), Some(Value::Float(-3.0)));
+        assert_eq!(
+            value("l"),
+            Some(Value::List(Arc::from(vec![
+                Value::Float(1.0),
+                Value::Float(2.5)
+            ])))
+        );
+        assert_eq!(value("i"), Some(Value::Int(2)), "an int field stays an int");
+    }
 }

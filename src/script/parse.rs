@@ -1,6 +1,7 @@
 //! Parsing: source text -> [`ast::Module`] with pest (`grammar/pcmod.pest`). Syntax
 //! errors come back as one [`Diagnostic`] whose message names what was expected in
-//! words ("expected a string or `$variable`"), never grammar rule names.
+//! words ("expected a string or `$variable`"), never grammar rule names
+//! (`parse/syntax_error.rs`).
 
 use std::sync::Arc;
 
@@ -10,12 +11,22 @@ use pest::Parser as _;
 use super::ast::*;
 use super::diag::Diagnostic;
 
+mod syntax_error;
+
+use syntax_error::syntax_error;
+
 /// Longest module accepted, in lines.
 pub const MAX_LINES: usize = 10_000;
 /// Deepest nesting of brackets, braces and parentheses accepted.
 pub const MAX_NESTING: usize = 32;
-/// Most operands in one chain of binary operators (`a + b + ...`).
+/// Most operands in one chain of arithmetic or comparison operators (`a + b + ...`):
+/// such a chain is a tree as deep as it is long, which checking and running walk
+/// recursively.
 pub const MAX_CHAIN: usize = 64;
+/// Most operands in one chain of `and` or of `or` (`$path == "/a" or $path == "/b" or
+/// ...`): such a chain is built as a balanced tree (both are associative, and the
+/// operands still run left to right), so it is only `log2` of this deep.
+pub const MAX_LOGIC_CHAIN: usize = 1024;
 /// Most prefix operators (`not`, `-`) or `.field` accesses in a row.
 pub const MAX_PREFIX: usize = 8;
 /// Longest string literal accepted, in bytes.
@@ -115,150 +126,6 @@ fn span_at(source: &str, start: usize, end: usize) -> Span {
         line,
         col,
     }
-}
-
-fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule>) -> Diagnostic {
-    let pos = match e.location {
-        pest::error::InputLocation::Pos(p) => p,
-        pest::error::InputLocation::Span((s, _)) => s,
-    };
-    let end = source[pos..]
-        .chars()
-        .next()
-        .map_or(pos, |c| pos + c.len_utf8());
-    let found = source[pos..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .filter(|t| !t.is_empty())
-        .map_or("end of file".to_owned(), |t| {
-            format!("`{}`", truncate(t, 20))
-        });
-    if pos >= source.len() {
-        // The file ended inside something: say what is likely missing, and point at
-        // the last line with text rather than at nothing.
-        let last = source.trim_end().len().saturating_sub(1);
-        let span = span_at(source, last, last + 1);
-        return Diagnostic::new(
-            file,
-            source,
-            span,
-            "unexpected end of file: a `}`, `)`, `]` or closing `\"` is missing",
-        )
-        .with_hint("every `{` needs a `}`; every string needs its closing quote");
-    }
-    let message = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
-            names.sort_unstable();
-            names.dedup();
-            if names.is_empty() {
-                format!("syntax error near {found}")
-            } else {
-                format!("expected {}, found {found}", join_or(&names))
-            }
-        }
-        pest::error::ErrorVariant::CustomError { message } => message.clone(),
-    };
-    let diag = Diagnostic::new(file, source, span_at(source, pos, end), message);
-    match hint_for(source, pos) {
-        Some(h) => diag.with_hint(h),
-        None => diag,
-    }
-}
-
-fn hint_for(source: &str, pos: usize) -> Option<&'static str> {
-    let rest = &source[pos..];
-    // pest stops just after a `$` that starts no variable.
-    let after_dollar = source[..pos].ends_with('$')
-        && !rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '{');
-    if after_dollar
-        || (rest.starts_with('$')
-            && !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '{'))
-    {
-        return Some("a `$` in a string starts a variable; write `\\$` for a dollar sign");
-    }
-    if rest.starts_with('\'') {
-        return Some("strings use double quotes");
-    }
-    None
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
-fn join_or(names: &[&str]) -> String {
-    match names {
-        [] => String::new(),
-        [one] => (*one).to_owned(),
-        [init @ .., last] => format!("{} or {}", init.join(", "), last),
-    }
-}
-
-/// Grammar rules in words, for error messages. `None`: not worth naming.
-fn rule_name(rule: Rule) -> Option<&'static str> {
-    Some(match rule {
-        Rule::EOI => "end of file",
-        Rule::module | Rule::kw_mod => "`mod NAME { ... }`",
-        Rule::ident | Rule::name => "a name",
-        Rule::version_item | Rule::kw_version => "`version`",
-        Rule::priority_item | Rule::kw_priority => "`priority`",
-        Rule::description_item | Rule::kw_description => "`description`",
-        Rule::lua_item | Rule::kw_lua => "`lua`",
-        Rule::config_block | Rule::kw_config => "`config { ... }`",
-        Rule::config_field => "a config field (`name: type = default`)",
-        Rule::type_name | Rule::scalar_type | Rule::list_type | Rule::map_type => {
-            "a type (bool, int, float, string, duration, size, list<T>, map<T>)"
-        }
-        Rule::phase | Rule::kw_on => "`on request|response|log { ... }`",
-        Rule::phase_name => "`request`, `response` or `log`",
-        Rule::block => "`{`",
-        Rule::let_stmt | Rule::kw_let => "`let`",
-        Rule::if_stmt | Rule::kw_if => "`if`",
-        Rule::else_block | Rule::kw_else => "`else`",
-        Rule::respond_stmt | Rule::kw_respond => "`respond`",
-        Rule::forward_stmt | Rule::kw_forward => "`forward`",
-        Rule::set_stmt | Rule::kw_set => "`set`",
-        Rule::add_stmt | Rule::kw_add => "`add`",
-        Rule::remove_stmt | Rule::kw_remove => "`remove`",
-        Rule::log_stmt | Rule::kw_log => "`log`",
-        Rule::next_stmt => "`next`",
-        Rule::call_stmt | Rule::call => "a call",
-        Rule::header_map => "`{ \"header\": value }`",
-        Rule::header_pair => "`\"header\": value`",
-        Rule::option_map => "`{ option: value }`",
-        Rule::option_pair => "`option: value`",
-        Rule::target | Rule::field_target | Rule::target_root => "`req.…`, `resp.…` or `ctx.…`",
-        Rule::header_target | Rule::header_owner => {
-            "`req.header[\"name\"]` or `resp.header[\"name\"]`"
-        }
-        Rule::log_level => "a log level (debug, info, warn, error)",
-        Rule::expr | Rule::or_expr | Rule::and_expr | Rule::not_expr | Rule::cmp_expr => {
-            "an expression"
-        }
-        Rule::add_expr | Rule::mul_expr | Rule::neg_expr | Rule::postfix => "an expression",
-        Rule::or_op | Rule::and_op => "`and` or `or`",
-        Rule::cmp_op => "a comparison",
-        Rule::add_op | Rule::mul_op | Rule::neg_op => "an operator",
-        Rule::not_op => "`not`",
-        Rule::argument => "an argument",
-        Rule::list => "a list",
-        Rule::variable | Rule::var_path | Rule::interp_var => "a `$variable`",
-        Rule::var_index => "`[\"name\"]`",
-        Rule::string | Rule::raw_string => "a string",
-        Rule::int => "an integer",
-        Rule::float => "a number",
-        Rule::duration => "a duration (like 250ms, 5s)",
-        Rule::size => "a size (like 512B, 64KiB)",
-        Rule::boolean => "`true` or `false`",
-        Rule::nil => "`nil`",
-        Rule::interp_expr => "`${expression}`",
-        Rule::escape => "an escape (\\\" \\\\ \\n \\t \\r \\$ \\0)",
-        _ => return None,
-    })
 }
 
 /// Builds AST nodes from pest pairs.
@@ -692,10 +559,15 @@ impl<'s> Builder<'s> {
                 })
             }
             Rule::string => self.string(pair),
-            Rule::raw_string => Ok(Expr {
-                kind: ExprKind::Lit(Literal::Str(raw_text(&pair))),
-                span,
-            }),
+            Rule::raw_string => {
+                if pair.as_str().len() > MAX_STRING + 6 {
+                    return Err(self.err(&pair, format!("string longer than {MAX_STRING} bytes")));
+                }
+                Ok(Expr {
+                    kind: ExprKind::Lit(Literal::Str(raw_text(&pair))),
+                    span,
+                })
+            }
             _ => Ok(Expr {
                 kind: ExprKind::Lit(self.literal(&pair)?),
                 span,
@@ -704,18 +576,35 @@ impl<'s> Builder<'s> {
     }
 
     fn binary_chain(&self, pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
-        // Chains become left-deep trees that checking and running walk recursively:
-        // bound them so no input can exhaust a stack.
-        if pair.clone().into_inner().count() > 2 * MAX_CHAIN {
-            return Err(self
-                .err(
-                    &pair,
-                    format!("more than {MAX_CHAIN} operands in one expression"),
-                )
-                .with_hint("split it with `let`"));
+        let logic = matches!(pair.as_rule(), Rule::or_expr | Rule::and_expr);
+        // Arithmetic and comparison chains become left-deep trees that checking and
+        // running walk recursively: bound them so no input can exhaust a stack. `and`
+        // and `or` chains are balanced (below), so they may be much longer.
+        let limit = if logic { MAX_LOGIC_CHAIN } else { MAX_CHAIN };
+        if pair.clone().into_inner().count() > 2 * limit {
+            let message = if logic {
+                let op = if pair.as_rule() == Rule::or_expr {
+                    "or"
+                } else {
+                    "and"
+                };
+                format!("more than {limit} operands joined by `{op}`")
+            } else {
+                format!("more than {limit} operands in one expression")
+            };
+            return Err(self.err(&pair, message).with_hint("split it with `let`"));
         }
         let mut it = children(pair);
         let mut left = self.expr(next(&mut it)?)?;
+        if logic {
+            let mut operands = vec![left];
+            let mut op = BinOp::Or;
+            while let Some(o) = it.next() {
+                op = bin_op(o.as_str());
+                operands.push(self.expr(next(&mut it)?)?);
+            }
+            return Ok(balanced(op, operands));
+        }
         while let Some(op) = it.next() {
             let right = self.expr(next(&mut it)?)?;
             let op = bin_op(op.as_str());
@@ -811,6 +700,29 @@ impl<'s> Builder<'s> {
             }
             _ => return Err(self.err(pair, "unexpected expression")),
         })
+    }
+}
+
+/// `a op b op c ...` for an associative `op` (`and`, `or`) as a balanced tree: the
+/// operands keep their order (and so their left-to-right, stop-early evaluation), and
+/// the tree is `log2(n)` deep rather than `n`.
+fn balanced(op: BinOp, mut operands: Vec<Expr>) -> Expr {
+    if operands.len() <= 1 {
+        // Never empty: a chain has a first operand.
+        return operands.pop().unwrap_or(Expr {
+            kind: ExprKind::Lit(Literal::Nil),
+            span: Span::default(),
+        });
+    }
+    let right = operands.split_off(operands.len() / 2);
+    let (left, right) = (balanced(op, operands), balanced(op, right));
+    let span = Span {
+        end: right.span.end,
+        ..left.span
+    };
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+        span,
     }
 }
 

@@ -87,6 +87,71 @@ fn refused(e: &regex::Error, limit: usize) -> Refused {
     }
 }
 
+/// A group a replacement (`$1`, `${name}`, as the regex crate expands them) names
+/// that `re` does not have: the regex crate puts nothing there, silently. Returns what
+/// the replacement names and a hint.
+pub fn missing_group(re: &Regex, replacement: &str) -> Option<(String, String)> {
+    let bytes = replacement.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let (name, braced) = match bytes.get(i) {
+            Some(b'$') => {
+                i += 1;
+                continue;
+            }
+            Some(b'{') => match replacement[i + 1..].find('}') {
+                Some(len) => {
+                    let name = &replacement[i + 1..i + 1 + len];
+                    i += len + 2;
+                    (name, true)
+                }
+                // No `}`: the regex crate writes the `$` as it is.
+                None => continue,
+            },
+            _ => {
+                let len = bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                    .count();
+                let name = &replacement[i..i + len];
+                i += len;
+                (name, false)
+            }
+        };
+        if name.is_empty() && !braced {
+            continue;
+        }
+        let exists = match name.parse::<usize>() {
+            Ok(n) => n < re.captures_len(),
+            Err(_) => re.capture_names().flatten().any(|n| n == name),
+        };
+        if exists {
+            continue;
+        }
+        let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+        let hint = if !braced && digits > 0 && digits < name.len() {
+            format!(
+                "`${name}` reads as one group name: write `${{{}}}{}` for group {} followed by `{}`",
+                &name[..digits],
+                &name[digits..],
+                &name[..digits],
+                &name[digits..]
+            )
+        } else {
+            let mut groups: Vec<String> = (0..re.captures_len()).map(|n| n.to_string()).collect();
+            groups.extend(re.capture_names().flatten().map(str::to_owned));
+            format!("the pattern's groups: {}", groups.join(", "))
+        };
+        return Some((name.to_owned(), hint));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
