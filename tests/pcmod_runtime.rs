@@ -397,3 +397,36 @@ async fn get_h(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)])
     }
     send(addr, empty(builder)).await
 }
+
+const LUA_OBS: &str = r#"
+mod lua_obs {
+  lua """
+function on_request(req, ctx)
+  log.warn("obs header", req:header("x-q"))
+end
+"""
+}
+"#;
+
+/// A Lua string that is not UTF-8 (a header with an obs-text byte) is logged with what
+/// it holds, not as the word `string` (the whole value was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lua_logs_bytes_that_are_not_utf8_instead_of_their_type() {
+    log::capture();
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let site = Site::new("obs");
+    let px = start(&site, &[("lua_obs", LUA_OBS)], &up);
+    let raw = raw_request(
+        px.addr,
+        b"GET /obs HTTP/1.1\r\nHost: a\r\nx-q: head\xfftail-obs-marker\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let lines = log::lines_with("obs header");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("head") && l.contains("tail-obs-marker")),
+        "{lines:?}"
+    );
+}

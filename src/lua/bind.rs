@@ -519,9 +519,14 @@ fn log_fn(lua: &Lua, cell: &Arc<TurnCell>, level: &'static str) -> mlua::Result<
             if i > 0 {
                 text.push(' ');
             }
-            match v.to_string() {
-                Ok(s) => text.push_str(&s),
-                Err(_) => text.push_str(v.type_name()),
+            match v {
+                // Bytes that are not UTF-8 (a header's obs-text) are kept as U+FFFD,
+                // not replaced by the word `string`.
+                mlua::Value::String(s) => text.push_str(&s.to_string_lossy()),
+                v => match v.to_string() {
+                    Ok(s) => text.push_str(&s),
+                    Err(_) => text.push_str(v.type_name()),
+                },
             }
         }
         // A client's text in the message is one line, never a forged one.
