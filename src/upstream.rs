@@ -89,6 +89,8 @@ pub struct UpstreamSet {
     others: [std::sync::OnceLock<Balancer>; 6],
     /// The set's name, shared: requests and Lua hooks keep it without a copy.
     name: Arc<str>,
+    /// See [`UpstreamSet::tls_id`].
+    tls_id: Option<tls::ConfigId>,
 }
 
 impl UpstreamSet {
@@ -121,12 +123,19 @@ impl UpstreamSet {
         let balancer = Balancer::new(config.balance, &servers);
         Ok(UpstreamSet {
             name: Arc::from(config.name.as_str()),
+            tls_id: set_tls.as_ref().map(tls::SetTls::config_id),
             config,
             servers,
             endpoints,
             balancer,
             others: Default::default(),
         })
+    }
+
+    /// What the set's TLS connections are verified with (`None`: plain): another id
+    /// after a reload that loaded other roots.
+    pub fn tls_id(&self) -> Option<tls::ConfigId> {
+        self.tls_id
     }
 
     /// The balancer of strategy `b` over this set's servers (the set's own for its
