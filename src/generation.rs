@@ -41,8 +41,9 @@ pub struct Generation {
 impl Generation {
     /// Builds generation `number` from `config` and the modules in its scripts folder,
     /// carrying upstream state (health, breakers) over from `previous` where the
-    /// settings did not change. Any module error, or a certificate or key file that
-    /// cannot be read or used, fails the whole build.
+    /// settings did not change. Any module error, a certificate or key file that
+    /// cannot be read or used, or an upstream set whose `tls_ca` or server names do not
+    /// load, fails the whole build.
     pub fn build(
         number: u64,
         config: Config,
@@ -64,31 +65,24 @@ impl Generation {
         // Hashed before loading: a Lua file changed meanwhile then differs from the
         // hash and the next reload picks it up (hashed after, it could be missed).
         let fingerprint = fingerprint(&config, sources);
-        // Modules and certificates both load before failing, so one report has all.
+        // Modules, certificates and upstream TLS settings all load before failing, so
+        // one report has every error.
         let modules = script::load_sources(&config, sources);
         let tls = TlsListeners::build(&config, previous.map(|p| &p.tls));
-        let (mut loaded, tls) = match (modules, tls) {
-            (Ok(loaded), Ok(tls)) => (loaded, tls),
-            (modules, tls) => {
+        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let (mut loaded, tls, upstreams) = match (modules, tls, upstreams) {
+            (Ok(loaded), Ok(tls), Ok(upstreams)) => (loaded, tls, upstreams),
+            (modules, tls, upstreams) => {
                 let mut diags = modules.err().unwrap_or_default();
                 if let Err(errors) = tls {
                     diags.extend(tls::diagnostics(&config, &errors));
                 }
+                if let Err(errors) = upstreams {
+                    diags.extend(crate::upstream::diagnostics(&config, &errors));
+                }
                 return Err(diags);
             }
         };
-        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams)).map_err(
-            |errors| {
-                let file = config
-                    .source
-                    .as_ref()
-                    .map_or_else(|| "config.toml".to_owned(), |p| p.display().to_string());
-                errors
-                    .iter()
-                    .map(|e| Diagnostic::file_level(&file, e.to_string()))
-                    .collect::<Vec<_>>()
-            },
-        )?;
         let metrics = &std_state.metrics;
         loaded.pipeline.meters = metrics.module_meters(&loaded.pipeline.modules);
         Ok(Generation {
@@ -220,6 +214,7 @@ mod tests {
         }
         assert_ne!(fingerprint(&a, &[]), fingerprint(&b, &[]));
     }
+
     /// An upstream set's `tls_ca` is watched and its bytes are part of the
     /// fingerprint: a reload with the same config text and a changed bundle is a
     /// change (it once answered "nothing changed" and kept the old roots).

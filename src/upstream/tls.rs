@@ -25,18 +25,19 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 
 use crate::config::UpstreamConfig;
 
-/// Why an upstream set's TLS settings cannot be used.
+/// Why an upstream set's TLS settings cannot be used. The key it is about
+/// (`upstreams.app.tls_ca`) is put in front by `upstream::UpstreamError`.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("tls_ca {path}: cannot read: {reason}")]
+    #[error("cannot read {}: {reason}", path.display())]
     ReadCa { path: PathBuf, reason: String },
-    #[error("tls_ca {path}: no certificate in it (expected PEM `BEGIN CERTIFICATE` blocks)")]
+    #[error("{} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)", path.display())]
     EmptyCa { path: PathBuf },
-    #[error("tls_ca {path}: no usable CA certificate ({ignored} could not be parsed)")]
+    #[error("{} holds no usable CA certificate ({ignored} could not be parsed)", path.display())]
     UnusableCa { path: PathBuf, ignored: usize },
     #[error("tls = true but no system CA certificates were found ({0}); install the OS CA bundle (ca-certificates) or set tls_ca")]
     NoSystemRoots(String),
-    #[error("sni {name:?} is not a valid DNS name or IP address")]
+    #[error("{name:?} is not a valid DNS name or IP address")]
     BadServerName { name: String },
     #[error("cannot build the TLS client config: {0}")]
     Rustls(#[from] rustls::Error),
@@ -328,7 +329,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("no certificate"), "{err}");
+        assert!(err.contains("holds no certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
