@@ -38,6 +38,14 @@ impl Checker<'_> {
             .as_ref()
             .map(|s| s.get_ref().clone())
             .filter(|s| !s.is_empty());
+        if !tls {
+            self.needs_tls(
+                &key,
+                "tls_ca",
+                up.tls_ca.as_ref().filter(|_| tls_ca.is_some()),
+            );
+            self.needs_tls(&key, "sni", up.sni.as_ref().filter(|_| sni.is_some()));
+        }
         let at = UpstreamAt {
             key: key.clone(),
             table: file.span(),
@@ -100,6 +108,22 @@ impl Checker<'_> {
                 ),
             },
             at,
+        }
+    }
+
+    /// A TLS key (`tls_ca`, `sni`) given to a set without `tls = true`: an error, not
+    /// ignored, since the set would then send plain HTTP to a server its writer meant
+    /// to reach over verified TLS.
+    fn needs_tls(&mut self, key: &str, name: &str, value: Option<&file::Text>) {
+        if let Some(value) = value {
+            self.error(
+                &format!("{key}.{name}"),
+                value.span(),
+                format!(
+                    "{name} has no effect without tls = true (the set would send plain HTTP); \
+                     set tls = true, or remove {name}"
+                ),
+            );
         }
     }
 
