@@ -41,8 +41,9 @@ pub struct Generation {
 impl Generation {
     /// Builds generation `number` from `config` and the modules in its scripts folder,
     /// carrying upstream state (health, breakers) over from `previous` where the
-    /// settings did not change. Any module error, or a certificate or key file that
-    /// cannot be read or used, fails the whole build.
+    /// settings did not change. Any module error, a certificate or key file that
+    /// cannot be read or used, or an upstream set whose `tls_ca` or server names do not
+    /// load, fails the whole build.
     pub fn build(
         number: u64,
         config: Config,
@@ -64,31 +65,24 @@ impl Generation {
         // Hashed before loading: a Lua file changed meanwhile then differs from the
         // hash and the next reload picks it up (hashed after, it could be missed).
         let fingerprint = fingerprint(&config, sources);
-        // Modules and certificates both load before failing, so one report has all.
+        // Modules, certificates and upstream TLS settings all load before failing, so
+        // one report has every error.
         let modules = script::load_sources(&config, sources);
         let tls = TlsListeners::build(&config, previous.map(|p| &p.tls));
-        let (mut loaded, tls) = match (modules, tls) {
-            (Ok(loaded), Ok(tls)) => (loaded, tls),
-            (modules, tls) => {
+        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let (mut loaded, tls, upstreams) = match (modules, tls, upstreams) {
+            (Ok(loaded), Ok(tls), Ok(upstreams)) => (loaded, tls, upstreams),
+            (modules, tls, upstreams) => {
                 let mut diags = modules.err().unwrap_or_default();
                 if let Err(errors) = tls {
                     diags.extend(tls::diagnostics(&config, &errors));
                 }
+                if let Err(errors) = upstreams {
+                    diags.extend(crate::upstream::diagnostics(&config, &errors));
+                }
                 return Err(diags);
             }
         };
-        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams)).map_err(
-            |errors| {
-                let file = config
-                    .source
-                    .as_ref()
-                    .map_or_else(|| "config.toml".to_owned(), |p| p.display().to_string());
-                errors
-                    .iter()
-                    .map(|e| Diagnostic::file_level(&file, e.to_string()))
-                    .collect::<Vec<_>>()
-            },
-        )?;
         let metrics = &std_state.metrics;
         loaded.pipeline.meters = metrics.module_meters(&loaded.pipeline.modules);
         Ok(Generation {
@@ -108,8 +102,8 @@ impl Generation {
 
 /// Hash of a generation's inputs: the config text, the module sources, every
 /// `.lua` file in the scripts folder and its `lib/` (chunks and `require`d libraries),
-/// the Lua files modules name in subfolders (`lua "sub/x.lua"`), and the TLS
-/// listeners' certificate, key and CA files.
+/// the Lua files modules name in subfolders (`lua "sub/x.lua"`), and every
+/// [`certificate_files`] file.
 pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -129,7 +123,7 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
             file.hash(&mut h);
         }
     }
-    for path in tls::files(config) {
+    for path in certificate_files(config) {
         path.hash(&mut h);
         std::fs::read(&path).ok().hash(&mut h);
     }
@@ -144,6 +138,18 @@ pub fn fingerprint(config: &Config, sources: &[(PathBuf, String)]) -> u64 {
         }
     }
     h.finish()
+}
+
+/// Every certificate file a generation reads: the TLS listeners' certificates, keys
+/// and client CAs, and the upstream sets' `tls_ca` bundles. The watcher watches them
+/// and [`fingerprint`] hashes their bytes, so a changed file is a change: it reloads,
+/// and a `POST /reload` or SIGHUP with the config text unchanged applies it.
+pub fn certificate_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = tls::files(config);
+    files.extend(config.upstreams.iter().filter_map(|u| u.tls_ca.clone()));
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// The files named by `lua "FILE"` items in a module's source (a cheap scan: a
@@ -182,7 +188,7 @@ fn lua_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{fingerprint, lua_chunk_names};
+    use super::{certificate_files, fingerprint, lua_chunk_names};
     use crate::config::{Config, ServerTarget};
 
     #[test]
@@ -207,5 +213,29 @@ mod tests {
             addr.set_ip([127, 0, 0, 2].into());
         }
         assert_ne!(fingerprint(&a, &[]), fingerprint(&b, &[]));
+    }
+
+    /// An upstream set's `tls_ca` is watched and its bytes are part of the
+    /// fingerprint: a reload with the same config text and a changed bundle is a
+    /// change (it once answered "nothing changed" and kept the old roots).
+    #[test]
+    fn a_tls_ca_file_is_watched_and_its_bytes_are_fingerprinted() {
+        let dir = std::env::temp_dir().join(format!("pc-gen-ca-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let ca = dir.join("ca.pem");
+        let _ = std::fs::write(&ca, "first");
+        let text = format!(
+            "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\ntls = true\ntls_ca = {:?}\n\n\
+             [[routes]]\nupstream = \"app\"\n",
+            ca.display().to_string()
+        );
+        let config = Config::from_toml_str(&text, None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(certificate_files(&config).contains(&ca));
+        let before = fingerprint(&config, &[]);
+        let _ = std::fs::write(&ca, "second");
+        let after = fingerprint(&config, &[]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(before, after);
     }
 }

@@ -85,19 +85,17 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         .source
         .as_ref()
         .map_or("<default>".into(), |p| p.display().to_string());
-    if let Err(e) = proxycache::server::refuse_unsupported(&config) {
-        eprintln!("{source}: {e}");
-        return ExitCode::FAILURE;
-    }
-    // Certificate and key files are read as a start or reload would read them.
-    let tls_ok = match proxycache::server::tls::TlsListeners::build(&config, None) {
-        Ok(_) => true,
-        Err(errors) => {
-            let diags = proxycache::server::tls::diagnostics(&config, &errors);
-            eprint!("{}", proxycache::script::diag::render_all(&diags));
-            false
-        }
+    // Certificate, key and CA files are read as a start or reload would read them,
+    // and every error of them all is printed (with the modules' below).
+    let mut tls_diags = match proxycache::server::tls::TlsListeners::build(&config, None) {
+        Ok(_) => Vec::new(),
+        Err(errors) => proxycache::server::tls::diagnostics(&config, &errors),
     };
+    tls_diags.extend(proxycache::upstream::check_tls(&config));
+    if !tls_diags.is_empty() {
+        eprint!("{}", proxycache::script::diag::render_all(&tls_diags));
+    }
+    let tls_ok = tls_diags.is_empty();
     match proxycache::script::load(&config) {
         Ok(_) if !tls_ok => ExitCode::FAILURE,
         Ok(loaded) => {

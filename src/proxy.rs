@@ -680,10 +680,11 @@ async fn send_to<T: Transport>(
             },
             req,
         )),
-        Err(SendError::ConnectTimeout(req)) => Err(Failed::Unsent(
+        Err(SendError::ConnectTimeout(stage, req)) => Err(Failed::Unsent(
             ProxyError::ConnectTimeout {
                 upstream: upstream(),
                 server: addr,
+                stage,
             },
             req,
         )),

@@ -219,9 +219,6 @@ fn build(shared: &Shared, old: &Generation) -> Result<Option<Generation>, Vec<Re
         let message = "config file is empty (a write in progress?); keeping the current generation";
         return Err(whole_file_error(&config, message.to_owned()));
     }
-    if let Err(message) = crate::server::refuse_unsupported(&config) {
-        return Err(whole_file_error(&config, message));
-    }
     if let Err(message) = keeps_admin_closed(&shared.startup_config, &config) {
         return Err(whole_file_error(&config, message));
     }
@@ -297,16 +294,22 @@ pub fn check_candidate(
         .map_err(|d| d.iter().map(ReloadError::from).collect())
 }
 
-/// Reads the TLS listeners' certificate, key and CA files as a reload would; one error
-/// per bad file.
+/// Reads the TLS listeners' certificate, key and CA files and the upstream sets'
+/// `tls_ca` as a reload would; one error per bad file or setting.
 pub fn check_tls(config: &Config) -> Vec<ReloadError> {
-    match crate::server::tls::TlsListeners::build(config, None) {
+    let mut errors = match crate::server::tls::TlsListeners::build(config, None) {
         Ok(_) => Vec::new(),
         Err(errors) => crate::server::tls::diagnostics(config, &errors)
             .iter()
             .map(ReloadError::from)
             .collect(),
-    }
+    };
+    errors.extend(
+        crate::upstream::check_tls(config)
+            .iter()
+            .map(ReloadError::from),
+    );
+    errors
 }
 
 /// Sockets bound for addresses a reload adds, not yet handed to the workers.

@@ -41,8 +41,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Unsupported(String),
     #[error("modules or certificates failed to load:\n{}", crate::script::diag::render_all(.0))]
     Modules(Vec<crate::script::Diagnostic>),
     #[error("cannot start thread {name}: {source}")]
@@ -212,7 +210,6 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let generation =
         Arc::new(Generation::build(1, config, None, std_state).map_err(ServerError::Modules)?);
     let config = &generation.config;
-    refuse_unsupported(config).map_err(ServerError::Unsupported)?;
     let workers = config.server.workers.max(1);
     let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -311,12 +308,4 @@ fn spawn_thread(
         .stack_size(8 << 20)
         .spawn(f)
         .map_err(|source| ServerError::Thread { name, source })
-}
-
-/// Settings this build cannot serve are refused before anything starts (and before
-/// a reload is swapped in) rather than ignored. Today: upstream TLS settings that do
-/// not load (an unreadable `tls_ca`, an invalid `sni`, no system roots) — sending
-/// plaintext or unverified traffic instead would be a silent downgrade.
-pub fn refuse_unsupported(config: &Config) -> Result<(), String> {
-    crate::upstream::check_tls(&config.upstreams)
 }

@@ -17,23 +17,80 @@ pub mod server;
 pub mod tls;
 pub mod upgrade;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::config::{ServerTarget, UpstreamConfig};
+use crate::config::{Config, ServerTarget, UpstreamConfig};
+use crate::script::Diagnostic;
 
 use balance::{Balancer, PickKey};
 use connect::Endpoint;
 pub use server::{InflightGuard, ServerState};
 
-/// An upstream set that cannot be built (its TLS settings do not work).
+/// An upstream set that cannot be built (its TLS settings do not work), naming the
+/// key to fix: `upstreams.app.tls_ca: cannot read /etc/ca.pem: ...`.
 #[derive(Debug, thiserror::Error)]
-#[error("upstreams.{upstream}: {source}")]
+#[error("{key}: {source}")]
 pub struct UpstreamError {
     pub upstream: String,
+    /// The dotted key: `upstreams.app.tls_ca`, `upstreams.app.sni`, ...
+    pub key: String,
+    /// Where that key's value (or the set, for a key not written) is in the config
+    /// text.
+    pub at: Range<usize>,
     #[source]
     pub source: tls::TlsError,
+}
+
+impl UpstreamError {
+    /// `source` as an error of the key of `config` it comes from; `server` is the
+    /// index of the server whose host was the name (no `sni`).
+    fn new(config: &UpstreamConfig, source: tls::TlsError, server: Option<usize>) -> Self {
+        use tls::TlsError as E;
+        let at = &config.at;
+        let (key, span) = match (&source, server) {
+            (E::ReadCa { .. } | E::EmptyCa { .. } | E::UnusableCa { .. }, _) => {
+                ("tls_ca".to_owned(), at.tls_ca.clone())
+            }
+            (E::BadServerName { .. }, Some(i)) if config.sni.is_none() => {
+                (format!("servers[{i}]"), at.servers.clone())
+            }
+            (E::BadServerName { .. }, _) => ("sni".to_owned(), at.sni.clone()),
+            (E::NoSystemRoots(_) | E::Rustls(_), _) => ("tls".to_owned(), at.tls.clone()),
+        };
+        UpstreamError {
+            upstream: config.name.clone(),
+            key: format!("{}.{key}", at.key),
+            at: span.unwrap_or_else(|| at.table.clone()),
+            source,
+        }
+    }
+}
+
+/// Upstream TLS errors as diagnostics of the config file, at the value of the key each
+/// names (`c.toml:7:10: upstreams.app.tls_ca: cannot read ...`), as
+/// `server::tls::diagnostics` places a listener's.
+pub fn diagnostics(config: &Config, errors: &[UpstreamError]) -> Vec<Diagnostic> {
+    let file = config.source.as_ref().map_or_else(
+        || crate::config::EMBEDDED_NAME.to_owned(),
+        |p| p.display().to_string(),
+    );
+    errors
+        .iter()
+        .map(|e| Diagnostic::at_range(&file, &config.source_text, e.at.clone(), e.to_string()))
+        .collect()
+}
+
+/// Builds every set as a start or reload would (each `tls = true` set's roots read,
+/// its server names checked), for `check` and `/config/verify`: every error, as
+/// diagnostics.
+pub fn check_tls(config: &Config) -> Vec<Diagnostic> {
+    match Upstreams::new(&config.upstreams, None) {
+        Ok(_) => Vec::new(),
+        Err(errors) => diagnostics(config, &errors),
+    }
 }
 
 /// A set had no server to offer (HTTP answers `503`, a `[[tcp]]` connection is
@@ -89,30 +146,55 @@ pub struct UpstreamSet {
     others: [std::sync::OnceLock<Balancer>; 6],
     /// The set's name, shared: requests and Lua hooks keep it without a copy.
     name: Arc<str>,
+    /// See [`UpstreamSet::tls_id`].
+    tls_id: Option<tls::ConfigId>,
+}
+
+/// The client config of a `tls = true` set, its server names checked too (even when
+/// the roots fail, so one report has both).
+fn set_tls(config: &UpstreamConfig) -> Result<tls::SetTls, Vec<UpstreamError>> {
+    let built = tls::SetTls::new(config);
+    let mut errors = Vec::new();
+    for (i, spec) in config.servers.iter().enumerate() {
+        if let ServerTarget::Addr { authority, .. } = &spec.target {
+            if let Err(source) = tls::server_name(config.sni.as_deref(), authority) {
+                errors.push(UpstreamError::new(config, source, Some(i)));
+                if config.sni.is_some() {
+                    break; // one `sni`, one error
+                }
+            }
+        }
+    }
+    match built {
+        Ok(set_tls) if errors.is_empty() => Ok(set_tls),
+        Ok(_) => Err(errors),
+        Err(source) => {
+            errors.insert(0, UpstreamError::new(config, source, None));
+            Err(errors)
+        }
+    }
 }
 
 impl UpstreamSet {
     /// Builds the set, carrying server state (health, breaker, in-flight counts) over
     /// from `previous` by address (see [`ServerState::carried`]). Fails when `tls = true`
-    /// and its roots or server names do not work (read once here, not per connection).
+    /// and its roots or server names do not work (read once here, not per connection),
+    /// with every such error.
     pub fn new(
         config: UpstreamConfig,
         previous: Option<&UpstreamSet>,
-    ) -> Result<Self, UpstreamError> {
-        let fail = |source| UpstreamError {
-            upstream: config.name.clone(),
-            source,
-        };
+    ) -> Result<Self, Vec<UpstreamError>> {
         let set_tls = if config.tls {
-            Some(tls::SetTls::new(&config).map_err(fail)?)
+            Some(set_tls(&config)?)
         } else {
             None
         };
         let mut endpoints = Vec::with_capacity(config.servers.len());
-        for spec in &config.servers {
+        for (i, spec) in config.servers.iter().enumerate() {
             endpoints.push(match &spec.target {
                 ServerTarget::Addr { addr, authority } => Some(Arc::new(
-                    Endpoint::new(&config, *addr, authority, set_tls.as_ref()).map_err(fail)?,
+                    Endpoint::new(&config, *addr, authority, set_tls.as_ref())
+                        .map_err(|e| vec![UpstreamError::new(&config, e, Some(i))])?,
                 )),
                 ServerTarget::Echo => None,
             });
@@ -121,12 +203,19 @@ impl UpstreamSet {
         let balancer = Balancer::new(config.balance, &servers);
         Ok(UpstreamSet {
             name: Arc::from(config.name.as_str()),
+            tls_id: set_tls.as_ref().map(tls::SetTls::config_id),
             config,
             servers,
             endpoints,
             balancer,
             others: Default::default(),
         })
+    }
+
+    /// What the set's TLS connections are verified with (`None`: plain): another id
+    /// after a reload that loaded other roots.
+    pub fn tls_id(&self) -> Option<tls::ConfigId> {
+        self.tls_id
     }
 
     /// The balancer of strategy `b` over this set's servers (the set's own for its
@@ -272,7 +361,7 @@ impl Upstreams {
             let prev = previous.and_then(|p| p.by_name(&c.name));
             match UpstreamSet::new(c.clone(), prev.map(|a| a.as_ref())) {
                 Ok(set) => sets.push(Arc::new(set)),
-                Err(e) => errors.push(e),
+                Err(mut e) => errors.append(&mut e),
             }
         }
         if errors.is_empty() {
@@ -285,34 +374,6 @@ impl Upstreams {
     /// The set called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.sets.iter().find(|s| s.name() == name)
-    }
-}
-
-/// Builds the TLS settings of every `tls = true` set once, to refuse a config whose
-/// roots or server names do not load; the message names every failing set.
-pub fn check_tls(configs: &[UpstreamConfig]) -> Result<(), String> {
-    let mut errors = Vec::new();
-    for config in configs.iter().filter(|c| c.tls) {
-        let set_tls = match tls::SetTls::new(config) {
-            Ok(set_tls) => set_tls,
-            Err(source) => {
-                errors.push(format!("upstreams.{}: {source}", config.name));
-                continue;
-            }
-        };
-        for spec in &config.servers {
-            if let ServerTarget::Addr { authority, .. } = &spec.target {
-                if let Err(source) = set_tls.target(config.sni.as_deref(), authority) {
-                    errors.push(format!("upstreams.{}: {source}", config.name));
-                    break;
-                }
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n"))
     }
 }
 
@@ -332,7 +393,7 @@ mod tests {
         };
         match UpstreamSet::new(config.upstreams[0].clone(), None) {
             Ok(set) => set,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e:?}"),
         }
     }
 

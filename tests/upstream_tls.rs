@@ -12,7 +12,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,68 +25,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use common::pki::*;
 use common::*;
-
-// ---- certificates -------------------------------------------------------------------
-
-/// A CA and a server certificate it signed.
-struct Pki {
-    ca_pem: String,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivatePkcs8KeyDer<'static>,
-}
-
-/// A fresh CA and a server certificate for `names` (DNS names or IP addresses).
-fn pki(names: &[&str]) -> Pki {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    // A name of its own: two test CAs of one name would fail as BadSignature, not
-    // as the UnknownIssuer a real foreign CA gives.
-    static SERIAL: AtomicUsize = AtomicUsize::new(0);
-    let ca_name = format!(
-        "proxycache test CA {}",
-        SERIAL.fetch_add(1, Ordering::SeqCst)
-    );
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = rcgen::CertificateParams::new(names).expect("server params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "upstream");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
-    Pki {
-        ca_pem: ca_cert.pem(),
-        chain: vec![cert.der().clone()],
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-    }
-}
-
-/// Writes `pem` to a file of its own and returns the path.
-fn write_pem(tag: &str, pem: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("proxycache-uptls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{tag}-{}.pem", N.fetch_add(1, Ordering::SeqCst)));
-    std::fs::write(&path, pem).expect("write PEM");
-    path
-}
 
 // ---- test upstreams -----------------------------------------------------------------
 
@@ -279,10 +222,6 @@ fn proxy_to(server: &str, keys: &str) -> Proxy {
     proxy(&format!(
         "[upstreams.app]\nservers = [\"{server}\"]\n{keys}\n\n[[routes]]\nupstream = \"app\"\n"
     ))
-}
-
-fn toml_path(path: &std::path::Path) -> String {
-    path.display().to_string().replace('\\', "\\\\")
 }
 
 // ---- the tests ----------------------------------------------------------------------

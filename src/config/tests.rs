@@ -328,12 +328,37 @@ proxy_protocol = 2
     assert_eq!(tls.certs[0].key, PathBuf::from("/abs/site.key"));
 }
 
+/// `tls_ca` or `sni` on a set without `tls = true` would have the set send plain HTTP
+/// to a server its writer meant to reach over verified TLS: an error, not ignored.
+#[test]
+fn tls_ca_and_sni_without_tls_true_are_errors_naming_the_key() {
+    assert_error(
+        &format!("{UPSTREAMS}tls_ca = \"ca.pem\"\n"),
+        "upstreams.app.tls_ca",
+        7,
+        "tls_ca has no effect without tls = true",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}tls = false\nsni = \"api.internal\"\n"),
+        "upstreams.app.sni",
+        8,
+        "sni has no effect without tls = true",
+    );
+    // Empty values are the defaults (as the shipped tour writes them), and with
+    // `tls = true` both are what they are for.
+    ok(&format!("{UPSTREAMS}tls_ca = \"\"\nsni = \"\"\n"));
+    ok(&format!(
+        "{UPSTREAMS}tls = true\ntls_ca = \"ca.pem\"\nsni = \"api.internal\"\n"
+    ));
+}
+
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
     let config = ok(&format!(
         r#"[scripts]
 dir = "scripts"
 {UPSTREAMS}
+tls = true
 tls_ca = "ca/bundle.pem"
 [[server.tls]]
 listen = "127.0.0.1:8443"

@@ -157,6 +157,30 @@ pub struct UpstreamConfig {
     pub pool: PoolConfig,
     pub health: Option<HealthConfig>,
     pub circuit_breaker: BreakerConfig,
+    /// Where the set and its TLS keys are in the config text.
+    pub at: UpstreamAt,
+}
+
+/// Where a set and its TLS keys are in the config text (byte ranges): its `tls_ca` is
+/// read and its server names checked when a generation is built, after validation,
+/// and those errors point here. Left out of `Debug`: a reload reports a set whose
+/// `Debug` text differs as changed, and a set that only moved in the file is not.
+#[derive(Clone, Default)]
+pub struct UpstreamAt {
+    /// The dotted key of the set as errors name it: `upstreams.app`.
+    pub key: String,
+    /// The `[upstreams.NAME]` table.
+    pub table: Range<usize>,
+    pub tls: Option<Range<usize>>,
+    pub tls_ca: Option<Range<usize>>,
+    pub sni: Option<Range<usize>>,
+    pub servers: Option<Range<usize>>,
+}
+
+impl std::fmt::Debug for UpstreamAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamAt")
+    }
 }
 
 /// One server of an upstream set.

@@ -48,11 +48,13 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    /// Connecting took longer than `connect_timeout`.
-    #[error("upstream {upstream}: connect to {server} timed out")]
+    /// Connecting took longer than `connect_timeout`; `stage` says whether the TCP
+    /// connect or the TLS handshake (or HTTP's) was still going.
+    #[error("upstream {upstream}: {} timed out", stage.describe(*server))]
     ConnectTimeout {
         upstream: String,
         server: SocketAddr,
+        stage: crate::upstream::connect::ConnectStage,
     },
     /// The TLS handshake with a server failed (certificate not trusted, wrong name,
     /// not TLS at all...).

@@ -463,7 +463,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
 fn send_error(e: &client::SendError) -> String {
     match e {
         client::SendError::Connect(io, _) => format!("connect failed: {io}"),
-        client::SendError::ConnectTimeout(_) => "connect timed out".into(),
+        client::SendError::ConnectTimeout(stage, _) => format!("{} timed out", stage.step()),
         client::SendError::Tls(reason, _) => reason.clone(),
         client::SendError::Upstream(e) => e.to_string(),
         client::SendError::Closed => "the connection closed".into(),

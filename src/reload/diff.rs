@@ -45,6 +45,10 @@ pub fn applied(running: &Config, old: &Generation, new: &Generation) -> Vec<Stri
             Some(x) if format!("{x:?}") != format!("{u:?}") => {
                 c.push(format!("upstream {} changed", u.name))
             }
+            Some(_) if roots_changed(old, new, &u.name) => c.push(format!(
+                "upstream {}: tls_ca certificates (new connections)",
+                u.name
+            )),
             Some(_) => {}
         }
     }
@@ -77,6 +81,13 @@ pub fn applied(running: &Config, old: &Generation, new: &Generation) -> Vec<Stri
     }
     c.push(format!("generation {} -> {}", old.number, new.number));
     c
+}
+
+/// Whether set `name`'s TLS roots differ between `old` and `new` with its settings
+/// the same: its `tls_ca` file changed.
+fn roots_changed(old: &Generation, new: &Generation, name: &str) -> bool {
+    let id = |g: &Generation| g.upstreams.by_name(name).and_then(|s| s.tls_id());
+    id(old) != id(new)
 }
 
 /// What changed for the TLS sockets opened at start-up: the settings of the listener

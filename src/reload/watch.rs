@@ -1,6 +1,7 @@
 //! Watching `scripts.dir` (recursively, so `mods/lib/` counts), the config file, and
-//! the TLS listeners' certificate, key and CA files (their folders, so a file renamed
-//! over one — as certbot and editors do — counts). Editors write files in several
+//! the certificate files (`generation::certificate_files`: the TLS listeners'
+//! certificates, keys and CAs, the upstream sets' `tls_ca`; their folders, so a file
+//! renamed over one — as certbot and editors do — counts). Editors write files in several
 //! steps, so events are debounced: a reload starts only once no relevant event has
 //! arrived for [`SETTLE`], and then re-reads everything.
 //! The watches are installed ([`install`]) before `server::start` returns, so a change
@@ -62,7 +63,9 @@ pub fn install(shared: &Shared) -> Option<Watching> {
     let scripts_dir = generation.config.scripts.dir.clone();
     let config_path = shared.config_path.clone();
     let seen_generation = generation.number;
-    let tls_files = Arc::new(RwLock::new(crate::server::tls::files(&generation.config)));
+    let tls_files = Arc::new(RwLock::new(crate::generation::certificate_files(
+        &generation.config,
+    )));
     drop(generation);
     let (tx, rx) = mpsc::unbounded_channel::<()>();
     let filter_dir = Arc::new(RwLock::new(scripts_dir.clone()));
@@ -206,7 +209,7 @@ impl Watching {
             files_signature(
                 shared.config_path.as_deref(),
                 &g.config.scripts.dir,
-                &crate::server::tls::files(&g.config),
+                &crate::generation::certificate_files(&g.config),
             )
         };
         let mut last_signature = signature(&shared);
@@ -237,7 +240,7 @@ impl Watching {
                     let generation = shared.generation();
                     if generation.number != self.seen_generation {
                         self.seen_generation = generation.number;
-                        let files = crate::server::tls::files(&generation.config);
+                        let files = crate::generation::certificate_files(&generation.config);
                         watch_tls_dirs(&mut self.watcher, &files, &mut self.watched_dirs);
                         *self.tls_files.write() = files;
                         drop(generation);

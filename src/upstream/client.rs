@@ -30,7 +30,7 @@ use crate::http::body::BoxError;
 use crate::http::hygiene::Forwarding;
 use crate::http::ProxyBody;
 
-use super::connect::{self, ConnectFailure, Endpoint};
+use super::connect::{self, ConnectFailure, ConnectStage, Endpoint};
 use super::h1;
 use super::pool::{Pool, Sender};
 use super::progress::{self, Progress, Turn};
@@ -40,8 +40,9 @@ use super::progress::{self, Progress, Turn};
 pub enum SendError {
     /// No connection could be made; the request was not sent and is handed back.
     Connect(std::io::Error, Box<Request<ProxyBody>>),
-    /// The connect did not finish in time; the request is handed back.
-    ConnectTimeout(Box<Request<ProxyBody>>),
+    /// The connect did not finish in time (the step it was in); the request is handed
+    /// back.
+    ConnectTimeout(ConnectStage, Box<Request<ProxyBody>>),
     /// The TLS handshake failed (the reason in words); the request is handed back.
     Tls(String, Box<Request<ProxyBody>>),
     /// The request was (perhaps partly) sent and failed.
@@ -119,7 +120,7 @@ pub async fn send(
 pub(super) fn connect_failed(failure: ConnectFailure, req: Box<Request<ProxyBody>>) -> SendError {
     match failure {
         ConnectFailure::Io(e) => SendError::Connect(e, req),
-        ConnectFailure::Timeout => SendError::ConnectTimeout(req),
+        ConnectFailure::Timeout(stage) => SendError::ConnectTimeout(stage, req),
         ConnectFailure::Tls(reason) | ConnectFailure::NoCommonProtocol(reason) => {
             SendError::Tls(reason, req)
         }

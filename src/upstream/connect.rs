@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::h1::Stream;
 use super::pool::{PoolKey, Sender};
@@ -100,7 +101,8 @@ pub fn is_local_failure(e: &std::io::Error) -> bool {
 /// Why a connection could not be made.
 pub enum ConnectFailure {
     Io(std::io::Error),
-    Timeout,
+    /// `connect_timeout` ran out during this step.
+    Timeout(ConnectStage),
     /// The TLS handshake failed; the reason in words.
     Tls(String),
     /// The TLS server refused every protocol offered in ALPN (an `h2`-only server
@@ -108,38 +110,84 @@ pub enum ConnectFailure {
     NoCommonProtocol(String),
 }
 
+/// The step of opening a connection that `connect_timeout` ran out in: a server that
+/// takes the TCP connection and then never answers the TLS ClientHello is told from
+/// one that does not accept at all (nginx: "upstream timed out ... while SSL
+/// handshaking to upstream").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStage {
+    Tcp,
+    Tls,
+    /// hyper's HTTP/2 (or, a TLS server not picking `h2`, HTTP/1.1) handshake.
+    Http,
+}
+
+impl ConnectStage {
+    /// The step in words: `connect`, `TLS handshake`, `HTTP handshake`.
+    pub fn step(self) -> &'static str {
+        match self {
+            ConnectStage::Tcp => "connect",
+            ConnectStage::Tls => "TLS handshake",
+            ConnectStage::Http => "HTTP handshake",
+        }
+    }
+
+    /// What timed out, toward `server`: `connect to 10.0.0.5:443`, `TLS handshake
+    /// with 10.0.0.5:443`.
+    pub fn describe(self, server: SocketAddr) -> String {
+        match self {
+            ConnectStage::Tcp => format!("connect to {server}"),
+            ConnectStage::Tls => format!("TLS handshake with {server}"),
+            ConnectStage::Http => format!("HTTP handshake with {server}"),
+        }
+    }
+}
+
 /// Opens a connection to `ep` and spawns its hyper connection task (HTTP/2 sets).
 pub async fn connect(ep: &Endpoint) -> Result<Sender, ConnectFailure> {
-    let open = async {
-        let stream = stream(ep, false).await?;
-        // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked
-        // for HTTP/2 (what browsers and curl do too).
-        let h2 = match &stream {
-            Stream::Tcp(_) => ep.key.http2,
-            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
-        };
-        handshake(TokioIo::new(stream), h2, ep.addr).await
+    let deadline = Instant::now() + ep.connect_timeout;
+    let stream = stream(ep, false, deadline).await?;
+    // ALPN decides: a server that does not pick `h2` gets HTTP/1.1 even when asked
+    // for HTTP/2 (what browsers and curl do too).
+    let h2 = match &stream {
+        Stream::Tcp(_) => ep.key.http2,
+        Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
     };
-    match tokio::time::timeout(ep.connect_timeout, open).await {
-        Err(_) => Err(ConnectFailure::Timeout),
-        Ok(result) => result,
-    }
+    within(
+        deadline,
+        ConnectStage::Http,
+        handshake(TokioIo::new(stream), h2, ep.addr),
+    )
+    .await
 }
 
 /// Opens the byte stream to `ep` (TCP, then TLS when the set asks for it, offering
 /// only `http/1.1`) for an HTTP/1.1 connection the request's task drives itself (see
 /// `h1`) or an upgrade.
 pub async fn open_stream(ep: &Endpoint) -> Result<Stream, ConnectFailure> {
-    match tokio::time::timeout(ep.connect_timeout, stream(ep, true)).await {
-        Err(_) => Err(ConnectFailure::Timeout),
+    stream(ep, true, Instant::now() + ep.connect_timeout).await
+}
+
+/// `step`, failing as a timeout of `stage` if it has not finished by `deadline` (the
+/// whole connect shares one `connect_timeout`).
+async fn within<T>(
+    deadline: Instant,
+    stage: ConnectStage,
+    step: impl std::future::Future<Output = Result<T, ConnectFailure>>,
+) -> Result<T, ConnectFailure> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Err(_) => Err(ConnectFailure::Timeout(stage)),
         Ok(result) => result,
     }
 }
 
-async fn stream(ep: &Endpoint, h1_only: bool) -> Result<Stream, ConnectFailure> {
-    let tcp = TcpStream::connect(ep.addr)
-        .await
-        .map_err(ConnectFailure::Io)?;
+async fn stream(ep: &Endpoint, h1_only: bool, deadline: Instant) -> Result<Stream, ConnectFailure> {
+    let tcp = within(deadline, ConnectStage::Tcp, async {
+        TcpStream::connect(ep.addr)
+            .await
+            .map_err(ConnectFailure::Io)
+    })
+    .await?;
     // Small requests and responses must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let Some(target) = &ep.tls else {
@@ -151,17 +199,20 @@ async fn stream(ep: &Endpoint, h1_only: bool) -> Result<Stream, ConnectFailure> 
         &target.config
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-    let tls = connector
-        .connect(target.identity.name.clone(), tcp)
-        .await
-        .map_err(|e| {
-            let reason = tls::describe_failure(&e, target);
-            if tls::no_common_protocol(&e) {
-                ConnectFailure::NoCommonProtocol(reason)
-            } else {
-                ConnectFailure::Tls(reason)
-            }
-        })?;
+    let handshake = async {
+        connector
+            .connect(target.identity.name.clone(), tcp)
+            .await
+            .map_err(|e| {
+                let reason = tls::describe_failure(&e, target);
+                if tls::no_common_protocol(&e) {
+                    ConnectFailure::NoCommonProtocol(reason)
+                } else {
+                    ConnectFailure::Tls(reason)
+                }
+            })
+    };
+    let tls = within(deadline, ConnectStage::Tls, handshake).await?;
     Ok(Stream::Tls(Box::new(tls)))
 }
 

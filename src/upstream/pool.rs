@@ -128,12 +128,19 @@ impl Pool {
         None
     }
 
-    /// Keeps a ready connection for reuse, up to `max_idle` per key. An HTTP/2
-    /// connection is kept once (a clone of one already shared is dropped).
+    /// Keeps a ready connection for reuse: HTTP/1.1 ones up to `max_idle` per key. An
+    /// HTTP/2 connection is kept once (a clone of one already shared is dropped),
+    /// whatever `max_idle` says: it is not idle but shared, requests multiplexing over
+    /// it while it is alive (as Envoy always does), so `max_idle = 0` does not make
+    /// every request open a connection of its own.
     pub fn checkin(&self, key: &PoolKey, mut sender: Sender, max_idle: usize) {
         // An own HTTP/1.1 connection comes back at the clean end of a response; whether
         // the server closed it since is looked at when it is next checked out.
-        if max_idle == 0 || (!matches!(sender, Sender::Own(_)) && sender.is_closed()) {
+        if !matches!(sender, Sender::Own(_)) && sender.is_closed() {
+            return;
+        }
+        let h2 = sender.is_h2();
+        if max_idle == 0 && !h2 {
             return;
         }
         let mut idle = self.idle.lock();
@@ -141,16 +148,18 @@ impl Pool {
             Some(list) => list,
             None => idle.entry(key.clone()).or_default(),
         };
-        if sender.is_h2()
-            && list
+        if h2 {
+            if list
                 .iter_mut()
                 .any(|e| e.sender.is_h2() && !e.sender.is_closed())
-        {
-            return;
-        }
-        if list.len() >= max_idle {
+            {
+                return;
+            }
+        } else if list.iter().filter(|e| !e.sender.is_h2()).count() >= max_idle {
             // Drop the oldest: the newest are the least likely to have been closed.
-            list.remove(0);
+            if let Some(oldest) = list.iter().position(|e| !e.sender.is_h2()) {
+                list.remove(oldest);
+            }
         }
         list.push(Idle {
             sender,

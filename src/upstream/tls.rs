@@ -9,8 +9,12 @@
 //! `proxy_ssl_trusted_certificate`): an internal upstream signed by a private CA
 //! should not also accept any certificate a public CA issued for the name. Without
 //! `tls_ca`, the OS trust store is used (loaded once per process).
+//!
+//! Trust is part of a connection's identity: [`TlsIdentity::config_id`] is a SHA-256
+//! of the roots' DER and the ALPN offered, so after a reload that loads other roots
+//! (a changed `tls_ca` file, the same path) no pooled connection verified under the
+//! old ones is handed out again.
 
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -21,18 +25,19 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 
 use crate::config::UpstreamConfig;
 
-/// Why an upstream set's TLS settings cannot be used.
+/// Why an upstream set's TLS settings cannot be used. The key it is about
+/// (`upstreams.app.tls_ca`) is put in front by `upstream::UpstreamError`.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("tls_ca {path}: cannot read: {reason}")]
+    #[error("cannot read {}: {reason}", path.display())]
     ReadCa { path: PathBuf, reason: String },
-    #[error("tls_ca {path}: no certificate in it (expected PEM `BEGIN CERTIFICATE` blocks)")]
+    #[error("{} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)", path.display())]
     EmptyCa { path: PathBuf },
-    #[error("tls_ca {path}: no usable CA certificate ({ignored} could not be parsed)")]
+    #[error("{} holds no usable CA certificate ({ignored} could not be parsed)", path.display())]
     UnusableCa { path: PathBuf, ignored: usize },
     #[error("tls = true but no system CA certificates were found ({0}); install the OS CA bundle (ca-certificates) or set tls_ca")]
     NoSystemRoots(String),
-    #[error("sni {name:?} is not a valid DNS name or IP address")]
+    #[error("{name:?} is not a valid DNS name or IP address")]
     BadServerName { name: String },
     #[error("cannot build the TLS client config: {0}")]
     Rustls(#[from] rustls::Error),
@@ -44,9 +49,16 @@ pub enum TlsError {
 pub struct TlsIdentity {
     /// Sent as SNI (not for IP addresses) and verified against the certificate.
     pub name: ServerName<'static>,
-    /// Fingerprint of the set's client config (roots and ALPN).
-    pub config_id: u64,
+    /// What the connection was verified with: see [`ConfigId`].
+    pub config_id: ConfigId,
 }
+
+/// SHA-256 of a client config's trust: every root's DER (subject, key, name
+/// constraints) and the ALPN offered. Not a path or a setting's text: the same
+/// `tls_ca` path with other certificates in it is another id. A cryptographic hash,
+/// so two root sets cannot share an id by a collision of a 64-bit hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConfigId([u8; 32]);
 
 /// What a connection to one TLS server needs.
 #[derive(Debug)]
@@ -65,7 +77,7 @@ pub struct TlsTarget {
 pub struct SetTls {
     config: Arc<ClientConfig>,
     h1_config: Arc<ClientConfig>,
-    config_id: u64,
+    config_id: ConfigId,
     roots: Arc<str>,
 }
 
@@ -79,23 +91,25 @@ impl SetTls {
         };
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(Arc::clone(&roots))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let h1_config = Arc::new(config.clone());
         if cfg.http2 {
             config.alpn_protocols.insert(0, b"h2".to_vec());
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        from.hash(&mut hasher);
-        cfg.tls_ca.hash(&mut hasher);
-        config.alpn_protocols.hash(&mut hasher);
+        let config_id = config_id(&roots, &config.alpn_protocols);
         Ok(SetTls {
             config: Arc::new(config),
             h1_config,
-            config_id: hasher.finish(),
+            config_id,
             roots: Arc::from(from),
         })
+    }
+
+    /// What this set's connections are verified with (changes when the roots do).
+    pub fn config_id(&self) -> ConfigId {
+        self.config_id
     }
 
     /// The target for one server written as `authority` (`host:port`): the name is
@@ -111,6 +125,31 @@ impl SetTls {
             roots: Arc::clone(&self.roots),
         })
     }
+}
+
+/// The [`ConfigId`] of a config trusting `roots` and offering `alpn`. Each part is
+/// length-prefixed, so no two lists of parts read as the same bytes.
+fn config_id(roots: &RootCertStore, alpn: &[Vec<u8>]) -> ConfigId {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut part = |bytes: &[u8]| {
+        digest.update(&(bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    part(b"roots");
+    for anchor in &roots.roots {
+        part(anchor.subject.as_ref());
+        part(anchor.subject_public_key_info.as_ref());
+        let constraints = anchor.name_constraints.as_deref();
+        part(&[u8::from(constraints.is_some())]);
+        part(constraints.unwrap_or_default());
+    }
+    part(b"alpn");
+    for protocol in alpn {
+        part(protocol);
+    }
+    let mut id = [0; 32];
+    id.copy_from_slice(digest.finish().as_ref());
+    ConfigId(id)
 }
 
 /// The crypto provider: *ring*, chosen explicitly (never the process default) so a
@@ -290,7 +329,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("no certificate"), "{err}");
+        assert!(err.contains("holds no certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

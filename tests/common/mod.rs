@@ -8,6 +8,7 @@
 
 pub mod h2raw;
 pub mod log;
+pub mod pki;
 pub mod prometheus;
 pub mod redis;
 

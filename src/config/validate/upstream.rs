@@ -28,6 +28,32 @@ impl Checker<'_> {
             .hash_key
             .as_ref()
             .and_then(|text| self.hash_key(&format!("{key}.hash_key"), text));
+        let tls = up
+            .tls
+            .as_ref()
+            .map_or(DEFAULT_UPSTREAM_TLS, |t| *t.get_ref());
+        let tls_ca = self.optional_path(up.tls_ca.as_ref());
+        let sni = up
+            .sni
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .filter(|s| !s.is_empty());
+        if !tls {
+            self.needs_tls(
+                &key,
+                "tls_ca",
+                up.tls_ca.as_ref().filter(|_| tls_ca.is_some()),
+            );
+            self.needs_tls(&key, "sni", up.sni.as_ref().filter(|_| sni.is_some()));
+        }
+        let at = UpstreamAt {
+            key: key.clone(),
+            table: file.span(),
+            tls: up.tls.as_ref().map(|t| t.span()),
+            tls_ca: up.tls_ca.as_ref().map(|t| t.span()),
+            sni: up.sni.as_ref().map(|t| t.span()),
+            servers: up.servers.as_ref().map(|s| s.span()),
+        };
         UpstreamConfig {
             name: name.get_ref().clone(),
             servers: self.servers(&key, file),
@@ -43,9 +69,9 @@ impl Checker<'_> {
                 &up.response_timeout,
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
-            tls: up.tls.unwrap_or(DEFAULT_UPSTREAM_TLS),
-            tls_ca: self.optional_path(up.tls_ca.as_ref()),
-            sni: up.sni.clone().filter(|sni| !sni.is_empty()),
+            tls,
+            tls_ca,
+            sni,
             http2: up.http2.unwrap_or(DEFAULT_UPSTREAM_HTTP2),
             pool: PoolConfig {
                 max_idle_per_server: self.count(
@@ -81,6 +107,23 @@ impl Checker<'_> {
                     &up.circuit_breaker.statuses,
                 ),
             },
+            at,
+        }
+    }
+
+    /// A TLS key (`tls_ca`, `sni`) given to a set without `tls = true`: an error, not
+    /// ignored, since the set would then send plain HTTP to a server its writer meant
+    /// to reach over verified TLS.
+    fn needs_tls(&mut self, key: &str, name: &str, value: Option<&file::Text>) {
+        if let Some(value) = value {
+            self.error(
+                &format!("{key}.{name}"),
+                value.span(),
+                format!(
+                    "{name} has no effect without tls = true (the set would send plain HTTP); \
+                     set tls = true, or remove {name}"
+                ),
+            );
         }
     }
 
