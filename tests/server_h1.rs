@@ -383,3 +383,31 @@ async fn a_client_that_leaves_abandons_its_upstream_exchange() {
         "the proxy dropped the upstream exchange when its client left"
     );
 }
+
+/// A keep-alive connection idle past the connection's timer gives its read buffer
+/// back; its next request, a head larger than the first read (2 KiB) included, is read
+/// whole on a buffer made when the bytes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_a_while_reads_its_next_request_whole() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&format!(
+        "[server.timeouts]\nheader = \"200ms\"\nidle = \"5s\"\n\n{}",
+        app(&[&up], "")
+    ));
+    let mut s = connect(&px).await;
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_responses(&mut s, 1).await.len(), 1);
+    // Several timer rounds while idle.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let big = "v".repeat(6000);
+    let head = format!("GET /second HTTP/1.1\r\nHost: a\r\nx-big: {big}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let answers = read_responses(&mut s, 1).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(raw_status(&answers[0]), 200, "{}", answers[0]);
+    assert_eq!(echoed_uri(&answers[0]), "/second");
+    let got = up.last().expect("the second request went upstream");
+    assert_eq!(got.headers.get("x-big").map(|v| v.len()), Some(6000));
+}

@@ -30,7 +30,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::conn::ConnInfo;
@@ -46,6 +46,10 @@ const STACK_HEADERS: usize = 100;
 const MIN_HEADER_BYTES: usize = 5;
 /// Read buffer room asked for before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// A connection with no read buffer (a new one, or one idle for a while) reads through
+/// this much stack, and makes the buffer when bytes arrive: an idle connection costs
+/// its task, not 8 KiB more.
+const FIRST_READ: usize = 2048;
 /// The longest chunk-size line or trailer block of a chunked request body.
 const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// Response segments queued before the body is polled no further.
@@ -106,6 +110,17 @@ enum BodyState {
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads more into the buffer; `Ok(0)` at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            let mut room = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut read = ReadBuf::uninit(&mut room);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if !got.is_empty() {
+                self.buf.reserve(READ_CHUNK);
+                self.buf.extend_from_slice(got);
+            }
+            return Poll::Ready(Ok(got.len()));
+        }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
@@ -561,7 +576,7 @@ where
     let max_head = max_header_bytes.saturating_mul(2).max(16 * 1024);
     let io = Arc::new(Mutex::new(Io {
         stream,
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf: BytesMut::new(),
         body: BodyState::Done,
         seq: 0,
         cont: Continue::None,
@@ -648,6 +663,15 @@ where
                         Some(at) => at + header,
                         None => idle_since + idle,
                     };
+                    if head_since.is_none() {
+                        // Idle a while (the timer fires at least every `header`):
+                        // wait on without a buffer (see `FIRST_READ`). A busy
+                        // keep-alive connection keeps its buffer between requests.
+                        let mut guard = io.lock();
+                        if guard.buf.is_empty() && guard.buf.capacity() > 0 {
+                            guard.buf = BytesMut::new();
+                        }
+                    }
                     if now >= deadline {
                         if head_since.is_some() {
                             tracing::debug!(target: "proxycache::server", peer = %conn.peer, "request header timeout; closing");
