@@ -150,6 +150,9 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     proxycache::observe::init(&config.log);
+    // Before any socket: each connection is a file (two, proxied), and a soft limit
+    // of 1024 ran out long before `max_connections`.
+    proxycache::server::fds::raise_and_check(config.server.limits.max_connections);
     let server = proxycache::start(config).context("cannot start")?;
     let mut stop = StopSignals::new(&signals)?;
     signals.block_on(stop.recv());

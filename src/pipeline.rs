@@ -202,6 +202,8 @@ pub enum ClientFault {
     BadBody(&'static str),
     /// The client gave the request up while its body was read (499).
     Gone(&'static str),
+    /// The request body made no progress for `timeout` (408).
+    Stalled { timeout: std::time::Duration },
 }
 
 /// A pipeline module. Each phase has an empty default, so a module implements only

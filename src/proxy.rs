@@ -651,7 +651,7 @@ async fn send_to<T: Transport>(
             if let Some(fwd) = sending.wire {
                 fwd.apply(req.headers_mut());
             }
-            return Box::pin(echo::respond(req))
+            return Box::pin(echo::respond(req, sending.timeout))
                 .await
                 .map(|r| (r, guard))
                 .map_err(Failed::Sent);

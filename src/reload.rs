@@ -167,6 +167,10 @@ pub fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadReport {
                 errors,
             },
             Ok(bound) => {
+                let max_connections = next.config.server.limits.max_connections;
+                if max_connections != old.config.server.limits.max_connections {
+                    crate::server::fds::check(max_connections);
+                }
                 let mut applied = diff::applied(&shared.startup_config, &old, &next);
                 applied.extend(apply_listeners(shared, &next.config, bound));
                 let number = next.number;

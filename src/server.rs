@@ -6,6 +6,7 @@
 //! request does once parsed (that is `proxy`).
 
 pub mod conn;
+pub mod fds;
 pub mod h1;
 pub mod listener;
 pub mod proxy_protocol;

@@ -64,11 +64,29 @@ struct Server {
 
 impl Server {
     fn spawn(dir: &TempDir, config: &Path) -> Server {
+        let mut command = Command::new(BIN);
+        command.args(["run", "--config"]).arg(config);
+        Server::spawn_command(dir, command)
+    }
+
+    /// `proxycache run --config CONFIG` started by `sh` after `ulimit ULIMIT_ARGS`
+    /// (the binary replaces the shell: the pid is the proxy's).
+    fn spawn_with_ulimit(dir: &TempDir, config: &Path, ulimit_args: &str) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit {ulimit_args} && exec \"$0\" run --config \"$1\""
+            ))
+            .arg(BIN)
+            .arg(config);
+        Server::spawn_command(dir, command)
+    }
+
+    fn spawn_command(dir: &TempDir, mut command: Command) -> Server {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = File::create(&stderr_path).expect("create stderr log");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
+        let child = command
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -672,4 +690,69 @@ async fn a_bind_error_at_start_up_says_the_os_error_once() {
         1,
         "stderr: {stderr}"
     );
+}
+
+// ---- the open-file limit ---------------------------------------------------------------
+
+/// The soft and hard open-file limits of process `pid` (`/proc/PID/limits`).
+fn nofile_limits(pid: u32) -> (String, String) {
+    let limits =
+        std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap_or_default().to_owned(),
+        fields.next().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
+    // A soft limit of 256 under a higher hard one (the machine's): the proxy takes the
+    // hard one, which needs no privilege. It kept 256 (then 1024, the usual default),
+    // and accepts failed with EMFILE far below max_connections.
+    let dir = TempDir::new("nofile");
+    let port = free_port();
+    let path = dir.write(
+        "config.toml",
+        &good_config(port).replace(
+            "workers = 1",
+            "workers = 1\n\n[server.limits]\nmax_connections = 100",
+        ),
+    );
+    let mut server = Server::spawn_with_ulimit(&dir, &path, "-S -n 256");
+    server.wait_ready(port).await;
+    let (soft, hard) = nofile_limits(server.pid());
+    assert_ne!(hard, "256", "the test needs a hard limit above 256");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+    assert!(
+        !server.stderr().contains("open-file limit"),
+        "max_connections = 100 fits: {}",
+        server.stderr()
+    );
+}
+
+#[tokio::test]
+async fn run_warns_when_the_open_file_limit_is_short_of_max_connections() {
+    // Soft and hard at 1024 and the default max_connections (20000): nothing can
+    // raise it, so the start says so.
+    let dir = TempDir::new("nofile-short");
+    let port = free_port();
+    let path = dir.write("config.toml", &good_config(port));
+    let mut server = Server::spawn_with_ulimit(&dir, &path, "-n 1024");
+    server.wait_ready(port).await;
+    let stderr = server.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("open-file limit"))
+        .unwrap_or_else(|| panic!("no warning about the open-file limit:\n{stderr}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("1024") && warning.contains("40256"),
+        "{warning}"
+    );
+    assert!(warning.contains("max_connections"), "{warning}");
 }

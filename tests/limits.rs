@@ -488,3 +488,33 @@ async fn many_small_headers_within_the_size_limit_pass() {
     let raw = raw_request(px.addr, &many_headers(600)).await;
     assert_proxy_made(&raw, 431);
 }
+
+/// `GET` of a target `len` bytes long (`/` and then `a`s).
+fn long_target(len: usize) -> Vec<u8> {
+    let target = format!("/{}", "a".repeat(len - 1));
+    format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_over_the_uri_limit_is_414_and_a_head_over_max_header_bytes_still_431() {
+    // Targets over 65534 bytes cannot be held (the http crate's limit): they were a
+    // bare 400 "malformed request target", where hyper's path (and nginx) answer 414.
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&format!(
+        "[server.limits]\nmax_header_bytes = \"256KiB\"\n\n{}",
+        app(&[&up], "")
+    ));
+    let raw = raw_request(px.addr, &long_target(70_000)).await;
+    assert_proxy_made(&raw, 414);
+    // The longest target that can be held is served.
+    let raw = raw_request(px.addr, &long_target(65_534)).await;
+    assert_eq!(raw_status(&raw), 200, "{:.200}", raw);
+    assert_eq!(up.requests(), 1);
+
+    // With the default max_header_bytes (64 KiB) the same head is over the limit:
+    // 431, as documented for a head (request line and headers) over it.
+    let px = proxy(&app(&[&up], ""));
+    let raw = raw_request(px.addr, &long_target(70_000)).await;
+    assert_proxy_made(&raw, 431);
+    assert_eq!(up.requests(), 1);
+}

@@ -9,14 +9,23 @@
 //! [`ClientBodyError`] (made in [`RequestBody`]): whoever reads it later (an upstream
 //! client, a Lua hook) can tell the client's fault from the server's by that type
 //! alone ([`client_body_error`]).
+//!
+//! A request body the proxy reads itself (the echo upstream, a Lua hook's
+//! `req:body()`) is read through [`patient`], which fails it with [`BodyStalled`]
+//! once it has made no progress for a while: a client that announces a body and sends
+//! none of it must not hold its connection for good. (A body sent to an upstream is
+//! timed by the upstream client instead, `upstream::h1` and `upstream::progress`.)
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 /// Boxed error type of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +36,83 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyTooLarge {
     /// The configured limit in bytes.
     pub limit: u64,
+}
+
+/// A client's request body made no progress (no byte, no end) for `timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body made no progress within {timeout:?}")]
+pub struct BodyStalled {
+    /// How long it was waited for.
+    pub timeout: Duration,
+}
+
+/// `body`, failing with [`BodyStalled`] when no frame of it comes for `timeout` (a
+/// progress timeout, as nginx's `client_body_timeout`: a slow body that keeps moving
+/// is read to its end, however long that takes).
+pub fn patient(body: ProxyBody, timeout: Duration) -> Patient {
+    Patient {
+        inner: body,
+        timeout,
+        // Boxed: only bodies the proxy reads itself get one.
+        sleep: Box::pin(tokio::time::sleep(timeout)),
+    }
+}
+
+/// See [`patient`].
+#[derive(Debug)]
+pub struct Patient {
+    inner: ProxyBody,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Body for Patient {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now()
+                    .checked_add(this.timeout)
+                    .unwrap_or_else(|| this.sleep.deadline());
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled {
+                    timeout: this.timeout,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+            done => done,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long the body waited, if `err` (or anything in its source chain) is a
+/// [`BodyStalled`].
+pub fn body_stalled(err: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(s) = e.downcast_ref::<BodyStalled>() {
+            return Some(s.timeout);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// The body of every request and response inside the proxy.

@@ -7,19 +7,27 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
-use super::body::{body_too_large, ProxyBody};
+use super::body::{body_stalled, body_too_large, patient, ProxyBody};
 use super::error::ProxyError;
 
-/// Reads the request body and answers with its JSON echo.
-pub async fn respond(req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+/// Reads the request body and answers with its JSON echo. `stall_timeout`: how long
+/// the body may make no progress (its set's `response_timeout`, as for a body sent to
+/// a real server) before the answer is `408`.
+pub async fn respond(
+    req: Request<ProxyBody>,
+    stall_timeout: std::time::Duration,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
+    let body = match patient(body, stall_timeout).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
+            if let Some(timeout) = body_stalled(e.as_ref()) {
+                return Err(ProxyError::RequestBodyTimeout { timeout });
+            }
             return Err(match body_too_large(e.as_ref()) {
                 Some(limit) => ProxyError::BodyTooLarge { limit },
                 None => ProxyError::BadRequest("request body ended early"),
-            })
+            });
         }
     };
     let mut headers = Map::new();

@@ -34,6 +34,10 @@ pub enum ProxyError {
     /// The request head went over `server.limits.max_header_bytes`.
     #[error("request headers over {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    /// The request target is longer than the proxy can hold (in a head within
+    /// `max_header_bytes`).
+    #[error("request target over {limit} bytes")]
+    UriTooLong { limit: usize },
     /// No `[[routes]]` entry matched.
     #[error("no route matches")]
     NoRoute,
@@ -121,6 +125,7 @@ impl ProxyError {
             ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoServer(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
@@ -181,6 +186,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::UriTooLong { .. }
         ) {
             // The rest of a malformed or refused request must never be read as the
             // next one.
@@ -226,6 +232,7 @@ mod tests {
         assert_eq!(ProxyError::ClientGone("x").status(), 499);
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(ProxyError::HeadersTooLarge { limit: 1 }.status(), 431);
+        assert_eq!(ProxyError::UriTooLong { limit: 1 }.status(), 414);
         assert_eq!(ProxyError::NoRoute.status(), 404);
         let upstream = "app".to_string();
         assert_eq!(

@@ -69,10 +69,12 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
     let limit = turn.call.generation.config.server.limits.max_body;
     match op {
         Op::ReqBody => {
+            let timeout = request_body_timeout(turn);
             let Some(body) = turn.body.as_mut() else {
                 return Err("req:body() is available in the request phase only".into());
             };
-            match collect(std::mem::replace(body, ProxyBody::Empty), limit).await {
+            let taken = std::mem::replace(body, ProxyBody::Empty);
+            match collect(crate::http::body::patient(taken, timeout), limit).await {
                 Ok(bytes) => {
                     *body = ProxyBody::full(bytes.clone());
                     Ok(Reply::Bytes(bytes))
@@ -136,6 +138,23 @@ fn response_timeout(turn: &Turn) -> Duration {
         })
 }
 
+/// How long the request body may make no progress while `req:body()` reads it: the
+/// `response_timeout` of the upstream the request goes to, as when that upstream's
+/// client sends it (then `408`); `server.timeouts.idle` when it goes to none (no
+/// route matched), as for a body the admin API reads.
+fn request_body_timeout(turn: &Turn) -> Duration {
+    let generation = &turn.call.generation;
+    let name = turn.upstream.as_deref();
+    generation
+        .upstreams
+        .sets
+        .iter()
+        .find(|s| Some(s.name()) == name)
+        .map_or(generation.config.server.timeouts.idle, |s| {
+            s.config.response_timeout
+        })
+}
+
 /// Reads a response's whole body within `timeout` (an upstream that sends its head and
 /// then stalls must not hold the hook for good). Returns what was read, and what the
 /// response's body is now: the bytes read, or — when the read failed and what was
@@ -190,6 +209,9 @@ impl http_body::Body for Broken {
 pub enum ReadError {
     #[error("the whole body did not arrive within {0:?}")]
     TimedOut(Duration),
+    /// The client's request body made no progress for this long.
+    #[error("the request body made no progress within {0:?}")]
+    Stalled(Duration),
     #[error("the body is over server.limits.max_body ({0} bytes)")]
     TooLarge(u64),
     /// `client`: what was wrong with it, when it is the client's request body.
@@ -206,6 +228,7 @@ impl ReadError {
         match self {
             ReadError::TooLarge(limit) => ClientFault::BodyTooLarge { limit: *limit },
             ReadError::TimedOut(_) => ClientFault::BadBody("request body timed out"),
+            ReadError::Stalled(timeout) => ClientFault::Stalled { timeout: *timeout },
             ReadError::Failed { client, .. } => match client {
                 Some(crate::http::body::BodyFault::Gone(reason)) => ClientFault::Gone(reason),
                 Some(crate::http::body::BodyFault::Malformed(reason)) => {
@@ -218,11 +241,17 @@ impl ReadError {
 }
 
 /// Reads a whole body, at most `limit` bytes.
-async fn collect(body: ProxyBody, limit: u64) -> Result<Bytes, ReadError> {
+async fn collect<B>(body: B, limit: u64) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes, Error = crate::http::body::BoxError>,
+{
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
+            if let Some(timeout) = crate::http::body::body_stalled(&*e) {
+                return Err(ReadError::Stalled(timeout));
+            }
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {

@@ -352,6 +352,10 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         HookError::Body(ClientFault::BadBody(reason) | ClientFault::Gone(reason)) => {
             (defined, format!("req:body(): {reason}"))
         }
+        HookError::Body(ClientFault::Stalled { timeout }) => (
+            defined,
+            format!("req:body(): the request body made no progress within {timeout:?}"),
+        ),
         HookError::Lua(mlua::Error::MemoryError(m)) => (
             defined,
             format!("out of memory (scripts.lua_memory_limit): {m}"),

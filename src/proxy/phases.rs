@@ -301,6 +301,9 @@ pub(crate) fn module_error(e: ScriptError) -> ProxyError {
         Some(ClientFault::BodyTooLarge { limit }) => return ProxyError::BodyTooLarge { limit },
         Some(ClientFault::BadBody(reason)) => return ProxyError::BadRequest(reason),
         Some(ClientFault::Gone(reason)) => return ProxyError::ClientGone(reason),
+        Some(ClientFault::Stalled { timeout }) => {
+            return ProxyError::RequestBodyTimeout { timeout }
+        }
         None => {}
     }
     tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "module failed");

@@ -44,6 +44,9 @@ use crate::http::{ProxyError, RawHead, RequestId};
 const STACK_HEADERS: usize = 100;
 /// The least a header counts for in the request path's measure of a head.
 const MIN_HEADER_BYTES: usize = 5;
+/// The longest request target a request can carry: the `http` crate's limit on a URI
+/// (longer ones are answered `414`).
+pub const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Read buffer room asked for before each read.
 const READ_CHUNK: usize = 8 * 1024;
 /// A connection with no read buffer (a new one, or one idle for a while) reads through
@@ -389,6 +392,17 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
         Err(ScanError::TooManyHeaders) => return Err(too_large()),
         Err(ScanError::Refused(e)) => return Err(e),
     };
+    if path_span.1 > MAX_TARGET {
+        // A head over `max_header_bytes` is a 431 however long its target; a target
+        // too long to hold in a head within it is nginx's and hyper's 414.
+        return Err(
+            if measured_size(&spans, &method, path_span.1) > max_header_bytes {
+                too_large()
+            } else {
+                ProxyError::UriTooLong { limit: MAX_TARGET }
+            },
+        );
+    }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1))
         .map_err(|_| bad("malformed request target"))?;
@@ -423,6 +437,17 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
         keep_alive,
         expect_continue,
     }))
+}
+
+/// A head's size as the request path measures it against `max_header_bytes`
+/// (`proxy::head_size`, before the path is normalised): the request line and each
+/// header's name and value with 4 bytes for `: ` and CRLF.
+fn measured_size(spans: &Spans, method: &Method, target: usize) -> usize {
+    spans
+        .iter()
+        .fold(method.as_str().len() + target + 12, |n, &(_, nl, _, vl)| {
+            n + nl as usize + vl as usize + 4
+        })
 }
 
 /// Why one pass of httparse gave no head.
