@@ -83,6 +83,18 @@ impl Node {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits (up to 5s) for `needle` in the log.
+    async fn log_shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.stderr_text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
     async fn fallbacks(&self) -> f64 {
         self.fallbacks_of("shared_limit").await
     }
@@ -215,4 +227,28 @@ async fn two_processes_fill_one_shared_cache_tier() {
         "local copies still serve"
     );
     assert!(b.fallbacks_of("shared_cache").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_logged_as_such_and_never_shown() {
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.command(&[b"CONFIG", b"SET", b"requirepass", b"right"]),
+        b"+OK\r\n"
+    );
+    let url = format!("redis://admin:s3cret@{}/2", redis.addr);
+    let a = Node::start(&url).await;
+    assert_eq!(get(a.addr, "/").await.status, 200, "a local bucket decides");
+    assert!(
+        a.log_shows("redis authentication failed").await,
+        "{}",
+        a.stderr_text()
+    );
+    let log = a.stderr_text();
+    assert!(!log.contains("s3cret"), "the password is in the log: {log}");
+    assert!(
+        log.contains(&format!("redis://admin:***@{}/2", redis.addr)),
+        "the URL is shown masked: {log}"
+    );
+    assert!(!log.contains("redis unreachable"), "{log}");
 }
