@@ -252,3 +252,69 @@ async fn a_wrong_password_is_logged_as_such_and_never_shown() {
     );
     assert!(!log.contains("redis unreachable"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_is_warned_about_and_counted() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    assert_eq!(
+        get(a.addr, "/page").await.header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    redis.kill();
+    let before = a.fallbacks_of("shared_cache").await;
+    let post = send(a.addr, empty(req("POST", "/page"))).await;
+    assert_eq!(post.status, 200);
+    assert!(
+        a.log_shows("shared cache entry not removed").await,
+        "{}",
+        a.stderr_text()
+    );
+    let log = a.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shared cache entry not removed"))
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(a.fallbacks_of("shared_cache").await > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_tier_writes_that_fail_are_counted() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    redis.kill();
+    let before = a.fallbacks_of("shared_cache").await;
+    let r = get(a.addr, "/new").await;
+    assert_eq!(r.header("x-cache").as_deref(), Some("MISS"));
+    // The read from Redis failed, and so did the write of what the upstream sent.
+    assert_eq!(
+        a.fallbacks_of("shared_cache").await - before,
+        2.0,
+        "{}",
+        a.stderr_text()
+    );
+    // The local copy serves.
+    assert_eq!(
+        get(a.addr, "/new").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+}
