@@ -318,3 +318,30 @@ async fn shared_tier_writes_that_fail_are_counted() {
         Some("HIT")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_from_the_shared_tier() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    let b = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    let first = get(a.addr, "/page").await;
+    assert_eq!(up.requests(), 1);
+    let head = send(b.addr, empty(req("HEAD", "/page"))).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-cache").as_deref(), Some("HIT"));
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string())
+    );
+    assert_eq!(up.requests(), 1, "B's HEAD did not go to the upstream");
+}

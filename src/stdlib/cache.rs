@@ -187,7 +187,15 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
                 req.status = CacheStatus::Stale;
                 req.hit = Some(c);
             }
-            Lookup::Miss if head => {}
+            // A HEAD is answered from a stored GET response (RFC 9110 §9.3.2: the same
+            // head), here or in the shared tier (whose entries are all GET responses:
+            // a HEAD's is never stored); a miss goes to the upstream as HEAD, unclaimed.
+            Lookup::Miss if head => {
+                if let Some(c) = from_shared_tier(&cache, ex, &req.key) {
+                    req.status = CacheStatus::Hit;
+                    req.hit = Some(c);
+                }
+            }
             // Stale inside stale-while-revalidate: one request refreshes it, the
             // others get the stale copy meanwhile.
             Lookup::Stale(c) => match cache.claim(&cache.fill_key(&req.key, ex.req.headers)) {
