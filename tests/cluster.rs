@@ -141,6 +141,15 @@ async fn two_processes_share_one_limit_and_fall_back_to_local_when_redis_dies() 
     );
     assert_eq!(a.fallbacks().await, 0.0, "{}", a.stderr_text());
     assert_eq!(b.fallbacks().await, 0.0, "{}", b.stderr_text());
+    // The bucket's key is the one docs/config.md and docs/stdlib.md give: prefix, `rl:`,
+    // module, NUL, key, NUL, rate `/` per in ms `ms`, NUL, burst.
+    let keys = redis.command(&[b"KEYS", b"proxycache:rl:*"]);
+    let want = b"proxycache:rl:shared_limit\0everyone\x005/3600000ms\x005";
+    assert!(
+        keys.windows(want.len()).any(|w| w == want),
+        "{}",
+        String::from_utf8_lossy(&keys)
+    );
 
     // Redis dies: each process falls back to its own bucket of 5, nothing fails.
     redis.kill();
