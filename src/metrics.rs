@@ -241,11 +241,17 @@ impl Metrics {
 
     /// A cluster-scoped call in `module` fell back to local state.
     pub fn cluster_fallback(&self, module: &str) {
+        self.cluster_fallback_counter(module).inc();
+    }
+
+    /// The counter [`Metrics::cluster_fallback`] adds to, for a call made later, away
+    /// from the module (a shared-tier write when a response body ends).
+    pub fn cluster_fallback_counter(&self, module: &str) -> Counter {
         self.cluster_fallbacks
             .get_or_create(&ModuleOnly {
                 module: module.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// `std.rate_limit` said no in `module`.

@@ -83,6 +83,18 @@ impl Node {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits (up to 5s) for `needle` in the log.
+    async fn log_shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.stderr_text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
     async fn fallbacks(&self) -> f64 {
         self.fallbacks_of("shared_limit").await
     }
@@ -129,6 +141,15 @@ async fn two_processes_share_one_limit_and_fall_back_to_local_when_redis_dies() 
     );
     assert_eq!(a.fallbacks().await, 0.0, "{}", a.stderr_text());
     assert_eq!(b.fallbacks().await, 0.0, "{}", b.stderr_text());
+    // The bucket's key is the one docs/config.md and docs/stdlib.md give: prefix, `rl:`,
+    // module, NUL, key, NUL, rate `/` per in ms `ms`, NUL, burst.
+    let keys = redis.command(&[b"KEYS", b"proxycache:rl:*"]);
+    let want = b"proxycache:rl:shared_limit\0everyone\x005/3600000ms\x005";
+    assert!(
+        keys.windows(want.len()).any(|w| w == want),
+        "{}",
+        String::from_utf8_lossy(&keys)
+    );
 
     // Redis dies: each process falls back to its own bucket of 5, nothing fails.
     redis.kill();
@@ -215,4 +236,121 @@ async fn two_processes_fill_one_shared_cache_tier() {
         "local copies still serve"
     );
     assert!(b.fallbacks_of("shared_cache").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_logged_as_such_and_never_shown() {
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.command(&[b"CONFIG", b"SET", b"requirepass", b"right"]),
+        b"+OK\r\n"
+    );
+    let url = format!("redis://admin:s3cret@{}/2", redis.addr);
+    let a = Node::start(&url).await;
+    assert_eq!(get(a.addr, "/").await.status, 200, "a local bucket decides");
+    assert!(
+        a.log_shows("redis authentication failed").await,
+        "{}",
+        a.stderr_text()
+    );
+    let log = a.stderr_text();
+    assert!(!log.contains("s3cret"), "the password is in the log: {log}");
+    assert!(
+        log.contains(&format!("redis://admin:***@{}/2", redis.addr)),
+        "the URL is shown masked: {log}"
+    );
+    assert!(!log.contains("redis unreachable"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_is_warned_about_and_counted() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    assert_eq!(
+        get(a.addr, "/page").await.header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    redis.kill();
+    let before = a.fallbacks_of("shared_cache").await;
+    let post = send(a.addr, empty(req("POST", "/page"))).await;
+    assert_eq!(post.status, 200);
+    assert!(
+        a.log_shows("shared cache entry not removed").await,
+        "{}",
+        a.stderr_text()
+    );
+    let log = a.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shared cache entry not removed"))
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(a.fallbacks_of("shared_cache").await > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_tier_writes_that_fail_are_counted() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    redis.kill();
+    let before = a.fallbacks_of("shared_cache").await;
+    let r = get(a.addr, "/new").await;
+    assert_eq!(r.header("x-cache").as_deref(), Some("MISS"));
+    // The read from Redis failed, and so did the write of what the upstream sent.
+    assert_eq!(
+        a.fallbacks_of("shared_cache").await - before,
+        2.0,
+        "{}",
+        a.stderr_text()
+    );
+    // The local copy serves.
+    assert_eq!(
+        get(a.addr, "/new").await.header("x-cache").as_deref(),
+        Some("HIT")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_from_the_shared_tier() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(
+        "app",
+        Behavior::echo().with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let tail = format!(
+        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        up.authority()
+    );
+    let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    let b = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
+    let first = get(a.addr, "/page").await;
+    assert_eq!(up.requests(), 1);
+    let head = send(b.addr, empty(req("HEAD", "/page"))).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-cache").as_deref(), Some("HIT"));
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string())
+    );
+    assert_eq!(up.requests(), 1, "B's HEAD did not go to the upstream");
 }

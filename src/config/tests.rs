@@ -1038,6 +1038,18 @@ fn cache_and_redis_sections() {
         2,
         "must start with redis://",
     );
+    for url in ["http://:s3cret@x", "redis://:s3cret@h:port"] {
+        let errors = errors(&format!("[redis]\nurl = \"{url}\"\n"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let shown = errors[0].to_string();
+        assert!(!shown.contains("s3cret"), "the password is shown: {shown}");
+    }
+    assert_error(
+        "[redis]\nurl = \"http://:s3cret@x\"\n",
+        "redis.url",
+        2,
+        "got \"http://:***@x\"",
+    );
     assert_error(
         "[cache]\nshared = true\n",
         "cache.shared",

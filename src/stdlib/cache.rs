@@ -187,7 +187,15 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
                 req.status = CacheStatus::Stale;
                 req.hit = Some(c);
             }
-            Lookup::Miss if head => {}
+            // A HEAD is answered from a stored GET response (RFC 9110 §9.3.2: the same
+            // head), here or in the shared tier (whose entries are all GET responses:
+            // a HEAD's is never stored); a miss goes to the upstream as HEAD, unclaimed.
+            Lookup::Miss if head => {
+                if let Some(c) = from_shared_tier(&cache, ex, &req.key) {
+                    req.status = CacheStatus::Hit;
+                    req.hit = Some(c);
+                }
+            }
             // Stale inside stale-while-revalidate: one request refreshes it, the
             // others get the stale copy meanwhile.
             Lookup::Stale(c) => match cache.claim(&cache.fill_key(&req.key, ex.req.headers)) {
@@ -458,7 +466,10 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     }
     // Responses with `Vary` stay local: the shared tier keys by URL alone.
     let shared = (cache.settings.shared && vary.is_empty() && ex.state.cluster.is_configured())
-        .then(|| Arc::clone(&ex.state.cluster));
+        .then(|| shared::Writer {
+            cluster: Arc::clone(&ex.state.cluster),
+            fallbacks: ex.state.metrics.cluster_fallback_counter(ex.module),
+        });
     let pending = PendingEntry {
         cache: Arc::clone(&cache),
         primary: Arc::clone(&req.key),
@@ -498,12 +509,19 @@ fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Drops `key`'s entries here and in the shared tier.
+/// Drops `key`'s entries here and in the shared tier. Other processes' local copies
+/// are not reached: they serve until they expire (there is no broadcast).
 fn invalidate(cache: &HttpCache, ex: &super::Exchange<'_>, key: &str) {
     cache.invalidate(key);
     if cache.settings.shared && ex.state.cluster.is_configured() {
         if let Err(e) = shared::remove(&ex.state.cluster, key) {
-            tracing::debug!(target: "proxycache::stdlib", error = %e, "shared cache entry not removed");
+            // Other processes can fetch the old entry from Redis until it expires: worth
+            // a warning, once a second at most (a Redis that is away would flood it).
+            if ex.state.cluster.may_warn() {
+                tracing::warn!(target: "proxycache::stdlib", module = ex.module, key, error = %e, "shared cache entry not removed: other processes may serve it from Redis until it expires");
+            } else {
+                tracing::debug!(target: "proxycache::stdlib", module = ex.module, key, error = %e, "shared cache entry not removed");
+            }
             ex.state.metrics.cluster_fallback(ex.module);
         }
     }

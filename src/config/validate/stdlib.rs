@@ -28,7 +28,10 @@ impl Checker<'_> {
             self.error(
                 "redis.url",
                 url.span(),
-                format!("must start with redis:// or unix://, got {text:?}"),
+                format!(
+                    "must start with redis:// or unix://, got {:?}",
+                    crate::stdlib::cluster::masked_url(text)
+                ),
             );
             return None;
         }

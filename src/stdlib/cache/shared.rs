@@ -3,15 +3,18 @@
 //! miss asks Redis before the upstream; a stored response is written to Redis too.
 //!
 //! Owns the entry's wire format (a small length-prefixed binary, versioned) and the
-//! two calls. Like every cluster call it blocks the worker for one round trip, bounded
-//! by `redis.timeout`, and falls back to local-only when Redis is away (never failing
-//! the request). Must not touch: the local store.
+//! calls. Like every cluster call it blocks the worker for one round trip, bounded by
+//! `redis.timeout`, and falls back to local-only when Redis is away (never failing
+//! the request; every call Redis did not answer is counted as a fallback). Must not
+//! touch: the local store.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
 
 use super::store::Cached;
 use crate::stdlib::cluster::{Cluster, ClusterError};
@@ -102,6 +105,27 @@ pub fn fetch(cluster: &Cluster, key: &str) -> Result<Option<Cached>, ClusterErro
 pub fn put(cluster: &Cluster, key: &str, entry: &Cached) -> Result<(), ClusterError> {
     let ttl = entry.keep_for(Instant::now());
     cluster.set(&format!("c:{key}"), &encode(entry), ttl)
+}
+
+/// Writes entries to the shared tier when their body has ended (away from the module
+/// that stored them), counting a write Redis did not take as the module's fallback.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    pub cluster: Arc<Cluster>,
+    /// `proxycache_cluster_fallbacks_total{module}` of the storing module.
+    pub fallbacks: Counter,
+}
+
+impl Writer {
+    /// [`put`]; a failure leaves the entry local only (the local copy still serves).
+    pub fn put(&self, key: &str, entry: &Cached) {
+        if let Err(e) = put(&self.cluster, key, entry) {
+            // A failed call was warned about by the cluster link; a skipped one (Redis
+            // resting) is covered by that warning's "for the next 1s".
+            tracing::debug!(target: "proxycache::stdlib", key, error = %e, "cache entry not written to the shared tier");
+            self.fallbacks.inc();
+        }
+    }
 }
 
 /// Removes `key` from the shared tier.

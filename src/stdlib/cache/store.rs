@@ -369,7 +369,7 @@ pub struct PendingEntry {
     /// Released when the entry is stored or abandoned.
     pub guard: Option<FillGuard>,
     /// The shared tier to write the entry to as well (`cache.shared`, no `Vary`).
-    pub shared: Option<Arc<crate::stdlib::cluster::Cluster>>,
+    pub shared: Option<super::shared::Writer>,
 }
 
 /// A body that passes frames through untouched and keeps a copy (reference-counted
@@ -455,9 +455,8 @@ impl TeeBody {
             fresh_for,
             stale_for: p.stale_for,
         };
-        if let Some(cluster) = &p.shared {
-            // A failure is logged by the cluster link; the local copy still serves.
-            let _ = super::shared::put(cluster, &p.primary, &entry);
+        if let Some(shared) = &p.shared {
+            shared.put(&p.primary, &entry);
         }
         p.cache.insert(&p.primary, &p.vary, &p.req_headers, entry);
         // `p.guard` drops here, after the insert: waiters find the entry.

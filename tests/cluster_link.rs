@@ -1,0 +1,165 @@
+//! The cluster link itself (`proxycache::stdlib::cluster::Cluster`) over real sockets:
+//! a pooled connection Redis closed is replaced, not reported as Redis being away;
+//! `redis.timeout` bounds a whole call (connect, AUTH and the command together, and a
+//! reply that trickles in); failures say what they are.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::{FakeRedis, RedisServer, Script};
+use proxycache::stdlib::cluster::{Cluster, RedisSettings};
+
+fn cluster(url: String, timeout_ms: u64) -> Cluster {
+    Cluster::new(Some(RedisSettings {
+        url,
+        timeout: Duration::from_millis(timeout_ms),
+        key_prefix: "t:".to_owned(),
+    }))
+}
+
+/// Runs `f` on a thread of its own: each worker thread has its own connection, and a
+/// test must not find another test's.
+fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f)
+        .join()
+        .unwrap_or_else(|_| panic!("test thread panicked"))
+}
+
+#[test]
+fn a_connection_redis_closed_is_replaced_not_reported() {
+    on_thread(|| {
+        let redis = RedisServer::start();
+        let c = cluster(redis.url(), 500);
+        c.set("k", b"v", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("set: {e}"));
+        // Redis drops every client (as on its idle `timeout`, or a restart).
+        let killed = redis.command(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]);
+        assert_eq!(killed, b":1\r\n", "{}", String::from_utf8_lossy(&killed));
+        std::thread::sleep(Duration::from_millis(100));
+        let got = c
+            .get("k")
+            .unwrap_or_else(|e| panic!("get after the close: {e}"));
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        // ...and Redis is not resting: the next call goes to it too.
+        c.del("k").unwrap_or_else(|e| panic!("del: {e}"));
+        assert_eq!(c.get("k").unwrap_or_else(|e| panic!("get: {e}")), None);
+    });
+}
+
+#[test]
+fn an_idle_connection_redis_timed_out_is_replaced() {
+    on_thread(|| {
+        let redis = RedisServer::start();
+        let set = redis.command(&[b"CONFIG", b"SET", b"timeout", b"1"]);
+        assert_eq!(set, b"+OK\r\n");
+        let c = cluster(redis.url(), 500);
+        for round in 0..2 {
+            c.set("k", b"v", Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("set, round {round}: {e}"));
+            // Longer than Redis's idle timeout of 1s.
+            std::thread::sleep(Duration::from_millis(2500));
+        }
+        let got = c.get("k").unwrap_or_else(|e| panic!("get: {e}"));
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    });
+}
+
+#[test]
+fn one_deadline_covers_connect_auth_and_the_command() {
+    on_thread(|| {
+        // AUTH and GET are each answered after 150ms: each alone is within the 200ms
+        // timeout, the call is not.
+        let fake = FakeRedis::start(Script {
+            delay: Duration::from_millis(150),
+            trickle: None,
+        });
+        let c = cluster(format!("redis://:pw@{}", fake.addr), 200);
+        let start = Instant::now();
+        let r = c.get("k");
+        let took = start.elapsed();
+        let err = match r {
+            Ok(v) => panic!("answered after {took:?}: {v:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(took < Duration::from_millis(290), "took {took:?}");
+        assert!(err.contains("timed out after 200ms"), "{err}");
+    });
+}
+
+#[test]
+fn a_reply_that_trickles_is_cut_at_the_deadline() {
+    on_thread(|| {
+        // 17 bytes of reply, one every 30ms: every read makes progress, the call
+        // would take half a second.
+        let fake = FakeRedis::start(Script {
+            delay: Duration::ZERO,
+            trickle: Some((b"0123456789".to_vec(), Duration::from_millis(30))),
+        });
+        let c = cluster(format!("redis://{}", fake.addr), 200);
+        let start = Instant::now();
+        let r = c.get("k");
+        let took = start.elapsed();
+        let err = match r {
+            Ok(v) => panic!("answered after {took:?}: {v:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(took < Duration::from_millis(400), "took {took:?}");
+        assert!(err.contains("timed out after 200ms"), "{err}");
+        assert!(!err.contains("os error"), "{err}");
+    });
+}
+
+#[test]
+fn a_timeout_on_a_pooled_connection_is_not_retried() {
+    on_thread(|| {
+        let fake = FakeRedis::start(Script {
+            delay: Duration::from_millis(400),
+            trickle: None,
+        });
+        let c = cluster(format!("redis://{}", fake.addr), 200);
+        c.set("k", b"v", Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("set: {e}"));
+        let start = Instant::now();
+        assert!(c.get("k").is_err());
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(350), "took {took:?}");
+        assert_eq!(
+            fake.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "no second connection for a timeout"
+        );
+    });
+}
+
+#[test]
+fn a_wrong_password_or_database_says_so() {
+    on_thread(|| {
+        let redis = RedisServer::start();
+        let set = redis.command(&[b"CONFIG", b"SET", b"requirepass", b"right"]);
+        assert_eq!(set, b"+OK\r\n");
+        let wrong = cluster(format!("redis://:wrong@{}", redis.addr), 500);
+        let err = wrong
+            .get("k")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("authentication failed"), "{err}");
+        assert!(!err.contains("wrong"), "no password in messages: {err}");
+
+        let none = cluster(redis.url(), 500);
+        let err = none
+            .get("k")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("authentication failed"), "{err}");
+
+        let db = cluster(format!("redis://:right@{}/99", redis.addr), 500);
+        let err = db.get("k").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("database 99"), "{err}");
+
+        let right = cluster(format!("redis://:right@{}/3", redis.addr), 500);
+        assert_eq!(right.get("k").unwrap_or_else(|e| panic!("{e}")), None);
+    });
+}
