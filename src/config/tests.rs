@@ -867,6 +867,14 @@ fn a_tcp_frontend_over_builtin_echo_is_an_error() {
         6,
         "upstream \"mix\" lists builtin:echo (servers[1]): builtin:echo cannot serve raw TCP",
     );
+    // A TLS set: the relay sent the client's bytes to it in plain text, silently.
+    assert_error(
+        "[upstreams.secure]\nservers = [\"127.0.0.1:3000\"]\ntls = true\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"secure\"\n",
+        "tcp[0].upstream",
+        7,
+        "upstream \"secure\" has tls = true, but a [[tcp]] frontend relays raw bytes",
+    );
     // Routes may still use an echo set next to a [[tcp]] frontend over real servers.
     let config = ok(&format!(
         "{UPSTREAMS}[[routes]]\nupstream = \"echo\"\n\n\

@@ -203,10 +203,22 @@ impl Checker<'_> {
         })
     }
 
-    /// A `[[tcp]]` frontend relays raw bytes: `builtin:echo` answers HTTP in-process
-    /// and has no socket to relay to, so a set listing it would refuse (or, mixed
+    /// A `[[tcp]]` frontend relays raw bytes: it opens no TLS to a `tls = true` set's
+    /// servers, and `builtin:echo` answers HTTP in-process and has no socket to relay to, so a set listing it would refuse (or, mixed
     /// with network servers, silently skip) the connections picked for it.
     fn tcp_servers(&mut self, key: &str, name: &file::Text, set: &UpstreamConfig) {
+        if set.tls {
+            // The relay copies bytes as they are: it would send the client's bytes in
+            // plain text to servers the set says speak TLS.
+            let message = format!(
+                "upstream {:?} has tls = true, but a [[tcp]] frontend relays raw bytes and \
+                 does not open TLS to its servers (the client's bytes would go in plain \
+                 text); use a set without tls, whose servers the client's own TLS reaches",
+                set.name
+            );
+            self.error(key, name.span(), message);
+            return;
+        }
         let echo: Vec<String> = set
             .servers
             .iter()
