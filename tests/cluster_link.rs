@@ -163,3 +163,67 @@ fn a_wrong_password_or_database_says_so() {
         assert_eq!(right.get("k").unwrap_or_else(|e| panic!("{e}")), None);
     });
 }
+
+/// A relay in front of `redis` that drops the reply of the `drop_nth` script result
+/// (an array reply) and closes that client connection: Redis ran the command, the
+/// caller never hears so.
+fn relay_dropping_reply(redis: std::net::SocketAddr, drop_nth: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let arrays = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let arrays = Arc::clone(&arrays);
+            std::thread::spawn(move || {
+                let Ok(mut server) = std::net::TcpStream::connect(redis) else {
+                    return;
+                };
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 || server.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    let Ok(m) = server.read(&mut buf) else { return };
+                    if m == 0 {
+                        return;
+                    }
+                    if buf[0] == b'*' && arrays.fetch_add(1, Ordering::SeqCst) + 1 == drop_nth {
+                        // The script ran; its answer is lost with the connection.
+                        return;
+                    }
+                    if client.write_all(&buf[..m]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A command whose reply was lost is not sent again: the rate-limit script is not
+/// idempotent, and the retry took a second token (remaining went 9, 8, 6, 5). The call
+/// fails (the caller falls back to local state) and the token it took stays taken.
+#[test]
+fn a_command_whose_reply_was_lost_is_not_run_twice() {
+    on_thread(|| {
+        let redis = RedisServer::start();
+        let relay = relay_dropping_reply(redis.addr, 3);
+        let c = cluster(format!("redis://{relay}"), 500);
+        let hour = Duration::from_secs(3600);
+        let take = || c.rate_limit("once", 1.0, 10, hour);
+        let first = take().unwrap_or_else(|e| panic!("first: {e}"));
+        let second = take().unwrap_or_else(|e| panic!("second: {e}"));
+        assert_eq!((first.remaining, second.remaining), (9, 8));
+        assert!(take().is_err(), "the lost reply is an error, not a retry");
+        // Past the rest after a failure.
+        std::thread::sleep(Duration::from_millis(1100));
+        let fourth = take().unwrap_or_else(|e| panic!("fourth: {e}"));
+        assert_eq!(fourth.remaining, 6, "one token for the lost reply, not two");
+    });
+}

@@ -151,16 +151,6 @@ impl ClusterError {
             ClusterError::Redis(_) => "redis refused a command",
         }
     }
-
-    /// Whether this is a pooled connection that Redis had closed (nothing timed out,
-    /// nothing was refused): worth one more try on a new connection.
-    fn is_closed_connection(&self) -> bool {
-        use std::io::ErrorKind as K;
-        matches!(self, ClusterError::Io(e) if matches!(
-            e.kind(),
-            K::UnexpectedEof | K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::NotConnected
-        ))
-    }
 }
 
 /// GCRA in Redis: KEYS[1] the bucket; ARGV[1] the emission interval and ARGV[2] the
@@ -267,9 +257,10 @@ impl Cluster {
     }
 
     /// Runs `f` on this worker thread's connection (made on first use), all of it
-    /// within one `redis.timeout`. A pooled connection that turns out closed is
-    /// replaced and `f` run again; on any other error the connection is dropped and
-    /// Redis is rested for [`RETRY_AFTER`].
+    /// within one `redis.timeout`. A pooled connection Redis closed while it was idle
+    /// is replaced before `f` runs; `f` is never run twice (a command whose reply was
+    /// lost may have run: a rate-limit script would take a second token). On an error
+    /// the connection is dropped and Redis is rested for [`RETRY_AFTER`].
     fn with_conn<T>(
         &self,
         f: impl Fn(&mut Link, &RedisSettings) -> redis::RedisResult<T>,
@@ -283,14 +274,7 @@ impl Cluster {
         let deadline = Instant::now() + settings.timeout;
         let result = CONN.with(|cell| {
             let slot = &mut *cell.borrow_mut();
-            let reused = slot.as_ref().is_some_and(|(id, _)| *id == self.id);
-            match self.call(client, settings, deadline, slot, &f) {
-                Err(e) if reused && e.is_closed_connection() => {
-                    tracing::debug!(target: "proxycache::stdlib", error = %e, "redis closed a pooled connection: trying a new one");
-                    self.call(client, settings, deadline, slot, &f)
-                }
-                r => r,
-            }
+            self.call(client, settings, deadline, slot, &f)
         });
         result.inspect_err(|e| {
             tracing::warn!(target: "proxycache::stdlib", error = %e, url = %self.shown_url, "{}: cluster-scoped calls use local state for the next {}s", e.summary(), RETRY_AFTER.as_secs());
@@ -311,9 +295,20 @@ impl Cluster {
         slot: &mut Option<(u64, Link)>,
         f: &impl Fn(&mut Link, &RedisSettings) -> redis::RedisResult<T>,
     ) -> Result<T, ClusterError> {
-        let mut link = match slot.take() {
-            Some((id, link)) if id == self.id => link,
-            _ => Link::open(client.get_connection_info(), deadline, settings.timeout)?,
+        let pooled = match slot.take() {
+            Some((id, mut link)) if id == self.id => {
+                if link.closed_while_idle() {
+                    tracing::debug!(target: "proxycache::stdlib", "redis closed a pooled connection while it was idle: opening a new one");
+                    None
+                } else {
+                    Some(link)
+                }
+            }
+            _ => None,
+        };
+        let mut link = match pooled {
+            Some(link) => link,
+            None => Link::open(client.get_connection_info(), deadline, settings.timeout)?,
         };
         link.set_deadline(deadline);
         match f(&mut link, settings) {

@@ -75,6 +75,28 @@ impl Stream {
         }
     }
 
+    /// Whether the peer has closed this idle connection (or sent bytes nobody asked
+    /// for): looked at without waiting, before a command is written on it. A command
+    /// is never sent twice (a rate-limit script that ran but whose reply was lost
+    /// would take a second token), so a dead connection must be found before sending.
+    fn closed_while_idle(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let (looked, restored) = match self {
+            Stream::Tcp(s) => (
+                s.set_nonblocking(true).and_then(|()| s.peek(&mut byte)),
+                s.set_nonblocking(false),
+            ),
+            // (`UnixStream::peek` is not stable: a byte read here makes the
+            // connection unusable anyway.)
+            #[cfg(unix)]
+            Stream::Unix(s) => (
+                s.set_nonblocking(true).and_then(|()| s.read(&mut byte)),
+                s.set_nonblocking(false),
+            ),
+        };
+        restored.is_err() || !matches!(looked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// One write that waits at most `left`.
     fn write_within(&mut self, buf: &[u8], left: Duration) -> io::Result<usize> {
         match self {
@@ -211,6 +233,13 @@ impl Link {
                 })?;
         }
         Ok(link)
+    }
+
+    /// Whether Redis closed this pooled connection while it was idle (its idle
+    /// `timeout`, a restart, `CLIENT KILL`): then it is replaced before a command is
+    /// written on it.
+    pub fn closed_while_idle(&mut self) -> bool {
+        self.stream.closed_while_idle()
     }
 
     /// Starts a call that must end by `deadline`.
