@@ -88,8 +88,15 @@ fn end_of_file(file: &str, source: &str, positives: &[Rule]) -> Diagnostic {
     }
     // Say what is likely missing, and point at the last line with text rather than
     // at nothing.
-    let last = source.trim_end().len().saturating_sub(1);
-    let span = span_at(source, last, last + 1);
+    // (The last character, whole: the file may end in `é`.)
+    let text = source.trim_end();
+    let (last, ch) = text.char_indices().next_back().unwrap_or((0, ' '));
+    let end = if text.is_empty() {
+        0
+    } else {
+        last + ch.len_utf8()
+    };
+    let span = span_at(source, last, end);
     Diagnostic::new(
         file,
         source,
