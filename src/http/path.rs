@@ -35,9 +35,9 @@ pub enum EscapedSlashes {
     Keep,
     /// The request is answered 400.
     Reject,
-    /// Decoded (`%2F` to `/`, `%5C` to `\`) before dot-segments are removed and
-    /// slashes merged: policy and upstream see the separator an upstream that
-    /// decodes `%2F` would see.
+    /// Decoded to `/` (`%2F`, and `%5C`, which servers such as IIS read as `/`)
+    /// before dot-segments are removed and slashes merged: policy and upstream see
+    /// the separator an upstream that decodes them would see.
     Decode,
 }
 
@@ -184,7 +184,10 @@ fn decode_unreserved(path: &str, rules: PathRules) -> Result<String, PathError> 
                 _ => false,
             };
             if decode {
-                out.push(char::from(c));
+                // An encoded backslash is a separator too (IIS, and a WHATWG URL
+                // parser on an http URL, read `\` as `/`): left a bare `\`, no later
+                // rule would see it.
+                out.push(if c == b'\\' { '/' } else { char::from(c) });
                 i += 3;
                 continue;
             }

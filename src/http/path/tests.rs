@@ -33,7 +33,14 @@ fn encoded_slashes_are_kept_refused_or_decoded_as_the_rules_say() {
     assert_eq!(with("/a%20b%3F", REJECT), Ok("/a%20b%3F".to_owned()));
     assert_eq!(with("/%2Fadmin", DECODE), Ok("/admin".to_owned()));
     assert_eq!(with("/a%2fb", DECODE), Ok("/a/b".to_owned()));
-    assert_eq!(with("/a%5Cb", DECODE), Ok("/a\\b".to_owned()));
+    assert_eq!(with("/a%5Cb", DECODE), Ok("/a/b".to_owned()));
+    // A decoded backslash is a separator for the rules after it too.
+    assert_eq!(with("/%5cadmin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(with("/x/..%5Cadmin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(
+        with("/x/..%5C..%5Cadmin", DECODE),
+        Err(PathError::AboveRoot)
+    );
     // Decoded first, so dot-segments they make are resolved, and climbing is refused.
     assert_eq!(with("/x/..%2Fadmin", DECODE), Ok("/admin".to_owned()));
     assert_eq!(with("/..%2Fadmin", DECODE), Err(PathError::AboveRoot));
