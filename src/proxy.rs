@@ -228,7 +228,11 @@ async fn proxy(
     }
 
     // 2. Route. No match is not yet a 404: a module may still answer the request.
-    let host = request_host(&req);
+    // (An HTTP/2 request's `Host` is its `:authority` by now: read, not made again.)
+    let host = match crate::http::lookup::get(req.headers(), &header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => request_host(&req),
+    };
     let found =
         generation
             .router

@@ -42,10 +42,14 @@ fn is_address_or_localhost(h: &str) -> bool {
     let name = match h.strip_prefix('[') {
         // `[::1]:9901`
         Some(rest) => {
-            return rest
-                .split(']')
-                .next()
-                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+            let Some((ip, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let port_ok = after.is_empty()
+                || after
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            return port_ok && ip.parse::<std::net::Ipv6Addr>().is_ok();
         }
         None => h.rsplit_once(':').map_or(h, |(name, port)| {
             if port.bytes().all(|b| b.is_ascii_digit()) {
@@ -101,6 +105,8 @@ mod tests {
             vec![("origin", "http://127.0.0.1:9901")],
             vec![("host", "rebind.attacker.example:9901")],
             vec![("host", "localhost.attacker.example")],
+            vec![("host", "[::1]evil:9901")],
+            vec![("host", "[::1]:")],
         ] {
             assert!(refusal(&headers(&pairs), false).is_some(), "{pairs:?}");
         }

@@ -440,7 +440,8 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
 }
 
 /// A head's size as the request path measures it against `max_header_bytes`
-/// (`proxy::head_size`, before the path is normalised): the request line and each
+/// (`proxy::head_size`; the path it measures is normalised first, which only
+/// shortens it): the request line and each
 /// header's name and value with 4 bytes for `: ` and CRLF.
 fn measured_size(spans: &Spans, method: &Method, target: usize) -> usize {
     spans
