@@ -38,22 +38,6 @@ async fn stalled_post(addr: std::net::SocketAddr, path: &str) -> String {
     read_raw(&mut stream, ANSWER_WITHIN).await
 }
 
-/// The access-log line of the request to `path`, once it is written.
-async fn access_line_for(path: &str) -> String {
-    let needle = format!("path={path} ");
-    let quoted = format!("path=\"{path}\"");
-    let found = || {
-        log::lines_with("proxycache::access")
-            .into_iter()
-            .find(|l| l.contains(&needle) || l.contains(&quoted))
-    };
-    assert!(
-        wait_until(Duration::from_secs(5), || found().is_some()).await,
-        "no access line for {path}"
-    );
-    found().unwrap_or_default()
-}
-
 fn assert_408(raw: &str) {
     assert_eq!(
         raw_status(raw),
@@ -72,7 +56,7 @@ async fn a_stalled_body_to_builtin_echo_is_408() {
     let px = proxy_with("workers = 1", ECHO);
     let raw = stalled_post(px.addr, "/echo-stall").await;
     assert_408(&raw);
-    let line = access_line_for("/echo-stall").await;
+    let line = log::access_line_for("/echo-stall").await;
     assert!(line.contains("status=408"), "{line}");
     // The proxy goes on serving.
     assert_eq!(get(px.addr, "/after").await.status, 200);

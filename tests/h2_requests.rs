@@ -62,23 +62,6 @@ async fn raw_h2(addr: SocketAddr) -> OwnedWriteHalf {
     wr
 }
 
-/// The access-log line of the request to `path` (which each test makes unique), once
-/// it is written.
-async fn access_line_for(path: &str) -> String {
-    let needle = format!("path={path} ");
-    let quoted = format!("path=\"{path}\"");
-    let found = || {
-        log::lines_with("proxycache::access")
-            .into_iter()
-            .find(|l| l.contains(&needle) || l.contains(&quoted))
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || found().is_some()).await,
-        "no access line for {path}"
-    );
-    found().unwrap_or_default()
-}
-
 fn logging_proxy(up: &Upstream) -> Proxy {
     log::capture();
     proxy_with(
@@ -123,7 +106,7 @@ async fn upload(addr: SocketAddr, path: &str, ending: Ending) {
     }
     wr.write_all(&end).await.expect("the end");
     // The connection stays open until the request is logged.
-    access_line_for(path).await;
+    log::access_line_for(path).await;
 }
 
 /// More uploads than the default breaker's 5 failures, each ended by the client: the
@@ -135,7 +118,7 @@ async fn client_endings_are_not_the_servers(ending: Ending, tag: &str, status: &
     for i in 0..7 {
         let path = format!("/{tag}/{i}");
         upload(px.addr, &path, ending).await;
-        let line = access_line_for(&path).await;
+        let line = log::access_line_for(&path).await;
         assert!(line.contains(&format!("status={status}")), "{line}");
     }
     assert_eq!(failures(&px), 0, "the server is not charged");
@@ -252,7 +235,7 @@ async fn an_authority_with_userinfo_is_refused() {
     ]);
     frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &head);
     wr.write_all(&out).await.expect("request");
-    let line = access_line_for("/userinfo").await;
+    let line = log::access_line_for("/userinfo").await;
     assert!(line.contains("status=400"), "{line}");
     assert_eq!(up.requests(), 0);
 }

@@ -203,6 +203,16 @@ async fn an_absolute_form_target_with_userinfo_is_refused() {
         let raw = raw_request(px.addr, head.as_bytes()).await;
         assert_eq!(raw_status(&raw), 400, "{target}: {raw}");
     }
+    // The same in a Host header (it was routed as `good.example` and sent on whole).
+    for host in [
+        "good.example:80@evil.example",
+        "user:pw@evil.example",
+        "good.example:x",
+    ] {
+        let head = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let raw = raw_request(px.addr, head.as_bytes()).await;
+        assert_eq!(raw_status(&raw), 400, "{host}: {raw}");
+    }
     assert_eq!(up.requests(), 0, "{:?}", up.all());
 }
 

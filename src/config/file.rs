@@ -94,7 +94,7 @@ pub struct CertFile {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub listen: Option<Text>,
-    pub api_key: Option<String>,
+    pub api_key: Option<Text>,
 }
 
 /// `[log]`.

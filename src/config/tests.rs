@@ -1076,3 +1076,17 @@ fn cache_and_redis_sections() {
         "must not be larger than cache.max_size",
     );
 }
+
+#[test]
+fn an_api_key_with_outer_spaces_is_an_error() {
+    // A header value is read without them: every admin call was 401.
+    for key in ["  ", " k", "k "] {
+        assert_error(
+            &format!("[admin]\napi_key = \"{key}\"\n"),
+            "admin.api_key",
+            2,
+            "must not start or end with spaces",
+        );
+    }
+    assert_eq!(ok("[admin]\napi_key = \"k\"\n").admin.api_key, "k");
+}

@@ -26,6 +26,7 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
     let mut length: Result<Option<u64>, ProxyError> = Ok(None);
     let mut hosts = 0usize;
     let mut host_empty = false;
+    let mut host_valid = true;
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING {
             encodings += 1;
@@ -38,6 +39,7 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
         } else if name == header::HOST {
             hosts += 1;
             host_empty = value.is_empty();
+            host_valid = is_host(value.as_bytes());
         }
     }
     if encodings > 1 {
@@ -75,7 +77,66 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
             _ => {}
         }
     }
+    // RFC 9112 3.2: a Host that is not `host[:port]` is a 400. `good.example:80@evil`
+    // was routed as `good.example` (the part before the last `:`) and sent upstream
+    // whole, where a URL parser reads `evil` as the host.
+    if !host_valid {
+        return Err(ProxyError::BadRequest("invalid Host header"));
+    }
     Ok(())
+}
+
+/// `value` is RFC 3986's `host [ ":" port ]`: a reg-name (unreserved, sub-delims and
+/// `%`), an IPv4 address, or an IP literal in brackets; a port of digits only. (An
+/// empty value passes here: whether it may be empty is the version's rule.)
+fn is_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                if !literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                {
+                    return false;
+                }
+                (&value[..=end], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 /// Folds one `Content-Length` line into the value seen so far: each comma-separated
@@ -192,6 +253,35 @@ mod tests {
 
     fn ok(pairs: &[(&'static str, &'static str)]) -> bool {
         check_request(Version::HTTP_11, &headers(pairs)).is_ok()
+    }
+
+    #[test]
+    fn a_host_is_host_and_port_only() {
+        for host in [
+            "example.com",
+            "example.com:8080",
+            "example.com:",
+            "127.0.0.1:9",
+            "[::1]",
+            "[::1]:443",
+            "a_b-c.example",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(ok(&[("host", host)]), "{host}");
+        }
+        for host in [
+            "good.example:80@evil.example",
+            "user@evil.example",
+            "good.example:x",
+            "good.example:80:81",
+            "a/b",
+            "[::1",
+            "[::1]x",
+            "[evil.example]",
+            "a b",
+        ] {
+            assert!(!ok(&[("host", host)]), "{host}");
+        }
     }
 
     #[test]

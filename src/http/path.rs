@@ -35,9 +35,9 @@ pub enum EscapedSlashes {
     Keep,
     /// The request is answered 400.
     Reject,
-    /// Decoded to `/` (`%2F`, and `%5C`, which servers such as IIS read as `/`)
-    /// before dot-segments are removed and slashes merged: policy and upstream see
-    /// the separator an upstream that decodes them would see.
+    /// Decoded to `/` (`%2F`, and `%5C` and a bare `\`, which servers such as IIS
+    /// read as `/`) before dot-segments are removed and slashes merged: policy and
+    /// upstream see the separator an upstream that decodes them would see.
     Decode,
 }
 
@@ -85,7 +85,11 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
     if !path.starts_with('/') || !needs_work(path.as_bytes(), rules) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path, rules)?;
+    let mut decoded = decode_unreserved(path, rules)?;
+    if rules.escaped_slashes == EscapedSlashes::Decode && decoded.contains('\\') {
+        // A bare backslash too: what `decode` is for is an upstream that reads it as `/`.
+        decoded = decoded.replace('\\', "/");
+    }
     let normal = remove_dot_segments(&decoded, rules)?;
     Ok(if normal == path {
         Cow::Borrowed(path)
@@ -129,6 +133,7 @@ fn needs_work(p: &[u8], rules: PathRules) -> bool {
                 }
                 _ => {}
             },
+            b'\\' if rules.escaped_slashes == EscapedSlashes::Decode => return true,
             b'%' => match escaped(at(i + 1), at(i + 2)) {
                 Some(c) => {
                     let dot_beside = (i > 0 && p[i - 1] == b'.') || at(i + 3) == Some(b'.');

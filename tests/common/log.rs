@@ -44,3 +44,20 @@ pub fn lines_with(needle: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The access-log line of the request to `path` (which each test makes unique), once
+/// it is written (up to 10 s).
+pub async fn access_line_for(path: &str) -> String {
+    let needle = format!("path={path} ");
+    let quoted = format!("path=\"{path}\"");
+    let found = || {
+        lines_with("proxycache::access")
+            .into_iter()
+            .find(|l| l.contains(&needle) || l.contains(&quoted))
+    };
+    assert!(
+        super::wait_until(std::time::Duration::from_secs(10), || found().is_some()).await,
+        "no access line for {path}"
+    );
+    found().unwrap_or_default()
+}

@@ -205,7 +205,17 @@ impl Checker<'_> {
     // ---- [admin] [log] [scripts] ----------------------------------------------------
 
     pub(super) fn admin(&mut self, file: &file::AdminFile) -> AdminConfig {
-        let api_key = file.api_key.clone().unwrap_or_default();
+        let api_key = match &file.api_key {
+            // A header value is read without its outer spaces: a key with them could
+            // never match, and every admin call would be 401.
+            Some(key) if key.get_ref().trim() != key.get_ref() => {
+                let message = "must not start or end with spaces (an Authorization header is read without them, so no call could match it)";
+                self.error("admin.api_key", key.span(), message);
+                key.get_ref().trim().to_owned()
+            }
+            Some(key) => key.get_ref().clone(),
+            None => String::new(),
+        };
         let listen = match &file.listen {
             None => Some(DEFAULT_ADMIN_LISTEN),
             Some(text) if text.get_ref().is_empty() => None,

@@ -41,6 +41,10 @@ fn encoded_slashes_are_kept_refused_or_decoded_as_the_rules_say() {
         with("/x/..%5C..%5Cadmin", DECODE),
         Err(PathError::AboveRoot)
     );
+    // And a bare one.
+    assert_eq!(with("/\\admin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(with("/x/..\\admin", DECODE), Ok("/admin".to_owned()));
+    assert_eq!(with("/a\\b", MERGE), Ok("/a\\b".to_owned()));
     // Decoded first, so dot-segments they make are resolved, and climbing is refused.
     assert_eq!(with("/x/..%2Fadmin", DECODE), Ok("/admin".to_owned()));
     assert_eq!(with("/..%2Fadmin", DECODE), Err(PathError::AboveRoot));
