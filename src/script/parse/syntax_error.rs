@@ -31,6 +31,14 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
     if pos >= source.len() {
         return end_of_file(file, source, positives);
     }
+    // A string opened here and never closed (an unclosed `\"\"\"` reads as `\"\"` and a
+    // `\"` that fails two bytes on).
+    if source[pos..].starts_with('"') {
+        let here = |(s, _): &(usize, bool)| *s <= pos && pos - *s <= 2;
+        if let Some((start, raw)) = unclosed_string(source).filter(here) {
+            return unclosed(file, source, start, raw);
+        }
+    }
     if let Some(op) = comparison_at(&source[pos..]) {
         if positives.contains(&Rule::or_op) || positives.contains(&Rule::and_op) {
             return Diagnostic::new(
@@ -62,6 +70,27 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
     }
 }
 
+/// The string starting at `start` (`raw`: `\"\"\"`) that is never closed.
+fn unclosed(file: &str, source: &str, start: usize, raw: bool) -> Diagnostic {
+    let (quote, span) = if raw {
+        ("\"\"\"", span_at(source, start, start + 3))
+    } else {
+        ("\"", span_at(source, start, start + 1))
+    };
+    let hint = if raw {
+        "a raw string ends at the next `\"\"\"`; it may span lines, so it ran to the end of the file"
+    } else {
+        "a string ends at the next `\"` (write `\\\"` for a quote inside); it may span lines, so it ran to the end of the file"
+    };
+    Diagnostic::new(
+        file,
+        source,
+        span,
+        format!("this string has no closing `{quote}`"),
+    )
+    .with_hint(hint)
+}
+
 /// The syntax error of a file that ends too early.
 fn end_of_file(file: &str, source: &str, positives: &[Rule]) -> Diagnostic {
     // Nothing but comments and blanks (also an empty `PUT /mods/NAME` body).
@@ -73,18 +102,7 @@ fn end_of_file(file: &str, source: &str, positives: &[Rule]) -> Diagnostic {
             .with_hint("a module file holds one `mod NAME { ... }`, NAME being the file's name");
     }
     if let Some((start, raw)) = unclosed_string(source) {
-        let (quote, span) = if raw {
-            ("\"\"\"", span_at(source, start, start + 3))
-        } else {
-            ("\"", span_at(source, start, start + 1))
-        };
-        return Diagnostic::new(
-            file,
-            source,
-            span,
-            format!("this string has no closing `{quote}`"),
-        )
-        .with_hint("a string ends at the next `\"` (write `\\\"` for a quote inside); it may span lines, so it ran to the end of the file");
+        return unclosed(file, source, start, raw);
     }
     // Say what is likely missing, and point at the last line with text rather than
     // at nothing.
