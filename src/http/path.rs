@@ -19,6 +19,8 @@ use std::borrow::Cow;
 
 use http::uri::{PathAndQuery, Uri};
 
+use super::percent::is_unreserved;
+
 /// How paths are normalised (`server.merge_slashes`, `server.escaped_slashes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathRules {
@@ -163,11 +165,6 @@ fn escaped(h: Option<u8>, l: Option<u8>) -> Option<u8> {
 /// The bytes `escaped_slashes` is about: `/` and `\` (a separator to IIS).
 fn is_slash(c: u8) -> bool {
     matches!(c, b'/' | b'\\')
-}
-
-/// RFC 3986 2.3.
-fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 
 /// `path` with escapes of unreserved characters decoded, encoded slashes as the rules

@@ -12,8 +12,9 @@ use std::borrow::Cow;
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// RFC 3986 2.3's unreserved characters: the only bytes [`component`] keeps.
-fn is_unreserved(b: u8) -> bool {
+/// RFC 3986 2.3's unreserved characters: the only bytes [`component`] keeps (and the
+/// escapes `http::path` decodes).
+pub(crate) fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
