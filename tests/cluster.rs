@@ -184,9 +184,9 @@ const SHARED_CACHE: &str = r#"mod shared_cache {
 }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_fill_one_shared_cache_tier() {
-    let mut redis = RedisServer::start();
+/// An upstream whose answers may be cached for a minute, and the config tail that
+/// routes to it through the shared cache tier.
+async fn cached_app() -> (Upstream, String) {
     let up = Upstream::start(
         "app",
         Behavior::echo().with_header("cache-control", "max-age=60"),
@@ -196,6 +196,13 @@ async fn two_processes_fill_one_shared_cache_tier() {
         "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
         up.authority()
     );
+    (up, tail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fill_one_shared_cache_tier() {
+    let mut redis = RedisServer::start();
+    let (up, tail) = cached_app().await;
     let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
     let b = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
 
@@ -265,15 +272,7 @@ async fn a_wrong_password_is_logged_as_such_and_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_invalidation_is_warned_about_and_counted() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start(
-        "app",
-        Behavior::echo().with_header("cache-control", "max-age=60"),
-    )
-    .await;
-    let tail = format!(
-        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-        up.authority()
-    );
+    let (_up, tail) = cached_app().await;
     let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
     assert_eq!(
         get(a.addr, "/page").await.header("x-cache").as_deref(),
@@ -300,15 +299,7 @@ async fn a_lost_invalidation_is_warned_about_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_tier_writes_that_fail_are_counted() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start(
-        "app",
-        Behavior::echo().with_header("cache-control", "max-age=60"),
-    )
-    .await;
-    let tail = format!(
-        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-        up.authority()
-    );
+    let (_up, tail) = cached_app().await;
     let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
     redis.kill();
     let before = a.fallbacks_of("shared_cache").await;
@@ -331,15 +322,7 @@ async fn shared_tier_writes_that_fail_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_is_answered_from_the_shared_tier() {
     let redis = RedisServer::start();
-    let up = Upstream::start(
-        "app",
-        Behavior::echo().with_header("cache-control", "max-age=60"),
-    )
-    .await;
-    let tail = format!(
-        "[cache]\nshared = true\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
-        up.authority()
-    );
+    let (up, tail) = cached_app().await;
     let a = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
     let b = Node::start_with(&redis.url(), ("shared_cache", SHARED_CACHE), &tail).await;
     let first = get(a.addr, "/page").await;
