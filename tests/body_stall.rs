@@ -56,6 +56,12 @@ async fn a_stalled_body_to_builtin_echo_is_408() {
     let px = proxy_with("workers = 1", ECHO);
     let raw = stalled_post(px.addr, "/echo-stall").await;
     assert_408(&raw);
+    // The rest of the body is never read: the connection closes, and says so.
+    assert_eq!(
+        raw_header(&raw, "connection").as_deref(),
+        Some("close"),
+        "{raw}"
+    );
     let line = log::access_line_for("/echo-stall").await;
     assert!(line.contains("status=408"), "{line}");
     // The proxy goes on serving.

@@ -766,9 +766,13 @@ where
         if !draining && *shutdown.borrow() {
             draining = true;
         }
+        // A request body not read to its end by now (a stall answered 408, a module
+        // that answered without reading it) is never read as the next request: the
+        // connection closes after this answer, and the answer says so.
+        let body_done = matches!(io.lock().body, BodyState::Done);
         let plan = Plan {
             head_request,
-            keep_alive: keep_alive && !draining,
+            keep_alive: keep_alive && !draining && body_done,
             http10,
             send_timeout: idle,
         };
