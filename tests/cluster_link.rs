@@ -26,6 +26,19 @@ fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         .unwrap_or_else(|_| panic!("test thread panicked"))
 }
 
+/// `c.get("k")`'s error, which must come within `limit`.
+fn get_fails_within(c: &Cluster, limit: Duration) -> String {
+    let start = Instant::now();
+    let r = c.get("k");
+    let took = start.elapsed();
+    let err = match r {
+        Ok(v) => panic!("answered after {took:?}: {v:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(took < limit, "took {took:?}");
+    err
+}
+
 #[test]
 fn a_connection_redis_closed_is_replaced_not_reported() {
     on_thread(|| {
@@ -75,14 +88,7 @@ fn one_deadline_covers_connect_auth_and_the_command() {
             trickle: None,
         });
         let c = cluster(format!("redis://:pw@{}", fake.addr), 200);
-        let start = Instant::now();
-        let r = c.get("k");
-        let took = start.elapsed();
-        let err = match r {
-            Ok(v) => panic!("answered after {took:?}: {v:?}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(took < Duration::from_millis(290), "took {took:?}");
+        let err = get_fails_within(&c, Duration::from_millis(290));
         assert!(err.contains("timed out after 200ms"), "{err}");
     });
 }
@@ -97,14 +103,7 @@ fn a_reply_that_trickles_is_cut_at_the_deadline() {
             trickle: Some((b"0123456789".to_vec(), Duration::from_millis(30))),
         });
         let c = cluster(format!("redis://{}", fake.addr), 200);
-        let start = Instant::now();
-        let r = c.get("k");
-        let took = start.elapsed();
-        let err = match r {
-            Ok(v) => panic!("answered after {took:?}: {v:?}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(took < Duration::from_millis(400), "took {took:?}");
+        let err = get_fails_within(&c, Duration::from_millis(400));
         assert!(err.contains("timed out after 200ms"), "{err}");
         assert!(!err.contains("os error"), "{err}");
     });
