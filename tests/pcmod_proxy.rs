@@ -1598,3 +1598,197 @@ mod ids {
     assert_eq!(id.len(), 36, "a UUID: {id}");
     assert!(resp.text().contains(&id), "body: {}", resp.text());
 }
+
+// ---- the Lua examples: what their comments say -----------------------------------------
+
+/// Example `name` with `[mods.MODULE]` overrides (TOML tables), and the listener on
+/// `port` (0: any).
+fn lua_example(name: &str, port: u16, overrides: &[(&str, &str)]) -> Px {
+    let mut config = shipped_config(&repo().join("examples").join(name).join("config.toml"), "");
+    config.server.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    for (module, extra) in overrides {
+        let table: toml::Table = extra.parse().expect("override table");
+        config
+            .mods
+            .entry((*module).to_owned())
+            .or_default()
+            .extend(table);
+    }
+    start_config(config, None)
+}
+
+/// examples/lua_header_check/config.toml's commands, in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_lua_header_check() {
+    let px = lua_example("lua_header_check", 0, &[]);
+    let valid = "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2ln";
+    let expired =
+        "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJib2IiLCJleHAiOjEwMDAwMDAwMDB9.c2ln";
+
+    let resp = get(px.addr, "/api/items").await;
+    assert_eq!(resp.status, 401, "no token: {}", resp.text());
+    let resp = get_with(
+        px.addr,
+        "/api/items",
+        &[("authorization", "Bearer nonsense")],
+    )
+    .await;
+    assert_eq!(resp.status, 401, "not a JWT: {}", resp.text());
+    let resp = get_with(px.addr, "/api/items", &[("authorization", valid)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(echoed(&resp, "x-token-sub").as_deref(), Some("alice"));
+    let resp = get_with(px.addr, "/api/items", &[("authorization", expired)]).await;
+    assert_eq!(resp.status, 401, "expired in 2001: {}", resp.text());
+    let resp = get_with(
+        px.addr,
+        "/api/items",
+        &[("authorization", valid), ("x-token-sub", "mallory")],
+    )
+    .await;
+    assert_eq!(
+        echoed(&resp, "x-token-sub").as_deref(),
+        Some("alice"),
+        "a forged x-token-sub is replaced"
+    );
+    let resp = get_with(px.addr, "/public", &[("x-token-sub", "mallory")]).await;
+    assert_eq!(resp.status, 200, "not checked outside /api/");
+}
+
+/// examples/lua_ab_routing/config.toml's commands, in its order, and the split's
+/// two ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_lua_ab_routing() {
+    let px = lua_example("lua_ab_routing", 0, &[]);
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let group = resp
+        .header("x-ab-group")
+        .expect("x-ab-group on a new client");
+    assert!(group == "a" || group == "b", "{group}");
+    let cookie = resp
+        .header("set-cookie")
+        .expect("a new client gets a cookie");
+    assert!(
+        cookie.starts_with(&format!("ab={group}; Path=/; Max-Age=2592000")),
+        "{cookie}"
+    );
+    let served = if group == "a" { "blue" } else { "green" };
+    assert_eq!(resp.header("x-served-by").as_deref(), Some(served));
+
+    let resp = get_with(px.addr, "/", &[("cookie", "ab=b")]).await;
+    assert_eq!(resp.header("x-served-by").as_deref(), Some("green"));
+    assert_eq!(
+        resp.header("set-cookie"),
+        None,
+        "a known client: no new cookie"
+    );
+    let resp = get_with(px.addr, "/", &[("x-ab-group", "a")]).await;
+    assert_eq!(resp.header("x-served-by").as_deref(), Some("blue"));
+    let resp = get_with(px.addr, "/", &[("cookie", "ab=a")]).await;
+    assert_eq!(echoed(&resp, "x-ab-group").as_deref(), Some("a"));
+    drop(px);
+
+    for (percent, group, served) in [("0", "a", "blue"), ("100", "b", "green")] {
+        let px = lua_example(
+            "lua_ab_routing",
+            0,
+            &[("lua_ab_routing", &format!("b_percent = {percent}"))],
+        );
+        for _ in 0..5 {
+            let resp = get_with(px.addr, "/", &[("cookie", "ab=unknown")]).await;
+            assert_eq!(
+                resp.header("x-ab-group").as_deref(),
+                Some(group),
+                "{percent}%"
+            );
+            assert_eq!(resp.header("x-served-by").as_deref(), Some(served));
+            assert!(resp.header("set-cookie").is_some());
+        }
+    }
+}
+
+/// examples/lua_response_rewrite/config.toml's commands, in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_lua_response_rewrite() {
+    let px = lua_example("lua_response_rewrite", 0, &[]);
+    let resp = get_with(px.addr, "/", &[("x-link", "http://app.internal:8000/docs")]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        echoed(&resp, "x-link").as_deref(),
+        Some("https://www.example.com/docs"),
+        "{}",
+        resp.text()
+    );
+    assert!(!resp.text().contains("app.internal"), "{}", resp.text());
+    assert_eq!(resp.header("x-rewritten").as_deref(), Some("1"));
+    let length = resp.header("content-length").expect("content-length");
+    assert_eq!(
+        length,
+        resp.body.len().to_string(),
+        "it follows the new body"
+    );
+
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.header("x-rewritten").as_deref(), Some("0"));
+
+    let resp = send(
+        px.addr,
+        empty(req("HEAD", "/").header("x-link", "http://app.internal:8000/docs")),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-rewritten"), None, "HEAD: no body to rewrite");
+}
+
+/// examples/lua_auth_callout/config.toml's commands, in its order, then the auth
+/// service gone: 503, failing closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_lua_auth_callout() {
+    let port = free_port();
+    let auth_url = format!("auth_url = \"http://127.0.0.1:{port}/_auth/check\"");
+    let px = lua_example("lua_auth_callout", port, &[("lua_auth_callout", &auth_url)]);
+    let resp = get(px.addr, "/orders").await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
+    let resp = get_with(px.addr, "/orders", &[("authorization", "Bearer let-me-in")]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(echoed(&resp, "x-auth-user").as_deref(), Some("alice"));
+    let resp = get_with(
+        px.addr,
+        "/orders",
+        &[
+            ("authorization", "Bearer open-sesame"),
+            ("x-auth-user", "root"),
+        ],
+    )
+    .await;
+    assert_eq!(echoed(&resp, "x-auth-user").as_deref(), Some("bob"));
+    let resp = get_with(
+        px.addr,
+        "/admin/x",
+        &[("authorization", "Bearer let-me-in")],
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    let resp = get_with(
+        px.addr,
+        "/admin/x",
+        &[("authorization", "Bearer open-sesame")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "bob is an admin: {}", resp.text());
+    drop(px);
+
+    // The stand-in switched off and nothing listening at auth_url.
+    let dead = format!("auth_url = \"http://{}/_auth/check\"", dead_addr());
+    let px = lua_example(
+        "lua_auth_callout",
+        0,
+        &[
+            ("lua_auth_callout", &dead),
+            ("fake_auth", "enabled = false"),
+        ],
+    );
+    let resp = get_with(px.addr, "/orders", &[("authorization", "Bearer let-me-in")]).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_request_id(&resp);
+}
