@@ -384,6 +384,60 @@ async fn a_client_that_leaves_abandons_its_upstream_exchange() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_a_stalled_body_abandons_its_upstream_exchange() {
+    // An upstream that sends a head and the start of a chunked body, then stalls, and
+    // reports whether the proxy then closed the connection on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        let _ = tx.send(closed);
+    });
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"30s\"\n\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let mut s = connect(&px).await;
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_raw(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        got.contains("hello"),
+        "the body's start came through: {got:?}"
+    );
+    drop(s);
+    let closed = tokio::time::timeout(Duration::from_secs(8), rx)
+        .await
+        .expect("the upstream reports")
+        .expect("report");
+    assert!(
+        closed,
+        "the proxy dropped the upstream exchange when its client left mid-body"
+    );
+}
+
 /// A keep-alive connection idle past the connection's timer gives its read buffer
 /// back; its next request, a head larger than the first read (2 KiB) included, is read
 /// whole on a buffer made when the bytes arrive.

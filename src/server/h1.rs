@@ -1189,6 +1189,7 @@ where
     // timer.
     let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut wrote_since_wait = true;
+    let mut watching = true;
     poll_fn(|cx| loop {
         // Gather what the body has ready, so the head and a small body go out in one
         // write.
@@ -1240,11 +1241,30 @@ where
                 ready!(Pin::new(&mut io.lock().stream).poll_flush(cx))?;
                 flushed = true;
             }
-            return if body_done {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            };
+            if body_done {
+                return Poll::Ready(Ok(()));
+            }
+            // Waiting for the body (an upstream that stalls, a long poll): watch the
+            // client meanwhile, as `until_client_leaves` does before the head. One
+            // that closes abandons the response and, with it, the upstream exchange;
+            // otherwise that would wait for the set's response_timeout.
+            if watching {
+                let mut conn = io.lock();
+                if matches!(conn.body, BodyState::Done) && conn.buf.len() < READ_CHUNK {
+                    match conn.poll_fill(cx) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the client closed the connection before the response body ended",
+                            )));
+                        }
+                        // A pipelined request: it stays in the buffer.
+                        Poll::Ready(Ok(_)) => watching = false,
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            return Poll::Pending;
         }
         let n = {
             let mut slices = [IoSlice::new(&[]); MAX_QUEUED * 3 + 1];
