@@ -164,17 +164,27 @@ impl RateLimiter {
 }
 
 /// Makes room in a full shard: first drop buckets that have refilled completely
-/// (forgetting them changes nothing), then, if a flood keeps it full, arbitrary ones.
+/// (forgetting them changes nothing), then, if a flood keeps it full, those closest
+/// to full (the earliest `tat`). Forgetting a bucket hands its key a fresh burst, so
+/// the clients being limited hardest are forgotten last: a flood of new keys (each
+/// one token down) cannot free them.
 fn evict(map: &mut HashTable<Bucket>, now: u64, cap: usize) {
     map.retain(|b| b.tat > now);
     if map.len() >= cap {
-        let mut victims = (map.len() + 1 - cap).max(cap / 8);
-        map.retain(|_| {
-            if victims == 0 {
-                return true;
+        let victims = (map.len() + 1 - cap).max(cap / 8).min(map.len());
+        let mut tats: Vec<u64> = map.iter().map(|b| b.tat).collect();
+        let (_, &mut cut, _) = tats.select_nth_unstable(victims - 1);
+        // Everything before `cut`, then buckets at `cut` until enough are gone.
+        let mut at_cut = victims - tats[..victims].iter().filter(|&&t| t < cut).count();
+        map.retain(|b| {
+            if b.tat < cut {
+                return false;
             }
-            victims -= 1;
-            false
+            if b.tat == cut && at_cut > 0 {
+                at_cut -= 1;
+                return false;
+            }
+            true
         });
     }
 }
@@ -351,5 +361,24 @@ mod tests {
             rl.check("m", &format!("key-{i}"), 1.0, 1, Duration::from_secs(60));
         }
         assert!(rl.len() <= 6400, "held {}", rl.len());
+    }
+
+    /// A flood of new keys that fills the table evicts the buckets that lack the
+    /// fewest tokens first: a client that is being limited stays limited (forgetting
+    /// its bucket would hand it a fresh burst).
+    #[test]
+    fn a_flood_of_new_keys_does_not_free_a_limited_client() {
+        let rl = RateLimiter::new(SHARDS * 8);
+        let hour = Duration::from_secs(3600);
+        assert!(rl.check("m", "victim", 1.0, 1, hour).allowed);
+        assert!(!rl.check("m", "victim", 1.0, 1, hour).allowed);
+        for i in 0..20_000 {
+            rl.check("m", &format!("flood-{i}"), 100.0, 100, hour);
+        }
+        assert!(rl.len() <= SHARDS * 8, "held {}", rl.len());
+        assert!(
+            !rl.check("m", "victim", 1.0, 1, hour).allowed,
+            "the limited client is still limited"
+        );
     }
 }
