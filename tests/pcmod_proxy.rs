@@ -1731,6 +1731,21 @@ async fn example_lua_response_rewrite() {
     let resp = get(px.addr, "/").await;
     assert_eq!(resp.header("x-rewritten").as_deref(), Some("0"));
 
+    // A body near max_bytes (1 MiB): the gsub over it stays within the default
+    // instruction budget (it ran out at ~985 KB).
+    let mut big = "x".repeat(1000 * 1000);
+    big.push_str(" http://app.internal:8000/end");
+    let resp = send(
+        px.addr,
+        req("POST", "/")
+            .body(http_body_util::Full::new(bytes::Bytes::from(big)))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-rewritten").as_deref(), Some("1"));
+    assert!(resp.text().contains("https://www.example.com/end"));
+
     let resp = send(
         px.addr,
         empty(req("HEAD", "/").header("x-link", "http://app.internal:8000/docs")),
