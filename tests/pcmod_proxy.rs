@@ -1604,7 +1604,13 @@ mod ids {
 /// Example `name` with `[mods.MODULE]` overrides (TOML tables), and the listener on
 /// `port` (0: any).
 fn lua_example(name: &str, port: u16, overrides: &[(&str, &str)]) -> Px {
-    let mut config = shipped_config(&repo().join("examples").join(name).join("config.toml"), "");
+    lua_example_with(name, "", port, overrides)
+}
+
+/// `lua_example` with `extra` TOML added to the example's config.toml.
+fn lua_example_with(name: &str, extra: &str, port: u16, overrides: &[(&str, &str)]) -> Px {
+    let path = repo().join("examples").join(name).join("config.toml");
+    let mut config = shipped_config(&path, extra);
     config.server.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
     for (module, extra) in overrides {
         let table: toml::Table = extra.parse().expect("override table");
@@ -1652,6 +1658,13 @@ async fn example_lua_header_check() {
     );
     let resp = get_with(px.addr, "/public", &[("x-token-sub", "mallory")]).await;
     assert_eq!(resp.status, 200, "not checked outside /api/");
+
+    // A `sub` with a CR in it (the client's text) cannot be a header value: 401, not
+    // the 500 of a failed set_header. Payload: {"sub":"a\rb","exp":4102444800}.
+    let cr =
+        "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhDWIiLCJleHAiOjQxMDI0NDQ4MDB9.c2ln";
+    let resp = get_with(px.addr, "/api/items", &[("authorization", cr)]).await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
 }
 
 /// examples/lua_ab_routing/config.toml's commands, in its order, and the split's
@@ -1686,6 +1699,32 @@ async fn example_lua_ab_routing() {
     assert_eq!(resp.header("x-served-by").as_deref(), Some("blue"));
     let resp = get_with(px.addr, "/", &[("cookie", "ab=a")]).await;
     assert_eq!(echoed(&resp, "x-ab-group").as_deref(), Some("a"));
+    // A header that names no group falls back to the cookie: the client stays.
+    for bad in ["c", "A"] {
+        let resp = get_with(px.addr, "/", &[("x-ab-group", bad), ("cookie", "ab=b")]).await;
+        assert_eq!(
+            resp.header("x-served-by").as_deref(),
+            Some("green"),
+            "{bad}"
+        );
+        assert_eq!(resp.header("set-cookie"), None, "{bad}");
+    }
+    drop(px);
+
+    // The group's upstream is down: 502, as for any dead upstream (uncaught, the
+    // failed forward was a 500).
+    let dead = format!("[upstreams.dead]\nservers = [\"{}\"]\n", dead_addr());
+    let px = lua_example_with(
+        "lua_ab_routing",
+        &dead,
+        0,
+        &[("lua_ab_routing", "b_upstream = \"dead\"")],
+    );
+    let resp = get_with(px.addr, "/", &[("cookie", "ab=b")]).await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_request_id(&resp);
+    let resp = get_with(px.addr, "/", &[("cookie", "ab=a")]).await;
+    assert_eq!(resp.status, 200, "the other group is served");
     drop(px);
 
     for (percent, group, served) in [("0", "a", "blue"), ("100", "b", "green")] {
@@ -1753,6 +1792,11 @@ async fn example_lua_response_rewrite() {
     .await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-rewritten"), None, "HEAD: no body to rewrite");
+    assert_eq!(
+        resp.header("content-length"),
+        None,
+        "not the upstream's length: a GET's rewritten body may have another"
+    );
 }
 
 /// examples/lua_auth_callout/config.toml's commands, in its order, then the auth

@@ -285,6 +285,10 @@ async fn forward(
         .iter()
         .position(|s| s.name() == name)
         .ok_or_else(|| format!("std.proxy.forward: no upstream named {name:?}"))?;
+    // `req.upstream` names the set tried, also when the forward fails (a log hook
+    // reporting the failure names the set that failed, not the route's).
+    let name: Arc<str> = Arc::from(name.as_str());
+    turn.upstream = Some(Arc::clone(&name));
     let mut parts = Request::new(()).into_parts().0;
     parts.method = turn.method.clone();
     parts.uri = turn.uri.clone();
@@ -328,8 +332,6 @@ async fn forward(
     match sent {
         Ok((resp, guard)) => {
             let (parts, body) = resp.into_parts();
-            let name: Arc<str> = Arc::from(name.as_str());
-            turn.upstream = Some(Arc::clone(&name));
             Ok(Reply::Response {
                 data: RespData {
                     status: parts.status,

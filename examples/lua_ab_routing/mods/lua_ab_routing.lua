@@ -14,14 +14,25 @@ local function draw()
 end
 
 function on_request(req, ctx)
-  local group = req:header("x-ab-group") or req:cookie(config.cookie)
+  -- A header naming no group (a typo, `A`) falls back to the cookie, not to a new draw.
+  local group = req:header("x-ab-group")
+  if UPSTREAM[group] == nil then
+    group = req:cookie(config.cookie)
+  end
   local new = UPSTREAM[group] == nil
   if new then
     group = draw()
   end
+  ctx.ab_group = group                    -- for log lines and other modules
 
   req:set_header("x-ab-group", group)     -- the upstream sees the group too
-  local resp = std.proxy.forward{ upstream = UPSTREAM[group], timeout = "10s" }
+  -- A forward that fails (the group's servers are down, or slower than the timeout)
+  -- raises an error; uncaught, it would end the request with 500.
+  local ok, resp = pcall(std.proxy.forward, { upstream = UPSTREAM[group], timeout = "10s" })
+  if not ok then
+    ctx.ab_error = resp
+    return std.respond(502, "bad gateway\n")
+  end
 
   resp:set_header("x-ab-group", group)
   resp:set_header("x-served-by", req.upstream)   -- after a forward: where it went
@@ -29,13 +40,12 @@ function on_request(req, ctx)
     resp:add_header("set-cookie", string.format("%s=%s; Path=/; Max-Age=%d; SameSite=Lax",
       config.cookie, group, config.cookie_days * 86400))
   end
-  ctx.ab_group = group                    -- for log lines and other modules
   return resp
 end
 
 function on_log(req, resp, ctx)
   -- The log phase is read-only; it may still read everything.
   if resp.status >= 500 then
-    log.warn("group", ctx.ab_group, "got", resp.status, "from", req.upstream)
+    log.warn("group", ctx.ab_group, "got", resp.status, "from", req.upstream, ctx.ab_error)
   end
 end

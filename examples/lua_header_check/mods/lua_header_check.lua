@@ -63,6 +63,11 @@ function on_request(req, ctx)
   end
 
   local sub = string_claim(payload, "sub")
+  -- The claim is the client's text: one with control characters (a CR, a NUL) is not
+  -- a header value, and set_header would fail the request with 500.
+  if sub ~= nil and sub:find("[%c\127]") then
+    return deny("the token's sub claim has control characters")
+  end
   req:set_header("x-token-sub", sub)   -- nil (no sub claim) removes a forged one
   ctx.token_sub = sub                  -- for later modules: pcmod reads $ctx.token_sub
   log.debug("token ok for", sub, "expires", exp)

@@ -26,10 +26,15 @@ local REPLACE = config.replace:gsub("%%", "%%%%")
 function on_response(req, resp, ctx)
   local length = tonumber(resp:header("content-length"))
   if resp.status ~= 200
-    or req.method == "HEAD"                       -- no body to rewrite
     or not is_text(resp:header("content-type"))
     or resp:header("content-encoding") ~= nil     -- compressed: the text is not visible
     or (length ~= nil and length > config.max_bytes) then
+    return
+  end
+  if req.method == "HEAD" then
+    -- No body to rewrite, but a GET's rewritten body may have another length: say
+    -- none rather than the upstream's.
+    resp:remove_header("content-length")
     return
   end
 
