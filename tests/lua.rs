@@ -234,6 +234,35 @@ end
     assert_eq!(up.requests(), 1);
 }
 
+/// After a forward that failed, `req.upstream` names the set it tried (a log hook
+/// reporting the failure named the route's set).
+#[tokio::test]
+async fn a_failed_forward_leaves_req_upstream_naming_the_set_it_tried() {
+    let hook = r#"
+function on_request(req, ctx)
+  local before = req.upstream
+  local ok, err = pcall(std.proxy.forward, "dead")
+  return std.respond(502, before .. " -> " .. tostring(req.upstream) .. " " .. tostring(ok))
+end
+"#;
+    let rest = format!(
+        "[upstreams.app]\nservers = [\"builtin:echo\"]\n\n[upstreams.dead]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        dead_addr()
+    );
+    let s = site(
+        &[("f", &lua_mod("f", 10, ""))],
+        &[("f.lua", hook)],
+        "",
+        &rest,
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (502, "app -> dead false".into())
+    );
+}
+
 #[tokio::test]
 async fn std_proxy_forward_returns_a_response_the_handler_changes() {
     let main = Upstream::start("main", Behavior::echo()).await;
