@@ -669,12 +669,21 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
             let (x, y) = match (a.as_f64(), b.as_f64()) {
                 (Some(x), Some(y)) => (x, y),
                 _ => {
+                    // A string from `$ctx` (set by Lua, or from a header) meets a
+                    // number: the checker's hint, which it could not give here.
+                    let numbers = |v: &Value| v.as_f64().is_some();
+                    let hint = match (a, b) {
+                        (Value::Str(_), n) | (n, Value::Str(_)) if numbers(n) => {
+                            " (make a number of the string with `int(...)`)"
+                        }
+                        _ => "",
+                    };
                     return Err(format!(
-                        "cannot use `{}` on {} and {}",
+                        "cannot use `{}` on {} and {}{hint}",
                         op.as_str(),
                         a.type_name(),
                         b.type_name()
-                    ))
+                    ));
                 }
             };
             // As for ints: `1.0 / 0` is a fault, not an `inf` (or `NaN`) that reaches a
@@ -694,5 +703,23 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Eval<Value> {
             }
             Ok(Value::Float(r))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A string that meets a number at run time (the checker did not know its type)
+    /// gets the checker's hint.
+    #[test]
+    fn string_arithmetic_at_run_time_says_how_to_make_a_number() {
+        let e = arith(BinOp::Add, &Value::Str("5".into()), &Value::Int(1)).err();
+        assert_eq!(
+            e.as_deref(),
+            Some("cannot use `+` on string and int (make a number of the string with `int(...)`)")
+        );
+        let e = arith(BinOp::Mul, &Value::Bool(true), &Value::Int(1)).err();
+        assert_eq!(e.as_deref(), Some("cannot use `*` on bool and int"));
     }
 }
