@@ -149,6 +149,23 @@ async fn a_body_shorter_than_its_content_length_is_400_and_not_the_servers_failu
     client_endings_are_not_the_servers(Ending::Short, "short", "400").await;
 }
 
+/// The built-in echo reads the body itself: a reset is the client leaving (499), as
+/// toward a real server, and a short body a 400 (a reset was logged 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_logs_a_reset_upload_as_499_and_a_short_one_as_400() {
+    log::capture();
+    let px = proxy_with(
+        "workers = 1",
+        "[log]\naccess = true\n\n[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n",
+    );
+    upload(px.addr, "/echo-reset", Ending::Reset).await;
+    let line = log::access_line_for("/echo-reset").await;
+    assert!(line.contains("status=499"), "{line}");
+    upload(px.addr, "/echo-short", Ending::Short).await;
+    let line = log::access_line_for("/echo-short").await;
+    assert!(line.contains("status=400"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_fields_are_joined_for_an_http11_upstream() {
     let up = Upstream::start("a", Behavior::echo()).await;

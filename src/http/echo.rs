@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
-use super::body::{body_stalled, body_too_large, patient, ProxyBody};
+use super::body::{body_stalled, body_too_large, client_body_error, patient, BodyFault, ProxyBody};
 use super::error::ProxyError;
 
 /// Reads the request body and answers with its JSON echo. `stall_timeout`: how long
@@ -24,8 +24,14 @@ pub async fn respond(
             if let Some(timeout) = body_stalled(e.as_ref()) {
                 return Err(ProxyError::RequestBodyTimeout { timeout });
             }
-            return Err(match body_too_large(e.as_ref()) {
-                Some(limit) => ProxyError::BodyTooLarge { limit },
+            if let Some(limit) = body_too_large(e.as_ref()) {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            // A client that reset its HTTP/2 stream or left is nginx's 499, as for a
+            // body sent to a real server; a body that broke its framing is a 400.
+            return Err(match client_body_error(e.as_ref()) {
+                Some(BodyFault::Gone(reason)) => ProxyError::ClientGone(reason),
+                Some(BodyFault::Malformed(reason)) => ProxyError::BadRequest(reason),
                 None => ProxyError::BadRequest("request body ended early"),
             });
         }
