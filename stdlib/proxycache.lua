@@ -97,7 +97,7 @@ function Request:set_query(query) end
 ---@return string?
 function Request:query_param(name) end
 
----The value of cookie `name`, or nil.
+---The value of cookie `name`, its bytes as sent, or nil.
 ---@param name string
 ---@return string?
 function Request:cookie(name) end

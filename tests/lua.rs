@@ -1937,6 +1937,35 @@ end
 
 // ---- cookies and query parameters ------------------------------------------------------
 
+/// One byte that is not ASCII in a `Cookie` hid every cookie in it
+/// (`req:cookie("sid")` was nil beside a `Jürgen`). Cookies are read byte-wise now,
+/// and Lua, whose strings are bytes, gets a value's bytes as sent (as OpenResty).
+#[tokio::test]
+async fn lua_reads_a_cookie_beside_one_that_is_not_ascii_and_gets_cookies_as_bytes() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  for i, name in ipairs({ "sid", "name", "latin", "nope" }) do
+    out[i] = req:cookie(name) or "nil"
+  end
+  return std.respond(200, table.concat(out, "|"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let cookie = http::HeaderValue::from_bytes(b"sid=abc; name=J\xc3\xbcrgen; latin=J\xfcrgen")
+        .expect("obs-text is a valid header value");
+    let r = send(run.addr, empty(req("GET", "/").header("cookie", cookie))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &r.body[..],
+        &b"abc|J\xc3\xbcrgen|J\xfcrgen|nil"[..],
+        "{:?}",
+        r.text()
+    );
+}
+
 /// An HTTP/2 client (a browser) sends each cookie as a field of its own. They were
 /// joined only on the way to an HTTP/1.1 upstream: a route on `cookie` missed, pcmod's
 /// `$req.header["cookie"]` and Lua's `req:header("cookie")` read the first crumb, and

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use super::ast::{BinOp, LogLevel};
 use super::ir::*;
 use super::value::{text_from_bytes, Value};
-use crate::http::lookup;
+use crate::http::{lookup, params};
 use crate::pipeline::{Exchange, ForwardTo, LocalResponse};
 use crate::stdlib;
 
@@ -474,18 +474,11 @@ pub(crate) fn query_param(query: &str, key: &str) -> Value {
     Value::Nil
 }
 
+/// `$req.cookie["key"]`: names and values made text by [`text_from_bytes`]'s rule, as
+/// header values are (Lua takes the bytes: `lua::handles`).
 pub(crate) fn cookie(headers: &http::HeaderMap, key: &str) -> Value {
-    for h in headers.get_all(header::COOKIE) {
-        let Ok(text) = h.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == key {
-                    return Value::str(v.trim_matches('"'));
-                }
-            }
-        }
-    }
-    Value::Nil
+    params::cookie(headers, |k| text_from_bytes(k) == key)
+        .map_or(Value::Nil, |v| Value::str(text_from_bytes(v)))
 }
 
 fn percent_decode(s: &str) -> Cow<'_, str> {
