@@ -2,8 +2,8 @@
 //! the body type, proxy errors and their status mapping, header hygiene, framing
 //! checks, chunked bodies and their trailers, request ids, header names off the wire and lookups in small header maps,
 //! upstream response heads passed through as received, request path normalisation,
-//! percent-encoding of what modules put into a request target, cookies as
-//! modules read them (bytes),
+//! percent-encoding of what modules put into a request target, query parameters
+//! and cookies as modules read them (bytes),
 //! and the built-in echo upstream.
 //!
 //! Must not touch: sockets, pools, the pipeline. Everything here is a pure function of

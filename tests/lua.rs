@@ -1966,6 +1966,34 @@ end
     );
 }
 
+/// `req:query_param` made text of what `%ff%fe` decodes to: the 8 characters
+/// `\xff\xfe`, the same as `%5Cxff%5Cxfe` gives. Lua strings are bytes: it now gives
+/// the 2 bytes (as OpenResty's `get_uri_args`), and a name may be any bytes too.
+#[tokio::test]
+async fn lua_query_param_gives_the_bytes_a_parameter_decodes_to() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  for i, name in ipairs({ "c", "d", "\xff", "nope" }) do
+    local ok, v = pcall(req.query_param, req, name)
+    out[i] = ok and (v or "nil") or "error"
+  end
+  return std.respond(200, table.concat(out, "|"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/?c=%ff%fe&d=%5Cxff%5Cxfe&%ff=k").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &r.body[..],
+        &b"\xff\xfe|\\xff\\xfe|k|nil"[..],
+        "{:?}",
+        r.text()
+    );
+}
+
 /// An HTTP/2 client (a browser) sends each cookie as a field of its own. They were
 /// joined only on the way to an HTTP/1.1 upstream: a route on `cookie` missed, pcmod's
 /// `$req.header["cookie"]` and Lua's `req:header("cookie")` read the first crumb, and

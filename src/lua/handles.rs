@@ -367,14 +367,19 @@ impl UserData for ReqHandle {
                 set_uri(&mut t.uri, None, Some(&query), t.info.path_rules)
             })
         });
-        methods.add_method("query_param", |_, this, name: String| {
+        // Bytes in and out: a Lua string is bytes, and a decoded `%ff` or a Latin-1
+        // cookie is the byte itself (as OpenResty's `get_uri_args` and
+        // `ngx.var.cookie_*`), not pcmod's text.
+        methods.add_method("query_param", |lua, this, name: LuaString| {
+            let name = name.as_bytes();
             with_turn(&this.cell, |t| {
-                let v = crate::script::exec::query_param(t.uri.query().unwrap_or(""), &name);
-                Ok(v.as_str().map(str::to_owned))
+                let query = t.uri.query().unwrap_or("");
+                bytes_or_nil(
+                    lua,
+                    params::query_param(query, |k| k == &name[..]).as_deref(),
+                )
             })
         });
-        // Bytes in and out: a Lua string is bytes, and a Latin-1 cookie is the byte
-        // itself (as OpenResty's `ngx.var.cookie_*`), not pcmod's text.
         methods.add_method("cookie", |lua, this, name: LuaString| {
             let name = name.as_bytes();
             with_turn(&this.cell, |t| {
