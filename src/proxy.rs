@@ -204,6 +204,12 @@ async fn proxy(
         if let Some(authority) = request_host(&req) {
             req.headers_mut().insert(header::HOST, authority);
         }
+        // RFC 9113 8.2.3: cookies sent one field each ("crumbs", as browsers do) are one
+        // `Cookie`, joined with "; ". Joined here, before routing, so routes, `hash_key`,
+        // modules and the upstream all read the one line an HTTP/1.1 client sends (a
+        // module read only the first crumb, Lua's `req:headers()` joined them with ", ").
+        // No field or one: one lookup.
+        hygiene::join_cookies(req.headers_mut());
     }
     if req.method() == http::Method::CONNECT {
         // A reverse proxy has no tunnel to open to an authority the client names (as
@@ -532,8 +538,9 @@ fn upstream_request(
         }
     }
     if req.version() == Version::HTTP_2 && !set.config.http2 {
-        // RFC 9113 8.2.3: an HTTP/2 client's cookies, one field each, become the one
-        // line an HTTP/1.1 server reads. (An HTTP/2 upstream gets them as they came.)
+        // The client's cookie crumbs were joined on arrival (`proxy`); this joins only
+        // `cookie` fields a module added, for the one line an HTTP/1.1 server reads.
+        // Usually one field: one lookup.
         hygiene::join_cookies(req.headers_mut());
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {

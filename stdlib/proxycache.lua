@@ -92,12 +92,13 @@ function Request:set_path(path) end
 ---@param query string
 function Request:set_query(query) end
 
----The first value of query parameter `name`, percent-decoded, or nil.
+---The first value of query parameter `name`, percent-decoded to its bytes (`%ff` is the
+---byte 0xFF), or nil.
 ---@param name string
 ---@return string?
 function Request:query_param(name) end
 
----The value of cookie `name`, or nil.
+---The value of cookie `name`, its bytes as sent, or nil.
 ---@param name string
 ---@return string?
 function Request:cookie(name) end

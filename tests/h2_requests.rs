@@ -1,8 +1,9 @@
 //! HTTP/2 clients toward HTTP/1.1 upstreams, over real sockets: a request body the
 //! client resets or cuts short is the client's fault (499 / 400, never counted against
 //! the server, so no client can open a healthy server's breaker), cookies split into
-//! several fields reach the server as one line, `:authority` is the host (a `Host`
-//! that differs, or userinfo, is a 400), and the target `*` is for `OPTIONS` only.
+//! several fields are one line from arrival (the upstream and `hash_key` see it),
+//! `:authority` is the host (a `Host` that differs, or userinfo, is a 400), and the
+//! target `*` is for `OPTIONS` only.
 //!
 //! The client writes raw frames where hyper's would not send what is tested (a body
 //! shorter than its `Content-Length`, a `:path` of `*`), with every header a literal
@@ -186,6 +187,47 @@ async fn cookie_fields_are_joined_for_an_http11_upstream() {
     let seen = up.last().expect("the upstream got the request");
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2; c=3"], "one line, joined with \"; \"");
+}
+
+/// `hash_key = "header:cookie"` hashed an HTTP/2 client's first crumb only (the fields
+/// were joined after the server was picked): every `a=1; b=N` client went to one
+/// server, and to another than the same cookies sent as one HTTP/1.1 line. Now the
+/// crumbs are joined on arrival and hash as that line does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_the_cookie_hashes_http2_crumbs_as_one_line() {
+    let a = Upstream::start("a", Behavior::echo()).await;
+    let b = Upstream::start("b", Behavior::echo()).await;
+    let c = Upstream::start("c", Behavior::echo()).await;
+    let px = proxy(&app(
+        &[&a, &b, &c],
+        "balance = \"consistent_hash\"\nhash_key = \"header:cookie\"",
+    ));
+    let mut used = std::collections::BTreeSet::new();
+    for n in 0..12 {
+        let line = format!("a=1; b={n}; c=3");
+        let h1 = send(
+            px.addr,
+            empty(req("GET", "/").header("cookie", line.as_str())),
+        )
+        .await;
+        let b = format!("b={n}");
+        let h2 = send_h2(
+            px.addr,
+            empty(
+                http::Request::builder()
+                    .method("GET")
+                    .uri(format!("http://{TEST_HOST}/"))
+                    .header("cookie", "a=1")
+                    .header("cookie", b.as_str())
+                    .header("cookie", "c=3"),
+            ),
+        )
+        .await;
+        assert_eq!((h1.status.as_u16(), h2.status.as_u16()), (200, 200));
+        assert_eq!(h2.server(), h1.server(), "{line}: the same key either way");
+        used.insert(h1.server());
+    }
+    assert!(used.len() > 1, "12 keys all hashed to one server: {used:?}");
 }
 
 /// Two sites, by host: which one a request reaches, and the `Host` it is sent with.

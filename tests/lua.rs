@@ -1963,3 +1963,121 @@ end
     assert_eq!(lines[4], r"ctx=true:\xff");
     assert_eq!(lines[5], r"ctx-table=true:k\xff");
 }
+
+// ---- cookies and query parameters ------------------------------------------------------
+
+/// One byte that is not ASCII in a `Cookie` hid every cookie in it
+/// (`req:cookie("sid")` was nil beside a `Jürgen`). Cookies are read byte-wise now,
+/// and Lua, whose strings are bytes, gets a value's bytes as sent (as OpenResty).
+#[tokio::test]
+async fn lua_reads_a_cookie_beside_one_that_is_not_ascii_and_gets_cookies_as_bytes() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  for i, name in ipairs({ "sid", "name", "latin", "nope" }) do
+    out[i] = req:cookie(name) or "nil"
+  end
+  return std.respond(200, table.concat(out, "|"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let cookie = http::HeaderValue::from_bytes(b"sid=abc; name=J\xc3\xbcrgen; latin=J\xfcrgen")
+        .expect("obs-text is a valid header value");
+    let r = send(run.addr, empty(req("GET", "/").header("cookie", cookie))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &r.body[..],
+        &b"abc|J\xc3\xbcrgen|J\xfcrgen|nil"[..],
+        "{:?}",
+        r.text()
+    );
+}
+
+/// `req:query_param` made text of what `%ff%fe` decodes to: the 8 characters
+/// `\xff\xfe`, the same as `%5Cxff%5Cxfe` gives. Lua strings are bytes: it now gives
+/// the 2 bytes (as OpenResty's `get_uri_args`), and a name may be any bytes too.
+#[tokio::test]
+async fn lua_query_param_gives_the_bytes_a_parameter_decodes_to() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  for i, name in ipairs({ "c", "d", "\xff", "nope" }) do
+    local ok, v = pcall(req.query_param, req, name)
+    out[i] = ok and (v or "nil") or "error"
+  end
+  return std.respond(200, table.concat(out, "|"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/?c=%ff%fe&d=%5Cxff%5Cxfe&%ff=k").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        &r.body[..],
+        &b"\xff\xfe|\\xff\\xfe|k|nil"[..],
+        "{:?}",
+        r.text()
+    );
+}
+
+/// An HTTP/2 client (a browser) sends each cookie as a field of its own. They were
+/// joined only on the way to an HTTP/1.1 upstream: a route on `cookie` missed, pcmod's
+/// `$req.header["cookie"]` and Lua's `req:header("cookie")` read the first crumb, and
+/// `req:headers().cookie` joined them with ", ". Now they are one `cookie` from intake
+/// (RFC 9113 8.2.3), as the one line an HTTP/1.1 client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_modules_see_an_http2_clients_cookie_crumbs_as_one_cookie() {
+    let pc = r#"mod pc {
+  priority 10
+  on request {
+    set req.header["x-pc"] = "pcmod=$req.header["cookie"] c=$req.cookie["c"] up=$upstream"
+  }
+}
+"#;
+    let lua = r#"
+function on_request(req, ctx)
+  return std.respond(200, table.concat({
+    req:header("x-pc"), "lua=" .. tostring(req:header("cookie")),
+    "table=" .. tostring(req:headers().cookie), "c=" .. tostring(req:cookie("c")),
+  }, "\n") .. "\n")
+end
+"#;
+    let s = site(
+        &[("pc", pc), ("lu", &lua_mod("lu", 20, ""))],
+        &[("lu.lua", lua)],
+        "",
+        "[upstreams.app]\nservers = [\"builtin:echo\"]\n\n\
+         [upstreams.crumbs]\nservers = [\"builtin:echo\"]\n\n\
+         [[routes]]\nheaders = { cookie = \"a=1; b=2; c=3\" }\nupstream = \"crumbs\"\n\n\
+         [[routes]]\nupstream = \"app\"\n",
+    );
+    let run = Running::start(&s);
+    let want = "pcmod=a=1; b=2; c=3 c=3 up=crumbs\nlua=a=1; b=2; c=3\n\
+                table=a=1; b=2; c=3\nc=3\n";
+
+    let h1 = send(
+        run.addr,
+        empty(req("GET", "/").header("cookie", "a=1; b=2; c=3")),
+    )
+    .await;
+    assert_eq!(h1.status, 200, "{}", h1.text());
+    assert_eq!(h1.text(), want, "HTTP/1.1, one line");
+
+    let h2 = send_h2(
+        run.addr,
+        empty(
+            http::Request::builder()
+                .method("GET")
+                .uri(format!("http://{TEST_HOST}/"))
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .header("cookie", "c=3"),
+        ),
+    )
+    .await;
+    assert_eq!(h2.status, 200, "{}", h2.text());
+    assert_eq!(h2.text(), want, "HTTP/2, three crumbs: the same");
+}

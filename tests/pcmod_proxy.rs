@@ -605,6 +605,29 @@ mod ops {
     assert_eq!(resp.text(), "no bots\n");
 }
 
+/// One byte that is not ASCII in a `Cookie` hid every cookie in it (the header was
+/// read as text or skipped), so `$req.cookie["sid"]` was nil beside a `Jürgen`. Now
+/// cookies are read byte-wise; a value that is not UTF-8 is text by the rule header
+/// values are (`\xNN`), as is a decoded query parameter (unchanged: see docs/pcmod.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_that_is_not_utf8_hides_no_other() {
+    let module = r#"mod cookies {
+  on request {
+    respond 200 "sid=$req.cookie["sid"] name=$req.cookie["name"] latin=$req.cookie["latin"] c=$req.query["c"]\n"
+  }
+}
+"#;
+    let px = start(&[("cookies", module)], ECHO);
+    let raw = b"GET /?c=%ff%fe HTTP/1.1\r\nhost: localhost\r\n\
+                cookie: sid=abc; name=J\xc3\xbcrgen; latin=J\xfcrgen\r\nconnection: close\r\n\r\n";
+    let resp = raw_request(px.addr, raw).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(
+        raw_body(&resp),
+        "sid=abc name=J\u{fc}rgen latin=J\\xfcrgen c=\\xff\\xfe\n"
+    );
+}
+
 // ---- config.toml overrides ---------------------------------------------------------------
 
 const GREETER: &str = r##"

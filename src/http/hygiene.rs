@@ -72,10 +72,10 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Joins several `Cookie` fields into one with `"; "`, for an HTTP/1.1 hop: an HTTP/2
-/// client may send each cookie as a field of its own, and an intermediary must join
-/// them before HTTP/1.1 (RFC 9113 8.2.3; servers read one line). One field or none:
-/// left alone, at the cost of one lookup.
+/// Joins several `Cookie` fields into one with `"; "`: an HTTP/2 client may send each
+/// cookie as a field of its own, and they are one header (RFC 9113 8.2.3), the one
+/// line an HTTP/1.1 server reads. Done to an HTTP/2 request on arrival, so everything
+/// after sees one value. One field or none: left alone, at the cost of one lookup.
 pub fn join_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
     if values.next().is_none() || values.next().is_none() {

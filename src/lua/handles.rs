@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::convert;
 use super::LuaCall;
+use crate::http::params;
 use crate::http::path::PathRules;
 use crate::http::ProxyBody;
 use crate::pipeline::{ClientFault, Ctx, Exchange, RequestInfo};
@@ -262,8 +263,13 @@ pub const RESP_METHODS: &[&str] = &[
 
 /// A header value as a Lua string, or nil.
 fn header_text(lua: &Lua, v: Option<&HeaderValue>) -> mlua::Result<mlua::Value> {
+    bytes_or_nil(lua, v.map(HeaderValue::as_bytes))
+}
+
+/// Bytes as a Lua string, or nil.
+fn bytes_or_nil(lua: &Lua, v: Option<&[u8]>) -> mlua::Result<mlua::Value> {
     match v {
-        Some(v) => Ok(mlua::Value::String(lua.create_string(v.as_bytes())?)),
+        Some(v) => Ok(mlua::Value::String(lua.create_string(v)?)),
         None => Ok(mlua::Value::Nil),
     }
 }
@@ -361,16 +367,23 @@ impl UserData for ReqHandle {
                 set_uri(&mut t.uri, None, Some(&query), t.info.path_rules)
             })
         });
-        methods.add_method("query_param", |_, this, name: String| {
+        // Bytes in and out: a Lua string is bytes, and a decoded `%ff` or a Latin-1
+        // cookie is the byte itself (as OpenResty's `get_uri_args` and
+        // `ngx.var.cookie_*`), not pcmod's text.
+        methods.add_method("query_param", |lua, this, name: LuaString| {
+            let name = name.as_bytes();
             with_turn(&this.cell, |t| {
-                let v = crate::script::exec::query_param(t.uri.query().unwrap_or(""), &name);
-                Ok(v.as_str().map(str::to_owned))
+                let query = t.uri.query().unwrap_or("");
+                bytes_or_nil(
+                    lua,
+                    params::query_param(query, |k| k == &name[..]).as_deref(),
+                )
             })
         });
-        methods.add_method("cookie", |_, this, name: String| {
+        methods.add_method("cookie", |lua, this, name: LuaString| {
+            let name = name.as_bytes();
             with_turn(&this.cell, |t| {
-                let v = crate::script::exec::cookie(&t.headers, &name);
-                Ok(v.as_str().map(str::to_owned))
+                bytes_or_nil(lua, params::cookie(&t.headers, |k| k == &name[..]))
             })
         });
     }

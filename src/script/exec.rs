@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use super::ast::{BinOp, LogLevel};
 use super::ir::*;
 use super::value::{text_from_bytes, Value};
-use crate::http::lookup;
+use crate::http::{lookup, params};
 use crate::pipeline::{Exchange, ForwardTo, LocalResponse};
 use crate::stdlib;
 
@@ -464,56 +464,17 @@ fn header_text(v: Option<&HeaderValue>) -> Value {
     }
 }
 
+/// `$req.query["key"]`: names and values made text by [`text_from_bytes`]'s rule, as
+/// header values are (Lua takes the bytes: `lua::handles`).
 pub(crate) fn query_param(query: &str, key: &str) -> Value {
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k) == key {
-            return Value::str(percent_decode(v));
-        }
-    }
-    Value::Nil
+    params::query_param(query, |k| text_from_bytes(k) == key)
+        .map_or(Value::Nil, |v| Value::str(text_from_bytes(&v)))
 }
 
+/// `$req.cookie["key"]`, by the same rule as [`query_param`].
 pub(crate) fn cookie(headers: &http::HeaderMap, key: &str) -> Value {
-    for h in headers.get_all(header::COOKIE) {
-        let Ok(text) = h.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == key {
-                    return Value::str(v.trim_matches('"'));
-                }
-            }
-        }
-    }
-    Value::Nil
-}
-
-fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            // Exactly two hex digits (`from_str_radix` alone would take `%+a`).
-            b'%' if i + 2 < bytes.len() => {
-                let digit = |b: u8| char::from(b).to_digit(16);
-                match (digit(bytes[i + 1]), digit(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(text_from_bytes(&out).into_owned())
+    params::cookie(headers, |k| text_from_bytes(k) == key)
+        .map_or(Value::Nil, |v| Value::str(text_from_bytes(v)))
 }
 
 /// A value as a header value (strings as they are, others as they interpolate).
