@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod fds;
 pub mod h1;
+pub mod h2;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;

@@ -2,8 +2,8 @@
 //! client resets or cuts short is the client's fault (499 / 400, never counted against
 //! the server, so no client can open a healthy server's breaker), cookies split into
 //! several fields are one line from arrival (the upstream and `hash_key` see it),
-//! `:authority` is the host (a `Host` that differs, or userinfo, is a 400), and the
-//! target `*` is for `OPTIONS` only.
+//! `:authority` is the host (a `Host` that differs, or userinfo, or neither it nor
+//! `Host`, is a 400), and the target `*` is for `OPTIONS` only.
 //!
 //! The client writes raw frames where hyper's would not send what is tested (a body
 //! shorter than its `Content-Length`, a `:path` of `*`), with every header a literal
@@ -278,6 +278,31 @@ async fn the_authority_is_the_host_and_a_host_that_differs_is_refused() {
     }
     assert_eq!(host.requests(), 0, "nothing reached the site `Host` named");
     assert_eq!(auth.requests(), 2);
+}
+
+/// A request that names no host at all (no `:authority`, no `Host`) is malformed
+/// (RFC 9113 8.3.1): a 400 with an id, not a request to the upstream's own address.
+/// `Host` alone still names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_authority_or_host_is_refused() {
+    let (auth, host, px) = two_sites().await;
+    // A relative URI: hyper's client sends `:method`, `:scheme` and `:path` alone.
+    let resp = send_h2(px.addr, h2_get("/no-host", None)).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.request_id().is_some(), "a 400 made here has an id");
+    let resp = send_h2(px.addr, h2_get("/empty-host", Some(""))).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(
+        auth.requests() + host.requests(),
+        0,
+        "nothing was forwarded"
+    );
+
+    let resp = send_h2(px.addr, h2_get("/host-only", Some("auth.example"))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.server(), "auth");
+    let seen = auth.last().expect("request");
+    assert_eq!(seen.header("host").as_deref(), Some("auth.example"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! let a front end and a back end disagree on where a request ends (request smuggling).
 //! Anything ambiguous is rejected with 400, and no request leaves with two framings.
 //! So is a request target two hops could read differently: a `Host` other than
-//! HTTP/2's `:authority`, or `*` for a method other than `OPTIONS`.
+//! HTTP/2's `:authority` (or an HTTP/2 request with neither), or `*` for a method
+//! other than `OPTIONS`.
 //! Also the framing piece both HTTP/1.1 sides read the same way: `Content-Length`
 //! values.
 
@@ -167,7 +168,8 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
 ///   userinfo (RFC 9110 4.2.4): `http://good.example:80@evil.example/` names
 ///   `evil.example` to a URL parser but was routed as `good.example`, and passwords
 ///   went upstream in `Host`. nginx answers 400 too.
-/// - HTTP/2: `:authority` is the host (RFC 9113 8.3.1). It may not carry userinfo,
+/// - HTTP/2: `:authority` is the host (RFC 9113 8.3.1), and a request with neither
+///   it nor a `Host` is malformed. `:authority` may not carry userinfo,
 ///   and a `Host` header beside it must name the same (case aside): a request whose
 ///   `Host` differs is malformed, lest routing and the upstream pick different sites.
 ///   With this passed, the request's host is its `:authority` (see `proxy`).
@@ -183,6 +185,14 @@ pub fn check_target(
         ));
     }
     let Some(authority) = uri.authority() else {
+        // RFC 9113 8.3.1, RFC 9110 7.2: an HTTP/2 request names its host in
+        // `:authority` or, failing that, `Host`. With neither it went upstream with the
+        // upstream's own address for a host (nginx answers 400 too).
+        if version == Version::HTTP_2
+            && !headers.get_all(header::HOST).iter().any(|h| !h.is_empty())
+        {
+            return Err(ProxyError::BadRequest("neither :authority nor Host"));
+        }
         return Ok(());
     };
     if version != Version::HTTP_2 {
@@ -381,6 +391,10 @@ mod tests {
         ));
         // Without `:authority`, `Host` is the host; HTTP/1.1 is settled in `server::h1`.
         assert!(target(Method::GET, h2, "/", Some("b.example")));
+        // With neither, the request names no host at all.
+        assert!(!target(Method::GET, h2, "/", None));
+        assert!(!target(Method::GET, h2, "/", Some("")));
+        assert!(target(Method::GET, Version::HTTP_10, "/", None));
         assert!(target(
             Method::GET,
             Version::HTTP_11,

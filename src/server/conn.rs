@@ -5,7 +5,8 @@
 //! and `timeouts.idle` (a connection with nothing in flight is closed), and graceful
 //! shutdown (a connection with nothing in flight is closed `SHUTDOWN_GRACE` after it
 //! began, whether or not an HTTP/2 client acknowledged the `GOAWAY`). HTTP/2 streams
-//! run under `stall`'s send timeout, and answer HEAD with the response's head alone.
+//! run under `stall`'s send timeout, and their answers are framed by `h2`'s rules
+//! (HEAD, 204 and 304 without a body, a `content-length` only where it is true).
 
 use std::io;
 use std::net::SocketAddr;
@@ -402,23 +403,6 @@ pub fn http_builder(config: &Config, peer: SocketAddr) -> auto::Builder<StreamEx
     builder
 }
 
-/// The answer to a HEAD request on an HTTP/2 stream: its head as a GET's would be,
-/// and no body. hyper sends whatever body it is handed, and a client refuses DATA on
-/// a HEAD stream (curl resets it with `PROTOCOL_ERROR`). hyper gives a body of known
-/// size that has not ended a `Content-Length` when the head has none: so it is given
-/// here, before the body goes (as nginx, which sends a HEAD the GET's length).
-fn head_only_answer(resp: &mut http::Response<crate::proxy::completion::ResponseBody>) {
-    use http_body::Body;
-    let body = resp.body();
-    if !body.is_end_stream() && !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
-        if let Some(len) = body.size_hint().exact() {
-            resp.headers_mut()
-                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        }
-    }
-    resp.body_mut().discard();
-}
-
 /// Which HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -514,9 +498,10 @@ async fn serve_hyper<S>(
     // on every head (hyper drops a `Content-Length` sent with `Transfer-Encoding`).
     let close_unless_upgraded = protocol == Protocol::Http1;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        // hyper's HTTP/1.1 leaves out a HEAD answer's body itself; its HTTP/2 does not.
-        let head_only =
-            req.method() == http::Method::HEAD && req.version() == http::Version::HTTP_2;
+        // hyper's HTTP/2 sends the head and body it is handed (its HTTP/1.1 frames
+        // them itself): they are made to agree first, see `h2::frame_answer`.
+        let http2 = req.version() == http::Version::HTTP_2;
+        let head_request = req.method() == http::Method::HEAD;
         let answer = crate::proxy::handle(
             req.map(crate::http::body::RequestBody::Hyper),
             Arc::clone(&svc_conn),
@@ -525,8 +510,8 @@ async fn serve_hyper<S>(
         );
         async move {
             let mut resp = answer.await?;
-            if head_only {
-                head_only_answer(&mut resp);
+            if http2 {
+                super::h2::frame_answer(&mut resp, head_request);
             }
             // On an HTTP/2 stream: the body tells the stream's send timeout how far
             // the client has taken it.
