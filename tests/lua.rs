@@ -1818,6 +1818,85 @@ end
     );
 }
 
+// ---- std.cache.store, then a new body ------------------------------------------------------
+
+/// `std.cache.store` stores the body the client gets, even when a module sets a new
+/// one after it (in the same hook, after reading the body, or in a later module):
+/// before, `set_body` dropped the store (nothing was stored though `store` said it
+/// would be), or the entry kept the old body while the client got the new one.
+#[tokio::test]
+async fn cache_store_keeps_the_body_a_later_set_body_makes() {
+    let up = Upstream::start(
+        "app",
+        Behavior::fixed_body("orig", false).with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let cache_lua = r#"
+function on_request(req, ctx)
+  std.cache.check()
+end
+
+function on_response(req, resp, ctx)
+  local stored = std.cache.store()
+  resp:set_header("x-stored", tostring(stored))
+  -- (A hit's body is the stored one: left alone.)
+  if stored and req.path == "/after" then
+    resp:set_body("changed after store")
+  elseif stored and req.path == "/read-after" then
+    local b = resp:body()
+    resp:set_body(b:upper() .. "!")
+  end
+end
+"#;
+    // Priority 5: its response phase runs after the cache module's (in reverse).
+    let rewrite_lua = r#"
+function on_response(req, resp, ctx)
+  if req.path == "/later-module" then
+    resp:set_body("from a later module")
+  end
+end
+"#;
+    let s = site(
+        &[
+            ("rewrite", &lua_mod("rewrite", 5, "")),
+            ("cache", &lua_mod("cache", 10, "")),
+        ],
+        &[("cache.lua", cache_lua), ("rewrite.lua", rewrite_lua)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+    for (path, body) in [
+        ("/after", "changed after store"),
+        ("/read-after", "ORIG!"),
+        ("/later-module", "from a later module"),
+    ] {
+        let first = get(run.addr, path).await;
+        assert_eq!(first.status, 200, "{path}");
+        assert_eq!(first.header("x-stored").as_deref(), Some("true"), "{path}");
+        assert_eq!(first.text(), body, "{path}");
+        let mut second = get(run.addr, path).await;
+        for _ in 0..50 {
+            if second.header("x-cache").as_deref() == Some("HIT") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            second = get(run.addr, path).await;
+        }
+        assert_eq!(
+            second.header("x-cache").as_deref(),
+            Some("HIT"),
+            "{path}: stored"
+        );
+        assert_eq!(second.text(), body, "{path}: the body the client got");
+        assert_eq!(
+            second.header("content-length"),
+            Some(body.len().to_string()),
+            "{path}"
+        );
+    }
+}
+
 // ---- binary strings ------------------------------------------------------------------------
 
 #[tokio::test]
