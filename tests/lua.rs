@@ -1818,6 +1818,49 @@ end
     );
 }
 
+/// `std.http.request`'s timeout error says how long it waited, whether the head
+/// never came (`no response within 300ms`, before: `no response in time`) or the
+/// body did not finish (`no complete answer within 300ms`), as docs/stdlib.md quotes.
+#[tokio::test]
+async fn http_request_timeouts_say_what_did_not_arrive_in_time() {
+    let silent = Stall::start().await;
+    let trickle =
+        Stall::answering(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")).await;
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = format!(
+        r#"
+function on_request(req, ctx)
+  local out = {{}}
+  for _, addr in ipairs({{ "{}", "{}" }}) do
+    local ok, e = pcall(std.http.request, {{ url = "http://" .. addr .. "/", timeout = 0.3 }})
+    out[#out + 1] = tostring(e)
+  end
+  return std.respond(200, table.concat(out, "\n"))
+end
+"#,
+        silent.addr, trickle.addr
+    );
+    let s = one_lua_site(&lua, &up, "", "");
+    let run = Running::start(&s);
+    let text = get(run.addr, "/").await.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].ends_with(&format!(
+            "std.http.request http://{}/: no response within 300ms",
+            silent.addr
+        )),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with(&format!(
+            "std.http.request http://{}/: no complete answer within 300ms (the head came, not all of the body)",
+            trickle.addr
+        )),
+        "{text}"
+    );
+}
+
 // ---- std.cache.store, then a new body ------------------------------------------------------
 
 /// `std.cache.store` stores the body the client gets, even when a module sets a new

@@ -424,6 +424,11 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
     let host = call.url.host().unwrap_or("").to_owned();
     let port = call.url.port_u16().unwrap_or(80);
     let pool = Arc::clone(&turn.call.worker.pool);
+    // The call's timeout bounds the whole call (below) and says which part was late;
+    // the client's own timeouts (for the head, and then between body bytes) are a
+    // second longer, a backstop only: at the same deadline, either could fire first.
+    let head_came = std::sync::atomic::AtomicBool::new(false);
+    let backstop = call.timeout.saturating_add(Duration::from_secs(1));
     let work = async {
         let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
             .await
@@ -456,9 +461,10 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             OUTBOUND_CONNECT_TIMEOUT,
             outbound_pool(),
         ));
-        let resp = client::send(&pool, &endpoint, call.timeout, Box::new(req), None)
+        let resp = client::send(&pool, &endpoint, backstop, Box::new(req), None)
             .await
-            .map_err(|e| fail(send_error(&e)))?;
+            .map_err(|e| fail(send_error(&e, backstop)))?;
+        head_came.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         let mut headers = Vec::with_capacity(resp.headers().keys_len());
         for name in resp.headers().keys() {
@@ -482,21 +488,23 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
     };
     match tokio::time::timeout(call.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "std.http.request {}: no answer within {:?}",
-            call.url, call.timeout
-        )),
+        Err(_) if head_came.load(std::sync::atomic::Ordering::Relaxed) => Err(fail(format!(
+            "no complete answer within {:?} (the head came, not all of the body)",
+            call.timeout
+        ))),
+        Err(_) => Err(fail(format!("no response within {:?}", call.timeout))),
     }
 }
 
-fn send_error(e: &client::SendError) -> String {
+/// `timeout`: the one the client was given.
+fn send_error(e: &client::SendError, timeout: Duration) -> String {
     match e {
         client::SendError::Connect(io, _) => format!("connect failed: {io}"),
         client::SendError::ConnectTimeout(stage, _) => format!("{} timed out", stage.step()),
         client::SendError::Tls(reason, _) => reason.clone(),
         client::SendError::Upstream(e) => e.to_string(),
         client::SendError::Closed => "the connection closed".into(),
-        client::SendError::ResponseTimeout => "no response in time".into(),
+        client::SendError::ResponseTimeout => format!("no response within {timeout:?}"),
         client::SendError::RequestBodyStalled(t) => {
             format!("the request body made no progress within {t:?}")
         }
