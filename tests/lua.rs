@@ -1804,8 +1804,8 @@ end
     let (raw, _) = within("/forward-default").await;
     assert!(raw_body(&raw).contains("within 1s"), "{raw}");
 
-    // Caught, with no new body: the client's answer is cut short (here, before its
-    // head), not an empty 200.
+    // Caught, with no new body: the proxy's own 502 (what was read is lost), not an
+    // empty 200 and not a connection closed with no answer.
     let (raw, _) = within("/cut").await;
     assert!(
         raw.is_empty() || raw_body(&raw).len() < 100,
@@ -1816,6 +1816,78 @@ end
         Some("0"),
         "not an empty answer: {raw}"
     );
+    assert_eq!(raw_status(&raw), 502, "{raw}");
+}
+
+/// A failed `body()` whose error the hook catches, with no `set_body` after it: the
+/// body is lost, and the client gets the proxy's 502 (with its `x-request-id`), which
+/// `on_log` sees too; before, the client got no bytes at all while the logs said 200.
+#[tokio::test]
+async fn a_lost_body_after_a_caught_body_error_answers_502_and_logs_it() {
+    let up = Upstream::start("app", Behavior::fixed_body(vec![b'x'; 2000], false)).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/status" then
+    return std.respond(200, tostring(std.shared.get("status:" .. req:query_param("p"))))
+  end
+  if req.path == "/object" then
+    local r = std.proxy.forward()
+    local ok = pcall(r.body, r)
+    r:set_header("x-read", tostring(ok))
+    return r
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/caught" or req.path == "/status-set" then
+    local ok, e = pcall(resp.body, resp)
+    resp:set_header("x-read", tostring(ok))
+    if req.path == "/status-set" then resp:set_status(503) end
+  elseif req.path == "/replaced" then
+    pcall(resp.body, resp)
+    resp:set_body("replaced\n")
+  end
+end
+
+function on_log(req, resp, ctx)
+  std.shared.set("status:" .. req.path, resp.status)
+end
+"#;
+    let s = one_lua_site(lua, &up, "\n[server.limits]\nmax_body = \"1KiB\"", "");
+    let run = Running::start(&s);
+    for path in ["/caught", "/status-set", "/object"] {
+        let raw = raw_request(
+            run.addr,
+            format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&raw), 502, "{path}: {raw:?}");
+        assert!(
+            raw_body(&raw).starts_with("502 Bad Gateway\n"),
+            "{path}: {raw}"
+        );
+        let id = raw_header(&raw, "x-request-id").unwrap_or_default();
+        assert!(!id.is_empty(), "{path}: {raw}");
+        assert!(raw_body(&raw).contains(&id), "{path}: {raw}");
+        assert_eq!(
+            raw_header(&raw, "x-read"),
+            None,
+            "the hook's headers went with the body: {raw}"
+        );
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = get(run.addr, &format!("/status?p={path}")).await.text();
+            if seen != "nil" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen, "502", "{path}: on_log saw what the client got");
+    }
+    // A new body after the failure is what the client gets.
+    let r = get(run.addr, "/replaced").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "replaced\n");
 }
 
 /// `std.http.request`'s timeout error says how long it waited, whether the head

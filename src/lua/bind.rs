@@ -472,6 +472,7 @@ fn respond_fn(
             status,
             headers: http::HeaderMap::new(),
             body: None,
+            lost: None,
         };
         if let Value::Map(map) = &args[2] {
             for (k, v) in map.iter() {

@@ -28,6 +28,10 @@ pub struct RespData {
     pub headers: HeaderMap,
     /// The body; `None` where the phase has none to give (the log phase).
     pub body: Option<ProxyBody>,
+    /// Why the body is gone: a `body()` failed and what it read is lost. Unless
+    /// `set_body` gives a new body, the response becomes the proxy's `502` when the
+    /// hook ends (see `run::replace_lost_body`).
+    pub lost: Option<String>,
 }
 
 /// The request in flight, while one of its Lua hooks runs.
@@ -84,6 +88,7 @@ impl Turn {
                     .body
                     .as_mut()
                     .map(|b| std::mem::replace(&mut **b, ProxyBody::Empty)),
+                lost: None,
             }),
             // Moved, not cloned: a clone would make the request id now (ids are made
             // on first use, and clones share them).
@@ -559,6 +564,7 @@ pub fn set_body(r: &mut RespData, bytes: Bytes) {
     r.headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     r.body = Some(ProxyBody::full(bytes));
+    r.lost = None;
 }
 
 /// A status code from Lua for a final response: 200..=599 (a 1xx is not an answer, and

@@ -95,8 +95,13 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             let taken = std::mem::replace(body, ProxyBody::Empty);
             let (read, kept) = collect_within(taken, limit, timeout).await;
             *body = kept;
-            read.map(Reply::Bytes)
-                .map_err(|e| format!("resp:body(): {e}"))
+            read.map(Reply::Bytes).map_err(|e| {
+                let message = format!("resp:body(): {e}");
+                if let Some(r) = turn.resp.as_mut() {
+                    r.lost = Some(message.clone());
+                }
+                message
+            })
         }
         Op::OwnBody(ud) => {
             let (taken, timeout) = {
@@ -112,7 +117,11 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             };
             let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
             r.data.body = Some(kept);
-            read.map(Reply::Bytes).map_err(|e| format!("body(): {e}"))
+            read.map(Reply::Bytes).map_err(|e| {
+                let message = format!("body(): {e}");
+                r.data.lost = Some(message.clone());
+                message
+            })
         }
         Op::Forward {
             upstream,
@@ -158,9 +167,10 @@ fn request_body_timeout(turn: &Turn) -> Duration {
 /// Reads a response's whole body within `timeout` (an upstream that sends its head and
 /// then stalls must not hold the hook for good). Returns what was read, and what the
 /// response's body is now: the bytes read, or — when the read failed and what was
-/// read is gone — a body that fails as it is sent, so the client's answer is cut
-/// short, as when an upstream fails mid-body, instead of going out empty (unless the
-/// hook sets a new body).
+/// read is gone — a body that fails as it is sent. The caller marks the response's
+/// body lost: unless the hook sets a new body, the response becomes a `502` when the
+/// hook ends (a body that fails before the head is written would send the client
+/// nothing at all); the failing body is only what is left if it went out anyway.
 async fn collect_within(
     body: ProxyBody,
     limit: u64,
@@ -335,6 +345,7 @@ async fn forward(
                     status: parts.status,
                     headers: parts.headers,
                     body: Some(body),
+                    lost: None,
                 },
                 guard: Some(guard),
                 upstream: Some(name),
