@@ -2012,6 +2012,60 @@ end
     }
 }
 
+// ---- small API points -----------------------------------------------------------------------
+
+/// An error a method of `req` or `resp` raises, caught with `pcall`, is a plain
+/// string like a std function's: the script's position, the method's name, the
+/// message; wrong argument types are named in Lua's terms. (Before: mlua's error
+/// object, `runtime error: ...` plus a traceback, or `bad argument #2 to
+/// ReqHandle.header: error converting Lua nil to String`.)
+#[tokio::test]
+async fn caught_handle_method_errors_read_like_std_errors() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    out[#out + 1] = type(e) .. "|" .. tostring(e)
+  end
+  try(function() req:set_header("bad name", "x") end)
+  try(function() return req:header(nil) end)
+  try(function() req:set_path("/a?b") end)
+  try(req.set_header, "x", "y")
+  local _, e = xpcall(function() req:add_header("x", {}) end, function(m) return "handled " .. tostring(m) end)
+  out[#out + 1] = e
+  return std.respond(200, table.concat(out, "\n"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/").await;
+    let text = r.text();
+    // The module's file as Lua names it (a long path shortened to `...tail`): `m.lua`.
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.find("m.lua:") {
+            Some(b) => {
+                let a = l[..b].rfind(['|', ' ']).map_or(0, |i| i + 1);
+                format!("{}{}", &l[..a], &l[b..])
+            }
+            None => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "string|m.lua:8: req:set_header: \"bad name\" is not a valid header name",
+            "string|m.lua:9: req:header: bad argument #1 (string expected, got nil)",
+            "string|m.lua:10: req:set_path: \"/a?b\": a path has no '?' or '#': use req:set_query for the query",
+            "string|m.lua:5: req:set_header: called without its object: write req:set_header(...), with a colon",
+            "handled m.lua:12: req:add_header: a header value must be a string, not table",
+        ],
+        "{text}"
+    );
+}
+
 // ---- binary strings ------------------------------------------------------------------------
 
 #[tokio::test]
