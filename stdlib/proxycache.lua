@@ -397,7 +397,7 @@ std.proxy = {}
 ---Phases: `on_request`.
 ---@param upstream? string the upstream to send to; the route's when absent
 ---@param timeout? number|string response timeout; the upstream's when absent (seconds, or a string like `"250ms"`)
----@param retries? integer connect retries on other servers (default 1)
+---@param retries? integer connect retries on other servers, 0..=10 (default 1)
 ---@return Response
 ---@overload fun(args: {upstream?: string, timeout?: number|string, retries?: integer}): Response
 function std.proxy.forward(upstream, timeout, retries) end

@@ -2014,6 +2014,38 @@ end
 
 // ---- small API points -----------------------------------------------------------------------
 
+/// `std.respond`'s status error is named like every std error; `return 200.0` is a
+/// status, as std arguments take an integral float for an integer.
+#[tokio::test]
+async fn respond_status_errors_are_named_and_an_integral_float_is_a_status() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/respond-100" then
+    local ok, e = pcall(std.respond, 100)
+    return std.respond(200, tostring(e))
+  end
+  if req.path == "/float" then
+    return 204.0
+  end
+  if req.path == "/fraction" then
+    return 204.5
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/respond-100").await;
+    assert!(
+        r.text()
+            .starts_with("std.respond: status 100 is outside 200..=599"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(run.addr, "/float").await.status, 204);
+    assert_eq!(get(run.addr, "/fraction").await.status, 500);
+}
+
 /// An error a method of `req` or `resp` raises, caught with `pcall`, is a plain
 /// string like a std function's: the script's position, the method's name, the
 /// message; wrong argument types are named in Lua's terms. (Before: mlua's error

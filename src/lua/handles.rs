@@ -463,7 +463,7 @@ impl UserData for RespHandle {
             })
         });
         add_named(methods, "resp", "set_status", |_, this, status: i64| {
-            let status = status_code(status)?;
+            let status = status_code(status).map_err(mlua::Error::runtime)?;
             with_resp(&this.cell, true, |r| {
                 r.status = status;
                 Ok(())
@@ -602,7 +602,7 @@ fn add_object_methods<M: UserDataMethods<LuaResponse>>(methods: &mut M) {
         },
     );
     add_named_mut(methods, "response", "set_status", |_, this, status: i64| {
-        this.data.status = status_code(status)?;
+        this.data.status = status_code(status).map_err(mlua::Error::runtime)?;
         Ok(())
     });
     add_named_mut(
@@ -634,12 +634,12 @@ pub fn set_body(r: &mut RespData, bytes: Bytes) {
 
 /// A status code from Lua for a final response: 200..=599 (a 1xx is not an answer, and
 /// written as one it would leave the client waiting for the real one).
-pub fn status_code(status: i64) -> mlua::Result<StatusCode> {
+pub fn status_code(status: i64) -> Result<StatusCode, String> {
     u16::try_from(status)
         .ok()
         .filter(|s| (200..=599).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 200..=599")))
+        .ok_or_else(|| format!("status {status} is outside 200..=599"))
 }
 
 /// A response object: made by `std.respond` or returned by `std.proxy.forward`.

@@ -282,13 +282,11 @@ fn answer(value: mlua::Value, turn: &mut Turn) -> Result<Flow, HookError> {
             None => return Ok(Flow::Continue),
         },
         mlua::Value::UserData(ud) if ud.is::<LuaResponse>() => ud,
-        mlua::Value::Integer(n) => {
-            let status = super::handles::status_code(n).map_err(HookError::Lua)?;
-            return Ok(Flow::Respond(LocalResponse {
-                status,
-                body: bytes::Bytes::new(),
-                headers: Vec::new(),
-            }));
+        // An integral float too (`200.0`, a status computed with `/`), as std
+        // functions take one for an integer.
+        mlua::Value::Integer(n) => return answer_status(n),
+        mlua::Value::Number(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            return answer_status(f as i64)
         }
         other => {
             return Err(HookError::Lua(mlua::Error::runtime(format!(
@@ -318,6 +316,17 @@ fn replace_lost_body(data: &mut RespData, id: &crate::http::RequestId, module: &
     data.status = parts.status;
     data.headers = parts.headers;
     data.body = Some(body);
+}
+
+/// `return STATUS` from `on_request`: an empty answer with that status.
+fn answer_status(n: i64) -> Result<Flow, HookError> {
+    let status =
+        super::handles::status_code(n).map_err(|m| HookError::Lua(mlua::Error::runtime(m)))?;
+    Ok(Flow::Respond(LocalResponse {
+        status,
+        body: bytes::Bytes::new(),
+        headers: Vec::new(),
+    }))
 }
 
 fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
