@@ -15,11 +15,14 @@
 //! - [`ops`]: what a hook can wait on (`std.proxy.forward`, `std.http.request`,
 //!   `req:body()`).
 //! - [`convert`]: script values to Lua and back.
+//! - [`caught`]: the plain string a script's `pcall` gets for an error a Rust
+//!   function raised.
 //!
 //! Must not touch: the order of modules (the pipeline's), sockets (the upstream
 //! layer's, reached through `proxy::send_upstream` and the worker's pool).
 
 pub mod bind;
+pub mod caught;
 pub mod convert;
 pub mod handles;
 pub mod libs;

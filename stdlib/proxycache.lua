@@ -244,7 +244,7 @@ std.cache = {}
 ---@overload fun(args: {key?: string, ttl?: number|string}): boolean
 function std.cache.check(key, ttl) end
 
----Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body is copied into the cache as it streams to the client. Returns whether it will be stored.
+---Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body the client gets (a new one a module sets after `store` included) is copied into the cache as it streams to the client. Returns whether it will be stored.
 ---
 ---Phases: `on_response`.
 ---@param ttl? number|string freshness for responses that state none (no `max-age`, `s-maxage` or `Expires`); without it such responses are not stored (seconds, or a string like `"250ms"`)
@@ -398,7 +398,7 @@ std.proxy = {}
 ---Phases: `on_request`.
 ---@param upstream? string the upstream to send to; the route's when absent
 ---@param timeout? number|string response timeout; the upstream's when absent (seconds, or a string like `"250ms"`)
----@param retries? integer connect retries on other servers (default 1)
+---@param retries? integer connect retries on other servers, 0..=10 (default 1)
 ---@return Response
 ---@overload fun(args: {upstream?: string, timeout?: number|string, retries?: integer}): Response
 function std.proxy.forward(upstream, timeout, retries) end

@@ -1833,8 +1833,8 @@ end
     let (raw, _) = within("/forward-default").await;
     assert!(raw_body(&raw).contains("within 1s"), "{raw}");
 
-    // Caught, with no new body: the client's answer is cut short (here, before its
-    // head), not an empty 200.
+    // Caught, with no new body: the proxy's own 502 (what was read is lost), not an
+    // empty 200 and not a connection closed with no answer.
     let (raw, _) = within("/cut").await;
     assert!(
         raw.is_empty() || raw_body(&raw).len() < 100,
@@ -1844,6 +1844,286 @@ end
         raw_header(&raw, "content-length").as_deref(),
         Some("0"),
         "not an empty answer: {raw}"
+    );
+    assert_eq!(raw_status(&raw), 502, "{raw}");
+}
+
+/// A failed `body()` whose error the hook catches, with no `set_body` after it: the
+/// body is lost, and the client gets the proxy's 502 (with its `x-request-id`), which
+/// `on_log` sees too; before, the client got no bytes at all while the logs said 200.
+#[tokio::test]
+async fn a_lost_body_after_a_caught_body_error_answers_502_and_logs_it() {
+    let up = Upstream::start("app", Behavior::fixed_body(vec![b'x'; 2000], false)).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/status" then
+    return std.respond(200, tostring(std.shared.get("status:" .. req:query_param("p"))))
+  end
+  if req.path == "/object" then
+    local r = std.proxy.forward()
+    local ok = pcall(r.body, r)
+    r:set_header("x-read", tostring(ok))
+    return r
+  end
+end
+
+function on_response(req, resp, ctx)
+  if req.path == "/caught" or req.path == "/status-set" then
+    local ok, e = pcall(resp.body, resp)
+    resp:set_header("x-read", tostring(ok))
+    if req.path == "/status-set" then resp:set_status(503) end
+  elseif req.path == "/replaced" then
+    pcall(resp.body, resp)
+    resp:set_body("replaced\n")
+  end
+end
+
+function on_log(req, resp, ctx)
+  std.shared.set("status:" .. req.path, resp.status)
+end
+"#;
+    let s = one_lua_site(lua, &up, "\n[server.limits]\nmax_body = \"1KiB\"", "");
+    let run = Running::start(&s);
+    for path in ["/caught", "/status-set", "/object"] {
+        let raw = raw_request(
+            run.addr,
+            format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&raw), 502, "{path}: {raw:?}");
+        assert!(
+            raw_body(&raw).starts_with("502 Bad Gateway\n"),
+            "{path}: {raw}"
+        );
+        let id = raw_header(&raw, "x-request-id").unwrap_or_default();
+        assert!(!id.is_empty(), "{path}: {raw}");
+        assert!(raw_body(&raw).contains(&id), "{path}: {raw}");
+        assert_eq!(
+            raw_header(&raw, "x-read"),
+            None,
+            "the hook's headers went with the body: {raw}"
+        );
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = get(run.addr, &format!("/status?p={path}")).await.text();
+            if seen != "nil" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen, "502", "{path}: on_log saw what the client got");
+    }
+    // A new body after the failure is what the client gets.
+    let r = get(run.addr, "/replaced").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "replaced\n");
+}
+
+/// `std.http.request`'s timeout error says how long it waited, whether the head
+/// never came (`no response within 300ms`, before: `no response in time`) or the
+/// body did not finish (`no complete answer within 300ms`), as docs/stdlib.md quotes.
+#[tokio::test]
+async fn http_request_timeouts_say_what_did_not_arrive_in_time() {
+    let silent = Stall::start().await;
+    let trickle =
+        Stall::answering(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")).await;
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = format!(
+        r#"
+function on_request(req, ctx)
+  local out = {{}}
+  for _, addr in ipairs({{ "{}", "{}" }}) do
+    local ok, e = pcall(std.http.request, {{ url = "http://" .. addr .. "/", timeout = 0.3 }})
+    out[#out + 1] = tostring(e)
+  end
+  return std.respond(200, table.concat(out, "\n"))
+end
+"#,
+        silent.addr, trickle.addr
+    );
+    let s = one_lua_site(&lua, &up, "", "");
+    let run = Running::start(&s);
+    let text = get(run.addr, "/").await.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].ends_with(&format!(
+            "std.http.request http://{}/: no response within 300ms",
+            silent.addr
+        )),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with(&format!(
+            "std.http.request http://{}/: no complete answer within 300ms (the head came, not all of the body)",
+            trickle.addr
+        )),
+        "{text}"
+    );
+}
+
+// ---- std.cache.store, then a new body ------------------------------------------------------
+
+/// `std.cache.store` stores the body the client gets, even when a module sets a new
+/// one after it (in the same hook, after reading the body, or in a later module):
+/// before, `set_body` dropped the store (nothing was stored though `store` said it
+/// would be), or the entry kept the old body while the client got the new one.
+#[tokio::test]
+async fn cache_store_keeps_the_body_a_later_set_body_makes() {
+    let up = Upstream::start(
+        "app",
+        Behavior::fixed_body("orig", false).with_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let cache_lua = r#"
+function on_request(req, ctx)
+  std.cache.check()
+end
+
+function on_response(req, resp, ctx)
+  local stored = std.cache.store()
+  resp:set_header("x-stored", tostring(stored))
+  -- (A hit's body is the stored one: left alone.)
+  if stored and req.path == "/after" then
+    resp:set_body("changed after store")
+  elseif stored and req.path == "/read-after" then
+    local b = resp:body()
+    resp:set_body(b:upper() .. "!")
+  end
+end
+"#;
+    // Priority 5: its response phase runs after the cache module's (in reverse).
+    let rewrite_lua = r#"
+function on_response(req, resp, ctx)
+  if req.path == "/later-module" then
+    resp:set_body("from a later module")
+  end
+end
+"#;
+    let s = site(
+        &[
+            ("rewrite", &lua_mod("rewrite", 5, "")),
+            ("cache", &lua_mod("cache", 10, "")),
+        ],
+        &[("cache.lua", cache_lua), ("rewrite.lua", rewrite_lua)],
+        "",
+        &app(&[&up], ""),
+    );
+    let run = Running::start(&s);
+    for (path, body) in [
+        ("/after", "changed after store"),
+        ("/read-after", "ORIG!"),
+        ("/later-module", "from a later module"),
+    ] {
+        let first = get(run.addr, path).await;
+        assert_eq!(first.status, 200, "{path}");
+        assert_eq!(first.header("x-stored").as_deref(), Some("true"), "{path}");
+        assert_eq!(first.text(), body, "{path}");
+        let mut second = get(run.addr, path).await;
+        for _ in 0..50 {
+            if second.header("x-cache").as_deref() == Some("HIT") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            second = get(run.addr, path).await;
+        }
+        assert_eq!(
+            second.header("x-cache").as_deref(),
+            Some("HIT"),
+            "{path}: stored"
+        );
+        assert_eq!(second.text(), body, "{path}: the body the client got");
+        assert_eq!(
+            second.header("content-length"),
+            Some(body.len().to_string()),
+            "{path}"
+        );
+    }
+}
+
+// ---- small API points -----------------------------------------------------------------------
+
+/// `std.respond`'s status error is named like every std error; `return 200.0` is a
+/// status, as std arguments take an integral float for an integer.
+#[tokio::test]
+async fn respond_status_errors_are_named_and_an_integral_float_is_a_status() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/respond-100" then
+    local ok, e = pcall(std.respond, 100)
+    return std.respond(200, tostring(e))
+  end
+  if req.path == "/float" then
+    return 204.0
+  end
+  if req.path == "/fraction" then
+    return 204.5
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/respond-100").await;
+    assert!(
+        r.text()
+            .starts_with("std.respond: status 100 is outside 200..=599"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(run.addr, "/float").await.status, 204);
+    assert_eq!(get(run.addr, "/fraction").await.status, 500);
+}
+
+/// An error a method of `req` or `resp` raises, caught with `pcall`, is a plain
+/// string like a std function's: the script's position, the method's name, the
+/// message; wrong argument types are named in Lua's terms. (Before: mlua's error
+/// object, `runtime error: ...` plus a traceback, or `bad argument #2 to
+/// ReqHandle.header: error converting Lua nil to String`.)
+#[tokio::test]
+async fn caught_handle_method_errors_read_like_std_errors() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+function on_request(req, ctx)
+  local out = {}
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    out[#out + 1] = type(e) .. "|" .. tostring(e)
+  end
+  try(function() req:set_header("bad name", "x") end)
+  try(function() return req:header(nil) end)
+  try(function() req:set_path("/a?b") end)
+  try(req.set_header, "x", "y")
+  local _, e = xpcall(function() req:add_header("x", {}) end, function(m) return "handled " .. tostring(m) end)
+  out[#out + 1] = e
+  return std.respond(200, table.concat(out, "\n"))
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let r = get(run.addr, "/").await;
+    let text = r.text();
+    // The module's file as Lua names it (a long path shortened to `...tail`): `m.lua`.
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.find("m.lua:") {
+            Some(b) => {
+                let a = l[..b].rfind(['|', ' ']).map_or(0, |i| i + 1);
+                format!("{}{}", &l[..a], &l[b..])
+            }
+            None => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "string|m.lua:8: req:set_header: \"bad name\" is not a valid header name",
+            "string|m.lua:9: req:header: bad argument #1 (string expected, got nil)",
+            "string|m.lua:10: req:set_path: \"/a?b\": a path has no '?' or '#': use req:set_query for the query",
+            "string|m.lua:5: req:set_header: called without its object: write req:set_header(...), with a colon",
+            "handled m.lua:12: req:add_header: a header value must be a string, not table",
+        ],
+        "{text}"
     );
 }
 

@@ -461,7 +461,8 @@ fn respond_fn(
     lua.create_function(move |lua, args: MultiValue| {
         let (args, body) = bind_args_with_bytes(sig, &defaults, args, body_at)?;
         let status = match &args[0] {
-            Value::Int(n) => super::handles::status_code(*n)?,
+            Value::Int(n) => super::handles::status_code(*n)
+                .map_err(|m| mlua::Error::runtime(format!("std.respond: {m}")))?,
             _ => {
                 return Err(mlua::Error::runtime(
                     "std.respond: status must be an integer",
@@ -472,6 +473,7 @@ fn respond_fn(
             status,
             headers: http::HeaderMap::new(),
             body: None,
+            lost: None,
         };
         if let Value::Map(map) = &args[2] {
             for (k, v) in map.iter() {

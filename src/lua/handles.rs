@@ -29,6 +29,10 @@ pub struct RespData {
     pub headers: HeaderMap,
     /// The body; `None` where the phase has none to give (the log phase).
     pub body: Option<ProxyBody>,
+    /// Why the body is gone: a `body()` failed and what it read is lost. Unless
+    /// `set_body` gives a new body, the response becomes the proxy's `502` when the
+    /// hook ends (see `run::replace_lost_body`).
+    pub lost: Option<String>,
 }
 
 /// The request in flight, while one of its Lua hooks runs.
@@ -85,6 +89,7 @@ impl Turn {
                     .body
                     .as_mut()
                     .map(|b| std::mem::replace(&mut **b, ProxyBody::Empty)),
+                lost: None,
             }),
             // Moved, not cloned: a clone would make the request id now (ids are made
             // on first use, and clones share them).
@@ -217,7 +222,7 @@ fn set_uri(
 ) -> mlua::Result<()> {
     if let Some(p) = path.filter(|p| p.contains(['?', '#'])) {
         return Err(mlua::Error::runtime(format!(
-            "req:set_path({p:?}): a path has no '?' or '#': use req:set_query for the query"
+            "{p:?}: a path has no '?' or '#': use req:set_query for the query"
         )));
     }
     crate::pipeline::set_script_target(uri, path, query, rules).map_err(mlua::Error::runtime)
@@ -303,6 +308,44 @@ fn put_header(
     Ok(())
 }
 
+/// Adds method `name` of `object` (`req`, `resp`, `response`) whose errors name it as
+/// std functions name themselves: `req:set_header: "bad name" is not a valid header
+/// name`. The name goes in only when there is an error: a call costs what it did.
+fn add_named<T, M, A, R, F>(methods: &mut M, object: &'static str, name: &'static str, f: F)
+where
+    M: UserDataMethods<T>,
+    A: mlua::FromLuaMulti,
+    R: mlua::IntoLuaMulti,
+    F: Fn(&Lua, &T, A) -> mlua::Result<R> + mlua::MaybeSend + 'static,
+{
+    methods.add_method(name, move |lua, this, args| {
+        f(lua, this, args).map_err(|e| named(object, name, e))
+    });
+}
+
+/// [`add_named`] for a method that changes its object.
+fn add_named_mut<T, M, A, R, F>(methods: &mut M, object: &'static str, name: &'static str, mut f: F)
+where
+    M: UserDataMethods<T>,
+    A: mlua::FromLuaMulti,
+    R: mlua::IntoLuaMulti,
+    F: FnMut(&Lua, &mut T, A) -> mlua::Result<R> + mlua::MaybeSend + 'static,
+{
+    methods.add_method_mut(name, move |lua, this, args| {
+        f(lua, this, args).map_err(|e| named(object, name, e))
+    });
+}
+
+/// `e` with `object:method: ` before its message (a memory error passes as it is).
+fn named(object: &str, method: &str, e: mlua::Error) -> mlua::Error {
+    match e {
+        mlua::Error::RuntimeError(m) => {
+            mlua::Error::RuntimeError(format!("{object}:{method}: {m}"))
+        }
+        other => other,
+    }
+}
+
 /// `req`: the request of the hook running now. One per VM; its methods read and
 /// change the running hook's turn.
 pub struct ReqHandle {
@@ -319,15 +362,17 @@ impl UserData for ReqHandle {
     // method call is one table lookup plus the Rust call. Fields and `body` are added
     // to that table by `finish_handle`.
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |lua, this, name: String| {
+        add_named(methods, "req", "header", |lua, this, name: String| {
             with_turn(&this.cell, |t| {
                 header_text(lua, t.headers.get(name.as_str()))
             })
         });
-        methods.add_method("headers", |lua, this, ()| {
+        add_named(methods, "req", "headers", |lua, this, ()| {
             with_turn(&this.cell, |t| headers_table(lua, &t.headers))
         });
-        methods.add_method(
+        add_named(
+            methods,
+            "req",
             "set_header",
             |_, this, (name, value): (String, mlua::Value)| {
                 let name = header_name(name.as_bytes())?;
@@ -337,7 +382,9 @@ impl UserData for ReqHandle {
                 })
             },
         );
-        methods.add_method(
+        add_named(
+            methods,
+            "req",
             "add_header",
             |_, this, (name, value): (String, mlua::Value)| {
                 let name = header_name(name.as_bytes())?;
@@ -347,7 +394,7 @@ impl UserData for ReqHandle {
                 })
             },
         );
-        methods.add_method("remove_header", |_, this, name: String| {
+        add_named(methods, "req", "remove_header", |_, this, name: String| {
             let name = header_name(name.as_bytes())?;
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
@@ -355,13 +402,13 @@ impl UserData for ReqHandle {
                 Ok(())
             })
         });
-        methods.add_method("set_path", |_, this, path: String| {
+        add_named(methods, "req", "set_path", |_, this, path: String| {
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
                 set_uri(&mut t.uri, Some(&path), None, t.info.path_rules)
             })
         });
-        methods.add_method("set_query", |_, this, query: String| {
+        add_named(methods, "req", "set_query", |_, this, query: String| {
             with_turn(&this.cell, |t| {
                 read_only(t.phase)?;
                 set_uri(&mut t.uri, None, Some(&query), t.info.path_rules)
@@ -370,7 +417,7 @@ impl UserData for ReqHandle {
         // Bytes in and out: a Lua string is bytes, and a decoded `%ff` or a Latin-1
         // cookie is the byte itself (as OpenResty's `get_uri_args` and
         // `ngx.var.cookie_*`), not pcmod's text.
-        methods.add_method("query_param", |lua, this, name: LuaString| {
+        add_named(methods, "req", "query_param", |lua, this, name: LuaString| {
             let name = name.as_bytes();
             with_turn(&this.cell, |t| {
                 let query = t.uri.query().unwrap_or("");
@@ -380,7 +427,7 @@ impl UserData for ReqHandle {
                 )
             })
         });
-        methods.add_method("cookie", |lua, this, name: LuaString| {
+        add_named(methods, "req", "cookie", |lua, this, name: LuaString| {
             let name = name.as_bytes();
             with_turn(&this.cell, |t| {
                 bytes_or_nil(lua, params::cookie(&t.headers, |k| k == &name[..]))
@@ -391,15 +438,17 @@ impl UserData for ReqHandle {
 
 impl UserData for RespHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |lua, this, name: String| {
+        add_named(methods, "resp", "header", |lua, this, name: String| {
             with_resp(&this.cell, false, |r| {
                 header_text(lua, r.headers.get(name.as_str()))
             })
         });
-        methods.add_method("headers", |lua, this, ()| {
+        add_named(methods, "resp", "headers", |lua, this, ()| {
             with_resp(&this.cell, false, |r| headers_table(lua, &r.headers))
         });
-        methods.add_method(
+        add_named(
+            methods,
+            "resp",
             "set_header",
             |_, this, (name, value): (String, mlua::Value)| {
                 let name = header_name(name.as_bytes())?;
@@ -408,7 +457,9 @@ impl UserData for RespHandle {
                 })
             },
         );
-        methods.add_method(
+        add_named(
+            methods,
+            "resp",
             "add_header",
             |_, this, (name, value): (String, mlua::Value)| {
                 let name = header_name(name.as_bytes())?;
@@ -417,21 +468,21 @@ impl UserData for RespHandle {
                 })
             },
         );
-        methods.add_method("remove_header", |_, this, name: String| {
+        add_named(methods, "resp", "remove_header", |_, this, name: String| {
             let name = header_name(name.as_bytes())?;
             with_resp(&this.cell, true, |r| {
                 r.headers.remove(&name);
                 Ok(())
             })
         });
-        methods.add_method("set_status", |_, this, status: i64| {
-            let status = status_code(status)?;
+        add_named(methods, "resp", "set_status", |_, this, status: i64| {
+            let status = status_code(status).map_err(mlua::Error::runtime)?;
             with_resp(&this.cell, true, |r| {
                 r.status = status;
                 Ok(())
             })
         });
-        methods.add_method("set_body", |_, this, body: LuaString| {
+        add_named(methods, "resp", "set_body", |_, this, body: LuaString| {
             let bytes = Bytes::copy_from_slice(&body.as_bytes());
             with_resp(&this.cell, true, |r| {
                 set_body(r, bytes);
@@ -523,40 +574,59 @@ fn with_resp<R>(
 
 /// Methods of response objects (userdata that own their response).
 fn add_object_methods<M: UserDataMethods<LuaResponse>>(methods: &mut M) {
-    methods.add_method("header", |lua, this, name: LuaString| {
-        let name = lookup_name(&name);
-        header_text(lua, this.data.headers.get(name.as_str()))
-    });
-    methods.add_method("headers", |lua, this, ()| {
+    add_named(
+        methods,
+        "response",
+        "header",
+        |lua, this, name: LuaString| {
+            let name = lookup_name(&name);
+            header_text(lua, this.data.headers.get(name.as_str()))
+        },
+    );
+    add_named(methods, "response", "headers", |lua, this, ()| {
         headers_table(lua, &this.data.headers)
     });
-    methods.add_method_mut(
+    add_named_mut(
+        methods,
+        "response",
         "set_header",
         |_, this, (name, value): (LuaString, mlua::Value)| {
             let name = header_name(&name.as_bytes())?;
             put_header(&mut this.data.headers, name, &value, false)
         },
     );
-    methods.add_method_mut(
+    add_named_mut(
+        methods,
+        "response",
         "add_header",
         |_, this, (name, value): (LuaString, mlua::Value)| {
             let name = header_name(&name.as_bytes())?;
             put_header(&mut this.data.headers, name, &value, true)
         },
     );
-    methods.add_method_mut("remove_header", |_, this, name: LuaString| {
-        let name = header_name(&name.as_bytes())?;
-        this.data.headers.remove(&name);
+    add_named_mut(
+        methods,
+        "response",
+        "remove_header",
+        |_, this, name: LuaString| {
+            let name = header_name(&name.as_bytes())?;
+            this.data.headers.remove(&name);
+            Ok(())
+        },
+    );
+    add_named_mut(methods, "response", "set_status", |_, this, status: i64| {
+        this.data.status = status_code(status).map_err(mlua::Error::runtime)?;
         Ok(())
     });
-    methods.add_method_mut("set_status", |_, this, status: i64| {
-        this.data.status = status_code(status)?;
-        Ok(())
-    });
-    methods.add_method_mut("set_body", |_, this, body: LuaString| {
-        set_body(&mut this.data, Bytes::copy_from_slice(&body.as_bytes()));
-        Ok(())
-    });
+    add_named_mut(
+        methods,
+        "response",
+        "set_body",
+        |_, this, body: LuaString| {
+            set_body(&mut this.data, Bytes::copy_from_slice(&body.as_bytes()));
+            Ok(())
+        },
+    );
     methods.add_meta_method(MetaMethod::Index, |_, this, key: LuaString| {
         Ok(match key.as_bytes().as_ref() {
             b"body" => mlua::Value::Function(this.body_fn.clone()),
@@ -572,16 +642,17 @@ pub fn set_body(r: &mut RespData, bytes: Bytes) {
     r.headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     r.body = Some(ProxyBody::full(bytes));
+    r.lost = None;
 }
 
 /// A status code from Lua for a final response: 200..=599 (a 1xx is not an answer, and
 /// written as one it would leave the client waiting for the real one).
-pub fn status_code(status: i64) -> mlua::Result<StatusCode> {
+pub fn status_code(status: i64) -> Result<StatusCode, String> {
     u16::try_from(status)
         .ok()
         .filter(|s| (200..=599).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| mlua::Error::runtime(format!("status {status} is outside 200..=599")))
+        .ok_or_else(|| format!("status {status} is outside 200..=599"))
 }
 
 /// A response object: made by `std.respond` or returned by `std.proxy.forward`.

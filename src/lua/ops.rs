@@ -95,8 +95,13 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             let taken = std::mem::replace(body, ProxyBody::Empty);
             let (read, kept) = collect_within(taken, limit, timeout).await;
             *body = kept;
-            read.map(Reply::Bytes)
-                .map_err(|e| format!("resp:body(): {e}"))
+            read.map(Reply::Bytes).map_err(|e| {
+                let message = format!("resp:body(): {e}");
+                if let Some(r) = turn.resp.as_mut() {
+                    r.lost = Some(message.clone());
+                }
+                message
+            })
         }
         Op::OwnBody(ud) => {
             let (taken, timeout) = {
@@ -112,7 +117,11 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
             };
             let mut r = ud.borrow_mut::<LuaResponse>().map_err(|e| e.to_string())?;
             r.data.body = Some(kept);
-            read.map(Reply::Bytes).map_err(|e| format!("body(): {e}"))
+            read.map(Reply::Bytes).map_err(|e| {
+                let message = format!("body(): {e}");
+                r.data.lost = Some(message.clone());
+                message
+            })
         }
         Op::Forward {
             upstream,
@@ -158,9 +167,10 @@ fn request_body_timeout(turn: &Turn) -> Duration {
 /// Reads a response's whole body within `timeout` (an upstream that sends its head and
 /// then stalls must not hold the hook for good). Returns what was read, and what the
 /// response's body is now: the bytes read, or — when the read failed and what was
-/// read is gone — a body that fails as it is sent, so the client's answer is cut
-/// short, as when an upstream fails mid-body, instead of going out empty (unless the
-/// hook sets a new body).
+/// read is gone — a body that fails as it is sent. The caller marks the response's
+/// body lost: unless the hook sets a new body, the response becomes a `502` when the
+/// hook ends (a body that fails before the head is written would send the client
+/// nothing at all); the failing body is only what is left if it went out anyway.
 async fn collect_within(
     body: ProxyBody,
     limit: u64,
@@ -337,6 +347,7 @@ async fn forward(
                     status: parts.status,
                     headers: parts.headers,
                     body: Some(body),
+                    lost: None,
                 },
                 guard: Some(guard),
                 upstream: Some(name),
@@ -426,6 +437,11 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
     let host = call.url.host().unwrap_or("").to_owned();
     let port = call.url.port_u16().unwrap_or(80);
     let pool = Arc::clone(&turn.call.worker.pool);
+    // The call's timeout bounds the whole call (below) and says which part was late;
+    // the client's own timeouts (for the head, and then between body bytes) are a
+    // second longer, a backstop only: at the same deadline, either could fire first.
+    let head_came = std::sync::atomic::AtomicBool::new(false);
+    let backstop = call.timeout.saturating_add(Duration::from_secs(1));
     let work = async {
         let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
             .await
@@ -458,9 +474,10 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             OUTBOUND_CONNECT_TIMEOUT,
             outbound_pool(),
         ));
-        let resp = client::send(&pool, &endpoint, call.timeout, Box::new(req), None)
+        let resp = client::send(&pool, &endpoint, backstop, Box::new(req), None)
             .await
-            .map_err(|e| fail(send_error(&e)))?;
+            .map_err(|e| fail(send_error(&e, backstop)))?;
+        head_came.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         let mut headers = Vec::with_capacity(resp.headers().keys_len());
         for name in resp.headers().keys() {
@@ -484,21 +501,23 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
     };
     match tokio::time::timeout(call.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "std.http.request {}: no answer within {:?}",
-            call.url, call.timeout
-        )),
+        Err(_) if head_came.load(std::sync::atomic::Ordering::Relaxed) => Err(fail(format!(
+            "no complete answer within {:?} (the head came, not all of the body)",
+            call.timeout
+        ))),
+        Err(_) => Err(fail(format!("no response within {:?}", call.timeout))),
     }
 }
 
-fn send_error(e: &client::SendError) -> String {
+/// `timeout`: the one the client was given.
+fn send_error(e: &client::SendError, timeout: Duration) -> String {
     match e {
         client::SendError::Connect(io, _) => format!("connect failed: {io}"),
         client::SendError::ConnectTimeout(stage, _) => format!("{} timed out", stage.step()),
         client::SendError::Tls(reason, _) => reason.clone(),
         client::SendError::Upstream(e) => e.to_string(),
         client::SendError::Closed => "the connection closed".into(),
-        client::SendError::ResponseTimeout => "no response in time".into(),
+        client::SendError::ResponseTimeout => format!("no response within {timeout:?}"),
         client::SendError::RequestBodyStalled(t) => {
             format!("the request body made no progress within {t:?}")
         }

@@ -11,7 +11,7 @@ use http::{header, Response};
 use mlua::thread::ThreadStatus;
 use mlua::{AnyUserData, Function, MultiValue};
 
-use super::handles::{LuaResponse, Turn};
+use super::handles::{LuaResponse, RespData, Turn};
 use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
 use super::vm::{error_text, phase_index, script_files, split_location, Runner, Vm};
@@ -78,6 +78,9 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         Some(fault) => Err(HookError::Body(fault)),
         None => outcome,
     };
+    if let (Ok(_), Some(r)) = (&outcome, turn.resp.as_mut()) {
+        replace_lost_body(r, &turn.info.id, &turn.module);
+    }
     turn.close_forwarded();
     turn.thread = None;
     turn.answer = None;
@@ -279,13 +282,11 @@ fn answer(value: mlua::Value, turn: &mut Turn) -> Result<Flow, HookError> {
             None => return Ok(Flow::Continue),
         },
         mlua::Value::UserData(ud) if ud.is::<LuaResponse>() => ud,
-        mlua::Value::Integer(n) => {
-            let status = super::handles::status_code(n).map_err(HookError::Lua)?;
-            return Ok(Flow::Respond(LocalResponse {
-                status,
-                body: bytes::Bytes::new(),
-                headers: Vec::new(),
-            }));
+        // An integral float too (`200.0`, a status computed with `/`), as std
+        // functions take one for an integer.
+        mlua::Value::Integer(n) => return answer_status(n),
+        mlua::Value::Number(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            return answer_status(f as i64)
         }
         other => {
             return Err(HookError::Lua(mlua::Error::runtime(format!(
@@ -297,8 +298,40 @@ fn answer(value: mlua::Value, turn: &mut Turn) -> Result<Flow, HookError> {
     response_flow(returned, turn).map_err(HookError::Lua)
 }
 
+/// A response whose body a failed `body()` lost, the hook having caught the error and
+/// set no new body, becomes the proxy's own `502` (with `x-request-id`), as nginx
+/// answers when an upstream's response fails before anything was sent: its body
+/// would fail before the head is written, and the client would get no answer at all
+/// while the logs said 200. The hook's headers go with the lost body.
+fn replace_lost_body(data: &mut RespData, id: &crate::http::RequestId, module: &str) {
+    let Some(why) = data.lost.take() else { return };
+    tracing::warn!(target: "proxycache::pipeline", module, error = %crate::observe::log_text(&why), "the response body was lost (a failed body() was caught and no set_body followed): answering 502");
+    let status = http::StatusCode::BAD_GATEWAY;
+    let text = format!(
+        "{} {}\nrequest id: {id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let (parts, body) = crate::http::error::local_response(status, text, id).into_parts();
+    data.status = parts.status;
+    data.headers = parts.headers;
+    data.body = Some(body);
+}
+
+/// `return STATUS` from `on_request`: an empty answer with that status.
+fn answer_status(n: i64) -> Result<Flow, HookError> {
+    let status =
+        super::handles::status_code(n).map_err(|m| HookError::Lua(mlua::Error::runtime(m)))?;
+    Ok(Flow::Respond(LocalResponse {
+        status,
+        body: bytes::Bytes::new(),
+        headers: Vec::new(),
+    }))
+}
+
 fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
-    let r = ud.take::<LuaResponse>()?;
+    let mut r = ud.take::<LuaResponse>()?;
+    replace_lost_body(&mut r.data, &turn.info.id, &turn.module);
     let mut resp = Response::new(r.data.body.unwrap_or(ProxyBody::Empty));
     *resp.status_mut() = r.data.status;
     *resp.headers_mut() = r.data.headers;

@@ -5,14 +5,15 @@
 -- host (from Rust): spent() -> bool, runner() -> id, mark() -> id (a runner wrote a
 -- global), read_lib(name) -> source, path, charge(n) (n instructions' worth of work
 -- done in C; raises the budget error once it is spent), step (instructions between
--- two count-hook ticks).
+-- two count-hook ticks), caught(e) -> the plain message of an error a Rust function
+-- raised (nil for any other value).
 local host = ...
 
 local type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select =
     type, error, next, tostring, rawget, rawset, setmetatable, getmetatable, pcall, xpcall, load, select
 local yield = coroutine.yield
 local spent, runner, mark, read_lib = host.spent, host.runner, host.mark, host.read_lib
-local charge, STEP = host.charge, host.step
+local charge, STEP, caught = host.charge, host.step, host.caught
 
 -- What must not exist at all.
 string.dump = nil
@@ -393,9 +394,22 @@ local function library_tree(t, name)
 end
 
 -- pcall and xpcall that cannot swallow a spent budget: once the hook is over its
--- budget, every error is passed on until the hook ends.
+-- budget, every error is passed on until the hook ends. An error a Rust function
+-- raised (a method of `req` or `resp`: mlua's error object, whose tostring has a
+-- traceback) is handed over as the plain string std functions raise,
+-- "file:12: req:set_header: ...". Only a failed call pays for that.
+local function plain_error(e)
+  if type(e) == "userdata" then
+    local text = caught(e)
+    if text ~= nil then return text end
+  end
+  return e
+end
 local function rethrow(ok, ...)
-  if not ok and spent() then error((...), 0) end
+  if not ok then
+    if spent() then error((...), 0) end
+    return false, plain_error((...))
+  end
   return ok, ...
 end
 local function safe_pcall(f, ...)
@@ -404,7 +418,7 @@ end
 local function safe_xpcall(f, handler, ...)
   return rethrow(xpcall(f, function(e)
     if spent() then return e end
-    return handler(e)
+    return handler(plain_error(e))
   end, ...))
 end
 

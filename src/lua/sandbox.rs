@@ -240,6 +240,17 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
             })?,
         )?;
         host.set("step", STEP)?;
+        // For `pcall`: the plain message of an error a Rust function raised, or nil
+        // for any other value (see `caught`).
+        host.set(
+            "caught",
+            lua.create_function(|_, v: mlua::Value| {
+                Ok(match v {
+                    mlua::Value::Error(e) => Some(super::caught::caught_message(&e)),
+                    _ => None,
+                })
+            })?,
+        )?;
         host.set(
             "read_lib",
             lua.create_function(move |_, name: String| {

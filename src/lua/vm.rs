@@ -296,6 +296,12 @@ pub fn error_text(e: &mlua::Error) -> String {
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
         mlua::Error::ExternalError(e) => e.to_string(),
+        mlua::Error::BadArgument {
+            to,
+            pos,
+            name,
+            cause,
+        } => super::caught::bad_argument_text(to.as_deref(), *pos, name.as_deref(), cause),
         other => other.to_string(),
     }
 }

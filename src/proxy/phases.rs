@@ -168,6 +168,14 @@ pub async fn response_phase(
         };
         pipeline.run_response(state.ran, &mut ex).await
     };
+    // The body is final now: a `std.cache.store` stores what the client gets, even
+    // when a later module replaced the body.
+    crate::stdlib::cache::tee_pending(
+        state.ctx.cache.as_deref_mut(),
+        parts.status,
+        &parts.headers,
+        &mut body,
+    );
     // `std.cache.store` alone (no `check`) starts the cache state in this phase.
     crate::stdlib::cache::mark(state.ctx.cache.as_deref(), &mut parts.headers);
     *resp = Response::from_parts(parts, body);

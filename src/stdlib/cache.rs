@@ -5,8 +5,9 @@
 //! the upstream is not asked); a miss makes this request the one that fills the key,
 //! or — when another request is already fetching it — waits for that one (after the
 //! request phase, up to `cache.lock_timeout`) and then looks again. `store` (response
-//! phase) checks the response is cacheable and tees its body into the cache while it
-//! streams to the client. Every response of a request that called either carries
+//! phase) checks the response is cacheable; when the response phase ends
+//! ([`tee_pending`]) its body, as the client gets it, is teed into the cache while it
+//! streams. Every response of a request that called either carries
 //! `x-cache: HIT | STALE | MISS | BYPASS`. A hit answers validators and one byte
 //! range itself (`serve`); the request that fills a key goes upstream without them,
 //! and its own client gets the same answer cut from the upstream's `200`
@@ -77,7 +78,7 @@ pub static SIGS: &[FnSig] = &[
         args: &[TTL_ARG],
         returns: Returns::Value(ArgType::Bool),
         phases: &[PhaseKind::Response],
-        doc: "Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body is copied into the cache as it streams to the client. Returns whether it will be stored.",
+        doc: "Stores the response if it is cacheable (GET, a cacheable status, no `no-store`/`private`/`no-cache`, no `Set-Cookie`, not `Vary: *`, fresh for some time); the body the client gets (a new one a module sets after `store` included) is copied into the cache as it streams to the client. Returns whether it will be stored.",
     },
 ];
 
@@ -123,6 +124,10 @@ pub struct CacheReq {
     fill_cond: Option<Box<Conditions>>,
     /// `store` is copying the response body into the cache.
     teeing: bool,
+    /// The entry `store` accepted, waiting for the body the client will get: a module
+    /// may still replace the body after `store` (Lua's `resp:set_body`), so the tee
+    /// goes round it only when the response phase ends ([`tee_pending`]).
+    pending: Option<Box<PendingEntry>>,
 }
 
 impl CacheReq {
@@ -173,6 +178,7 @@ pub fn check(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         cond: None,
         fill_cond: None,
         teeing: false,
+        pending: None,
     };
     let cache = Arc::clone(cache_of(ex));
     match policy::request_use(ex.req.method, ex.req.headers) {
@@ -409,6 +415,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
             cond: None,
             fill_cond: None,
             teeing: false,
+            pending: None,
         }));
     }
     let changed = ex
@@ -427,7 +434,11 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     if req.status != CacheStatus::Miss {
         return Ok(Value::Bool(false));
     }
-    let guard = req.fill.take();
+    // A second `store` takes over the first one's claim on the key.
+    let guard = req
+        .fill
+        .take()
+        .or_else(|| req.pending.take().and_then(|p| p.guard));
     let Some(resp) = ex.resp.as_mut() else {
         return Ok(Value::Bool(false));
     };
@@ -447,9 +458,9 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let Some(vary) = policy::vary_names(resp.headers) else {
         return Ok(Value::Bool(false));
     };
-    let Some(body) = resp.body.as_deref_mut() else {
+    if resp.body.is_none() {
         return Ok(Value::Bool(false));
-    };
+    }
     let limit = cache.settings.max_entry_size;
     let expect_len = crate::http::framing::content_length(resp.headers);
     if expect_len.is_some_and(|n| n > limit) {
@@ -470,7 +481,7 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
             cluster: Arc::clone(&ex.state.cluster),
             fallbacks: ex.state.metrics.cluster_fallback_counter(ex.module),
         });
-    let pending = PendingEntry {
+    req.pending = Some(Box::new(PendingEntry {
         cache: Arc::clone(&cache),
         primary: Arc::clone(&req.key),
         req_headers: if vary.is_empty() {
@@ -487,18 +498,51 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
         expect_len,
         guard,
         shared,
+    }));
+    Ok(Value::Bool(true))
+}
+
+/// Tees the body the client gets into the entry `store` accepted, if there is one:
+/// when the response phase ends, or before a module wraps the body for the client
+/// alone (`std.compress.apply`: the entry keeps the plain body, and any client gets
+/// it compressed as it asks). The entry's framing headers follow the body's (a
+/// module may have set a new one); a response whose status changed since `store` is
+/// not stored (the entry would be another response's).
+pub fn tee_pending(
+    req: Option<&mut CacheReq>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &mut ProxyBody,
+) {
+    let Some(req) = req else { return };
+    let Some(mut pending) = req.pending.take() else {
+        return;
     };
+    if pending.status != status {
+        tracing::debug!(target: "proxycache::stdlib", key = %req.key, "not stored: the status changed after std.cache.store");
+        return;
+    }
+    for name in [header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+        match headers.get(&name) {
+            Some(v) => pending.headers.insert(name, v.clone()),
+            None => pending.headers.remove(name),
+        };
+    }
+    let limit = pending.cache.settings.max_entry_size;
+    pending.expect_len = crate::http::framing::content_length(headers);
+    if pending.expect_len.is_some_and(|n| n > limit) {
+        tracing::debug!(target: "proxycache::stdlib", key = %req.key, "not stored: the body set after std.cache.store is over cache.max_entry_size");
+        return;
+    }
     let inner = std::mem::replace(body, ProxyBody::Empty);
-    let mut tee = TeeBody::new(inner, pending, limit);
+    let mut tee = TeeBody::new(inner, *pending, limit);
     if tee.is_end_stream() {
         // No body to wait for (204, an empty body): store now.
         tee.finish();
-        *body = ProxyBody::Empty;
     } else {
         *body = ProxyBody::Boxed(tee.boxed());
         req.teeing = true;
     }
-    Ok(Value::Bool(true))
 }
 
 /// Methods that may change the resource (RFC 9110 §9.2.1: not safe).

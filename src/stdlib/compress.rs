@@ -404,6 +404,14 @@ pub fn apply(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let Some(coding) = negotiate(accept_encoding(ex.req.headers), &offered) else {
         return Ok(Value::Bool(false));
     };
+    // A `std.cache.store` before this stores the body as it is now, uncompressed (any
+    // client gets it compressed as it asks).
+    super::cache::tee_pending(
+        ex.ctx.cache.as_deref_mut(),
+        *resp.status,
+        resp.headers,
+        body,
+    );
     let inner = std::mem::replace(body, ProxyBody::Empty);
     *body = ProxyBody::Boxed(BoxBody::new(Compressed::new(coding, inner)));
     let h = &mut *resp.headers;

@@ -47,7 +47,7 @@ pub static SIGS: &[FnSig] = &[
         args: &[
             arg("upstream", ArgType::Str, ArgDefault::Nil, "the upstream to send to; the route's when absent"),
             arg("timeout", ArgType::Duration, ArgDefault::Nil, "response timeout; the upstream's when absent"),
-            arg("retries", ArgType::Int, ArgDefault::Nil, "connect retries on other servers (default 1)"),
+            arg("retries", ArgType::Int, ArgDefault::Nil, "connect retries on other servers, 0..=10 (default 1)"),
         ],
         returns: Returns::Value(ArgType::Response),
         phases: &[PhaseKind::Request],
