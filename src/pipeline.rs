@@ -180,7 +180,7 @@ pub struct ForwardTo {
 }
 
 /// A module failed at run time.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("{module} ({file}:{line}): {message}")]
 pub struct ScriptError {
     pub module: String,
@@ -190,6 +190,10 @@ pub struct ScriptError {
     /// Set when the failure was the client's: the request then gets the answer to
     /// that (413, 400), not 500.
     pub client: Option<ClientFault>,
+    /// Set when the failure was an upstream's: a Lua `std.proxy.forward` that got no
+    /// response, uncaught. The request gets that failure's answer (502, 503, 504), as
+    /// for a pcmod `forward` or a route, not 500: the script is not at fault.
+    pub upstream: Option<Box<crate::http::ProxyError>>,
 }
 
 /// What the client did wrong, found while a module ran (a Lua hook reading the
@@ -302,6 +306,7 @@ impl Pipeline {
             line: e.line,
             message: format!("cannot build the worker's Lua VM: {}", e.message),
             client: None,
+            upstream: None,
         }
     }
 

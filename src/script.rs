@@ -66,6 +66,7 @@ impl PcmodModule {
             line: f.line,
             message: f.message,
             client: None,
+            upstream: None,
         }
     }
 

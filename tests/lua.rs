@@ -234,6 +234,44 @@ end
     assert_eq!(up.requests(), 1);
 }
 
+/// A forward that gets no response, uncaught, answers as the upstream's failure does
+/// anywhere else (502 for a dead server), not as a script fault (500); an error the
+/// script raises itself after catching one is the script's.
+#[tokio::test]
+async fn an_uncaught_failed_forward_answers_502_not_500() {
+    let hook = r#"
+function on_request(req, ctx)
+  if req.path == "/own" then
+    local ok, err = pcall(std.proxy.forward, "dead")
+    error("gave up: " .. tostring(ok))
+  elseif req.path == "/again" then
+    local ok, err = pcall(std.proxy.forward, "dead")
+    error(err, 0)
+  end
+  return std.proxy.forward("dead")
+end
+"#;
+    let rest = format!(
+        "[upstreams.app]\nservers = [\"builtin:echo\"]\n\n[upstreams.dead]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        dead_addr()
+    );
+    let s = site(
+        &[("f", &lua_mod("f", 10, ""))],
+        &[("f.lua", hook)],
+        "",
+        &rest,
+    );
+    let run = Running::start(&s);
+    for path in ["/", "/again"] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        assert!(r.text().starts_with("502 Bad Gateway"), "{}", r.text());
+        assert!(r.request_id().is_some());
+    }
+    let r = get(run.addr, "/own").await;
+    assert_eq!(r.status, 500, "the script's own error: {}", r.text());
+}
+
 /// After a forward that failed, `req.upstream` names the set it tried (a log hook
 /// reporting the failure named the route's set).
 #[tokio::test]

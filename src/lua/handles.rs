@@ -64,6 +64,10 @@ pub struct Turn {
     /// `req:body()` failed (over the limit, broken): the request fails with that,
     /// whatever the hook does after catching the error.
     pub body_failed: Option<ClientFault>,
+    /// The last `std.proxy.forward` that got no response: the message the script
+    /// saw, and the failure. A hook that ends with that error, uncaught, answers as
+    /// the failure would (502, 503, 504), not 500.
+    pub forward_failed: Option<(String, crate::http::ProxyError)>,
     /// The coroutine running the hook (waiting is allowed only from it).
     pub thread: Option<mlua::Thread>,
 }
@@ -109,6 +113,7 @@ impl Turn {
             forwarded: Vec::new(),
             body_forwarded: false,
             body_failed: None,
+            forward_failed: None,
             thread: None,
         }
     }
@@ -417,16 +422,21 @@ impl UserData for ReqHandle {
         // Bytes in and out: a Lua string is bytes, and a decoded `%ff` or a Latin-1
         // cookie is the byte itself (as OpenResty's `get_uri_args` and
         // `ngx.var.cookie_*`), not pcmod's text.
-        add_named(methods, "req", "query_param", |lua, this, name: LuaString| {
-            let name = name.as_bytes();
-            with_turn(&this.cell, |t| {
-                let query = t.uri.query().unwrap_or("");
-                bytes_or_nil(
-                    lua,
-                    params::query_param(query, |k| k == &name[..]).as_deref(),
-                )
-            })
-        });
+        add_named(
+            methods,
+            "req",
+            "query_param",
+            |lua, this, name: LuaString| {
+                let name = name.as_bytes();
+                with_turn(&this.cell, |t| {
+                    let query = t.uri.query().unwrap_or("");
+                    bytes_or_nil(
+                        lua,
+                        params::query_param(query, |k| k == &name[..]).as_deref(),
+                    )
+                })
+            },
+        );
         add_named(methods, "req", "cookie", |lua, this, name: LuaString| {
             let name = name.as_bytes();
             with_turn(&this.cell, |t| {

@@ -354,7 +354,11 @@ async fn forward(
                 body_timeout,
             })
         }
-        Err(e) => Err(format!("std.proxy.forward: {e}")),
+        Err(e) => {
+            let message = format!("std.proxy.forward: {e}");
+            turn.forward_failed = Some((message.clone(), e));
+            Err(message)
+        }
     }
 }
 

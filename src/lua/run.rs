@@ -35,6 +35,8 @@ enum HookError {
     /// `req:body()` failed: the request fails with the client's fault, even if the
     /// hook caught the error.
     Body(ClientFault),
+    /// The hook ended with the error of a `std.proxy.forward` that got no response.
+    Forward(mlua::Error, Box<crate::http::ProxyError>),
 }
 
 /// Runs module `index`'s hook for `ex.phase`.
@@ -46,6 +48,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             line: 0,
             message: "the Lua runtime is not available for this request".into(),
             client: None,
+            upstream: None,
         });
     };
     let vm = Arc::clone(&call.vm);
@@ -56,6 +59,7 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
             line: 0,
             message: "no such Lua module".into(),
             client: None,
+            upstream: None,
         });
     };
     let phase = ex.phase;
@@ -77,6 +81,14 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
     let outcome = match turn.body_failed {
         Some(fault) => Err(HookError::Body(fault)),
         None => outcome,
+    };
+    // The hook ended with a failed forward's error (not caught, or raised again as it
+    // was): the upstream's failure, not the script's.
+    let outcome = match (outcome, turn.forward_failed.take()) {
+        (Err(HookError::Lua(e)), Some((message, failure))) if error_text(&e).contains(&message) => {
+            Err(HookError::Forward(e, Box::new(failure)))
+        }
+        (outcome, _) => outcome,
     };
     if let (Ok(_), Some(r)) = (&outcome, turn.resp.as_mut()) {
         replace_lost_body(r, &turn.info.id, &turn.module);
@@ -363,6 +375,10 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         HookError::Body(fault) => Some(*fault),
         _ => None,
     };
+    let (e, upstream) = match e {
+        HookError::Forward(e, failure) => (HookError::Lua(e), Some(failure)),
+        e => (e, None),
+    };
     let mut file = spec.file.to_string();
     let (line, message) = match e {
         HookError::Budget => (
@@ -393,7 +409,7 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
             defined,
             format!("out of memory (scripts.lua_memory_limit): {m}"),
         ),
-        HookError::Lua(e) => {
+        HookError::Lua(e) | HookError::Forward(e, _) => {
             let text = error_text(&e);
             let files = script_files(spec, &vm.libs);
             let (at, line, message) = split_location(&text, &files);
@@ -409,6 +425,7 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         line,
         message,
         client,
+        upstream,
     }
 }
 

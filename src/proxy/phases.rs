@@ -314,6 +314,12 @@ pub(crate) fn module_error(e: ScriptError) -> ProxyError {
         }
         None => {}
     }
+    // An upstream's failure, met by a module's forward: answered (and logged) as the
+    // proxy's own forward would be.
+    if let Some(failure) = e.upstream {
+        tracing::debug!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, "a module's forward got no response");
+        return *failure;
+    }
     tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "module failed");
     ProxyError::Module {
         module: e.module,
