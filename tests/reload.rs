@@ -1676,6 +1676,42 @@ async fn what_cannot_change_live_is_reported_as_requires_restart() {
     );
 }
 
+/// `scripts.watch` was read only when the watcher was installed at start-up: turning it
+/// on (or off) in a reload changed nothing and said nothing — `requires_restart` was
+/// empty and no warning was logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_scripts_watch_is_reported_as_requires_restart() {
+    let site = Site::new("restart-watch");
+    let mut conf = Conf::new(false, ECHO);
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+
+    conf.watch = true;
+    site.write_config(&conf.text());
+    let (status, report) = post_reload(px.admin).await;
+    assert_eq!(
+        (status, &report["ok"]),
+        (200, &Value::Bool(true)),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["requires_restart"],
+        serde_json::json!(["scripts.watch: false -> true"]),
+        "{report:#}"
+    );
+    let status = get(px.admin, "/status").await.json();
+    assert_eq!(
+        status["requires_restart"],
+        serde_json::json!(["scripts.watch: false -> true"]),
+        "{status:#}"
+    );
+
+    conf.watch = false;
+    site.write_config(&conf.text());
+    let (_, back) = post_reload(px.admin).await;
+    assert_eq!(back["requires_restart"], serde_json::json!([]), "{back:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_only_change_is_reported_until_it_is_put_back() {
     // Reports compared with the previous generation: the reload after a changed
