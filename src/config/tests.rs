@@ -1090,3 +1090,26 @@ fn an_api_key_with_outer_spaces_is_an_error() {
     }
     assert_eq!(ok("[admin]\napi_key = \"k\"\n").admin.api_key, "k");
 }
+
+// ---- from the configuration reference review ---------------------------------------------
+
+#[test]
+fn a_zero_upstream_timeout_is_an_error() {
+    // Both passed `check`; then every request failed at once with 504, counted against
+    // the breaker.
+    for name in ["connect_timeout", "response_timeout"] {
+        for zero in ["0", "\"0s\"", "\"0ms\""] {
+            assert_error(
+                &format!("{UPSTREAMS}{name} = {zero}\n"),
+                &format!("upstreams.app.{name}"),
+                7,
+                "must be longer than zero",
+            );
+        }
+        let config = ok(&format!("{UPSTREAMS}{name} = \"1ms\"\n"));
+        assert!(config
+            .upstreams
+            .iter()
+            .all(|u| !u.connect_timeout.is_zero()));
+    }
+}

@@ -59,12 +59,13 @@ impl Checker<'_> {
             servers: self.servers(&key, file),
             balance: balance.unwrap_or(DEFAULT_BALANCE),
             hash_key: hash_key.unwrap_or(HashKey::ClientIp),
-            connect_timeout: self.duration(
+            // Zero would fail every request at once (504, counted against the breaker).
+            connect_timeout: self.nonzero_duration(
                 &format!("{key}.connect_timeout"),
                 &up.connect_timeout,
                 DEFAULT_CONNECT_TIMEOUT,
             ),
-            response_timeout: self.duration(
+            response_timeout: self.nonzero_duration(
                 &format!("{key}.response_timeout"),
                 &up.response_timeout,
                 DEFAULT_RESPONSE_TIMEOUT,
