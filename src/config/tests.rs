@@ -1113,3 +1113,60 @@ fn a_zero_upstream_timeout_is_an_error() {
             .all(|u| !u.connect_timeout.is_zero()));
     }
 }
+
+#[test]
+fn a_malformed_key_causes_no_follow_on_errors() {
+    // A malformed set: the route to it was also "unknown upstream (none are defined)".
+    assert_error(
+        "[upstreams]\napp = 1\n\n[[routes]]\nupstream = \"app\"\n",
+        "upstreams.app",
+        2,
+        "expected a table",
+    );
+    assert_error(
+        "[upstreams]\napp = 1\n\n[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n",
+        "upstreams.app",
+        2,
+        "expected a table",
+    );
+    // The default put in place of a malformed `server.listen` clashed with a [[tcp]].
+    assert_error(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:19400\"\n{UPSTREAMS}\
+             [[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n"
+        ),
+        "server.listen",
+        2,
+        "expected an array",
+    );
+    // So did the default of a malformed `admin.listen`.
+    assert_error(
+        &format!(
+            "[admin]\nlisten = 5\n{UPSTREAMS}\
+             [[tcp]]\nlisten = \"127.0.0.1:9901\"\nupstream = \"app\"\n"
+        ),
+        "admin.listen",
+        2,
+        "expected a string",
+    );
+    // A malformed `tls` made `tls_ca` "no effect without tls = true".
+    assert_error(
+        "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\ntls = \"yes\"\ntls_ca = \"x.pem\"\n",
+        "upstreams.app.tls",
+        3,
+        "expected a boolean",
+    );
+    // Still said when the key is well-formed.
+    assert_error(
+        "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\ntls_ca = \"x.pem\"\n",
+        "upstreams.app.tls_ca",
+        3,
+        "no effect without tls = true",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}[[routes]]\nupstream = \"nope\"\n"),
+        "routes[0].upstream",
+        8,
+        "unknown upstream \"nope\"",
+    );
+}

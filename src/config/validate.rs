@@ -217,6 +217,16 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Whether `key` itself, or a table holding it, was reported as malformed and
+    /// removed: what stands in its place (a default, nothing) is no basis for further
+    /// errors (a clash with a default it never asked for, an unknown name).
+    fn was_pruned(&self, key: &str) -> bool {
+        self.pruned.iter().any(|pruned| {
+            key.strip_prefix(pruned.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
     fn finish(mut self) -> ConfigErrors {
         self.errors.sort_by_key(|e| (e.line == 0, e.line, e.col));
         self.errors.dedup();
@@ -226,7 +236,7 @@ impl<'a> Checker<'a> {
     fn config(&mut self, file: FileConfig, text: &str) -> Config {
         // Listeners first, in file order, so a clash names the earlier one. The default
         // admin address is taken before any: a listener on it clashes, naming its key.
-        if file.admin.listen.is_none() {
+        if file.admin.listen.is_none() && !self.was_pruned("admin.listen") {
             self.listeners.push((
                 DEFAULT_ADMIN_LISTEN,
                 "admin.listen (its default)".to_owned(),

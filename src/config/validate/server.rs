@@ -71,8 +71,10 @@ impl Checker<'_> {
         listen: Option<&Spanned<Vec<file::Text>>>,
     ) -> Vec<SocketAddr> {
         let Some(listen) = listen else {
-            self.listeners
-                .push((DEFAULT_LISTEN, "server.listen".to_owned()));
+            if !self.was_pruned("server.listen") {
+                self.listeners
+                    .push((DEFAULT_LISTEN, "server.listen".to_owned()));
+            }
             return vec![DEFAULT_LISTEN];
         };
         let mut addrs = Vec::new();

@@ -38,7 +38,8 @@ impl Checker<'_> {
             .as_ref()
             .map(|s| s.get_ref().clone())
             .filter(|s| !s.is_empty());
-        if !tls {
+        // A malformed `tls` was reported already: whether the set meant TLS is unknown.
+        if !tls && !self.was_pruned(&format!("{key}.tls")) {
             self.needs_tls(
                 &key,
                 "tls_ca",
