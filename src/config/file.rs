@@ -420,11 +420,16 @@ fn readable(message: &str) -> String {
 }
 
 /// The number of an integer too large for an `i64` (serde's "invalid type: integer
-/// `N` as i128, expected an integer").
+/// `N` as i128, expected ...") where the key takes an integer: an integer, a size or
+/// a duration (a key of another type says it expected that type instead).
 fn out_of_range(text: &str) -> Option<&str> {
+    const TAKE_INTEGERS: &[&str] = &["an integer", "a size like", "a duration like"];
     let rest = text.split_once("invalid type: integer `")?.1;
     let (number, rest) = rest.split_once('`')?;
-    rest.starts_with(" as i128, expected an integer")
+    let expected = rest.strip_prefix(" as i128, expected ")?;
+    TAKE_INTEGERS
+        .iter()
+        .any(|what| expected.starts_with(what))
         .then_some(number)
 }
 
