@@ -1201,3 +1201,41 @@ fn an_integer_past_i64_in_a_size_or_duration_says_how_far_integers_go() {
         "expected a boolean",
     );
 }
+
+#[test]
+fn log_level_takes_tracing_directives() {
+    // `off` and a target without a level were refused, though EnvFilter takes them.
+    for level in [
+        "info,proxycache=off",
+        "off",
+        "proxycache",
+        "info,proxycache::script",
+        "warn,admin_audit=info",
+        "INFO",
+        "hyper::proto=trace",
+    ] {
+        assert_eq!(
+            ok(&format!("[log]\nlevel = \"{level}\"\n")).log.level,
+            level,
+            "{level}"
+        );
+    }
+    // Spaces after the commas, which EnvFilter would read into the target name.
+    assert_eq!(
+        ok("[log]\nlevel = \"info, proxycache=debug\"\n").log.level,
+        "info,proxycache=debug"
+    );
+    for (level, needle) in [
+        ("loud", "unknown log level \"loud\""),
+        ("warning", "unknown log level \"warning\""),
+        ("info,proxycache=loud", "unknown log level \"loud\""),
+        ("proxycache[=info", "invalid log directives"),
+    ] {
+        assert_error(
+            &format!("[log]\nlevel = \"{level}\"\n"),
+            "log.level",
+            2,
+            needle,
+        );
+    }
+}

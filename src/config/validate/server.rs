@@ -235,7 +235,7 @@ impl Checker<'_> {
     pub(super) fn log(&mut self, file: &file::LogFile) -> LogConfig {
         let level = match &file.level {
             Some(text) => match check_log_level(text.get_ref()) {
-                Ok(()) => text.get_ref().clone(),
+                Ok(directives) => directives,
                 Err(message) => {
                     self.error("log.level", text.span(), message);
                     DEFAULT_LOG_LEVEL.to_owned()
