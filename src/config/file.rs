@@ -15,6 +15,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
+mod recover;
+
 /// Shape errors reported at most per file, so a pathological file cannot loop long.
 const MAX_SHAPE_ERRORS: usize = 100;
 
@@ -370,10 +372,15 @@ fn syntax(text: &str, root: &DeTable, errors: &[toml::de::Error]) -> Vec<ShapeEr
 fn shape_error(text: &str, root: &DeTable, err: &toml::de::Error) -> ShapeError {
     let key = err.span().map_or_else(String::new, |span| {
         let path = path_at(root, span.start);
-        if path.is_empty() {
-            key_token_at(text, span.start)
-        } else {
-            render_path(&path)
+        if !path.is_empty() {
+            return render_path(&path);
+        }
+        let token = key_token_at(text, span.start);
+        // A key given twice is not in the tree where it is written; its first
+        // occurrence is, and names the table both are in.
+        match recover::first_occurrence(root, &token, span.start) {
+            Some(path) => render_path(&path),
+            None => token,
         }
     });
     ShapeError {

@@ -1239,3 +1239,27 @@ fn log_level_takes_tracing_directives() {
         );
     }
 }
+
+#[test]
+fn a_duplicate_key_is_named_with_its_table() {
+    // It said `workers: duplicate key`, without the section.
+    assert_error(
+        "[server]\nworkers = 2\nworkers = 3\n",
+        "server.workers",
+        3,
+        "duplicate key",
+    );
+    assert_error(
+        "[mods.rate_limit]\nenabled = true\nenabled = false\n",
+        "mods.rate_limit.enabled",
+        3,
+        "duplicate key",
+    );
+    assert_error("workers = 2\nworkers = 3\n", "workers", 2, "duplicate key");
+    assert_error(
+        "[[routes]]\nupstream = \"a\"\n[[routes]]\nupstream = \"a\"\nupstream = \"b\"\n",
+        "routes[1].upstream",
+        5,
+        "duplicate key",
+    );
+}
