@@ -1486,6 +1486,19 @@ async fn a_listen_address_that_cannot_be_bound_fails_the_reload_and_keeps_the_ol
         report["errors"].to_string().contains("server.listen[0]"),
         "{report:#}"
     );
+    // At the address in the file, as every other config error (it said line 0, col 0).
+    let error = &report["errors"][0];
+    assert_eq!(
+        (&error["line"], &error["col"]),
+        (&3.into(), &11.into()),
+        "{report:#}"
+    );
+    assert!(
+        error["rendered"]
+            .as_str()
+            .is_some_and(|r| r.contains("config.toml:3:11: server.listen[0]: cannot listen on")),
+        "{report:#}"
+    );
     assert_eq!(
         get(ours, "/still").await.status,
         200,

@@ -440,6 +440,37 @@ fn out_of_range(text: &str) -> Option<&str> {
         .then_some(number)
 }
 
+/// The byte range of the value at a dotted path of bare keys and indices
+/// (`server.listen[1]`) in `text`, for errors found after loading (a reload that
+/// cannot bind an address); `None` when the text has no such value.
+pub fn span_of(text: &str, key: &str) -> Option<Range<usize>> {
+    let root = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let (name, indices) = part.split_once('[').unwrap_or((part, ""));
+        path.push(Segment::Key(name.to_owned()));
+        for index in indices.split('[') {
+            let index = index.trim_end_matches(']');
+            if !index.is_empty() {
+                path.push(Segment::Index(index.parse().ok()?));
+            }
+        }
+    }
+    let (first, rest) = path.split_first()?;
+    let Segment::Key(first) = first else {
+        return None;
+    };
+    let mut value = root.get_ref().get(first.as_str())?;
+    for seg in rest {
+        value = match (seg, value.get_ref()) {
+            (Segment::Key(k), DeValue::Table(t)) => t.get(k.as_str())?,
+            (Segment::Index(i), DeValue::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(value.span())
+}
+
 /// One step of a TOML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
