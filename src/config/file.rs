@@ -363,6 +363,7 @@ fn syntax(text: &str, root: &DeTable, errors: &[toml::de::Error]) -> Vec<ShapeEr
     let start = |e: &ShapeError| e.span.as_ref().map_or(usize::MAX, |span| span.start);
     errors.sort_by_key(start);
     let line_of = |e: &ShapeError| text.get(..start(e)).map(|t| t.matches('\n').count());
+    let mut errors = recover::unclosed(text, root, errors);
     errors
         .dedup_by(|later, earlier| line_of(later).is_some() && line_of(later) == line_of(earlier));
     errors

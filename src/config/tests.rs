@@ -1263,3 +1263,16 @@ fn a_duplicate_key_is_named_with_its_table() {
         "duplicate key",
     );
 }
+
+#[test]
+fn an_unclosed_array_is_one_error_at_its_bracket() {
+    // It gave a cascade about later lines (`servers[1]: string values must be quoted`,
+    // `missing comma`), none naming line 2 or saying the array was not closed.
+    let text =
+        "[upstreams.app]\nservers = [\n  \"127.0.0.1:3000\",\n\nbalance = \"round_robin\"\n\n\
+                [[routes]]\nupstream = \"app\"\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].line, 2, "{errors:#?}");
+    assert!(errors[0].message.contains("unclosed"), "{errors:#?}");
+}
