@@ -137,6 +137,14 @@ impl Config {
         Self::from_toml_str(&text, Some(path), &base_dir)
     }
 
+    /// Line and column (1-based) of the value at a dotted key of this configuration's
+    /// text (`server.listen[1]`), for errors found after loading; `None` when the
+    /// text does not hold it (a default).
+    pub fn position_of(&self, key: &str) -> Option<(usize, usize)> {
+        file::span_of(&self.source_text, key)
+            .map(|span| validate::line_col(&self.source_text, span.start))
+    }
+
     /// The embedded default configuration, with paths relative to the current directory.
     pub fn embedded_default() -> Config {
         // The text is a constant, checked by `tests::embedded_default_parses`.

@@ -343,12 +343,19 @@ fn bind_added(shared: &Shared, config: &Config) -> Result<Bound, Vec<ReloadError
             Err(e) => {
                 tracing::error!(target: "proxycache::reload", %addr, error = %e, "cannot listen on a new address");
                 let message = format!("cannot listen on {addr}: {e}");
+                let key = format!("server.listen[{i}]");
+                let (line, col) = config.position_of(&key).unwrap_or((0, 0));
+                let file = config_file(config);
+                let rendered = match line {
+                    0 => format!("{file}: {key}: {message}"),
+                    _ => format!("{file}:{line}:{col}: {key}: {message}"),
+                };
                 return Err(vec![ReloadError {
-                    file: config_file(config),
-                    line: 0,
-                    col: 0,
-                    key: Some(format!("server.listen[{i}]")),
-                    rendered: format!("server.listen[{i}]: {message}"),
+                    file,
+                    line: line as u32,
+                    col: col as u32,
+                    key: Some(key),
+                    rendered,
                     module: None,
                     hint: None,
                     message,

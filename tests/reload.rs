@@ -1486,6 +1486,19 @@ async fn a_listen_address_that_cannot_be_bound_fails_the_reload_and_keeps_the_ol
         report["errors"].to_string().contains("server.listen[0]"),
         "{report:#}"
     );
+    // At the address in the file, as every other config error (it said line 0, col 0).
+    let error = &report["errors"][0];
+    assert_eq!(
+        (&error["line"], &error["col"]),
+        (&3.into(), &11.into()),
+        "{report:#}"
+    );
+    assert!(
+        error["rendered"]
+            .as_str()
+            .is_some_and(|r| r.contains("config.toml:3:11: server.listen[0]: cannot listen on")),
+        "{report:#}"
+    );
     assert_eq!(
         get(ours, "/still").await.status,
         200,
@@ -1674,6 +1687,42 @@ async fn what_cannot_change_live_is_reported_as_requires_restart() {
             .contains("server.workers: 2 -> 3"),
         "{report:#}"
     );
+}
+
+/// `scripts.watch` was read only when the watcher was installed at start-up: turning it
+/// on (or off) in a reload changed nothing and said nothing — `requires_restart` was
+/// empty and no warning was logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_scripts_watch_is_reported_as_requires_restart() {
+    let site = Site::new("restart-watch");
+    let mut conf = Conf::new(false, ECHO);
+    site.write_config(&conf.text());
+    let px = Running::start(&site);
+
+    conf.watch = true;
+    site.write_config(&conf.text());
+    let (status, report) = post_reload(px.admin).await;
+    assert_eq!(
+        (status, &report["ok"]),
+        (200, &Value::Bool(true)),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["requires_restart"],
+        serde_json::json!(["scripts.watch: false -> true"]),
+        "{report:#}"
+    );
+    let status = get(px.admin, "/status").await.json();
+    assert_eq!(
+        status["requires_restart"],
+        serde_json::json!(["scripts.watch: false -> true"]),
+        "{status:#}"
+    );
+
+    conf.watch = false;
+    site.write_config(&conf.text());
+    let (_, back) = post_reload(px.admin).await;
+    assert_eq!(back["requires_restart"], serde_json::json!([]), "{back:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
+mod recover;
+
 /// Shape errors reported at most per file, so a pathological file cannot loop long.
 const MAX_SHAPE_ERRORS: usize = 100;
 
@@ -361,6 +363,7 @@ fn syntax(text: &str, root: &DeTable, errors: &[toml::de::Error]) -> Vec<ShapeEr
     let start = |e: &ShapeError| e.span.as_ref().map_or(usize::MAX, |span| span.start);
     errors.sort_by_key(start);
     let line_of = |e: &ShapeError| text.get(..start(e)).map(|t| t.matches('\n').count());
+    let mut errors = recover::unclosed(text, root, errors);
     errors
         .dedup_by(|later, earlier| line_of(later).is_some() && line_of(later) == line_of(earlier));
     errors
@@ -370,10 +373,15 @@ fn syntax(text: &str, root: &DeTable, errors: &[toml::de::Error]) -> Vec<ShapeEr
 fn shape_error(text: &str, root: &DeTable, err: &toml::de::Error) -> ShapeError {
     let key = err.span().map_or_else(String::new, |span| {
         let path = path_at(root, span.start);
-        if path.is_empty() {
-            key_token_at(text, span.start)
-        } else {
-            render_path(&path)
+        if !path.is_empty() {
+            return render_path(&path);
+        }
+        let token = key_token_at(text, span.start);
+        // A key given twice is not in the tree where it is written; its first
+        // occurrence is, and names the table both are in.
+        match recover::first_occurrence(root, &token, span.start) {
+            Some(path) => render_path(&path),
+            None => token,
         }
     });
     ShapeError {
@@ -420,12 +428,48 @@ fn readable(message: &str) -> String {
 }
 
 /// The number of an integer too large for an `i64` (serde's "invalid type: integer
-/// `N` as i128, expected an integer").
+/// `N` as i128, expected ...") where the key takes an integer: an integer, a size or
+/// a duration (a key of another type says it expected that type instead).
 fn out_of_range(text: &str) -> Option<&str> {
+    const TAKE_INTEGERS: &[&str] = &["an integer", "a size like", "a duration like"];
     let rest = text.split_once("invalid type: integer `")?.1;
     let (number, rest) = rest.split_once('`')?;
-    rest.starts_with(" as i128, expected an integer")
+    let expected = rest.strip_prefix(" as i128, expected ")?;
+    TAKE_INTEGERS
+        .iter()
+        .any(|what| expected.starts_with(what))
         .then_some(number)
+}
+
+/// The byte range of the value at a dotted path of bare keys and indices
+/// (`server.listen[1]`) in `text`, for errors found after loading (a reload that
+/// cannot bind an address); `None` when the text has no such value.
+pub fn span_of(text: &str, key: &str) -> Option<Range<usize>> {
+    let root = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let (name, indices) = part.split_once('[').unwrap_or((part, ""));
+        path.push(Segment::Key(name.to_owned()));
+        for index in indices.split('[') {
+            let index = index.trim_end_matches(']');
+            if !index.is_empty() {
+                path.push(Segment::Index(index.parse().ok()?));
+            }
+        }
+    }
+    let (first, rest) = path.split_first()?;
+    let Segment::Key(first) = first else {
+        return None;
+    };
+    let mut value = root.get_ref().get(first.as_str())?;
+    for seg in rest {
+        value = match (seg, value.get_ref()) {
+            (Segment::Key(k), DeValue::Table(t)) => t.get(k.as_str())?,
+            (Segment::Index(i), DeValue::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(value.span())
 }
 
 /// One step of a TOML path.

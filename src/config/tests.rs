@@ -1090,3 +1090,189 @@ fn an_api_key_with_outer_spaces_is_an_error() {
     }
     assert_eq!(ok("[admin]\napi_key = \"k\"\n").admin.api_key, "k");
 }
+
+// ---- from the configuration reference review ---------------------------------------------
+
+#[test]
+fn a_zero_upstream_timeout_is_an_error() {
+    // Both passed `check`; then every request failed at once with 504, counted against
+    // the breaker.
+    for name in ["connect_timeout", "response_timeout"] {
+        for zero in ["0", "\"0s\"", "\"0ms\""] {
+            assert_error(
+                &format!("{UPSTREAMS}{name} = {zero}\n"),
+                &format!("upstreams.app.{name}"),
+                7,
+                "must be longer than zero",
+            );
+        }
+        let config = ok(&format!("{UPSTREAMS}{name} = \"1ms\"\n"));
+        assert!(config
+            .upstreams
+            .iter()
+            .all(|u| !u.connect_timeout.is_zero()));
+    }
+}
+
+#[test]
+fn a_malformed_key_causes_no_follow_on_errors() {
+    // A malformed set: the route to it was also "unknown upstream (none are defined)".
+    assert_error(
+        "[upstreams]\napp = 1\n\n[[routes]]\nupstream = \"app\"\n",
+        "upstreams.app",
+        2,
+        "expected a table",
+    );
+    assert_error(
+        "[upstreams]\napp = 1\n\n[[tcp]]\nlisten = \"127.0.0.1:5433\"\nupstream = \"app\"\n",
+        "upstreams.app",
+        2,
+        "expected a table",
+    );
+    // The default put in place of a malformed `server.listen` clashed with a [[tcp]].
+    assert_error(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:19400\"\n{UPSTREAMS}\
+             [[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n"
+        ),
+        "server.listen",
+        2,
+        "expected an array",
+    );
+    // So did the default of a malformed `admin.listen`.
+    assert_error(
+        &format!(
+            "[admin]\nlisten = 5\n{UPSTREAMS}\
+             [[tcp]]\nlisten = \"127.0.0.1:9901\"\nupstream = \"app\"\n"
+        ),
+        "admin.listen",
+        2,
+        "expected a string",
+    );
+    // A malformed `tls` made `tls_ca` "no effect without tls = true".
+    assert_error(
+        "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\ntls = \"yes\"\ntls_ca = \"x.pem\"\n",
+        "upstreams.app.tls",
+        3,
+        "expected a boolean",
+    );
+    // Still said when the key is well-formed.
+    assert_error(
+        "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\ntls_ca = \"x.pem\"\n",
+        "upstreams.app.tls_ca",
+        3,
+        "no effect without tls = true",
+    );
+    assert_error(
+        &format!("{UPSTREAMS}[[routes]]\nupstream = \"nope\"\n"),
+        "routes[0].upstream",
+        8,
+        "unknown upstream \"nope\"",
+    );
+}
+
+#[test]
+fn an_integer_past_i64_in_a_size_or_duration_says_how_far_integers_go() {
+    // Serde's "invalid type: integer `...` as i128, expected a size like ..." before.
+    let huge = "99999999999999999999";
+    for (text, key) in [
+        (
+            format!("[server.limits]\nmax_header_bytes = {huge}\n"),
+            "server.limits.max_header_bytes",
+        ),
+        (
+            format!("[server.timeouts]\nidle = {huge}\n"),
+            "server.timeouts.idle",
+        ),
+        (format!("[server]\nworkers = {huge}\n"), "server.workers"),
+    ] {
+        assert_error(
+            &text,
+            key,
+            2,
+            &format!("{huge} is too large (integers go to 9223372036854775807)"),
+        );
+    }
+    // A key of another type still says which type it takes.
+    assert_error(
+        &format!("[server]\nmerge_slashes = {huge}\n"),
+        "server.merge_slashes",
+        2,
+        "expected a boolean",
+    );
+}
+
+#[test]
+fn log_level_takes_tracing_directives() {
+    // `off` and a target without a level were refused, though EnvFilter takes them.
+    for level in [
+        "info,proxycache=off",
+        "off",
+        "proxycache",
+        "info,proxycache::script",
+        "warn,admin_audit=info",
+        "INFO",
+        "hyper::proto=trace",
+    ] {
+        assert_eq!(
+            ok(&format!("[log]\nlevel = \"{level}\"\n")).log.level,
+            level,
+            "{level}"
+        );
+    }
+    // Spaces after the commas, which EnvFilter would read into the target name.
+    assert_eq!(
+        ok("[log]\nlevel = \"info, proxycache=debug\"\n").log.level,
+        "info,proxycache=debug"
+    );
+    for (level, needle) in [
+        ("loud", "unknown log level \"loud\""),
+        ("warning", "unknown log level \"warning\""),
+        ("info,proxycache=loud", "unknown log level \"loud\""),
+        ("proxycache[=info", "invalid log directives"),
+    ] {
+        assert_error(
+            &format!("[log]\nlevel = \"{level}\"\n"),
+            "log.level",
+            2,
+            needle,
+        );
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_named_with_its_table() {
+    // It said `workers: duplicate key`, without the section.
+    assert_error(
+        "[server]\nworkers = 2\nworkers = 3\n",
+        "server.workers",
+        3,
+        "duplicate key",
+    );
+    assert_error(
+        "[mods.rate_limit]\nenabled = true\nenabled = false\n",
+        "mods.rate_limit.enabled",
+        3,
+        "duplicate key",
+    );
+    assert_error("workers = 2\nworkers = 3\n", "workers", 2, "duplicate key");
+    assert_error(
+        "[[routes]]\nupstream = \"a\"\n[[routes]]\nupstream = \"a\"\nupstream = \"b\"\n",
+        "routes[1].upstream",
+        5,
+        "duplicate key",
+    );
+}
+
+#[test]
+fn an_unclosed_array_is_one_error_at_its_bracket() {
+    // It gave a cascade about later lines (`servers[1]: string values must be quoted`,
+    // `missing comma`), none naming line 2 or saying the array was not closed.
+    let text =
+        "[upstreams.app]\nservers = [\n  \"127.0.0.1:3000\",\n\nbalance = \"round_robin\"\n\n\
+                [[routes]]\nupstream = \"app\"\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].line, 2, "{errors:#?}");
+    assert!(errors[0].message.contains("unclosed"), "{errors:#?}");
+}

@@ -217,6 +217,16 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Whether `key` itself, or a table holding it, was reported as malformed and
+    /// removed: what stands in its place (a default, nothing) is no basis for further
+    /// errors (a clash with a default it never asked for, an unknown name).
+    fn was_pruned(&self, key: &str) -> bool {
+        self.pruned.iter().any(|pruned| {
+            key.strip_prefix(pruned.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
     fn finish(mut self) -> ConfigErrors {
         self.errors.sort_by_key(|e| (e.line == 0, e.line, e.col));
         self.errors.dedup();
@@ -226,7 +236,7 @@ impl<'a> Checker<'a> {
     fn config(&mut self, file: FileConfig, text: &str) -> Config {
         // Listeners first, in file order, so a clash names the earlier one. The default
         // admin address is taken before any: a listener on it clashes, naming its key.
-        if file.admin.listen.is_none() {
+        if file.admin.listen.is_none() && !self.was_pruned("admin.listen") {
             self.listeners.push((
                 DEFAULT_ADMIN_LISTEN,
                 "admin.listen (its default)".to_owned(),
@@ -287,24 +297,49 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         })
 }
 
-/// Accepts `trace`..`error`, or tracing directives like `info,proxycache=debug`.
-fn check_log_level(text: &str) -> Result<(), String> {
-    for directive in text.split(',') {
-        let level = directive
-            .rsplit_once('=')
-            .map_or(directive, |(_, level)| level)
-            .trim();
-        if !LOG_LEVELS
-            .iter()
-            .any(|known| known.eq_ignore_ascii_case(level))
-        {
-            return Err(format!(
-                "unknown log level {level:?}, expected one of {} (or target=level directives)",
-                LOG_LEVELS.join(", ")
-            ));
+/// Accepts what `tracing_subscriber`'s `EnvFilter` accepts (`EnvFilter::new` would
+/// silently drop what it cannot parse): a level (`trace`..`error`, `off`), or
+/// directives like `info,proxycache=off` or `proxycache` (a target at every level).
+/// A lone word that is no level is taken as a target only when it is one of the
+/// proxy's own roots or a path (`hyper::proto`): any other (`loud`, `warning`) is
+/// far more likely a misspelt level, and as a target it would silence every line.
+/// Returns the directives with the spaces around each taken out (`EnvFilter` would
+/// take `info, proxycache=debug` for a target named " proxycache").
+fn check_log_level(text: &str) -> Result<String, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    let unknown = |level: &str| {
+        format!(
+            "unknown log level {level:?}, expected one of {}, off (or target=level directives)",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    for directive in text.split(',').map(str::trim) {
+        match directive.rsplit_once('=') {
+            Some((_, level)) => {
+                level
+                    .trim()
+                    .parse::<LevelFilter>()
+                    .map_err(|_| unknown(level.trim()))?;
+            }
+            None if directive.is_empty() || directive.parse::<LevelFilter>().is_ok() => {}
+            None => {
+                let own = |root: &str| {
+                    directive == root
+                        || directive
+                            .strip_prefix(root)
+                            .is_some_and(|rest| rest.starts_with("::"))
+                };
+                if !own("proxycache") && !own("admin_audit") && !directive.contains("::") {
+                    return Err(unknown(directive));
+                }
+            }
         }
     }
-    Ok(())
+    let directives = text.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&directives)
+        .map(|_| directives)
+        .map_err(|e| format!("invalid log directives {text:?}: {e}"))
 }
 
 /// `builtin:echo`, an `IP:port`, or a `host:port` resolved now (first address wins).

@@ -1,6 +1,7 @@
 //! What only a restart changes: compares a config's restart-only keys with what the
 //! process actually runs — the config it started with, whose workers, log setup,
-//! cache, Redis client and admin, TLS and `[[tcp]]` sockets stay until it exits.
+//! cache, Redis client, file watcher (on or off) and admin, TLS and `[[tcp]]` sockets
+//! stay until it exits.
 //!
 //! Not with the previous generation: a pending change is then listed by every reload
 //! until the config puts the key back (which ends the warning) or the process
@@ -46,6 +47,14 @@ pub fn pending(running: &Config, configured: &Config) -> Vec<String> {
             "log.format: {} -> {}",
             name(r.log.format),
             name(c.log.format)
+        ));
+    }
+    // The watcher is installed (or not) at start-up: turning it on later would need
+    // watches the process never made, and turning it off would leave them running.
+    if r.scripts.watch != c.scripts.watch {
+        out.push(format!(
+            "scripts.watch: {} -> {}",
+            r.scripts.watch, c.scripts.watch
         ));
     }
     if r.redis != c.redis {
@@ -105,7 +114,7 @@ mod tests {
         let running = config("[admin]\nlisten = \"127.0.0.1:9901\"\n[log]\nlevel = \"info\"\n");
         let next = config(
             "[admin]\nlisten = \"\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\
-             [cache]\nmax_size = \"8MiB\"\n",
+             [scripts]\nwatch = false\n[cache]\nmax_size = \"8MiB\"\n",
         );
         assert_eq!(
             pending(&running, &next),
@@ -113,6 +122,7 @@ mod tests {
                 "admin.listen: 127.0.0.1:9901 -> off",
                 "log.level: \"info\" -> \"debug\"",
                 "log.format: text -> json",
+                "scripts.watch: true -> false",
                 "cache (the cache keeps its size and entries until a restart)",
             ]
         );

@@ -120,7 +120,8 @@ impl Checker<'_> {
             return None;
         };
         let found = names.iter().position(|known| *known == name.get_ref());
-        if found.is_none() {
+        let malformed = format!("upstreams.{}", key_segment(name.get_ref()));
+        if found.is_none() && !self.was_pruned(&malformed) {
             let known = if names.is_empty() {
                 "none are defined".to_owned()
             } else {

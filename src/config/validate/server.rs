@@ -71,8 +71,10 @@ impl Checker<'_> {
         listen: Option<&Spanned<Vec<file::Text>>>,
     ) -> Vec<SocketAddr> {
         let Some(listen) = listen else {
-            self.listeners
-                .push((DEFAULT_LISTEN, "server.listen".to_owned()));
+            if !self.was_pruned("server.listen") {
+                self.listeners
+                    .push((DEFAULT_LISTEN, "server.listen".to_owned()));
+            }
             return vec![DEFAULT_LISTEN];
         };
         let mut addrs = Vec::new();
@@ -233,7 +235,7 @@ impl Checker<'_> {
     pub(super) fn log(&mut self, file: &file::LogFile) -> LogConfig {
         let level = match &file.level {
             Some(text) => match check_log_level(text.get_ref()) {
-                Ok(()) => text.get_ref().clone(),
+                Ok(directives) => directives,
                 Err(message) => {
                     self.error("log.level", text.span(), message);
                     DEFAULT_LOG_LEVEL.to_owned()

@@ -38,7 +38,8 @@ impl Checker<'_> {
             .as_ref()
             .map(|s| s.get_ref().clone())
             .filter(|s| !s.is_empty());
-        if !tls {
+        // A malformed `tls` was reported already: whether the set meant TLS is unknown.
+        if !tls && !self.was_pruned(&format!("{key}.tls")) {
             self.needs_tls(
                 &key,
                 "tls_ca",
@@ -59,12 +60,13 @@ impl Checker<'_> {
             servers: self.servers(&key, file),
             balance: balance.unwrap_or(DEFAULT_BALANCE),
             hash_key: hash_key.unwrap_or(HashKey::ClientIp),
-            connect_timeout: self.duration(
+            // Zero would fail every request at once (504, counted against the breaker).
+            connect_timeout: self.nonzero_duration(
                 &format!("{key}.connect_timeout"),
                 &up.connect_timeout,
                 DEFAULT_CONNECT_TIMEOUT,
             ),
-            response_timeout: self.duration(
+            response_timeout: self.nonzero_duration(
                 &format!("{key}.response_timeout"),
                 &up.response_timeout,
                 DEFAULT_RESPONSE_TIMEOUT,

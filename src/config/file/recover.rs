@@ -1,0 +1,162 @@
+//! Making sense of what the TOML parser reports about a broken file: where a key
+//! given twice belongs, and which of its recovery's errors are follow-ons of one
+//! array or inline table left open. Must not touch: the file structs.
+
+use super::*;
+
+/// The path of the last key written before `offset` whose dotted name ends with
+/// `token` (`workers`, `a.b`): for a duplicate key, its first occurrence.
+pub(super) fn first_occurrence(root: &DeTable, token: &str, offset: usize) -> Option<Vec<Segment>> {
+    if token.is_empty() {
+        return None;
+    }
+    let tail: Vec<Segment> = token
+        .split('.')
+        .map(|k| Segment::Key(k.to_owned()))
+        .collect();
+    let mut best: Option<(usize, Vec<Segment>)> = None;
+    let mut path = Vec::new();
+    visit_keys(root, &mut path, &mut |path, start| {
+        let better = best.as_ref().is_none_or(|(at, _)| start > *at);
+        if start < offset && path.ends_with(&tail) && better {
+            best = Some((start, path.to_vec()));
+        }
+    });
+    best.map(|(_, path)| path)
+}
+
+/// Calls `found` with the path and key position of every key under `table`.
+fn visit_keys(table: &DeTable, path: &mut Vec<Segment>, found: &mut dyn FnMut(&[Segment], usize)) {
+    for (key, value) in table.iter() {
+        path.push(Segment::Key(key.get_ref().to_string()));
+        found(path, key.span().start);
+        visit_value(value.get_ref(), path, found);
+        path.pop();
+    }
+}
+
+fn visit_value(value: &DeValue, path: &mut Vec<Segment>, found: &mut dyn FnMut(&[Segment], usize)) {
+    match value {
+        DeValue::Table(table) => visit_keys(table, path, found),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                path.push(Segment::Index(index));
+                visit_value(item.get_ref(), path, found);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An array or inline table left open runs on over the lines after it, and the
+/// parser's recovery reads them as its items: every later key is "string values must
+/// be quoted", every line end "missing comma", and the one error that says what is
+/// wrong ("unclosed array", at the end of the run) is not on the line with the
+/// mistake. Each such run becomes one error at its opening bracket; the errors inside
+/// it are dropped (errors before and after it stay).
+pub(super) fn unclosed(text: &str, root: &DeTable, mut errors: Vec<ShapeError>) -> Vec<ShapeError> {
+    let runs: Vec<(Range<usize>, ShapeError)> = errors
+        .iter()
+        .filter(|e| {
+            e.message.starts_with("unclosed array")
+                || e.message.starts_with("unclosed inline table")
+        })
+        .filter_map(|e| {
+            let end = e.span.as_ref()?.start;
+            let (path, span) = opened_run(text, root, end)?;
+            let (what, close) = match text.get(span.start..)?.starts_with('[') {
+                true => ("array", ']'),
+                false => ("inline table", '}'),
+            };
+            // Said where the bracket is: the parser says it where the run ends.
+            let inside = errors.iter().filter(|e| in_run(e, &span)).count();
+            let mut message = format!("unclosed {what}, expected `{close}`");
+            if inside > 1 {
+                message.push_str(" (the lines after it were read as its items)");
+            }
+            let error = ShapeError {
+                key: render_path(&path),
+                span: Some(span.start..span.start + 1),
+                message,
+            };
+            Some((span, error))
+        })
+        .collect();
+    if runs.is_empty() {
+        return errors;
+    }
+    errors.retain(|e| !runs.iter().any(|(run, _)| in_run(e, run)));
+    errors.extend(runs.into_iter().map(|(_, error)| error));
+    errors.sort_by_key(|e| e.span.as_ref().map_or(usize::MAX, |span| span.start));
+    errors
+}
+
+/// Whether `error` is at a place inside `run` (its brackets included).
+fn in_run(error: &ShapeError, run: &Range<usize>) -> bool {
+    error
+        .span
+        .as_ref()
+        .is_some_and(|span| run.start <= span.start && span.start <= run.end)
+}
+
+/// The outermost array or inline table whose recovered value ends at `end`, with its
+/// path and span.
+fn opened_run(text: &str, table: &DeTable, end: usize) -> Option<(Vec<Segment>, Range<usize>)> {
+    let mut path = Vec::new();
+    let mut found = None;
+    find_run_in_table(text, table, end, &mut path, &mut found);
+    found
+}
+
+fn find_run_in_table(
+    text: &str,
+    table: &DeTable,
+    end: usize,
+    path: &mut Vec<Segment>,
+    found: &mut Option<(Vec<Segment>, Range<usize>)>,
+) {
+    for (key, value) in table.iter() {
+        path.push(Segment::Key(key.get_ref().to_string()));
+        find_run_in_value(text, value, end, path, found);
+        path.pop();
+    }
+}
+
+fn find_run_in_value(
+    text: &str,
+    value: &Spanned<DeValue>,
+    end: usize,
+    path: &mut Vec<Segment>,
+    found: &mut Option<(Vec<Segment>, Range<usize>)>,
+) {
+    if found.is_some() {
+        return;
+    }
+    let span = value.span();
+    // Not a `[header]` table, whose span starts with a bracket too.
+    let opens = match value.get_ref() {
+        DeValue::Array(_) => '[',
+        DeValue::Table(_) => '{',
+        _ => '\0',
+    };
+    if span.end == end
+        && text
+            .get(span.start..)
+            .is_some_and(|rest| rest.starts_with(opens))
+    {
+        *found = Some((path.clone(), span));
+        return;
+    }
+    match value.get_ref() {
+        DeValue::Table(table) => find_run_in_table(text, table, end, path, found),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                path.push(Segment::Index(index));
+                find_run_in_value(text, item, end, path, found);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
