@@ -286,7 +286,28 @@ async fn proxy(
             upstream_name,
             lua,
         ));
-        let flow = phases::request_phase(generation, &mut parts, &mut body, state).await?;
+        let flow = match phases::request_phase(generation, &mut parts, &mut body, state).await {
+            Ok(flow) => flow,
+            Err(e) => {
+                // A module's forward that got no response: the request's upstream (in
+                // the access log, the metrics and the log phase) is the set it tried.
+                if let Some(target) = e.upstream().and_then(|name| {
+                    generation
+                        .upstreams
+                        .sets
+                        .iter()
+                        .position(|s| s.name() == name)
+                }) {
+                    let name = generation.upstreams.sets[target].shared_name();
+                    done.meter.upstream = Some(index32(target));
+                    if let Some(entry) = done.access.as_mut() {
+                        entry.upstream = Some(Arc::clone(name));
+                    }
+                    state.upstream = Some(Arc::clone(name));
+                }
+                return Err(e);
+            }
+        };
         match flow {
             Flow::Continue => {}
             Flow::Respond(local) => {

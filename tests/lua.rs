@@ -247,8 +247,18 @@ function on_request(req, ctx)
   elseif req.path == "/again" then
     local ok, err = pcall(std.proxy.forward, "dead")
     error(err, 0)
+  elseif req.path == "/fallback" then
+    -- A forward that names no upstream goes to the route's, whatever failed before.
+    local ok, err = pcall(std.proxy.forward, "dead")
+    return std.proxy.forward()
+  elseif req.path == "/seen" then
+    return std.respond(200, tostring(std.shared.get("seen")))
   end
   return std.proxy.forward("dead")
+end
+
+function on_log(req, resp, ctx)
+  if req.path == "/" then std.shared.set("seen", resp.status .. " from " .. tostring(req.upstream)) end
 end
 "#;
     let rest = format!(
@@ -270,6 +280,15 @@ end
     }
     let r = get(run.addr, "/own").await;
     assert_eq!(r.status, 500, "the script's own error: {}", r.text());
+    let r = get(run.addr, "/seen").await;
+    assert_eq!(
+        r.text(),
+        "502 from dead",
+        "the log phase sees the set that failed"
+    );
+    let r = get(run.addr, "/fallback").await;
+    assert_eq!(r.status, 200, "the route's upstream: {}", r.text());
+    assert_eq!(r.json()["upstream"], "builtin:echo");
 }
 
 /// After a forward that failed, `req.upstream` names the set it tried (a log hook

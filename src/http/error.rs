@@ -152,6 +152,21 @@ impl ProxyError {
         matches!(self, ProxyError::Module { logged: true, .. })
     }
 
+    /// The upstream set the failed exchange was with, if it was with one.
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            ProxyError::NoServer(crate::upstream::NoServer { upstream, .. })
+            | ProxyError::Connect { upstream, .. }
+            | ProxyError::ConnectTimeout { upstream, .. }
+            | ProxyError::Tls { upstream, .. }
+            | ProxyError::Upstream { upstream, .. }
+            | ProxyError::ResponseTimeout { upstream, .. }
+            | ProxyError::SendTimeout { upstream, .. }
+            | ProxyError::UpgradeUnsupported { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+
     /// The server the failed exchange was with, if it was with one.
     pub fn server(&self) -> Option<SocketAddr> {
         match self {

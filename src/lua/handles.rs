@@ -49,7 +49,12 @@ pub struct Turn {
     pub info: RequestInfo,
     pub ctx: Ctx,
     pub response_headers: crate::pipeline::ResponseHeaders,
+    /// `req.upstream`: the set the request is routed to, then the one a
+    /// `std.proxy.forward` used (or tried).
     pub upstream: Option<Arc<str>>,
+    /// The set the request came to the hook routed to: a `std.proxy.forward` that
+    /// names none goes there, whatever an earlier forward in the hook used.
+    pub route: Option<Arc<str>>,
     /// The last response the hook made, by `std.respond` or `std.proxy.forward` (it
     /// answers even if the hook does not return it).
     pub answer: Option<AnyUserData>,
@@ -109,6 +114,7 @@ impl Turn {
             ctx: std::mem::take(ex.ctx),
             response_headers: std::mem::take(ex.response_headers),
             upstream: ex.upstream.cloned(),
+            route: ex.upstream.cloned(),
             answer: None,
             forwarded: Vec::new(),
             body_forwarded: false,

@@ -287,7 +287,7 @@ async fn forward(
     let call = Arc::clone(&turn.call);
     let generation = &call.generation;
     let name = upstream
-        .or_else(|| turn.upstream.as_deref().map(str::to_owned))
+        .or_else(|| turn.route.as_deref().map(str::to_owned))
         .ok_or("std.proxy.forward: the route names no upstream; pass one")?;
     let index = generation
         .upstreams
@@ -295,10 +295,7 @@ async fn forward(
         .iter()
         .position(|s| s.name() == name)
         .ok_or_else(|| format!("std.proxy.forward: no upstream named {name:?}"))?;
-    // `req.upstream` names the set tried, also when the forward fails (a log hook
-    // reporting the failure names the set that failed, not the route's).
     let name: Arc<str> = Arc::from(name.as_str());
-    turn.upstream = Some(Arc::clone(&name));
     let mut parts = Request::new(()).into_parts().0;
     parts.method = turn.method.clone();
     parts.uri = turn.uri.clone();
@@ -321,6 +318,9 @@ async fn forward(
         }
     };
     let host = turn.headers.get(header::HOST).cloned();
+    // `req.upstream` names the set tried, also when the forward fails (a hook
+    // reporting the failure names the set that failed, not the route's).
+    turn.upstream = Some(Arc::clone(&name));
     let sent = crate::proxy::send_upstream(
         crate::proxy::Outbound {
             generation,
