@@ -2052,8 +2052,11 @@ end
     // Priority 5: its response phase runs after the cache module's (in reverse).
     let rewrite_lua = r#"
 function on_response(req, resp, ctx)
-  if req.path == "/later-module" then
+  -- (A hit is the stored response: left alone.)
+  if req.path == "/later-module" and resp:header("x-cache") ~= "HIT" then
     resp:set_body("from a later module")
+    -- The body's description goes into the entry with it.
+    resp:set_header("content-type", "text/html")
   end
 end
 "#;
@@ -2094,6 +2097,11 @@ end
             second.header("content-length"),
             Some(body.len().to_string()),
             "{path}"
+        );
+        assert_eq!(
+            second.header("content-type"),
+            first.header("content-type"),
+            "{path}: the type of the body the client got"
         );
     }
 }

@@ -505,9 +505,10 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
 /// Tees the body the client gets into the entry `store` accepted, if there is one:
 /// when the response phase ends, or before a module wraps the body for the client
 /// alone (`std.compress.apply`: the entry keeps the plain body, and any client gets
-/// it compressed as it asks). The entry's framing headers follow the body's (a
-/// module may have set a new one); a response whose status changed since `store` is
-/// not stored (the entry would be another response's).
+/// it compressed as it asks). The entry's framing and representation headers
+/// (`content-type`, `etag`...) follow the body's (a module may have set a new one); a
+/// response whose status changed since `store` is not stored (the entry would be
+/// another response's).
 pub fn tee_pending(
     req: Option<&mut CacheReq>,
     status: StatusCode,
@@ -522,11 +523,23 @@ pub fn tee_pending(
         tracing::debug!(target: "proxycache::stdlib", key = %req.key, "not stored: the status changed after std.cache.store");
         return;
     }
-    for name in [header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
-        match headers.get(&name) {
-            Some(v) => pending.headers.insert(name, v.clone()),
-            None => pending.headers.remove(name),
-        };
+    // The fields that describe the body go with the body the client gets (a module
+    // after `store` may have replaced it, and said what it is now); the others stay
+    // as `store` saw them (a later module's `add`s would repeat on every hit).
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_LOCATION,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ] {
+        pending.headers.remove(&name);
+        for v in headers.get_all(&name) {
+            pending.headers.append(name.clone(), v.clone());
+        }
     }
     let limit = pending.cache.settings.max_entry_size;
     pending.expect_len = crate::http::framing::content_length(headers);
