@@ -6,7 +6,7 @@
 //! per token): two calls with one key and different limits count apart, as two
 //! nginx `limit_req` zones do. The name is kept as one 64-bit keyed hash (SipHash
 //! under keys this process chose at random; keys come from requests), never as text:
-//! a bucket is 16 bytes whatever its key's length, so the cap on keys bounds memory.
+//! a bucket is 24 bytes whatever its key's length, so the cap on keys bounds memory.
 //! The hash picks the shard and the slot and tells names apart: two names share a
 //! bucket only if their hashes collide, which nobody can aim for without the keys
 //! and which by chance is about one in 10^10 among 100,000 keys. Nothing is
@@ -54,11 +54,12 @@ const SHARDS: usize = 64;
 /// Default cap on keys held at once, across shards.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// One bucket: the hash of its name, and its theoretical arrival time (ns since the
-/// limiter's epoch).
+/// One bucket: the hash of its name, its theoretical arrival time (ns since the
+/// limiter's epoch), and the ns one token stands for (what eviction ranks by).
 struct Bucket {
     hash: u64,
     tat: u64,
+    interval: u64,
 }
 
 /// One shard of buckets.
@@ -146,7 +147,11 @@ impl RateLimiter {
                 if map.len() >= self.max_per_shard {
                     evict(&mut map, now, self.max_per_shard);
                 }
-                let bucket = Bucket { hash, tat: new_tat };
+                let bucket = Bucket {
+                    hash,
+                    tat: new_tat,
+                    interval,
+                };
                 map.insert_unique(hash, bucket, |b| b.hash);
             }
         }
@@ -164,23 +169,31 @@ impl RateLimiter {
 }
 
 /// Makes room in a full shard: first drop buckets that have refilled completely
-/// (forgetting them changes nothing), then, if a flood keeps it full, those closest
-/// to full (the earliest `tat`). Forgetting a bucket hands its key a fresh burst, so
-/// the clients being limited hardest are forgotten last: a flood of new keys (each
-/// one token down) cannot free them.
+/// (forgetting them changes nothing), then, if a flood keeps it full, those that lack
+/// the fewest tokens. Forgetting a bucket hands its key a fresh burst, so the clients
+/// held back hardest (whatever their limit) are forgotten last: a flood of new keys
+/// (each one token down) cannot free them.
 fn evict(map: &mut HashTable<Bucket>, now: u64, cap: usize) {
     map.retain(|b| b.tat > now);
     if map.len() >= cap {
+        // The tokens a bucket lacks (rounded up), then how long it takes to be full
+        // again: a client whose one token is an hour away outranks a flood key whose
+        // one token (of a hundred) is a minute away.
+        let lacking = |b: &Bucket| {
+            let wait = b.tat - now;
+            (wait.div_ceil(b.interval.max(1)), wait)
+        };
         let victims = (map.len() + 1 - cap).max(cap / 8).min(map.len());
-        let mut tats: Vec<u64> = map.iter().map(|b| b.tat).collect();
-        let (_, &mut cut, _) = tats.select_nth_unstable(victims - 1);
-        // Everything before `cut`, then buckets at `cut` until enough are gone.
-        let mut at_cut = victims - tats[..victims].iter().filter(|&&t| t < cut).count();
+        let mut ranks: Vec<(u64, u64)> = map.iter().map(lacking).collect();
+        let (_, &mut cut, _) = ranks.select_nth_unstable(victims - 1);
+        // Everything below `cut`, then buckets at `cut` until enough are gone.
+        let mut at_cut = victims - ranks[..victims].iter().filter(|&&r| r < cut).count();
         map.retain(|b| {
-            if b.tat < cut {
+            let rank = lacking(b);
+            if rank < cut {
                 return false;
             }
-            if b.tat == cut && at_cut > 0 {
+            if rank == cut && at_cut > 0 {
                 at_cut -= 1;
                 return false;
             }
@@ -351,7 +364,7 @@ mod tests {
     /// keys' length (each bucket held a copy of its key, 60 KB keys filled gigabytes).
     #[test]
     fn a_bucket_is_the_same_size_for_any_key() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 16);
+        assert_eq!(std::mem::size_of::<Bucket>(), 24);
     }
 
     #[test]
@@ -378,6 +391,26 @@ mod tests {
         assert!(rl.len() <= SHARDS * 8, "held {}", rl.len());
         assert!(
             !rl.check("m", "victim", 1.0, 1, hour).allowed,
+            "the limited client is still limited"
+        );
+    }
+
+    /// Buckets of different limits share the table: a flood under a slow limit (each
+    /// new key one token down, an hour away from full) does not free a client held
+    /// back under a faster one (a minute away, but ten tokens short).
+    #[test]
+    fn a_flood_under_a_slower_limit_does_not_free_a_limited_client() {
+        let rl = RateLimiter::new(SHARDS * 8);
+        let (minute, hour) = (Duration::from_secs(60), Duration::from_secs(3600));
+        for _ in 0..10 {
+            assert!(rl.check("m", "victim", 10.0, 10, minute).allowed);
+        }
+        assert!(!rl.check("m", "victim", 10.0, 10, minute).allowed);
+        for i in 0..20_000 {
+            rl.check("m", &format!("flood-{i}"), 1.0, 1, hour);
+        }
+        assert!(
+            !rl.check("m", "victim", 10.0, 10, minute).allowed,
             "the limited client is still limited"
         );
     }

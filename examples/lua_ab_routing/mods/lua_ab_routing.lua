@@ -46,6 +46,8 @@ end
 function on_log(req, resp, ctx)
   -- The log phase is read-only; it may still read everything.
   if resp.status >= 500 then
-    log.warn("group", ctx.ab_group, "got", resp.status, "from", req.upstream, ctx.ab_error)
+    -- (`req.upstream` here is the set whose response the client got: after a failed
+    -- forward this hook answered itself, the route's, so the group's set is named.)
+    log.warn("group", ctx.ab_group, "got", resp.status, "from", UPSTREAM[ctx.ab_group], ctx.ab_error)
   end
 end
