@@ -432,13 +432,21 @@ fn readable(message: &str) -> String {
 /// a duration (a key of another type says it expected that type instead).
 fn out_of_range(text: &str) -> Option<&str> {
     const TAKE_INTEGERS: &[&str] = &["an integer", "a size like", "a duration like"];
-    let rest = text.split_once("invalid type: integer `")?.1;
+    // Past u64 serde says "invalid type: integer `N` as i128, expected ..."; between
+    // i64::MAX and u64::MAX, "invalid type: integer `N`, expected ..." (or "invalid
+    // value" for a key that takes integers).
+    let rest = text
+        .split_once("invalid type: integer `")
+        .or_else(|| text.split_once("invalid value: integer `"))?
+        .1;
     let (number, rest) = rest.split_once('`')?;
-    let expected = rest.strip_prefix(" as i128, expected ")?;
-    TAKE_INTEGERS
-        .iter()
-        .any(|what| expected.starts_with(what))
-        .then_some(number)
+    let expected = rest
+        .strip_prefix(" as i128, expected ")
+        .or_else(|| rest.strip_prefix(", expected "))?;
+    let past_i64 = number
+        .parse::<i128>()
+        .map_or(true, |n| n > i128::from(i64::MAX));
+    (past_i64 && TAKE_INTEGERS.iter().any(|what| expected.starts_with(what))).then_some(number)
 }
 
 /// The byte range of the value at a dotted path of bare keys and indices

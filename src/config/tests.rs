@@ -1173,27 +1173,34 @@ fn a_malformed_key_causes_no_follow_on_errors() {
 
 #[test]
 fn an_integer_past_i64_in_a_size_or_duration_says_how_far_integers_go() {
-    // Serde's "invalid type: integer `...` as i128, expected a size like ..." before.
-    let huge = "99999999999999999999";
-    for (text, key) in [
-        (
-            format!("[server.limits]\nmax_header_bytes = {huge}\n"),
-            "server.limits.max_header_bytes",
-        ),
-        (
-            format!("[server.timeouts]\nidle = {huge}\n"),
-            "server.timeouts.idle",
-        ),
-        (format!("[server]\nworkers = {huge}\n"), "server.workers"),
+    // Serde's "invalid type: integer `...` as i128, expected a size like ..." before;
+    // between i64::MAX and u64::MAX, its wording without "as i128".
+    for huge in [
+        "99999999999999999999",
+        "9223372036854775808",
+        "18446744073709551615",
     ] {
-        assert_error(
-            &text,
-            key,
-            2,
-            &format!("{huge} is too large (integers go to 9223372036854775807)"),
-        );
+        for (text, key) in [
+            (
+                format!("[server.limits]\nmax_header_bytes = {huge}\n"),
+                "server.limits.max_header_bytes",
+            ),
+            (
+                format!("[server.timeouts]\nidle = {huge}\n"),
+                "server.timeouts.idle",
+            ),
+            (format!("[server]\nworkers = {huge}\n"), "server.workers"),
+        ] {
+            assert_error(
+                &text,
+                key,
+                2,
+                &format!("{huge} is too large (integers go to 9223372036854775807)"),
+            );
+        }
     }
     // A key of another type still says which type it takes.
+    let huge = "99999999999999999999";
     assert_error(
         &format!("[server]\nmerge_slashes = {huge}\n"),
         "server.merge_slashes",
