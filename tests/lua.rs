@@ -1339,6 +1339,11 @@ function on_request(req, ctx)
     out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
     ok, e = pcall(std.proxy.forward, { timeout = 1e300 })
     out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    -- Zero: every call would fail, or race the answer.
+    ok, e = pcall(std.proxy.forward, { timeout = "0s" })
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
+    ok, e = pcall(std.http.request, { url = url(), timeout = 0 })
+    out[#out + 1] = tostring(ok) .. ":" .. tostring(e)
     return std.respond(200, table.concat(out, "\n"))
   end
   if p == "/capped" then
@@ -1362,7 +1367,7 @@ end
     let r = get(run.addr, "/refused").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
     for line in &lines {
         assert!(line.starts_with("false:"), "refused: {line}");
         assert!(
@@ -1373,6 +1378,9 @@ end
     }
     assert!(lines[0].contains("from 0 to 1.8e19"), "{}", lines[0]);
     assert!(lines[1].contains(">= 0"), "{}", lines[1]);
+    for line in &lines[6..] {
+        assert!(line.contains("must be longer than zero"), "{line}");
+    }
 
     let r = try_send(run.addr, empty(req("GET", "/capped")))
         .await
@@ -2291,7 +2299,7 @@ end
     let r = get(run.addr, "/text").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let lines: Vec<String> = r.text().lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
     assert_eq!(lines[0], "shared-key=true:v", "the key is the text k\\xff");
     assert_eq!(lines[1], r"respond-header=true:\xff");
     assert!(

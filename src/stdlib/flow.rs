@@ -27,6 +27,29 @@ const fn arg(name: &'static str, ty: ArgType, default: ArgDefault, doc: &'static
     }
 }
 
+/// A timeout of zero fails every call (or races the answer): refused, as the config
+/// refuses an upstream's `response_timeout = 0`.
+fn longer_than_zero(v: &super::Value) -> Result<(), String> {
+    match v {
+        super::Value::Duration(d) if d.is_zero() => {
+            Err(format!("must be longer than zero, not {v}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A `timeout` argument: a duration, longer than zero.
+const fn timeout_arg(default: ArgDefault, doc: &'static str) -> ArgSig {
+    ArgSig {
+        name: "timeout",
+        ty: ArgType::Duration,
+        default,
+        literal: false,
+        check: Some(longer_than_zero),
+        doc,
+    }
+}
+
 /// The signature entries of this area.
 pub static SIGS: &[FnSig] = &[
     FnSig {
@@ -46,7 +69,7 @@ pub static SIGS: &[FnSig] = &[
         id: StdFn::ProxyForward,
         args: &[
             arg("upstream", ArgType::Str, ArgDefault::Nil, "the upstream to send to; the route's when absent"),
-            arg("timeout", ArgType::Duration, ArgDefault::Nil, "response timeout; the upstream's when absent"),
+            timeout_arg(ArgDefault::Nil, "response timeout; the upstream's when absent"),
             arg("retries", ArgType::Int, ArgDefault::Nil, "connect retries on other servers, 0..=10 (default 1)"),
         ],
         returns: Returns::Value(ArgType::Response),
@@ -61,7 +84,7 @@ pub static SIGS: &[FnSig] = &[
             arg("method", ArgType::Str, ArgDefault::Str("GET"), "the method"),
             arg("headers", ArgType::Map, ArgDefault::Nil, "request headers"),
             arg("body", ArgType::Str, ArgDefault::Nil, "the request body"),
-            arg("timeout", ArgType::Duration, ArgDefault::DurationMs(5000), "for the whole call, connect to last byte"),
+            timeout_arg(ArgDefault::DurationMs(5000), "for the whole call, connect to last byte"),
         ],
         returns: Returns::Record(&HTTP_RESULT),
         phases: ALL_PHASES,
