@@ -1283,3 +1283,19 @@ fn an_unclosed_array_is_one_error_at_its_bracket() {
     assert_eq!(errors[0].line, 2, "{errors:#?}");
     assert!(errors[0].message.contains("unclosed"), "{errors:#?}");
 }
+
+#[test]
+fn an_unclosed_inline_table_is_one_error_at_its_brace() {
+    // The parser says nothing of the brace: it read the lines after it as the table's
+    // items (`upstreams.upstream: missing comma between key-value pairs`...).
+    // (One inside an array, `servers = [{ addr = ...`, still gives the parser's two
+    // errors on the lines after it.)
+    let text = "[upstreams]\napp = { servers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"app\"\n[log]\nlevel = \"info\"\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].line, 2, "{errors:#?}");
+    assert!(
+        errors[0].message.contains("unclosed inline table"),
+        "{errors:#?}"
+    );
+}

@@ -83,6 +83,35 @@ pub(super) fn unclosed(text: &str, root: &DeTable, mut errors: Vec<ShapeError>) 
             Some((span, error))
         })
         .collect();
+    // An inline table left open says nothing about it: the parser reads the lines
+    // after it as keys of the table around it ("missing key for inline table
+    // element", "missing comma between key-value pairs"). One whose text does not end
+    // with its brace was not closed: it and that cascade after it are one error.
+    let mut runs = runs;
+    let cascade = |e: &ShapeError| {
+        e.message
+            .starts_with("missing key for inline table element")
+            || e.message
+                .starts_with("missing comma between key-value pairs")
+            || e.message.starts_with("unclosed inline table")
+    };
+    let mut open = Vec::new();
+    unclosed_inline_tables(text, root, &mut Vec::new(), &mut open);
+    for (path, span) in open {
+        let end = errors
+            .iter()
+            .filter(|e| cascade(e))
+            .filter_map(|e| e.span.as_ref().map(|s| s.start))
+            .filter(|&at| at >= span.start)
+            .max();
+        let Some(end) = end else { continue };
+        let error = ShapeError {
+            key: render_path(&path),
+            span: Some(span.start..span.start + 1),
+            message: "unclosed inline table, expected `}` (an inline table is one line; the lines after it were read as its items)".to_owned(),
+        };
+        runs.push((span.start..end, error));
+    }
     if runs.is_empty() {
         return errors;
     }
@@ -154,6 +183,48 @@ fn find_run_in_value(
             for (index, item) in items.iter().enumerate() {
                 path.push(Segment::Index(index));
                 find_run_in_value(text, item, end, path, found);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every inline table (`{`) whose text does not end with its closing brace, with
+/// its path and span.
+fn unclosed_inline_tables(
+    text: &str,
+    table: &DeTable,
+    path: &mut Vec<Segment>,
+    out: &mut Vec<(Vec<Segment>, Range<usize>)>,
+) {
+    for (key, value) in table.iter() {
+        path.push(Segment::Key(key.get_ref().to_string()));
+        unclosed_in_value(text, value, path, out);
+        path.pop();
+    }
+}
+
+fn unclosed_in_value(
+    text: &str,
+    value: &Spanned<DeValue>,
+    path: &mut Vec<Segment>,
+    out: &mut Vec<(Vec<Segment>, Range<usize>)>,
+) {
+    let span = value.span();
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            let body = text.get(span.clone()).unwrap_or("");
+            if body.starts_with('{') && !body.trim_end().ends_with('}') {
+                out.push((path.clone(), span));
+                return;
+            }
+            unclosed_inline_tables(text, table, path, out);
+        }
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                path.push(Segment::Index(index));
+                unclosed_in_value(text, item, path, out);
                 path.pop();
             }
         }
