@@ -338,10 +338,12 @@ async fn large_request_bodies_stream_through_intact_and_the_connection_goes_on()
     assert!(upload.body == body, "the body arrived byte for byte");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_abandons_its_upstream_exchange() {
-    // An upstream that reads one request, never answers, and reports whether the
-    // proxy then closed the connection on it.
+/// An upstream that reads one request head, sends `answer` (a head and the start of a
+/// body, or nothing), then stalls, and reports whether the proxy closed the
+/// connection on it within 5 s.
+async fn stalling_upstream(
+    answer: &'static [u8],
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<bool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -359,65 +361,56 @@ async fn a_client_that_leaves_abandons_its_upstream_exchange() {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        if s.write_all(answer).await.is_err() {
+            return;
+        }
         let closed = matches!(
             tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await,
             Ok(Ok(0)) | Ok(Err(_))
         );
         let _ = tx.send(closed);
     });
-    let px = proxy(&format!(
+    (addr, rx)
+}
+
+/// A proxy in front of `addr` with a response timeout far longer than the tests.
+fn patient_proxy(addr: std::net::SocketAddr) -> Proxy {
+    proxy(&format!(
         "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"30s\"\n\n[[routes]]\nupstream = \"app\"\n"
-    ));
+    ))
+}
+
+async fn reported(rx: tokio::sync::oneshot::Receiver<bool>) -> bool {
+    tokio::time::timeout(Duration::from_secs(8), rx)
+        .await
+        .expect("the upstream reports")
+        .expect("report")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_abandons_its_upstream_exchange() {
+    // The upstream never answers.
+    let (addr, rx) = stalling_upstream(b"").await;
+    let px = patient_proxy(addr);
     let mut s = connect(&px).await;
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: test.local\r\n\r\n")
         .await
         .expect("write");
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(s);
-    let closed = tokio::time::timeout(Duration::from_secs(8), rx)
-        .await
-        .expect("the upstream reports")
-        .expect("report");
     assert!(
-        closed,
+        reported(rx).await,
         "the proxy dropped the upstream exchange when its client left"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_during_a_stalled_body_abandons_its_upstream_exchange() {
-    // An upstream that sends a head and the start of a chunked body, then stalls, and
-    // reports whether the proxy then closed the connection on it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
-    tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
-            return;
-        };
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
-        if s.write_all(head).await.is_err() {
-            return;
-        }
-        let closed = matches!(
-            tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        );
-        let _ = tx.send(closed);
-    });
-    let px = proxy(&format!(
-        "[upstreams.app]\nservers = [\"{addr}\"]\nresponse_timeout = \"30s\"\n\n[[routes]]\nupstream = \"app\"\n"
-    ));
+    // A head and the start of a chunked body, then nothing.
+    let (addr, rx) =
+        stalling_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await;
+    let px = patient_proxy(addr);
     let mut s = connect(&px).await;
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: test.local\r\n\r\n")
         .await
@@ -428,12 +421,8 @@ async fn a_client_that_leaves_during_a_stalled_body_abandons_its_upstream_exchan
         "the body's start came through: {got:?}"
     );
     drop(s);
-    let closed = tokio::time::timeout(Duration::from_secs(8), rx)
-        .await
-        .expect("the upstream reports")
-        .expect("report");
     assert!(
-        closed,
+        reported(rx).await,
         "the proxy dropped the upstream exchange when its client left mid-body"
     );
 }
