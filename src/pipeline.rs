@@ -371,7 +371,9 @@ impl Pipeline {
                     .map(|o| o.flow),
                 None => m.on_request(ex),
             };
-            self.meter(i, PhaseKind::Request, start, flow.is_err());
+            // An upstream's failure met by a module's forward is not the module's fault.
+            let fault = flow.as_ref().is_err_and(|e| e.upstream.is_none());
+            self.meter(i, PhaseKind::Request, start, fault);
             match flow {
                 Ok(Flow::Continue) => {
                     // `std.cache.check` found a fresh response: it is the answer.

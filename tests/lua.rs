@@ -262,6 +262,10 @@ function on_request(req, ctx)
   elseif req.path == "/again" then
     local ok, err = pcall(std.proxy.forward, "dead")
     error(err, 0)
+  elseif req.path == "/quote" then
+    -- The script's own error, quoting the forward's: the script's.
+    local ok, err = pcall(std.proxy.forward, "dead")
+    error("my own failure after: " .. tostring(err))
   elseif req.path == "/fallback" then
     -- A forward that names no upstream goes to the route's, whatever failed before.
     local ok, err = pcall(std.proxy.forward, "dead")
@@ -284,8 +288,22 @@ end
         assert!(r.text().starts_with("502 Bad Gateway"), "{}", r.text());
         assert!(r.request_id().is_some());
     }
-    let r = get(run.addr, "/own").await;
-    assert_eq!(r.status, 500, "the script's own error: {}", r.text());
+    // Not the module's fault: its error counter stays at 0 after the 502s.
+    let metrics = send(run.admin, empty(req("GET", "/metrics"))).await.text();
+    let faults: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("proxycache_module_errors_total{"))
+        .collect();
+    assert!(faults.iter().all(|l| l.ends_with(" 0")), "{faults:?}");
+    for path in ["/own", "/quote"] {
+        let r = get(run.addr, path).await;
+        assert_eq!(
+            r.status,
+            500,
+            "{path}: the script's own error: {}",
+            r.text()
+        );
+    }
     let r = get(run.addr, "/seen").await;
     assert_eq!(
         r.text(),

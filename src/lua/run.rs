@@ -83,9 +83,12 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         None => outcome,
     };
     // The hook ended with a failed forward's error (not caught, or raised again as it
-    // was): the upstream's failure, not the script's.
+    // was, with or without a position): the upstream's failure, not the script's. An
+    // error of the script's own that only quotes it stays the script's.
     let outcome = match (outcome, turn.forward_failed.take()) {
-        (Err(HookError::Lua(e)), Some((message, failure))) if error_text(&e).contains(&message) => {
+        (Err(HookError::Lua(e)), Some((message, failure)))
+            if is_error(&vm, index, &e, &message) =>
+        {
             Err(HookError::Forward(e, Box::new(failure)))
         }
         (outcome, _) => outcome,
@@ -366,6 +369,21 @@ fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
         guard: r.guard,
         upstream: r.upstream,
     })))
+}
+
+/// Whether Lua error `e` is `message` itself, with or without the position the
+/// script's `error` put before it.
+fn is_error(vm: &Vm, index: usize, e: &mlua::Error, message: &str) -> bool {
+    let text = error_text(e);
+    if text.lines().next() == Some(message) {
+        return true;
+    }
+    let Some(spec) = vm.specs.get(index) else {
+        return false;
+    };
+    let files = script_files(spec, &vm.libs);
+    let (at, _, rest) = split_location(&text, &files);
+    at.is_some() && rest.lines().next() == Some(message)
 }
 
 fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptError {
