@@ -443,9 +443,9 @@ fn out_of_range(text: &str) -> Option<&str> {
     let expected = rest
         .strip_prefix(" as i128, expected ")
         .or_else(|| rest.strip_prefix(", expected "))?;
-    let past_i64 = number
-        .parse::<i128>()
-        .map_or(true, |n| n > i128::from(i64::MAX));
+    let past_i64 = number.parse::<i128>().map_or(true, |n| {
+        n > i128::from(i64::MAX) || n < i128::from(i64::MIN)
+    });
     (past_i64 && TAKE_INTEGERS.iter().any(|what| expected.starts_with(what))).then_some(number)
 }
 

@@ -1199,6 +1199,15 @@ fn an_integer_past_i64_in_a_size_or_duration_says_how_far_integers_go() {
             );
         }
     }
+    // Below i64::MIN too (the range check above once let them through to serde).
+    for tiny in ["-99999999999999999999", "-9223372036854775809"] {
+        assert_error(
+            &format!("[server]\nworkers = {tiny}\n"),
+            "server.workers",
+            2,
+            &format!("{tiny} is too small (integers go to -9223372036854775808)"),
+        );
+    }
     // A key of another type still says which type it takes.
     let huge = "99999999999999999999";
     assert_error(
@@ -1291,11 +1300,18 @@ fn an_unclosed_inline_table_is_one_error_at_its_brace() {
     // (One inside an array, `servers = [{ addr = ...`, still gives the parser's two
     // errors on the lines after it.)
     let text = "[upstreams]\napp = { servers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"app\"\n[log]\nlevel = \"info\"\n";
-    let errors = errors(text);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_eq!(errors[0].line, 2, "{errors:#?}");
+    let first = errors(text);
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].line, 2, "{first:#?}");
     assert!(
-        errors[0].message.contains("unclosed inline table"),
-        "{errors:#?}"
+        first[0].message.contains("unclosed inline table"),
+        "{first:#?}"
     );
+    // A closed inline table further on, read as part of the open one's run, is not
+    // reported on its own.
+    let text = "[upstreams]\napp = { servers = [\"127.0.0.1:2\"]\n[server]\nworkers = 2\n\
+                [upstreams.c]\nservers = [\"127.0.0.1:3\"]\nopts = { a = 1, b = 2 }\n";
+    let found = errors(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].line, 2, "{found:#?}");
 }

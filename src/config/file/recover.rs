@@ -83,10 +83,11 @@ pub(super) fn unclosed(text: &str, root: &DeTable, mut errors: Vec<ShapeError>) 
             Some((span, error))
         })
         .collect();
-    // An inline table left open says nothing about it: the parser reads the lines
-    // after it as keys of the table around it ("missing key for inline table
-    // element", "missing comma between key-value pairs"). One whose text does not end
-    // with its brace was not closed: it and that cascade after it are one error.
+    // An inline table left open says nothing about it where it opens: the parser reads
+    // the lines after it as keys of the table around it ("missing key for inline
+    // table element", "missing comma between key-value pairs"). One whose text does
+    // not end with its brace was not closed: it and that cascade after it are one
+    // error (the first: one that opens inside another's run is part of it).
     let mut runs = runs;
     let cascade = |e: &ShapeError| {
         e.message
@@ -98,6 +99,9 @@ pub(super) fn unclosed(text: &str, root: &DeTable, mut errors: Vec<ShapeError>) 
     let mut open = Vec::new();
     unclosed_inline_tables(text, root, &mut Vec::new(), &mut open);
     for (path, span) in open {
+        if runs.iter().any(|(run, _)| run.contains(&span.start)) {
+            continue;
+        }
         let end = errors
             .iter()
             .filter(|e| cascade(e))
@@ -108,13 +112,28 @@ pub(super) fn unclosed(text: &str, root: &DeTable, mut errors: Vec<ShapeError>) 
         let error = ShapeError {
             key: render_path(&path),
             span: Some(span.start..span.start + 1),
-            message: "unclosed inline table, expected `}` (an inline table is one line; the lines after it were read as its items)".to_owned(),
+            message:
+                "unclosed inline table, expected `}` (the lines after it were read as its items)"
+                    .to_owned(),
         };
         runs.push((span.start..end, error));
     }
     if runs.is_empty() {
         return errors;
     }
+    // A run that opens inside another (its brace was read as the other's items) is
+    // part of that one.
+    runs.sort_by_key(|(run, _)| run.start);
+    let mut outer: Vec<(Range<usize>, ShapeError)> = Vec::with_capacity(runs.len());
+    for (run, error) in runs {
+        if !outer
+            .iter()
+            .any(|(o, _)| o.start <= run.start && run.start <= o.end)
+        {
+            outer.push((run, error));
+        }
+    }
+    let runs = outer;
     errors.retain(|e| !runs.iter().any(|(run, _)| in_run(e, run)));
     errors.extend(runs.into_iter().map(|(_, error)| error));
     errors.sort_by_key(|e| e.span.as_ref().map_or(usize::MAX, |span| span.start));
