@@ -1337,6 +1337,42 @@ fn one_lua_site(lua: &str, up: &Upstream, server: &str, scripts: &str) -> Site {
     )
 }
 
+/// `std.http.request` shares pooled connections with an upstream set on the same
+/// address, and its smaller idle cap (16) evicted the set's connections: every
+/// callout closed one of the app's 64 until 16 were left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_to_an_upstreams_address_do_not_shrink_its_pool() {
+    let up = Upstream::start("app", Behavior::slow_on("/slow", 200)).await;
+    let lua = r#"
+function on_request(req, ctx)
+  if req.path == "/callout" then
+    return std.respond(200, tostring(std.http.request{ url = "http://" .. config.app .. "/check" }.status))
+  end
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let fill = || async {
+        let all = (0..30).map(|_| get(run.addr, "/slow"));
+        for r in futures_util::future::join_all(all).await {
+            assert_eq!(r.status, 200);
+        }
+    };
+    fill().await;
+    let opened = up.accepts();
+    assert!(opened >= 30, "30 at once opened {opened}");
+    for _ in 0..20 {
+        let r = get(run.addr, "/callout").await;
+        assert_eq!(r.text(), "200");
+    }
+    fill().await;
+    assert_eq!(
+        up.accepts(),
+        opened,
+        "the 30 kept connections served 30 at once again"
+    );
+}
+
 #[tokio::test]
 async fn huge_durations_from_lua_are_refused_or_capped_and_never_panic() {
     let up = Upstream::start("app", Behavior::echo()).await;

@@ -428,12 +428,28 @@ impl HttpCall {
 const OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pool settings of outbound calls' connections (pooled per worker, shared with plain
-/// HTTP/1.1 upstream connections to the same address).
-fn outbound_pool() -> PoolConfig {
-    PoolConfig {
-        max_idle_per_server: 16,
-        idle_timeout: Duration::from_secs(30),
-    }
+/// HTTP/1.1 upstream connections to the same address): those of the upstream set that
+/// has the address as a server, so that a callout to an app's own server keeps (and
+/// never evicts) its connections by the set's rules; else 16 idle for 30 s.
+fn pool_for(generation: &crate::generation::Generation, addr: std::net::SocketAddr) -> PoolConfig {
+    generation
+        .upstreams
+        .sets
+        .iter()
+        .find(|s| {
+            !s.config.http2
+                && !s.config.tls
+                && s.servers.iter().any(|srv| {
+                    matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)
+                })
+        })
+        .map_or(
+            PoolConfig {
+                max_idle_per_server: 16,
+                idle_timeout: Duration::from_secs(30),
+            },
+            |s| s.config.pool.clone(),
+        )
 }
 
 async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, String> {
@@ -476,7 +492,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
         let endpoint = Arc::new(Endpoint::plain(
             addr,
             OUTBOUND_CONNECT_TIMEOUT,
-            outbound_pool(),
+            pool_for(&turn.call.generation, addr),
         ));
         let resp = client::send(&pool, &endpoint, backstop, Box::new(req), None)
             .await
