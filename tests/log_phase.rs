@@ -172,8 +172,10 @@ async fn pcmod_log_phase_runs_for_a_request_the_client_gave_up_and_for_a_failed_
     let run = Running::start(&site);
 
     give_up(run.addr, "/slow", "gave-up-1", GIVE_UP).await;
+    // Both counters: the admin thread may scrape between the log phase's two `inc`s.
     let e = scrape_until(run.admin, |e| {
         e.sum("proxycache_script_gave_up_total", &[]) >= 1.0
+            && e.sum("proxycache_script_no_response_head_total", &[]) >= 1.0
     })
     .await;
     assert_eq!(e.sum("proxycache_script_gave_up_total", &[]), 1.0);
