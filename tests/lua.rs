@@ -1373,6 +1373,34 @@ end
     );
 }
 
+/// A callout's connection to an address of no upstream set is kept between callouts
+/// (the pool's sweep, every second, dropped it: its idle time there was zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_connections_outlive_the_pool_sweep() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let other = Upstream::start("other", Behavior::echo()).await;
+    let lua = format!(
+        r#"
+function on_request(req, ctx)
+  return std.respond(200, tostring(std.http.request{{ url = "http://{}/check" }}.status))
+end
+"#,
+        other.authority()
+    );
+    let s = one_lua_site(&lua, &up, "", "");
+    let run = Running::start(&s);
+    for _ in 0..2 {
+        let r = get(run.addr, "/").await;
+        assert_eq!(r.text(), "200");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    assert_eq!(
+        other.accepts(),
+        1,
+        "the second callout reused the first's connection"
+    );
+}
+
 #[tokio::test]
 async fn huge_durations_from_lua_are_refused_or_capped_and_never_panic() {
     let up = Upstream::start("app", Behavior::echo()).await;

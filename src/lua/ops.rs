@@ -446,7 +446,7 @@ fn pool_for(generation: &crate::generation::Generation, addr: std::net::SocketAd
         .map_or(
             PoolConfig {
                 max_idle_per_server: 16,
-                idle_timeout: Duration::from_secs(30),
+                idle_timeout: crate::upstream::pool::OUTBOUND_IDLE_TIMEOUT,
             },
             |s| s.config.pool.clone(),
         )

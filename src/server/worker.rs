@@ -263,7 +263,8 @@ async fn sweep_loop(ctx: Arc<WorkerCtx>) {
                 .sets
                 .iter()
                 .find(|s| s.servers.iter().any(|srv| matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)))
-                .map_or(Duration::ZERO, |s| s.config.pool.idle_timeout)
+                // An address of no set: a callout's, kept as long as callouts keep it.
+                .map_or(crate::upstream::pool::OUTBOUND_IDLE_TIMEOUT, |s| s.config.pool.idle_timeout)
         });
     }
 }

@@ -44,6 +44,10 @@ impl PoolKey {
     }
 }
 
+/// How long connections to an address of no upstream set (a Lua `std.http.request`
+/// callout's) are kept idle.
+pub const OUTBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The sending half of one upstream connection.
 pub enum Sender {
     /// HTTP/1.1 driven by the request's task (see `h1`): every HTTP/1.1 set.
