@@ -1401,6 +1401,37 @@ end
     );
 }
 
+/// A `content-length` a hook sets by hand that the body does not have: the client
+/// gets the body with its real length, over HTTP/1.1 as over HTTP/2, and the
+/// connection goes on (HTTP/1.1 sent the first 3 bytes and closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_the_body_does_not_have_is_corrected() {
+    let up = Upstream::start("app", Behavior::fixed_body("0123456789", false)).await;
+    let lua = r#"
+function on_response(req, resp, ctx)
+  resp:set_header("content-length", "3")
+end
+"#;
+    let s = one_lua_site(lua, &up, "", "");
+    let run = Running::start(&s);
+    let answers = send_on_one_connection(
+        run.addr,
+        vec![empty(req("GET", "/a")), empty(req("GET", "/b"))],
+    )
+    .await;
+    assert_eq!(answers.len(), 2, "the connection went on: {answers:?}");
+    for a in &answers {
+        assert_eq!(a.text(), "0123456789");
+        assert_eq!(a.header("content-length").as_deref(), Some("10"));
+    }
+    let r = send_h2(
+        run.addr,
+        empty(req("GET", &format!("http://{TEST_HOST}/h2"))),
+    )
+    .await;
+    assert_eq!(r.text(), "0123456789");
+}
+
 #[tokio::test]
 async fn huge_durations_from_lua_are_refused_or_capped_and_never_panic() {
     let up = Upstream::start("app", Behavior::echo()).await;

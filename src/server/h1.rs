@@ -1133,6 +1133,16 @@ where
     if !no_body && declared.is_some_and(|n| n > 0) && resp.body().is_end_stream() {
         declared = Some(0);
     }
+    // A length the body does not have (a module set one by hand): the body's, as the
+    // HTTP/2 path writes it, rather than a response cut short (or one the client waits
+    // on) and a closed connection.
+    if !no_body && declared.is_some() {
+        if let Some(exact) = resp.body().size_hint().exact() {
+            if declared != Some(exact) && !resp.body().is_end_stream() {
+                declared = Some(exact);
+            }
+        }
+    }
     if let Some(n) = declared {
         head.put_slice(b"content-length: ");
         head.put_slice(itoa_u64(n, &mut [0u8; 20]));
