@@ -1108,6 +1108,8 @@ where
         head.put_slice(value.as_bytes());
         head.put_slice(b"\r\n");
     }
+    // A length in the map may be a module's (a received head's is in `raw`).
+    let set_in_map = declared.is_some();
     if let Some(raw) = &raw {
         // The map's headers are what modules `set`: they replace received ones.
         let overlay = !headers.is_empty();
@@ -1135,8 +1137,8 @@ where
     }
     // A length the body does not have (a module set one by hand): the body's, as the
     // HTTP/2 path writes it, rather than a response cut short (or one the client waits
-    // on) and a closed connection.
-    if !no_body && declared.is_some() {
+    // on) and a closed connection. (A received head's length is its body's.)
+    if !no_body && set_in_map {
         if let Some(exact) = resp.body().size_hint().exact() {
             if declared != Some(exact) && !resp.body().is_end_stream() {
                 declared = Some(exact);
