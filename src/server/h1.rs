@@ -111,6 +111,21 @@ enum BodyState {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    /// Watches a client that owes no request body while its answer is on the way:
+    /// `Ready(true)` when it closed (EOF or an error), `Ready(false)` when bytes came
+    /// (a pipelined request: they stay in the buffer, and the watch is over).
+    /// Pending while there is nothing to see, or nothing may be read now.
+    fn poll_client_left(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if !matches!(self.body, BodyState::Done) || self.buf.len() >= READ_CHUNK {
+            return Poll::Pending;
+        }
+        match self.poll_fill(cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+            Poll::Ready(Ok(_)) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Reads more into the buffer; `Ok(0)` at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
@@ -818,13 +833,10 @@ where
             return Poll::Ready(Some(resp));
         }
         if watching {
-            let mut io = io.lock();
-            if matches!(io.body, BodyState::Done) && io.buf.len() < READ_CHUNK {
-                match io.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => watching = false,
-                    Poll::Pending => {}
-                }
+            match io.lock().poll_client_left(cx) {
+                Poll::Ready(true) => return Poll::Ready(None),
+                Poll::Ready(false) => watching = false,
+                Poll::Pending => {}
             }
         }
         Poll::Pending
@@ -1261,19 +1273,15 @@ where
             // that closes abandons the response and, with it, the upstream exchange;
             // otherwise that would wait for the set's response_timeout.
             if watching {
-                let mut conn = io.lock();
-                if matches!(conn.body, BodyState::Done) && conn.buf.len() < READ_CHUNK {
-                    match conn.poll_fill(cx) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::ConnectionAborted,
-                                "the client closed the connection before the response body ended",
-                            )));
-                        }
-                        // A pipelined request: it stays in the buffer.
-                        Poll::Ready(Ok(_)) => watching = false,
-                        Poll::Pending => {}
+                match io.lock().poll_client_left(cx) {
+                    Poll::Ready(true) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the client closed the connection before the response body ended",
+                        )));
                     }
+                    Poll::Ready(false) => watching = false,
+                    Poll::Pending => {}
                 }
             }
             return Poll::Pending;
