@@ -291,19 +291,9 @@ async fn proxy(
             Err(e) => {
                 // A module's forward that got no response: the request's upstream (in
                 // the access log, the metrics and the log phase) is the set it tried.
-                if let Some(target) = e.upstream().and_then(|name| {
-                    generation
-                        .upstreams
-                        .sets
-                        .iter()
-                        .position(|s| s.name() == name)
-                }) {
-                    let name = generation.upstreams.sets[target].shared_name();
-                    done.meter.upstream = Some(index32(target));
-                    if let Some(entry) = done.access.as_mut() {
-                        entry.upstream = Some(Arc::clone(name));
-                    }
-                    state.upstream = Some(Arc::clone(name));
+                if let Some(set) = e.upstream().and_then(|n| generation.upstreams.by_name(n)) {
+                    let name = Arc::clone(set.shared_name());
+                    name_upstream(&mut done.meter, &mut done.access, state, generation, name);
                 }
                 return Err(e);
             }
@@ -325,16 +315,7 @@ async fn proxy(
                     done.inflight = guard;
                 }
                 if let Some(u) = upstream {
-                    done.meter.upstream = generation
-                        .upstreams
-                        .sets
-                        .iter()
-                        .position(|s| s.name() == &*u)
-                        .map(index32);
-                    if let Some(entry) = done.access.as_mut() {
-                        entry.upstream = Some(Arc::clone(&u));
-                    }
-                    state.upstream = Some(u);
+                    name_upstream(&mut done.meter, &mut done.access, state, generation, u);
                 }
                 phases::response_phase(generation, state, &mut answer_resp).await?;
                 return Ok(answer_resp);
@@ -466,6 +447,22 @@ pub async fn send_upstream(
 }
 
 /// A route or upstream index as the meter keeps it (configs have far fewer).
+/// Makes `name` the request's upstream from here on, for the access log, the metrics
+/// and the log phase (a module's forward answered, or failed).
+fn name_upstream(
+    meter: &mut Meter,
+    access: &mut Option<Box<AccessEntry>>,
+    state: &mut phases::ScriptState,
+    generation: &Generation,
+    name: Arc<str>,
+) {
+    meter.upstream = generation.upstreams.index_of(&name).map(index32);
+    if let Some(entry) = access.as_mut() {
+        entry.upstream = Some(Arc::clone(&name));
+    }
+    state.upstream = Some(name);
+}
+
 fn index32(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }

@@ -375,6 +375,20 @@ impl Upstreams {
     pub fn by_name(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.sets.iter().find(|s| s.name() == name)
     }
+
+    /// The index of the set called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.sets.iter().position(|s| s.name() == name)
+    }
+
+    /// The sets with a server at `addr` (a pooled connection's address), in order.
+    pub fn serving(&self, addr: std::net::SocketAddr) -> impl Iterator<Item = &Arc<UpstreamSet>> {
+        self.sets.iter().filter(move |s| {
+            s.servers
+                .iter()
+                .any(|srv| matches!(&srv.target, ServerTarget::Addr { addr: a, .. } if *a == addr))
+        })
+    }
 }
 
 #[cfg(test)]

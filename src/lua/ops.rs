@@ -291,9 +291,7 @@ async fn forward(
         .ok_or("std.proxy.forward: the route names no upstream; pass one")?;
     let index = generation
         .upstreams
-        .sets
-        .iter()
-        .position(|s| s.name() == name)
+        .index_of(&name)
         .ok_or_else(|| format!("std.proxy.forward: no upstream named {name:?}"))?;
     let name: Arc<str> = Arc::from(name.as_str());
     let mut parts = Request::new(()).into_parts().0;
@@ -434,15 +432,8 @@ const OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn pool_for(generation: &crate::generation::Generation, addr: std::net::SocketAddr) -> PoolConfig {
     generation
         .upstreams
-        .sets
-        .iter()
-        .find(|s| {
-            !s.config.http2
-                && !s.config.tls
-                && s.servers.iter().any(|srv| {
-                    matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)
-                })
-        })
+        .serving(addr)
+        .find(|s| !s.config.http2 && !s.config.tls)
         .map_or(
             PoolConfig {
                 max_idle_per_server: 16,

@@ -260,11 +260,12 @@ async fn sweep_loop(ctx: Arc<WorkerCtx>) {
         ctx.pool.sweep(|addr| {
             generation
                 .upstreams
-                .sets
-                .iter()
-                .find(|s| s.servers.iter().any(|srv| matches!(&srv.target, crate::config::ServerTarget::Addr { addr: a, .. } if *a == addr)))
+                .serving(addr)
+                .next()
                 // An address of no set: a callout's, kept as long as callouts keep it.
-                .map_or(crate::upstream::pool::OUTBOUND_IDLE_TIMEOUT, |s| s.config.pool.idle_timeout)
+                .map_or(crate::upstream::pool::OUTBOUND_IDLE_TIMEOUT, |s| {
+                    s.config.pool.idle_timeout
+                })
         });
     }
 }
