@@ -3,6 +3,7 @@
 //! process. Workers share only the `Shared` state (generation, counters).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -180,15 +181,17 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, kind: Kind) {
                 let _ = stream.set_nodelay(true);
                 let conn_ctx = Arc::clone(&ctx);
                 match &kind {
-                    Kind::Http => spawn_conn(&ctx, super::conn::serve(stream, peer, conn_ctx)),
+                    Kind::Http => {
+                        spawn_conn(&ctx, move || super::conn::serve(stream, peer, conn_ctx))
+                    }
                     Kind::Tls { index, listen } => {
                         // Read per connection: a reload's new certificates serve the
                         // next handshake. A listener a reload removed keeps the
                         // configuration it had (the generation carries it over).
                         match generation.tls.config_for(*index, *listen) {
-                            Some(config) => {
-                                spawn_conn(&ctx, super::tls::serve(stream, peer, config, conn_ctx))
-                            }
+                            Some(config) => spawn_conn(&ctx, move || {
+                                super::tls::serve(stream, peer, config, conn_ctx)
+                            }),
                             None => {
                                 shared.connections.fetch_sub(1, Ordering::AcqRel);
                                 tracing::error!(target: "proxycache::server", listen = %listen, "no TLS configuration for this listener; closing");
@@ -209,13 +212,25 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, kind: Kind) {
 }
 
 /// Runs one connection, counting it until it ends.
-fn spawn_conn(ctx: &Arc<WorkerCtx>, serve: impl std::future::Future<Output = ()> + Send + 'static) {
-    let ctx = Arc::clone(ctx);
-    tokio::spawn(async move {
-        serve.await;
-        ctx.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        ctx.shared.conn_closed.notify_waiters();
-    });
+fn spawn_conn<F>(ctx: &Arc<WorkerCtx>, serve: impl FnOnce() -> F + Send + 'static)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(conn_task(Arc::clone(ctx), serve));
+}
+
+/// The task of one connection: `serve`'s future, then the count of open connections
+/// down by one. The future is made inside the task, not moved into it: an `async`
+/// block that awaits a future it captured keeps room for both the captured future and
+/// the one it awaits, which made every connection's task twice its size (11.8 KB where
+/// the connection's future is 5.9 KB; heap bytes per idle connection, dhat).
+async fn conn_task<F>(ctx: Arc<WorkerCtx>, serve: impl FnOnce() -> F)
+where
+    F: Future<Output = ()>,
+{
+    serve().await;
+    ctx.shared.connections.fetch_sub(1, Ordering::AcqRel);
+    ctx.shared.conn_closed.notify_waiters();
 }
 
 thread_local! {
@@ -278,11 +293,59 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{run, WorkerCmd};
+    use super::{conn_task, run, WorkerCmd, WorkerCtx};
     use crate::config::Config;
     use crate::generation::Generation;
     use crate::pipeline::StdState;
     use crate::server::{tcp, Shared};
+
+    fn config(text: &str) -> Config {
+        Config::from_toml_str(text, None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn detached(config: Config) -> Arc<Shared> {
+        let std_state = Arc::new(StdState::new(config.cache, None));
+        let generation = Generation::build_from(1, config, &[], None, std_state)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        Arc::new(Shared::detached(Arc::new(generation)))
+    }
+
+    #[test]
+    fn a_connections_task_is_the_size_of_its_future() {
+        // An `async` block awaiting a future it captured held two of them: 11.8 KB a
+        // connection where one is 5.9 KB.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let ctx = Arc::new(WorkerCtx {
+                id: 0,
+                shared: detached(config("")),
+                pool: Arc::default(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let connect = || async {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            };
+            let (a, b) = (connect().await, connect().await);
+            let alone =
+                std::mem::size_of_val(&crate::server::conn::serve(a, addr, Arc::clone(&ctx)));
+            let served = Arc::clone(&ctx);
+            let task = conn_task(ctx, move || crate::server::conn::serve(b, addr, served));
+            let whole = std::mem::size_of_val(&task);
+            assert!(
+                whole < alone + alone / 4,
+                "a connection's task is {whole} bytes, its future {alone}"
+            );
+        });
+    }
 
     #[test]
     fn a_listener_still_queued_at_shutdown_is_closed_at_once() {
@@ -292,13 +355,9 @@ mod tests {
         let text = "[server.timeouts]\nshutdown_drain = \"5s\"\n\n\
                     [upstreams.db]\nservers = [\"127.0.0.1:1\"]\n\n\
                     [[tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"db\"\n";
-        let config = Config::from_toml_str(text, None, std::path::Path::new("."))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = config(text);
         let (mut frontends, addrs) = tcp::bind_all(&config, 1).unwrap_or_else(|e| panic!("{e}"));
-        let std_state = Arc::new(StdState::new(config.cache, None));
-        let generation = Generation::build_from(1, config, &[], None, std_state)
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        let shared = Arc::new(Shared::detached(Arc::new(generation)));
+        let shared = detached(config);
         shared.shutdown.send_replace(true);
         // A connection still open elsewhere: the drain waits for it.
         shared.connections.store(1, Ordering::Release);
