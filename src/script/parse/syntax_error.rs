@@ -17,13 +17,7 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
         .chars()
         .next()
         .map_or(pos, |c| pos + c.len_utf8());
-    let found = source[pos..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .filter(|t| !t.is_empty())
-        .map_or("end of file".to_owned(), |t| {
-            format!("`{}`", truncate(t, 20))
-        });
+    let found = found_at(&source[pos..]);
     let positives: &[Rule] = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives,
         pest::error::ErrorVariant::CustomError { .. } => &[],
@@ -50,11 +44,28 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
             .with_hint("join two comparisons with `and`: `a < b and b < c`");
         }
     }
+    // `[$config.name]`: a name in brackets is a string written out.
+    if positives.contains(&Rule::string) && source[..pos].trim_end().ends_with('[') {
+        return Diagnostic::new(
+            file,
+            source,
+            span_at(source, pos, end),
+            format!("a name in `[...]` must be a string written out, found {found}"),
+        )
+        .with_hint("header, cookie and query names are fixed when the module loads: `$req.header[\"x-api-key\"]`");
+    }
+    // A `(` or `[` still open where the expression could not go on: say it may be
+    // what is missing, and where it was opened.
+    let open = open_bracket(&source[..pos]);
     let message = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
             names.sort_unstable();
             names.dedup();
+            let closer = open.map(|(_, c)| if c == '(' { "`)`" } else { "`]`" });
+            if let Some(closer) = closer.filter(|_| !names.is_empty()) {
+                names.push(closer);
+            }
             if names.is_empty() {
                 format!("syntax error near {found}")
             } else {
@@ -64,10 +75,75 @@ pub(super) fn syntax_error(file: &str, source: &str, e: &pest::error::Error<Rule
         pest::error::ErrorVariant::CustomError { message } => message.clone(),
     };
     let diag = Diagnostic::new(file, source, span_at(source, pos, end), message);
-    match hint_for(source, pos) {
-        Some(h) => diag.with_hint(h),
-        None => diag,
+    match (hint_for(source, pos), open) {
+        (Some(h), _) => diag.with_hint(h),
+        (None, Some((at, c))) => {
+            let at = span_at(source, at, at + 1);
+            diag.with_hint(format!(
+                "the `{c}` at line {}, column {} is not closed",
+                at.line, at.col
+            ))
+        }
+        (None, None) => diag,
     }
+}
+
+/// What the source has at the error: the word there, cut before a closing bracket or
+/// a comma that ends it (`$config.name` of `$config.name]`).
+fn found_at(rest: &str) -> String {
+    let Some(word) = rest
+        .split(char::is_whitespace)
+        .next()
+        .filter(|t| !t.is_empty())
+    else {
+        return "end of file".to_owned();
+    };
+    let word = match word.find([']', ')', '}', ',']) {
+        Some(0) => &word[..1],
+        Some(i) => &word[..i],
+        None => word,
+    };
+    format!("`{}`", truncate(word, 20))
+}
+
+/// The innermost `(` or `[` that `before` leaves open in the statement being parsed
+/// (its offset and the bracket), skipping strings and comments. A `{` or `}` ends the
+/// search: brackets do not span blocks.
+fn open_bracket(before: &str) -> Option<(usize, char)> {
+    let bytes = before.as_bytes();
+    let mut stack: Vec<(usize, char)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if before[i..].starts_with("\"\"\"") => match before[i + 3..].find("\"\"\"") {
+                Some(len) => i += 3 + len + 2,
+                None => return None,
+            },
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'(' => stack.push((i, '(')),
+            b'[' => stack.push((i, '[')),
+            b')' | b']' => {
+                stack.pop();
+            }
+            b'{' | b'}' => stack.clear(),
+            _ => {}
+        }
+        i += 1;
+    }
+    stack.pop()
 }
 
 /// The string starting at `start` (`raw`: `\"\"\"`) that is never closed.
