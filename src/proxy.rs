@@ -99,14 +99,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let _enter = span.enter();
-            if let (Some(entry), Some(server)) = (done.access.as_mut(), e.server()) {
-                entry.server = Some(server.to_string());
-            }
-            if e.is_client_error() {
-                tracing::debug!(target: "proxycache::proxy", error = %e, "request refused");
-            } else if !e.logged() {
-                tracing::warn!(target: "proxycache::proxy", error = %e, "request failed");
-            }
+            note_failure(&e, &mut done);
             // The pipeline holds the id it was lent (and may have made) until the end.
             e.to_response(done.script.as_ref().map_or(&id, |s| &s.info.id))
         }
@@ -124,6 +117,40 @@ pub async fn handle(
         }
     }
     Ok(resp.map(|body| ResponseBody::new(body, done)))
+}
+
+/// Logs why a request failed and notes the server it failed on for the access log.
+fn note_failure(e: &ProxyError, done: &mut Completion) {
+    if let (Some(entry), Some(server)) = (done.access.as_mut(), e.server()) {
+        entry.server = Some(server.to_string());
+    }
+    if e.is_client_error() {
+        tracing::debug!(target: "proxycache::proxy", error = %e, "request refused");
+    } else if !e.logged() {
+        tracing::warn!(target: "proxycache::proxy", error = %e, "request failed");
+    }
+}
+
+/// The proxy's own answer to a request the request phase let through and no upstream
+/// answered (no route, or the upstream failed: 404, 502, 503, 504): it goes through the
+/// response phase of the modules that ran, as an upstream's answer would, so they can
+/// add their headers to it or make an error page of it (nginx's `add_header ...
+/// always`, `error_page`). Without a pipeline, the error goes back up as it is.
+async fn answer_failure(
+    generation: &Generation,
+    done: &mut Completion,
+    e: ProxyError,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if done.script.is_none() {
+        return Err(e);
+    }
+    note_failure(&e, done);
+    let Some(state) = done.script.as_mut() else {
+        return Err(e);
+    };
+    let mut resp = e.to_response(&state.info.id);
+    phases::response_phase(generation, state, &mut resp).await?;
+    Ok(resp)
 }
 
 /// What writes the response to the client, as far as its head goes.
@@ -330,7 +357,9 @@ async fn proxy(
             }
         }
     }
-    let target = target.ok_or(ProxyError::NoRoute)?;
+    let Some(target) = target else {
+        return answer_failure(generation, done, ProxyError::NoRoute).await;
+    };
     done.meter.upstream = Some(index32(target));
     if let Some(entry) = done.access.as_mut() {
         entry.upstream = Some(Arc::clone(generation.upstreams.sets[target].shared_name()));
@@ -370,8 +399,11 @@ async fn proxy(
         }
     };
     let out = outbound(done.access.as_deref_mut().map(|entry| &mut entry.waiting));
-    let (mut resp, guard) =
-        send_upstream(out, target, req, host, response_timeout, Some(retries)).await?;
+    let answer = send_upstream(out, target, req, host, response_timeout, Some(retries)).await;
+    let (mut resp, guard) = match answer {
+        Ok(answer) => answer,
+        Err(e) => return answer_failure(generation, done, e).await,
+    };
     done.inflight = Some(guard);
 
     // 6. The response phase over the modules that ran.

@@ -1153,6 +1153,38 @@ end
     assert_eq!(&calls[1].body[..], b"200");
 }
 
+#[tokio::test]
+async fn on_response_makes_an_error_page_of_the_proxys_own_502() {
+    // nginx's `error_page 502 /50x.json`: the proxy's answer for a dead upstream goes
+    // through on_response, which may replace it (it went out untouched before).
+    let hooks = r#"
+function on_response(req, resp, ctx)
+  if resp.status >= 502 and resp.status <= 504 then
+    resp:set_header("content-type", "application/json")
+    resp:set_body('{"error":"upstream unavailable","status":' .. resp.status .. '}')
+  end
+end
+"#;
+    let s = site(
+        &[("pages", &lua_mod("pages", 10, ""))],
+        &[("pages.lua", hooks)],
+        "",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"app\"\n",
+            common::dead_addr()
+        ),
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/x").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.text(), r#"{"error":"upstream unavailable","status":502}"#);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert!(r.header("x-request-id").is_some());
+}
+
 #[test]
 fn check_reports_a_lua_syntax_error_with_the_lua_file_and_line() {
     let s = site(

@@ -311,6 +311,54 @@ mod headers {
     assert_eq!(resp.server(), "app", "the body is the upstream's");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_errors_go_through_the_response_phase() {
+    // As nginx's `add_header ... always`: a security header or CORS module's headers
+    // are on a 502 from a dead upstream, a 504, and a 404 with no route, too (they went
+    // out without them).
+    let slow = Upstream::start("slow", Behavior::slow(2_000)).await;
+    let module = r##"
+mod headers {
+  on response {
+    set resp.header["x-frame-options"] = "DENY"
+    set resp.header["x-seen-status"] = "$status"
+  }
+}
+"##;
+    let px = start(
+        &[("headers", module)],
+        &format!(
+            "[upstreams.dead]\nservers = [\"{}\"]\n\n\
+             [upstreams.slow]\nservers = [\"{}\"]\nresponse_timeout = \"300ms\"\n\n\
+             [[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n\
+             [[routes]]\npath_prefix = \"/slow\"\nupstream = \"slow\"\n",
+            dead_addr(),
+            slow.addr
+        ),
+    );
+
+    for (path, status) in [("/dead/x", 502), ("/slow/x", 504), ("/nowhere", 404)] {
+        let resp = get(px.addr, path).await;
+        assert_eq!(resp.status, status, "{path}: {}", resp.text());
+        assert_eq!(
+            resp.header("x-frame-options").as_deref(),
+            Some("DENY"),
+            "{path}"
+        );
+        let seen = status.to_string();
+        assert_eq!(
+            resp.header("x-seen-status").as_deref(),
+            Some(seen.as_str()),
+            "{path}"
+        );
+        assert_request_id(&resp);
+        assert!(
+            resp.text().contains("request id:"),
+            "{path}: the error's own body"
+        );
+    }
+}
+
 // ---- respond and forward ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
