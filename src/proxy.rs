@@ -195,6 +195,7 @@ fn access_entry(
         server: None,
         waiting: None,
         start: Instant::now(),
+        upstream_ms: None,
     }))
 }
 
@@ -398,8 +399,12 @@ async fn proxy(
             return upgrading.await;
         }
     };
+    let sent = done.access.is_some().then(Instant::now);
     let out = outbound(done.access.as_deref_mut().map(|entry| &mut entry.waiting));
     let answer = send_upstream(out, target, req, host, response_timeout, Some(retries)).await;
+    if let (Some(entry), Some(sent)) = (done.access.as_mut(), sent) {
+        entry.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    }
     let (mut resp, guard) = match answer {
         Ok(answer) => answer,
         Err(e) => return answer_failure(generation, done, e).await,

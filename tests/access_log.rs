@@ -140,6 +140,10 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
     assert_eq!(fields[2]["status"], 502, "{lines:#?}");
     assert_eq!(fields[2]["upstream"], "dead");
     assert_eq!(fields[2]["server"], dead.to_string(), "{lines:#?}");
+    // How long the upstream took (nginx's `$upstream_header_time`): to the failure
+    // here; a head no upstream saw has none.
+    assert!(fields[2]["upstream_ms"].as_f64().is_some(), "{lines:#?}");
+    assert!(fields[3].get("upstream_ms").is_none(), "{lines:#?}");
     assert_eq!(fields[3]["status"], 400, "{lines:#?}");
     assert_eq!(fields[3]["method"], "-");
     assert_eq!(fields[3]["protocol"], "-");
@@ -152,6 +156,11 @@ async fn every_request_is_one_json_line_with_an_origin_form_path() {
         assert_eq!(f["status"], 200);
         assert_eq!(f["upstream"], "app");
         assert!(f["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        let (up_ms, all_ms) = (f["upstream_ms"].as_f64(), f["duration_ms"].as_f64());
+        assert!(
+            up_ms.zip(all_ms).is_some_and(|(u, d)| u <= d),
+            "upstream_ms within duration_ms: {f:#}"
+        );
     }
 }
 

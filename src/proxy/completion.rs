@@ -41,6 +41,9 @@ pub struct AccessEntry {
     /// the client gave up on meanwhile (499) names.
     pub waiting: Option<Arc<ServerState>>,
     pub start: Instant,
+    /// How long the proxy's upstream exchange took to its response head (or to its
+    /// failure), connects and retries included: nginx's `$upstream_header_time`.
+    pub upstream_ms: Option<f64>,
 }
 
 /// Everything that must happen when a response is over.
@@ -164,6 +167,7 @@ fn write_access_log(
         status,
         bytes,
         duration_ms: e.start.elapsed().as_secs_f64() * 1000.0,
+        upstream_ms: e.upstream_ms,
         upstream: e.upstream.as_deref().unwrap_or("-"),
         server: server
             .map(|g| g.server().label())
@@ -197,6 +201,8 @@ pub struct AccessLine<'a> {
     pub status: StatusCode,
     pub bytes: u64,
     pub duration_ms: f64,
+    /// See [`AccessEntry::upstream_ms`]; no field when `None`.
+    pub upstream_ms: Option<f64>,
     pub upstream: &'a str,
     pub server: &'a str,
     pub client: IpAddr,
@@ -216,6 +222,7 @@ pub fn access_line(l: &AccessLine<'_>) {
         status = l.status.as_u16(),
         bytes = l.bytes,
         duration_ms = crate::observe::to_microseconds(l.duration_ms),
+        upstream_ms = l.upstream_ms.map(crate::observe::to_microseconds),
         upstream = l.upstream,
         server = l.server,
         client = %l.client,

@@ -904,6 +904,7 @@ async fn refuse<S>(
             status,
             bytes,
             duration_ms: took.as_secs_f64() * 1000.0,
+            upstream_ms: None,
             upstream: "-",
             server: "-",
             client: conn.peer.ip(),
