@@ -976,3 +976,53 @@ async fn a_response_head_over_the_size_limit_is_still_502() {
     .await;
     assert_eq!(raw_status(&got), 502, "{got:.300}");
 }
+
+/// RFC 9112 6.1: an HTTP/1.0 message with `Transfer-Encoding` has faulty framing
+/// whatever else it says (`Connection: keep-alive` included): the body is read as
+/// chunked, and the connection is closed after it, never pooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_response_with_transfer_encoding_is_read_chunked_and_not_reused() {
+    let raw = Raw::start(
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let px = one_worker_proxy_to(&raw);
+    for i in 0..3 {
+        let resp = get(px.addr, &format!("/te10/{i}")).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "hello");
+    }
+    assert_eq!(raw.requests(), 3);
+    assert_eq!(raw.accepts(), 3, "each request on a connection of its own");
+}
+
+/// RFC 9110 2.5: a higher HTTP/1.x minor version is answered as the highest this
+/// recipient implements (1.1), as nginx does; a two-digit minor or another major
+/// version is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_http1_minor_version_is_read_as_http11() {
+    for reply in [
+        &b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        &b"HTTP/1.9 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let px = one_worker_proxy_to(&raw);
+        for _ in 0..3 {
+            let resp = get(px.addr, "/v").await;
+            assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(reply));
+            assert_eq!(resp.text(), "ok");
+        }
+        assert_eq!(raw.accepts(), 1, "kept alive as HTTP/1.1 is");
+    }
+    for reply in [
+        &b"HTTP/1.10 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        &b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        &b"HTTP/1.x 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+    ] {
+        let raw = Raw::start(reply, After::KeepOpen).await;
+        let px = proxy_to(&raw);
+        let resp = get(px.addr, "/v").await;
+        assert_eq!(resp.status, 502, "{}", String::from_utf8_lossy(reply));
+    }
+}

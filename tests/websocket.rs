@@ -1,7 +1,8 @@
 //! HTTP/1.1 upgrades over real sockets: a WebSocket tunnels frames both ways, the
 //! request phase sees (and may reject) the upgrade request, an upstream that answers
-//! 200 instead of 101 is passed through, a raw `Upgrade` tunnel half-closes and is
-//! closed by the idle timeout, and `h2c` is never tunnelled.
+//! 200 instead of 101 is passed through, one that switches to a protocol the request
+//! did not ask for is a 502, a raw `Upgrade` tunnel half-closes and is closed by the
+//! idle timeout, and `h2c` is never tunnelled.
 
 mod common;
 
@@ -446,4 +447,107 @@ mod ws_deny {
         Some("upgrade".into()),
         "{raw}"
     );
+}
+
+/// A server that answers any request with `answer` (a `101` head) and sends on the
+/// returned channel when the proxy closes its end of a connection.
+async fn switching_server(
+    answer: String,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (answer, closed) = (answer.clone(), closed.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if !matches!(s.read(&mut byte).await, Ok(1)) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closes)
+}
+
+/// RFC 9110 7.8: a server must not switch to a protocol the request did not list in
+/// its `Upgrade`. Such a `101` (or one naming no protocol) is a 502, and its
+/// connection is closed rather than tunnelled. Names match whatever their case; a
+/// version matters only when the request named one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_a_protocol_not_asked_for_is_502_and_not_tunnelled() {
+    for (asked, answered) in [
+        ("websocket", Some("h2c")),
+        ("websocket", Some("foo")),
+        ("websocket", None),
+        ("websocket", Some("")),
+        ("websocket", Some("websocket, h2c")),
+        ("foo/2", Some("foo/3")),
+        ("foo/2", Some("foo")),
+    ] {
+        let upgrade = answered.map_or_else(String::new, |p| format!("Upgrade: {p}\r\n"));
+        let (up, mut closes) = switching_server(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n{upgrade}\r\n"
+        ))
+        .await;
+        let px = ws_proxy(up, "");
+        let got = raw_request(
+            px.addr,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: upgrade\r\nUpgrade: {asked}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&got), 502, "{asked} -> {answered:?}: {got}");
+        assert!(
+            timeout(CLIENT_TIMEOUT, closes.recv()).await.is_ok(),
+            "{asked} -> {answered:?}: the upstream connection was closed"
+        );
+    }
+    for (asked, answered) in [
+        ("websocket", "WebSocket"),
+        ("foo/2, bar", "foo/2"),
+        ("foo/2, bar", "BAR/3"),
+        ("foo/2, bar", "bar, foo/2"),
+    ] {
+        let (up, _closes) = switching_server(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {answered}\r\n\r\n"
+        ))
+        .await;
+        let px = ws_proxy(up, "");
+        let mut s = TcpStream::connect(px.addr).await.expect("connect");
+        s.write_all(
+            format!(
+                "GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: upgrade\r\nUpgrade: {asked}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = timeout(CLIENT_TIMEOUT, s.read(&mut byte))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert_eq!(n, 1, "{asked} -> {answered}: closed mid-head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(raw_status(&head), 101, "{asked} -> {answered}: {head}");
+        assert_eq!(raw_header(&head, "upgrade").as_deref(), Some(answered));
+    }
 }

@@ -6,8 +6,9 @@
 //! `Upgrade` kept — the one case where those hop-by-hop headers cross the proxy — on a
 //! connection of its own (`upstream::upgrade`). When the upstream answers `101`, the
 //! client gets the `101` and both sockets become one byte tunnel (`server::relay`)
-//! until either side closes or `server.timeouts.idle` passes in silence. Any other
-//! answer is passed through as a normal response.
+//! until either side closes or `server.timeouts.idle` passes in silence; a `101` to a
+//! protocol the request did not ask for never gets here (`upstream::upgrade` makes it
+//! a 502). Any other answer is passed through as a normal response.
 //!
 //! `h2c` is never tunnelled: a tunnelled h2c connection would carry requests that no
 //! module ever sees ("h2c smuggling"), so such a request is proxied as a plain one.
@@ -88,8 +89,9 @@ impl Transport for Upgrading {
         req.headers_mut().insert(framing.0, framing.1);
     }
 
-    /// A `101` keeps `Connection`/`Upgrade` (the upstream's protocol, or the one asked
-    /// for) and loses any body length; other answers get the usual hygiene.
+    /// A `101` keeps `Connection`/`Upgrade` (the upstream's protocol, which
+    /// `upstream::upgrade` checked is one the request asked for) and loses any body
+    /// length; other answers get the usual hygiene.
     fn incoming(&self, resp: &mut http::response::Parts) {
         let upstream_protocol = resp.headers.get(header::UPGRADE).cloned();
         hygiene::strip_hop_by_hop(&mut resp.headers);

@@ -651,6 +651,9 @@ fn header_room(buf: &[u8]) -> usize {
 /// an upstream head by its size (`proxy_buffer_size`), not by a count: so does this,
 /// with [`MAX_HEAD_BYTES`].
 fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H1Error> {
+    if !read_later_minor_as_11(buf) {
+        return Ok(Parsed::Partial);
+    }
     let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
         [const { MaybeUninit::uninit() }; STACK_HEADERS];
     let mut spans = Spans::new();
@@ -685,6 +688,11 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
         Scan::Final(scanned) => scanned,
     };
     let head = buf.split_to(len).freeze();
+    if transfer_chunked.is_some() && version == Version::HTTP_10 {
+        // RFC 9112 6.1: HTTP/1.0 has no Transfer-Encoding, so the framing is faulty:
+        // the body is still read as chunked below, and the connection closed after it.
+        keep_alive = false;
+    }
     let no_body = to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     // Whether `Content-Length` goes on (it does not when chunked framing overrides it).
     let (framing, keep_length) = if no_body {
@@ -744,6 +752,26 @@ fn parse_head(buf: &mut BytesMut, to_head: bool, pass: bool) -> Result<Parsed, H
         framing,
         keep_alive,
     }))
+}
+
+/// Rewrites the version of a head that starts `HTTP/1.x ` with `x` a digit over 1 to
+/// `HTTP/1.1`, which httparse refuses to read: RFC 9110 2.5 has a recipient process a
+/// later minor version as the highest it implements (nginx passes these on too).
+/// `HTTP/1.10` and other majors are left for httparse to refuse. `false`: the buffer
+/// ends right after such a version, and the byte that says which it is must come first.
+fn read_later_minor_as_11(buf: &mut [u8]) -> bool {
+    const PREFIX: &[u8] = b"HTTP/1.";
+    if !buf.starts_with(PREFIX) {
+        return true;
+    }
+    match &mut buf[PREFIX.len()..] {
+        [b'2'..=b'9'] => false,
+        [minor @ b'2'..=b'9', b' ', ..] => {
+            *minor = b'1';
+            true
+        }
+        _ => true,
+    }
 }
 
 /// One pass of httparse over `buf` with `storage` for the headers; `spans` gets the
@@ -1128,6 +1156,51 @@ mod tests {
             parse_head(&mut buf, false, true),
             Err(H1Error::UnaskedUpgrade)
         ));
+    }
+
+    #[test]
+    fn http10_with_transfer_encoding_is_read_chunked_and_not_kept() {
+        for text in [
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            for pass in [false, true] {
+                let h = parse_passing(text, false, pass);
+                assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)), "{text}");
+                assert!(!h.keep_alive, "{text}");
+            }
+        }
+        // Also where there is no body to read.
+        let h = parse(
+            "HTTP/1.0 204 No Content\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        );
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn later_http1_minor_versions_read_as_http11() {
+        let h = parse("HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(h.version, Version::HTTP_11);
+        assert!(h.keep_alive);
+        let h = parse(
+            "HTTP/1.9 100 Continue\r\n\r\nHTTP/1.3 204 No Content\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.status, StatusCode::NO_CONTENT);
+        // The byte after the minor version decides: wait for it.
+        let mut buf = BytesMut::from(&b"HTTP/1.2"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, false, false),
+            Ok(Parsed::Partial)
+        ));
+        for text in ["HTTP/1.10 200 OK\r\n\r\n", "HTTP/2.0 200 OK\r\n\r\n"] {
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert!(
+                matches!(parse_head(&mut buf, false, false), Err(H1Error::Parse(_))),
+                "{text}"
+            );
+        }
     }
 
     #[test]
