@@ -100,6 +100,7 @@ fn setup(module: &str) -> (Arc<Generation>, Option<Arc<LuaCall>>) {
             generation: Arc::clone(&generation),
             worker,
             conn: Arc::new(ConnInfo::new(addr, addr, "http", Arc::default())),
+            client_upgrade: false,
         })
     });
     (generation, call)

@@ -190,6 +190,10 @@ pub struct LuaCall {
     pub generation: Arc<Generation>,
     pub worker: Arc<WorkerCtx>,
     pub conn: Arc<ConnInfo>,
+    /// The client asked to switch protocols (WebSocket...) and waits for the answer
+    /// (`proxy::upgrade`): a `std.proxy.forward` of a request that still asks for it
+    /// sends it as an upgrade.
+    pub client_upgrade: bool,
 }
 
 impl std::fmt::Debug for LuaCall {

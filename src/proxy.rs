@@ -291,6 +291,7 @@ async fn proxy(
                 generation: Arc::clone(generation),
                 worker: Arc::clone(ctx),
                 conn: Arc::clone(conn),
+                client_upgrade: client_upgrade.is_some(),
             })),
             None => None,
         };
@@ -345,7 +346,14 @@ async fn proxy(
                 if let Some(u) = upstream {
                     name_upstream(&mut done.meter, &mut done.access, state, generation, u);
                 }
+                let was = answer_resp.status();
                 phases::response_phase(generation, state, &mut answer_resp).await?;
+                if let Some(client) = client_upgrade {
+                    // A module's own forward of the upgrade (Lua's `std.proxy.forward`):
+                    // its `101` opens the tunnel as one from step 5 would.
+                    let idle = generation.config.server.timeouts.idle;
+                    upgrade::finish(client, was, &mut answer_resp, done, &ctx.shared, idle);
+                }
                 return Ok(answer_resp);
             }
             Flow::Forward(to) => {
@@ -436,7 +444,7 @@ pub struct Outbound<'a> {
 /// Sends a request to upstream set `target` now and returns the response (hop-by-hop
 /// headers gone) with the chosen server's in-flight guard. The request path and Lua's
 /// `std.proxy.forward` both send through here (an upgrade through its twin,
-/// `upgrade::forward`):
+/// `upgrade::send`):
 /// hygiene and forwarding headers, origin-form URI, pick a server, send; a failed
 /// connect is retried on another server (nothing was sent, so this is safe for any
 /// method).

@@ -903,6 +903,123 @@ async fn wait_for_log(path: &std::path::Path, needle: &str) -> String {
     text
 }
 
+// Each fault names the line the script was running, not the line its hook starts on
+// (line 2 here); what cannot be placed says so.
+const FAULTS: &str = r#"local spin = require("spin")
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/loop" then
+    local n = 0
+    while true do n = n + 1 end
+  elseif p == "/lib-loop" then
+    spin.forever()
+  elseif p == "/insert-loop" then
+    table.insert(setmetatable({}, { __len = function() return math.maxinteger - 1 end }), 1, "x")
+  elseif p == "/memory" then
+    local s = "x"
+    while true do s = s .. s end
+  elseif p == "/table" then
+    error({ code = 1 })
+  elseif p == "/tostring" then
+    error(setmetatable({}, { __tostring = function() return "custom failure" end }))
+  elseif p == "/nil" then
+    error()
+  elseif p == "/backtrack" then
+    return std.respond(200, tostring(string.rep("a", 3000):find(string.rep("a*", 12) .. "b")))
+  end
+end
+"#;
+
+const SPIN: &str = "local M = {}\nfunction M.forever()\n  local i = 0\n  while true do i = i + 1 end\nend\nreturn M\n";
+
+/// The `module failed` log line of the request that got `r`.
+async fn failure_line(r: &Resp) -> String {
+    let id = r.request_id().expect("an x-request-id");
+    let find = || {
+        log::lines_with(&id)
+            .into_iter()
+            .find(|l| l.contains("module failed"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || find().is_some()).await,
+        "no `module failed` line for {id}"
+    );
+    find().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn faults_are_logged_at_the_line_the_script_was_running() {
+    log::capture();
+    let s = site(
+        &[("faults", &lua_mod("faults", 10, ""))],
+        &[("faults.lua", FAULTS), ("lib/spin.lua", SPIN)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let cases: &[(&str, &str, u32, &str)] = &[
+        ("/loop", "faults.lua", 6, "instruction budget exceeded"),
+        // The innermost line of the script's own files: the library's loop.
+        (
+            "/lib-loop",
+            "lib/spin.lua",
+            4,
+            "instruction budget exceeded",
+        ),
+        // The loop is the sandbox's `table.insert`: the script's call is where it ran.
+        (
+            "/insert-loop",
+            "faults.lua",
+            10,
+            "instruction budget exceeded",
+        ),
+        (
+            "/table",
+            "faults.lua",
+            15,
+            "error=(error object is a table value)",
+        ),
+        ("/tostring", "faults.lua", 17, "error=custom failure"),
+        (
+            "/nil",
+            "faults.lua",
+            19,
+            "error=(error object is a nil value)",
+        ),
+        // Spent by the Rust pattern matcher's charge: its error has the position.
+        (
+            "/backtrack",
+            "faults.lua",
+            21,
+            "instruction budget exceeded",
+        ),
+    ];
+    for (path, file, line, says) in cases {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        let logged = failure_line(&r).await;
+        assert!(
+            logged.contains(&format!("{file} line={line} ")),
+            "{path}: at {file}:{line}: {logged}"
+        );
+        assert!(logged.contains(says), "{path}: says {says:?}: {logged}");
+        assert!(
+            !logged.contains(": 0x"),
+            "{path}: no heap address: {logged}"
+        );
+    }
+    // A memory error has no position: the message says where the hook is, rather
+    // than passing that off as the line that failed.
+    let r = get(run.addr, "/memory").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    let logged = failure_line(&r).await;
+    assert!(
+        logged.contains("out of memory") && logged.contains("in the hook defined at line 2"),
+        "{logged}"
+    );
+    assert_eq!(get(run.addr, "/fine").await.status, 200);
+}
+
 // ---- 5. std.shared across workers -------------------------------------------------------
 
 #[tokio::test]
@@ -993,6 +1110,9 @@ async fn pcmod_calls_functions_of_its_own_lua_chunk() {
     if $path == "/wait" {
       let x = lua.waits()
     }
+    if $path == "/spin" {
+      let y = lua.spin()
+    }
     let tier = lua.tier_for($req.header["x-api-key"], $config.default_tier)
     set req.header["x-tier"] = tier
     set ctx.calls = lua.count()
@@ -1014,9 +1134,15 @@ end
 function waits()
   return std.http.request("http://127.0.0.1:9/")
 end
+
+function spin()
+  local n = 0
+  while true do n = n + 1 end
+end
 """
 }
 "#;
+    log::capture();
     let up = Upstream::start("app", Behavior::echo()).await;
     let s = site(&[("tiers", module)], &[], "", &app(&[&up], ""));
     let run = Running::start(&s);
@@ -1036,6 +1162,21 @@ end
     // A function called from pcmod may not wait: that request fails, others go on.
     assert_eq!(get(run.addr, "/wait").await.status, 500);
     assert_eq!(get(run.addr, "/c").await.status, 200);
+    // One that runs out of budget names the Lua line it was running.
+    let r = get(run.addr, "/spin").await;
+    assert_eq!(r.status, 500);
+    let spinning = module
+        .lines()
+        .position(|l| l.contains("while true do"))
+        .map_or(0, |i| i + 1);
+    let logged = failure_line(&r).await;
+    assert!(
+        logged.contains(&format!(
+            "lua.spin: instruction budget exceeded at {}:{spinning}",
+            s.mod_path("tiers").display()
+        )),
+        "{logged}"
+    );
 }
 
 // ---- reload ---------------------------------------------------------------------------

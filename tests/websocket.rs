@@ -551,3 +551,88 @@ async fn a_101_to_a_protocol_not_asked_for_is_502_and_not_tunnelled() {
         assert_eq!(raw_header(&head, "upgrade").as_deref(), Some(answered));
     }
 }
+
+/// A site whose route goes to a plain echo upstream, with a Lua module that sends
+/// upgrade requests to `[upstreams.ws]` itself, with `std.proxy.forward`.
+fn lua_forward_site(ws: SocketAddr, app: &Upstream) -> (Site, Running) {
+    let site = Site::new("ws-lua");
+    site.write_mod(
+        "ws_lua",
+        r#"
+mod ws_lua {
+  lua """
+function on_request(req, ctx)
+  if req:header("upgrade") then
+    local resp = std.proxy.forward("ws")
+    resp:set_header("x-picked", req.upstream .. " " .. resp.status)
+    if req.path == "/refuse" then resp:set_status(403) end
+    return resp
+  end
+end
+
+function on_response(req, resp, ctx)
+  resp:set_header("x-seen", tostring(resp.status))
+end
+"""
+}
+"#,
+    );
+    site.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [scripts]\ndir = \"mods\"\nwatch = false\n\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\n[upstreams.ws]\nservers = [\"{ws}\"]\n\n\
+         [[routes]]\nupstream = \"app\"\n",
+        app.authority()
+    ));
+    let run = Running::start(&site);
+    (site, run)
+}
+
+/// `std.proxy.forward` of a WebSocket handshake does the upgrade: the hook gets the
+/// `101`, and the client gets it with a tunnel (it was sent as a plain `GET`, and the
+/// client got the upstream's refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_forwarded_by_std_proxy_forward_tunnels() {
+    let up = WsEcho::start().await;
+    let app = Upstream::start("app", Behavior::echo()).await;
+    let (_site, run) = lua_forward_site(up.addr, &app);
+    let url = format!("ws://{}/chat", run.addr);
+    let exchange = async {
+        let stream = TcpStream::connect(run.addr).await.expect("connect");
+        let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .expect("websocket handshake through the Lua forward");
+        assert_eq!(resp.status(), 101);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(header("x-picked").as_deref(), Some("ws 101"));
+        assert_eq!(header("x-seen").as_deref(), Some("101"));
+        let welcome = ws.next().await.expect("a first frame").expect("frame");
+        assert_eq!(welcome, Message::text("welcome"));
+        ws.send(Message::text("hello")).await.expect("send");
+        let back = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(back, Message::text("hello"));
+        ws.close(None).await.expect("close");
+    };
+    timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .expect("the exchange in time");
+    let h = up.last_handshake();
+    assert_eq!(
+        h.get("upgrade").map(|v| v.as_bytes()),
+        Some(&b"websocket"[..])
+    );
+    assert_eq!(app.requests(), 0, "the route's upstream was not asked");
+
+    // A hook that turns the 101 into another status: no switch, no upgrade headers.
+    let mut refused = WS_HANDSHAKE.to_vec();
+    refused.splice(4..7, b"/refuse".iter().copied());
+    let raw = raw_request(run.addr, &refused).await;
+    assert_eq!(raw_status(&raw), 403, "{raw}");
+    assert_eq!(raw_header(&raw, "x-seen").as_deref(), Some("403"), "{raw}");
+    assert_eq!(raw_header(&raw, "upgrade"), None, "{raw}");
+    assert_eq!(raw_header(&raw, "sec-websocket-accept"), None, "{raw}");
+}

@@ -503,6 +503,7 @@ fn respond_fn(
             upstream: None,
             body_timeout: None,
             body_fn: body_fn.clone(),
+            switched: None,
         })?;
         with_turn(&cell, |t| {
             check_phase(sig, t)?;

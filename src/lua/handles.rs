@@ -67,8 +67,9 @@ pub struct Turn {
     /// cannot be sent again.
     pub body_forwarded: bool,
     /// `req:body()` failed (over the limit, broken): the request fails with that,
-    /// whatever the hook does after catching the error.
-    pub body_failed: Option<ClientFault>,
+    /// whatever the hook does after catching the error. With the message the
+    /// script's call raised (to find its position if the hook ends with it).
+    pub body_failed: Option<(ClientFault, String)>,
     /// The last `std.proxy.forward` that got no response: the message the script
     /// saw, and the failure. A hook that ends with that error, uncaught, answers as
     /// the failure would (502, 503, 504), not 500.
@@ -681,6 +682,9 @@ pub struct LuaResponse {
     /// upstream's `response_timeout`); `None` for a body already in memory.
     pub body_timeout: Option<std::time::Duration>,
     pub body_fn: Function,
+    /// The upstream's `101` to a forwarded upgrade: the switch, which the tunnel takes
+    /// if the request is answered with it (and still a `101`).
+    pub switched: Option<Box<crate::proxy::upgrade::Switched>>,
 }
 
 impl UserData for LuaResponse {

@@ -54,6 +54,8 @@ pub enum Reply {
         upstream: Option<Arc<str>>,
         /// How long its `body()` may wait.
         body_timeout: Duration,
+        /// A `101` to an upgrade: the upstream's half of the switch.
+        switched: Option<Box<crate::proxy::upgrade::Switched>>,
     },
     /// `std.http.request`'s `{status, headers, body}`.
     Http {
@@ -82,8 +84,9 @@ pub async fn run(op: Op, turn: &mut Turn) -> Result<Reply, String> {
                 Err(e) => {
                     // What was read is gone: the request cannot go on, whatever the
                     // hook does with the error.
-                    turn.body_failed = Some(e.client_fault());
-                    Err(e.to_string())
+                    let message = e.to_string();
+                    turn.body_failed = Some((e.client_fault(), message.clone()));
+                    Err(message)
                 }
             }
         }
@@ -319,26 +322,36 @@ async fn forward(
     // `req.upstream` names the set tried, also when the forward fails (a hook
     // reporting the failure names the set that failed, not the route's).
     turn.upstream = Some(Arc::clone(&name));
-    let sent = crate::proxy::send_upstream(
-        crate::proxy::Outbound {
-            generation,
-            worker: &call.worker,
-            conn: &call.conn,
-            client_ip: turn.info.client_ip,
-            // The script reads the response.
-            head_unread: false,
-            waiting: None,
-        },
-        index,
-        Box::new(Request::from_parts(parts, body)),
-        host,
-        timeout,
-        retries,
-    )
-    .await;
+    let out = crate::proxy::Outbound {
+        generation,
+        worker: &call.worker,
+        conn: &call.conn,
+        client_ip: turn.info.client_ip,
+        // The script reads the response.
+        head_unread: false,
+        waiting: None,
+    };
+    let req = Box::new(Request::from_parts(parts, body));
+    // An upgrade the client waits for goes as the request path sends one (it went as
+    // a plain request, `Upgrade` stripped, and the client got the upstream's refusal):
+    // the hook gets the `101`, and the tunnel opens if the request is answered with it.
+    let upgrade = if call.client_upgrade {
+        crate::proxy::upgrade::protocol(&turn.headers)
+    } else {
+        None
+    };
+    let sent = match upgrade {
+        Some(protocol) => {
+            let timing = (timeout, retries);
+            let sending = crate::proxy::upgrade::send(out, index, req, host, protocol, timing);
+            Box::pin(sending).await
+        }
+        None => crate::proxy::send_upstream(out, index, req, host, timeout, retries).await,
+    };
     let body_timeout = timeout.unwrap_or(generation.upstreams.sets[index].config.response_timeout);
     match sent {
-        Ok((resp, guard)) => {
+        Ok((mut resp, guard)) => {
+            let switched = crate::proxy::upgrade::Switched::take(&mut resp).map(Box::new);
             let (parts, body) = resp.into_parts();
             Ok(Reply::Response {
                 data: RespData {
@@ -350,6 +363,7 @@ async fn forward(
                 guard: Some(guard),
                 upstream: Some(name),
                 body_timeout,
+                switched,
             })
         }
         Err(e) => {

@@ -14,7 +14,9 @@ use mlua::{AnyUserData, Function, MultiValue};
 use super::handles::{LuaResponse, RespData, Turn};
 use super::ops::{self, PendingOp, Reply};
 use super::sandbox::{BUDGET_MESSAGE, SLICE_LIMIT};
-use super::vm::{error_text, phase_index, script_files, split_location, Runner, Vm};
+use super::vm::{
+    error_text, innermost_position, phase_index, script_files, split_location, Runner, Vm,
+};
 use crate::http::ProxyBody;
 use crate::pipeline::{ClientFault, Exchange, Flow, LocalResponse, ModuleResponse, ScriptError};
 use crate::script::ast::PhaseKind;
@@ -29,12 +31,15 @@ pub struct HookOutcome {
 /// Why a hook failed.
 enum HookError {
     Lua(mlua::Error),
-    Budget,
+    /// The budget ran out; where the script was running (a Lua stack traceback), when
+    /// known.
+    Budget(Option<String>),
     Yielded,
     Lost,
     /// `req:body()` failed: the request fails with the client's fault, even if the
-    /// hook caught the error.
-    Body(ClientFault),
+    /// hook caught the error. With the error the hook ended with when that is the
+    /// body's, uncaught (it has the position of the script's call).
+    Body(ClientFault, Option<mlua::Error>),
     /// The hook ended with the error of a `std.proxy.forward` that got no response.
     Forward(mlua::Error, Box<crate::http::ProxyError>),
 }
@@ -78,8 +83,14 @@ pub async fn run_hook(index: usize, ex: &mut Exchange<'_>) -> Result<HookOutcome
         Ok(_) => Ok(Flow::Continue),
         Err(e) => Err(e),
     };
-    let outcome = match turn.body_failed {
-        Some(fault) => Err(HookError::Body(fault)),
+    let outcome = match turn.body_failed.take() {
+        Some((fault, message)) => {
+            let raised = match outcome {
+                Err(HookError::Lua(e)) if is_error(&vm, index, &e, &message) => Some(e),
+                _ => None,
+            };
+            Err(HookError::Body(fault, raised))
+        }
         None => outcome,
     };
     // The hook ended with a failed forward's error (not caught, or raised again as it
@@ -203,7 +214,10 @@ async fn drive(
         remaining = end.remaining;
         d.dirty |= end.spent || end.dirty;
         if end.spent {
-            break Err(HookError::Budget);
+            // Where it ran out: the count hook's note, else the traceback of the
+            // budget error a Rust function's `charge` raised.
+            let at = end.at.or_else(|| resumed.as_ref().err().map(error_text));
+            break Err(HookError::Budget(at));
         }
         let value = match resumed {
             Ok(v) => v,
@@ -256,6 +270,7 @@ fn reply_args(
             guard,
             upstream,
             body_timeout,
+            switched,
         }) => {
             let ud = lua.create_userdata(LuaResponse {
                 data,
@@ -263,6 +278,7 @@ fn reply_args(
                 upstream,
                 body_timeout: Some(body_timeout),
                 body_fn: vm.body_fn.clone(),
+                switched,
             })?;
             if let Some(turn) = turn {
                 turn.answer = Some(ud.clone());
@@ -363,6 +379,9 @@ fn response_flow(ud: AnyUserData, turn: &mut Turn) -> mlua::Result<Flow> {
     if r.upstream.is_some() {
         crate::http::hygiene::strip_hop_by_hop(resp.headers_mut());
     }
+    if let Some(switched) = r.switched {
+        switched.answer(&mut resp);
+    }
     let _ = header::CONTENT_LENGTH;
     Ok(Flow::Response(Box::new(ModuleResponse {
         resp,
@@ -386,55 +405,46 @@ fn is_error(vm: &Vm, index: usize, e: &mlua::Error, message: &str) -> bool {
     at.is_some() && rest.lines().next() == Some(message)
 }
 
+/// The error a failed hook is logged with, at the file and line the script was
+/// running when that is known (a Lua error's position, the count hook's note of a
+/// spent budget). Otherwise at the line that defines the hook, and the message says
+/// so: a memory error raised by the VM has no position, nor a yield.
 fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptError {
     let spec = &vm.specs[index];
-    let defined = u32::try_from(func.info().line_defined.unwrap_or(0)).unwrap_or(0);
     let client = match &e {
-        HookError::Body(fault) => Some(*fault),
+        HookError::Body(fault, _) => Some(*fault),
         _ => None,
     };
     let (e, upstream) = match e {
         HookError::Forward(e, failure) => (HookError::Lua(e), Some(failure)),
         e => (e, None),
     };
-    let mut file = spec.file.to_string();
-    let (line, message) = match e {
-        HookError::Budget => (
-            defined,
-            format!(
-                "{BUDGET_MESSAGE}: the hook ran more than {} VM instructions or {} ms without waiting",
-                vm.budget,
-                SLICE_LIMIT.as_millis()
-            ),
-        ),
+    let files = script_files(spec, &vm.libs);
+    let (at, message) = match e {
+        HookError::Budget(at) => budget_error(vm, at.as_deref(), &files),
         HookError::Yielded => (
-            defined,
-            "the hook yielded; coroutine.yield may only be used inside coroutines the script makes".into(),
+            None,
+            "the hook yielded; coroutine.yield may only be used inside coroutines the script makes"
+                .into(),
         ),
-        HookError::Lost => (defined, "the request was lost while the hook ran".into()),
-        HookError::Body(ClientFault::BodyTooLarge { limit }) => (
-            defined,
-            format!("req:body(): the request body is over server.limits.max_body ({limit} bytes)"),
-        ),
-        HookError::Body(ClientFault::BadBody(reason) | ClientFault::Gone(reason)) => {
-            (defined, format!("req:body(): {reason}"))
-        }
-        HookError::Body(ClientFault::Stalled { timeout }) => (
-            defined,
-            format!("req:body(): the request body made no progress within {timeout:?}"),
-        ),
+        HookError::Lost => (None, "the request was lost while the hook ran".into()),
+        HookError::Body(fault, raised) => body_error(fault, raised.as_ref(), &files),
+        // Lua gives a memory error no position, nor does mlua a traceback.
         HookError::Lua(mlua::Error::MemoryError(m)) => (
-            defined,
+            None,
             format!("out of memory (scripts.lua_memory_limit): {m}"),
         ),
         HookError::Lua(e) | HookError::Forward(e, _) => {
-            let text = error_text(&e);
-            let files = script_files(spec, &vm.libs);
-            let (at, line, message) = split_location(&text, &files);
-            if let Some(i) = at {
-                file = files[i].to_owned();
-            }
-            (if line == 0 { defined } else { line }, message)
+            let (at, line, message) = split_location(&error_text(&e), &files);
+            (at.map(|i| (i, line)), message)
+        }
+    };
+    let (file, line, message) = match at {
+        Some((i, line)) => (files[i].to_owned(), line, message),
+        None => {
+            let defined = u32::try_from(func.info().line_defined.unwrap_or(0)).unwrap_or(0);
+            let message = format!("{message} (in the hook defined at line {defined})");
+            (spec.file.to_string(), defined, message)
         }
     };
     ScriptError {
@@ -445,6 +455,46 @@ fn script_error(vm: &Vm, index: usize, func: &Function, e: HookError) -> ScriptE
         client,
         upstream,
     }
+}
+
+/// A spent budget's message, with the traceback of where the script was (`at`) and
+/// the innermost place in the module's `files` in it.
+fn budget_error(vm: &Vm, at: Option<&str>, files: &[&str]) -> (Option<(usize, u32)>, String) {
+    let what = format!(
+        "{BUDGET_MESSAGE}: the hook ran more than {} VM instructions or {} ms without waiting",
+        vm.budget,
+        SLICE_LIMIT.as_millis()
+    );
+    let traceback = at.and_then(|t| t.find("stack traceback:").map(|from| &t[from..]));
+    match traceback.and_then(|t| Some((innermost_position(t, files)?, t))) {
+        Some((place, t)) => (Some(place), format!("{what}\n{t}")),
+        None => (None, what),
+    }
+}
+
+/// A failed `req:body()`'s message, at the script's call when the hook ended with
+/// its error (`raised`); caught, nothing names the call.
+fn body_error(
+    fault: ClientFault,
+    raised: Option<&mlua::Error>,
+    files: &[&str],
+) -> (Option<(usize, u32)>, String) {
+    let why = match fault {
+        ClientFault::BodyTooLarge { limit } => {
+            format!("req:body(): the request body is over server.limits.max_body ({limit} bytes)")
+        }
+        ClientFault::BadBody(reason) | ClientFault::Gone(reason) => {
+            format!("req:body(): {reason}")
+        }
+        ClientFault::Stalled { timeout } => {
+            format!("req:body(): the request body made no progress within {timeout:?}")
+        }
+    };
+    let at = raised.and_then(|e| match split_location(&error_text(e), files) {
+        (Some(i), line, _) => Some((i, line)),
+        (None, _, _) => None,
+    });
+    (at, why)
 }
 
 /// `lua.NAME(args)` from a pcmod phase: calls the module's own function at once (it
@@ -484,7 +534,18 @@ pub fn call_function(
     let end = vm.meter().end();
     let finished = runner.thread.status() == ThreadStatus::Finished;
     let result = if end.spent {
-        Err(format!("lua.{name}: {BUDGET_MESSAGE}"))
+        // The pcmod fault is at the pcmod line; the Lua line it ran out at is named.
+        let at = end
+            .at
+            .or_else(|| resumed.as_ref().err().map(error_text))
+            .and_then(|t| {
+                let files = script_files(spec, &vm.libs);
+                innermost_position(&t, &files).map(|(i, line)| format!(" at {}:{line}", files[i]))
+            });
+        Err(format!(
+            "lua.{name}: {BUDGET_MESSAGE}{}",
+            at.unwrap_or_default()
+        ))
     } else {
         match resumed {
             Err(e) => Err(format!("lua.{name}: {}", error_text(&e))),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
+use parking_lot::Mutex;
 
 /// The prelude that sets the sandbox up (run once per VM).
 const PRELUDE: &str = include_str!("sandbox.lua");
@@ -43,17 +44,26 @@ pub struct Meter {
     slice_start: AtomicU64,
     /// A runner is being closed after its hook ended: no instruction is allowed.
     closing: AtomicBool,
+    /// Where the script was when the count hook found the budget spent: the stack
+    /// traceback at that tick (see [`SliceEnd::at`]). Written only on that failing
+    /// tick, and taken by [`end`](Self::end) only from a spent slice.
+    spent_at: Mutex<Option<String>>,
     epoch: Instant,
 }
 
 /// What a slice left behind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SliceEnd {
     pub remaining: i64,
     /// Over budget, or the slice ran longer than [`SLICE_LIMIT`] (checked at every
     /// tick and when the slice ends: a slice that ended over its time fails too).
     pub spent: bool,
     pub dirty: bool,
+    /// For a spent slice, the Lua stack traceback (`stack traceback:\n\t...`) of
+    /// where the script was running when the count hook found the budget spent:
+    /// `None` when no tick did (a budget a Rust function's `charge` spent, whose error
+    /// carries its own traceback; a slice found over its time only when it ended).
+    pub at: Option<String>,
 }
 
 impl Meter {
@@ -66,6 +76,7 @@ impl Meter {
             dirty: AtomicBool::new(false),
             slice_start: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            spent_at: Mutex::new(None),
             epoch: Instant::now(),
         }
     }
@@ -97,10 +108,17 @@ impl Meter {
         let start = self.slice_start.swap(0, Ordering::Relaxed);
         let over_time =
             start != 0 && self.now_ns().saturating_sub(start) >= SLICE_LIMIT.as_nanos() as u64;
+        let spent = self.spent.load(Ordering::Relaxed) || over_time;
         let end = SliceEnd {
             remaining: self.remaining.load(Ordering::Relaxed),
-            spent: self.spent.load(Ordering::Relaxed) || over_time,
+            spent,
             dirty: self.dirty.load(Ordering::Relaxed),
+            // Only a failed slice looks (one that was not spent recorded nothing).
+            at: if spent {
+                self.spent_at.lock().take()
+            } else {
+                None
+            },
         };
         // Outside a hook call (chunk loading has its own slice) nothing is metered.
         self.remaining.store(i64::MAX, Ordering::Relaxed);
@@ -140,6 +158,13 @@ impl Meter {
         start == 0 || self.now_ns().saturating_sub(start) < SLICE_LIMIT.as_nanos() as u64
     }
 
+    /// Records the running coroutine's traceback (level 0: the Lua function the
+    /// count hook interrupted). A traceback that cannot be made (memory) is left out.
+    fn note_place(&self, lua: &Lua) {
+        let traceback = lua.traceback(None, 0).map(|t| t.to_string_lossy()).ok();
+        *self.spent_at.lock() = traceback;
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -148,7 +173,9 @@ impl Meter {
     /// wall-clock limit), the hook first yields — which no `pcall` can catch; the
     /// driver then ends the call — and where Lua cannot yield (inside a C call or a
     /// metamethod) it raises the budget error, which the sandbox's `pcall` passes on.
-    fn tick(&self) -> mlua::Result<VmState> {
+    /// The first failing tick of a slice notes where the script is (`lua` runs the
+    /// hook's coroutine): the error is logged at that line, not the hook's first.
+    fn tick(&self, lua: &Lua) -> mlua::Result<VmState> {
         if self.take(i64::from(STEP)) {
             return Ok(VmState::Continue);
         }
@@ -156,7 +183,11 @@ impl Meter {
         if self.closing.load(Ordering::Relaxed) {
             return Err(mlua::Error::runtime(BUDGET_MESSAGE));
         }
-        if self.tries.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+        let tries = self.tries.fetch_add(1, Ordering::Relaxed);
+        if tries == 0 {
+            self.note_place(lua);
+        }
+        if tries.is_multiple_of(2) {
             Ok(VmState::Yield)
         } else {
             Err(mlua::Error::runtime(BUDGET_MESSAGE))
@@ -281,7 +312,7 @@ pub fn build(memory: usize, read_lib: LibReader) -> mlua::Result<Sandbox> {
     let m = Arc::clone(&meter);
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(STEP),
-        move |_, _| m.tick(),
+        move |lua, _| m.tick(lua),
     )?;
     lua.set_memory_limit(memory)?;
     Ok(Sandbox {

@@ -250,11 +250,24 @@ fn load_chunk(
     let ran = func.call::<()>(());
     let end = sb.meter.end();
     if end.spent {
-        return Err(fail(
-            0,
-            "the chunk's top level ran over the instruction budget (or 500 ms) while loading"
-                .into(),
-        ));
+        let message =
+            "the chunk's top level ran over the instruction budget (or 500 ms) while loading";
+        // Where it was running (a library's line when the loop is in one).
+        let files = script_files(spec, libs);
+        let traceback = match (end.at, &ran) {
+            (Some(t), _) => t,
+            (None, Err(e)) => error_text(e),
+            (None, Ok(())) => String::new(),
+        };
+        return Err(match innermost_position(&traceback, &files) {
+            Some((i, line)) => LoadError {
+                module: 0,
+                file: files[i].to_owned(),
+                line,
+                message: message.into(),
+            },
+            None => fail(0, message.into()),
+        });
     }
     ran.map_err(lua_fail)?;
     let freeze: Function = record.get("freeze").map_err(lua_fail)?;
@@ -294,7 +307,8 @@ pub fn error_text(e: &mlua::Error) -> String {
         }
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_text(cause)),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::RuntimeError(m) => error_object_text(m),
+        mlua::Error::MemoryError(m) => m.clone(),
         mlua::Error::ExternalError(e) => e.to_string(),
         mlua::Error::BadArgument {
             to,
@@ -304,6 +318,52 @@ pub fn error_text(e: &mlua::Error) -> String {
         } => super::caught::bad_argument_text(to.as_deref(), *pos, name.as_deref(), cause),
         other => other.to_string(),
     }
+}
+
+/// A runtime error's text with an error object that is not a string (`error({code =
+/// 1})`) named in Lua's own words, `(error object is a table value)`, as the `lua`
+/// interpreter reports it, rather than by its heap address. mlua has already turned
+/// the object into text, as `tostring` does: `table: 0x...` (or `NAME: 0x...` with a
+/// `__name`, which every userdata has), `nil`, `true`, `false`. Those are told from a
+/// string message by that exact first line: `error` puts the position before a
+/// string, so only `error(s, 0)` with such a text would be taken for an object. An
+/// object with a `__tostring` is its text; a number is its digits, as in `lua`.
+fn error_object_text(text: &str) -> String {
+    let (first, rest) = text
+        .split_once('\n')
+        .map_or((text, None), |(f, r)| (f, Some(r)));
+    let kind = match first {
+        "nil" => "nil",
+        "true" | "false" => "boolean",
+        _ => match first.split_once(": 0x") {
+            Some((name, hex)) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                match name {
+                    "table" | "function" | "thread" | "userdata" => name,
+                    // The handles' `__name`s (`ReqHandle`, ...): userdata to Lua.
+                    _ if !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                    {
+                        "userdata"
+                    }
+                    _ => return text.to_owned(),
+                }
+            }
+            _ => return text.to_owned(),
+        },
+    };
+    match rest {
+        Some(rest) => format!("(error object is a {kind} value)\n{rest}"),
+        None => format!("(error object is a {kind} value)"),
+    }
+}
+
+/// The innermost place in `traceback` (a Lua stack traceback, innermost call first)
+/// that is in one of `files`: the index of the file and the line. Frames of the
+/// sandbox's own Lua functions and of C functions are passed over.
+pub fn innermost_position(traceback: &str, files: &[&str]) -> Option<(usize, u32)> {
+    traceback
+        .lines()
+        .find_map(|l| script_position(l, files).map(|(file, line, _)| (file, line)))
 }
 
 /// The files a module's Lua errors can be in: its chunk's first, then the libraries
@@ -401,7 +461,48 @@ fn chunk_id(file: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunk_id, split_location};
+    use super::{chunk_id, error_object_text, innermost_position, split_location};
+
+    #[test]
+    fn error_objects_are_named_by_their_type_not_their_address() {
+        let trace = "\nstack traceback:\n\t[C]: in function 'error'";
+        for (text, says) in [
+            ("table: 0x20000754a40", "(error object is a table value)"),
+            ("nil", "(error object is a nil value)"),
+            ("false", "(error object is a boolean value)"),
+            ("function: 0x5612ab", "(error object is a function value)"),
+            ("ReqHandle: 0x5612ab", "(error object is a userdata value)"),
+        ] {
+            assert_eq!(
+                error_object_text(&format!("{text}{trace}")),
+                format!("{says}{trace}")
+            );
+            assert_eq!(error_object_text(text), says);
+        }
+        // Messages, numbers and `__tostring` texts are kept.
+        for text in [
+            "mods/x.lua:3: boom",
+            "42",
+            "custom failure",
+            "table: 0xnothex",
+            "a b: 0x12",
+        ] {
+            assert_eq!(error_object_text(text), text);
+        }
+    }
+
+    #[test]
+    fn the_innermost_script_frame_is_where_a_budget_ran_out() {
+        let files = ["mods/hooks.lua", "mods/lib/spin.lua"];
+        let trace = "stack traceback:\n\t[C]: in ?\n\tsandbox:40: in function 'table.insert'\n\t\
+                     mods/lib/spin.lua:4: in function 'spin.forever'\n\t\
+                     mods/hooks.lua:8: in function <mods/hooks.lua:2>";
+        assert_eq!(innermost_position(trace, &files), Some((1, 4)));
+        assert_eq!(
+            innermost_position("stack traceback:\n\t[C]: in ?", &files),
+            None
+        );
+    }
 
     #[test]
     fn a_location_names_the_file_lua_named_whatever_its_extension() {

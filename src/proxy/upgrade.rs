@@ -8,7 +8,10 @@
 //! client gets the `101` and both sockets become one byte tunnel (`server::relay`)
 //! until either side closes or `server.timeouts.idle` passes in silence; a `101` to a
 //! protocol the request did not ask for never gets here (`upstream::upgrade` makes it
-//! a 502). Any other answer is passed through as a normal response.
+//! a 502). Any other answer is passed through as a normal response. A Lua hook's
+//! `std.proxy.forward` of such a request sends it the same way ([`send`]) and gets the
+//! `101`; the upstream's half of the switch ([`Switched`]) goes with the response
+//! object, and the tunnel opens if the request is answered with it (`finish`).
 //!
 //! `h2c` is never tunnelled: a tunnelled h2c connection would carry requests that no
 //! module ever sees ("h2c smuggling"), so such a request is proxied as a plain one.
@@ -186,9 +189,9 @@ pub(super) fn divert(
     }
 }
 
-/// Steps 4-7 of the request path for an upgrade — `send_upstream` on an `Upgrading`
-/// transport, the response phase, and on a `101` the tunnel. `timing` is the
-/// response timeout and connect retries.
+/// Steps 4-7 of the request path for an upgrade — [`send`], the response phase, and
+/// on a `101` the tunnel ([`finish`]). `timing` is the response timeout and connect
+/// retries.
 pub(super) async fn forward(
     diverted: Diverted,
     out: Outbound<'_>,
@@ -202,7 +205,36 @@ pub(super) async fn forward(
         req,
         host,
     } = diverted;
-    let (generation, shared) = (out.generation, &out.worker.shared);
+    let (generation, worker) = (out.generation, out.worker);
+    let out = Outbound {
+        waiting: done.access.as_deref_mut().map(|entry| &mut entry.waiting),
+        ..out
+    };
+    let (mut resp, guard) = send(out, target, req, host, protocol, timing).await?;
+    done.inflight = Some(guard);
+    let was = resp.status();
+    if let Some(state) = done.script.as_mut() {
+        phases::response_phase(generation, state, &mut resp).await?;
+    }
+    let idle = generation.config.server.timeouts.idle;
+    finish(client, was, &mut resp, done, &worker.shared, idle);
+    Ok(resp)
+}
+
+/// Sends an upgrade request to set `target` on a connection of its own (an
+/// `Upgrading` transport), `Connection` and `Upgrade: protocol` kept: steps 4-5 for an
+/// upgrade, for the request path and for Lua's `std.proxy.forward`. A `101` comes back
+/// with the upstream's pending upgrade in its extensions ([`Switched::take`]).
+/// `timing` is the response timeout and connect retries.
+pub async fn send(
+    out: Outbound<'_>,
+    target: usize,
+    req: Box<Request<ProxyBody>>,
+    host: Option<HeaderValue>,
+    protocol: HeaderValue,
+    timing: (Option<Duration>, Option<u32>),
+) -> Result<(Response<ProxyBody>, InflightGuard), ProxyError> {
+    let generation = out.generation;
     let set = generation
         .upstreams
         .sets
@@ -226,27 +258,83 @@ pub(super) async fn forward(
         retries: timing.1.unwrap_or(super::DEFAULT_CONNECT_RETRIES),
         wire: None,
     };
-    let waiting = done.access.as_deref_mut().map(|entry| &mut entry.waiting);
-    let (resp, guard) = super::forward(&via, set, &key, req, out.worker, sending, waiting).await?;
+    let (resp, guard) =
+        super::forward(&via, set, &key, req, out.worker, sending, out.waiting).await?;
     let (mut head, body) = resp.into_parts();
     via.incoming(&mut head);
-    let mut resp = Response::from_parts(head, body);
-    done.inflight = Some(guard);
-    if let Some(state) = done.script.as_mut() {
-        let was = resp.status();
-        phases::response_phase(generation, state, &mut resp).await?;
-        if was == StatusCode::SWITCHING_PROTOCOLS && resp.status() != was {
+    Ok((Response::from_parts(head, body), guard))
+}
+
+/// An upgrade's answer once the response phase has run (`was` its status before): a
+/// `101` starts the tunnel, which holds the server's in-flight guard for its whole
+/// life; a `101` a module turned into another status loses the upgrade's headers.
+/// Any other answer drops both pending upgrades and goes out as a normal response,
+/// the guard left with `done` until its body ends (also when a module answered the
+/// request some other way: `std.respond`, a forward the script made plain).
+pub(super) fn finish(
+    client: ClientUpgrade,
+    was: StatusCode,
+    resp: &mut Response<ProxyBody>,
+    done: &mut Completion,
+    shared: &Arc<Shared>,
+    idle: Duration,
+) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if was == StatusCode::SWITCHING_PROTOCOLS {
             // A module answered otherwise: no switch, so none of its headers.
             unswitch(resp.headers_mut());
         }
+        return;
     }
-    // The tunnel holds the server's in-flight guard for its whole life.
     if let (Some(entry), Some(g)) = (done.access.as_mut(), done.inflight.as_ref()) {
         entry.server = Some(g.server().label().to_owned());
     }
-    let idle = generation.config.server.timeouts.idle;
-    start_tunnel(client, &mut resp, done.inflight.take(), shared, idle);
-    Ok(resp)
+    start_tunnel(client, resp, done.inflight.take(), shared, idle);
+}
+
+/// The upstream's half of a `101` that a module holds before it answers with it (a
+/// Lua `std.proxy.forward` of an upgrade request): the connection hyper hands over
+/// once the switch is done, and the protocol switched to.
+pub struct Switched {
+    upstream: OnUpgrade,
+    protocol: HeaderValue,
+}
+
+impl std::fmt::Debug for Switched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switched")
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl Switched {
+    /// Takes the upstream's pending upgrade out of a `101` from [`send`] (`None` for
+    /// any other answer, which is an ordinary response).
+    pub fn take(resp: &mut Response<ProxyBody>) -> Option<Switched> {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return None;
+        }
+        let protocol = resp.headers().get(header::UPGRADE).cloned()?;
+        Some(Switched {
+            upstream: hyper::upgrade::on(&mut *resp),
+            protocol,
+        })
+    }
+
+    /// Gives a module's answer (its hop-by-hop headers already stripped) back what the
+    /// switch needs: a `101` gets `Connection`/`Upgrade` and the pending upgrade the
+    /// tunnel takes ([`start_tunnel`]); an answer the module gave another status
+    /// loses the upgrade's headers, and dropping the upgrade closes the upstream's
+    /// connection.
+    pub fn answer(self, resp: &mut Response<ProxyBody>) {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            unswitch(resp.headers_mut());
+            return;
+        }
+        restore_headers(resp.headers_mut(), self.protocol);
+        resp.extensions_mut().insert(self.upstream);
+    }
 }
 
 /// When the answer going to the client is a `101`: spawns the tunnel between the
