@@ -24,7 +24,8 @@
 //! - [`stats`]      — process-wide request counters.
 //! - [`metrics`]    — the Prometheus registry: the proxy's metrics, script metrics,
 //!   the text exposition.
-//! - [`observe`]    — logging and the access log.
+//! - [`observe`]    — logging: the text and JSON formats (one line per event, a
+//!   request's id on each of its lines), the access log.
 //!
 //! The binary (`main.rs`) is only the CLI over [`run`] and [`check`].
 

@@ -72,12 +72,18 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Loads the config and every module; prints every error; exit 1 on any.
+/// Loads the config and every module; prints every error it finds and how many; exit
+/// 1 on any. The modules and the TLS files are checked against a valid config only:
+/// with config errors, it says they were not checked.
 fn check(path: Option<PathBuf>) -> ExitCode {
     let config = match Config::load(path.as_deref()) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
+            eprintln!(
+                "{}; the modules and the certificate files were not checked (they need a valid config); nothing would be loaded",
+                count(errors.0.len(), "error")
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -86,54 +92,57 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         .as_ref()
         .map_or("<default>".into(), |p| p.display().to_string());
     // Certificate, key and CA files are read as a start or reload would read them,
-    // and every error of them all is printed (with the modules' below).
-    let mut tls_diags = match proxycache::server::tls::TlsListeners::build(&config, None) {
+    // and every error of them all is printed, with the modules'.
+    let mut diags = match proxycache::server::tls::TlsListeners::build(&config, None) {
         Ok(_) => Vec::new(),
         Err(errors) => proxycache::server::tls::diagnostics(&config, &errors),
     };
-    tls_diags.extend(proxycache::upstream::check_tls(&config));
-    if !tls_diags.is_empty() {
-        eprint!("{}", proxycache::script::diag::render_all(&tls_diags));
-    }
-    let tls_ok = tls_diags.is_empty();
-    match proxycache::script::load(&config) {
-        Ok(_) if !tls_ok => ExitCode::FAILURE,
-        Ok(loaded) => {
-            for name in config
-                .mods
-                .keys()
-                .filter(|n| !loaded.modules.iter().any(|m| &&m.name == n))
-            {
-                eprintln!(
-                    "warning: {source}: [mods.{name}] names no module in {}",
-                    config.scripts.dir.display()
-                );
-            }
-            let count = loaded.modules.len();
-            let mut out = format!(
-                "{source}: ok ({count} module{} from {})\n",
-                if count == 1 { "" } else { "s" },
-                config.scripts.dir.display()
-            );
-            for m in &loaded.modules {
-                let state = if m.enabled { "" } else { " (disabled)" };
-                out.push_str(&format!(
-                    "  {} priority {}{state}: on {}\n",
-                    m.name,
-                    m.priority,
-                    m.phases.join(", on ")
-                ));
-            }
-            // A closed pipe (`check | head`) is not an error worth a panic.
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
-            ExitCode::SUCCESS
+    diags.extend(proxycache::upstream::check_tls(&config));
+    let loaded = match proxycache::script::load(&config) {
+        Ok(loaded) => Some(loaded),
+        Err(module_diags) => {
+            diags.extend(module_diags);
+            None
         }
-        Err(diags) => {
-            eprint!("{}", proxycache::script::diag::render_all(&diags));
-            eprintln!("{} error(s); nothing would be loaded", diags.len());
-            ExitCode::FAILURE
-        }
+    };
+    let Some(loaded) = loaded.filter(|_| diags.is_empty()) else {
+        eprint!("{}", proxycache::script::diag::render_all(&diags));
+        eprintln!("{}; nothing would be loaded", count(diags.len(), "error"));
+        return ExitCode::FAILURE;
+    };
+    for name in config
+        .mods
+        .keys()
+        .filter(|n| !loaded.modules.iter().any(|m| &&m.name == n))
+    {
+        eprintln!(
+            "warning: {source}: [mods.{name}] names no module in {}",
+            config.scripts.dir.display()
+        );
     }
+    let modules = loaded.modules.len();
+    let mut out = format!(
+        "{source}: ok ({} from {})\n",
+        count(modules, "module"),
+        config.scripts.dir.display()
+    );
+    for m in &loaded.modules {
+        let state = if m.enabled { "" } else { " (disabled)" };
+        out.push_str(&format!(
+            "  {} priority {}{state}: on {}\n",
+            m.name,
+            m.priority,
+            m.phases.join(", on ")
+        ));
+    }
+    // A closed pipe (`check | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `1 error`, `2 errors`.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,14 +1,28 @@
-//! Logging: tracing to stderr as text or JSON per `[log]`. The access log is the
-//! `proxycache::access` target, switched by `log.access`. Also: the escaping of text
-//! scripts log ([`log_text`]).
+//! Logging: tracing to stderr as text or JSON per `[log]`, one line per event. The
+//! access log is the `proxycache::access` target, switched by `log.access`.
+//!
+//! - `text.rs`: the text format's fields, with control characters escaped.
+//! - `json.rs`: the JSON format, one object per event, with the fields of the spans
+//!   the event is in (the request's `request_id`) beside its own.
+//!
+//! Every line of a request carries its id as `request_id`: a field of the access line
+//! and of a module's `log` line, and of the request's span (`request{request_id=...}`
+//! in text, a top-level key in JSON) for everything else logged while it runs.
+//!
+//! Call sites log text as it is (a module's message, a Lua traceback): each format
+//! escapes it once, its own way. Escaping at the call site escaped it twice in JSON.
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+
+mod json;
+mod text;
+
+pub use json::JsonLines;
+pub use text::TextFields;
 
 /// A duration in milliseconds rounded to the microsecond, for log fields: `1.247`, not
 /// the `1.2472130000000001` an `f64` prints (an integer count of microseconds divided
@@ -17,35 +31,17 @@ pub fn to_microseconds(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-/// Text a module logs (pcmod `log`, Lua `log.*` and `print`, a fault's message) with
-/// its control characters escaped: `\n`, `\r`, `\t`, other ASCII controls as `\x1b`,
-/// other Unicode controls and line separators as `\u{85}`. A module's message often
-/// carries what a client sent (`$req.query["q"]`); raw, a newline in it started a
-/// line of the client's making in a text log, and an escape sequence drove the
-/// terminal of whoever read it. Backslashes stay as they are: a message is one line
-/// to read, not a value to decode. Borrowed when there is nothing to escape.
-pub fn log_text(text: &str) -> Cow<'_, str> {
-    let escaped = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
-    if !text.chars().any(escaped) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            // Writing to a String cannot fail.
-            c if c.is_ascii_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if escaped(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
+/// A list for one log field, as a person writes it: `a; b`, not Rust's `["a", "b"]`.
+/// `None` for an empty list, which leaves the field out.
+pub fn list<T: std::fmt::Display>(items: &[T], separator: &str) -> Option<String> {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
         }
+        out.push_str(&item.to_string());
     }
-    Cow::Owned(out)
+    (!items.is_empty()).then_some(out)
 }
 
 /// Installs the global subscriber (once; later calls are ignored, which lets tests
@@ -64,26 +60,10 @@ pub fn init(log: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLines)
+            .try_init(),
+        LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
     };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_text;
-
-    #[test]
-    fn log_text_escapes_controls_and_keeps_the_rest() {
-        assert!(matches!(
-            log_text("plain caf\u{e9} \\ \"q\""),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        assert_eq!(log_text("a\nWARN forged\r\tb"), "a\\nWARN forged\\r\\tb");
-        assert_eq!(log_text("\x1b[31mred\0\x7f"), "\\x1b[31mred\\x00\\x7f");
-        assert_eq!(
-            log_text("\u{85}\u{2028}\u{2029}"),
-            "\\u{85}\\u{2028}\\u{2029}"
-        );
-    }
 }

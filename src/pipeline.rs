@@ -435,7 +435,7 @@ impl Pipeline {
                 };
                 self.meter(i, PhaseKind::Log, start, result.is_err());
                 if let Err(e) = result {
-                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "log phase failed");
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
                 }
             }
         }
@@ -454,7 +454,7 @@ impl Pipeline {
                 let result = m.on_log(ex);
                 self.meter(i, PhaseKind::Log, start, result.is_err());
                 if let Err(e) = result {
-                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "log phase failed");
+                    tracing::warn!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "log phase failed");
                 }
             }
         }

@@ -74,7 +74,9 @@ pub async fn handle(
         meter: Meter::new(Arc::clone(&generation)),
         answered: false,
     };
-    let span = tracing::info_span!(target: "proxycache::proxy", "request", id = %id);
+    // Every line logged while the request runs carries its id, under the access line's
+    // key (`request_id`).
+    let span = tracing::info_span!(target: "proxycache::proxy", "request", request_id = %id);
     let request = Arrived {
         req,
         client_ip,

@@ -394,12 +394,30 @@ fn apply_listeners(shared: &Shared, config: &Config, bound: Bound) -> Vec<String
     done
 }
 
+/// One line per event: `reloaded`, or `reload failed` and then one line per error
+/// with its position as fields (the rendered diagnostic, with its source line and
+/// caret, spans lines: it is in `/status` and the reload's answer).
 fn log_report(r: &ReloadReport) {
     if r.ok {
-        tracing::info!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, applied = ?r.applied, "reloaded");
+        let applied = crate::observe::list(&r.applied, "; ");
+        tracing::info!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, applied = applied.as_deref(), "reloaded");
     } else {
-        let errors: Vec<&str> = r.errors.iter().map(|e| e.rendered.as_str()).collect();
-        tracing::error!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, "reload failed; the previous generation keeps serving:\n{}", errors.join("\n"));
+        tracing::error!(target: "proxycache::reload", generation = r.generation, trigger = %r.trigger, errors = r.errors.len(), "reload failed; the previous generation keeps serving");
+        for e in &r.errors {
+            let position = (e.line > 0).then_some((e.line, e.col));
+            tracing::error!(
+                target: "proxycache::reload",
+                generation = r.generation,
+                file = %e.file,
+                line = position.map(|p| p.0),
+                col = position.map(|p| p.1),
+                key = e.key.as_deref().map(tracing::field::display),
+                module = e.module.as_deref().map(tracing::field::display),
+                error = %e.message,
+                hint = e.hint.as_deref().map(tracing::field::display),
+                "reload error"
+            );
+        }
     }
     for what in &r.requires_restart {
         tracing::warn!(target: "proxycache::reload", change = %what, "this change needs a restart and was not applied");

@@ -377,8 +377,16 @@ fn load_sources_here(
             }));
         }
     }
+    // A module is in the folder when its file is, whether or not it parses: a file
+    // with a syntax error is reported as that, not as a table naming no module.
+    let in_folder = |name: &str| {
+        seen.iter().any(|(n, _)| n == name)
+            || sources
+                .iter()
+                .any(|(path, _)| path.file_stem().is_some_and(|stem| stem == name))
+    };
     for name in config.mods.keys() {
-        if !seen.iter().any(|(n, _)| n == name) {
+        if !in_folder(name) {
             tracing::warn!(target: "proxycache::script", module = %name, "[mods.{name}] in config.toml names no module in the scripts folder");
         }
     }

@@ -290,7 +290,20 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     })?);
     // The admin address as a person writes it (`off`, not Rust's `None`).
     let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(target: "proxycache::server", listen = ?addrs, tls = ?tls_addrs, tcp = ?tcp_addrs, admin = %admin_shown, workers, generation = generation.number, modules = generation.modules.len(), "proxycache serving");
+    // Lists as a person writes them (`127.0.0.1:8080,[::1]:8080`), left out when empty.
+    let shown = |list: &[SocketAddr]| crate::observe::list(list, ",");
+    let (listen, tls, tcp) = (shown(&addrs), shown(&tls_addrs), shown(&tcp_addrs));
+    tracing::info!(
+        target: "proxycache::server",
+        listen = listen.as_deref().map(tracing::field::display),
+        tls = tls.as_deref().map(tracing::field::display),
+        tcp = tcp.as_deref().map(tracing::field::display),
+        admin = %admin_shown,
+        workers,
+        generation = generation.number,
+        modules = generation.modules.len(),
+        "proxycache serving"
+    );
     Ok(ServerHandle {
         shared,
         addrs,

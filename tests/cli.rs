@@ -316,6 +316,65 @@ fn check_warns_about_a_mods_table_that_names_no_module() {
     );
 }
 
+/// A certificate that cannot be read and a module that does not parse: `check` prints
+/// both and counts both (it printed them and said `1 error(s)`, and with only the
+/// certificate's error, no count at all).
+#[test]
+fn check_counts_certificate_and_module_errors_together() {
+    let dir = TempDir::new("tls-and-module");
+    let text = "[server]\nlisten = []\n\n[admin]\nlisten = \"\"\n\n\
+                [[server.tls]]\nlisten = \"127.0.0.1:0\"\n\
+                certs = [{ cert = \"nothere.pem\", key = \"nothere.key\" }]\n\n\
+                [upstreams.e]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"e\"\n";
+    let path = dir.write("config.toml", text);
+    std::fs::create_dir_all(dir.path().join("mods")).expect("mods/");
+    let config = path.to_str().expect("utf-8 path");
+
+    let out = run_to_end(dir.path(), &["check", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothere.pem"), "{stderr}");
+    assert!(
+        stderr.contains("1 error; nothing would be loaded"),
+        "{stderr}"
+    );
+
+    dir.write(
+        "mods/broken.pcmod",
+        "mod broken {\n  on request {\n    set req.header[\"x\"] = \n  }\n}\n",
+    );
+    let out = run_to_end(dir.path(), &["check", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothere.pem"), "{stderr}");
+    assert!(stderr.contains("broken.pcmod:"), "{stderr}");
+    assert!(
+        stderr.contains("2 errors; nothing would be loaded"),
+        "{stderr}"
+    );
+}
+
+/// With errors in config.toml, `check` cannot check the modules or the certificate
+/// files against it: it says so, with the count, rather than leaving them unmentioned.
+#[test]
+fn check_says_the_modules_were_not_checked_when_the_config_has_errors() {
+    let dir = TempDir::new("config-and-module");
+    let path = dir.write("config.toml", BAD_KEY);
+    std::fs::create_dir_all(dir.path().join("mods")).expect("mods/");
+    dir.write("mods/broken.pcmod", "mod broken {\n");
+    let out = run_to_end(
+        dir.path(),
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.bogus_key"), "{stderr}");
+    assert!(
+        stderr.contains("1 error; the modules and the certificate files were not checked"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_on_a_good_config_exits_0() {
     let dir = TempDir::new("good");

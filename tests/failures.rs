@@ -443,3 +443,65 @@ async fn a_retry_skips_the_server_it_tried_in_a_set_of_more_than_64() {
     }
     assert_eq!(live.requests(), 3);
 }
+
+/// A server taken out of rotation is logged with why its checks failed: the status
+/// it answered, the connect's error, or the time it kept the check waiting (the line
+/// said only "server failed its health checks").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failing_its_health_checks_is_logged_with_the_reason() {
+    log::capture();
+    let failing = Upstream::start("a", Behavior::echo()).await;
+    failing.set_healthy(false);
+    let refused = dead_addr();
+    // Takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let check = |kind: &str| {
+        format!(
+            "health = {{ {kind}interval = \"100ms\", timeout = \"300ms\", unhealthy_after = 1 }}"
+        )
+    };
+    let _px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n{}\n\n\
+         [upstreams.db]\nservers = [\"{refused}\"]\n{}\n\n\
+         [upstreams.quiet]\nservers = [\"{silent_addr}\"]\n{}\n\n\
+         [[routes]]\nupstream = \"app\"\n",
+        failing.addr,
+        check("path = \"/healthz\", "),
+        check("type = \"tcp\", "),
+        check(""),
+    ));
+    let line_for = |server: String| {
+        log::lines_with("server failed its health checks")
+            .into_iter()
+            .find(|l| l.contains(&server))
+    };
+    let logged = wait_until(Duration::from_secs(10), || {
+        [failing.addr, refused, silent_addr]
+            .iter()
+            .all(|a| line_for(a.to_string()).is_some())
+    })
+    .await;
+    assert!(
+        logged,
+        "{:#?}",
+        log::lines_with("server failed its health checks")
+    );
+    let line = line_for(failing.addr.to_string()).unwrap_or_default();
+    assert!(line.contains("reason=status 500"), "{line}");
+    let line = line_for(refused.to_string()).unwrap_or_default();
+    assert!(
+        line.contains("reason=connect failed: Connection refused"),
+        "{line}"
+    );
+    let line = line_for(silent_addr.to_string()).unwrap_or_default();
+    assert!(line.contains("reason=") && line.contains("300ms"), "{line}");
+}

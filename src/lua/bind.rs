@@ -532,8 +532,8 @@ fn log_fn(lua: &Lua, cell: &Arc<TurnCell>, level: &'static str) -> mlua::Result<
                 },
             }
         }
-        // A client's text in the message is one line, never a forged one.
-        let text = crate::observe::log_text(&text);
+        // Written as it is: the log format escapes it (`observe`), so a client's text
+        // in the message is one line, never a forged one.
         let (module, id) = {
             let guard = cell.lock();
             match guard.as_ref() {

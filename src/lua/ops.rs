@@ -501,7 +501,7 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
         ));
         let resp = client::send(&pool, &endpoint, backstop, Box::new(req), None)
             .await
-            .map_err(|e| fail(send_error(&e, backstop)))?;
+            .map_err(|e| fail(e.describe(backstop)))?;
         head_came.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         let mut headers = Vec::with_capacity(resp.headers().keys_len());
@@ -531,24 +531,5 @@ async fn http_request(call: HttpCall, turn: &Turn, limit: u64) -> Result<Reply, 
             call.timeout
         ))),
         Err(_) => Err(fail(format!("no response within {:?}", call.timeout))),
-    }
-}
-
-/// `timeout`: the one the client was given.
-fn send_error(e: &client::SendError, timeout: Duration) -> String {
-    match e {
-        client::SendError::Connect(io, _) => format!("connect failed: {io}"),
-        client::SendError::ConnectTimeout(stage, _) => format!("{} timed out", stage.step()),
-        client::SendError::Tls(reason, _) => reason.clone(),
-        client::SendError::Upstream(e) => e.to_string(),
-        client::SendError::Closed => "the connection closed".into(),
-        client::SendError::ResponseTimeout => format!("no response within {timeout:?}"),
-        client::SendError::RequestBodyStalled(t) => {
-            format!("the request body made no progress within {t:?}")
-        }
-        client::SendError::SendTimeout(t) => {
-            format!("the server read none of the request within {t:?}")
-        }
-        client::SendError::Unsupported(reason) => reason.clone(),
     }
 }

@@ -336,7 +336,7 @@ fn answer(value: mlua::Value, turn: &mut Turn) -> Result<Flow, HookError> {
 /// while the logs said 200. The hook's headers go with the lost body.
 fn replace_lost_body(data: &mut RespData, id: &crate::http::RequestId, module: &str) {
     let Some(why) = data.lost.take() else { return };
-    tracing::warn!(target: "proxycache::pipeline", module, error = %crate::observe::log_text(&why), "the response body was lost (a failed body() was caught and no set_body followed): answering 502");
+    tracing::warn!(target: "proxycache::pipeline", module, error = %why, "the response body was lost (a failed body() was caught and no set_body followed): answering 502");
     let status = http::StatusCode::BAD_GATEWAY;
     let text = format!(
         "{} {}\nrequest id: {id}\n",

@@ -198,12 +198,16 @@ impl LogJob {
     /// Runs the log phase (from the response body's completion): inline when it is
     /// all pcmod, as a task on the worker when a Lua hook may wait.
     pub fn run(self) {
+        // The request's span has ended (this runs from the body's completion): the log
+        // phase gets one like it, so that its lines carry the request id too.
+        let span = tracing::info_span!(target: "proxycache::proxy", "request", request_id = %self.state.info.id);
         if self.generation.pipeline.has_lua_log() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(self.run_async());
+                handle.spawn(tracing::Instrument::instrument(self.run_async(), span));
                 return;
             }
         }
+        let _entered = span.enter();
         self.run_now();
     }
 
@@ -320,7 +324,7 @@ pub(crate) fn module_error(e: ScriptError) -> ProxyError {
         tracing::debug!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, "a module's forward got no response");
         return *failure;
     }
-    tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %crate::observe::log_text(&e.message), "module failed");
+    tracing::error!(target: "proxycache::pipeline", module = %e.module, file = %e.file, line = e.line, error = %e.message, "module failed");
     ProxyError::Module {
         module: e.module,
         location: format!("{}:{}", e.file, e.line),

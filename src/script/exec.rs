@@ -203,13 +203,13 @@ impl Machine<'_> {
                 }
             }
             CStmtKind::Log(level, e) => {
-                let msg = self.eval(e, ex)?;
-                let text: Cow<'_, str> = match &msg {
+                let value = self.eval(e, ex)?;
+                // Written as it is: the log format escapes it (`observe`), so a
+                // client's text in the message is one line, never a forged one.
+                let msg: Cow<'_, str> = match &value {
                     Value::Str(s) => Cow::Borrowed(s),
                     other => Cow::Owned(other.to_string()),
                 };
-                // A client's text in the message is one line, never a forged one.
-                let msg = crate::observe::log_text(&text);
                 let (module, id) = (ex.module, &ex.info.id);
                 match level {
                     LogLevel::Debug => {

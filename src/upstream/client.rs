@@ -63,6 +63,28 @@ pub enum SendError {
     Unsupported(String),
 }
 
+impl SendError {
+    /// What went wrong, in words (`connect failed: Connection refused (os error 111)`,
+    /// `no response within 2s`); `timeout`: the response timeout the send was given.
+    pub fn describe(&self, timeout: Duration) -> String {
+        match self {
+            SendError::Connect(io, _) => format!("connect failed: {io}"),
+            SendError::ConnectTimeout(stage, _) => format!("{} timed out", stage.step()),
+            SendError::Tls(reason, _) => reason.clone(),
+            SendError::Upstream(e) => e.to_string(),
+            SendError::Closed => "the connection closed".into(),
+            SendError::ResponseTimeout => format!("no response within {timeout:?}"),
+            SendError::RequestBodyStalled(t) => {
+                format!("the request body made no progress within {t:?}")
+            }
+            SendError::SendTimeout(t) => {
+                format!("the server read none of the request within {t:?}")
+            }
+            SendError::Unsupported(reason) => reason.clone(),
+        }
+    }
+}
+
 /// Sends `req` to `ep` and waits up to `response_timeout` for the response head.
 /// `wire`: forwarding headers to write into the head; given only for HTTP/1.1 sets
 /// (an `http2 = true` set's request carries them in its map).

@@ -110,6 +110,19 @@ pub enum ConnectFailure {
     NoCommonProtocol(String),
 }
 
+impl ConnectFailure {
+    /// What went wrong, in words, as [`super::client::SendError::describe`] says it.
+    pub fn describe(&self) -> String {
+        match self {
+            ConnectFailure::Io(e) => format!("connect failed: {e}"),
+            ConnectFailure::Timeout(stage) => format!("{} timed out", stage.step()),
+            ConnectFailure::Tls(reason) | ConnectFailure::NoCommonProtocol(reason) => {
+                reason.clone()
+            }
+        }
+    }
+}
+
 /// The step of opening a connection that `connect_timeout` ran out in: a server that
 /// takes the TCP connection and then never answers the TLS ClientHello is told from
 /// one that does not accept at all (nginx: "upstream timed out ... while SSL

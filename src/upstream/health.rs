@@ -58,44 +58,76 @@ async fn check_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let ok = probe(&endpoint, &health).await;
-        if let Some(healthy) = server.record_check(ok, health.healthy_after, health.unhealthy_after)
-        {
-            if healthy {
-                tracing::info!(target: "proxycache::upstream", %upstream, server = server.label(), "server is healthy again");
-            } else {
-                match health.kind {
-                    HealthKind::Http => {
-                        tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), path = %health.path, "server failed its health checks")
-                    }
-                    HealthKind::Tcp => {
-                        tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), "server failed its health checks (connect)")
-                    }
-                }
+        let checked = probe(&endpoint, &health).await;
+        let turned = server.record_check(
+            checked.is_ok(),
+            health.healthy_after,
+            health.unhealthy_after,
+        );
+        match (turned, checked) {
+            (Some(true), _) => {
+                tracing::info!(target: "proxycache::upstream", %upstream, server = server.label(), "server is healthy again")
             }
+            // The check that took it out says why (the ones before it most often failed
+            // the same way).
+            (Some(false), Err(why)) => match health.kind {
+                HealthKind::Http => {
+                    tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), path = %health.path, reason = %why, "server failed its health checks")
+                }
+                HealthKind::Tcp => {
+                    tracing::warn!(target: "proxycache::upstream", %upstream, server = server.label(), reason = %why, "server failed its health checks (connect)")
+                }
+            },
+            _ => {}
         }
     }
 }
 
-async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> bool {
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    /// The server answered with a status that is not 2xx or 3xx.
+    #[error("status {0}")]
+    Status(u16),
+    /// No connection, or no answer: the reason in words.
+    #[error("{0}")]
+    Exchange(String),
+    /// The check's `timeout` ran out (connect and answer together).
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+async fn probe(endpoint: &Arc<Endpoint>, health: &HealthConfig) -> Result<(), CheckFailed> {
     let timeout = health.timeout.max(Duration::from_millis(1));
     if health.kind == HealthKind::Tcp {
         // Connect (and the TLS handshake with `tls = true`), then hang up.
         let connected = tokio::time::timeout(timeout, super::connect::open_stream(endpoint));
-        return matches!(connected.await, Ok(Ok(_)));
+        return match connected.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(failure)) => Err(CheckFailed::Exchange(failure.describe())),
+            Err(_) => Err(CheckFailed::TimedOut(timeout)),
+        };
     }
     let attempt = async {
         let req = Request::get(health.path.as_str())
             .header(header::HOST, endpoint.authority.as_str())
             .header(header::USER_AGENT, "proxycache-health")
             .body(ProxyBody::Empty)
-            .ok()?;
+            .map_err(|e| CheckFailed::Exchange(format!("cannot make the request: {e}")))?;
         // A pool of its own: every check opens (and then drops) a fresh connection.
         let pool = Arc::new(Pool::default());
         let resp = client::send(&pool, endpoint, timeout, Box::new(req), None)
             .await
-            .ok()?;
-        Some(resp.status().is_success() || resp.status().is_redirection())
+            .map_err(|e| CheckFailed::Exchange(e.describe(timeout)))?;
+        let status = resp.status();
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(CheckFailed::Status(status.as_u16()))
+        }
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(checked) => checked,
+        Err(_) => Err(CheckFailed::TimedOut(timeout)),
+    }
 }

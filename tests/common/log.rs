@@ -1,5 +1,6 @@
 //! What proxycache logs in an in-process test: one global subscriber per test binary,
-//! at info and above, writing text (no colours) into a buffer the test reads.
+//! at info and above, writing text (no colours, fields as `log.format = "text"` writes
+//! them) into a buffer the test reads.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,6 +14,7 @@ pub fn capture() -> &'static Arc<Mutex<Vec<u8>>> {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
             .with_ansi(false)
+            .fmt_fields(proxycache::observe::TextFields)
             .with_writer(move || writer.clone())
             .try_init();
         buf
