@@ -188,6 +188,61 @@ async fn an_absolute_form_target_names_the_host() {
     assert_eq!(hosts, ["internal.example"], "{:?}", got.headers);
 }
 
+/// An authority-form target (`host:port`, RFC 9112 3.2.3) is for `CONNECT` only:
+/// on any other method it is 400, as nginx answers, and the connection closes. It was
+/// forwarded as `GET /` with the target's authority written over `Host`, so any
+/// client could name any site (`admin.internal:8080`) past the one it connected for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_form_target_is_400_on_any_method_but_connect() {
+    log::capture();
+    let (up, px) = limited().await;
+    for head in [
+        "GET admin.internal:8080 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "GET admin.internal HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "POST evil HTTP/1.1\r\nHost: public.example\r\nContent-Length: 5\r\n\r\nhello",
+        "OPTIONS x:80 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "HEAD admin.internal:8080 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let raw = read_raw(&mut stream, Duration::from_secs(5)).await;
+        assert_proxy_made(&raw, 400);
+        assert_eq!(
+            raw_header(&raw, "connection").as_deref(),
+            Some("close"),
+            "{head:?}: {raw}"
+        );
+        let mut rest = [0u8; 64];
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(3), stream.read(&mut rest)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        assert!(closed, "{head:?}: the connection closes after the 400");
+    }
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+    // Logged with the target as sent (not as `/`).
+    let line = log::access_line_for("admin.internal:8080").await;
+    assert!(line.contains("status=400"), "{line}");
+    // The other forms go on: origin-form, absolute-form, and `*` for OPTIONS.
+    for head in [
+        "GET /o HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "GET http://a.example/abs HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        let raw = raw_request(px.addr, head.as_bytes()).await;
+        assert_eq!(raw_status(&raw), 200, "{head:?}: {raw}");
+    }
+    assert_eq!(up.requests(), 3);
+    // `CONNECT host:port` has no tunnel to open here: 405, as before.
+    let raw = raw_request(
+        px.addr,
+        b"CONNECT admin.internal:8080 HTTP/1.1\r\nHost: admin.internal:8080\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 405, "{raw}");
+    assert_eq!(up.requests(), 3);
+}
+
 /// An absolute-form target with userinfo is 400 (as nginx): `good.example:80@evil.example`
 /// names evil.example to a URL parser but was routed as `good.example`, and a
 /// password went upstream in `Host` and `X-Forwarded-Host`.

@@ -158,8 +158,13 @@ fn write_access_log(
     access_line(&AccessLine {
         method: e.method.as_str(),
         // The target as in an HTTP/1.1 request line (an HTTP/2 request's URI is
-        // absolute: scheme and authority are not the path).
-        path: e.uri.path_and_query().map_or("/", |p| p.as_str()),
+        // absolute: scheme and authority are not the path); an authority-form one
+        // (`CONNECT a.example:443`, or one refused for being it) is its authority.
+        path: match (e.uri.path_and_query(), e.uri.authority()) {
+            (Some(p), _) => p.as_str(),
+            (None, Some(a)) => a.as_str(),
+            (None, None) => "/",
+        },
         protocol: protocol_name(e.version),
         status,
         bytes,

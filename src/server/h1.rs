@@ -434,8 +434,10 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     }
     // RFC 9112 3.2.2: with an absolute-form target (`GET http://a.example/p`), the
     // target's authority is the host, whatever `Host` says: routing and the upstream
-    // see that one.
-    if let Some(authority) = uri.authority() {
+    // see that one. Only absolute-form: an authority-form target (`GET a.example:80`,
+    // which the URI parser reads as an authority alone) is refused by the request
+    // path (`framing::check_target`), never made the host.
+    if let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             headers.insert(header::HOST, host);
         }
