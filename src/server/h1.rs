@@ -87,6 +87,12 @@ struct Io<S> {
     seq: u64,
     /// `100 Continue` owed before the body is read: bytes left to write, then a flush.
     cont: Continue,
+    /// A chunked body's chunk sizes so far, and the most they may add up to (the
+    /// request path's `max_body`, see [`ClientBody::limit`]; none until it says): a
+    /// size over it fails the body when its line is read, not once that many bytes
+    /// have come (they may never come, and the upstream would wait for them).
+    declared: u64,
+    max_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +206,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                         .map_err(|_| BodyError::Chunk)?;
                     self.body = BodyState::Chunked(at);
                     match step {
+                        Step::Size(size) => {
+                            self.declared = self.declared.saturating_add(size);
+                            if self.declared > self.max_body {
+                                let limit = self.max_body;
+                                return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                            }
+                        }
                         Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Step::Trailers(trailers) => {
                             self.body = BodyState::Done;
@@ -238,6 +251,9 @@ pub enum BodyError {
     Chunk,
     #[error("request body framing the proxy does not accept")]
     Framing,
+    /// Its chunk sizes add up to more than this many bytes (`max_body`).
+    #[error("the request body's chunk sizes add up to more than {0} bytes")]
+    TooLarge(u64),
 }
 
 /// What a request body needs from its connection, whatever the stream type.
@@ -248,6 +264,7 @@ trait BodySource: Send + Sync {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
     fn state(&self, seq: u64) -> BodyState;
+    fn limit(&self, seq: u64, max_body: u64);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Mutex<Io<S>> {
@@ -277,6 +294,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Mutex<Io<S>> {
             BodyState::Done
         }
     }
+
+    fn limit(&self, seq: u64, max_body: u64) {
+        let mut io = self.lock();
+        if io.seq == seq {
+            io.max_body = max_body;
+        }
+    }
 }
 
 /// A request body read from the client's HTTP/1.1 connection.
@@ -290,6 +314,15 @@ impl fmt::Debug for ClientBody {
         f.debug_struct("ClientBody")
             .field("seq", &self.seq)
             .finish()
+    }
+}
+
+impl ClientBody {
+    /// Holds a chunked body's declared chunk sizes to `max_body` (the request path's
+    /// limit, which it also applies to the bytes that come, `ProxyBody::limited`):
+    /// past it the body fails with [`BodyError::TooLarge`] as the size line is read.
+    pub fn limit(&self, max_body: u64) {
+        self.src.limit(self.seq, max_body);
     }
 }
 
@@ -623,6 +656,8 @@ where
         body: BodyState::Done,
         seq: 0,
         cont: Continue::None,
+        declared: 0,
+        max_body: u64::MAX,
     }));
     let mut out = Out::default();
     // Two views of the shutdown signal: one waited on while idle (registered once),
@@ -749,6 +784,8 @@ where
             let mut guard = io.lock();
             guard.seq += 1;
             guard.body = framing;
+            guard.declared = 0;
+            guard.max_body = u64::MAX;
             let has_body = matches!(framing, BodyState::Length(_) | BodyState::Chunked(_));
             guard.cont = if expect_continue && has_body && !http10 {
                 Continue::Write(CONTINUE.len())
