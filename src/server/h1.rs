@@ -833,6 +833,9 @@ where
         let raw = resp.body_mut().take_raw_head();
         // Lent, not moved: the response is a few hundred bytes, and each move copies it.
         let kept = write_response(&io, &mut out, &mut resp, raw, plan).await;
+        if let Err(e) = &kept {
+            tell_cut_short(e, &mut resp, conn);
+        }
         // Its end (in-flight counts, the upstream connection back to the pool, the
         // access log) comes before any lingering close.
         drop(resp);
@@ -843,12 +846,32 @@ where
                 close(&io, !clean).await;
                 return Served::Closed;
             }
-            Err(e) => {
-                tracing::debug!(target: "proxycache::server", peer = %conn.peer, error = %e, "writing the response failed");
-                return Served::Closed;
-            }
+            Err(_) => return Served::Closed,
         }
         idle_since = Instant::now();
+    }
+}
+
+/// Tells why a response was cut short, by whose doing: a client that went away (or
+/// read nothing for the send timeout) is no fault of the proxy's or the upstream's, a
+/// DEBUG line; a body that failed or ended short of its length is a WARN with the
+/// request, the upstream and the server (`proxy::completion`; a failed body was told
+/// there as it failed, for HTTP/2 clients too).
+fn tell_cut_short(
+    e: &WriteFailure,
+    resp: &mut Response<crate::proxy::completion::ResponseBody>,
+    conn: &ConnInfo,
+) {
+    match e {
+        WriteFailure::Client(error) => tracing::debug!(
+            target: "proxycache::server",
+            peer = %conn.peer,
+            request_id = %resp.body().request_id(),
+            %error,
+            "the client went away before the response ended; closing"
+        ),
+        WriteFailure::Body(_) => {}
+        WriteFailure::Short { missing } => resp.body_mut().ended_short(*missing),
     }
 }
 
@@ -1093,6 +1116,22 @@ impl fmt::Write for HexWriter<'_> {
     }
 }
 
+/// Why a response was not written to its end.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailure {
+    /// The client went away, or read nothing of the response for the send timeout.
+    #[error("client connection: {0}")]
+    Client(#[from] io::Error),
+    /// The response body failed (its upstream's: reset, closed short, stalled). What
+    /// came of it was sent; the connection then closes, which tells the client the
+    /// body is cut short.
+    #[error("response body: {0}")]
+    Body(String),
+    /// The body ended short of the length the head declared (one a module set).
+    #[error("response body {missing} bytes shorter than its content-length")]
+    Short { missing: u64 },
+}
+
 /// Writes a response; `Ok(true)` when the connection may carry another request.
 /// `raw`: the upstream's head as received (see `RawHead`), written after the map's
 /// headers, less the lines of names the map has; it carries no hop-by-hop header and
@@ -1103,7 +1142,7 @@ async fn write_response<S, B>(
     resp: &mut Response<B>,
     raw: Option<Box<RawHead>>,
     plan: Plan,
-) -> io::Result<bool>
+) -> Result<bool, WriteFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -1253,6 +1292,8 @@ where
     let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut wrote_since_wait = true;
     let mut watching = true;
+    // A body that failed (or ended short): what came of it still goes out, then this.
+    let mut failed: Option<WriteFailure> = None;
     poll_fn(|cx| loop {
         // Gather what the body has ready, so the head and a small body go out in one
         // write.
@@ -1282,16 +1323,15 @@ where
                     }
                 },
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(io::Error::other(format!("response body: {e}"))));
+                    body_done = true;
+                    failed = Some(WriteFailure::Body(e.to_string()));
                 }
                 Poll::Ready(None) => {
                     body_done = true;
                     match framing {
                         Framing::Chunked => out.push_end(None),
                         Framing::Length(left) if left > 0 => {
-                            return Poll::Ready(Err(io::Error::other(
-                                "response body shorter than its Content-Length",
-                            )));
+                            failed = Some(WriteFailure::Short { missing: left });
                         }
                         _ => {}
                     }
@@ -1305,7 +1345,7 @@ where
                 flushed = true;
             }
             if body_done {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(failed.take().map_or(Ok(()), Err));
             }
             // Waiting for the body (an upstream that stalls, a long poll): watch the
             // client meanwhile, as `until_client_leaves` does before the head. One
@@ -1317,7 +1357,8 @@ where
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
                             "the client closed the connection before the response body ended",
-                        )));
+                        )
+                        .into()));
                     }
                     Poll::Ready(false) => watching = false,
                     Poll::Pending => {}
@@ -1347,14 +1388,15 @@ where
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client read nothing of the response for server.timeouts.idle",
-                        )));
+                        )
+                        .into()));
                     }
                     return Poll::Pending;
                 }
             }
         };
         if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
         }
         wrote_since_wait = true;
         flushed = false;
