@@ -54,13 +54,16 @@ pub async fn handle(
     // Pin the generation: this request sees one config from start to end, whatever a
     // reload does meanwhile.
     let generation = ctx.shared.generation();
-    let mut id = RequestId::from_headers_or_new(req.headers());
+    let id = RequestId::from_headers_or_new(req.headers());
     let client_ip = hygiene::client_ip(
         conn.peer.ip(),
         req.headers(),
         &generation.config.server.trusted_proxies,
     );
     let access = access_entry(&generation, &req, &id, client_ip);
+    // Every line logged while the request runs carries its id, under the access line's
+    // key (`request_id`).
+    let span = tracing::info_span!(target: "proxycache::proxy", "request", request_id = %id);
     let mut done = Completion {
         conn: Arc::clone(&conn),
         // Until a response exists: a request dropped before it (the client left) is
@@ -73,10 +76,9 @@ pub async fn handle(
         log: None,
         meter: Meter::new(Arc::clone(&generation)),
         answered: false,
+        id,
+        cut: None,
     };
-    // Every line logged while the request runs carries its id, under the access line's
-    // key (`request_id`).
-    let span = tracing::info_span!(target: "proxycache::proxy", "request", request_id = %id);
     let request = Arrived {
         req,
         client_ip,
@@ -89,7 +91,7 @@ pub async fn handle(
     // never moved; boxing it cost an allocation and a copy of a few KB per request
     // (callgrind: 25,702 -> 24,427 instructions per proxied request without).
     let result = {
-        let fut = proxy(request, &generation, &conn, &ctx, &mut id, &mut done);
+        let fut = proxy(request, &generation, &conn, &ctx, &mut done);
         let mut fut = std::pin::pin!(fut);
         std::future::poll_fn(|cx| {
             let _entered = span.enter();
@@ -103,7 +105,7 @@ pub async fn handle(
             let _enter = span.enter();
             note_failure(&e, &mut done);
             // The pipeline holds the id it was lent (and may have made) until the end.
-            e.to_response(done.script.as_ref().map_or(&id, |s| &s.info.id))
+            e.to_response(done.request_id())
         }
     };
     done.status = resp.status();
@@ -206,7 +208,6 @@ async fn proxy(
     generation: &Arc<Generation>,
     conn: &Arc<ConnInfo>,
     ctx: &Arc<WorkerCtx>,
-    id: &mut RequestId,
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Arrived {
@@ -301,7 +302,7 @@ async fn proxy(
             // Lent, not cloned (a clone makes the id): a pipeline that never reads it
             // does not make one. The state holds it from now on (an error response
             // takes it from there).
-            id: std::mem::replace(id, RequestId::stand_in()),
+            id: std::mem::replace(&mut done.id, RequestId::stand_in()),
             client_ip,
             scheme: conn.scheme,
             path_rules,

@@ -65,11 +65,22 @@ async fn run_logging_as(
     admin: &str,
     rest: &str,
 ) -> (Killed, SocketAddr, std::path::PathBuf, Site) {
+    run_logging_at(tag, format, admin, "info", rest).await
+}
+
+/// [`run_logging_as`] with `log.level = LEVEL`.
+async fn run_logging_at(
+    tag: &str,
+    format: &str,
+    admin: &str,
+    level: &str,
+    rest: &str,
+) -> (Killed, SocketAddr, std::path::PathBuf, Site) {
     let port = free_port();
     let site = Site::new(tag);
     site.write_config(&format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n\n[admin]\nlisten = \"{admin}\"\n\n\
-         [log]\nformat = \"{format}\"\naccess = true\nlevel = \"info\"\n\n\
+         [log]\nformat = \"{format}\"\naccess = true\nlevel = \"{level}\"\n\n\
          [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
     ));
     let log = site.dir.join("stderr.log");
@@ -555,4 +566,146 @@ async fn refused_heads_are_logged_and_counted_as_answered_requests() {
         ),
         2.0
     );
+}
+
+// ---- response bodies that end early -------------------------------------------------
+
+/// A server that answers `200` with `content-length: 2000` and 1000 bytes of it, then
+/// by the request's path: `/reset` resets the connection, `/closed` closes it, and
+/// anything else holds it open for 5 s.
+async fn breaks_off() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n".to_vec();
+                answer.extend(std::iter::repeat_n(b'x', 1000));
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if head.starts_with("GET /reset ") {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                } else if !head.starts_with("GET /closed ") {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream whose response body fails partway (a reset, a close short of its
+/// `content-length`, a stall past `response_timeout`) is a WARN at the default level
+/// with the request id, upstream and server, as nginx's "upstream prematurely closed
+/// connection while reading upstream"; it was one DEBUG line, outside the request,
+/// that called it a failed write. The access line says `reason = "upstream_body"`
+/// and the bytes the client was sent. A client that goes away mid-body is no WARN:
+/// a DEBUG line that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_that_fails_is_a_warning_and_a_client_that_leaves_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = breaks_off().await;
+    let (_child, addr, log, _site) = run_logging_at(
+        "body-fails",
+        "json",
+        "",
+        "debug",
+        &format!(
+            "[upstreams.app]\nservers = [\"{server}\"]\nresponse_timeout = \"1s\"\n\n\
+             [[routes]]\nupstream = \"app\"\n"
+        ),
+    )
+    .await;
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    for path in ["/reset", "/closed", "/stall"] {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: {TEST_HOST}\r\n\r\n");
+        let raw = raw_request(addr, head.as_bytes()).await;
+        assert_eq!(raw_status(&raw), 200, "{path}: {raw}");
+        let line = access_line_of(&log, path).await;
+        let id = line["request_id"].as_str().unwrap_or_default().to_owned();
+        let warned = wait_until(Duration::from_secs(5), || {
+            lines()
+                .iter()
+                .any(|l| l["level"] == "WARN" && l["request_id"] == id.as_str())
+        })
+        .await;
+        let all = lines();
+        assert!(warned, "{path}: a WARN for request {id}: {all:#?}");
+        let warn = all
+            .iter()
+            .find(|l| l["level"] == "WARN" && l["request_id"] == id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(warn["upstream"], "app", "{warn}");
+        assert_eq!(warn["server"], server.to_string(), "{warn}");
+        let message = warn["message"].as_str().unwrap_or_default();
+        assert!(message.contains("upstream"), "{warn}");
+        assert!(!message.contains("writing"), "{warn}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["bytes"], 1000, "{line}");
+        assert_eq!(line["reason"], "upstream_body", "{line}");
+    }
+
+    // The client leaves mid-body: the upstream did nothing wrong.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /leaves HTTP/1.1\r\nhost: {TEST_HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while got.len() < 1000 {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("the start of the body: {other:?}"),
+        }
+    }
+    drop(stream);
+    let line = access_line_of(&log, "/leaves").await;
+    let id = line["request_id"].as_str().unwrap_or_default().to_owned();
+    assert!(line.get("reason").is_none_or(Value::is_null), "{line}");
+    let all = lines();
+    assert!(
+        !all.iter()
+            .any(|l| l["level"] == "WARN" && l["request_id"] == id.as_str()),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|l| l["level"] == "DEBUG"
+            && l["request_id"] == id.as_str()
+            && l["message"].as_str().is_some_and(|m| m.contains("client"))),
+        "a DEBUG line says the client left: {all:#?}"
+    );
+}
+
+/// Waits for the access line of the request to `path`.
+async fn access_line_of(log: &std::path::Path, path: &str) -> Value {
+    let find = || access_lines(log).into_iter().find(|l| l["path"] == path);
+    let found = wait_until(Duration::from_secs(10), || find().is_some()).await;
+    assert!(
+        found,
+        "an access line for {path}: {:?}",
+        std::fs::read_to_string(log)
+    );
+    find().unwrap_or_default()
 }

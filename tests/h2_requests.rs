@@ -360,3 +360,92 @@ async fn the_asterisk_target_is_for_options_only() {
     assert_eq!(raw_status(&raw), 200, "{raw}");
     assert_eq!(up.requests(), 1, "only OPTIONS reached the server");
 }
+
+/// Reads frames from `rd` until each of `streams` has a response head (its first
+/// header byte: `0x88` is `:status 200`, `0x8c` is `400` from HPACK's static table)
+/// or a reset (`RST(code)`), or 5 s pass.
+async fn outcomes(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    streams: &[u32],
+) -> std::collections::BTreeMap<u32, String> {
+    let mut got = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while streams.iter().any(|s| !got.contains_key(s)) {
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = &buf[9..9 + len];
+            match kind {
+                HEADERS => {
+                    got.entry(stream).or_insert_with(|| {
+                        format!("{:#04x}", payload.first().copied().unwrap_or(0))
+                    });
+                }
+                RST_STREAM => {
+                    let code = payload
+                        .get(..4)
+                        .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    got.entry(stream).or_insert_with(|| format!("RST({code})"));
+                }
+                GOAWAY => {
+                    for s in streams {
+                        got.entry(*s).or_insert_with(|| "GOAWAY".to_owned());
+                    }
+                }
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// `:path` is origin-form or `*` (RFC 9113 8.3.1): an authority-form or bare-word
+/// path never reaches an upstream (over HTTP/1.1 such a target is 400 too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_not_origin_form_is_refused() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = logging_proxy(&up);
+    let tcp = TcpStream::connect(px.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let cases = [
+        (1, "GET", "admin.internal:8080"),
+        (3, "GET", "evil"),
+        (5, "OPTIONS", "x:80"),
+        (7, "GET", "/fine"),
+    ];
+    for (stream, method, path) in cases {
+        let head = block(&[
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "public.example"),
+            (":path", path),
+        ]);
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, &head);
+    }
+    wr.write_all(&out).await.expect("requests");
+    let got = outcomes(&mut rd, &[1, 3, 5, 7]).await;
+    assert_eq!(got.get(&7).map(String::as_str), Some("0x88"), "{got:?}");
+    for stream in [1, 3, 5] {
+        let outcome = got.get(&stream).map(String::as_str);
+        assert!(
+            matches!(outcome, Some("0x8c") | Some("RST(1)")),
+            "stream {stream}: {got:?}"
+        );
+    }
+    assert_eq!(up.requests(), 1, "{:?}", up.all());
+    assert_eq!(up.last().expect("one").uri, "/fine");
+}

@@ -68,6 +68,70 @@ async fn a_chunked_body_over_the_limit_is_413() {
     assert_proxy_made(&answer, 413);
 }
 
+/// A chunk size over `max_body` (or sizes that add up to more) is 413 as soon as its
+/// size line is read, as a `Content-Length` over it is: not a wait for bytes that may
+/// never come (the request went upstream and the client got 408 after the response
+/// timeout). With the head not yet forwarded, nothing reaches the server; with it
+/// forwarded, the exchange is dropped and the client still gets the 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_size_over_the_limit_is_413_at_once() {
+    let up = Upstream::start("a", Behavior::echo()).await;
+    let px = proxy(&format!(
+        "[server.limits]\nmax_body = \"1KiB\"\n\n{}",
+        app(&[&up], "response_timeout = \"20s\"")
+    ));
+    let head = "POST /upload HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // With the head: one size over the limit, the largest size line there is, and two
+    // that add up to more (the second's data never sent).
+    for first in [
+        "1000001\r\nabc",
+        "ffffffffffffffff\r\n",
+        "200\r\n",
+        "0000000000000401\r\n",
+    ] {
+        let mut body = first.as_bytes().to_vec();
+        if first == "200\r\n" {
+            body.extend(std::iter::repeat_n(b'c', 0x200));
+            body.extend_from_slice(b"\r\n201\r\nabc");
+        }
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream
+            .write_all(&[head.as_bytes(), &body].concat())
+            .await
+            .expect("write");
+        let answer = read_raw(&mut stream, Duration::from_secs(5)).await;
+        assert_proxy_made(&answer, 413);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{first:?}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+
+    // The head forwarded first (a chunk within the limit read and sent), then a size
+    // over it.
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+    stream
+        .write_all(format!("{head}10\r\n0123456789abcdef\r\n").as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(b"ffffffffffffffff\r\nabc")
+        .await
+        .expect("write");
+    let answer = read_raw(&mut stream, Duration::from_secs(5)).await;
+    assert_proxy_made(&answer, 413);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_over_the_limit_to_builtin_echo_is_413() {
     let rest = "[server.limits]\nmax_body = \"1KiB\"\n\n[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n[[routes]]\nupstream = \"echo\"\n";
@@ -186,6 +250,61 @@ async fn an_absolute_form_target_names_the_host() {
     assert_eq!(got.uri, "/p?q=1");
     let hosts: Vec<_> = got.headers.get_all("host").iter().collect();
     assert_eq!(hosts, ["internal.example"], "{:?}", got.headers);
+}
+
+/// An authority-form target (`host:port`, RFC 9112 3.2.3) is for `CONNECT` only:
+/// on any other method it is 400, as nginx answers, and the connection closes. It was
+/// forwarded as `GET /` with the target's authority written over `Host`, so any
+/// client could name any site (`admin.internal:8080`) past the one it connected for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_form_target_is_400_on_any_method_but_connect() {
+    log::capture();
+    let (up, px) = limited().await;
+    for head in [
+        "GET admin.internal:8080 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "GET admin.internal HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "POST evil HTTP/1.1\r\nHost: public.example\r\nContent-Length: 5\r\n\r\nhello",
+        "OPTIONS x:80 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "HEAD admin.internal:8080 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let raw = read_raw(&mut stream, Duration::from_secs(5)).await;
+        assert_proxy_made(&raw, 400);
+        assert_eq!(
+            raw_header(&raw, "connection").as_deref(),
+            Some("close"),
+            "{head:?}: {raw}"
+        );
+        let mut rest = [0u8; 64];
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(3), stream.read(&mut rest)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        assert!(closed, "{head:?}: the connection closes after the 400");
+    }
+    assert_eq!(up.requests(), 0, "{:?}", up.all());
+    // Logged with the target as sent (not as `/`).
+    let line = log::access_line_for("admin.internal:8080").await;
+    assert!(line.contains("status=400"), "{line}");
+    // The other forms go on: origin-form, absolute-form, and `*` for OPTIONS.
+    for head in [
+        "GET /o HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "GET http://a.example/abs HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        let raw = raw_request(px.addr, head.as_bytes()).await;
+        assert_eq!(raw_status(&raw), 200, "{head:?}: {raw}");
+    }
+    assert_eq!(up.requests(), 3);
+    // `CONNECT host:port` has no tunnel to open here: 405, as before.
+    let raw = raw_request(
+        px.addr,
+        b"CONNECT admin.internal:8080 HTTP/1.1\r\nHost: admin.internal:8080\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 405, "{raw}");
+    assert_eq!(up.requests(), 3);
 }
 
 /// An absolute-form target with userinfo is 400 (as nginx): `good.example:80@evil.example`

@@ -316,6 +316,82 @@ async fn a_body_cut_short_fails_that_response_only() {
     assert_eq!(short.requests(), 2);
 }
 
+/// A body cut short reaches the client as far as it came, then the connection closes
+/// (which tells an HTTP/1.1 client the body is short): the head and the bytes read
+/// with it were dropped unsent when the upstream's close was seen before they were
+/// written, and the client got nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_reaches_the_client_as_far_as_it_came() {
+    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec();
+    reply.extend(std::iter::repeat_n(b'x', 1000));
+    let short = Raw::start(Vec::leak(reply), After::Close).await;
+    let px = proxy_to(&short);
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+            .await
+            .is_ok();
+        let raw = String::from_utf8_lossy(&got);
+        assert!(closed, "the connection closes: {raw}");
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+        assert_eq!(raw_header(&raw, "content-length").as_deref(), Some("2000"));
+        assert_eq!(raw_body(&raw).len(), 1000, "{raw}");
+    }
+}
+
+/// A body that ends short of a `content-length` a module set (the body's own length
+/// unknown, so it stays) reaches the client as far as it came, the connection closes,
+/// and a WARN names the request (the client got nothing, and the line said "writing
+/// the response failed" at DEBUG).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_short_of_a_length_a_module_set_is_sent_and_told() {
+    log::capture();
+    let raw = Raw::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let module =
+        "mod m {\n  on response {\n    set resp.header[\"content-length\"] = \"100\"\n  }\n}\n";
+    let (_site, run) = site_with_module(&raw, "raw-short-length", module);
+    let mut stream = TcpStream::connect(run.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /short-length HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+        .await
+        .is_ok();
+    let answer = String::from_utf8_lossy(&got);
+    assert!(closed, "the connection closes: {answer}");
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(
+        raw_header(&answer, "content-length").as_deref(),
+        Some("100")
+    );
+    assert_eq!(raw_body(&answer), "hello");
+    let line = log::access_line_for("/short-length").await;
+    assert!(line.contains("reason=\"short_body\""), "{line}");
+    let id = line
+        .split("request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let warns: Vec<String> = log::lines_with("WARN")
+        .into_iter()
+        .filter(|l| l.contains(&id) && l.contains("short of the content-length"))
+        .collect();
+    assert_eq!(warns.len(), 1, "{id}: {warns:?}");
+    assert!(warns[0].contains("upstream=\"app\""), "{warns:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_ends_after_the_response_timeout() {
     // Ten bytes of a hundred, then nothing, the connection left open: the response

@@ -164,8 +164,11 @@ impl ProxyBody {
 
     /// A request body that fails with [`BodyTooLarge`] past `limit` bytes.
     pub fn limited(inner: RequestBody, limit: u64) -> Self {
-        if let RequestBody::Empty = inner {
-            return ProxyBody::Empty;
+        match &inner {
+            RequestBody::Empty => return ProxyBody::Empty,
+            // A chunked body's sizes are held to it too, as each size line is read.
+            RequestBody::Client(body) => body.limit(limit),
+            RequestBody::Hyper(_) => {}
         }
         ProxyBody::Streamed {
             inner,
@@ -308,12 +311,14 @@ pub struct ClientBodyError {
 
 impl ClientBodyError {
     /// A body error of the server's own HTTP/1.1 connection.
+    /// Chunk sizes over the limit fail as bytes over it do ([`BodyTooLarge`]: 413).
     fn from_h1(e: crate::server::h1::BodyError) -> BoxError {
         use crate::server::h1::BodyError;
         let fault = BodyFault::Malformed(match e {
             BodyError::Chunk => "invalid chunked request body",
             BodyError::Framing => "request body framing not accepted",
             BodyError::Closed | BodyError::Io(_) => "request body cut short",
+            BodyError::TooLarge(limit) => return Box::new(BodyTooLarge { limit }),
         });
         Box::new(ClientBodyError {
             fault,

@@ -23,6 +23,10 @@ pub enum Chunk {
 /// What one step of decoding found.
 #[derive(Debug)]
 pub enum Step {
+    /// A chunk-size line: a chunk of this many bytes (not 0) follows. Call again for
+    /// its data. (Told apart so a reader can weigh what a body declares before any of
+    /// it arrives: `server::h1` holds it to `max_body`.)
+    Size(u64),
     Data(Bytes),
     /// The trailer block (not empty); the body has ended.
     Trailers(HeaderMap),
@@ -99,11 +103,12 @@ pub fn step(at: &mut Chunk, buf: &mut BytesMut, max_line: usize) -> Result<Step,
             Chunk::Size => match size_line(buf)? {
                 Some((used, size)) => {
                     buf.advance(used);
-                    *at = if size == 0 {
-                        Chunk::Trailers
+                    if size == 0 {
+                        *at = Chunk::Trailers;
                     } else {
-                        Chunk::Data(size)
-                    };
+                        *at = Chunk::Data(size);
+                        return Ok(Step::Size(size));
+                    }
                 }
                 None => return more(buf, max_line),
             },
@@ -166,6 +171,7 @@ mod tests {
         let mut body = Vec::new();
         loop {
             match step(&mut at, &mut buf, 1024)? {
+                Step::Size(_) => {}
                 Step::Data(d) => body.extend_from_slice(&d),
                 Step::Trailers(t) => return Ok((body, Some(t))),
                 Step::End => return Ok((body, None)),
@@ -193,6 +199,25 @@ mod tests {
         let (body, trailers) = decode(b"3\r\nabc\r\n0\r\n\r\n", 4).expect("valid");
         assert_eq!(body, b"abc");
         assert!(trailers.is_none());
+    }
+
+    /// Each size line is told before its data: a reader can weigh what the body
+    /// declares before any of it arrives.
+    #[test]
+    fn sizes_are_told_before_their_data() {
+        let mut at = Chunk::Size;
+        let mut buf = BytesMut::from(&b"ffffffffffffffff\r\nab"[..]);
+        assert!(matches!(
+            step(&mut at, &mut buf, 1024),
+            Ok(Step::Size(u64::MAX))
+        ));
+        assert!(matches!(step(&mut at, &mut buf, 1024), Ok(Step::Data(d)) if d == "ab"));
+        let mut at = Chunk::Size;
+        let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
+        assert!(
+            matches!(step(&mut at, &mut buf, 1024), Ok(Step::End)),
+            "size 0 is the end"
+        );
     }
 
     #[test]

@@ -164,6 +164,9 @@ fn content_length_value(line: &[u8], mut value: Option<u64>) -> Result<Option<u6
 /// Rejects request targets that hops could read differently.
 ///
 /// - `*` (asterisk-form) is for `OPTIONS` only (RFC 9112 3.2.4).
+/// - `host:port` (authority-form) is for `CONNECT` only (RFC 9112 3.2.3; nginx answers
+///   400 too): any other target is origin-form (`/p`) or absolute-form
+///   (`http://a.example/p`). (HTTP/2's `:path` is checked by the h2 library.)
 /// - An absolute-form target (`GET http://a.example/p HTTP/1.1`) may not carry
 ///   userinfo (RFC 9110 4.2.4): `http://good.example:80@evil.example/` names
 ///   `evil.example` to a URL parser but was routed as `good.example`, and passwords
@@ -179,10 +182,22 @@ pub fn check_target(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(), ProxyError> {
-    if uri.path() == "*" && method != Method::OPTIONS {
-        return Err(ProxyError::BadRequest(
-            "the target `*` is for OPTIONS requests only",
-        ));
+    let path = uri.path();
+    if !path.starts_with('/') {
+        if path == "*" {
+            if method != Method::OPTIONS {
+                return Err(ProxyError::BadRequest(
+                    "the target `*` is for OPTIONS requests only",
+                ));
+            }
+        } else if uri.scheme().is_none() && method != Method::CONNECT {
+            // Authority-form (`GET admin.internal:8080`, `POST evil`): the URI parser
+            // reads a bare `host[:port]` as an authority, which was routed and sent
+            // upstream as the request's host whatever `Host` said.
+            return Err(ProxyError::BadRequest(
+                "an authority-form target is for CONNECT requests only",
+            ));
+        }
     }
     let Some(authority) = uri.authority() else {
         // RFC 9113 8.3.1, RFC 9110 7.2: an HTTP/2 request names its host in
@@ -357,6 +372,32 @@ mod tests {
         assert!(!target(Method::GET, Version::HTTP_11, "*", Some("a")));
         assert!(!target(Method::POST, Version::HTTP_2, "*", None));
         assert!(target(Method::GET, Version::HTTP_11, "/*", Some("a")));
+    }
+
+    #[test]
+    fn authority_form_is_for_connect_only() {
+        for uri in ["admin.internal:8080", "admin.internal", "evil", "x:80"] {
+            for method in [Method::GET, Method::POST, Method::OPTIONS, Method::HEAD] {
+                assert!(
+                    !target(method.clone(), Version::HTTP_11, uri, Some("a")),
+                    "{method} {uri}"
+                );
+            }
+            assert!(target(Method::CONNECT, Version::HTTP_11, uri, Some("a")));
+        }
+        assert!(target(
+            Method::GET,
+            Version::HTTP_11,
+            "http://a.example",
+            Some("a")
+        ));
+        assert!(target(
+            Method::GET,
+            Version::HTTP_11,
+            "http://a.example/p",
+            Some("a")
+        ));
+        assert!(target(Method::GET, Version::HTTP_11, "/p", Some("a")));
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! unanswered when it is dropped was given up by its client (`499`), unless the
 //! shutdown drain ran out of time and the proxy cut it (`503`, with reason `shutdown`
 //! in the access log); its log phase runs too, with that status and no response.
+//!
+//! A body that fails partway (an upstream that resets, closes short of its length, or
+//! stalls past its `response_timeout`) is told here, for every client protocol: a
+//! WARN with the request id, upstream and server, and `reason = "upstream_body"` on
+//! the access line. (A client that goes away is the server loop's to tell.)
 
+use std::fmt;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,6 +71,11 @@ pub struct Completion {
     /// A response was made (else the client gave the request up: `status` is 499;
     /// or the shutdown drain cut it: 503).
     pub answered: bool,
+    /// The request's id, unless it is lent to the pipeline (see [`Self::request_id`]).
+    pub id: RequestId,
+    /// Why the response ended before its body did, when it did (the access line's
+    /// `reason`).
+    pub cut: Option<&'static str>,
 }
 
 /// Where a request went, for the request counters and the latency histogram.
@@ -124,13 +135,63 @@ impl Drop for Completion {
             job.run();
         }
         if let Some(entry) = self.access.take() {
-            let end = (self.status, self.bytes, reason);
+            let end = (self.status, self.bytes, reason.or(self.cut));
             write_access_log(&entry, end, self.inflight.as_ref());
         }
     }
 }
 
 impl Completion {
+    /// The request's id: the pipeline's, which holds it once lent, else this one.
+    pub fn request_id(&self) -> &RequestId {
+        if let Some(state) = &self.script {
+            return &state.info.id;
+        }
+        if let Some(job) = &self.log {
+            return &job.state.info.id;
+        }
+        &self.id
+    }
+
+    /// The response's body failed after its head was made: the client gets what came
+    /// and a connection closed (HTTP/1.1) or a reset stream (HTTP/2). A body that
+    /// fails is the upstream's (nginx: "upstream prematurely closed connection while
+    /// reading upstream"), or a module's that made it: a WARN that names the request,
+    /// the upstream and the server, and the access line says so. Told once.
+    pub fn body_failed(&mut self, error: &dyn fmt::Display) {
+        let what = "the upstream's response body failed; the response to the client is cut short";
+        self.cut_short(UPSTREAM_BODY, what, error);
+    }
+
+    /// Tells a response cut short: `reason` for the access line, `what` happened for
+    /// the WARN (with the request, and the upstream and server when it has them).
+    fn cut_short(&mut self, reason: &'static str, what: &str, error: &dyn fmt::Display) {
+        if self.cut.is_some() {
+            return;
+        }
+        self.cut = Some(reason);
+        let upstream = self
+            .meter
+            .upstream
+            .and_then(|i| self.meter.generation.upstreams.sets.get(i as usize));
+        let server = self
+            .inflight
+            .as_ref()
+            .map(|g| g.server().label())
+            .or(self.access.as_ref().and_then(|e| e.server.as_deref()))
+            .unwrap_or("-");
+        let id = self.request_id();
+        tracing::warn!(
+            target: "proxycache::proxy",
+            request_id = %id,
+            upstream = upstream.map_or("-", |set| set.name()),
+            server,
+            bytes = self.bytes,
+            error = %error,
+            "{what}"
+        );
+    }
+
     /// The log phase of a request that ended with no response (the client left: 499;
     /// the shutdown drain cut it: 503), for the modules it reached, whichever phase
     /// it was in. It sees that status and no response headers.
@@ -150,6 +211,11 @@ impl Completion {
 
 /// The access log's `reason` for a request the shutdown drain cut.
 const SHUTDOWN: &str = "shutdown";
+/// The access log's `reason` for a response whose body failed partway.
+const UPSTREAM_BODY: &str = "upstream_body";
+/// The access log's `reason` for a response whose body ended short of its declared
+/// length (a length a module set).
+const SHORT_BODY: &str = "short_body";
 
 /// `end`: the status, bytes sent and why the proxy ended the request, if it did.
 fn write_access_log(
@@ -161,8 +227,13 @@ fn write_access_log(
     access_line(&AccessLine {
         method: e.method.as_str(),
         // The target as in an HTTP/1.1 request line (an HTTP/2 request's URI is
-        // absolute: scheme and authority are not the path).
-        path: e.uri.path_and_query().map_or("/", |p| p.as_str()),
+        // absolute: scheme and authority are not the path); an authority-form one
+        // (`CONNECT a.example:443`, or one refused for being it) is its authority.
+        path: match (e.uri.path_and_query(), e.uri.authority()) {
+            (Some(p), _) => p.as_str(),
+            (None, Some(a)) => a.as_str(),
+            (None, None) => "/",
+        },
         protocol: protocol_name(e.version),
         status,
         bytes,
@@ -256,6 +327,19 @@ impl ResponseBody {
         self.stall = Some(Box::new(BodyWatch::new(clock)));
     }
 
+    /// The body ended `missing` bytes short of the length the response head declared
+    /// (a length a module set): told as a failed body is ([`Completion::body_failed`]).
+    pub fn ended_short(&mut self, missing: u64) {
+        let what = "the response body ended short of the content-length sent to the client";
+        let error = format!("{missing} bytes missing");
+        self.completion.cut_short(SHORT_BODY, what, &error);
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> &RequestId {
+        self.completion.request_id()
+    }
+
     /// See [`ProxyBody::take_raw_head`].
     pub fn take_raw_head(&mut self) -> Option<Box<crate::http::RawHead>> {
         self.inner.take_raw_head()
@@ -281,10 +365,14 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let Some(watch) = this.stall.as_deref_mut() else {
             let polled = Pin::new(&mut this.inner).poll_frame(cx);
-            if let Poll::Ready(Some(Ok(frame))) = &polled {
-                if let Some(data) = frame.data_ref() {
-                    this.completion.bytes += data.len() as u64;
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.completion.bytes += data.len() as u64;
+                    }
                 }
+                Poll::Ready(Some(Err(e))) => this.completion.body_failed(e),
+                _ => {}
             }
             return polled;
         };
@@ -295,7 +383,11 @@ impl Body for ResponseBody {
                     Ok(data) => watch.slice(data),
                     Err(other) => return Poll::Ready(Some(Ok(other))),
                 },
-                end => return Poll::Ready(end),
+                Some(Err(e)) => {
+                    this.completion.body_failed(&e);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => return Poll::Ready(None),
             },
         };
         this.completion.bytes += data.len() as u64;

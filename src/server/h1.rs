@@ -87,6 +87,12 @@ struct Io<S> {
     seq: u64,
     /// `100 Continue` owed before the body is read: bytes left to write, then a flush.
     cont: Continue,
+    /// A chunked body's chunk sizes so far, and the most they may add up to (the
+    /// request path's `max_body`, see [`ClientBody::limit`]; none until it says): a
+    /// size over it fails the body when its line is read, not once that many bytes
+    /// have come (they may never come, and the upstream would wait for them).
+    declared: u64,
+    max_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +206,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                         .map_err(|_| BodyError::Chunk)?;
                     self.body = BodyState::Chunked(at);
                     match step {
+                        Step::Size(size) => {
+                            self.declared = self.declared.saturating_add(size);
+                            if self.declared > self.max_body {
+                                let limit = self.max_body;
+                                return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                            }
+                        }
                         Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Step::Trailers(trailers) => {
                             self.body = BodyState::Done;
@@ -238,6 +251,9 @@ pub enum BodyError {
     Chunk,
     #[error("request body framing the proxy does not accept")]
     Framing,
+    /// Its chunk sizes add up to more than this many bytes (`max_body`).
+    #[error("the request body's chunk sizes add up to more than {0} bytes")]
+    TooLarge(u64),
 }
 
 /// What a request body needs from its connection, whatever the stream type.
@@ -248,6 +264,7 @@ trait BodySource: Send + Sync {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
     fn state(&self, seq: u64) -> BodyState;
+    fn limit(&self, seq: u64, max_body: u64);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Mutex<Io<S>> {
@@ -277,6 +294,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Mutex<Io<S>> {
             BodyState::Done
         }
     }
+
+    fn limit(&self, seq: u64, max_body: u64) {
+        let mut io = self.lock();
+        if io.seq == seq {
+            io.max_body = max_body;
+        }
+    }
 }
 
 /// A request body read from the client's HTTP/1.1 connection.
@@ -290,6 +314,15 @@ impl fmt::Debug for ClientBody {
         f.debug_struct("ClientBody")
             .field("seq", &self.seq)
             .finish()
+    }
+}
+
+impl ClientBody {
+    /// Holds a chunked body's declared chunk sizes to `max_body` (the request path's
+    /// limit, which it also applies to the bytes that come, `ProxyBody::limited`):
+    /// past it the body fails with [`BodyError::TooLarge`] as the size line is read.
+    pub fn limit(&self, max_body: u64) {
+        self.src.limit(self.seq, max_body);
     }
 }
 
@@ -434,8 +467,10 @@ fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, 
     }
     // RFC 9112 3.2.2: with an absolute-form target (`GET http://a.example/p`), the
     // target's authority is the host, whatever `Host` says: routing and the upstream
-    // see that one.
-    if let Some(authority) = uri.authority() {
+    // see that one. Only absolute-form: an authority-form target (`GET a.example:80`,
+    // which the URI parser reads as an authority alone) is refused by the request
+    // path (`framing::check_target`), never made the host.
+    if let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             headers.insert(header::HOST, host);
         }
@@ -621,6 +656,8 @@ where
         body: BodyState::Done,
         seq: 0,
         cont: Continue::None,
+        declared: 0,
+        max_body: u64::MAX,
     }));
     let mut out = Out::default();
     // Two views of the shutdown signal: one waited on while idle (registered once),
@@ -747,6 +784,8 @@ where
             let mut guard = io.lock();
             guard.seq += 1;
             guard.body = framing;
+            guard.declared = 0;
+            guard.max_body = u64::MAX;
             let has_body = matches!(framing, BodyState::Length(_) | BodyState::Chunked(_));
             guard.cont = if expect_continue && has_body && !http10 {
                 Continue::Write(CONTINUE.len())
@@ -794,6 +833,9 @@ where
         let raw = resp.body_mut().take_raw_head();
         // Lent, not moved: the response is a few hundred bytes, and each move copies it.
         let kept = write_response(&io, &mut out, &mut resp, raw, plan).await;
+        if let Err(e) = &kept {
+            tell_cut_short(e, &mut resp, conn);
+        }
         // Its end (in-flight counts, the upstream connection back to the pool, the
         // access log) comes before any lingering close.
         drop(resp);
@@ -804,12 +846,32 @@ where
                 close(&io, !clean).await;
                 return Served::Closed;
             }
-            Err(e) => {
-                tracing::debug!(target: "proxycache::server", peer = %conn.peer, error = %e, "writing the response failed");
-                return Served::Closed;
-            }
+            Err(_) => return Served::Closed,
         }
         idle_since = Instant::now();
+    }
+}
+
+/// Tells why a response was cut short, by whose doing: a client that went away (or
+/// read nothing for the send timeout) is no fault of the proxy's or the upstream's, a
+/// DEBUG line; a body that failed or ended short of its length is a WARN with the
+/// request, the upstream and the server (`proxy::completion`; a failed body was told
+/// there as it failed, for HTTP/2 clients too).
+fn tell_cut_short(
+    e: &WriteFailure,
+    resp: &mut Response<crate::proxy::completion::ResponseBody>,
+    conn: &ConnInfo,
+) {
+    match e {
+        WriteFailure::Client(error) => tracing::debug!(
+            target: "proxycache::server",
+            peer = %conn.peer,
+            request_id = %resp.body().request_id(),
+            %error,
+            "the client went away before the response ended; closing"
+        ),
+        WriteFailure::Body(_) => {}
+        WriteFailure::Short { missing } => resp.body_mut().ended_short(*missing),
     }
 }
 
@@ -1055,6 +1117,22 @@ impl fmt::Write for HexWriter<'_> {
     }
 }
 
+/// Why a response was not written to its end.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailure {
+    /// The client went away, or read nothing of the response for the send timeout.
+    #[error("client connection: {0}")]
+    Client(#[from] io::Error),
+    /// The response body failed (its upstream's: reset, closed short, stalled). What
+    /// came of it was sent; the connection then closes, which tells the client the
+    /// body is cut short.
+    #[error("response body: {0}")]
+    Body(String),
+    /// The body ended short of the length the head declared (one a module set).
+    #[error("response body {missing} bytes shorter than its content-length")]
+    Short { missing: u64 },
+}
+
 /// Writes a response; `Ok(true)` when the connection may carry another request.
 /// `raw`: the upstream's head as received (see `RawHead`), written after the map's
 /// headers, less the lines of names the map has; it carries no hop-by-hop header and
@@ -1065,7 +1143,7 @@ async fn write_response<S, B>(
     resp: &mut Response<B>,
     raw: Option<Box<RawHead>>,
     plan: Plan,
-) -> io::Result<bool>
+) -> Result<bool, WriteFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -1215,6 +1293,8 @@ where
     let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut wrote_since_wait = true;
     let mut watching = true;
+    // A body that failed (or ended short): what came of it still goes out, then this.
+    let mut failed: Option<WriteFailure> = None;
     poll_fn(|cx| loop {
         // Gather what the body has ready, so the head and a small body go out in one
         // write.
@@ -1244,16 +1324,15 @@ where
                     }
                 },
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(io::Error::other(format!("response body: {e}"))));
+                    body_done = true;
+                    failed = Some(WriteFailure::Body(e.to_string()));
                 }
                 Poll::Ready(None) => {
                     body_done = true;
                     match framing {
                         Framing::Chunked => out.push_end(None),
                         Framing::Length(left) if left > 0 => {
-                            return Poll::Ready(Err(io::Error::other(
-                                "response body shorter than its Content-Length",
-                            )));
+                            failed = Some(WriteFailure::Short { missing: left });
                         }
                         _ => {}
                     }
@@ -1267,7 +1346,7 @@ where
                 flushed = true;
             }
             if body_done {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(failed.take().map_or(Ok(()), Err));
             }
             // Waiting for the body (an upstream that stalls, a long poll): watch the
             // client meanwhile, as `until_client_leaves` does before the head. One
@@ -1279,7 +1358,8 @@ where
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
                             "the client closed the connection before the response body ended",
-                        )));
+                        )
+                        .into()));
                     }
                     Poll::Ready(false) => watching = false,
                     Poll::Pending => {}
@@ -1309,14 +1389,15 @@ where
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client read nothing of the response for server.timeouts.idle",
-                        )));
+                        )
+                        .into()));
                     }
                     return Poll::Pending;
                 }
             }
         };
         if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
         }
         wrote_since_wait = true;
         flushed = false;

@@ -996,6 +996,8 @@ impl RespBody {
                         .map_err(|_| H1Error::Chunk)?;
                     self.framing = Framing::Chunked(at);
                     match step {
+                        // Any size: a response body is not held to a limit here.
+                        Step::Size(_) => {}
                         Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Step::Trailers(trailers) => {
                             self.framing = Framing::Done;
