@@ -708,7 +708,7 @@ async fn send_to<T: Transport>(
     via: &T,
     set: &UpstreamSet,
     index: usize,
-    guard: InflightGuard,
+    mut guard: InflightGuard,
     req: Box<Request<ProxyBody>>,
     ctx: &WorkerCtx,
     sending: Sending<'_>,
@@ -744,8 +744,10 @@ async fn send_to<T: Transport>(
         Ok(resp) if set.config.circuit_breaker.statuses.contains(&resp.status()) => Some(false),
         _ => server_did_well(&result),
     };
-    if let Some(ok) = verdict {
-        guard.record_outcome(ok, set.name());
+    match verdict {
+        Some(true) => guard.head_ok(),
+        Some(false) => guard.record_outcome(false, set.name()),
+        None => {}
     }
     match result {
         Ok(resp) => Ok((resp.map(T::body), guard)),

@@ -344,6 +344,34 @@ async fn a_body_cut_short_reaches_the_client_as_far_as_it_came() {
     }
 }
 
+/// A server whose every body breaks off after a good head fails as one that fails
+/// before its head: its breaker opens (the head's success was recorded at once and
+/// reset the count of failures each time, so it never did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_break_off_open_the_servers_breaker() {
+    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec();
+    reply.extend(std::iter::repeat_n(b'x', 1000));
+    let short = Raw::start(Vec::leak(reply), After::Close).await;
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n\
+         circuit_breaker = {{ failures = 2, open_for = \"60s\" }}\n\n\
+         [[routes]]\nupstream = \"app\"\n",
+        short.addr
+    ));
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+        assert_eq!(raw_status(&String::from_utf8_lossy(&got)), 200);
+    }
+    let resp = get(px.addr, "/after").await;
+    assert_eq!(resp.status, 503, "the breaker is open: {}", resp.text());
+}
+
 /// A body that ends short of a `content-length` a module set (the body's own length
 /// unknown, so it stays) reaches the client as far as it came, the connection closes,
 /// and a WARN names the request (the client got nothing, and the line said "writing

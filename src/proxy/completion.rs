@@ -161,6 +161,14 @@ impl Completion {
     pub fn body_failed(&mut self, error: &dyn fmt::Display) {
         let what = "the upstream's response body failed; the response to the client is cut short";
         self.cut_short(UPSTREAM_BODY, what, error);
+        // Counted against the server as a failure before the head would be.
+        let set = self.meter.upstream.map(|i| i as usize);
+        let upstreams = &self.meter.generation.upstreams.sets;
+        if let (Some(guard), Some(set)) =
+            (self.inflight.as_mut(), set.and_then(|i| upstreams.get(i)))
+        {
+            guard.body_failed(set.name());
+        }
     }
 
     /// Tells a response cut short: `reason` for the access line, `what` happened for

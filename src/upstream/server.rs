@@ -111,6 +111,7 @@ impl ServerState {
         Some(InflightGuard {
             server: Arc::clone(self),
             permit,
+            head_ok: false,
         })
     }
 
@@ -159,12 +160,31 @@ impl ServerState {
 pub struct InflightGuard {
     server: Arc<ServerState>,
     permit: Permit,
+    /// A good head whose outcome waits for its body ([`Self::head_ok`]).
+    head_ok: bool,
 }
 
 impl InflightGuard {
     /// The server this request went to.
     pub fn server(&self) -> &Arc<ServerState> {
         &self.server
+    }
+
+    /// The server answered with a good head: a success, recorded when the body is over
+    /// (this guard drops), unless the body fails first ([`Self::body_failed`]). A
+    /// server that fails every response partway through its body then opens its
+    /// breaker like one that fails before the head (a success recorded at the head
+    /// reset the count of failures each time).
+    pub fn head_ok(&mut self) {
+        self.head_ok = true;
+    }
+
+    /// The body after a good head failed (reset, closed short, stalled past the
+    /// response timeout): the server's failure after all.
+    pub fn body_failed(&mut self, upstream: &str) {
+        if std::mem::take(&mut self.head_ok) {
+            self.record_outcome(false, upstream);
+        }
     }
 
     /// Records the request's transport outcome for the breaker (passive health);
@@ -192,6 +212,11 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        if self.head_ok {
+            // The body ended (or its client left): the server did well. (A success
+            // never opens a breaker.)
+            let _ = self.server.breaker.record(self.permit, true);
+        }
         self.server
             .standing
             .inflight
