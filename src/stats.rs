@@ -10,6 +10,8 @@ use http::StatusCode;
 pub struct Stats {
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
     by_class: [AtomicU64; 6],
+    /// TLS handshakes on the listeners: done, and failed or timed out.
+    tls_handshakes: [AtomicU64; 2],
 }
 
 impl Stats {
@@ -24,6 +26,17 @@ impl Stats {
         self.by_class
             .get(class)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts one TLS handshake of a client's (`ok`: it completed).
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes `(completed, failed)`.
+    pub fn tls_handshakes(&self) -> (u64, u64) {
+        let [ok, failed] = &self.tls_handshakes;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 
     /// All responses.

@@ -243,6 +243,52 @@ fn path_text(p: &Path) -> String {
 // ---- tests --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_and_failed_handshakes_are_counted() {
+    // Failed handshakes are debug lines only (a scanner must not flood the log), so
+    // nothing showed them at all: they are counted in /metrics.
+    let ca = Ca::new();
+    let site = Site::new("tls-count");
+    ca.write_server(&site.dir, "first", &["default.test"]);
+    let up = Upstream::start("app", Behavior::echo()).await;
+    site.write_config(&tls_config(
+        &up.authority(),
+        &cert_entries(&site.dir, &["first"]),
+        false,
+    ));
+    let run = Running::start(&site);
+    let addr = tls_addr(&run);
+    let opts = ClientOpts::default();
+    for _ in 0..2 {
+        connect(addr, client_config(&ca, &opts), &opts)
+            .await
+            .expect("a handshake");
+    }
+    for _ in 0..3 {
+        // Plain HTTP to the TLS port.
+        let _ = raw_request(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    }
+    let counted = |name: &'static str, want: f64| {
+        let admin = run.admin;
+        async move {
+            let text = get(admin, "/metrics").await.text();
+            common::prometheus::parse(&text).value(name, &[]) == want
+        }
+    };
+    let mut done = false;
+    for _ in 0..50 {
+        if counted("proxycache_tls_handshakes_total", 2.0).await
+            && counted("proxycache_tls_handshake_failures_total", 3.0).await
+        {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = get(run.admin, "/metrics").await.text();
+    assert!(done, "2 handshakes and 3 failures counted: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_chooses_the_certificate_and_the_first_is_the_default() {
     let ca = Ca::new();
     let site = Site::new("tls-sni");

@@ -53,6 +53,19 @@ impl Collector for Live {
             "Open client connections.",
             shared.connections.load(Ordering::Relaxed) as i64,
         )?;
+        let (handshakes, failed) = shared.stats.tls_handshakes();
+        counter(
+            e,
+            "proxycache_tls_handshakes",
+            "TLS handshakes clients completed on the TLS listeners.",
+            handshakes,
+        )?;
+        counter(
+            e,
+            "proxycache_tls_handshake_failures",
+            "TLS handshakes on the TLS listeners that failed or timed out (see debug logs).",
+            failed,
+        )?;
         let (opened, reused) = shared.pool_totals();
         counter(
             e,

@@ -328,17 +328,21 @@ pub async fn serve(
     // that offer no ALPN and send the HTTP/2 preface anyway.
     let h2_allowed = config.alpn_protocols.iter().any(|p| p == b"h2");
     let handshake = TlsAcceptor::from(config).accept(stream);
+    let stats = &ctx.shared.stats;
     let stream = match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
+            stats.tls_handshake(false);
             tracing::debug!(target: "proxycache::server", %peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            stats.tls_handshake(false);
             tracing::debug!(target: "proxycache::server", %peer, "TLS handshake timeout; closing");
             return;
         }
     };
+    stats.tls_handshake(true);
     let protocol = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
         Some(_) => Protocol::Http1,
