@@ -15,12 +15,15 @@ pub mod compress;
 pub mod dict;
 pub mod flow;
 pub mod helpers;
+pub mod ip;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod shared;
 pub mod upstreams;
 pub mod url_rewrite;
+
+use std::sync::Arc;
 
 use crate::script::ast::PhaseKind;
 use crate::script::value::Value;
@@ -37,6 +40,8 @@ pub enum ArgType {
     Duration,
     /// A map of strings (Lua: a table with string keys).
     Map,
+    /// A list of strings (Lua: a table with keys 1..n).
+    StrList,
     /// A response object (Lua only: `std.respond`, `std.proxy.forward`).
     Response,
 }
@@ -52,6 +57,7 @@ impl ArgType {
             ArgType::Str => "string",
             ArgType::Duration => "duration",
             ArgType::Map => "map",
+            ArgType::StrList => "list of strings",
             ArgType::Response => "response",
         }
     }
@@ -142,6 +148,7 @@ pub enum StdFn {
     ToInt,
     ToStr,
     UrlEncode,
+    IpIn,
     SharedGet,
     SharedSet,
     SharedIncr,
@@ -200,6 +207,7 @@ pub static SIGNATURES: &[&[FnSig]] = &[
     metrics::SIGS,
     flow::SIGS,
     helpers::SIGS,
+    ip::SIGS,
 ];
 
 /// The signature called `name` (`std.rate_limit`, `len`).
@@ -229,17 +237,34 @@ pub struct StdError {
 /// What a stdlib call can see and change about the request in flight.
 pub use crate::pipeline::Exchange;
 
+/// What an argument was made into before the call, once rather than per request: at
+/// load for a pcmod literal, or by the Lua binding (which caches regexes).
+#[derive(Debug)]
+pub enum Prepared {
+    /// `std.url_rewrite`'s `pattern`, compiled.
+    Regex(Arc<regex::Regex>),
+    /// `ip_in`'s `ranges`, parsed.
+    Ranges(ip::Ranges),
+}
+
 /// Calls `id` with arguments in signature order (defaults already filled).
 pub fn call(
     id: StdFn,
     args: &[Value],
-    prepared: Option<&regex::Regex>,
+    prepared: Option<&Prepared>,
     ex: &mut Exchange<'_>,
 ) -> Result<Value, StdError> {
     match id {
         StdFn::RateLimit => rate_limit::call(args, ex),
         StdFn::RequestIdInject => request_id::inject(args, ex),
-        StdFn::UrlRewrite => url_rewrite::call(args, prepared, ex),
+        StdFn::UrlRewrite => {
+            let regex = match prepared {
+                Some(Prepared::Regex(re)) => Some(&**re),
+                _ => None,
+            };
+            url_rewrite::call(args, regex, ex)
+        }
+        StdFn::IpIn => ip::call(args, prepared),
         StdFn::CacheCheck => cache::check(args, ex),
         StdFn::CacheStore => cache::store(args, ex),
         StdFn::BreakerCheck => breaker::check(args, ex),
@@ -271,7 +296,7 @@ pub fn call(
 pub fn call_for_effect(
     id: StdFn,
     args: &[Value],
-    prepared: Option<&regex::Regex>,
+    prepared: Option<&Prepared>,
     ex: &mut Exchange<'_>,
 ) -> Result<(), StdError> {
     match id {

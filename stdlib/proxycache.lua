@@ -425,3 +425,12 @@ std.http = {}
 ---@overload fun(args: {url: string, method?: string, headers?: table<string, string|number|boolean>, body?: string, timeout?: number|string}): proxycache.http_response
 function std.http.request(url, method, headers, body, timeout) end
 
+---Whether `ip` is in any of `ranges` (an IPv4 address written as IPv6, `::ffff:10.1.2.3`, is in the IPv4 ones).
+---
+---Phases: `on_request`, `on_response`, `on_log`.
+---@param ip? string the address, e.g. the client's IP; nil or not an IP address gives false
+---@param ranges string[] CIDR ranges (`"10.0.0.0/8"`, `"2001:db8::/32"`) or single addresses
+---@return boolean
+---@overload fun(args: {ip?: string, ranges: string[]}): boolean
+function std.ip_in(ip, ranges) end
+

@@ -2717,3 +2717,81 @@ end
     assert_eq!(h2.status, 200, "{}", h2.text());
     assert_eq!(h2.text(), want, "HTTP/2, three crumbs: the same");
 }
+
+/// `std.ip_in` from Lua: a table of ranges, or the module's `config` list (a read-only
+/// view, read through `#` and indexing) with its `[mods.NAME]` value; nil and what is
+/// not an address are in no range; a bad range or a table that is no list is an error
+/// naming it.
+#[tokio::test]
+async fn std_ip_in_tests_an_address_against_a_table_or_the_config_list() {
+    let up = Upstream::start("app", Behavior::echo()).await;
+    let lua = r#"
+local function answer(v) return std.respond(200, tostring(v)) end
+
+function on_request(req, ctx)
+  local p = req.path
+  if p == "/config" then return answer(std.ip_in(req.client_ip, config.allow)) end
+  if p == "/table" then
+    return answer(std.ip_in{ ip = req.client_ip, ranges = { "10.0.0.0/8", "127.0.0.0/8" } })
+  end
+  if p == "/other" then return answer(std.ip_in(req.client_ip, { "10.0.0.0/8", "::1" })) end
+  if p == "/mapped" then return answer(std.ip_in("::ffff:10.1.2.3", { "10.0.0.0/8" })) end
+  if p == "/nil" then return answer(std.ip_in(req:header("x-real-ip"), { "0.0.0.0/0" })) end
+  if p == "/junk" then return answer(std.ip_in("localhost", { "0.0.0.0/0", "::/0" })) end
+  local ranges = ({
+    ["/bad"] = { "10.0.0.0/8", "10.0.0/8" },
+    ["/number"] = { "10.0.0.0/8", 7 },
+    ["/map"] = { allow = "127.0.0.1" },
+  })[p]
+  local ok, e = pcall(std.ip_in, req.client_ip, ranges or "10.0.0.0/8")
+  return answer(e)
+end
+"#;
+    let s = site(
+        &[(
+            "m",
+            &lua_mod("m", 10, "    allow: list<string> = [\"10.0.0.0/8\"]"),
+        )],
+        &[("m.lua", lua)],
+        "",
+        &format!(
+            "{}\n[mods.m]\nallow = [\"192.168.0.0/16\", \"127.0.0.1\"]\n",
+            app(&[&up], "")
+        ),
+    );
+    let run = Running::start(&s);
+    for (path, want) in [
+        ("/config", "true"),
+        ("/table", "true"),
+        ("/other", "false"),
+        ("/mapped", "true"),
+        ("/nil", "false"),
+        ("/junk", "false"),
+    ] {
+        let r = get(run.addr, path).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, want),
+            "{path}"
+        );
+    }
+    for (path, want) in [
+        (
+            "/bad",
+            "std.ip_in: argument `ranges`: \"10.0.0/8\" is not an IP address or CIDR range",
+        ),
+        ("/number", "std.ip_in: argument `ranges`[2] must be a string, not integer"),
+        (
+            "/map",
+            "std.ip_in: argument `ranges` must be a list of strings (keys 1..n), not a table with other keys",
+        ),
+        (
+            "/string",
+            "std.ip_in: argument `ranges` must be a list of strings, not string",
+        ),
+    ] {
+        let r = get(run.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.text().contains(want), "{path}: {}", r.text());
+    }
+}

@@ -941,6 +941,105 @@ async fn request_id_inject_sets_the_id_upstream_and_on_the_response() {
     assert_eq!(all_seen(&got, "x-request-id"), [fresh]);
 }
 
+/// docs/pcmod.md's `ip_allow` (nginx's `allow ...; deny all;`), the allow-list from
+/// `[mods.ip_allow]`: a request from 127.0.0.1 passes when a range holds it and gets 403
+/// when none does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_in_lets_in_or_refuses_the_client_by_the_ranges_in_config_toml() {
+    let module = include_str!("fixtures/pcmod/ok/ip_allow.pcmod");
+    let with_allow = |list: &str| format!("{ECHO}\n[mods.ip_allow]\nallow = {list}\n");
+
+    // The default, 127.0.0.1/32.
+    let px = start(&[("ip_allow", module)], ECHO);
+    let resp = get(px.addr, "/in").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["path"], "/in");
+
+    for allowed in [
+        r#"["10.0.0.0/8", "127.0.0.0/8"]"#,
+        r#"["::1", "127.0.0.1"]"#,
+        r#"["::ffff:127.0.0.0/104"]"#,
+        r#"["0.0.0.0/0"]"#,
+    ] {
+        let px = start(&[("ip_allow", module)], &with_allow(allowed));
+        let resp = get(px.addr, "/in").await;
+        assert_eq!(resp.status, 200, "allow = {allowed}: {}", resp.text());
+    }
+    for refused in [
+        r#"["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32"]"#,
+        r#"["127.0.0.2", "::1", "::/0"]"#,
+        "[]",
+    ] {
+        let px = start(&[("ip_allow", module)], &with_allow(refused));
+        let resp = get(px.addr, "/in").await;
+        assert_eq!(resp.status, 403, "allow = {refused}");
+        assert_eq!(resp.text(), "forbidden\n");
+    }
+}
+
+/// A range in `[mods.NAME]` that does not parse stops the load (it would otherwise
+/// refuse, or let in, every request), naming the range; the proxy does not start.
+#[test]
+fn ip_in_with_a_bad_range_from_config_toml_is_a_load_error() {
+    let module = include_str!("fixtures/pcmod/ok/ip_allow.pcmod");
+    let rest = format!("{ECHO}\n[mods.ip_allow]\nallow = [\"10.0.0.0/8\", \"127.0.0.1/33\"]\n");
+    let (site, diags) = start_fails(&[("ip_allow", module)], &rest);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    let d = &diags[0];
+    assert_eq!(d.file, site.module_path("ip_allow").display().to_string());
+    assert!(
+        d.message.starts_with(
+            "argument `ranges` of `ip_in`: \"127.0.0.1/33\" is not an IP address or CIDR range"
+        ),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.hint.as_deref().unwrap_or("").contains("`[mods.NAME]`"),
+        "{:?}",
+        d.hint
+    );
+}
+
+/// A list made per request is parsed per call: a bad range in it is a fault of that
+/// request (500), a good one works; an `ip` that is nil or no address is in no range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_in_with_a_list_made_per_request_faults_on_a_bad_range() {
+    let module = r#"mod nets {
+  on request {
+    if $path == "/real-ip" {
+      respond 200 "${ip_in($req.header["x-real-ip"], ["0.0.0.0/0", "::/0"])}"
+    }
+    respond 200 "${ip_in($client_ip, ["10.0.0.0/8", $req.header["x-net"]])}"
+  }
+}
+"#;
+    let px = start(&[("nets", module)], ECHO);
+    let resp = get_with(px.addr, "/", &[("x-net", "127.0.0.0/8")]).await;
+    assert_eq!((resp.status.as_u16(), resp.text().as_str()), (200, "true"));
+    let resp = get_with(px.addr, "/", &[("x-net", "192.168.0.0/16")]).await;
+    assert_eq!((resp.status.as_u16(), resp.text().as_str()), (200, "false"));
+    let resp = get_with(px.addr, "/", &[("x-net", "127.0.0.0/99")]).await;
+    assert_eq!(resp.status, 500, "{}", resp.text());
+    assert_request_id(&resp);
+    let resp = get(px.addr, "/").await;
+    assert_eq!(resp.status, 500, "a nil range is no range: {}", resp.text());
+
+    for (value, want) in [
+        (None, "false"),
+        (Some("10.1.2.3"), "true"),
+        (Some("10.1.2.3:80"), "false"),
+    ] {
+        let headers: Vec<(&str, &str)> = value.map(|v| ("x-real-ip", v)).into_iter().collect();
+        let resp = get_with(px.addr, "/real-ip", &headers).await;
+        assert_eq!(
+            (resp.status.as_u16(), resp.text().as_str()),
+            (200, want),
+            "{value:?}"
+        );
+    }
+}
+
 // ---- runtime faults --------------------------------------------------------------------------
 
 const FAULTY: &str = r##"

@@ -19,7 +19,8 @@ use super::sandbox::Sandbox;
 use crate::pipeline::{Exchange, ReqParts, RespParts};
 use crate::script::regexes;
 use crate::script::value::Value;
-use crate::stdlib::{self, ArgDefault, FnSig, Returns, StdFn};
+use crate::stdlib::ip::Ranges;
+use crate::stdlib::{self, ArgDefault, FnSig, Prepared, Returns, StdFn};
 
 /// Regexes compiled for `std.url_rewrite` calls from Lua, by pattern, and the memory
 /// they may still take (the cache starts over when it runs out).
@@ -304,14 +305,20 @@ fn sync_fn(
     let defaults = defaults(sig);
     lua.create_function(move |lua, args: MultiValue| {
         let args = bind_args(sig, &defaults, args)?;
-        let regex = match sig.id {
-            StdFn::UrlRewrite => Some(cached_regex(&regexes, &args)?),
+        let prepared = match sig.id {
+            StdFn::UrlRewrite => Some(Prepared::Regex(cached_regex(&regexes, &args)?)),
+            // A Lua table may change between calls: its ranges are parsed each time.
+            StdFn::IpIn => Some(Prepared::Ranges(
+                Ranges::from_value(args.get(1).unwrap_or(&Value::Nil)).map_err(|m| {
+                    mlua::Error::runtime(format!("{}: argument `ranges`: {m}", sig.name))
+                })?,
+            )),
             _ => None,
         };
         let result = with_turn(&cell, |t| {
             check_phase(sig, t)?;
             let mut ex = exchange(t);
-            stdlib::call(sig.id, &args, regex.as_deref(), &mut ex)
+            stdlib::call(sig.id, &args, prepared.as_ref(), &mut ex)
                 .map_err(|e| mlua::Error::runtime(e.to_string()))
         })?;
         // A record's fields go back in order; `fast` (sandbox.lua) makes the table.

@@ -225,6 +225,45 @@ pub fn arg_from_lua(v: &mlua::Value, ty: ArgType, name: &str) -> Result<Value, S
             }
             _ => return Err(wrong("a table of strings")),
         },
+        ArgType::StrList => match v {
+            mlua::Value::Table(t) => str_list(t, &what)?,
+            _ => return Err(wrong("a list of strings")),
+        },
         ArgType::Response => return Err(wrong("a response")),
     })
+}
+
+/// A table with keys 1..n, each a string, as a list (an empty table is an empty list).
+/// A table with a metatable — `config.allow` is a read-only view, whose raw length is 0
+/// — is read through `#` and indexing, as a script reads it.
+fn str_list(t: &Table, what: &dyn Fn() -> String) -> Result<Value, String> {
+    let lua_err = |e: mlua::Error| format!("{}: {e}", what());
+    let viewed = t.metatable().is_some();
+    let len = if viewed {
+        usize::try_from(t.len().map_err(lua_err)?).unwrap_or(0)
+    } else {
+        t.raw_len()
+    };
+    let mut items = Vec::with_capacity(len.min(1024));
+    for i in 1..=len {
+        let item = if viewed { t.get(i) } else { t.raw_get(i) };
+        match item.map_err(lua_err)? {
+            mlua::Value::String(s) => items.push(Value::Str(Arc::from(text(&s)))),
+            other => {
+                return Err(format!(
+                    "{}[{i}] must be a string, not {}",
+                    what(),
+                    other.type_name()
+                ))
+            }
+        }
+    }
+    // Other keys (`{ x = "10.0.0.0/8" }`, `{ [5] = "::1" }`) would be dropped unread.
+    if !viewed && t.pairs::<mlua::Value, mlua::Value>().count() != len {
+        return Err(format!(
+            "{} must be a list of strings (keys 1..n), not a table with other keys",
+            what()
+        ));
+    }
+    Ok(Value::List(items.into()))
 }

@@ -399,6 +399,7 @@ fn out_type(ty: ArgType) -> &'static str {
         ArgType::Str => "string",
         ArgType::Duration => "number",
         ArgType::Map => "table<string, string>",
+        ArgType::StrList => "string[]",
         ArgType::Response => "Response",
     }
 }

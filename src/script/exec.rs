@@ -232,7 +232,7 @@ impl Machine<'_> {
                 CallTarget::Std(sig) => {
                     let mut args = Args::new();
                     self.args(call, ex, &mut args)?;
-                    stdlib::call_for_effect(sig.id, &args, call.regex.as_ref(), ex)
+                    stdlib::call_for_effect(sig.id, &args, call.prepared.as_ref(), ex)
                         .map_err(|e| e.to_string())?;
                 }
                 CallTarget::Lua(_) => {
@@ -292,7 +292,7 @@ impl Machine<'_> {
         self.args(call, ex, &mut args)?;
         match &call.target {
             CallTarget::Std(sig) => {
-                stdlib::call(sig.id, &args, call.regex.as_ref(), ex).map_err(|e| e.to_string())
+                stdlib::call(sig.id, &args, call.prepared.as_ref(), ex).map_err(|e| e.to_string())
             }
             CallTarget::Lua(name) => match self.lua {
                 Some(index) => crate::lua::run::call_function(index, name, args.into_vec(), ex),

@@ -10,7 +10,7 @@ use regex::Regex;
 
 use super::ast::{BinOp, LogLevel};
 use super::value::Value;
-use crate::stdlib::FnSig;
+use crate::stdlib::{FnSig, Prepared};
 
 /// A compiled expression.
 #[derive(Debug)]
@@ -185,8 +185,8 @@ pub struct BoundCall {
     pub target: CallTarget,
     /// One per signature argument, defaults filled in.
     pub args: Box<[CExpr]>,
-    /// A literal regex argument, compiled at load.
-    pub regex: Option<Regex>,
+    /// A literal argument made ready at load: a regex compiled, IP ranges parsed.
+    pub prepared: Option<Prepared>,
 }
 
 /// What a call calls.

@@ -10,7 +10,8 @@ use super::super::regexes;
 use super::super::value::Value;
 use super::expr::arg_type;
 use super::{closest, Compiler};
-use crate::stdlib::{self, ArgType, Returns};
+use crate::stdlib::ip::Ranges;
+use crate::stdlib::{self, ArgType, Prepared, Returns, StdFn};
 
 impl Compiler<'_> {
     /// `lua.NAME(args)`: a global function of the module's own Lua chunk, called with
@@ -58,7 +59,7 @@ impl Compiler<'_> {
                 BoundCall {
                     target: CallTarget::Lua(Arc::from(function)),
                     args: args.into(),
-                    regex: None,
+                    prepared: None,
                 },
                 Type::Any,
             )
@@ -74,8 +75,8 @@ impl Compiler<'_> {
         let sig = stdlib::lookup(name).filter(|s| !s.id.lua_only());
         if let Some(lua_only) = stdlib::lookup(name).filter(|s| s.id.lua_only()) {
             let hint = match lua_only.id {
-                stdlib::StdFn::Respond => "use the `respond` statement",
-                stdlib::StdFn::ProxyForward => "use the `forward` statement",
+                StdFn::Respond => "use the `respond` statement",
+                StdFn::ProxyForward => "use the `forward` statement",
                 _ => "call it from a Lua hook (`lua \"file.lua\"`)",
             };
             self.hint(
@@ -168,7 +169,7 @@ impl Compiler<'_> {
             slots[index] = Some((&arg.value, c, ty));
         }
         let mut args = Vec::with_capacity(sig.args.len());
-        let mut regex = None;
+        let mut prepared = None;
         // After a misplaced or unknown argument, "missing" would only repeat it.
         let arguments_ok = ok;
         for (spec, slot) in sig.args.iter().zip(slots) {
@@ -214,8 +215,8 @@ impl Compiler<'_> {
                             ok = false;
                         }
                     }
-                    if let (Some(re), "replacement", CExpr::Const(Value::Str(r))) =
-                        (&regex, spec.name, &c)
+                    if let (Some(Prepared::Regex(re)), "replacement", CExpr::Const(Value::Str(r))) =
+                        (&prepared, spec.name, &c)
                     {
                         if let Some((group, hint)) = regexes::missing_group(re, r) {
                             self.hint(
@@ -231,12 +232,20 @@ impl Compiler<'_> {
                     if spec.name == "pattern" {
                         if let CExpr::Const(Value::Str(p)) = &c {
                             match regexes::compile(p, self.regex_budget) {
-                                Ok(re) => regex = Some(re),
+                                Ok(re) => prepared = Some(Prepared::Regex(Arc::new(re))),
                                 Err(refused) => {
                                     self.hint(expr.span, refused.message, refused.hint);
                                     ok = false;
                                 }
                             }
+                        }
+                    }
+                    if let (StdFn::IpIn, "ranges", CExpr::Const(v), true) =
+                        (sig.id, spec.name, &c, accepts(spec.ty, &ty))
+                    {
+                        match self.ranges(name, expr, v) {
+                            Ok(r) => prepared = r.map(Prepared::Ranges),
+                            Err(()) => ok = false,
                         }
                     }
                     args.push(c);
@@ -253,15 +262,50 @@ impl Compiler<'_> {
                 BoundCall {
                     target: CallTarget::Std(sig),
                     args: args.into(),
-                    regex,
+                    prepared,
                 },
                 ty,
             )
         })
     }
+
+    /// `ip_in`'s ranges known at load (`v`, written as `expr`), parsed once. A bad one
+    /// is an error at the item of a literal list, or at the `$config` field the list
+    /// came from; `Err` once it is reported. A value that is no list is left to the call.
+    fn ranges(&mut self, name: &str, expr: &Expr, v: &Value) -> Result<Option<Ranges>, ()> {
+        let Value::List(items) = v else {
+            return Ok(None);
+        };
+        let bad = match Ranges::parse(items) {
+            Ok(r) => return Ok(Some(r)),
+            Err(bad) => bad,
+        };
+        let span = match &expr.kind {
+            ExprKind::List(written) => written.get(bad.index).map_or(expr.span, |e| e.span),
+            _ => expr.span,
+        };
+        let message = format!("argument `ranges` of `{name}`: {}", bad.message);
+        match &expr.kind {
+            // A value from config.toml is not where the caret is: say where it is.
+            ExprKind::Var { path, .. } if path.first().is_some_and(|p| p == "config") => {
+                let hint = format!(
+                    "`${}` is the field's default, or its value in config.toml's `[mods.NAME]`",
+                    path.join(".")
+                );
+                self.hint(span, message, hint);
+            }
+            _ => {
+                self.error(span, message);
+            }
+        }
+        Err(())
+    }
 }
 
 fn accepts(want: ArgType, got: &Type) -> bool {
+    if let (ArgType::StrList, Type::List(item)) = (want, got) {
+        return matches!(**item, Type::Str | Type::Any);
+    }
     matches!(
         (want, got),
         (_, Type::Any)

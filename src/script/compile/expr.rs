@@ -411,6 +411,7 @@ pub(super) fn arg_type(t: ArgType) -> Type {
     match t {
         ArgType::Any | ArgType::Number | ArgType::Response => Type::Any,
         ArgType::Map => Type::Map(Box::new(Type::Str)),
+        ArgType::StrList => Type::List(Box::new(Type::Str)),
         ArgType::Bool => Type::Bool,
         ArgType::Int => Type::Int,
         ArgType::Str => Type::Str,
