@@ -1295,6 +1295,35 @@ end
 }
 
 #[tokio::test]
+async fn config_tables_keep_their_contents_when_stored() {
+    // `config.*` tables are read-only views (raw, empty): stored in ctx they kept
+    // nothing, and the next module read an empty list.
+    let hooks = r#"
+function on_request(req, ctx)
+  ctx.hosts = config.hosts
+end
+"#;
+    let reader = r#"mod reader {
+  priority 20
+  on request {
+    respond 200 "${len($ctx.hosts)} ${$ctx.hosts}"
+  }
+}
+"#;
+    let cfg = "    hosts: list<string> = [\"a\", \"b\"]";
+    let s = site(
+        &[("m", &lua_mod("m", 10, cfg)), ("reader", reader)],
+        &[("m.lua", hooks)],
+        "",
+        ECHO_APP,
+    );
+    let run = Running::start(&s);
+    let r = get(run.addr, "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("2 "), "{}", r.text());
+}
+
+#[tokio::test]
 async fn on_response_makes_an_error_page_of_the_proxys_own_502() {
     // nginx's `error_page 502 /50x.json`: the proxy's answer for a dead upstream goes
     // through on_response, which may replace it (it went out untouched before).

@@ -93,16 +93,27 @@ fn from_lua_at(v: &mlua::Value, what: &str, depth: usize) -> Result<Value, Strin
 }
 
 fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
-    let len = t.raw_len();
+    let lua_err = |e: mlua::Error| format!("{what}: {e}");
+    // A read-only view (`config.allow`, a library table) is an empty table whose
+    // metatable reads the real one: read it as a script would, through `__pairs` and
+    // `#` (raw, it is empty: `ctx.allow = config.allow` kept an empty list).
+    let viewed = viewed_pairs(t).map_err(lua_err)?;
+    let len = match &viewed {
+        Some(_) => usize::try_from(t.len().map_err(lua_err)?).unwrap_or(0),
+        None => t.raw_len(),
+    };
+    let pairs: Vec<(mlua::Value, mlua::Value)> = match viewed {
+        Some(pairs) => pairs,
+        None => t.pairs().collect::<mlua::Result<_>>().map_err(lua_err)?,
+    };
     let mut count = 0usize;
     let mut map = BTreeMap::new();
     let mut all_string_keys = true;
-    for pair in t.pairs::<mlua::Value, mlua::Value>() {
-        let (k, v) = pair.map_err(|e| format!("{what}: {e}"))?;
+    for (k, v) in &pairs {
         count += 1;
-        match &k {
+        match k {
             mlua::Value::String(s) => {
-                map.insert(text(s), from_lua_at(&v, what, depth + 1)?);
+                map.insert(text(s), from_lua_at(v, what, depth + 1)?);
             }
             _ => all_string_keys = false,
         }
@@ -110,7 +121,7 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
     if count == len && (len > 0 || map.is_empty()) {
         let mut items = Vec::with_capacity(len);
         for i in 1..=len {
-            let v: mlua::Value = t.raw_get(i).map_err(|e| format!("{what}: {e}"))?;
+            let v: mlua::Value = t.get(i).map_err(lua_err)?;
             items.push(from_lua_at(&v, what, depth + 1)?);
         }
         return Ok(Value::List(items.into()));
@@ -121,6 +132,28 @@ fn table_value(t: &Table, what: &str, depth: usize) -> Result<Value, String> {
     Err(format!(
         "{what}: a table must be a list (keys 1..n) or have only string keys"
     ))
+}
+
+/// The pairs of a table whose metatable has `__pairs` (a read-only view), as `pairs`
+/// in a script walks them; `None` for a plain table.
+fn viewed_pairs(t: &Table) -> mlua::Result<Option<Vec<(mlua::Value, mlua::Value)>>> {
+    let Some(meta) = t.metatable() else {
+        return Ok(None);
+    };
+    let Some(pairs) = meta.raw_get::<Option<mlua::Function>>("__pairs")? else {
+        return Ok(None);
+    };
+    let (next, state, mut key): (mlua::Function, mlua::Value, mlua::Value) =
+        pairs.call(t.clone())?;
+    let mut out = Vec::new();
+    loop {
+        let (k, v): (mlua::Value, mlua::Value) = next.call((state.clone(), key))?;
+        if k.is_nil() {
+            return Ok(Some(out));
+        }
+        key = k.clone();
+        out.push((k, v));
+    }
 }
 
 /// The longest duration a Lua argument stands for: longer ones (a `timeout` of
