@@ -110,6 +110,9 @@ pub struct Ctx {
     /// The named breakers this request checked, the last one last, each with the
     /// permit its check was given (`None`: refused), for `std.circuit_breaker.record`.
     pub breakers: Vec<(Arc<str>, Option<Permit>)>,
+    /// The response is the proxy's own error answer (no route, upstream failed): never
+    /// stored by `std.cache.store`, whatever a module made of it.
+    pub proxys_answer: bool,
 }
 
 /// Headers the request phase asks to put on the response (`std.request_id.inject`
@@ -322,6 +325,7 @@ impl Pipeline {
             extra: Vec::new(),
             cache: None,
             breakers: Vec::new(),
+            proxys_answer: false,
         }
     }
 

@@ -153,6 +153,7 @@ async fn answer_failure(
         return Err(e);
     };
     let mut resp = e.to_response(&state.info.id);
+    state.ctx.proxys_answer = true;
     phases::response_phase(generation, state, &mut resp).await?;
     Ok(resp)
 }
@@ -744,7 +745,13 @@ async fn send_to<T: Transport>(
         Ok(resp) if set.config.circuit_breaker.statuses.contains(&resp.status()) => Some(false),
         _ => server_did_well(&result),
     };
+    // A success is recorded when the body is over, as nginx does (a server that breaks
+    // off every body then fails like one that refuses), except for a probe and a
+    // `101` (a tunnel may last hours): at the head.
+    let switched =
+        matches!(&result, Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS);
     match verdict {
+        Some(true) if guard.is_probe() || switched => guard.record_outcome(true, set.name()),
         Some(true) => guard.head_ok(),
         Some(false) => guard.record_outcome(false, set.name()),
         None => {}

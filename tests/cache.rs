@@ -62,6 +62,25 @@ async fn get_h(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_errors_are_never_stored() {
+    // They go through the response phase (for its headers), where `store` saw a
+    // 404 for a path no route takes as a storable answer: a route added later would
+    // have been hidden behind it.
+    let s = setup(("cache", CACHE), vec![("/app", cacheable())]).await;
+    for _ in 0..3 {
+        let r = get(s.run.addr, "/ttl/nowhere").await;
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.header("x-stored").as_deref(),
+            Some("false"),
+            "{:?}",
+            r.headers
+        );
+        assert_ne!(r.header("x-cache").as_deref(), Some("HIT"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cacheable_get_is_fetched_once_then_served_from_the_cache() {
     let s = setup(("cache", CACHE), vec![("/", cacheable())]).await;
     let addr = s.run.addr;

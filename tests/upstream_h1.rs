@@ -372,6 +372,54 @@ async fn bodies_that_break_off_open_the_servers_breaker() {
     assert_eq!(resp.status, 503, "the breaker is open: {}", resp.text());
 }
 
+/// A half-open breaker's probe is decided by its head, not when its body ends: a
+/// probe whose body takes a while (a download, a stream, a tunnel) kept the breaker
+/// refusing every other request meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_with_a_slow_body_closes_the_breaker_at_its_head() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            n += 1;
+            let first = n == 1;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if first {
+                    return; // no answer: a failure, the breaker opens
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = s.write_all(b"hello").await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let px = proxy(&format!(
+        "[upstreams.app]\nservers = [\"{addr}\"]\n\
+         circuit_breaker = {{ failures = 1, open_for = \"1s\" }}\n\n\
+         [[routes]]\nupstream = \"app\"\n"
+    ));
+    assert_eq!(get(px.addr, "/fail").await.status, 502);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let probe = tokio::spawn(get(px.addr, "/probe"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = get(px.addr, "/next").await;
+    assert_eq!(
+        next.status,
+        200,
+        "the probe's head closed the breaker: {}",
+        next.text()
+    );
+    assert_eq!(probe.await.expect("probe").status, 200);
+}
+
 /// A body that ends short of a `content-length` a module set (the body's own length
 /// unknown, so it stays) reaches the client as far as it came, the connection closes,
 /// and a WARN names the request (the client got nothing, and the line said "writing

@@ -430,8 +430,9 @@ pub fn store(args: &[Value], ex: &mut super::Exchange<'_>) -> Result<Value, StdE
     let Some(req) = ex.ctx.cache.as_deref_mut() else {
         return Ok(Value::Bool(false));
     };
-    // A cached answer is not stored again; a bypassed request is not stored at all.
-    if req.status != CacheStatus::Miss {
+    // A cached answer is not stored again; a bypassed request is not stored at all;
+    // nor is the proxy's own error (a 404 for no route, a 502 a module made a page of).
+    if req.status != CacheStatus::Miss || ex.ctx.proxys_answer {
         return Ok(Value::Bool(false));
     }
     // A second `store` takes over the first one's claim on the key.

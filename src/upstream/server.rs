@@ -179,6 +179,13 @@ impl InflightGuard {
         self.head_ok = true;
     }
 
+    /// Whether this request is a half-open breaker's probe (its outcome is recorded at
+    /// the head: a probe kept open by a long body would block the breaker's next probe
+    /// and then not count).
+    pub fn is_probe(&self) -> bool {
+        self.permit.is_probe()
+    }
+
     /// The body after a good head failed (reset, closed short, stalled past the
     /// response timeout): the server's failure after all.
     pub fn body_failed(&mut self, upstream: &str) {
