@@ -151,6 +151,18 @@ fn one_worker_proxy_to(raw: &Raw) -> Proxy {
     )
 }
 
+/// Sends `request` on a new connection and reads until the proxy closes it (at most
+/// 5 s): whether it closed, and what came.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (bool, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+        .await
+        .is_ok();
+    (closed, String::from_utf8_lossy(&got).into_owned())
+}
+
 fn proxy_to(raw: &Raw) -> Proxy {
     proxy(&format!(
         "[upstreams.app]\nservers = [\"{}\"]\nresponse_timeout = \"2s\"\n\n[[routes]]\nupstream = \"app\"\n",
@@ -327,16 +339,7 @@ async fn a_body_cut_short_reaches_the_client_as_far_as_it_came() {
     let short = Raw::start(Vec::leak(reply), After::Close).await;
     let px = proxy_to(&short);
     for _ in 0..5 {
-        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("write");
-        let mut got = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
-            .await
-            .is_ok();
-        let raw = String::from_utf8_lossy(&got);
+        let (closed, raw) = exchange(px.addr, b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n").await;
         assert!(closed, "the connection closes: {raw}");
         assert_eq!(raw_status(&raw), 200, "{raw}");
         assert_eq!(raw_header(&raw, "content-length").as_deref(), Some("2000"));
@@ -359,14 +362,8 @@ async fn bodies_that_break_off_open_the_servers_breaker() {
         short.addr
     ));
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(px.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("write");
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
-        assert_eq!(raw_status(&String::from_utf8_lossy(&got)), 200);
+        let (_, raw) = exchange(px.addr, b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
     }
     let resp = get(px.addr, "/after").await;
     assert_eq!(resp.status, 503, "the breaker is open: {}", resp.text());
@@ -435,16 +432,8 @@ async fn a_body_short_of_a_length_a_module_set_is_sent_and_told() {
     let module =
         "mod m {\n  on response {\n    set resp.header[\"content-length\"] = \"100\"\n  }\n}\n";
     let (_site, run) = site_with_module(&raw, "raw-short-length", module);
-    let mut stream = TcpStream::connect(run.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /short-length HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
-        .await
-        .is_ok();
-    let answer = String::from_utf8_lossy(&got);
+    let (closed, answer) =
+        exchange(run.addr, b"GET /short-length HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(closed, "the connection closes: {answer}");
     assert_eq!(raw_status(&answer), 200, "{answer}");
     assert_eq!(
