@@ -36,21 +36,45 @@ struct Visitor<'writer> {
 impl Visitor<'_> {
     /// Writes one field: `name=value`, or the message alone.
     fn field(&mut self, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+        if self.name(field)? {
+            write!(TextEscape(&mut self.writer), "{value:?}")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the separator and `name=` of a field (nothing for the message); `false`:
+    /// a field not written at all.
+    fn name(&mut self, field: &Field) -> Result<bool, fmt::Error> {
         let name = field.name();
         // A `log` crate record's origin, already in the line's target.
         if name.starts_with("log.") {
-            return Ok(());
+            return Ok(false);
         }
         if !self.first {
             self.writer.write_char(' ')?;
         }
         self.first = false;
         if name != "message" {
-            let name = name.strip_prefix("r#").unwrap_or(name);
-            write!(self.writer, "{name}=")?;
+            self.writer
+                .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+            self.writer.write_char('=')?;
         }
-        write!(TextEscape(&mut self.writer), "{value:?}")
+        Ok(true)
     }
+
+    /// A value with nothing to escape or quote, written as it is (every access line
+    /// has a dozen: this skips `fmt`'s machinery and the escaping loop for them).
+    fn plain(&mut self, field: &Field, value: &str) -> fmt::Result {
+        if self.name(field)? {
+            self.writer.write_str(value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `text` is printable ASCII: nothing in it is escaped, by `Debug` or here.
+fn printable(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 impl Visit for Visitor<'_> {
@@ -59,10 +83,36 @@ impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
             self.result = if field.name() == "message" {
-                self.field(field, &format_args!("{value}"))
+                if printable(value) {
+                    self.plain(field, value)
+                } else {
+                    self.field(field, &format_args!("{value}"))
+                }
+            } else if printable(value) && !value.contains(['"', '\\']) {
+                // As `Debug` quotes it.
+                self.name(field).and_then(|written| {
+                    if written {
+                        self.writer.write_char('"')?;
+                        self.writer.write_str(value)?;
+                        self.writer.write_char('"')?;
+                    }
+                    Ok(())
+                })
             } else {
                 self.field(field, &value)
             };
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = self.plain(field, itoa::Buffer::new().format(value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.result.is_ok() {
+            self.result = self.plain(field, itoa::Buffer::new().format(value));
         }
     }
 
@@ -83,6 +133,9 @@ pub struct TextEscape<W>(pub W);
 
 impl<W: fmt::Write> fmt::Write for TextEscape<W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        if printable(text) {
+            return self.0.write_str(text);
+        }
         let mut plain = 0;
         for (at, c) in text.char_indices() {
             if !escaped(c) {
@@ -116,6 +169,61 @@ mod tests {
         let mut out = String::new();
         let _ = write!(TextEscape(&mut out), "{text}");
         out
+    }
+
+    /// The fields of one event as the text format writes them.
+    fn line(event: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut buf) = self.0.lock() {
+                    buf.extend_from_slice(bytes);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(super::TextFields)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(move || buf.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, event);
+        let text = out.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&text).trim_end().to_owned()
+    }
+
+    #[test]
+    fn plain_values_are_written_as_debug_would() {
+        // The fast paths (printable ASCII, integers) and the general one agree.
+        let got = line(|| {
+            tracing::info!(
+                path = "/a b?x=1",
+                quoted = "a\"b",
+                slash = "a\\b",
+                ctl = "a\nb",
+                n = 42u64,
+                neg = -3i64,
+                f = 1.5f64,
+                whole = 2.0f64,
+                yes = true,
+                shown = %"x y",
+                "done in caf\u{e9}\n"
+            )
+        });
+        assert_eq!(
+            got,
+            "done in caf\u{e9}\\n path=\"/a b?x=1\" quoted=\"a\\\"b\" slash=\"a\\\\b\" \
+             ctl=\"a\\nb\" n=42 neg=-3 f=1.5 whole=2.0 yes=true shown=x y"
+        );
     }
 
     #[test]
