@@ -7,10 +7,12 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::upstream::pool::Pool;
@@ -88,7 +90,7 @@ pub fn run(
     });
     shared.pools.lock().push(Arc::clone(&ctx.pool));
     runtime.block_on(async move {
-        let mut accept_tasks: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        let mut accept_tasks: HashMap<SocketAddr, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
         let mut tcp_tasks: Vec<JoinHandle<()>> = Vec::new();
         for (addr, listener) in listeners {
             listen(&ctx, &mut accept_tasks, addr, listener);
@@ -98,7 +100,8 @@ pub fn run(
             match TcpListener::from_std(t.socket) {
                 Ok(l) => {
                     let kind = Kind::Tls { index: t.index, listen: t.listen };
-                    tls_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx), kind)));
+                    let stop = Arc::new(Notify::new());
+                    tls_tasks.push(tokio::spawn(accept_loop(l, Arc::clone(&ctx), kind, stop)));
                 }
                 Err(e) => {
                     tracing::error!(target: "proxycache::server", worker = id, addr = %t.listen, error = %e, "cannot register TLS listener")
@@ -113,8 +116,8 @@ pub fn run(
                 cmd = commands.recv() => match cmd {
                     Some(WorkerCmd::Listen(addr, listener)) => listen(&ctx, &mut accept_tasks, addr, listener),
                     Some(WorkerCmd::Unlisten(addr)) => {
-                        if let Some(task) = accept_tasks.remove(&addr) {
-                            task.abort();
+                        if let Some((task, stop)) = accept_tasks.remove(&addr) {
+                            stop.notify_one();
                             let _ = task.await;
                         }
                     }
@@ -126,7 +129,8 @@ pub fn run(
             }
         }
         // Stop accepting first: dropping the listeners makes new connections fail fast.
-        for task in accept_tasks.into_values().chain(tls_tasks).chain(tcp_tasks) {
+        let http_tasks = accept_tasks.into_values().map(|(task, _)| task);
+        for task in http_tasks.chain(tls_tasks).chain(tcp_tasks) {
             task.abort();
             let _ = task.await;
         }
@@ -144,17 +148,21 @@ pub fn run(
 
 fn listen(
     ctx: &Arc<WorkerCtx>,
-    tasks: &mut HashMap<SocketAddr, JoinHandle<()>>,
+    tasks: &mut HashMap<SocketAddr, (JoinHandle<()>, Arc<Notify>)>,
     addr: SocketAddr,
     listener: StdListener,
 ) {
     match TcpListener::from_std(listener) {
         Ok(l) => {
-            if let Some(old) = tasks.insert(
-                addr,
-                tokio::spawn(accept_loop(l, Arc::clone(ctx), Kind::Http)),
-            ) {
-                old.abort();
+            let stop = Arc::new(Notify::new());
+            let task = tokio::spawn(accept_loop(
+                l,
+                Arc::clone(ctx),
+                Kind::Http,
+                Arc::clone(&stop),
+            ));
+            if let Some((_, old)) = tasks.insert(addr, (task, stop)) {
+                old.notify_one();
             }
         }
         Err(e) => {
@@ -163,49 +171,72 @@ fn listen(
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, kind: Kind) {
+/// Accepts connections on `listener` until `stop` is notified; then takes what the
+/// kernel had already queued before closing it. (Dropped with its queue, the socket
+/// reset those connections: a client that connected while a reload moved the listener,
+/// say from `127.0.0.1:8080` to `0.0.0.0:8080`, got a reset.)
+async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerCtx>, kind: Kind, stop: Arc<Notify>) {
     let (mut refusals, mut failures) = (Throttle::default(), Throttle::default());
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let shared = &ctx.shared;
-                let generation = shared.generation();
-                let max = generation.config.server.limits.max_connections;
-                if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
-                    shared.connections.fetch_sub(1, Ordering::AcqRel);
-                    if let Some(left_out) = refusals.admit() {
-                        tracing::warn!(target: "proxycache::server", %peer, max, left_out, "connection limit reached; refusing");
-                    }
-                    continue;
+        let accepted = tokio::select! {
+            biased;
+            () = stop.notified() => {
+                while let Poll::Ready(Ok((stream, peer))) =
+                    std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+                {
+                    take(&ctx, &kind, stream, peer, &mut refusals);
                 }
-                let _ = stream.set_nodelay(true);
-                let conn_ctx = Arc::clone(&ctx);
-                match &kind {
-                    Kind::Http => {
-                        spawn_conn(&ctx, move || super::conn::serve(stream, peer, conn_ctx))
-                    }
-                    Kind::Tls { index, listen } => {
-                        // Read per connection: a reload's new certificates serve the
-                        // next handshake. A listener a reload removed keeps the
-                        // configuration it had (the generation carries it over).
-                        match generation.tls.config_for(*index, *listen) {
-                            Some(config) => spawn_conn(&ctx, move || {
-                                super::tls::serve(stream, peer, config, conn_ctx)
-                            }),
-                            None => {
-                                shared.connections.fetch_sub(1, Ordering::AcqRel);
-                                tracing::error!(target: "proxycache::server", listen = %listen, "no TLS configuration for this listener; closing");
-                            }
-                        }
-                    }
-                }
+                return;
             }
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => take(&ctx, &kind, stream, peer, &mut refusals),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 if let Some(left_out) = failures.admit() {
                     tracing::warn!(target: "proxycache::server", error = %e, left_out, "accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Serves a connection `accept_loop` took, unless `max_connections` are open.
+fn take(
+    ctx: &Arc<WorkerCtx>,
+    kind: &Kind,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusals: &mut Throttle,
+) {
+    let shared = &ctx.shared;
+    let generation = shared.generation();
+    let max = generation.config.server.limits.max_connections;
+    if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(left_out) = refusals.admit() {
+            tracing::warn!(target: "proxycache::server", %peer, max, left_out, "connection limit reached; refusing");
+        }
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let conn_ctx = Arc::clone(ctx);
+    match kind {
+        Kind::Http => spawn_conn(ctx, move || super::conn::serve(stream, peer, conn_ctx)),
+        Kind::Tls { index, listen } => {
+            // Read per connection: a reload's new certificates serve the next
+            // handshake. A listener a reload removed keeps the configuration it had
+            // (the generation carries it over).
+            match generation.tls.config_for(*index, *listen) {
+                Some(config) => spawn_conn(ctx, move || {
+                    super::tls::serve(stream, peer, config, conn_ctx)
+                }),
+                None => {
+                    shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    tracing::error!(target: "proxycache::server", listen = %listen, "no TLS configuration for this listener; closing");
+                }
             }
         }
     }
@@ -293,7 +324,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{conn_task, run, WorkerCmd, WorkerCtx};
+    use super::{accept_loop, conn_task, run, Kind, WorkerCmd, WorkerCtx};
     use crate::config::Config;
     use crate::generation::Generation;
     use crate::pipeline::StdState;
@@ -344,6 +375,55 @@ mod tests {
                 whole < alone + alone / 4,
                 "a connection's task is {whole} bytes, its future {alone}"
             );
+        });
+    }
+
+    #[test]
+    fn a_listener_stopped_serves_the_connections_it_had_queued() {
+        // A reload that moves or drops a listen address stops its accept loop: the
+        // connections the kernel had queued on it were reset with the socket.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let echo = "[upstreams.echo]\nservers = [\"builtin:echo\"]\n\n\
+                        [[routes]]\nupstream = \"echo\"\n";
+            let ctx = Arc::new(WorkerCtx {
+                id: 0,
+                shared: detached(config(echo)),
+                pool: Arc::default(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let task = tokio::spawn(accept_loop(listener, ctx, Kind::Http, Arc::clone(&stop)));
+            // Queued by the kernel before the loop ever runs, then the loop is stopped.
+            let mut clients = Vec::new();
+            for _ in 0..3 {
+                let mut c = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                clients.push(c);
+            }
+            stop.notify_one();
+            let _ = task.await;
+            for mut c in clients {
+                let mut got = Vec::new();
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+                let text = String::from_utf8_lossy(&got);
+                assert!(
+                    matches!(read, Ok(Ok(_))) && text.starts_with("HTTP/1.1 200"),
+                    "a queued connection was served: {read:?} {text}"
+                );
+            }
         });
     }
 
