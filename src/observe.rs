@@ -67,3 +67,31 @@ pub fn init(log: &LogConfig) {
         LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
     };
 }
+
+/// What the formatters' tests log into: the bytes written, shared with the test.
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct TestBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl TestBuffer {
+    /// What was written so far.
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for TestBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buf) = self.0.lock() {
+            buf.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -178,32 +178,15 @@ impl<W: fmt::Write> fmt::Write for JsonEscape<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use serde_json::Value;
     use tracing_subscriber::fmt::format::JsonFields;
 
     use super::{write_string, JsonLines};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut buf) = self.0.lock() {
-                buf.extend_from_slice(bytes);
-            }
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::observe::TestBuffer;
 
     /// The lines `log` writes, parsed.
     fn logged(log: impl FnOnce()) -> Vec<Value> {
-        let buffer = Buffer::default();
+        let buffer = TestBuffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
             .fmt_fields(JsonFields::new())
@@ -211,8 +194,8 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, log);
-        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes)
+        buffer
+            .text()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
             .collect()

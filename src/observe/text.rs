@@ -173,20 +173,7 @@ mod tests {
 
     /// The fields of one event as the text format writes them.
     fn line(event: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                if let Ok(mut buf) = self.0.lock() {
-                    buf.extend_from_slice(bytes);
-                }
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buffer::default();
+        let buf = crate::observe::TestBuffer::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .fmt_fields(super::TextFields)
@@ -197,8 +184,7 @@ mod tests {
             .with_writer(move || buf.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, event);
-        let text = out.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&text).trim_end().to_owned()
+        out.text().trim_end().to_owned()
     }
 
     #[test]
