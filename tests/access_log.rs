@@ -6,22 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use serde_json::Value;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// SIGTERM to the process, then waits (up to 8 s) for the drain to end and it to exit.
 async fn terminate_and_wait(child: &mut Killed, log: &std::path::Path) {
@@ -83,22 +74,8 @@ async fn run_logging_at(
          [log]\nformat = \"{format}\"\naccess = true\nlevel = \"{level}\"\n\n\
          [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
     ));
-    let log = site.dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_proxycache"))
-        .args(["run", "--config"])
-        .arg(site.config_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn proxycache");
-    let child = Killed(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let up_now = wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
-    assert!(up_now, "proxycache did not start");
+    let (child, log) = spawn_logging(&site, addr).await;
     (child, addr, log, site)
 }
 

@@ -11,7 +11,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,15 +37,6 @@ async fn echo_server() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A tunnel through the frontend that echoed `hi`, held open; `None`: it failed.
@@ -103,7 +94,7 @@ async fn running_out_of_descriptors_does_not_open_the_breaker() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _child = Killed(command.spawn().expect("spawn proxycache"));
+    let _child = common::Killed(command.spawn().expect("spawn proxycache"));
     let frontend: SocketAddr = ([127, 0, 0, 1], tcp).into();
     let up = common::wait_until(Duration::from_secs(20), || {
         std::net::TcpStream::connect(frontend).is_ok()

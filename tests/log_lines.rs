@@ -7,30 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Killed {
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &self.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{name}");
-    }
-}
 
 /// Runs the binary on `site` with `log.format = FORMAT`, one worker, no watcher, no
 /// admin API, and `rest` after `[scripts]`; waits until it listens.
@@ -45,23 +25,8 @@ async fn run_site(
          [log]\nformat = \"{format}\"\nlevel = \"info\"\n\n\
          [scripts]\ndir = \"mods\"\nwatch = false\n\n{rest}"
     ));
-    let log = site.dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_proxycache"))
-        .args(["run", "--config"])
-        .arg(site.config_path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn proxycache");
-    let child = Killed(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let up = wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
-    assert!(up, "proxycache did not start: {}", read(&log));
+    let (child, log) = spawn_logging(site, addr).await;
     (child, addr, log)
 }
 

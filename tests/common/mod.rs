@@ -1138,3 +1138,52 @@ pub async fn route_site_with(
     let run = Running::start(&site);
     RouteSite { ups, site, run }
 }
+
+// ---- the binary ---------------------------------------------------------------------
+
+/// A proxycache process, killed (and waited for) when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Killed {
+    /// Sends signal `name` (`TERM`, `HUP`...) to the process.
+    pub fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name}");
+    }
+}
+
+/// Runs the binary on `site`'s config (`RUST_LOG` unset) with its stderr in
+/// `site.dir/stderr.log`, and waits (up to 20 s) until `addr` accepts connections.
+pub async fn spawn_logging(site: &Site, addr: SocketAddr) -> (Killed, PathBuf) {
+    let log = site.dir.join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_proxycache"))
+        .args(["run", "--config"])
+        .arg(site.config_path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn proxycache");
+    let child = Killed(child);
+    let up = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "proxycache did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    (child, log)
+}
