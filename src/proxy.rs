@@ -103,7 +103,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let _enter = span.enter();
-            note_failure(&e, &mut done);
+            note_failure(&e, &mut done.access);
             // The pipeline holds the id it was lent (and may have made) until the end.
             e.to_response(done.request_id())
         }
@@ -124,8 +124,8 @@ pub async fn handle(
 }
 
 /// Logs why a request failed and notes the server it failed on for the access log.
-fn note_failure(e: &ProxyError, done: &mut Completion) {
-    if let (Some(entry), Some(server)) = (done.access.as_mut(), e.server()) {
+fn note_failure(e: &ProxyError, access: &mut Option<Box<AccessEntry>>) {
+    if let (Some(entry), Some(server)) = (access.as_mut(), e.server()) {
         entry.server = Some(server.to_string());
     }
     if e.is_client_error() {
@@ -145,13 +145,10 @@ async fn answer_failure(
     done: &mut Completion,
     e: ProxyError,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if done.script.is_none() {
-        return Err(e);
-    }
-    note_failure(&e, done);
     let Some(state) = done.script.as_mut() else {
         return Err(e);
     };
+    note_failure(&e, &mut done.access);
     let mut resp = e.to_response(&state.info.id);
     state.ctx.proxys_answer = true;
     phases::response_phase(generation, state, &mut resp).await?;

@@ -100,6 +100,12 @@ impl Meter {
         }
     }
 
+    /// The upstream set that answered (or was asked).
+    fn set(&self) -> Option<&crate::upstream::UpstreamSet> {
+        let i = self.upstream? as usize;
+        self.generation.upstreams.sets.get(i).map(|set| &**set)
+    }
+
     /// Counts the finished request: once, when its response is over.
     fn record(&self, status: StatusCode) {
         let g = &self.generation;
@@ -162,11 +168,7 @@ impl Completion {
         let what = "the upstream's response body failed; the response to the client is cut short";
         self.cut_short(UPSTREAM_BODY, what, error);
         // Counted against the server as a failure before the head would be.
-        let set = self.meter.upstream.map(|i| i as usize);
-        let upstreams = &self.meter.generation.upstreams.sets;
-        if let (Some(guard), Some(set)) =
-            (self.inflight.as_mut(), set.and_then(|i| upstreams.get(i)))
-        {
+        if let (Some(guard), Some(set)) = (self.inflight.as_mut(), self.meter.set()) {
             guard.body_failed(set.name());
         }
     }
@@ -178,10 +180,7 @@ impl Completion {
             return;
         }
         self.cut = Some(reason);
-        let upstream = self
-            .meter
-            .upstream
-            .and_then(|i| self.meter.generation.upstreams.sets.get(i as usize));
+        let upstream = self.meter.set();
         let server = self
             .inflight
             .as_ref()
