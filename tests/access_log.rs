@@ -551,7 +551,7 @@ async fn refused_heads_are_logged_and_counted_as_answered_requests() {
 /// by the request's path: `/reset` resets the connection, `/closed` closes it, and
 /// anything else holds it open for 5 s.
 async fn breaks_off() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -559,15 +559,9 @@ async fn breaks_off() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).into_owned();
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n".to_vec();
                 answer.extend(std::iter::repeat_n(b'x', 1000));
                 if s.write_all(&answer).await.is_err() {

@@ -353,17 +353,13 @@ async fn stalling_upstream(
         let Ok((mut s, _)) = listener.accept().await else {
             return;
         };
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        if read_head(&mut s).await.is_none() {
+            return;
         }
         if s.write_all(answer).await.is_err() {
             return;
         }
+        let mut chunk = [0u8; 4096];
         let closed = matches!(
             tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await,
             Ok(Ok(0)) | Ok(Err(_))

@@ -820,6 +820,20 @@ pub async fn upload_and_read_head(
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Reads a request head from `stream` (up to and with its blank line, perhaps a little
+/// more); `None` when the stream ends or fails first. For hand-written upstreams.
+pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Reads from `stream` as `raw_request` does.
 pub async fn read_raw(stream: &mut TcpStream, limit: Duration) -> String {
     let deadline = tokio::time::Instant::now() + limit;
